@@ -1,0 +1,76 @@
+"""Shared fixtures: a real PostgreSQL and a real Redis, started by the suite (DESIGN.md §9).
+
+SWITCHD_TEST_DATABASE_URL / SWITCHD_TEST_REDIS_URL point at existing servers instead.
+The daemon's own SWITCHD_DATABASE_URL is never used here.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory) -> str:
+    """URL of a PostgreSQL server (maintenance database) for the whole session."""
+    external = os.environ.get("SWITCHD_TEST_DATABASE_URL")
+    if external:
+        return external
+    from switchd.db.embedded import start_embedded_postgres
+    return start_embedded_postgres(tmp_path_factory.mktemp("pg"), database="postgres",
+                                   cleanup="delete")
+
+
+@pytest.fixture
+def pg_url(pg_admin_url) -> str:
+    """A brand-new empty database for one test, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(pg_admin_url)
+    params["dbname"] = name
+    yield make_conninfo(**params)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def migrated_pg_url(pg_url) -> str:
+    """A fresh database with every migration in sql/ applied."""
+    from switchd.db.migrate import apply_migrations
+    apply_migrations(pg_url)
+    return pg_url
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> str:
+    external = os.environ.get("SWITCHD_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    from switchd.devredis import RedisProcess
+    server = RedisProcess().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server_url) -> str:
+    """The session's Redis, flushed before each test."""
+    import redis
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    return redis_server_url
