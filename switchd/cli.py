@@ -1,0 +1,144 @@
+"""`switchd`: the command line. Each subcommand's --help says what it does and how.
+
+gevent's monkey patching happens first thing in main(), once (STYLE.md §8), before psycopg,
+redis or ssl are imported by any subcommand.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = """\
+switchd routes, polices and bills every call of a FreeSWITCH server.
+
+It answers FreeSWITCH's mod_xml_curl dialplan lookups with least-cost routes, follows the
+calls over the event socket (ESL), enforces concurrency caps and maximum durations, and
+writes rated CDRs to PostgreSQL. Configuration: a TOML file (--config or SWITCHD_CONFIG)
+plus SWITCHD_* environment variables; `switchd check-config` shows the result.
+
+Try it without FreeSWITCH:  switchd demo --calls 200
+"""
+
+EPILOG = """\
+environment (each also a TOML key; see docs/configuration.md):
+  SWITCHD_CONFIG        TOML file (default /etc/switchd/switchd.toml if present)
+  SWITCHD_DATA_DIR      local state: embedded PostgreSQL, CDR spool
+  SWITCHD_DATABASE_URL  PostgreSQL URL (unset: embedded PostgreSQL in the data dir)
+  SWITCHD_REDIS_URL     Redis for cluster-wide caps (unset: in-process caps)
+  SWITCHD_ESL_HOST / SWITCHD_ESL_PORT / SWITCHD_ESL_PASSWORD
+  SWITCHD_HTTP_HOST / SWITCHD_HTTP_PORT
+
+exit status: 0 on success, 1 on a runtime failure, 2 on bad usage or configuration.
+"""
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_formatter)
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (overrides SWITCHD_CONFIG)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", formatter_class=_formatter, help="run the daemon",
+                       description="Run the daemon in the foreground (systemd: Type=notify).\n\n"
+                       "Connects to FreeSWITCH's event socket (reconnecting forever), serves\n"
+                       "POST /fs/dialplan, /healthz, /readyz, /metrics and /v1 on the HTTP port,\n"
+                       "applies pending migrations, loads tenants, carriers and rate decks.\n"
+                       "SIGTERM drains and exits 0; SIGHUP reloads config and rate decks.")
+    p.set_defaults(handler="switchd.commands.run:main")
+
+    p = sub.add_parser("demo", formatter_class=_formatter, help="run a self-contained demo",
+                       description="Start an embedded PostgreSQL, provision a sample world (one tenant,\n"
+                       "three carriers with different rate decks, DIDs), run the daemon and the\n"
+                       "FreeSWITCH simulator in this process, place calls and print a summary read\n"
+                       "back from PostgreSQL. Needs no FreeSWITCH, no root, no network.")
+    p.add_argument("--calls", type=int, default=50, metavar="N", help="calls to place (default 50)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7): same seed, same calls")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="keep the demo's PostgreSQL here (default: a temporary directory, removed)")
+    p.set_defaults(handler="switchd.demo:main")
+
+    p = sub.add_parser("migrate", formatter_class=_formatter, help="apply database migrations",
+                       description="Apply the numbered migrations of sql/ that the database lacks.\n"
+                       "Safe to run twice; `switchd run` does it at start as well.")
+    p.set_defaults(handler="switchd.commands.admin:migrate")
+
+    p = sub.add_parser("provision", formatter_class=_formatter, help="load tenants, carriers, DIDs from TOML",
+                       description="Upsert tenants, carriers, gateways, DIDs, campaigns, caps and budgets\n"
+                       "from a TOML file (see examples/provision.toml). Idempotent. Any error\n"
+                       "names the file and key, and nothing is written.")
+    p.add_argument("file", metavar="FILE.toml")
+    p.set_defaults(handler="switchd.commands.admin:provision")
+
+    rates = sub.add_parser("rates", formatter_class=_formatter, help="rate deck commands",
+                           description="Rate deck commands.")
+    rates_sub = rates.add_subparsers(dest="rates_command", metavar="ACTION")
+    rates_sub.required = True
+    p = rates_sub.add_parser("import", formatter_class=_formatter, help="import a carrier's rate deck CSV",
+                             description="Import a rate deck CSV for one carrier, atomically: the old deck stays\n"
+                             "live until the new one is complete; a bad row aborts the import with its\n"
+                             "line number and nothing changes. Running daemons reload it at once.\n\n"
+                             "CSV columns: prefix, rate_per_min (required); connect_fee,\n"
+                             "initial_increment, subsequent_increment, effective_from, effective_to,\n"
+                             "description (optional). Unknown columns are ignored.")
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--carrier", required=True, metavar="NAME", help="carrier the deck belongs to")
+    p.add_argument("--effective-from", metavar="ISO8601",
+                   help="deck start (default: now); load a future deck ahead of its start")
+    p.set_defaults(handler="switchd.commands.admin:rates_import")
+
+    p = sub.add_parser("calls", formatter_class=_formatter, help="list live calls of the running daemon",
+                       description="List the calls the running daemon is tracking: tenant, direction, legs,\n"
+                       "gateway, state, age and max duration (asks GET /v1/calls on the HTTP port).")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler="switchd.commands.admin:calls")
+
+    p = sub.add_parser("report", formatter_class=_formatter, help="costs and carrier quality",
+                       description="Costs by tenant, carrier or day, with ASR (answer-seizure ratio) and\n"
+                       "ACD (average call duration), read from the CDRs in PostgreSQL.")
+    p.add_argument("--by", choices=("tenant", "carrier", "day"), default="carrier")
+    p.add_argument("--since", metavar="ISO8601", help="first instant included (default: 30 days ago)")
+    p.add_argument("--until", metavar="ISO8601", help="first instant excluded (default: now)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler="switchd.commands.admin:report")
+
+    p = sub.add_parser("check-config", formatter_class=_formatter, help="print the effective configuration",
+                       description="Validate the configuration (defaults < TOML file < SWITCHD_* environment)\n"
+                       "and print every setting with where it came from. Secrets are masked.\n"
+                       "Exits 2 with the offending key when something is wrong.")
+    p.set_defaults(handler="switchd.commands.admin:check_config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("run", "demo"):
+        from gevent import monkey
+        monkey.patch_all()
+    from importlib import import_module
+    from switchd.config import ConfigError, load_config
+    from switchd.errors import CliError
+    module_name, func_name = args.handler.split(":")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"switchd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        handler = getattr(import_module(module_name), func_name)
+        return handler(config, args) or 0
+    except CliError as exc:
+        print(f"switchd {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Configuration: defaults < TOML file < SWITCHD_* environment, validated, frozen.
+
+Every setting is declared once in SETTINGS with its type, default, check and a line of
+documentation (gunicorn's pattern without the metaclass). `load_config` validates field by
+field, then across fields, and names the key (and the file) in every error.
+docs/configuration.md is the operator's reference for the same table.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_CONFIG_PATH = Path("/etc/switchd/switchd.toml")
+SHIPPED_ESL_PASSWORD = "ClueCon"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str | None     # TOML table, None for top-level keys
+    key: str
+    kind: type | str        # str, int, float, bool, or 'choice:a|b'
+    default: Any
+    doc: str
+    secret: bool = False
+    check: Callable[[Any], str | None] | None = None   # returns an error text or None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}" if self.section else self.key
+
+    @property
+    def env(self) -> str:
+        parts = [self.section, self.key] if self.section else [self.key]
+        return "SWITCHD_" + "_".join(p.upper() for p in parts)
+
+
+def _positive(value):
+    return None if value > 0 else "must be greater than 0"
+
+
+def _port(value):
+    return None if 0 <= value <= 65535 else "must be a TCP port (0-65535)"
+
+
+def _url(*schemes):
+    def check(value):
+        if value in (None, ""):
+            return None
+        scheme = urlsplit(value).scheme
+        return None if scheme in schemes else f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+    return check
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(None, "data_dir", str, "~/.local/share/switchd",
+            "Embedded PostgreSQL, the CDR spool and other local state live here."),
+    Setting("database", "url", str, None,
+            "PostgreSQL URL. Unset: an embedded PostgreSQL in data_dir.", secret=True,
+            check=_url("postgresql", "postgres")),
+    Setting("redis", "url", str, None,
+            "Redis URL for cluster-wide caps. Unset: in-process caps (single node only).",
+            secret=True, check=_url("redis", "rediss", "unix")),
+    Setting("redis", "on_failure", "choice:fail_closed|fail_open", "fail_closed",
+            "Redis unreachable: fail_closed refuses new calls; fail_open uses this node's local caps."),
+    Setting("esl", "host", str, "127.0.0.1", "FreeSWITCH event socket host."),
+    Setting("esl", "port", int, 8021, "FreeSWITCH event socket port.", check=_port),
+    Setting("esl", "password", str, SHIPPED_ESL_PASSWORD,
+            "Event socket password (FreeSWITCH ships 'ClueCon': change it).", secret=True),
+    Setting("esl", "command_timeout", float, 5.0,
+            "Seconds an api command may take before it fails.", check=_positive),
+    Setting("esl", "heartbeat_timeout", float, 60.0,
+            "Seconds without any frame before the connection is deemed dead and recycled "
+            "(FreeSWITCH sends HEARTBEAT every 20 s).", check=_positive),
+    Setting("esl", "backoff_max", float, 30.0,
+            "Cap of the jittered exponential reconnect backoff, seconds.", check=_positive),
+    Setting("http", "host", str, "127.0.0.1", "Address the HTTP server binds."),
+    Setting("http", "port", int, 8088, "Port of the dialplan endpoint, API and /metrics.",
+            check=_port),
+    Setting("routing", "tenant_from", "choice:accountcode|domain|variable", "accountcode",
+            "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
+            "or the channel variable in routing.tenant_variable."),
+    Setting("routing", "tenant_variable", str, "switchd_tenant",
+            "Channel variable holding the tenant when tenant_from = 'variable'."),
+    Setting("routing", "max_routes", int, 5,
+            "Gateways in one bridge: the first choice plus alternates (at most 5).",
+            check=lambda v: None if 1 <= v <= 5 else "must be between 1 and 5"),
+    Setting("routing", "health_cooldown", float, 60.0,
+            "Seconds a disabled carrier rests before one probe call (half-open).",
+            check=_positive),
+    Setting("routing", "emergency_gateway", str, "",
+            "Gateway for emergency numbers. Empty: emergency calls are refused with a clear cause."),
+    Setting("rating", "precision", int, 6, "Decimal places costs are rounded to, once, half-up.",
+            check=lambda v: None if 0 <= v <= 10 else "must be between 0 and 10"),
+    Setting("caps", "global_max_calls", int, 0,
+            "Most concurrent calls on this switch (all tenants). 0 = no global cap.",
+            check=lambda v: None if v >= 0 else "must be 0 or more"),
+    Setting("caps", "lease_seconds", float, 60.0,
+            "A slot's lease; live calls are refreshed at a third of it, a crashed daemon's expire.",
+            check=_positive),
+    Setting("watchdog", "grace_seconds", float, 5.0,
+            "An answered call outliving its max duration by more than this is killed.",
+            check=_positive),
+    Setting("log", "level", "choice:debug|info|warning|error", "info", "Log level."),
+    Setting("log", "format", "choice:text|json", "text", "text, or one JSON object per line."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    values: dict                 # dotted key -> value
+    sources: dict                # dotted key -> 'default' | file path | env var
+    file: Path | None = None
+
+    def __getitem__(self, dotted: str):
+        return self.values[dotted]
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["data_dir"]).expanduser()
+
+    def with_overrides(self, **dotted_values) -> "Config":
+        """A copy with some values replaced (CLI flags, the demo's private settings)."""
+        values = dict(self.values)
+        sources = dict(self.sources)
+        for key, value in dotted_values.items():
+            dotted = key.replace("__", ".")
+            values[dotted] = value
+            sources[dotted] = "override"
+        return Config(values, sources, self.file)
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.values["esl.password"] == SHIPPED_ESL_PASSWORD:
+            notes.append("esl.password is FreeSWITCH's shipped default 'ClueCon'; change it on "
+                         "both sides (event_socket.conf.xml and SWITCHD_ESL_PASSWORD)")
+        if not self.values["redis.url"]:
+            notes.append("redis.url is unset: caps are kept in this process (single node only)")
+        return notes
+
+    def masked(self) -> dict:
+        out = {}
+        for setting in SETTINGS:
+            value = self.values[setting.dotted]
+            if setting.secret and value:
+                value = mask_secret(value)
+            out[setting.dotted] = value
+        return out
+
+
+def mask_secret(value: str) -> str:
+    """Hide passwords; keep the rest of a URL so operators can still read host and port."""
+    parts = urlsplit(value)
+    if parts.scheme and parts.netloc:
+        if parts.password:
+            host = parts.netloc.rsplit("@", 1)[1]
+            return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+        return value
+    return "***"
+
+
+def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
+    where = f"{origin}: {setting.dotted}"
+    kind = setting.kind
+    from_env = isinstance(raw, str) and origin.startswith("SWITCHD_")
+    if raw is None:
+        return None
+    if isinstance(kind, str) and kind.startswith("choice:"):
+        choices = kind.split(":", 1)[1].split("|")
+        if raw not in choices:
+            raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(choices)}")
+        return raw
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_env and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return raw.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: {raw!r} is not true/false")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: {raw!r} is not an integer")
+        if isinstance(raw, int):
+            return raw
+        if from_env:
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: {raw!r} is not an integer")
+    if kind is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if from_env:
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: {raw!r} is not a number")
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: {raw!r} is not a string")
+    return raw
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _flatten_file(doc: dict, path: Path) -> dict:
+    known = {s.dotted for s in SETTINGS}
+    sections = {s.section for s in SETTINGS if s.section}
+    flat = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            if key not in sections:
+                raise ConfigError(f"{path}: unknown section [{key}]")
+            for sub, subvalue in value.items():
+                dotted = f"{key}.{sub}"
+                if dotted not in known:
+                    raise ConfigError(f"{path}: unknown key {dotted}")
+                flat[dotted] = subvalue
+        else:
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key {key}")
+            flat[key] = value
+    return flat
+
+
+def config_path_from_env(environ: dict) -> Path | None:
+    explicit = environ.get("SWITCHD_CONFIG")
+    if explicit:
+        return Path(explicit)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_config(path: Path | str | None = None, environ: dict | None = None) -> Config:
+    """Build the effective config. `path` beats SWITCHD_CONFIG; environment beats the file."""
+    environ = dict(os.environ if environ is None else environ)
+    file_path = Path(path) if path else config_path_from_env(environ)
+    from_file = _flatten_file(_read_toml(file_path), file_path) if file_path else {}
+
+    values, sources = {}, {}
+    known_env = {s.env for s in SETTINGS} | {"SWITCHD_CONFIG"}
+    for setting in SETTINGS:
+        value, source = setting.default, "default"
+        if setting.dotted in from_file:
+            value = _coerce(setting, from_file[setting.dotted], str(file_path))
+            source = str(file_path)
+        if setting.env in environ:
+            raw = environ[setting.env]
+            value = None if raw == "" and setting.default is None else _coerce(setting, raw, setting.env)
+            source = setting.env
+        if value is not None and setting.check:
+            problem = setting.check(value)
+            if problem:
+                raise ConfigError(f"{source}: {setting.dotted} = {value!r}: {problem}")
+        values[setting.dotted] = value
+        sources[setting.dotted] = source
+    # Misspelt environment variables would otherwise be ignored silently.
+    for name in environ:
+        if name.startswith("SWITCHD_") and name not in known_env and not name.startswith("SWITCHD_TEST_") \
+                and name not in ("SWITCHD_SQL_DIR",):
+            raise ConfigError(f"{name}: unknown setting (see `switchd check-config --help`)")
+    config = Config(values, sources, file_path)
+    _check_across(config)
+    return config
+
+
+def _check_across(config: Config) -> None:
+    if config["routing.tenant_from"] == "variable" and not config["routing.tenant_variable"]:
+        raise ConfigError("routing.tenant_variable: must be set when routing.tenant_from = 'variable'")
+    if config["esl.heartbeat_timeout"] <= 20:
+        raise ConfigError("esl.heartbeat_timeout: must exceed FreeSWITCH's 20 s HEARTBEAT interval")

@@ -1,0 +1,129 @@
+"""The HTTP face of the daemon (gevent WSGI): mod_xml_curl, health, metrics, JSON API.
+
+Routes:
+  POST /fs/dialplan   mod_xml_curl dialplan lookups (form body) -> XML
+  GET  /healthz       200 while the process serves
+  GET  /readyz        200 only when ESL is up and CDRs can be stored or spooled
+  GET  /metrics       Prometheus exposition
+  GET  /v1/calls      live calls from the registry (what `switchd calls` shows)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+from urllib.parse import unquote
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from switchd import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_FORM_BYTES = 256 * 1024   # a real lookup is ~5 KB; anything near this is hostile
+XML_HEADERS = [("Content-Type", "text/xml")]
+NOT_FOUND_XML = (b'<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+                 b'<document type="freeswitch/xml">\n  <section name="result">\n'
+                 b'    <result status="not found"/>\n  </section>\n</document>\n')
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """mod_xml_curl's body: `k=v&k=v`, values %-encoded, spaces as %20 and a literal '+'
+    meaning '+' (E.164), so urllib's plus-as-space parsing would corrupt numbers."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = body.decode("latin-1")
+    form = {}
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BadRequest(f"form field without '=': {pair[:40]!r}")
+        # The first occurrence wins: FreeSWITCH never repeats a field, an attacker might.
+        form.setdefault(unquote(key), unquote(value))
+    return form
+
+
+class HttpApp:
+    """WSGI callable. Collaborators are plain callables so tests can wire just what they need."""
+
+    def __init__(self, route_lookup: Callable[[dict], str] | None = None,
+                 readiness: Callable[[], dict] | None = None,
+                 live_calls: Callable[[], list] | None = None):
+        self.route_lookup = route_lookup
+        self.readiness = readiness or (lambda: {})
+        self.live_calls = live_calls or (lambda: [])
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            if path in ("/fs/dialplan", "/dialplan"):
+                if method != "POST":
+                    return self._plain(start_response, "405 Method Not Allowed", "POST only\n")
+                return self._dialplan(environ, start_response)
+            if path == "/healthz":
+                return self._json(start_response, "200 OK", {"status": "ok"})
+            if path == "/readyz":
+                problems = self.readiness()
+                if problems:
+                    return self._json(start_response, "503 Service Unavailable",
+                                      {"status": "not ready", "problems": problems})
+                return self._json(start_response, "200 OK", {"status": "ready"})
+            if path == "/metrics":
+                output = generate_latest(metrics.REGISTRY)
+                start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+                return [output]
+            if path == "/v1/calls" and method == "GET":
+                return self._json(start_response, "200 OK", {"calls": self.live_calls()})
+            return self._plain(start_response, "404 Not Found", "no such endpoint\n")
+        except Exception:   # greenlet boundary: one bad request never takes the server down
+            log.exception("HTTP handler failed for %s %s", method, path)
+            return self._plain(start_response, "500 Internal Server Error", "internal error\n")
+
+    def _dialplan(self, environ, start_response):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_FORM_BYTES:
+            metrics.DIALPLAN_REQUESTS.labels("bad_request").inc()
+            return self._plain(start_response, "400 Bad Request", "bad Content-Length\n")
+        body = environ["wsgi.input"].read(length)
+        try:
+            form = parse_form(body)
+        except BadRequest as exc:
+            metrics.DIALPLAN_REQUESTS.labels("bad_request").inc()
+            return self._plain(start_response, "400 Bad Request", f"{exc}\n")
+        if form.get("section", "dialplan") != "dialplan" or self.route_lookup is None:
+            # Not ours: let FreeSWITCH fall through to its next binding / static XML.
+            start_response("200 OK", XML_HEADERS)
+            return [NOT_FOUND_XML]
+        xml = self.route_lookup(form)
+        start_response("200 OK", XML_HEADERS)
+        return [xml.encode("utf-8")]
+
+    @staticmethod
+    def _json(start_response, status, payload):
+        start_response(status, [("Content-Type", "application/json")])
+        return [json.dumps(payload, default=str).encode() + b"\n"]
+
+    @staticmethod
+    def _plain(start_response, status, text):
+        start_response(status, [("Content-Type", "text/plain")])
+        return [text.encode()]
+
+
+def serve(app: HttpApp, host: str, port: int) -> WSGIServer:
+    """Start serving in the background; the caller stops it with `.stop()`."""
+    server = WSGIServer((host, port), app, log=None, error_log=log)
+    server.start()
+    log.info("HTTP listening on %s:%s", host, server.server_port)
+    return server
