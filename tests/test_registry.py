@@ -1,0 +1,330 @@
+"""Call registry: replay of the FreeSWITCH 1.10 captures a-f, reorders, duplicates, sweeps."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from _fixture_events import channel_events
+from switchd.registry import (
+    CAUSE_SWEPT, EVENT_KIND, LEG_TRANSITIONS, CallAnswered, CallEnded, CallRegistry,
+    CallRenamed, CallStarted, CarrierOutcome, LegEnded, RegistryError,
+)
+
+A_A, B_A = "3ea30e5f-6258-4225-b4a4-31cbc0030d47", "aa761064"          # capture a legs
+A_B = "2aa200b6"
+A_C = "c9e6b4b9-ffef-468f-adb1-3c5159f480c2"
+
+
+def run(events, reg=None):
+    reg = CallRegistry() if reg is None else reg   # an empty registry is falsy (__len__)
+    effects = []
+    for ev in events:
+        effects += reg.apply(ev)
+    return reg, effects
+
+
+def of(effects, kind):
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def uuid_of(events, prefix):
+    return next(e.uuid for e in events if e.uuid.startswith(prefix))
+
+
+def test_transition_table_is_data_and_total_from_created():
+    # a brand-new leg can take any event: creating unknown legs never needs a rollback
+    assert all(("created", name) in LEG_TRANSITIONS for name in EVENT_KIND)
+    assert ("complete", "CHANNEL_ANSWER") not in LEG_TRANSITIONS
+
+
+def test_a_simple_call():
+    reg, eff = run(channel_events("a"))
+    assert len(reg) == 0
+    assert len(of(eff, CallStarted)) == 1 and len(of(eff, CallAnswered)) == 1
+    assert [e.leg.uuid[:8] for e in of(eff, LegEnded)] == ["aa761064", "3ea30e5f"]
+    [ended] = of(eff, CallEnded)
+    call = ended.call
+    assert call.call_uuid == A_A and call.state == "ended"
+    assert call.attempts == 1 and call.carrier == "carrier_a" and call.gateway == "carrier_a"
+    assert call.first_choice_carrier == "carrier_a"
+    assert call.hangup_cause == "NORMAL_CLEARING" and call.direction == "outbound"
+    assert call.destination == "1001" and call.answered_us > 0 and not call.reconstructed
+    [out] = of(eff, CarrierOutcome)
+    assert (out.carrier, out.answered, out.hangup_cause) == ("carrier_a", True, "NORMAL_CLEARING")
+    assert eff.index(ended) == len(eff) - 1
+    b_leg = of(eff, LegEnded)[0].leg
+    assert b_leg.billmsec == 1040 and b_leg.call_uuid == A_A
+
+
+def test_b_failover_counts_attempts_and_outcomes():
+    reg, eff = run(channel_events("b"))
+    [ended] = of(eff, CallEnded)
+    call = ended.call
+    assert call.call_uuid.startswith(A_B)
+    assert call.attempts == 2 and call.first_choice_carrier == "carrier_a"
+    assert call.carrier == "carrier_b"
+    failed, won = of(eff, CarrierOutcome)
+    assert (failed.carrier, failed.answered, failed.hangup_cause, failed.sip_status) == \
+        ("carrier_a", False, "NORMAL_TEMPORARY_FAILURE", 503)
+    assert (won.carrier, won.answered) == ("carrier_b", True)
+    # the failed leg completes first; the call ends only with its A-leg, last
+    assert [e.leg.uuid[:8] for e in of(eff, LegEnded)] == ["dab161bd", "05e55dea", A_B]
+    assert len(of(eff, CallAnswered)) == 1
+
+
+def test_switchd_variables_win_over_gateway_names():
+    carrier_of = {"carrier_a": "Acme", "carrier_b": "Bolt"}
+
+    def with_vars(ev):
+        extra = {}
+        if ev.gateway:
+            extra["switchd_carrier"] = carrier_of[ev.gateway]
+        if ev.uuid.startswith(A_B):
+            extra.update(switchd_tenant="t1", switchd_max_duration="300",
+                         switchd_route_id="r-1", switchd_direction="outbound")
+        return replace(ev, vars={**ev.vars, **extra})
+
+    _, eff = run(with_vars(e) for e in channel_events("b"))
+    call = of(eff, CallEnded)[0].call
+    assert (call.tenant, call.max_duration, call.route_id) == ("t1", 300, "r-1")
+    assert (call.first_choice_carrier, call.carrier, call.gateway) == ("Acme", "Bolt", "carrier_b")
+    assert [o.carrier for o in of(eff, CarrierOutcome)] == ["Acme", "Bolt"]
+
+
+def test_c_allotted_timeout_on_the_a_leg():
+    _, eff = run(channel_events("c"))
+    call = of(eff, CallEnded)[0].call
+    assert call.call_uuid == A_C and call.hangup_cause == "ALLOTTED_TIMEOUT"
+    b = next(l for l in call.legs if l.uuid != A_C)
+    assert b.hangup_cause == "NORMAL_CLEARING" and b.billmsec == 5040
+
+
+@pytest.mark.parametrize("letter, answered, cause, sip, carrier", [
+    ("d", True, "NORMAL_CLEARING", None, "carrier_a"),
+    ("e", False, "USER_BUSY", 486, "carrier_a"),
+    ("f", False, "NORMAL_TEMPORARY_FAILURE", 503, "carrier_b"),
+])
+def test_originated_single_leg_calls(letter, answered, cause, sip, carrier):
+    events = channel_events(letter)
+    _, eff = run(events)
+    [ended] = of(eff, CallEnded)
+    assert ended.call.call_uuid == events[0].uuid and len(ended.call.legs) == 1
+    assert ended.call.direction == "outbound" and ended.call.attempts == 1
+    assert len(of(eff, LegEnded)) == 1
+    [out] = of(eff, CarrierOutcome)
+    assert (out.carrier, out.answered, out.hangup_cause, out.sip_status) == \
+        (carrier, answered, cause, sip)
+    assert len(of(eff, CallAnswered)) == int(answered)
+
+
+@pytest.mark.parametrize("letter", "abcdef")
+def test_duplicates_do_not_double_emit(letter):
+    once = run(channel_events(letter))[1]
+    twice = run(e for ev in channel_events(letter) for e in (ev, ev))[1]
+    assert Counter(type(e) for e in twice) == Counter(type(e) for e in once)
+
+
+# What the daemon subscribes to (switchd/esl/events.py SUBSCRIBED_EVENTS, copied so these
+# tests do not depend on the parser module).
+SUBSCRIBED = {"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
+              "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID"}
+
+
+@pytest.mark.parametrize("letter", "abcdef")
+def test_the_subscribed_subset_gives_the_same_story(letter):
+    full = run(channel_events(letter))[1]
+    subset = run(e for e in channel_events(letter) if e.name in SUBSCRIBED)[1]
+    assert [type(e) for e in subset] == [type(e) for e in full]
+    assert of(subset, CallEnded)[0].call.attempts == of(full, CallEnded)[0].call.attempts
+    assert [o.leg.uuid for o in of(subset, CarrierOutcome)] == \
+        [o.leg.uuid for o in of(full, CarrierOutcome)]
+
+
+def test_a_leg_completing_before_b_leg_waits_for_it():
+    events = channel_events("a")
+    b_done = next(e for e in events
+                  if e.uuid.startswith(B_A) and e.name == "CHANNEL_HANGUP_COMPLETE")
+    rest = [e for e in events if e is not b_done]
+    reg, eff = run(rest)
+    assert of(eff, CallEnded) == [] and len(reg) == 1
+    assert reg.get(A_A).state == "ending"
+    eff = reg.apply(b_done)
+    assert [type(e) for e in eff] == [LegEnded, CarrierOutcome, CallEnded]
+    assert len(reg) == 0
+
+
+def test_hangup_complete_alone_is_enough():
+    only = [e for e in channel_events("b") if e.name == "CHANNEL_HANGUP_COMPLETE"]
+    _, eff = run(only)
+    assert len(of(eff, LegEnded)) == 3 and len(of(eff, CallEnded)) == 1
+    assert of(eff, CallEnded)[0].call.attempts == 2
+
+
+def test_unknown_leg_first_seen_answering_is_created():
+    ev = next(e for e in channel_events("d") if e.name == "CHANNEL_ANSWER")
+    reg, eff = run([ev])
+    assert [type(e) for e in eff] == [CallStarted, CallAnswered]
+    assert reg.leg(ev.uuid).state == "answered"
+
+
+def test_b_leg_first_seen_with_own_call_uuid_joins_its_a_leg():
+    # capture a: the B-leg's HANGUP_COMPLETE says Channel-Call-UUID = itself
+    b_done = next(e for e in channel_events("a")
+                  if e.uuid.startswith(B_A) and e.name == "CHANNEL_HANGUP_COMPLETE")
+    assert b_done.call_uuid == b_done.uuid
+    reg, _ = run([b_done])
+    assert reg.leg(b_done.uuid).call_uuid == A_A
+    assert reg.get(A_A).a_leg.placeholder
+
+
+def test_impossible_transition_is_counted_not_raised():
+    events = channel_events("a")
+    b_hangup = next(i for i, e in enumerate(events)
+                    if e.uuid.startswith(B_A) and e.name == "CHANNEL_HANGUP")
+    answer = next(e for e in events if e.uuid.startswith(B_A) and e.name == "CHANNEL_ANSWER")
+    reg, _ = run(events[:b_hangup + 1])
+    assert reg.apply(answer) == []
+    assert reg.counters["rejected"] == 1
+    assert reg.leg(answer.uuid).state == "hungup"
+    _, eff = run(events[b_hangup + 1:], reg)
+    assert len(of(eff, CallEnded)) == 1
+
+
+def test_event_without_uuid_and_foreign_events():
+    reg = CallRegistry()
+    ev = channel_events("d")[0]
+    assert reg.apply(replace(ev, uuid="")) == []
+    assert reg.apply(replace(ev, name="CHANNEL_STATE")) == []
+    assert reg.counters["rejected"] == 1 and reg.counters["ignored"] == 1 and len(reg) == 0
+
+
+def test_registry_error_is_the_internal_signal():
+    assert issubclass(RegistryError, Exception)
+
+
+@pytest.mark.parametrize("via", ["Old-Unique-ID", "old_unique_id", "other_leg"])
+def test_channel_uuid_renames_the_call(via):
+    events = channel_events("d")
+    old = events[0].uuid
+    new = "11111111-2222-3333-4444-555555555555"
+    answer = next(i for i, e in enumerate(events) if e.name == "CHANNEL_ANSWER")
+    reg, _ = run(events[:answer + 1])
+    rename = replace(events[answer], name="CHANNEL_UUID", uuid=new, call_uuid=new,
+                     vars={} if via == "other_leg" else {via: old},
+                     other_leg_uuid=old if via == "other_leg" else None)
+    assert reg.apply(rename) == [CallRenamed(old, new)]
+    assert reg.get(new).call_uuid == new and reg.get(old).call_uuid == new
+    later = [replace(e, uuid=new, call_uuid=new) for e in events[answer + 1:]]
+    _, eff = run(later, reg)
+    [ended] = of(eff, CallEnded)
+    assert ended.call.call_uuid == new and ended.call.aliases == [old] and len(reg) == 0
+    assert not any(k in ended.call.a_leg.vars for k in ("Old-Unique-ID", "old_unique_id"))
+
+
+def test_answered_calls_over_limit():
+    events = [replace(e, vars={**e.vars, "switchd_max_duration": "5"}) if e.uuid == A_C else e
+              for e in channel_events("c")]
+    bridge = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE")
+    reg, eff = run(events[:bridge + 1])
+    answered = of(eff, CallAnswered)[0].call.answered_us
+    assert reg.answered_calls_over_limit(answered + 7_000_000, grace_s=2) == []
+    [late] = reg.answered_calls_over_limit(answered + 7_000_001, grace_s=2)
+    assert late.call_uuid == A_C and late.max_duration == 5
+
+
+def test_sweep_force_ends_calls_whose_b_leg_never_reported():
+    events = [e for e in channel_events("a")
+              if not (e.uuid.startswith(B_A) and e.name in ("CHANNEL_HANGUP_COMPLETE",
+                                                             "CHANNEL_DESTROY"))]
+    reg, eff = run(events)
+    assert len(reg) == 1 and not of(eff, CallEnded)
+    a_end = reg.get(A_A).a_leg.hangup_us
+    assert reg.sweep(a_end + 10_000_000, grace_us=30_000_000) == []
+    eff = reg.sweep(a_end + 31_000_000, grace_us=30_000_000)
+    assert [type(e) for e in eff] == [LegEnded, CallEnded]
+    assert eff[0].leg.reconstructed and eff[0].leg.uuid.startswith(B_A)
+    assert eff[0].leg.hangup_cause == "NORMAL_CLEARING"   # the HANGUP did arrive
+    assert eff[1].call.reconstructed and len(reg) == 0
+    assert reg.sweep(a_end + 99_000_000, grace_us=0) == []
+
+
+def test_sweep_uses_its_cause_when_nothing_was_heard():
+    events = [e for e in channel_events("a") if not e.uuid.startswith(B_A)
+              or e.name in ("CHANNEL_CREATE", "CHANNEL_ANSWER")]
+    reg, _ = run(events)
+    eff = reg.sweep(10**18, grace_us=0)
+    assert eff[0].leg.hangup_cause == CAUSE_SWEPT
+
+
+def test_straggler_leg_after_the_end_gets_rated_but_no_second_call_end():
+    events = channel_events("e")
+    reg, eff = run(events)
+    straggler = [replace(e, uuid="99999999-0000-0000-0000-000000000000",
+                         call_uuid=events[0].uuid, other_leg_uuid=None) for e in events]
+    _, late = run(straggler, reg)
+    assert of(late, CallEnded) == [] and len(of(late, LegEnded)) == 1
+    assert len(reg) == 0
+
+
+def test_originate_failover_keeps_the_call_until_the_job_answers():
+    first = channel_events("e")           # carrier_a busy
+    second = channel_events("d")          # answered
+    route = {"switchd_route_id": "r-9", "switchd_tenant": "t9"}
+    u = first[0].uuid
+    first = [replace(e, vars={**e.vars, **route}) for e in first]
+    shift = 100_000_000                   # capture d was recorded before e: make it later
+    second = [replace(e, vars={**e.vars, **route}, gateway=e.gateway and "carrier_b",
+                      **{f: getattr(e, f) and getattr(e, f) + shift for f in
+                         ("timestamp_us", "created_us", "answered_us", "hangup_us")})
+              for e in second]
+    reg = CallRegistry()
+    reg.expect_originate(u)
+    _, eff = run(first, reg)
+    assert of(eff, CallEnded) == [] and len(of(eff, LegEnded)) == 1
+    answer = next(i for i, e in enumerate(second) if e.name == "CHANNEL_ANSWER")
+    _, eff = run(second[:answer + 1], reg)
+    assert len(of(eff, CallAnswered)) == 1
+    assert reg.originate_finished(u) == []          # +OK arrived; the call is up
+    _, eff = run(second[answer + 1:], reg)
+    [ended] = of(eff, CallEnded)
+    assert ended.call.call_uuid == u and ended.call.attempts == 2
+    assert (ended.call.first_choice_carrier, ended.call.carrier) == ("carrier_a", "carrier_b")
+    assert ended.call.tenant == "t9" and len(reg) == 0
+
+
+def test_originate_finished_ends_a_call_that_only_failed():
+    events = channel_events("f")
+    reg = CallRegistry()
+    reg.expect_originate(events[0].uuid)
+    _, eff = run(events, reg)
+    assert not of(eff, CallEnded) and len(reg) == 1
+    assert [type(e) for e in reg.originate_finished(events[0].uuid)] == [CallEnded]
+
+
+def test_effects_hold_snapshots():
+    events = channel_events("a")
+    reg = CallRegistry()
+    started = reg.apply(next(e for e in events if e.name == "CHANNEL_CREATE"))[0]
+    run(events, reg)
+    assert started.call.state == "setup" and len(started.call.legs) == 1
+
+
+def _interesting(letter):
+    return [e for e in channel_events(letter) if e.name in EVENT_KIND]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), letter=st.sampled_from("abcdef"))
+def test_any_interleaving_or_duplication_ends_each_call_once(data, letter):
+    events = _interesting(letter)
+    dup = data.draw(st.lists(st.sampled_from(range(len(events))), max_size=10))
+    order = data.draw(st.permutations(list(range(len(events))) + dup))
+    _, eff = run(events[i] for i in order)
+    ended = of(eff, CallEnded)
+    assert len(ended) == 1
+    assert ended[0].call.call_uuid == events[0].call_uuid or letter in "def"
+    legs = Counter(e.leg.uuid for e in of(eff, LegEnded))
+    assert set(legs.values()) == {1} and len(legs) == len({e.uuid for e in events})
