@@ -1,0 +1,82 @@
+"""What the simulator is told (gateway behaviours) and what it reports (SimCall)."""
+from __future__ import annotations
+
+import random
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+import gevent.event
+
+from switchd.sim.legs import SimLeg
+
+
+@dataclass(frozen=True)
+class GatewayBehaviour:
+    """How the carrier behind a sofia gateway answers a leg.
+
+    fail_cause: always fail with this cause (e.g. 'NORMAL_TEMPORARY_FAILURE', 'USER_BUSY');
+    fail_rate: otherwise fail with probability fail_rate (seeded) with fail_cause or
+    NORMAL_TEMPORARY_FAILURE; sip_status: the SIP code of the failure (default by cause);
+    answer_delay_s / fail_delay_s: simulated seconds from INVITE to answer / to failure;
+    ignore_sched_hangup: the A-leg's sched_hangup never fires (for watchdog tests).
+    """
+    fail_cause: str | None = None
+    sip_status: int | None = None
+    answer_delay_s: float = 2.0
+    fail_delay_s: float = 0.5
+    fail_rate: float = 0.0
+    ignore_sched_hangup: bool = False
+
+
+def seeded_uuid(rng: random.Random) -> str:
+    return str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
+
+
+@dataclass
+class SimCall:
+    """One call as the simulator plays it: an inbound call (A-leg + bridge legs) or an
+    originate (its legs only). `wait()` returns once every leg has hung up."""
+    index: int
+    kind: str                         # 'inbound' | 'originate'
+    uuid: str                         # A-leg, or the originated leg
+    destination: str
+    caller: str
+    hold_seconds: float
+    rng: random.Random
+    a_leg: SimLeg | None = None
+    legs: list[SimLeg] = field(default_factory=list)      # bridge / originate attempts
+    route_source: str | None = None    # 'xml_curl' | 'static_fallback' | None (originate)
+    route: object | None = None        # xmlcurl.RouteAnswer
+    result: str | None = None          # 'answered' | 'failed' | 'refused' | 'lost'
+    hangup_cause: str | None = None    # A-leg cause (originate: the leg's)
+    events: list[tuple[str, str]] = field(default_factory=list)   # (Event-Name, Unique-ID)
+    sched_at_us: int | None = None     # pending sched_hangup (simulated time)
+    sched_cause: str = "ALLOTTED_TIMEOUT"
+    kill: tuple[str, str] | None = None    # (leg uuid, cause) from uuid_kill
+    ignore_sched: bool = False
+    wake: gevent.event.Event = field(default_factory=gevent.event.Event)
+    done: gevent.event.Event = field(default_factory=gevent.event.Event)
+
+    @property
+    def causes(self) -> list[str | None]:
+        return [leg.cause for leg in self.legs]
+
+    @property
+    def answered_leg(self) -> SimLeg | None:
+        return next((leg for leg in self.legs if leg.answered_us), None)
+
+    @property
+    def gateway(self) -> str | None:
+        leg = self.answered_leg
+        return leg.gateway if leg else None
+
+    @property
+    def billmsec(self) -> int:
+        leg = self.answered_leg
+        return leg.billmsec if leg else 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def poke(self) -> None:
+        self.wake.set()

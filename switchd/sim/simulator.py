@@ -1,0 +1,331 @@
+"""The FreeSWITCH simulator: ESL server + mod_xml_curl poster + call player, seeded.
+
+    sim = Simulator(seed=1, dialplan_url="http://127.0.0.1:8088/fs/dialplan", time_scale=1000)
+    host, port = sim.start()
+    call = sim.place_call("442079460000", accountcode="acme")
+    call.wait(5)
+
+Same seed and same sequence of place_call/bgapi → same UUIDs, hold times and outcomes.
+See docs/simulator.md.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import gevent
+import gevent.pool
+
+from switchd.sim import api, wire
+from switchd.sim.clock import SimClock
+from switchd.sim.legs import SimLeg
+from switchd.sim.model import GatewayBehaviour, SimCall, seeded_uuid
+from switchd.sim.player import Player
+from switchd.sim.server import EslServer
+
+log = logging.getLogger(__name__)
+
+
+class Simulator:
+    def __init__(self, password: str = "ClueCon", seed: int = 0, dialplan_url: str | None = None,
+                 time_scale: float = 1.0, heartbeat_interval: float | None = 20.0,
+                 gateways: dict[str, GatewayBehaviour] | None = None,
+                 default_gateway: GatewayBehaviour = GatewayBehaviour(),
+                 hold_range: tuple[float, float] = (10.0, 300.0), dialplan_timeout: float = 5.0,
+                 host: str = "127.0.0.1", port: int = 0, hostname: str = "vm",
+                 start_us: int | None = None) -> None:
+        self.seed = seed
+        self.dialplan_url = dialplan_url
+        self.dialplan_timeout = dialplan_timeout
+        self.heartbeat_interval = heartbeat_interval     # real seconds; None = off
+        self.gateways = dict(gateways or {})
+        self.default_gateway = default_gateway
+        self.hold_range = hold_range
+        self.hostname = hostname
+        self.clock = SimClock(time_scale, start_us)
+        self.server = EslServer(self, password, host, port)
+        self.player = Player(self)
+        self.calls: list[SimCall] = []
+        self.lookups: list[tuple[str, str, str]] = []    # (call uuid, route_source, reason)
+        self._rng = random.Random(f"{seed}:core")
+        self._boot = 0
+        self._new_core()
+        self._pool = gevent.pool.Group()
+        self._legs: dict[str, tuple[SimLeg, SimCall]] = {}
+        self.sessions_since_startup = 0
+        self.peak = 0
+        self._started_mono = time.monotonic()
+        self._heartbeat: gevent.Greenlet | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def _new_core(self) -> None:
+        self.core_uuid = seeded_uuid(random.Random(f"{self.seed}:boot:{self._boot}"))
+        self._seq = 0
+
+    def start(self) -> tuple[str, int]:
+        address = self.server.start()
+        self._started_mono = time.monotonic()
+        if self.heartbeat_interval:
+            self._heartbeat = gevent.spawn(self._heartbeat_loop)
+        return address
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.host, self.server.port
+
+    def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.kill()
+            self._heartbeat = None
+        self.server.stop()
+        self.server.drop_all()
+        self._pool.kill()
+        self._lose_live_calls()
+
+    def restart(self, down_seconds: float = 0.0, live_calls: list[dict] | None = None,
+                graceful: bool = False) -> None:
+        """FreeSWITCH restarts: connections close, live calls vanish without events (as
+        after a crash), a new Core-UUID and Event-Sequence start, then `live_calls` are
+        there (already bridged, their CREATE never sent) for reconciliation tests.
+        Each dict takes place_call's keyword arguments plus `gateway`."""
+        self.server.stop()
+        self.server.drop_all(wire.DISCONNECT_SHUTDOWN if graceful else None)
+        self._pool.kill()
+        self._lose_live_calls()
+        if down_seconds:
+            gevent.sleep(down_seconds)
+        self._boot += 1
+        self._new_core()
+        self._started_mono = time.monotonic()
+        for spec in live_calls or []:
+            self.inject_live_call(**spec)
+        self.server.start()
+
+    def _lose_live_calls(self) -> None:
+        for leg, call in list(self._legs.values()):
+            if not call.done.is_set():
+                call.result = "lost"
+                call.done.set()
+        self._legs.clear()
+
+    # -- ESL plumbing -----------------------------------------------------------------
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def emit(self, headers: list[tuple[str, str]], body: str | None = None) -> None:
+        """Stamp Event-Sequence, serialize once and hand the frame to every subscriber."""
+        seq = str(self.next_seq())
+        headers = [(k, seq if k == "Event-Sequence" else v) for k, v in headers]
+        name = next(v for k, v in headers if k == "Event-Name")
+        subclass = next((v for k, v in headers if k == "Event-Subclass"), None)
+        frame = wire.event_frame(wire.serialize_event(headers, body))
+        self.server.broadcast_event(name, subclass, frame)
+
+    def _base(self, key: str, ts_us: int | None = None) -> list[tuple[str, str]]:
+        over = {"Core-UUID": self.core_uuid, "FreeSWITCH-Hostname": self.hostname,
+                "FreeSWITCH-Switchname": self.hostname,
+                **wire.date_headers(ts_us or self.clock.now_us())}
+        return [(k, over.get(k, v)) for k, v in wire.templates()["events"][key]]
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            gevent.sleep(self.heartbeat_interval)
+            up_ms = int(self.uptime() * 1000)
+            over = {"Session-Count": str(len(self.live_legs())), "Uptime-msec": str(up_ms),
+                    "Session-Since-Startup": str(self.sessions_since_startup),
+                    "Session-Peak-Max": str(self.peak), "Session-Peak-FiveMin": str(self.peak)}
+            self.emit([(k, over.get(k, v)) for k, v in self._base("HEARTBEAT")])
+
+    def emit_gateway_state(self, name: str, state: str = "NOREG", ping_status: str = "DOWN",
+                           status: int | str = 503, phrase: str | None = None) -> None:
+        from switchd.sim.legs import PHRASE
+        over = {"Gateway": name, "State": state, "Ping-Status": ping_status, "Status": str(status),
+                "Phrase": phrase if phrase is not None else PHRASE.get(int(status), "OK")}
+        self.emit([(k, over.get(k, v)) for k, v in self._base("gateway_state")])
+
+    def new_job_uuid(self) -> str:
+        return seeded_uuid(self._rng)
+
+    def api(self, line: str) -> str:
+        if line.startswith("originate "):
+            return self._originate(line[len("originate "):])
+        return api.execute(self, line)
+
+    def bgapi(self, line: str, job_uuid: str) -> None:
+        def run() -> None:
+            body = self.api(line)
+            cmd, _, arg = line.strip().partition(" ")
+            extra = [("Job-UUID", job_uuid), ("Job-Command", cmd)]
+            if arg:
+                extra.append(("Job-Command-Arg", arg))
+            headers = [h for h in self._base("BACKGROUND_JOB")
+                       if h[0] not in ("Job-UUID", "Job-Command", "Job-Command-Arg")] + extra
+            self.emit(headers, body)
+        self.spawn(run)
+
+    def spawn(self, fn, *args) -> gevent.Greenlet:
+        return self._pool.spawn(fn, *args)
+
+    # -- calls ------------------------------------------------------------------------
+    def _new_call(self, kind: str, destination: str, caller: str, hold_seconds: float | None,
+                  uuid: str | None = None) -> SimCall:
+        index = len(self.calls)
+        rng = random.Random(f"{self.seed}:call:{index}")
+        hold = hold_seconds if hold_seconds is not None else round(rng.uniform(*self.hold_range), 3)
+        call = SimCall(index=index, kind=kind, uuid=uuid or seeded_uuid(rng),
+                       destination=destination, caller=caller, hold_seconds=hold, rng=rng)
+        self.calls.append(call)
+        return call
+
+    def place_call(self, destination: str, caller: str = "1000", accountcode: str | None = None,
+                   domain: str | None = None, hold_seconds: float | None = None,
+                   variables: dict[str, str] | None = None) -> SimCall:
+        """An inbound call arrives; returns at once, the call plays in its own greenlet."""
+        call = self._new_call("inbound", destination, caller, hold_seconds)
+        call_vars: list[tuple[str, str]] = []
+        overrides: dict[str, str] = {}
+        if accountcode is not None:
+            call_vars.append(("accountcode", accountcode))
+        if domain is not None:
+            call_vars.append(("domain_name", domain))
+            for field in ("sip_from_host", "sip_to_host", "sip_req_host"):
+                overrides[f"variable_{field}"] = domain
+            overrides["variable_sip_req_uri"] = overrides["variable_sip_to_uri"] = f"{destination}@{domain}"
+            overrides["variable_sip_from_uri"] = f"{caller}@{domain}"
+        for k, v in (variables or {}).items():
+            call_vars.append((k, v))
+            overrides[f"variable_{k}"] = v
+        self.spawn(self._play_inbound, call, call_vars, overrides)
+        return call
+
+    def _play_inbound(self, call: SimCall, call_vars, overrides) -> None:
+        try:
+            self.player.run_inbound(call, call_vars, overrides)
+        except Exception:                    # a greenlet boundary: keep the simulator up
+            log.exception("sim: call %s crashed", call.uuid)
+            call.result = call.result or "error"
+        finally:
+            call.done.set()
+
+    def _originate(self, arg: str) -> str:
+        from switchd.sim.xmlcurl import parse_dial_string
+        gv = dict(parse_dial_string(arg.rpartition(" &")[0] or arg)[0])
+        uuid = gv.get("origination_uuid")
+        if uuid and uuid in self._legs:
+            return "-ERR DUPLICATE_UUID\n"
+        legs = parse_dial_string(arg.rpartition(" &")[0] or arg)[1]
+        call = self._new_call("originate", legs[0].number if legs else "", "0000000000", None, uuid)
+        return self.player.run_originate(call, arg)
+
+    def inject_live_call(self, destination: str, gateway: str = "carrier_a", caller: str = "1000",
+                         hold_seconds: float | None = None, accountcode: str | None = None,
+                         variables: dict[str, str] | None = None, **_ignored) -> SimCall:
+        """A bridged call that exists without us having seen its start (after a restart)."""
+        call = self._new_call("inbound", destination, caller, hold_seconds)
+        t = self.clock.now_us()
+        vars_ = ([("accountcode", accountcode)] if accountcode else []) + list((variables or {}).items())
+        a = SimLeg(call.uuid, "a", destination, caller, call.uuid, vars=vars_, created_us=t)
+        b = SimLeg(seeded_uuid(call.rng), "b", destination, caller, call.uuid, gateway=gateway,
+                   vars=list((variables or {}).items()), created_us=t)
+        for leg in (a, b):
+            leg.progress_us = leg.progress_media_us = leg.answered_us = leg.bridged_us = t
+        b.sip_status = 200
+        call.a_leg, call.legs, call.route_source = a, [b], "injected"
+        from switchd.sim.xmlcurl import RouteAnswer
+        call.route = RouteAnswer(set_vars=list((variables or {}).items()))
+        self.register(a, call)
+        self.register(b, call)
+        self.spawn(self._play_injected, call, a, b, t)
+        return call
+
+    def _play_injected(self, call: SimCall, a: SimLeg, b: SimLeg, t: int) -> None:
+        try:
+            self.player._talk(call, a, b, t, call.route, call.route.set_vars)
+        finally:
+            call.done.set()
+
+    def register(self, leg: SimLeg, call: SimCall) -> None:
+        self._legs[leg.uuid] = (leg, call)
+        self.sessions_since_startup += 1
+        self.peak = max(self.peak, len(self._legs))
+
+    def unregister(self, leg: SimLeg) -> None:
+        self._legs.pop(leg.uuid, None)
+
+    def leg(self, uuid: str) -> SimLeg | None:
+        entry = self._legs.get(uuid)
+        return entry[0] if entry else None
+
+    def call_of(self, uuid: str) -> SimCall | None:
+        entry = self._legs.get(uuid)
+        return entry[1] if entry else None
+
+    def live_legs(self) -> list[SimLeg]:
+        return [leg for leg, _ in self._legs.values()]
+
+    def live_channels(self) -> list[dict[str, str]]:
+        """Rows as `show channels as json` returns them."""
+        return [api._row(self, leg) for leg in self.live_legs()]
+
+    def kill_call(self, uuid: str, cause: str = "NORMAL_CLEARING") -> bool:
+        call = self.call_of(uuid)
+        if call is None:
+            return False
+        call.kill = (uuid, cause)
+        call.poke()
+        return True
+
+    def sched_hangup(self, uuid: str, when: str, cause: str = "ALLOTTED_TIMEOUT") -> bool:
+        call = self.call_of(uuid)
+        if call is None:
+            return False
+        if not call.ignore_sched:
+            secs = float(when.lstrip("+"))
+            call.sched_at_us = (self.clock.now_us() + int(secs * 1e6) if when.startswith("+")
+                                else int(secs * 1e6))
+            call.sched_cause = cause
+            call.poke()
+        return True
+
+    def gateway_behaviour(self, name: str | None) -> GatewayBehaviour:
+        return self.gateways.get(name or "", self.default_gateway)
+
+    def set_gateway(self, name: str, behaviour: GatewayBehaviour) -> None:
+        self.gateways[name] = behaviour
+
+    def log_lookup(self, call: SimCall, source: str, reason: str) -> None:
+        self.lookups.append((call.uuid, source, reason))
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once every call placed so far has ended."""
+        return all(call.done.wait(timeout) for call in list(self.calls))
+
+    # -- faults -----------------------------------------------------------------------
+    def wait_for_listeners(self, count: int = 1, timeout: float = 5.0,
+                           subscribed: bool = True) -> bool:
+        """Wait until `count` authenticated (and subscribed) ESL connections exist."""
+        return self.server.wait_for(
+            lambda conns: sum(1 for c in conns if c.authed and (c.events or not subscribed))
+            >= count, timeout)
+
+    def drop_connections(self) -> None:
+        """Close every ESL socket abruptly: no notice, as when the network cuts."""
+        self.server.drop_all()
+
+    def send_garbage(self, data: bytes = b"Content-Length: 12x\nContent-Type: text/event-pl\xffin"
+                                          b"\n\n\x00\x01garbage\n\n") -> None:
+        """Write a malformed frame to every connection."""
+        for conn in list(self.server.connections):
+            conn.send(data)
+
+    def stall(self) -> None:
+        """Stop reading and writing on every connection (events queue up, then drop)."""
+        self.server.running.clear()
+
+    def resume(self) -> None:
+        self.server.running.set()

@@ -1,0 +1,257 @@
+"""Calls played by the simulator, compared with the captured scenarios a–f."""
+from __future__ import annotations
+
+import pytest
+
+from test_sim_helpers import (DialplanServer, RawClient, bridge_xml, capture_events,
+                         captured_dialplan_fields, captured_dialplan_xml, event_pairs)
+from switchd.sim import GatewayBehaviour, Simulator
+
+SUBSCRIBED = {"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
+              "CHANNEL_HANGUP_COMPLETE"}
+EVENTS = "CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE " \
+         "BACKGROUND_JOB HEARTBEAT CUSTOM sofia::gateway_state"
+FAIL_503 = GatewayBehaviour(fail_cause="NORMAL_TEMPORARY_FAILURE", sip_status=503)
+
+
+@pytest.fixture
+def world():
+    servers, sims, clients = [], [], []
+
+    def make(xml, **kw):
+        dp = DialplanServer(xml)
+        servers.append(dp)
+        sim = Simulator(dialplan_url=dp.url, time_scale=kw.pop("time_scale", 1000),
+                        heartbeat_interval=kw.pop("heartbeat_interval", None), **kw)
+        sim.start()
+        sims.append(sim)
+        client = RawClient(sim.address)
+        client.login(events=EVENTS)
+        clients.append(client)
+        return sim, dp, client
+    yield make
+    for c in clients:
+        c.close()
+    for s in sims:
+        s.stop()
+    for d in servers:
+        d.stop()
+
+
+def _roles(events, a_uuid):
+    """Event names with leg roles ('A', 'B1', 'B2', ...) in arrival order."""
+    roles, out = {a_uuid: "A"}, []
+    for e in events:
+        uid = e.get("Unique-ID", "")
+        if e["Event-Name"] not in SUBSCRIBED:
+            continue
+        roles.setdefault(uid, f"B{len(roles)}")
+        out.append((e["Event-Name"], roles[uid], e.get("Hangup-Cause")))
+    return out
+
+
+def _captured_roles(letter):
+    evs = capture_events(letter)
+    return _roles(evs, evs[0]["Unique-ID"])
+
+
+def _done(client, n_complete):
+    return client.wait_for(lambda evs: sum(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"
+                                           for e in evs) >= n_complete)
+
+
+def test_call_with_captured_dialplan_posts_captured_fields_and_plays_scenario_a(world):
+    sim, dp, client = world(captured_dialplan_xml(1))
+    call = sim.place_call("1001", caller="sipp", hold_seconds=1.0)
+    assert call.wait(5) and _done(client, 2)
+    env, body = dp.requests[0]
+    assert env["HTTP_USER_AGENT"] == "freeswitch-xml/1.0"
+    assert env["CONTENT_TYPE"] == "application/x-www-form-urlencoded"
+    assert env["PATH_INFO"] == "/fs/dialplan"
+    fields = [p.split(b"=", 1)[0].decode() for p in body.split(b"&")]
+    assert fields == captured_dialplan_fields()
+    assert body.startswith(b"hostname=vm&section=dialplan&tag_name=&key_name=&key_value=&")
+    assert f"Unique-ID={call.uuid}&".encode() in body
+    assert b"&Caller-Destination-Number=1001&" in body and b"%20" in body and b"+" not in body
+    assert _roles(client.events, call.uuid) == _captured_roles("a")
+    assert call.result == "answered" and call.route_source == "xml_curl"
+    assert call.gateway == "carrier_a" and call.billmsec == 1000
+
+
+def test_event_headers_follow_capture_order(world):
+    sim, dp, client = world(captured_dialplan_xml(2), gateways={"carrier_a": FAIL_503})
+    call = sim.place_call("1002", caller="sipp", hold_seconds=1.0)
+    assert call.wait(5) and _done(client, 3)
+    captured = {}
+    from test_sim_helpers import FIXTURES, split_frames
+    frames, _ = split_frames((FIXTURES / "events-plain-b.txt").read_bytes())
+    for head, body in frames:
+        if head.get("Content-Type") == "text/event-plain":
+            pairs = event_pairs(body)
+            captured.setdefault((pairs[0][1], dict(pairs).get("Unique-ID", "")[:8]), [k for k, _ in pairs])
+    a_create = [k for k, _ in event_pairs(client.event_bodies[0])]
+    assert a_create == captured[("CHANNEL_CREATE", "2aa200b6")]
+    hc = next(b for b, e in zip(client.event_bodies, client.events)
+              if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" and e["Unique-ID"] == call.uuid)
+    names = [k for k, _ in event_pairs(hc)]
+    assert names[:12] == captured[("CHANNEL_HANGUP_COMPLETE", "2aa200b6")][:12]
+    assert b"variable_execute_on_answer: sched_hangup%20%2B5%20ALLOTTED_TIMEOUT\n" in hc
+
+
+def test_failover_503_then_answer_matches_capture_b(world):
+    sim, dp, client = world(captured_dialplan_xml(2), gateways={"carrier_a": FAIL_503})
+    call = sim.place_call("1002", caller="sipp", hold_seconds=1.0)
+    assert call.wait(5) and _done(client, 3)
+    assert _roles(client.events, call.uuid) == _captured_roles("b")
+    assert call.causes == ["NORMAL_TEMPORARY_FAILURE", "NORMAL_CLEARING"]
+    a_hc = [e for e in client.events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"][-1]
+    b1, b2 = call.legs
+    assert a_hc["variable_originate_causes"] == (
+        f"ARRAY::{b1.uuid};NORMAL_TEMPORARY_FAILURE|:{b2.uuid};NONE")
+    failed = [e for e in client.events if e.get("Unique-ID") == b1.uuid][-1]
+    assert failed["variable_sip_term_status"] == "503"
+    assert failed["variable_sip_gateway_name"] == "carrier_a"
+    assert failed["Channel-Name"] == "sofia/local/1002"
+    assert failed["Channel-Call-UUID"] == call.uuid
+
+
+def test_sched_hangup_cuts_a_leg_like_capture_c(world):
+    sim, dp, client = world(bridge_xml("[switchd_carrier=a,switchd_rate=0.01]sofia/gateway/carrier_a/1003"))
+    call = sim.place_call("1003", caller="sipp", hold_seconds=60)
+    assert call.wait(5) and _done(client, 2)
+    assert _roles(client.events, call.uuid) == _captured_roles("c")
+    hc = {e["Unique-ID"]: e for e in client.events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
+    a, b = hc[call.uuid], hc[call.legs[0].uuid]
+    assert a["Hangup-Cause"] == "ALLOTTED_TIMEOUT" and b["Hangup-Cause"] == "NORMAL_CLEARING"
+    assert b["variable_bridge_hangup_cause"] == "ALLOTTED_TIMEOUT"
+    assert a["variable_billmsec"] == b["variable_billmsec"] == "5000"
+    assert b["variable_switchd_carrier"] == "a" and b["variable_switchd_rate"] == "0.01"
+    assert a["variable_switchd_tenant"] == "acme"
+    assert int(a["Caller-Channel-Hangup-Time"]) - int(a["Caller-Channel-Answered-Time"]) == 5_000_000
+
+
+def test_ignore_sched_hangup_lets_the_call_run(world):
+    sim, dp, client = world(bridge_xml("sofia/gateway/carrier_a/1003"),
+                            gateways={"carrier_a": GatewayBehaviour(ignore_sched_hangup=True)})
+    call = sim.place_call("1003", hold_seconds=30)
+    assert call.wait(5)
+    assert call.hangup_cause == "NORMAL_CLEARING" and call.billmsec == 30_000
+
+
+def test_uuid_kill_ends_a_live_call(world):
+    sim, dp, client = world(bridge_xml("sofia/gateway/carrier_a/1003", sched=None))
+    call = sim.place_call("1003", hold_seconds=100_000)
+    assert client.wait_for(lambda evs: any(e["Event-Name"] == "CHANNEL_BRIDGE" for e in evs))
+    rows = client.command("api show calls as json")[1]
+    assert call.uuid.encode() in rows and call.legs[0].uuid.encode() in rows
+    head, body = client.command(f"api uuid_kill {call.uuid} MANAGER_REQUEST")
+    assert body == b"+OK\n"
+    assert call.wait(5) and call.hangup_cause == "MANAGER_REQUEST"
+    assert client.command("api show channels as json")[1] == b'{"row_count": 0}\n'
+
+
+@pytest.mark.parametrize("status,xml", [("500 Internal Server Error", "oops"),
+                                        ("200 OK", '<document type="freeswitch/xml"><section '
+                                         'name="result"><result status="not found"/></section></document>')])
+def test_dialplan_failure_falls_back_to_static_refusal(world, status, xml):
+    sim, dp, client = world(xml)
+    dp.status = status
+    call = sim.place_call("1500")
+    assert call.wait(5) and _done(client, 1)
+    assert call.route_source == "static_fallback" and call.result == "refused"
+    hc = client.events[-1]
+    assert hc["variable_route_source"] == "static_fallback"
+    assert hc["Hangup-Cause"] == "NORMAL_TEMPORARY_FAILURE" and hc["variable_sip_term_status"] == "503"
+
+
+def test_refusal_actions(world):
+    sim, dp, client = world('<document type="freeswitch/xml"><section name="dialplan"><context>'
+                            '<extension><condition><action application="respond" data="403 Forbidden"/>'
+                            '</condition></extension></context></section></document>')
+    call = sim.place_call("900123")
+    assert call.wait(5) and call.result == "refused" and call.hangup_cause == "CALL_REJECTED"
+
+
+@pytest.mark.parametrize("gw,expected", [(GatewayBehaviour(), "+OK {uuid}\n"),
+                                         (GatewayBehaviour(fail_cause="USER_BUSY"), "-ERR USER_BUSY\n"),
+                                         (FAIL_503, "-ERR NORMAL_TEMPORARY_FAILURE\n")])
+def test_bgapi_originate_outcomes_like_captures_d_e_f(world, gw, expected):
+    sim, dp, client = world(None, gateways={"carrier_a": gw})
+    uuid = "8f74583b-42d4-4ee6-bbb0-548d0e499fae"
+    head, _ = client.command(f"bgapi originate {{origination_uuid={uuid},origination_caller_id_number="
+                             f"5551000}}sofia/gateway/carrier_a/2001 &park()")
+    job = head["Job-UUID"]
+    assert client.wait_for(lambda evs: any(e.get("Job-UUID") == job for e in evs))
+    body = next(b for b, e in zip(client.event_bodies, client.events) if e.get("Job-UUID") == job)
+    text = expected.format(uuid=uuid)
+    assert body.endswith(f"Content-Length: {len(text)}\n\n{text}".encode())
+    assert b"Job-Command-Arg: %7Borigination_uuid%3D" + uuid.encode() in body
+    created = [e for e in client.events if e["Event-Name"] == "CHANNEL_CREATE"][0]
+    assert created["Unique-ID"] == uuid and created["variable_sip_gateway_name"] == "carrier_a"
+    if expected.startswith("+OK"):
+        assert client.command(f"api uuid_exists {uuid}")[1] == b"true"
+        assert client.command(f"api uuid_kill {uuid}")[1] == b"+OK\n"
+    assert client.wait_for(lambda evs: any(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" for e in evs))
+
+
+def _run(seed):
+    dp = DialplanServer(bridge_xml("sofia/gateway/carrier_a/N|sofia/gateway/carrier_b/N"))
+    sim = Simulator(seed=seed, dialplan_url=dp.url, time_scale=2000, heartbeat_interval=None,
+                    gateways={"carrier_a": GatewayBehaviour(fail_rate=0.5)})
+    sim.start()
+    try:
+        calls = [sim.place_call(f"44207946{i:04d}") for i in range(10)]
+        assert sim.wait_idle(10)
+        return [(c.uuid, [leg.uuid for leg in c.legs], c.causes, c.hold_seconds, c.billmsec,
+                 [n for n, _ in c.events]) for c in calls]
+    finally:
+        sim.stop()
+        dp.stop()
+
+
+def test_same_seed_same_calls():
+    first, again, other = _run(3), _run(3), _run(4)
+    assert first == again
+    assert first != other
+    assert any(len(legs) == 2 for _, legs, *_ in first)        # some failovers happened
+
+
+def test_two_hundred_calls_run_in_seconds_with_realistic_billing(world):
+    sim, dp, client = world(bridge_xml("sofia/gateway/carrier_a/N", sched=None),
+                            time_scale=5000)
+    calls = [sim.place_call(f"1{i:03d}", accountcode="acme") for i in range(200)]
+    assert sim.wait_idle(20)
+    assert _done(client, 400)
+    assert all(c.result == "answered" for c in calls)
+    assert all(10_000 <= c.billmsec <= 300_000 for c in calls)
+    assert {e.get("variable_accountcode") for e in client.events if e["Unique-ID"] in
+            {c.uuid for c in calls}} == {"acme"}
+    seqs = [int(e["Event-Sequence"]) for e in client.events]
+    assert seqs == sorted(seqs)
+
+
+def test_restart_changes_core_and_live_calls(world):
+    sim, dp, client = world(None)
+    old_core = sim.core_uuid
+    sim.restart(live_calls=[{"destination": "4420", "gateway": "carrier_b", "hold_seconds": 1000,
+                             "variables": {"switchd_tenant": "acme"}}])
+    assert client.closed.wait(5)
+    assert sim.core_uuid != old_core
+    fresh = RawClient(sim.address)
+    fresh.login(events="ALL")
+    rows = fresh.command("api show channels as json")[1]
+    assert b'"row_count":2' in rows
+    sim.kill_call(sim.calls[-1].uuid)
+    assert fresh.wait_for(lambda evs: sum(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" for e in evs) == 2)
+    assert {e["Core-UUID"] for e in fresh.events} == {sim.core_uuid}
+    fresh.close()
+
+
+def test_heartbeat_and_gateway_state(world):
+    sim, dp, client = world(None, heartbeat_interval=0.05)
+    assert client.wait_for(lambda evs: any(e["Event-Name"] == "HEARTBEAT" for e in evs))
+    sim.emit_gateway_state("carrier_a", "NOREG", "DOWN", 503)
+    assert client.wait_for(lambda evs: any(e["Event-Name"] == "CUSTOM" for e in evs))
+    body = next(b for b, e in zip(client.event_bodies, client.events) if e["Event-Name"] == "CUSTOM")
+    assert body.startswith(b"Event-Subclass: sofia%3A%3Agateway_state\nEvent-Name: CUSTOM\n")
+    assert b"\nGateway: carrier_a\nState: NOREG\nPing-Status: DOWN\nPhrase: Service%20Unavailable\nStatus: 503\n\n" in body
