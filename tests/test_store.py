@@ -1,0 +1,131 @@
+"""store.py against a real PostgreSQL: health, decisions, spend, summary, report."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from switchd.db import store
+from switchd.db.cdr_writer import CallRecord, EventRecord, LegRecord, write_batch
+from switchd.provision import provision
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provision.toml"
+T0 = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def conn(migrated_pg_url):
+    provision(migrated_pg_url, EXAMPLE)
+    with psycopg.connect(migrated_pg_url, autocommit=True) as c:
+        yield c
+
+
+def _call(uuid_, carrier, first, answered=True, cost="0.100000", billed=60, start=T0,
+          tenant="acme", talk=60):
+    return CallRecord(
+        call_uuid=uuid_, direction="outbound", tenant=tenant, destination="+442079460000",
+        started_at=start, answered_at=start + timedelta(seconds=3) if answered else None,
+        ended_at=start + timedelta(seconds=3 + (talk if answered else 0)),
+        hangup_cause="NORMAL_CLEARING" if answered else "NO_ANSWER", carrier=carrier,
+        first_choice_carrier=first, attempts=1, billed_seconds=billed if answered else 0,
+        cost=Decimal(cost) if answered else Decimal(0))
+
+
+def test_world_empty_database(migrated_pg_url):
+    with psycopg.connect(migrated_pg_url) as c:
+        world = store.load_world(c)
+    assert world.tenants == {} and world.carriers == {}
+
+
+def test_carrier_health_roundtrip(conn):
+    health = store.load_carrier_health(conn)
+    assert health["alpha"] == (100, 0, None)
+    assert store.save_carrier_health(conn, "alpha", 45, 10, T0)
+    assert store.load_carrier_health(conn)["alpha"] == (45, 10, T0)
+    assert not store.save_carrier_health(conn, "nope", 1, 1, None)
+
+
+def test_routing_decisions_batch_idempotent(conn):
+    rid = uuid.uuid4()
+    rows = [{"id": rid, "call_uuid": "c1", "tenant": "acme", "direction": "outbound",
+             "destination": "+442079460000", "result": "routed", "reason": "lcr",
+             "candidates": [{"carrier": "alpha", "rate": Decimal("0.0125")}],
+             "chosen": ["alpha"], "elapsed_us": 120},
+            {"id": uuid.uuid4(), "direction": "outbound", "result": "refused",
+             "reason": "no_route", "sip_code": 404}]
+    store.insert_routing_decisions(conn, rows)
+    store.insert_routing_decisions(conn, rows[:1])   # replay: no error, no duplicate
+    assert conn.execute("SELECT count(*) FROM routing_decisions").fetchone()[0] == 2
+    cand = conn.execute("SELECT candidates FROM routing_decisions WHERE id = %s",
+                        (rid,)).fetchone()[0]
+    assert cand == [{"carrier": "alpha", "rate": "0.0125"}]   # exact, not a float
+    with pytest.raises(ValueError, match="unknown keys"):
+        store.insert_routing_decisions(conn, [{"id": uuid.uuid4(), "bogus": 1}])
+
+
+def test_month_spend_is_decimal_and_bounded_by_month(conn):
+    write_batch(conn, [
+        ("call", _call("a", "alpha", "alpha", cost="1.100000")),
+        ("call", _call("b", "alpha", "alpha", cost="2.200001")),
+        ("call", _call("c", "alpha", "alpha", cost="9", start=T0 + timedelta(days=30))),
+        ("call", _call("d", "alpha", "alpha", cost="5", tenant="other")),
+    ])
+    spend = store.month_spend(conn, "acme", datetime(2025, 3, 1, tzinfo=timezone.utc))
+    assert spend == Decimal("3.300001") and isinstance(spend, Decimal)
+    assert store.month_spend(conn, "ghost", datetime(2025, 3, 1, tzinfo=timezone.utc)) == 0
+
+
+def test_summary_shape(conn):
+    write_batch(conn, [
+        ("call", _call("a", "alpha", "alpha", cost="0.100000")),
+        ("call", _call("b", "bravo", "alpha", cost="0.200000", billed=61)),   # failover
+        ("call", _call("c", "alpha", "alpha", answered=False)),
+    ])
+    s = store.summary(conn)
+    assert s == {"calls": 3, "answered": 2, "failed": 1, "total_cost": "0.300000",
+                 "failovers": 1, "cdrs_stored": 3,
+                 "by_carrier": {
+                     "alpha": {"calls": 2, "answered": 1, "billed_seconds": 60, "cost": "0.100000"},
+                     "bravo": {"calls": 1, "answered": 1, "billed_seconds": 61, "cost": "0.200000"}}}
+    later = store.summary(conn, since=T0 + timedelta(hours=1))
+    assert later["calls"] == 0 and later["cdrs_stored"] == 3
+
+
+def test_report_by_tenant_day_and_carrier_with_pdd(conn):
+    legs, events = [], []
+    for i, (carrier, answered) in enumerate([("alpha", True), ("alpha", False), ("bravo", True)]):
+        start = T0 + timedelta(minutes=i)
+        legs.append(("leg", LegRecord(
+            leg_uuid=f"leg{i}", call_uuid=f"call{i}", direction="outbound", carrier=carrier,
+            started_at=start, answered_at=start + timedelta(seconds=4) if answered else None,
+            ended_at=start + timedelta(seconds=64 if answered else 30),
+            billmsec=60000 if answered else 0, billed_seconds=60 if answered else 0,
+            rate_per_min=Decimal("0.01"), connect_fee=Decimal(0), increments="60/6",
+            cost=Decimal("0.010000") if answered else Decimal(0))))
+        events.append(("event", EventRecord(core_uuid="core", event_seq=i, name="CHANNEL_PROGRESS",
+                                            at=start + timedelta(seconds=2), call_uuid=f"call{i}",
+                                            leg_uuid=f"leg{i}")))
+        legs.append(("call", _call(f"call{i}", carrier, carrier, answered=answered,
+                                   cost="0.010000", start=start)))
+    write_batch(conn, legs + events)
+
+    by_carrier = {r["key"]: r for r in store.report(conn, "carrier")}
+    assert by_carrier["alpha"]["calls"] == 2 and by_carrier["alpha"]["answered"] == 1
+    assert by_carrier["alpha"]["asr"] == Decimal("50.00")
+    assert by_carrier["alpha"]["acd_seconds"] == Decimal("60.0")
+    assert by_carrier["alpha"]["pdd_ms"] == 2000
+    assert by_carrier["bravo"]["cost"] == Decimal("0.010000")
+
+    (tenant,) = store.report(conn, "tenant")
+    assert tenant["key"] == "acme" and tenant["calls"] == 3 and tenant["answered"] == 2
+    assert tenant["billed_minutes"] == Decimal("2.00") and tenant["cost"] == Decimal("0.02")
+
+    (day,) = store.report(conn, "day", since=T0, until=T0 + timedelta(days=1))
+    assert day["key"] == "2025-03-10"
+    assert store.report(conn, "day", since=T0 + timedelta(days=1)) == []
+    with pytest.raises(ValueError):
+        store.report(conn, "caller")
