@@ -50,6 +50,13 @@ def _port(value):
     return None if 0 <= value <= 65535 else "must be a TCP port (0-65535)"
 
 
+def _pg_conninfo(value):
+    """libpq takes a URL or `key=value` pairs (host=/run/pg dbname=switchd)."""
+    if value in (None, "") or "=" in value.split("://", 1)[0]:
+        return None
+    return _url("postgresql", "postgres")(value)
+
+
 def _url(*schemes):
     def check(value):
         if value in (None, ""):
@@ -63,8 +70,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(None, "data_dir", str, "~/.local/share/switchd",
             "Embedded PostgreSQL, the CDR spool and other local state live here."),
     Setting("database", "url", str, None,
-            "PostgreSQL URL. Unset: an embedded PostgreSQL in data_dir.", secret=True,
-            check=_url("postgresql", "postgres")),
+            "PostgreSQL URL or libpq conninfo. Unset: an embedded PostgreSQL in data_dir.",
+            secret=True, check=_pg_conninfo),
     Setting("redis", "url", str, None,
             "Redis URL for cluster-wide caps. Unset: in-process caps (single node only).",
             secret=True, check=_url("redis", "rediss", "unix")),
@@ -157,6 +164,9 @@ class Config:
 
 def mask_secret(value: str) -> str:
     """Hide passwords; keep the rest of a URL so operators can still read host and port."""
+    if "://" not in value and "=" in value:      # libpq key=value conninfo
+        return " ".join("password=***" if pair.startswith("password=") else pair
+                        for pair in value.split())
     parts = urlsplit(value)
     if parts.scheme and parts.netloc:
         if parts.password:

@@ -96,8 +96,10 @@ class Player:
             if kind == "fail":
                 b.cause, b.sip_status = cause, sip
                 self._fail_leg(call, b, a, t)
-                reject = dict(global_vars + dleg.vars).get("fail_on_single_reject", "")
-                if reject == "true" or cause in reject.split(":"):
+                # FreeSWITCH reads it from the caller channel (a `set` in the dialplan) or
+                # the dial string, and matches the cause name as a substring (stristr).
+                reject = dict(set_vars + global_vars + dleg.vars).get("fail_on_single_reject", "")
+                if reject.lower() == "true" or (cause and cause.upper() in reject.upper()):
                     break
                 continue
             answered = b

@@ -1,0 +1,352 @@
+"""`switchd run`: wires the parts into one supervised gevent process.
+
+Greenlets: the ESL supervisor (reader + dispatcher), the HTTP server, the CDR writer, the
+caps worker, and a few periodic jobs (lease refresh, max-duration watchdog, registry sweep,
+health persistence, reload listener). Handlers change memory and queue work; nothing in the
+event path waits on the network (STYLE.md §6). A crashed long-lived greenlet stops the
+daemon with a non-zero status so systemd restarts it (STYLE.md §9).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import gevent
+import psycopg
+from gevent.event import Event
+
+from switchd import billing, metrics, systemd
+from switchd.books import HealthBook, SpendBook, month_start
+from switchd.config import Config
+from switchd.db import store
+from switchd.db.cdr_writer import CdrWriter, EventRecord
+from switchd.db.migrate import apply_migrations
+from switchd.db.spool import Spool
+from switchd.deck_loader import DeckCache, DeckReloader, cooperative_yield
+from switchd.esl import commands
+from switchd.esl.events import ChannelEvent, GatewayEvent, JobEvent
+from switchd.esl.supervisor import ESLSupervisor
+from switchd.http.server import HttpApp, serve
+from switchd.policing import CapsGate, build_caps_backend
+from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
+                              LegEnded)
+from switchd.registry_resync import parse_show_channels_json
+from switchd.router import Router
+from switchd.watchers import Periodic, WorldReloader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Resync:
+    """`show channels` rows, queued behind the events that preceded the reply."""
+    rows: list
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Daemon:
+    def __init__(self, config: Config, db_url: str, clock_us=None):
+        self.config = config
+        # Call timing (watchdog, sweeps, resync) follows the switch's clock; the simulator
+        # runs simulated time, so tests and the demo pass its clock here.
+        self.now_us = clock_us or (lambda: int(time.time() * 1_000_000))
+        self.db_url = db_url
+        self.stopping = Event()
+        self.crash: BaseException | None = None
+        self.greenlets: list[gevent.Greenlet] = []
+        self.http_server = None
+        self.http_port: int | None = None
+        self.killed_by_watchdog: set[str] = set()
+        self.resynced = False
+
+    # --- start / stop ----------------------------------------------------------------------
+    def start(self) -> "Daemon":
+        cfg = self.config
+        apply_migrations(self.db_url)
+        with psycopg.connect(self.db_url) as conn:
+            self.world = store.load_world(conn)
+            health = store.load_carrier_health(conn)
+            now = _now()
+            spent = {t: store.month_spend(conn, t, month_start(now)) for t in self.world.tenants}
+        self.decks = DeckCache()
+        self.deck_reloader = DeckReloader(self.db_url, self.decks, on_progress=cooperative_yield())
+        self.deck_reloader.reload_all()
+        self.health = HealthBook(_health_from_rows(health), cfg["routing.health_cooldown"])
+        self.spend = SpendBook({t.name: t.monthly_budget for t in self.world.tenants.values()},
+                               spent, month_start(now))
+        self.caps = CapsGate(build_caps_backend(cfg), cfg)
+        # A failover leg to a carrier at its channel cap must not proceed: FreeSWITCH then
+        # tries the next gateway of the bridge.
+        self.caps.on_refused_leg = lambda call_uuid, leg_uuid: gevent.spawn(
+            self._kill, call_uuid, leg_uuid, "NORMAL_CIRCUIT_CONGESTION")
+        self.writer = CdrWriter(self.db_url, spool=Spool(cfg.data_dir / "spool")).start()
+        self.registry = CallRegistry()
+        self.router = Router(world=lambda: self.world, decks=lambda: self.decks.decks,
+                             health=self.health, caps=self.caps, spend=self.spend,
+                             settings=_routing_settings(cfg),
+                             record=lambda d: self.writer.submit_decision(d.as_row()))
+        self.app = HttpApp(route_lookup=lambda form: self.router.route(form).xml,
+                           readiness=self.readiness, live_calls=self.live_calls)
+        self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"])
+        self.http_port = self.http_server.server_port
+        self.esl = ESLSupervisor(
+            cfg["esl.host"], cfg["esl.port"], cfg["esl.password"],
+            on_event=self.handle_event, on_connected=self.on_esl_connected,
+            on_disconnected=self.on_esl_disconnected,
+            command_timeout=cfg["esl.command_timeout"],
+            heartbeat_timeout=cfg["esl.heartbeat_timeout"], backoff_max=cfg["esl.backoff_max"])
+        self.esl.start()
+        lease = cfg["caps.lease_seconds"]
+        self._spawn(Periodic(lease / 3, self._refresh_leases, "lease refresh").run)
+        self._spawn(Periodic(1.0, self._watchdog, "max-duration watchdog").run)
+        self._spawn(Periodic(5.0, self._sweep, "registry sweep").run)
+        self._spawn(Periodic(2.0, self._persist_health, "health persistence").run)
+        self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
+        self._spawn(self.reloader.run)
+        self._spawn(self.deck_reloader.run)
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
+        systemd.notify("READY=1")
+        log.info("switchd running: HTTP %s:%s, ESL %s:%s, caps %s", cfg["http.host"],
+                 self.http_port, cfg["esl.host"], cfg["esl.port"], self.caps.describe())
+        for note in cfg.warnings():
+            log.warning(note)
+        return self
+
+    def _spawn(self, func) -> None:
+        greenlet = gevent.spawn(func)
+        greenlet.link_exception(self._greenlet_crashed)
+        self.greenlets.append(greenlet)
+
+    def _greenlet_crashed(self, greenlet) -> None:
+        log.critical("a daemon greenlet crashed: %r; stopping so systemd restarts us",
+                     greenlet.exception)
+        self.crash = greenlet.exception
+        self.stopping.set()
+
+    def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop taking work, let the writer flush (or spool) everything, release resources."""
+        systemd.notify("STOPPING=1")
+        if self.http_server is not None:
+            self.http_server.stop(timeout=2)
+        if getattr(self, "esl", None) is not None:
+            self.esl.stop()
+        if getattr(self, "deck_reloader", None) is not None:
+            self.deck_reloader.stop()
+        for greenlet in self.greenlets:
+            greenlet.unlink(self._greenlet_crashed)
+        gevent.killall(self.greenlets, timeout=2)
+        if getattr(self, "writer", None) is not None:
+            self.writer.stop(flush=True, timeout=drain_timeout)
+        if getattr(self, "caps", None) is not None:
+            self.caps.close()
+
+    def run_forever(self) -> int:
+        gevent.signal_handler(signal.SIGTERM, self.stopping.set)
+        gevent.signal_handler(signal.SIGINT, self.stopping.set)
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload))
+        self.stopping.wait()
+        log.info("stopping: draining CDRs")
+        self.stop()
+        return 1 if self.crash else 0
+
+    # --- ESL events --------------------------------------------------------------------------
+    def handle_event(self, event) -> None:
+        if isinstance(event, _Resync):
+            self._apply_resync(event.rows)
+        elif isinstance(event, ChannelEvent):
+            self._record_event(event)
+            if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
+                carrier = self.world.carriers.get(event.vars["switchd_carrier"])
+                if carrier is not None:
+                    self.caps.leg_started(event.call_uuid, carrier, event.uuid)
+            for effect in self.registry.apply(event):
+                self._act(effect)
+        elif isinstance(event, GatewayEvent):
+            self._on_gateway(event)
+        elif isinstance(event, JobEvent):
+            pass    # resolved by the supervisor's job tracker
+
+    def _record_event(self, event: ChannelEvent) -> None:
+        if not event.core_uuid or not event.sequence:
+            return
+        data = {k: v for k, v in (("cause", event.hangup_cause), ("gateway", event.gateway),
+                                  ("sip_status", event.sip_status), ("billmsec", event.billmsec))
+                if v is not None}
+        self.writer.submit_event(EventRecord(
+            core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name,
+            at=datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc),
+            call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
+
+    def _act(self, effect) -> None:
+        precision = self.config["rating.precision"]
+        if isinstance(effect, LegEnded):
+            self.writer.submit_leg(billing.rate_leg(effect.leg, precision))
+        elif isinstance(effect, CarrierOutcome):
+            self.health.record_leg(effect.carrier, effect.hangup_cause, effect.sip_status,
+                                   effect.answered, _now())
+        elif isinstance(effect, CallEnded):
+            self._call_ended(effect.call, precision)
+        elif isinstance(effect, CallRenamed):
+            self.caps.rename(effect.old, effect.new)
+        elif isinstance(effect, CallAdopted):
+            call = effect.call
+            self.caps.adopt(call.call_uuid, self.world.tenants.get(call.tenant or ""),
+                            self.world.carriers.get(call.carrier or ""))
+
+    def _call_ended(self, call, precision: int) -> None:
+        legs = [billing.rate_leg(leg, precision) for leg in call.legs]
+        record = billing.call_record(call, legs, ended_us=self.now_us())
+        if call.reconstructed:
+            for leg in legs:     # reconstructed legs never got their own LegEnded
+                self.writer.submit_leg(leg)
+        self.writer.submit_call(record)
+        self.caps.release(call.call_uuid)
+        self.killed_by_watchdog.discard(call.call_uuid)
+        self.spend.add(record.tenant, record.cost, record.ended_at or _now())
+        result = "answered" if record.answered_at else "failed"
+        metrics.CALLS.labels(record.direction, result, record.hangup_cause or "UNKNOWN").inc()
+        if record.carrier and record.billed_seconds:
+            metrics.BILLED_SECONDS.labels(record.tenant or "-", record.carrier).inc(record.billed_seconds)
+            metrics.COST.labels(record.tenant or "-", record.carrier).inc(float(record.cost))
+        log.info("call ended: %s via %s, %ss billed, cost %s%s", record.hangup_cause,
+                 record.carrier or "-", record.billed_seconds, record.cost,
+                 " (reconstructed)" if record.reconstructed else "",
+                 extra={"call_uuid": call.call_uuid, "tenant": record.tenant})
+
+    def _on_gateway(self, event: GatewayEvent) -> None:
+        self.health.gateway_event(event.gateway, event.kind, event.state, event.ping_status)
+
+    def on_esl_connected(self, connection) -> None:
+        """After every (re)connect: rebuild the picture of live calls from the switch.
+
+        The reply is applied through the event queue, behind every event that preceded it
+        on the wire, so a call whose events are still queued is not mistaken for unknown."""
+        reply = connection.api(_bare(commands.show_channels_json()),
+                               timeout=self.config["esl.command_timeout"])
+        connection.post(_Resync(parse_show_channels_json(reply)))
+
+    def on_esl_disconnected(self, reason: str) -> None:
+        self.resynced = False
+
+    def _apply_resync(self, rows) -> None:
+        effects = self.registry.resync(rows, self.now_us())
+        for effect in effects:
+            self._act(effect)
+        released = self.caps.reconcile({call.call_uuid for call in self.registry.live_calls()})
+        self.resynced = True
+        log.info("resync: switch has %d channel(s); %d effect(s); %d stale slot(s) released",
+                 len(rows), len(effects), len(released))
+
+    # --- periodic jobs -----------------------------------------------------------------------
+    def _refresh_leases(self) -> None:
+        self.caps.refresh([call.call_uuid for call in self.registry.live_calls()])
+
+    def _watchdog(self) -> None:
+        now_us = self.now_us()
+        grace = self.config["watchdog.grace_seconds"]
+        for call in self.registry.answered_calls_over_limit(now_us, grace):
+            if call.call_uuid in self.killed_by_watchdog or not self.esl.connected:
+                continue
+            self.killed_by_watchdog.add(call.call_uuid)
+            metrics.WATCHDOG_KILLS.inc()
+            log.warning("call outlived its max duration of %ss; killing it", call.max_duration,
+                        extra={"call_uuid": call.call_uuid, "tenant": call.tenant})
+            gevent.spawn(self._kill, call.call_uuid, call.call_uuid, "ALLOTTED_TIMEOUT")
+
+    def _kill(self, call_uuid: str, channel_uuid: str, cause: str) -> None:
+        try:
+            self.esl.api(_bare(commands.uuid_kill(channel_uuid, cause)))
+        except Exception as exc:    # greenlet boundary; the watchdog retries on its next pass
+            self.killed_by_watchdog.discard(call_uuid)
+            log.error("uuid_kill %s %s failed: %s", channel_uuid, cause, exc,
+                      extra={"call_uuid": call_uuid})
+
+    def _sweep(self) -> None:
+        for effect in self.registry.sweep(self.now_us(), 30_000_000):
+            self._act(effect)
+
+    def _persist_health(self) -> None:
+        dirty = self.health.take_dirty()
+        if not dirty:
+            return
+        try:
+            with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+                for name, state in dirty.items():
+                    store.save_carrier_health(conn, name, state.score, state.consecutive_failures,
+                                              state.disabled_at)
+        except psycopg.Error as exc:
+            metrics.DB_ERRORS.labels("health").inc()
+            log.warning("could not persist carrier health (kept in memory): %s", exc)
+            for name, state in dirty.items():
+                self.health._dirty.add(name)
+
+    # --- reloads -------------------------------------------------------------------------------
+    def _reload_world(self) -> None:
+        with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+            world = store.load_world(conn)
+        self.world = world
+        for tenant in world.tenants.values():
+            self.spend.budgets[tenant.name] = tenant.monthly_budget
+        log.info("world reloaded: %d tenants, %d carriers, %d DIDs", len(world.tenants),
+                 len(world.carriers), len(world.dids))
+
+    def reload(self) -> None:
+        """SIGHUP: business data and decks again; a failed reload keeps the old ones."""
+        try:
+            self._reload_world()
+            self.deck_reloader.reload_all()
+        except Exception as exc:    # keep serving with what we had
+            log.error("reload failed, keeping the previous data: %s", exc)
+
+    # --- views --------------------------------------------------------------------------------
+    def readiness(self) -> dict:
+        problems = {}
+        if not self.esl.connected:
+            problems["esl"] = f"not connected to FreeSWITCH ({self.esl.last_error or 'connecting'})"
+        elif not self.resynced:
+            problems["esl"] = "connected, resynchronising live calls"
+        stats = self.writer.stats()
+        if not stats.get("can_store", True):
+            problems["cdr"] = stats.get("last_error") or "CDRs can be neither stored nor spooled"
+        caps = self.caps.status()
+        if caps.get("mode") == "refusing" or caps.get("admitting") is False:
+            problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
+        return problems
+
+    def live_calls(self) -> list[dict]:
+        now_us = self.now_us()
+        rows = []
+        for call in self.registry.live_calls():
+            rows.append({"call_uuid": call.call_uuid, "tenant": call.tenant,
+                         "direction": call.direction, "legs": len(call.legs),
+                         "gateway": call.gateway, "carrier": call.carrier, "state": call.state,
+                         "age_s": (now_us - call.started_us) / 1e6 if call.started_us else 0,
+                         "max_duration": call.max_duration})
+        return rows
+
+
+def _bare(api_line: str) -> str:
+    """The command builders return whole `api ...` lines; the connection adds `api` itself."""
+    return api_line.removeprefix("api ")
+
+
+def _routing_settings(cfg: Config) -> dict:
+    return {"tenant_from": cfg["routing.tenant_from"],
+            "tenant_variable": cfg["routing.tenant_variable"],
+            "max_routes": cfg["routing.max_routes"],
+            "health_cooldown": cfg["routing.health_cooldown"],
+            "emergency_gateway": cfg["routing.emergency_gateway"]}
+
+
+def _health_from_rows(rows: dict) -> dict:
+    from dialplan.health import CarrierHealth
+    return {name: CarrierHealth(score=score, consecutive_failures=fails, disabled_at=disabled)
+            for name, (score, fails, disabled) in rows.items()}

@@ -1,0 +1,268 @@
+"""One routing decision: a mod_xml_curl lookup in, an XML answer out (DESIGN.md §3 step 2-3).
+
+Order: tenant → number → (DID | emergency | policy) → budget → LCR → caps → XML. The pure
+decisions live in `dialplan`; this module only gathers the live state they need (world,
+decks, health, caps, spend) and records the decision. It does no network I/O itself: caps
+may be Redis-backed, which yields under gevent.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Callable
+
+from dialplan import lcr, numbers, policy, xml_answer
+from dialplan.model import Tenant, World
+from switchd import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    """What the router decided, for the routing log and the caller."""
+    id: str
+    call_uuid: str
+    tenant: str | None
+    direction: str
+    destination: str | None
+    result: str                # 'routed' | 'refused' | 'not_found'
+    reason: str
+    sip_code: int | None = None
+    candidates: list = field(default_factory=list)
+    chosen: list = field(default_factory=list)
+    elapsed_us: int = 0
+    xml: str = ""
+
+    def as_row(self) -> dict:
+        return {"id": self.id, "call_uuid": self.call_uuid, "tenant": self.tenant,
+                "direction": self.direction, "destination": self.destination,
+                "result": "routed" if self.result == "routed" else "refused",
+                "reason": self.reason, "sip_code": self.sip_code,
+                "candidates": self.candidates, "chosen": self.chosen,
+                "elapsed_us": self.elapsed_us}
+
+
+class Router:
+    def __init__(self, *, world: Callable[[], World], decks: Callable[[], dict],
+                 health, caps, spend, settings: dict,
+                 record: Callable[[Decision], None] = lambda d: None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.world = world            # returns the current World snapshot
+        self.decks = decks            # returns {carrier name: RateDeck}
+        self.health = health          # HealthBook: .get(carrier) -> CarrierHealth
+        self.caps = caps              # CapsGate (switchd/policing.py)
+        self.spend = spend            # SpendBook: .remaining(tenant) -> Decimal | None
+        self.settings = settings
+        self.record = record
+        self.clock = clock
+
+    # --- entry point ----------------------------------------------------------------------
+    def route(self, form: dict) -> Decision:
+        started = time.perf_counter()
+        try:
+            decision = self._decide(form)
+        except ValueError as exc:
+            # A hostile or broken lookup (a value that cannot be put in a dial string or the
+            # XML safely): refuse it rather than fail the request into FreeSWITCH's fallback.
+            decision = Decision(id=str(uuid.uuid4()), call_uuid=_safe_uuid(form),
+                                tenant=None, direction="unknown", destination=None,
+                                result="refused", reason="")
+            self._refuse(decision, "default", "", policy.refusal("bad_number"),
+                         f"unusable lookup: {exc}")
+        decision.elapsed_us = int((time.perf_counter() - started) * 1_000_000)
+        metrics.ROUTING_SECONDS.observe(decision.elapsed_us / 1e6)
+        metrics.DIALPLAN_REQUESTS.labels(decision.result if decision.result != "refused"
+                                         else f"refused_{decision.sip_code}").inc()
+        log.info("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
+                 decision.destination, decision.result, decision.reason, decision.elapsed_us,
+                 extra={"call_uuid": decision.call_uuid, "tenant": decision.tenant})
+        self.record(decision)
+        return decision
+
+    def _decide(self, form: dict) -> Decision:
+        call_uuid = form.get("Unique-ID") or form.get("Channel-Call-UUID") or ""
+        dialled = form.get("Caller-Destination-Number") or form.get("destination_number") or ""
+        context = form.get("Caller-Context") or form.get("Hunt-Context") or "default"
+        world = self.world()
+        decision = Decision(id=str(uuid.uuid4()), call_uuid=call_uuid, tenant=None,
+                            direction="outbound", destination=dialled, result="refused",
+                            reason="")
+        tenant_key = self._tenant_key(form)
+        tenant = self._find_tenant(world, tenant_key) if tenant_key else None
+        if tenant_key and tenant is None:
+            metrics.UNKNOWN_TENANT.inc()
+            return self._refuse(decision, context, dialled, policy.refusal("unknown_tenant"),
+                                f"unknown tenant {tenant_key!r}")
+        if tenant is None:
+            return self._route_inbound(decision, world, context, dialled, form)
+        decision.tenant = tenant.name
+        if not tenant.enabled:
+            return self._refuse(decision, context, dialled, policy.refusal("tenant_disabled"),
+                                "tenant disabled")
+        return self._route_outbound(decision, world, tenant, context, dialled,
+                                    extra_vars={"switchd_direction": "outbound"})
+
+    # --- tenant resolution -----------------------------------------------------------------
+    def _tenant_key(self, form: dict) -> str | None:
+        mode = self.settings["tenant_from"]
+        if mode == "accountcode":
+            return form.get("variable_accountcode") or None
+        if mode == "domain":
+            return (form.get("variable_domain_name") or form.get("variable_sip_to_host")
+                    or form.get("variable_sip_req_host") or None)
+        return form.get("variable_" + self.settings["tenant_variable"]) or None
+
+    def _find_tenant(self, world: World, key: str) -> Tenant | None:
+        mode = self.settings["tenant_from"]
+        if mode == "accountcode":
+            return world.tenant_by_accountcode(key) or world.tenants.get(key)
+        if mode == "domain":
+            return world.tenant_by_domain(key)
+        return world.tenants.get(key)
+
+    # --- inbound: DIDs ---------------------------------------------------------------------
+    def _route_inbound(self, decision, world, context, dialled, form) -> Decision:
+        decision.direction = "inbound"
+        did = _find_did(world, dialled)
+        if did is None:
+            return self._refuse(decision, context, dialled, policy.refusal("no_route"), "unknown DID")
+        tenant = world.tenants.get(did.tenant)
+        decision.tenant = did.tenant
+        if tenant is None or not tenant.enabled:
+            return self._refuse(decision, context, dialled, policy.refusal("tenant_disabled"),
+                                "DID's tenant missing or disabled")
+        call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
+                     "switchd_direction": "inbound"}
+        if did.destination_type == "number":
+            # Forwarded to the PSTN: the tenant pays, so it is an outbound decision again.
+            return self._route_outbound(decision, world, tenant, context, did.destination,
+                                        extra_vars={"switchd_direction": "inbound"},
+                                        match_dialled=dialled)
+        admission = self.caps.admit(decision.call_uuid, tenant, carrier=None)
+        if not admission.admitted:
+            return self._refuse(decision, context, dialled, _cap_refusal(admission),
+                                f"cap reached: {admission.reason}")
+        max_s = tenant.max_call_seconds
+        call_vars["switchd_max_duration"] = str(max_s)
+        decision.xml = xml_answer.render_local(context, dialled, call_vars, did.destination_type,
+                                               did.destination, max_s)
+        decision.result, decision.reason = "routed", "did"
+        decision.chosen = [{"destination_type": did.destination_type, "destination": did.destination}]
+        return decision
+
+    # --- outbound: LCR ---------------------------------------------------------------------
+    def _route_outbound(self, decision, world, tenant, context, dialled, extra_vars,
+                        match_dialled=None) -> Decision:
+        match_dialled = match_dialled or dialled
+        try:
+            number = numbers.normalise(dialled, tenant.default_region)
+        except numbers.SpecialNumber as special:
+            return self._route_special(decision, world, tenant, context, match_dialled, special)
+        except numbers.InvalidNumber as exc:
+            return self._refuse(decision, context, match_dialled, policy.refusal("bad_number"), str(exc))
+        decision.destination = number.e164
+        refusal = policy.check_destination(tenant, number)
+        if refusal:
+            return self._refuse(decision, context, match_dialled, refusal, refusal.reason)
+        remaining = self.spend.remaining(tenant)
+        if remaining is not None and remaining <= 0:
+            return self._refuse(decision, context, match_dialled, policy.refusal("budget_exhausted"),
+                                "monthly budget exhausted")
+        now = self.clock()
+        decks = self.decks()
+        candidates = []
+        for carrier in world.carriers.values():
+            deck = decks.get(carrier.name)
+            rate = deck.lookup(number.digits, now) if deck is not None else None
+            candidates.append(lcr.CarrierCandidate(
+                carrier=carrier, rate=rate, health=self.health.get(carrier.name),
+                down_gateways=self.health.down_gateways))
+        ranked = lcr.rank(candidates, tenant, now, max_routes=self.settings["max_routes"],
+                          cooldown_s=self.settings["health_cooldown"])
+        decision.candidates = ranked.considered
+        if not ranked.routes:
+            return self._refuse(decision, context, match_dialled, policy.refusal("no_route"),
+                                "no carrier covers the number")
+        routes, admission = self._admit_first_available(decision.call_uuid, tenant, ranked.routes)
+        if not admission.admitted:
+            return self._refuse(decision, context, match_dialled, _cap_refusal(admission),
+                                f"cap reached: {admission.reason}")
+        first = routes[0]
+        max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, first.rate)
+        if isinstance(max_s, policy.Refusal):
+            self.caps.release_now(decision.call_uuid)
+            return self._refuse(decision, context, match_dialled, max_s, max_s.detail)
+        call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
+                     "switchd_max_duration": str(max_s), **extra_vars}
+        legs = [xml_answer.leg_for_route(route, number.e164) for route in routes]
+        decision.xml = xml_answer.render_bridge(context, match_dialled, call_vars, legs, max_s)
+        decision.result, decision.reason = "routed", ranked.reason
+        decision.chosen = [{"carrier": r.carrier.name, "gateway": r.gateway.name,
+                            "prefix": r.rate.prefix, "rate": str(r.rate.rate_per_min)}
+                           for r in routes]
+        return decision
+
+    def _admit_first_available(self, call_uuid, tenant, routes):
+        """Take the slots for the first choice; a full carrier is dropped and the next tried.
+        Alternates' carrier slots are taken only if FreeSWITCH fails over to them."""
+        while True:
+            first = routes[0]
+            admission = self.caps.admit(call_uuid, tenant, carrier=first.carrier)
+            refused = admission.refused_scope
+            if admission.admitted or refused is None or refused.kind != "carrier":
+                return routes, admission
+            remaining = [r for r in routes if r.carrier.name != refused.name]
+            if not remaining:
+                return routes, admission
+            routes = remaining
+
+    def _route_special(self, decision, world, tenant, context, dialled, special) -> Decision:
+        gateway = self.settings.get("emergency_gateway")
+        if special.kind == "emergency" and gateway:
+            call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
+                         "switchd_direction": "outbound", "switchd_max_duration": str(tenant.max_call_seconds)}
+            legs = [xml_answer.BridgeLeg(gateway=gateway, number=special.digits,
+                                         vars={"switchd_carrier": "emergency"})]
+            decision.xml = xml_answer.render_bridge(context, dialled, call_vars, legs,
+                                                    tenant.max_call_seconds)
+            decision.result, decision.reason = "routed", "emergency"
+            return decision
+        return self._refuse(decision, context, dialled, policy.refusal("special_number"),
+                            f"{special.kind} number has no explicit route")
+
+    # --- refusals --------------------------------------------------------------------------
+    def _refuse(self, decision, context, dialled, refusal, reason) -> Decision:
+        decision.result = "refused"
+        decision.reason = reason
+        decision.sip_code = refusal.sip_code
+        decision.xml = xml_answer.render_refusal(context, dialled, refusal,
+                                                 {"switchd_route_id": decision.id})
+        return decision
+
+
+def _cap_refusal(admission) -> "policy.Refusal":
+    scope = admission.refused_scope
+    if scope is None or scope.kind == "backend":
+        return policy.refusal("caps_unavailable", admission.reason)
+    if scope.kind == "carrier":
+        return policy.refusal("carriers_full", admission.reason)
+    return policy.refusal("cap_reached", f"{scope.kind} {scope.name}: {admission.reason}")
+
+
+def _safe_uuid(form: dict) -> str:
+    value = form.get("Unique-ID") or ""
+    return value if len(value) <= 64 and all(c.isalnum() or c == "-" for c in value) else ""
+
+
+def _find_did(world: World, dialled: str):
+    digits = "".join(ch for ch in dialled if ch.isdigit())
+    for candidate in (dialled, "+" + digits):
+        did = world.dids.get(candidate)
+        if did is not None:
+            return did
+    return None
