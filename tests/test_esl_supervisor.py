@@ -1,0 +1,187 @@
+"""ESLSupervisor: reconnect forever, backoff, heartbeat watchdog, resync hook."""
+from __future__ import annotations
+
+import logging
+
+import gevent
+import gevent.queue
+import pytest
+from gevent.event import Event
+
+from switchd.esl.connection import ESLNotConnected, ESLTimeout
+from switchd.esl.events import SUBSCRIBED_EVENTS, ChannelEvent, JobEvent
+from switchd.esl.supervisor import ESLSupervisor, backoff_delay
+from switchd.metrics import ESL_CONNECTED, ESL_RECONNECTS
+from test_esl_connection import FakeFS, plain_event, servers  # noqa: F401  (fixture)
+
+EXPECTED_SUBSCRIPTION = (
+    "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP "
+    "CHANNEL_HANGUP_COMPLETE CHANNEL_UUID BACKGROUND_JOB HEARTBEAT "
+    "CUSTOM sofia::gateway_state sofia::gateway_add sofia::gateway_delete")
+
+
+@pytest.fixture
+def supervisors():
+    started: list[ESLSupervisor] = []
+
+    def make(port, **kwargs) -> ESLSupervisor:
+        kwargs.setdefault("backoff_initial", 0.01)
+        kwargs.setdefault("backoff_max", 0.05)
+        kwargs.setdefault("command_timeout", 1)
+        sup = ESLSupervisor("127.0.0.1", port, kwargs.pop("password", "ClueCon"), **kwargs)
+        started.append(sup)
+        return sup.start()
+    yield make
+    for sup in started:
+        sup.stop()
+
+
+def test_backoff_grows_jittered_and_capped():
+    assert [backoff_delay(n, 0.5, 30, 1.0) for n in range(8)] == [
+        0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert backoff_delay(3, 0.5, 30, 0.0) == 2.0          # jitter never below half
+    assert backoff_delay(10_000, 0.5, 30, 0.5) == 22.5    # no overflow on long outages
+
+
+def test_connects_subscribes_resyncs_and_delivers_events(servers, supervisors):
+    def script(peer):
+        if not server.greet_and_auth(peer):
+            return
+        cmd = peer.read_command()
+        server.answer(peer, cmd)
+        peer.send(plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": "u1"}))
+        while (cmd := peer.read_command()) is not None:
+            server.answer(peer, cmd)
+    server = servers(script, api={"show channels as json": b'{"row_count": 0}\n'})
+    events = gevent.queue.Queue()
+    resyncs = gevent.queue.Queue()
+    sup = supervisors(server.port, on_event=events.put,
+                      on_connected=lambda conn: resyncs.put(conn.api("show channels as json")))
+    assert resyncs.get(timeout=2) == '{"row_count": 0}\n'
+    assert sup.wait_connected(2) and sup.connected
+    assert ESL_CONNECTED._value.get() == 1
+    assert events.get(timeout=2) == ChannelEvent(name="CHANNEL_CREATE", uuid="u1", call_uuid="u1")
+    peer = server.peers.get(timeout=1)
+    assert peer.commands[:2] == ["auth ClueCon", EXPECTED_SUBSCRIPTION]
+    assert sup.api("show channels as json") == '{"row_count": 0}\n'
+
+
+def test_reconnects_after_drop_and_resyncs_again(servers, supervisors):
+    server = servers()
+    connected = gevent.queue.Queue()
+    dropped = gevent.queue.Queue()
+    before = ESL_RECONNECTS.labels("ok")._value.get()
+    sup = supervisors(server.port, on_connected=connected.put, on_disconnected=dropped.put)
+    first = connected.get(timeout=2)
+    server.peers.get(timeout=1).close()                 # FreeSWITCH restarts
+    assert "EOF" in dropped.get(timeout=2)
+    second = connected.get(timeout=2)
+    assert second is not first and sup.connected
+    assert ESL_RECONNECTS.labels("ok")._value.get() == before + 2
+
+
+def test_commands_fail_fast_while_down_and_it_never_gives_up(servers, supervisors):
+    server = servers()
+    port = server.port
+    server.stop()                                       # nothing listens yet
+    sup = supervisors(port)
+    with pytest.raises(ESLNotConnected):
+        sup.api("status", timeout=30)
+    with pytest.raises(ESLNotConnected):
+        sup.bgapi("status", timeout=30)
+    assert not sup.wait_connected(0.3)
+    assert sup.attempts >= 2 and "cannot connect" in sup.last_error
+    revived = FakeFS(port=port)                         # FreeSWITCH comes back on that port
+    try:
+        assert sup.wait_connected(3)
+    finally:
+        sup.stop()
+        revived.stop()
+
+
+def test_wrong_password_is_logged_and_retried_at_capped_backoff(servers, supervisors, caplog):
+    server = servers(password="RightOne")
+    caplog.set_level(logging.ERROR, logger="switchd.esl.supervisor")
+    before = ESL_RECONNECTS.labels("auth_failed")._value.get()
+    sup = supervisors(server.port, password="Wrong", backoff_initial=0.001, backoff_max=0.3)
+    server.peers.get(timeout=2)
+    gevent.sleep(0.5)           # a measurement window: a tight loop would make hundreds
+    attempts = ESL_RECONNECTS.labels("auth_failed")._value.get() - before
+    assert 1 <= attempts <= 4
+    assert not sup.connected
+    assert any("authentication" in r.message and "password" in r.message for r in caplog.records)
+    assert "Wrong" not in caplog.text
+
+
+def test_silent_connection_is_recycled_by_heartbeat_watchdog(servers, supervisors):
+    hold = Event()
+
+    def script(peer):
+        if server.greet_and_auth(peer):
+            server.answer(peer, peer.read_command())    # subscription, then silence
+            hold.wait(10)
+    server = servers(script)
+    dropped = gevent.queue.Queue()
+    supervisors(server.port, heartbeat_timeout=0.3, on_disconnected=dropped.put)
+    server.peers.get(timeout=2)
+    assert "heartbeat timeout" in dropped.get(timeout=3)
+    server.peers.get(timeout=2)                          # and it connected again
+    hold.set()
+
+
+def test_heartbeats_keep_the_connection(servers, supervisors):
+    stop = Event()
+
+    def script(peer):
+        if server.greet_and_auth(peer):
+            server.answer(peer, peer.read_command())
+            while not stop.wait(0.05):
+                peer.send(plain_event({"Event-Name": "HEARTBEAT"}))
+    server = servers(script)
+    dropped = gevent.queue.Queue()
+    sup = supervisors(server.port, heartbeat_timeout=0.3, on_disconnected=dropped.put)
+    assert sup.wait_connected(2)
+    with pytest.raises(gevent.queue.Empty):
+        dropped.get(timeout=0.8)
+    stop.set()
+
+
+def test_bgapi_waits_for_the_job_result(servers, supervisors):
+    sup = supervisors(servers().port)
+    assert sup.wait_connected(2)
+    result = sup.bgapi("originate sofia/gateway/carrier_a/2001 &park()", timeout=2)
+    assert isinstance(result, JobEvent) and result.ok and result.body == "+OK done\n"
+
+
+def test_bgapi_times_out_without_result(servers, supervisors):
+    def script(peer):
+        if server.greet_and_auth(peer):
+            while (cmd := peer.read_command()) is not None:
+                if cmd.startswith("bgapi"):
+                    job = cmd.split("Job-UUID: ")[1]
+                    peer.send(f"Content-Type: command/reply\nReply-Text: +OK Job-UUID: {job}"
+                              f"\nJob-UUID: {job}\n\n".encode())
+                else:
+                    server.answer(peer, cmd)
+    server = servers(script)
+    sup = supervisors(server.port)
+    assert sup.wait_connected(2)
+    with pytest.raises(ESLTimeout):
+        sup.bgapi("status", timeout=0.1)
+    assert len(sup.jobs) == 0
+
+
+def test_stop_ends_everything(servers, supervisors):
+    server = servers()
+    sup = supervisors(server.port)
+    assert sup.wait_connected(2)
+    sup.stop()
+    assert not sup.connected
+    assert ESL_CONNECTED._value.get() == 0
+    with pytest.raises(ESLNotConnected):
+        sup.api("status")
+    assert server.peers.get(timeout=1).commands[-1] == "exit"
+
+
+def test_subscribed_events_are_exactly_what_the_daemon_uses():
+    assert set(SUBSCRIBED_EVENTS) == set(EXPECTED_SUBSCRIPTION.split()[2:])
