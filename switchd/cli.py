@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deck start (default: now); load a future deck ahead of its start")
     p.set_defaults(handler="switchd.commands.admin:rates_import")
 
+    p = sub.add_parser("originate", formatter_class=_formatter, help="place an outbound call",
+                       description="Ask the running daemon to place a call (POST /v1/calls): caps and\n"
+                       "budget are checked, carriers chosen by LCR, then FreeSWITCH originates\n"
+                       "through them in failover order with the max duration scheduled. Waits for\n"
+                       "FreeSWITCH's answer and prints it; exits 1 if the call was refused or failed.")
+    p.add_argument("--tenant", required=True, help="tenant placing (and paying for) the call")
+    p.add_argument("--to", required=True, metavar="NUMBER", help="destination, any form the tenant dials")
+    p.add_argument("--from", dest="caller_id", metavar="NUMBER", help="caller ID to present")
+    p.add_argument("--campaign", metavar="NAME", help="campaign whose caps apply")
+    p.add_argument("--app", default="&park()", help="FreeSWITCH application once answered (default &park())")
+    p.add_argument("--timeout", type=int, default=60, metavar="S", help="ring time in seconds (default 60)")
+    p.set_defaults(handler="switchd.commands.admin:originate")
+
     p = sub.add_parser("calls", formatter_class=_formatter, help="list live calls of the running daemon",
                        description="List the calls the running daemon is tracking: tenant, direction, legs,\n"
                        "gateway, state, age and max duration (asks GET /v1/calls on the HTTP port).")

@@ -91,6 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http", "host", str, "127.0.0.1", "Address the HTTP server binds."),
     Setting("http", "port", int, 8088, "Port of the dialplan endpoint, API and /metrics.",
             check=_port),
+    Setting("http", "api_token", str, "",
+            "Bearer token required on /v1 (originate, live calls). Empty: no token, so keep "
+            "http.host on loopback.", secret=True),
     Setting("routing", "tenant_from", "choice:accountcode|domain|variable", "accountcode",
             "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
             "or the channel variable in routing.tenant_variable."),

@@ -30,6 +30,7 @@ from switchd.esl import commands
 from switchd.esl.events import ChannelEvent, GatewayEvent, JobEvent
 from switchd.esl.supervisor import ESLSupervisor
 from switchd.http.server import HttpApp, serve
+from switchd.originate import OriginateRequest, Originator
 from switchd.policing import CapsGate, build_caps_backend
 from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
                               LegEnded)
@@ -91,8 +92,15 @@ class Daemon:
                              health=self.health, caps=self.caps, spend=self.spend,
                              settings=_routing_settings(cfg),
                              record=lambda d: self.writer.submit_decision(d.as_row()))
+        self.originator = Originator(self.router, None, self.registry, self.caps,
+                                     world=lambda: self.world,
+                                     record=lambda d: self.writer.submit_decision(d.as_row()))
+        self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
         self.app = HttpApp(route_lookup=lambda form: self.router.route(form).xml,
-                           readiness=self.readiness, live_calls=self.live_calls)
+                           readiness=self.readiness, live_calls=self.live_calls,
+                           originate=lambda payload: self.originator.originate(
+                               OriginateRequest.from_json(payload)),
+                           api_token=cfg["http.api_token"] or None)
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"])
         self.http_port = self.http_server.server_port
         self.esl = ESLSupervisor(
@@ -101,6 +109,7 @@ class Daemon:
             on_disconnected=self.on_esl_disconnected,
             command_timeout=cfg["esl.command_timeout"],
             heartbeat_timeout=cfg["esl.heartbeat_timeout"], backoff_max=cfg["esl.backoff_max"])
+        self.originator.esl = self.esl
         self.esl.start()
         lease = cfg["caps.lease_seconds"]
         self._spawn(Periodic(lease / 3, self._refresh_leases, "lease refresh").run)

@@ -59,6 +59,9 @@ ESL_RECONNECTS = _counter("switchd_esl_reconnects_total", "ESL (re)connection at
 ESL_EVENTS = _counter("switchd_esl_events_total", "ESL events received", ("event",))
 ESL_HANDLER_ERRORS = _counter("switchd_esl_handler_errors_total",
                               "Exceptions raised while handling an ESL event", ("event",))
+ESL_EVENTS_DROPPED = _counter("switchd_esl_events_dropped_total",
+                               "Events dropped because the handler queue was full, or unparseable",
+                               ("reason",))
 ESL_PROTOCOL_ERRORS = _counter("switchd_esl_protocol_errors_total",
                                "Malformed frames that forced a reconnect")
 ESL_COMMAND_ERRORS = _counter("switchd_esl_command_errors_total",

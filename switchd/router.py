@@ -47,6 +47,21 @@ class Decision:
                 "elapsed_us": self.elapsed_us}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """An outbound call's route: what both the XML answer and originate are built from."""
+    number: numbers.Number
+    routes: list
+    max_duration: int
+
+
+class Refused(Exception):
+    def __init__(self, refusal: policy.Refusal, reason: str):
+        super().__init__(reason)
+        self.refusal = refusal
+        self.reason = reason
+
+
 class Router:
     def __init__(self, *, world: Callable[[], World], decks: Callable[[], dict],
                  health, caps, spend, settings: dict,
@@ -160,19 +175,33 @@ class Router:
                         match_dialled=None) -> Decision:
         match_dialled = match_dialled or dialled
         try:
-            number = numbers.normalise(dialled, tenant.default_region)
+            plan = self.plan(decision, world, tenant, dialled)
         except numbers.SpecialNumber as special:
             return self._route_special(decision, world, tenant, context, match_dialled, special)
+        except Refused as refused:
+            return self._refuse(decision, context, match_dialled, refused.refusal, refused.reason)
+        call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
+                     "switchd_max_duration": str(plan.max_duration), **extra_vars}
+        legs = [xml_answer.leg_for_route(route, plan.number.e164) for route in plan.routes]
+        decision.xml = xml_answer.render_bridge(context, match_dialled, call_vars, legs,
+                                                plan.max_duration)
+        return decision
+
+    def plan(self, decision: Decision, world: World, tenant: Tenant, dialled: str,
+             campaign=None) -> "Plan":
+        """Number, policy, budget, LCR, caps and max duration for one outbound call; the
+        slots are held on success. Raises Refused (or numbers.SpecialNumber)."""
+        try:
+            number = numbers.normalise(dialled, tenant.default_region)
         except numbers.InvalidNumber as exc:
-            return self._refuse(decision, context, match_dialled, policy.refusal("bad_number"), str(exc))
+            raise Refused(policy.refusal("bad_number"), str(exc)) from None
         decision.destination = number.e164
         refusal = policy.check_destination(tenant, number)
         if refusal:
-            return self._refuse(decision, context, match_dialled, refusal, refusal.reason)
+            raise Refused(refusal, refusal.reason)
         remaining = self.spend.remaining(tenant)
         if remaining is not None and remaining <= 0:
-            return self._refuse(decision, context, match_dialled, policy.refusal("budget_exhausted"),
-                                "monthly budget exhausted")
+            raise Refused(policy.refusal("budget_exhausted"), "monthly budget exhausted")
         now = self.clock()
         decks = self.decks()
         candidates = []
@@ -186,33 +215,27 @@ class Router:
                           cooldown_s=self.settings["health_cooldown"])
         decision.candidates = ranked.considered
         if not ranked.routes:
-            return self._refuse(decision, context, match_dialled, policy.refusal("no_route"),
-                                "no carrier covers the number")
-        routes, admission = self._admit_first_available(decision.call_uuid, tenant, ranked.routes)
+            raise Refused(policy.refusal("no_route"), "no carrier covers the number")
+        routes, admission = self._admit_first_available(decision.call_uuid, tenant,
+                                                        ranked.routes, campaign)
         if not admission.admitted:
-            return self._refuse(decision, context, match_dialled, _cap_refusal(admission),
-                                f"cap reached: {admission.reason}")
-        first = routes[0]
-        max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, first.rate)
+            raise Refused(_cap_refusal(admission), f"cap reached: {admission.reason}")
+        max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, routes[0].rate)
         if isinstance(max_s, policy.Refusal):
             self.caps.release_now(decision.call_uuid)
-            return self._refuse(decision, context, match_dialled, max_s, max_s.detail)
-        call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
-                     "switchd_max_duration": str(max_s), **extra_vars}
-        legs = [xml_answer.leg_for_route(route, number.e164) for route in routes]
-        decision.xml = xml_answer.render_bridge(context, match_dialled, call_vars, legs, max_s)
+            raise Refused(max_s, max_s.detail)
         decision.result, decision.reason = "routed", ranked.reason
         decision.chosen = [{"carrier": r.carrier.name, "gateway": r.gateway.name,
                             "prefix": r.rate.prefix, "rate": str(r.rate.rate_per_min)}
                            for r in routes]
-        return decision
+        return Plan(number=number, routes=routes, max_duration=max_s)
 
-    def _admit_first_available(self, call_uuid, tenant, routes):
+    def _admit_first_available(self, call_uuid, tenant, routes, campaign=None):
         """Take the slots for the first choice; a full carrier is dropped and the next tried.
         Alternates' carrier slots are taken only if FreeSWITCH fails over to them."""
         while True:
             first = routes[0]
-            admission = self.caps.admit(call_uuid, tenant, carrier=first.carrier)
+            admission = self.caps.admit(call_uuid, tenant, carrier=first.carrier, campaign=campaign)
             refused = admission.refused_scope
             if admission.admitted or refused is None or refused.kind != "carrier":
                 return routes, admission

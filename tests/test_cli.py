@@ -6,7 +6,7 @@ import pytest
 
 from switchd.cli import build_parser, main
 
-COMMANDS = [["run"], ["demo"], ["migrate"], ["provision"], ["rates"], ["rates", "import"],
+COMMANDS = [["run"], ["demo"], ["migrate"], ["provision"], ["rates"], ["rates", "import"], ["originate"],
             ["calls"], ["report"], ["check-config"]]
 
 

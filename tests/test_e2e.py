@@ -147,8 +147,10 @@ def test_inbound_did_reaches_the_tenant_extension(switch, world_url):
 def test_live_calls_are_listed_and_metrics_move(switch, world_url):
     sim, daemon = switch
     call = sim.place_call("+4930123999", accountcode="acme", hold_seconds=600)
-    daemon.wait_until(lambda: any(c["call_uuid"] == call.uuid for c in daemon.get("/v1/calls")[1]["calls"]),
-                      what="call listed by /v1/calls")
+    # Tenant and limits reach the registry with the first event after the dialplan's `set`s.
+    daemon.wait_until(lambda: any(c["call_uuid"] == call.uuid and c["tenant"]
+                                  for c in daemon.get("/v1/calls")[1]["calls"]),
+                      what="call listed by /v1/calls with its tenant")
     listed = next(c for c in daemon.get("/v1/calls")[1]["calls"] if c["call_uuid"] == call.uuid)
     assert listed["tenant"] == "acme" and listed["direction"] == "outbound"
     assert int(listed["max_duration"]) > 0

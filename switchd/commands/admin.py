@@ -76,17 +76,43 @@ def rates_import(config: Config, args) -> int:
     return 0
 
 
-def calls(config: Config, args) -> int:
+def _daemon_request(config: Config, path: str, payload: dict | None = None, timeout: float = 5):
     host = config["http.host"]
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = f"http://{host}:{config['http.port']}/v1/calls"
+    url = f"http://{host}:{config['http.port']}{path}"
+    headers = {"Content-Type": "application/json"}
+    if config["http.api_token"]:
+        headers["Authorization"] = f"Bearer {config['http.api_token']}"
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            payload = json.load(response)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise CliError(f"{exc.code}: {reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"cannot reach the daemon at {url}: {exc}") from None
-    rows = payload.get("calls", [])
+
+
+def originate(config: Config, args) -> int:
+    payload = {"tenant": args.tenant, "destination": args.to, "app": args.app,
+               "timeout_s": args.timeout}
+    for key in ("caller_id", "campaign"):
+        if getattr(args, key):
+            payload[key] = getattr(args, key)
+    result = _daemon_request(config, "/v1/calls", payload, timeout=args.timeout + 30)
+    print(f"{result['call_uuid']} {result['result']} via {', '.join(result['gateways'])} "
+          f"(max {result['max_duration']}s)")
+    return 0 if result.get("answered") else 1
+
+
+def calls(config: Config, args) -> int:
+    rows = _daemon_request(config, "/v1/calls").get("calls", [])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -6,9 +6,11 @@ Routes:
   GET  /readyz        200 only when ESL is up and CDRs can be stored or spooled
   GET  /metrics       Prometheus exposition
   GET  /v1/calls      live calls from the registry (what `switchd calls` shows)
+  POST /v1/calls      originate a call (JSON), answered once FreeSWITCH has a result
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Callable
@@ -26,6 +28,10 @@ XML_HEADERS = [("Content-Type", "text/xml")]
 NOT_FOUND_XML = (b'<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
                  b'<document type="freeswitch/xml">\n  <section name="result">\n'
                  b'    <result status="not found"/>\n  </section>\n</document>\n')
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+            502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 class BadRequest(ValueError):
@@ -56,10 +62,13 @@ class HttpApp:
 
     def __init__(self, route_lookup: Callable[[dict], str] | None = None,
                  readiness: Callable[[], dict] | None = None,
-                 live_calls: Callable[[], list] | None = None):
+                 live_calls: Callable[[], list] | None = None,
+                 originate: Callable[[dict], dict] | None = None, api_token: str | None = None):
         self.route_lookup = route_lookup
         self.readiness = readiness or (lambda: {})
         self.live_calls = live_calls or (lambda: [])
+        self.originate = originate
+        self.api_token = api_token
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -81,8 +90,13 @@ class HttpApp:
                 output = generate_latest(metrics.REGISTRY)
                 start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
                 return [output]
+            if path.startswith("/v1/") and not self._authorised(environ):
+                return self._json(start_response, "401 Unauthorized",
+                                  {"error": "missing or wrong bearer token (http.api_token)"})
             if path == "/v1/calls" and method == "GET":
                 return self._json(start_response, "200 OK", {"calls": self.live_calls()})
+            if path == "/v1/calls" and method == "POST" and self.originate is not None:
+                return self._originate(environ, start_response)
             return self._plain(start_response, "404 Not Found", "no such endpoint\n")
         except Exception:   # greenlet boundary: one bad request never takes the server down
             log.exception("HTTP handler failed for %s %s", method, path)
@@ -109,6 +123,32 @@ class HttpApp:
         xml = self.route_lookup(form)
         start_response("200 OK", XML_HEADERS)
         return [xml.encode("utf-8")]
+
+    def _authorised(self, environ) -> bool:
+        if not self.api_token:
+            return True
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.api_token}".encode())
+
+    def _originate(self, environ, start_response):
+        from switchd.originate import OriginateError
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            if not 0 < length <= 16 * 1024:
+                raise OriginateError("a JSON body of at most 16 KiB is required")
+            try:
+                payload = json.loads(environ["wsgi.input"].read(length))
+            except ValueError as exc:
+                raise OriginateError(f"body is not JSON: {exc}") from None
+            result = self.originate(payload)
+        except OriginateError as exc:
+            body = {"error": str(exc)}
+            if exc.sip_code:
+                body["sip_code"] = exc.sip_code
+            return self._json(start_response, f"{exc.status} {_REASONS.get(exc.status, 'Error')}", body)
+        except ValueError as exc:
+            return self._json(start_response, "400 Bad Request", {"error": str(exc)})
+        return self._json(start_response, "200 OK", result)
 
     @staticmethod
     def _json(start_response, status, payload):

@@ -84,7 +84,8 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 def _vars(body: str) -> list[tuple[str, str]]:
     pairs = [p.split("=", 1) for p in body.split(",") if "=" in p]
-    return [(k.strip(), v) for k, v in pairs]
+    # FreeSWITCH strips the single quotes around a value with blanks: {a='b c'}
+    return [(k.strip(), v[1:-1] if len(v) >= 2 and v[0] == v[-1] == "'" else v) for k, v in pairs]
 
 
 def parse_dial_string(dial: str) -> tuple[list[tuple[str, str]], list[DialLeg]]:

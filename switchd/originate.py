@@ -1,0 +1,175 @@
+"""Originated calls: caps and budget checked, LCR, then `bgapi originate` (DESIGN.md §3).
+
+The same plan as a dialplan answer (switchd/router.py `Router.plan`), turned into an
+originate string: call-wide variables in `{}` (the call UUID is ours, `origination_uuid`,
+so the slots taken at planning are keyed by it), per-gateway tariffs in `[]`, the gateways
+in failover order joined by `|`, and the scheduled hangup in `execute_on_answer` so that
+FreeSWITCH enforces the maximum duration even if switchd dies. The result comes back as a
+BACKGROUND_JOB matched by Job-UUID; a failed originate releases its slots at once.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from dialplan import numbers, xml_answer
+from dialplan.causes import no_failover_causes
+from switchd.esl.commands import hangup_cause
+from switchd.router import Decision, Refused
+
+log = logging.getLogger(__name__)
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:+@/*#-]*$")
+# Applications an API client may run on answer: harmless ones only (never system, lua,
+# bgsystem ... which would hand a remote client a shell on the switch).
+_APPS = ("park", "playback", "echo", "conference", "transfer", "sleep")
+_APP = re.compile(r"^&(" + "|".join(_APPS) + r")\([A-Za-z0-9_.:+@/-]*\)$")
+
+
+class OriginateError(ValueError):
+    """The request cannot be placed; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400, sip_code: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.sip_code = sip_code
+
+
+@dataclass(frozen=True)
+class OriginateRequest:
+    tenant: str
+    destination: str
+    caller_id: str | None = None
+    campaign: str | None = None
+    app: str = "&park()"
+    timeout_s: int = 60               # originate_timeout: ring time before giving up
+
+    @classmethod
+    def from_json(cls, payload) -> "OriginateRequest":
+        if not isinstance(payload, dict):
+            raise OriginateError("body must be a JSON object")
+        unknown = set(payload) - {"tenant", "destination", "caller_id", "campaign", "app", "timeout_s"}
+        if unknown:
+            raise OriginateError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        for key in ("tenant", "destination"):
+            if not isinstance(payload.get(key), str) or not payload[key]:
+                raise OriginateError(f"{key}: required, a non-empty string")
+        for key in ("caller_id", "campaign", "app"):
+            if key in payload and not isinstance(payload[key], str):
+                raise OriginateError(f"{key}: must be a string")
+        timeout = payload.get("timeout_s", 60)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
+            raise OriginateError("timeout_s: an integer from 1 to 300")
+        app = payload.get("app", "&park()")
+        if not _APP.match(app):
+            raise OriginateError(f"app: one of {', '.join('&' + a + '(...)' for a in _APPS)}, "
+                                 "arguments without blanks or commas")
+        caller = payload.get("caller_id")
+        if caller is not None and not re.fullmatch(r"\+?[0-9]{1,20}", caller):
+            raise OriginateError("caller_id: digits with an optional leading +")
+        return cls(payload["tenant"], payload["destination"], caller, payload.get("campaign"),
+                   app, timeout)
+
+
+def _var(key: str, value) -> str:
+    text = xml_answer.format_value(value)
+    if _SAFE_VALUE.match(text):
+        return f"{key}={text}"
+    # Our own composite values (e.g. the scheduled hangup) need FreeSWITCH's quoting;
+    # anything else is refused rather than guessed at.
+    if "'" in text or "," in text or not re.fullmatch(r"[A-Za-z0-9_ +.:/-]+", text):
+        raise ValueError(f"unsafe originate variable {key}={text!r}")
+    return f"{key}='{text}'"
+
+
+def originate_string(call_uuid: str, call_vars: dict, legs, app: str, max_s: int,
+                     timeout_s: int) -> str:
+    """`{…}[…]sofia/gateway/A/N|[…]sofia/gateway/B/N &app()` for `bgapi originate`."""
+    globals_ = {"origination_uuid": call_uuid, **call_vars,
+                "originate_timeout": timeout_s,
+                "execute_on_answer": f"sched_hangup +{int(max_s)} {hangup_cause('ALLOTTED_TIMEOUT')}",
+                # stristr match on the cause name, as for the dialplan's bridge; ':' because
+                # ',' separates variables inside {}.
+                "fail_on_single_reject": ":".join(no_failover_causes())}
+    head = "{" + ",".join(_var(k, v) for k, v in globals_.items()) + "}"
+    dial = "|".join("[" + ",".join(_var(k, v) for k, v in leg.vars.items()) + "]"
+                    + f"sofia/gateway/{leg.gateway}/{leg.number}" for leg in legs)
+    return f"{head}{dial} {app}"
+
+
+class Originator:
+    def __init__(self, router, esl, registry, caps, world, record):
+        self.router = router
+        self.esl = esl
+        self.registry = registry
+        self.caps = caps
+        self.world = world            # callable: current World
+        self.record = record          # routing log sink
+
+    def originate(self, request: OriginateRequest) -> dict:
+        world = self.world()
+        tenant = world.tenants.get(request.tenant)
+        if tenant is None or not tenant.enabled:
+            raise OriginateError(f"unknown or disabled tenant {request.tenant!r}", 403, 403)
+        campaign = None
+        if request.campaign:
+            campaign = world.campaigns.get(request.campaign)
+            if campaign is None or campaign.tenant != tenant.name:
+                raise OriginateError(f"unknown campaign {request.campaign!r} for this tenant", 404)
+        if not self.esl.connected:
+            raise OriginateError("not connected to FreeSWITCH", 503)
+        call_uuid = str(uuid.uuid4())
+        decision = Decision(id=str(uuid.uuid4()), call_uuid=call_uuid, tenant=tenant.name,
+                            direction="outbound", destination=request.destination,
+                            result="refused", reason="")
+        try:
+            plan = self.router.plan(decision, world, tenant, request.destination, campaign)
+        except numbers.SpecialNumber as special:
+            decision.reason = f"{special.kind} numbers are never originated"
+            self.record(decision)
+            raise OriginateError(decision.reason, 403, 403) from None
+        except Refused as refused:
+            decision.reason, decision.sip_code = refused.reason, refused.refusal.sip_code
+            self.record(decision)
+            raise OriginateError(refused.reason, 409 if refused.refusal.sip_code != 503 else 503,
+                                 refused.refusal.sip_code) from None
+        decision.reason = "originate:" + decision.reason
+        self.record(decision)
+        call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
+                     "switchd_max_duration": plan.max_duration, "switchd_direction": "outbound"}
+        if campaign is not None:
+            call_vars["switchd_campaign"] = campaign.name
+        if request.caller_id:
+            call_vars["origination_caller_id_number"] = request.caller_id
+        legs = [xml_answer.leg_for_route(route, plan.number.e164) for route in plan.routes]
+        try:
+            line = originate_string(call_uuid, call_vars, legs, request.app, plan.max_duration,
+                                    request.timeout_s)
+            self.registry.expect_originate(call_uuid)
+            result = self.esl.bgapi(f"originate {line}", timeout=request.timeout_s + 15)
+        except Exception as exc:    # not connected, timeout, refused: the slots must go back
+            self._finished(call_uuid)
+            self.caps.release(call_uuid)
+            log.warning("originate failed before a result: %s", exc, extra={"call_uuid": call_uuid})
+            raise OriginateError(f"originate failed: {exc}", 502) from None
+        body = result.body.strip()
+        self._finished(call_uuid)
+        if not result.ok:
+            # Events (if any) end the call in the registry; releasing here covers the case
+            # where FreeSWITCH created no channel at all. Release is idempotent.
+            self.caps.release(call_uuid)
+        log.info("originate %s -> %s: %s", tenant.name, plan.number.e164, body,
+                 extra={"call_uuid": call_uuid, "tenant": tenant.name})
+        return {"call_uuid": call_uuid, "route_id": decision.id, "result": body,
+                "answered": result.ok, "destination": plan.number.e164,
+                "max_duration": plan.max_duration,
+                "gateways": [leg.gateway for leg in legs]}
+
+    def _finished(self, call_uuid: str) -> None:
+        """Effects of the registry's end-of-originate go through the daemon's handler."""
+        self.on_effects(self.registry.originate_finished(call_uuid))
+
+    def on_effects(self, effects) -> None:    # replaced by the daemon
+        pass
