@@ -97,3 +97,30 @@ def random_numbers(count: int, seed: int) -> list[str]:
     ccs = rng.choices([c for c, _ in codes], [w for _, w in codes], k=count)
     return [cc + str(rng.randrange(10 ** (11 - len(cc)), 10 ** (12 - len(cc) + 1) - 1))
             for cc in ccs]
+
+
+def valid_destinations(count: int, seed: int) -> list[str]:
+    """Dialled strings a GB tenant sends, all valid for phonenumbers (strict routing):
+    half the demo's national and international patterns, half E.164 numbers around every
+    region's example number (last digits varied) — so normalisation, policy and LCR all do
+    their real work instead of refusing a malformed number early."""
+    from switchd.demo_world import pick_destination
+    rng = random.Random(seed)
+    examples = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
+            ex = phonenumbers.example_number_for_type(region, kind)
+            if ex is not None:
+                examples.append(phonenumbers.format_number(
+                    ex, phonenumbers.PhoneNumberFormat.E164))
+    out: list[str] = []
+    while len(out) < count:
+        if rng.random() < 0.5:
+            out.append(pick_destination(rng))
+            continue
+        base = rng.choice(examples)
+        cut = min(4, len(base) - 4)
+        candidate = base[:-cut] + str(rng.randrange(10 ** cut)).zfill(cut)
+        if phonenumbers.is_valid_number(phonenumbers.parse(candidate, None)):
+            out.append(candidate)
+    return out

@@ -16,7 +16,18 @@ Figures (same run, same PostgreSQL):
   sql_baseline_per_s  the same per number as one SQL query over the enumerated prefixes
                       (mod_lcr: prefix IN ('4','44','442',...), ORDER BY length DESC, rate)
   ratio               decisions_per_s / sql_baseline_per_s
-Other measurements (full routing decision, HTTP) plug in as further measure_* functions.
+  full_decisions_per_s  the whole routing decision on one core: Router.route(form) over the
+                      captured mod_xml_curl form (Unique-ID, destination, accountcode varied
+                      per call), World from PostgreSQL (demo world + these decks), LocalCaps
+                      through CapsGate (released after each call), HealthBook, SpendBook,
+                      XML answer rendered
+  http_rps            POST /fs/dialplan on switchd.http.server.serve(HttpApp(...)) in its own
+                      process (pinned to one CPU), the captured ~4.8 KB request, one new TCP
+                      connection per request, load generator in another process (_http.py)
+  bare_http_rps       the same load generator against a bare gevent.pywsgi app returning a
+                      fixed XML answer of the same size; http_vs_bare = http_rps / bare
+  http_p99_ms         p99 latency at a paced 1,000 requests/s against switchd (open loop,
+                      from the scheduled start)
 """
 from __future__ import annotations
 
@@ -44,7 +55,10 @@ from switchd.db.migrate import apply_migrations  # noqa: E402
 from switchd.deck_loader import load_all_decks  # noqa: E402
 from switchd.rates_import import import_rates  # noqa: E402
 
-CARRIERS = ("carrier_a", "carrier_b", "carrier_c")
+# The demo world's carriers (switchd/demo_world.py), each with a big synthetic deck.
+CARRIERS = ("budgetel", "globex", "primo")
+# Extra tenants like the demo's "acme", so the accountcode varies per call.
+EXTRA_TENANTS = 4
 
 
 def rss_mb() -> float:
@@ -73,12 +87,17 @@ def database(workdir: Path):
                          .format(sql.Identifier(name)))
 
 
-def setup_world(url: str) -> None:
+def setup_world(url: str, workdir: Path) -> None:
+    """Schema, then the demo world (tenant acme, carriers budgetel/globex/primo, DIDs) plus
+    a few more tenants, provisioned the way `switchd provision` does it."""
+    from switchd.demo_world import WORLD_TOML
+    from switchd.provision import provision
     apply_migrations(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for i, name in enumerate(CARRIERS):
-            conn.execute("INSERT INTO carriers (name, priority) VALUES (%s, %s)",
-                         (name, 100 + i))
+    acme = WORLD_TOML[:WORLD_TOML.index("[[carriers]]")]
+    extra = "".join(acme.replace('"acme"', f'"bench{i}"') for i in range(1, EXTRA_TENANTS + 1))
+    path = workdir / "world.toml"
+    path.write_text(WORLD_TOML + "\n" + extra)
+    provision(url, path)
 
 
 def import_decks(url: str, workdir: Path, prefixes: int) -> dict:
@@ -184,8 +203,200 @@ def check_agreement(decks: dict, numbers: list[str], at: datetime, sql_picks: li
     return mismatches
 
 
+# --- the full routing decision ------------------------------------------------------------
+def build_router(url: str, decks: dict):
+    """Router wired as switchd/daemon.py wires it, minus the network: World and carrier
+    health from PostgreSQL, in-process caps, books, decks already in memory. Returns the
+    router and its CapsGate (the caller releases each call, standing in for the hangup)."""
+    from collections import deque
+
+    from switchd.books import HealthBook, SpendBook, month_start
+    from switchd.caps.local import LocalCaps
+    from switchd.config import load_config
+    from switchd.daemon import _health_from_rows, _routing_settings
+    from switchd.db import store
+    from switchd.policing import CapsGate
+    from switchd.router import Router
+
+    cfg = load_config(environ={})
+    with psycopg.connect(url) as conn:
+        world = store.load_world(conn)
+        health = store.load_carrier_health(conn)
+        now = datetime.now(timezone.utc)
+        spent = {t: store.month_spend(conn, t, month_start(now)) for t in world.tenants}
+    caps = CapsGate(LocalCaps(ttl=cfg["caps.lease_seconds"]), cfg)
+    # The daemon's record hands d.as_row() to the CDR writer's queue; the writer's database
+    # work runs on its own greenlet, so the request path pays as_row() and an append.
+    written: deque = deque(maxlen=10_000)
+    router = Router(world=lambda: world, decks=lambda: decks,
+                    health=HealthBook(_health_from_rows(health), cfg["routing.health_cooldown"]),
+                    caps=caps,
+                    spend=SpendBook({t.name: t.monthly_budget for t in world.tenants.values()},
+                                    spent, month_start(now)),
+                    settings=_routing_settings(cfg), record=lambda d: written.append(d.as_row()))
+    return router, caps
+
+
+def call_inputs(count: int) -> tuple[list[str], list[str], list[str]]:
+    """(destinations, Unique-IDs, accountcodes) to cycle through, seeded."""
+    import random
+    rng = random.Random(11)
+    accounts = ["acme"] + [f"bench{i}" for i in range(1, EXTRA_TENANTS + 1)]
+    return (_decks.valid_destinations(count, seed=5),
+            [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)],
+            accounts)
+
+
+def measure_full_decision(router, caps, seconds: float, inputs) -> dict:
+    """Router.route(form) back to back on this core for `seconds`; the form is the captured
+    request's fields with Unique-ID, the destination fields and accountcode set per call."""
+    from switchd.http.server import parse_form
+    import _http
+    dests, uuids, accounts = inputs
+    form = parse_form(_http.captured_request()[1])
+    n, routed, results = 0, 0, {}
+    count, acc = len(dests), len(accounts)
+    gc.collect()
+    t = time.perf_counter()
+    deadline = t + seconds
+    while True:
+        for i in range(1000):
+            j = n + i
+            call_uuid = uuids[j % count]
+            form["Unique-ID"] = form["Channel-Call-UUID"] = form["Caller-Unique-ID"] = call_uuid
+            form["Caller-Destination-Number"] = form["Hunt-Destination-Number"] = dests[j % count]
+            form["variable_accountcode"] = accounts[j % acc]
+            decision = router.route(form)
+            caps.release_now(decision.call_uuid)     # the hangup, so caps never fill
+            if decision.result == "routed":
+                routed += 1
+            results[decision.reason if decision.result != "routed" else "routed"] = \
+                results.get(decision.reason if decision.result != "routed" else "routed", 0) + 1
+        n += 1000
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - t
+    refused = {k: v for k, v in sorted(results.items(), key=lambda kv: -kv[1]) if k != "routed"}
+    return {"full_decisions_per_s": round(n / elapsed), "full_decision_us":
+            round(elapsed / n * 1e6, 1), "full_routed_share": round(routed / n, 3),
+            "full_refusals_top": dict(list(refused.items())[:3])}
+
+
+def profile_full_decision(router, caps, inputs) -> None:
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.runcall(measure_full_decision, router, caps, 2.0, inputs)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(30)
+    log(out.getvalue())
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+def start_switchd_http(router, caps, cpu: int | None) -> tuple[int, int]:
+    """Fork a process that serves POST /fs/dialplan with this router (decks shared
+    copy-on-write); return (pid, port). The caller kills it by pid."""
+    import gevent
+    read_fd, write_fd = os.pipe()
+    pid = gevent.fork()
+    if pid == 0:                                      # child: serve until killed
+        try:
+            os.close(read_fd)
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            from switchd.http.server import HttpApp, serve
+
+            def route_lookup(form: dict) -> str:
+                decision = router.route(form)
+                caps.release_now(decision.call_uuid)  # the hangup, so caps never fill
+                return decision.xml
+            server = serve(HttpApp(route_lookup=route_lookup), "127.0.0.1", 0)
+            os.write(write_fd, f"{server.server_port}\n".encode())
+            os.close(write_fd)
+            gevent.wait()
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        port = int(f.readline())
+    return pid, port
+
+
+def start_bare_http(answer: str, workdir: Path, cpu: int | None):
+    import subprocess
+    path = workdir / "answer.xml"
+    path.write_text(answer)
+    proc = subprocess.Popen([sys.executable, str(HERE / "_http.py"), "bare", str(path)]
+                            + ([str(cpu)] if cpu is not None else []),
+                            stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def run_load(spec: dict, workdir: Path) -> dict:
+    import subprocess
+    path = workdir / "load.json"
+    path.write_text(json.dumps(spec))
+    out = subprocess.run([sys.executable, str(HERE / "_http.py"), "load", str(path)],
+                         capture_output=True, text=True, timeout=spec["seconds"] + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_http(router, caps, inputs, workdir: Path, seconds: float) -> dict:
+    """Server on CPU 0, load generator on CPU 1 (when there are two): one core each."""
+    from switchd.http.server import parse_form
+    import _http
+    two = (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity")
+    server_cpu, load_cpu = (0, 1) if two else (None, None)
+    dests, _, accounts = inputs
+    sample = router.route({**parse_form(_http.captured_request()[1]),
+                           "variable_accountcode": "acme",
+                           "Caller-Destination-Number": "+12125550123"})
+    caps.release_now(sample.call_uuid)
+    base = {"destinations": dests, "accountcodes": accounts, "concurrency": 8,
+            "cpu": load_cpu, "distinct": 5000}
+    pid, port = start_switchd_http(router, caps, server_cpu)
+    bare, bare_port = start_bare_http(sample.xml, workdir, server_cpu)
+    try:
+        switchd = run_load({**base, "port": port, "mode": "closed", "seconds": seconds},
+                           workdir)
+        log(f"switchd http: {switchd}")
+        plain = run_load({**base, "port": bare_port, "mode": "closed", "seconds": seconds},
+                         workdir)
+        log(f"bare http: {plain}")
+        paced = run_load({**base, "port": port, "mode": "paced", "rate": 1000,
+                          "concurrency": 64, "seconds": seconds}, workdir)
+        log(f"switchd paced: {paced}")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        bare.kill()
+        bare.wait()
+    return {"http_rps": switchd["rps"], "bare_http_rps": plain["rps"],
+            "http_vs_bare": round(switchd["rps"] / plain["rps"], 2),
+            "http_p50_ms_closed": switchd["p50_ms"], "http_errors": switchd["errors"]
+            + plain["errors"] + paced["errors"], "http_p99_ms": paced["p99_ms"],
+            "http_p50_ms": paced["p50_ms"], "http_paced_rps": paced["rps"],
+            "answer_bytes": len(sample.xml.encode())}
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    import platform
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} x {model}, Python {platform.python_version()}"
 
 
 def main(argv=None) -> dict:
@@ -193,14 +404,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--full", action="store_true", help="more numbers, longer SQL run")
     ap.add_argument("--prefixes", type=int, default=1_000_000, help="per carrier")
     ap.add_argument("--numbers", type=int, default=None, help="in-process lookups")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="per full-decision and HTTP run (default 5, --full 15)")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the full decision; top functions to stderr")
     args = ap.parse_args(argv)
+    seconds = args.seconds or (15.0 if args.full else 5.0)
     count = args.numbers or (1_000_000 if args.full else 200_000)
     sql_budget = 20.0 if args.full else 5.0
     at = datetime.now(timezone.utc)
     result: dict = {"benchmark": "lcr", "carriers": len(CARRIERS),
                     "prefixes_per_carrier": args.prefixes}
     with tempfile.TemporaryDirectory(prefix="switchd-lcr-") as tmp, database(Path(tmp)) as url:
-        setup_world(url)
+        setup_world(url, Path(tmp))
         result.update(import_decks(url, Path(tmp), args.prefixes))
         decks, figures = measure_deck_load(url)
         result.update(figures)
@@ -211,7 +427,17 @@ def main(argv=None) -> dict:
         sql, picks = measure_sql_baseline(url, numbers, at, sql_budget)
         result.update(sql)
         result["mismatches"] = check_agreement(decks, numbers, at, picks)
+        del numbers, picks
+        router, caps = build_router(url, decks)
+        inputs = call_inputs(5000)
+        if args.profile:
+            profile_full_decision(router, caps, inputs)
+        result.update(measure_full_decision(router, caps, seconds, inputs))
+        log(f"full decision: {result['full_decisions_per_s']}/s "
+            f"({result['full_decision_us']} us)")
+        result.update(measure_http(router, caps, inputs, Path(tmp), seconds))
     result["ratio"] = round(result["decisions_per_s"] / result["sql_baseline_per_s"], 1)
+    result["machine"] = machine()
     print(json.dumps(result))
     return result
 
