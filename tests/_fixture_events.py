@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from switchd.esl.events import ChannelEvent
+from switchd.sim.make_templates import read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
 
@@ -83,20 +84,10 @@ def channel_events(letter: str) -> list[ChannelEvent]:
 
 def api_reply(command: str, occurrence: int = 0) -> str:
     """The body of the `occurrence`-th api/response to `api <command>` in esl-api.txt."""
-    text = (FIXTURES / "esl-api.txt").read_bytes()
-    blocks = []
-    pos = 0
-    while pos < len(text):
-        nl = text.index(b"\n", pos)
-        meta = text[pos:nl].decode()
-        pos = nl + 1
-        if meta.startswith("@@ note"):
-            continue
-        length = int(meta.split(" len=")[1].split()[0])
-        blocks.append((meta, text[pos:pos + length]))
-        pos += length + 1                 # the separator '\n' is not data
+    blocks = [(f"dir={direction}", data)
+              for _, direction, data in read_transcript(FIXTURES / "esl-api.txt")]
     hits = [i for i, (meta, data) in enumerate(blocks)
-            if "dir=C>S" in meta and data.decode().strip() == f"api {command}"]
+            if meta == "dir=C>S" and data.decode().strip() == f"api {command}"]
     reply = blocks[hits[occurrence] + 1][1]
     head, _, body = reply.partition(b"\n\n")
     return body.decode()

@@ -3,7 +3,6 @@ dialplan HTTP server (gevent.pywsgi). Deliberately independent of switchd.esl.*,
 simulator is checked against the captures, not against our own parser."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -13,23 +12,13 @@ import gevent.queue
 from gevent import socket
 from gevent.pywsgi import WSGIServer
 
+from switchd.sim.make_templates import read_transcript
+
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
 
 
 def transcript(name: str) -> list[tuple[str, str, bytes]]:
-    data = (FIXTURES / name).read_bytes()
-    pos, out = 0, []
-    while pos < len(data):
-        end = data.index(b"\n", pos)
-        line = data[pos:end].decode()
-        pos = end + 1
-        if line.startswith("@@ note"):
-            continue
-        m = re.match(r"@@ conn=(\S+) dir=(\S+) len=(\d+)", line)
-        n = int(m.group(3))
-        out.append((m.group(1), m.group(2), data[pos:pos + n]))
-        pos += n + 1
-    return out
+    return read_transcript(FIXTURES / name)
 
 
 def split_frames(data: bytes) -> tuple[list[tuple[dict, bytes]], bytes]:
