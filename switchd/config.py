@@ -110,8 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rating", "precision", int, 6, "Decimal places costs are rounded to, once, half-up.",
             check=lambda v: None if 0 <= v <= 10 else "must be between 0 and 10"),
     Setting("caps", "global_max_calls", int, 0,
-            "Most concurrent calls on this switch (all tenants). 0 = no global cap.",
+            "Most concurrent calls in the global scope: this switch with in-process caps, "
+            "every daemon sharing the Redis otherwise. 0 = no global cap.",
             check=lambda v: None if v >= 0 else "must be 0 or more"),
+    Setting("caps", "fallback_share", float, 1.0,
+            "With redis.on_failure = fail_open: the share of each cap this node may use on its "
+            "own while Redis is down (set 1/N for N daemons, so the cluster never exceeds a cap).",
+            check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
     Setting("caps", "lease_seconds", float, 60.0,
             "A slot's lease; live calls are refreshed at a third of it, a crashed daemon's expire.",
             check=_positive),

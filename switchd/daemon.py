@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 class _Resync:
     """`show channels` rows, queued behind the events that preceded the reply."""
     rows: list
+    connection: object = None     # the connection they came from: stale once it has closed
 
 
 def _now() -> datetime:
@@ -116,6 +117,9 @@ class Daemon:
         self._spawn(Periodic(1.0, self._watchdog, "max-duration watchdog").run)
         self._spawn(Periodic(5.0, self._sweep, "registry sweep").run)
         self._spawn(Periodic(2.0, self._persist_health, "health persistence").run)
+        # Reconcile against the switch now and then, not only after reconnects: FreeSWITCH
+        # sometimes leaves stuck channels, and a lost hangup event would otherwise hold a slot.
+        self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
         self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
         self._spawn(self.reloader.run)
         self._spawn(self.deck_reloader.run)
@@ -169,7 +173,7 @@ class Daemon:
     # --- ESL events --------------------------------------------------------------------------
     def handle_event(self, event) -> None:
         if isinstance(event, _Resync):
-            self._apply_resync(event.rows)
+            self._apply_resync(event.rows, event.connection)
         elif isinstance(event, ChannelEvent):
             self._record_event(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
@@ -189,9 +193,16 @@ class Daemon:
         data = {k: v for k, v in (("cause", event.hangup_cause), ("gateway", event.gateway),
                                   ("sip_status", event.sip_status), ("billmsec", event.billmsec))
                 if v is not None}
+        try:
+            at = datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            # A corrupt Event-Date-Timestamp must not cost the event itself (raising here
+            # would keep it from the registry: a lost hangup holds a slot until the sweep).
+            log.warning("%s carries an impossible Event-Date-Timestamp %r; logged at now",
+                        event.name, event.timestamp_us, extra={"call_uuid": event.call_uuid})
+            at = _now()
         self.writer.submit_event(EventRecord(
-            core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name,
-            at=datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc),
+            core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
             call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
 
     def _act(self, effect) -> None:
@@ -240,19 +251,37 @@ class Daemon:
         on the wire, so a call whose events are still queued is not mistaken for unknown."""
         reply = connection.api(_bare(commands.show_channels_json()),
                                timeout=self.config["esl.command_timeout"])
-        connection.post(_Resync(parse_show_channels_json(reply)))
+        connection.post(_Resync(parse_show_channels_json(reply), connection))
 
     def on_esl_disconnected(self, reason: str) -> None:
         self.resynced = False
 
-    def _apply_resync(self, rows) -> None:
+    def _apply_resync(self, rows, connection=None) -> None:
+        closed = getattr(connection, "closed", None)
+        if closed is not None and closed.is_set():
+            # Its connection dropped before we got here; the next one resyncs afresh. Applied
+            # now, a snapshot older than events of the new connection would close live calls.
+            log.info("resync: skipping a snapshot from a connection that has since closed")
+            return
         effects = self.registry.resync(rows, self.now_us())
         for effect in effects:
             self._act(effect)
-        released = self.caps.reconcile({call.call_uuid for call in self.registry.live_calls()})
+        live = {call.call_uuid for call in self.registry.live_calls()}
         self.resynced = True
-        log.info("resync: switch has %d channel(s); %d effect(s); %d stale slot(s) released",
-                 len(rows), len(effects), len(released))
+        log.info("resync: switch has %d channel(s), %d live call(s); %d effect(s)",
+                 len(rows), len(live), len(effects))
+        # The caps backend may be Redis: not in the event greenlet (STYLE.md §6).
+        gevent.spawn(self._reconcile_caps, live)
+
+    def _reconcile_caps(self, live: set) -> None:
+        try:
+            released = self.caps.reconcile(live)
+        except Exception as exc:    # greenlet boundary; leases of the dead expire anyway
+            log.error("resync: caps reconciliation failed (stale slots expire with their "
+                      "leases): %s", exc)
+            return
+        if released:
+            log.info("resync: %d stale caps slot(s) released", len(released))
 
     # --- periodic jobs -----------------------------------------------------------------------
     def _refresh_leases(self) -> None:
@@ -281,6 +310,11 @@ class Daemon:
     def _sweep(self) -> None:
         for effect in self.registry.sweep(self.now_us(), 30_000_000):
             self._act(effect)
+
+    def _periodic_resync(self) -> None:
+        connection = self.esl.connection
+        if connection is not None and self.resynced:
+            self.on_esl_connected(connection)
 
     def _persist_health(self) -> None:
         dirty = self.health.take_dirty()

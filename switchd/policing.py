@@ -8,6 +8,7 @@ never waits on Redis (STYLE.md §6), and operations on one call keep their order
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Callable
 
 import gevent
@@ -30,8 +31,19 @@ def build_caps_backend(config: Config) -> CapsBackend:
         return LocalCaps(ttl=ttl)
     from switchd.caps.failover import PolicyCaps
     from switchd.caps.redis_backend import RedisCaps
-    return PolicyCaps(primary=RedisCaps.from_url(url, ttl=ttl), fallback=LocalCaps(ttl=ttl),
-                      policy=config["redis.on_failure"])
+    return PolicyCaps(primary=RedisCaps.from_url(url, ttl=ttl, node_id=node_id(config)),
+                      fallback=LocalCaps(ttl=ttl), policy=config["redis.on_failure"],
+                      fallback_share=config["caps.fallback_share"])
+
+
+def node_id(config: Config) -> str:
+    """The owner of this daemon's leases: the host *and* the switch it serves.
+
+    A daemon reconciles (releases) every lease of its node that its FreeSWITCH no longer
+    reports, so two daemons must never share a node id: with the bare host name, two daemons
+    on one host (one per FreeSWITCH) released each other's live calls on every ESL reconnect.
+    Still stable across restarts, so a restarted daemon reconciles its previous run's calls."""
+    return f"{socket.gethostname()}/{config['esl.host']}:{config['esl.port']}"
 
 
 class CapsGate:
@@ -100,6 +112,11 @@ class CapsGate:
         lost = self.backend.refresh(call_uuids)
         if lost:
             log.warning("%d live call(s) had lost their caps lease; they are counted again", len(lost))
+        if not call_uuids:
+            # With no call to refresh the backend is not touched at all, so an idle node would
+            # learn of a Redis outage only from the next call it refuses (and /readyz would
+            # stay 200 meanwhile). One cheap read makes the backend notice, either way.
+            self.backend.count(Scope("global", "all"))
 
     def reconcile(self, live_call_uuids: set[str]) -> list[str]:
         released = self.backend.reconcile(live_call_uuids)

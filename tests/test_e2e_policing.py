@@ -1,0 +1,432 @@
+"""End to end policing: max duration and concurrency caps through real `switchd run` processes.
+
+The simulator plays FreeSWITCH in this process; each daemon is a real subprocess
+(tests/daemon_harness.py); PostgreSQL and Redis are real. Outcomes are read back from
+PostgreSQL (routing decisions, CDRs), the daemon's HTTP endpoints (/metrics, /readyz) and
+Redis (slot sets), always by polling with a deadline.
+
+Time: the daemon compares the switch's event timestamps with its own wall clock (the
+watchdog), so every simulator here runs at time_scale=1.0 and calls are seconds long.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import gevent
+import psycopg
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from switchd.caps.base import Scope
+from switchd.caps.redis_backend import RedisCaps
+from switchd.demo_world import WORLD_TOML, write_decks
+from switchd.devredis import RedisProcess
+from switchd.provision import provision
+from switchd.rates_import import import_rates
+from switchd.sim import GatewayBehaviour, Simulator
+from daemon_harness import DaemonProcess
+
+PASSWORD = "e2e-policing"
+QUICK = GatewayBehaviour(answer_delay_s=0.2, fail_delay_s=0.1)
+UK_FIXED = "0207946{:04d}"          # acme (GB) dials London: budgetel, then globex, then primo
+BERLIN = "+49301234{:04d}"          # globex first
+TENANT = Scope("tenant", "acme")
+SLOTS = "{switchd}:slots:"
+
+
+# --- world, switch and daemon ------------------------------------------------------------------
+def provision_world(url, directory, *, max_call_seconds=3600, max_concurrent=200,
+                    max_channels: dict | None = None) -> str:
+    """The demo world with the tenant's limits and carriers' channel caps changed."""
+    text = WORLD_TOML.replace("max_call_seconds = 3600", f"max_call_seconds = {max_call_seconds}")
+    text = text.replace("max_concurrent = 200", f"max_concurrent = {max_concurrent}")
+    for carrier, channels in (max_channels or {}).items():
+        text, n = re.subn(rf'(name = "{carrier}"\npriority = \d+\nmax_channels = )\d+',
+                          rf"\g<1>{channels}", text)
+        assert n == 1, carrier
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "world.toml"
+    path.write_text(text)
+    provision(url, path)
+    for carrier, deck in write_decks(directory / "decks").items():
+        import_rates(url, deck, carrier)
+    return url
+
+
+class Switch:
+    """One FreeSWITCH box (simulator) with its own daemon subprocess."""
+
+    def __init__(self, db_url, data_dir, *, seed=1, redis_url=None, env=None, gateways=None):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.sim = Simulator(password=PASSWORD, seed=seed, time_scale=1.0,
+                             heartbeat_interval=None, default_gateway=QUICK,
+                             gateways=dict(gateways or {}))
+        _, port = self.sim.start()
+        self.daemon = DaemonProcess(db_url, port, PASSWORD, data_dir, redis_url=redis_url,
+                                    extra_env=env).start()
+        self.sim.dialplan_url = self.daemon.base_url + "/fs/dialplan"
+
+    def stop(self) -> int:
+        rc = self.daemon.terminate()
+        self.sim.stop()
+        return rc
+
+
+@pytest.fixture
+def switches():
+    """Factory of started Switches, all stopped at the end (each daemon must exit 0 unless
+    the test killed it)."""
+    made: list[Switch] = []
+
+    def make(*args, **kw) -> Switch:
+        made.append(Switch(*args, **kw))
+        return made[-1]
+    yield make
+    failures = []
+    for switch in made:
+        killed = switch.daemon.proc.poll() is not None
+        rc = switch.stop()
+        if not killed and rc != 0:
+            failures.append(switch.daemon.log()[-3000:])
+    assert not failures, failures
+
+
+@pytest.fixture
+def own_redis():
+    """A private redis-server the test may stop and restart on the same port."""
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+# --- reading outcomes --------------------------------------------------------------------------
+def rows(url, query, *args):
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def decisions(url, uuids):
+    """call uuid -> (result, sip_code, reason) for the calls that have a decision row."""
+    got = rows(url, "SELECT call_uuid, result, sip_code, reason FROM routing_decisions "
+                    "WHERE call_uuid = ANY(%s)", list(uuids))
+    return {r[0]: r[1:] for r in got}
+
+
+def cdrs(url, uuids):
+    got = rows(url, "SELECT call_uuid, hangup_cause, carrier, answered_at, ended_at "
+                    "FROM calls WHERE call_uuid = ANY(%s)", list(uuids))
+    return {r[0]: r[1:] for r in got}
+
+
+def metric(daemon, name, **labels) -> float:
+    status, text = daemon.get("/metrics")
+    assert status == 200
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def live_count(url, scope=TENANT) -> int:
+    """Live slots of a scope, as the caps scripts count them (expired leases purged)."""
+    caps = RedisCaps(redis.Redis.from_url(url))
+    try:
+        return caps.count(scope)
+    finally:
+        caps.close()
+
+
+def wait_for(predicate, timeout, what, daemon=None):
+    daemon_log = daemon.log if daemon else (lambda: "")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        gevent.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{daemon_log()[-3000:]}")
+
+
+def all_done(calls, timeout):
+    return all(call.wait(timeout) for call in calls)
+
+
+def answered_live(sim) -> int:
+    """Calls the switch has up and answered right now (A-legs with an answered partner)."""
+    return sum(1 for leg in sim.live_legs() if leg.role == "a" and leg.answered_us)
+
+
+# --- 1. max duration -----------------------------------------------------------------------------
+def test_max_duration_is_enforced_by_the_switch_and_by_the_watchdog(migrated_pg_url, tmp_path,
+                                                                      switches):
+    """The XML schedules `sched_hangup +5 ALLOTTED_TIMEOUT`; the switch honours it. A gateway
+    whose calls ignore it is caught by the daemon's watchdog after max + grace."""
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_call_seconds=5)
+    switch = switches(url, tmp_path / "d", env={"SWITCHD_WATCHDOG_GRACE_SECONDS": "1"},
+                      gateways={"globex_gw1": GatewayBehaviour(answer_delay_s=0.2,
+                                                               ignore_sched_hangup=True)})
+    sim, daemon = switch.sim, switch.daemon
+    honoured = sim.place_call(UK_FIXED.format(1), accountcode="acme", hold_seconds=30)
+    ignored = sim.place_call(BERLIN.format(1), accountcode="acme", hold_seconds=30)
+    assert all_done([honoured, ignored], 20), (honoured.result, ignored.result)
+
+    assert honoured.route.sched_hangup == ("+5", "ALLOTTED_TIMEOUT")
+    assert honoured.gateway == "budgetel_gw1" and ignored.gateway == "globex_gw1"
+    assert honoured.hangup_cause == ignored.hangup_cause == "ALLOTTED_TIMEOUT"
+    assert 4_900 <= honoured.billmsec <= 5_300, honoured.billmsec
+    # killed once answer + max + grace had passed, by a watchdog ticking every second
+    assert 6_000 <= ignored.billmsec <= 8_500, ignored.billmsec
+
+    got = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(
+        cdrs(url, [honoured.uuid, ignored.uuid])), 10, "both CDRs", daemon)
+    assert got[honoured.uuid][0] == got[ignored.uuid][0] == "ALLOTTED_TIMEOUT"
+    assert (got[honoured.uuid][1], got[ignored.uuid][1]) == ("budgetel", "globex")
+    assert metric(daemon, "switchd_watchdog_kills_total") == 1.0   # only the ignoring call
+
+
+# --- 2. caps through routing ---------------------------------------------------------------------
+def test_tenant_cap_admits_exactly_n_refuses_the_rest_and_frees_slots_once(
+        migrated_pg_url, tmp_path, redis_url, switches):
+    cap, extra = 3, 4
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_concurrent=cap)
+    switch = switches(url, tmp_path / "d", redis_url=redis_url)
+    sim, daemon = switch.sim, switch.daemon
+
+    calls = [sim.place_call(UK_FIXED.format(100 + i), accountcode="acme", hold_seconds=600)
+             for i in range(cap + extra)]
+    got = wait_for(lambda: (lambda d: d if len(d) == len(calls) else None)(
+        decisions(url, [c.uuid for c in calls])), 15, "every routing decision", daemon)
+    routed = [c for c in calls if got[c.uuid][0] == "routed"]
+    refused = [c for c in calls if got[c.uuid][0] == "refused"]
+    assert len(routed) == cap and len(refused) == extra
+    for call in refused:
+        _, sip_code, reason = got[call.uuid]
+        assert sip_code == 503 and "cap reached" in reason, reason
+    assert all_done(refused, 10) and {c.result for c in refused} == {"refused"}
+    assert {c.a_leg.sip_status for c in refused} == {503}
+    wait_for(lambda: answered_live(sim) == cap, 10, "the admitted calls answered", daemon)
+    assert metric(daemon, "switchd_cap_rejections_total", scope="tenant") == extra
+    assert live_count(redis_url) == cap
+
+    for call in routed:
+        sim.kill_call(call.uuid)
+    assert all_done(routed, 10)
+    wait_for(lambda: live_count(redis_url) == 0, 10, "tenant slots released", daemon)
+    # released once, not below zero, and nothing else held
+    client = redis.Redis.from_url(redis_url)
+    assert not client.keys("{switchd}:call:*")
+    assert live_count(redis_url, Scope("global", "all")) == 0
+
+    again = [sim.place_call(UK_FIXED.format(200 + i), accountcode="acme", hold_seconds=600)
+             for i in range(cap)]
+    got = wait_for(lambda: (lambda d: d if len(d) == cap else None)(
+        decisions(url, [c.uuid for c in again])), 15, "decisions after the calls ended", daemon)
+    assert {v[0] for v in got.values()} == {"routed"}
+    wait_for(lambda: answered_live(sim) == cap, 10, "the new calls answered", daemon)
+    assert live_count(redis_url) == cap
+    for call in again:
+        sim.kill_call(call.uuid)
+    assert all_done(again, 10)
+    wait_for(lambda: live_count(redis_url) == 0, 10, "slots released again", daemon)
+    assert metric(daemon, "switchd_cap_rejections_total", scope="tenant") == extra
+
+
+# --- 3. cluster-wide with Redis -----------------------------------------------------------------
+def test_two_switches_sharing_redis_never_exceed_the_tenant_cap(
+        migrated_pg_url, tmp_path, redis_url, switches):
+    cap = 4
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_concurrent=cap)
+    boxes = [switches(url, tmp_path / f"d{i}", seed=10 + i, redis_url=redis_url)
+             for i in range(2)]
+    client = redis.Redis.from_url(redis_url)
+    peaks = {"answered": 0, "zcard": 0}
+
+    def sample():
+        while True:
+            peaks["answered"] = max(peaks["answered"], sum(answered_live(b.sim) for b in boxes))
+            peaks["zcard"] = max(peaks["zcard"], client.zcard(SLOTS + "tenant:acme"))
+            gevent.sleep(0.01)
+
+    sampler = gevent.spawn(sample)
+    placed = []
+
+    def burst(box, index):
+        for wave in range(3):
+            for i in range(5):
+                hold = 0.8 + 0.3 * ((wave + i + index) % 4)
+                placed.append(box.sim.place_call(UK_FIXED.format(1000 * index + 10 * wave + i),
+                                                 accountcode="acme", hold_seconds=hold))
+                gevent.sleep(0.02)
+            gevent.sleep(0.6)
+
+    gevent.joinall([gevent.spawn(burst, box, i) for i, box in enumerate(boxes)], raise_error=True)
+    assert all_done(placed, 20)
+    sampler.kill()
+
+    got = wait_for(lambda: (lambda d: d if len(d) == len(placed) else None)(
+        decisions(url, [c.uuid for c in placed])), 15, "every routing decision")
+    routed = [c for c in placed if got[c.uuid][0] == "routed"]
+    refused = [c for c in placed if got[c.uuid][0] == "refused"]
+    assert len(routed) + len(refused) == len(placed) == 30
+    for box in boxes:      # both switches were admitted calls and refused some: one shared cap
+        mine = {id(c) for c in box.sim.calls}
+        assert any(id(c) in mine for c in routed) and any(id(c) in mine for c in refused)
+    assert refused and {got[c.uuid][1] for c in refused} == {503}
+    assert {c.result for c in routed} == {"answered"} and {c.result for c in refused} == {"refused"}
+    assert peaks["answered"] == cap and peaks["zcard"] <= cap, peaks
+    rejections = sum(metric(b.daemon, "switchd_cap_rejections_total", scope="tenant") for b in boxes)
+    assert rejections == len(refused)
+    wait_for(lambda: live_count(redis_url) == 0, 10, "every slot released")
+
+
+# --- 4. crash -> lease expiry ---------------------------------------------------------------
+def test_slots_survive_a_peers_resync_and_expire_when_their_daemon_dies(
+        migrated_pg_url, tmp_path, redis_url, switches):
+    """Two switches on one host share Redis. A holds two live calls. B's ESL reconnect (and
+    the reconciliation that follows it) must not release A's slots; A's leases outlive
+    several lease periods while A lives, and expire within one lease once A is SIGKILLed."""
+    lease = 2.0
+    url = provision_world(migrated_pg_url, tmp_path / "world")
+    env = {"SWITCHD_CAPS_LEASE_SECONDS": str(lease)}
+    a, b = [switches(url, tmp_path / f"d{i}", seed=20 + i, redis_url=redis_url, env=env)
+            for i in range(2)]
+    calls = [a.sim.place_call(UK_FIXED.format(300 + i), accountcode="acme", hold_seconds=600)
+             for i in range(2)]
+    wait_for(lambda: answered_live(a.sim) == 2, 10, "two answered calls", a.daemon)
+    assert live_count(redis_url) == 2
+    # Older than the reconciliation grace (5 s), A's calls are fair game for a daemon that
+    # wrongly thinks they are its own; meanwhile they must stay counted (A refreshes them).
+    deadline = time.monotonic() + 5.5
+    while time.monotonic() < deadline:
+        assert live_count(redis_url) == 2, "a live daemon's slots expired"
+        gevent.sleep(0.2)
+    b.sim.drop_connections()
+    wait_for(lambda: sum('"msg": "resync:' in line for line in b.daemon.log().splitlines()) >= 2,
+             10, "B resynchronised after its reconnect", b.daemon)
+    assert live_count(redis_url) == 2, "B's reconciliation released A's live calls"
+
+    a.daemon.proc.kill()                                   # SIGKILL: no release, no drain
+    a.daemon.proc.wait(5)
+    killed_at = time.monotonic()
+    wait_for(lambda: live_count(redis_url) == 0, lease + 2, "the dead daemon's slots to expire")
+    assert time.monotonic() - killed_at <= lease + 1.5
+    assert not any(c.done.is_set() for c in calls)         # the calls are still up on the switch
+    assert live_count(redis_url, Scope("global", "all")) == 0
+
+
+# --- 5. Redis down ------------------------------------------------------------------------------
+def test_redis_down_fail_closed_refuses_then_recovers_without_restart(
+        migrated_pg_url, tmp_path, own_redis, switches):
+    url = provision_world(migrated_pg_url, tmp_path / "world")
+    switch = switches(url, tmp_path / "d", redis_url=own_redis.url,
+                      env={"SWITCHD_REDIS_ON_FAILURE": "fail_closed",
+                           "SWITCHD_CAPS_LEASE_SECONDS": "1.5"})
+    sim, daemon = switch.sim, switch.daemon
+    before = sim.place_call(UK_FIXED.format(400), accountcode="acme", hold_seconds=2)
+    assert before.wait(10) and before.result == "answered"
+    wait_for(lambda: live_count(own_redis.url) == 0, 10, "the first call's slot released", daemon)
+
+    port = own_redis.port
+    own_redis.stop()
+    # an idle node notices too: readiness must not wait for the next call to find out
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(daemon.get("/readyz")),
+                            5, "/readyz 503 while Redis is down", daemon)
+    assert "caps" in body["problems"], body
+    refused = sim.place_call(UK_FIXED.format(401), accountcode="acme", hold_seconds=2)
+    assert refused.wait(10) and refused.result == "refused" and refused.a_leg.sip_status == 503
+    got = wait_for(lambda: decisions(url, [refused.uuid]), 10, "refusal row", daemon)
+    assert got[refused.uuid][1] == 503 and "unavailable" in got[refused.uuid][2]
+    assert metric(daemon, "switchd_cap_rejections_total", scope="backend") >= 1
+    assert metric(daemon, "switchd_caps_backend_up", backend="redis") == 0
+
+    restarted = RedisProcess(port=port).start()
+    try:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, 15, "/readyz 200 after Redis is back",
+                 daemon)
+        after = sim.place_call(UK_FIXED.format(402), accountcode="acme", hold_seconds=2)
+        assert after.wait(10) and after.result == "answered"
+        assert decisions(url, [after.uuid])[after.uuid][0] == "routed"
+        assert metric(daemon, "switchd_caps_backend_up", backend="redis") == 1
+        wait_for(lambda: live_count(restarted.url) == 0, 10, "slot of the call released in Redis")
+    finally:
+        restarted.stop()
+
+
+def test_redis_down_fail_open_admits_against_local_caps_only(
+        migrated_pg_url, tmp_path, own_redis, switches):
+    cap = 3
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_concurrent=cap)
+    switch = switches(url, tmp_path / "d", redis_url=own_redis.url,
+                      env={"SWITCHD_REDIS_ON_FAILURE": "fail_open",
+                           "SWITCHD_CAPS_LEASE_SECONDS": "1.5"})
+    sim, daemon = switch.sim, switch.daemon
+    first = sim.place_call(UK_FIXED.format(500), accountcode="acme", hold_seconds=600)
+    wait_for(lambda: answered_live(sim) == 1, 10, "a call up before the outage", daemon)
+
+    own_redis.stop()
+    calls = [sim.place_call(UK_FIXED.format(501 + i), accountcode="acme", hold_seconds=600)
+             for i in range(4)]
+    got = wait_for(lambda: (lambda d: d if len(d) == 4 else None)(
+        decisions(url, [c.uuid for c in calls])), 15, "decisions during the outage", daemon)
+    results = sorted(v[0] for v in got.values())
+    # the call admitted before the outage counts against the local cap: 2 more, not 3 or 4
+    assert results == ["refused", "refused", "routed", "routed"], got
+    assert {v[1] for v in got.values() if v[0] == "refused"} == {503}
+    wait_for(lambda: answered_live(sim) == cap, 10, "cap calls answered", daemon)
+    assert daemon.get("/readyz")[0] == 200            # fail_open keeps serving
+    assert metric(daemon, "switchd_caps_fail_open") == 1
+    gevent.sleep(0.5)
+    assert answered_live(sim) == cap                    # never beyond the local cap
+    for call in [first, *calls]:
+        sim.kill_call(call.uuid)
+    assert all_done([first, *calls], 10)
+
+
+# --- 6. failover to a carrier at its channel cap --------------------------------------------------
+def test_failover_leg_to_a_full_carrier_is_killed(migrated_pg_url, tmp_path, redis_url, switches):
+    """globex has one channel. UK calls try budgetel (failing here), then globex, then primo.
+    The first call fails over onto globex and takes its channel; the second call's globex leg
+    is refused by caps and killed (NORMAL_CIRCUIT_CONGESTION) before it answers."""
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_channels={"globex": 1})
+    switch = switches(url, tmp_path / "d", redis_url=redis_url, gateways={
+        "budgetel_gw1": GatewayBehaviour(fail_cause="NORMAL_TEMPORARY_FAILURE", sip_status=503,
+                                         fail_delay_s=0.1),
+        "globex_gw1": GatewayBehaviour(answer_delay_s=2.0)})
+    sim, daemon = switch.sim, switch.daemon
+    client = redis.Redis.from_url(redis_url)
+    peak = {"globex": 0}
+
+    def sample():
+        while True:
+            peak["globex"] = max(peak["globex"], client.zcard(SLOTS + "carrier:globex"))
+            gevent.sleep(0.01)
+    sampler = gevent.spawn(sample)
+
+    first = sim.place_call(UK_FIXED.format(600), accountcode="acme", hold_seconds=600)
+    wait_for(lambda: first.gateway == "globex_gw1", 10, "first call answered on globex", daemon)
+    second = sim.place_call(UK_FIXED.format(601), accountcode="acme", hold_seconds=600)
+    wait_for(lambda: metric(daemon, "switchd_cap_rejections_total", scope="carrier") >= 1, 10,
+             "the failover leg refused at the carrier cap", daemon)
+    wait_for(lambda: second.done.is_set() or second.gateway, 10, "second call settled", daemon)
+    sampler.kill()
+    assert second.gateway != "globex_gw1", "a second call was answered on a full carrier"
+    globex_legs = [leg for leg in second.legs if leg.gateway == "globex_gw1"]
+    assert len(globex_legs) == 1 and not globex_legs[0].answered_us
+    assert second.kill == (globex_legs[0].uuid, "NORMAL_CIRCUIT_CONGESTION")   # what the switch got
+    assert peak["globex"] == 1 and live_count(redis_url, Scope("carrier", "globex")) == 1
+    sim.kill_call(first.uuid)
+    if not second.done.is_set():
+        sim.kill_call(second.uuid)
+    assert all_done([first, second], 10)
+    got = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(
+        cdrs(url, [first.uuid, second.uuid])), 10, "CDRs", daemon)
+    assert got[first.uuid][1] == "globex" and got[first.uuid][2] is not None
+    assert got[second.uuid][2] is None                     # second call: never answered
+    assert rows(url, "SELECT answered_at FROM call_legs WHERE call_uuid = %s AND carrier = 'globex'",
+                second.uuid) == [(None,)]
+    wait_for(lambda: live_count(redis_url) == 0, 10, "every slot released", daemon)
+
