@@ -89,6 +89,14 @@ class Player:
             t_next = t + int(delay * 1_000_000)
             if self.wait(call, t_next) and call.kill:
                 t = self.clock.now_us()
+                if call.kill[0] == b.uuid:
+                    # Only the ringing carrier leg was killed (e.g. switchd refusing a
+                    # failover to a full carrier): that attempt fails with the kill's
+                    # cause and the bridge goes on to its next gateway, as `|` does.
+                    b.cause, b.sip_status = call.kill[1], None
+                    call.kill = None
+                    self._fail_leg(call, b, a, t)
+                    continue
                 b.cause, b.sip_status = "ORIGINATOR_CANCEL", 487
                 self._fail_leg(call, b, a, t)
                 break
