@@ -134,6 +134,9 @@ def parse_answer(text: str) -> RouteAnswer:
             answer.exports.append((k.removeprefix("nolocal:"), v))
         elif app == "bridge" and answer.bridge is None:
             answer.bridge = data
+        elif app == "transfer" and answer.bridge is None:
+            # The PBX's own dialplan takes over; simulated as the local user answering.
+            answer.bridge = "user/" + data.split()[0]
         elif app == "respond" and answer.respond is None:
             code, _, phrase = data.partition(" ")
             answer.respond = (int(code), phrase)
