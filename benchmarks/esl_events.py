@@ -8,8 +8,9 @@ A server process replays the captured FreeSWITCH 1.10 event-plain streams
 (tests/fixtures/freeswitch-1.10/events-plain-*.txt, event frames only, byte for byte) over
 loopback, repeated to N events, after the real auth handshake. The client side, measured:
 
-- switchd: ESLConnection (sock.recv → FrameParser → parse_event_plain → to_typed → bounded
-  queue → dispatcher greenlet → handler), plus CallRegistry.apply on channel events when
+- switchd: ESLConnection (sock.recv → FrameParser → name peek → channel_event_from_plain
+  for channel events, parse_event_plain → to_typed for the rest → bounded queue →
+  dispatcher greenlet → handler), plus CallRegistry.apply on channel events when
   switchd/registry.py offers it;
 - baseline: greenswitch 0.0.19 InboundESL (receive_events → handle_event → ESLEvent
   parsing → its queue → process_events → a '*' handler).

@@ -19,7 +19,7 @@ from switchd.esl.connection import (
     ESLAuthError, ESLConnection, ESLDisconnected, ESLNotConnected, ESLRejected, ESLTimeout,
 )
 from switchd.esl.events import ChannelEvent, HeartbeatEvent, JobEvent
-from switchd.metrics import ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS
+from switchd.metrics import ESL_EVENTS_DROPPED, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS
 
 AUTH_REQUEST = b"Content-Type: auth/request\n\n"
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
@@ -424,13 +424,16 @@ def test_slow_handler_never_blocks_the_reader_and_full_queue_drops(servers):
         while peer.read_command() is not None:
             pass
     server = servers(script)
-    before = ESL_HANDLER_ERRORS.labels("queue_full")._value.get()
+    before = ESL_EVENTS_DROPPED.labels("queue_full")._value.get()
+    handler_errors = ESL_HANDLER_ERRORS.labels("queue_full")._value.get()
     conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=slow,
                          event_queue_size=10)
     conn.connect()
     assert conn.api("ping", timeout=2) == "pong\n"       # answered while the handler is stuck
     assert conn.dropped_events == 49 - 10
-    assert ESL_HANDLER_ERRORS.labels("queue_full")._value.get() == before + 39
+    assert ESL_EVENTS_DROPPED.labels("queue_full")._value.get() == before + 39
+    # A drop is not a handler error: the two counters answer different questions.
+    assert ESL_HANDLER_ERRORS.labels("queue_full")._value.get() == handler_errors
     unblock.set()
     conn.close()
 
@@ -462,6 +465,22 @@ def test_events_we_do_not_use_are_not_dispatched(servers):
     conn.send("event plain HEARTBEAT")
     assert rec.events.get(timeout=2) == HeartbeatEvent(timestamp_us=7)
     assert rec.events.empty()
+    conn.close()
+
+
+def test_unparseable_event_is_dropped_and_counted_not_fatal(servers):
+    # The outer frame is sound, the event inside is not (nested Content-Length "x"):
+    # only that event is lost; the connection and the next event carry on.
+    bad = b"Event-Name: BACKGROUND_JOB\nJob-UUID: j1\nContent-Length: x\n\n+OK\n"
+    bad_frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(bad) + bad
+    good = plain_event({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": "9"})
+    before = ESL_EVENTS_DROPPED.labels("unparseable")._value.get()
+    rec = Recorder()
+    conn = connect(servers(scripted(bad_frame, good, reply("+OK"), then_close=False)), rec)
+    conn.send("event plain BACKGROUND_JOB HEARTBEAT")
+    assert rec.events.get(timeout=2) == HeartbeatEvent(timestamp_us=9)
+    assert ESL_EVENTS_DROPPED.labels("unparseable")._value.get() == before + 1
+    assert conn.connected
     conn.close()
 
 

@@ -178,3 +178,85 @@ def test_cause_list_covers_causes_seen_in_captures():
     for cause in ("NORMAL_CLEARING", "NORMAL_TEMPORARY_FAILURE", "USER_BUSY",
                   "ALLOTTED_TIMEOUT", "DESTINATION_OUT_OF_ORDER", "CALL_REJECTED"):
         assert commands.hangup_cause(cause) == cause
+
+
+# --- the reader's fast path for channel events --------------------------------------------------
+from urllib.parse import quote, unquote  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from switchd.esl.events import CHANNEL_EVENTS, channel_event_from_plain  # noqa: E402
+from switchd.esl.framing import (  # noqa: E402
+    ESLEventError, _unquote_many, parse_event_plain, peek_plain_event_name,
+)
+
+
+def _plain_bodies():
+    for path in sorted(FIXTURES.glob("events-plain-*.txt")):
+        parser = FrameParser()
+        parser.feed(path.read_bytes())
+        for frame in parser.frames():
+            if frame.content_type == "text/event-plain":
+                yield frame.body
+
+
+def test_fast_path_equals_full_parse_on_every_captured_channel_event():
+    seen = 0
+    for body in _plain_bodies():
+        full = to_typed(parse_event_plain(body))
+        if peek_plain_event_name(body) in CHANNEL_EVENTS:
+            seen += 1
+            assert channel_event_from_plain(body) == full
+        elif not isinstance(full, ChannelEvent):
+            assert channel_event_from_plain(body) is None
+    assert seen >= 40
+
+
+_NAMES = st.sampled_from([
+    "Event-Name", "Unique-ID", "Channel-Call-UUID", "Other-Leg-Unique-ID", "Call-Direction",
+    "Event-Date-Timestamp", "Event-Sequence", "Core-UUID", "Caller-Caller-ID-Number",
+    "Caller-Destination-Number", "variable_sip_gateway_name", "Caller-Channel-Created-Time",
+    "Caller-Channel-Answered-Time", "Hangup-Cause", "variable_billmsec", "Old-Unique-ID",
+    "variable_switchd_tenant", "variable_switchd_rate", "variable_switchd_x: y",
+    "X-Unique-ID", "Unique-ID-X", "variable_switchd_", "variable_switchd", "Content-Length",
+])
+_VALUES = st.one_of(
+    st.sampled_from(["CHANNEL_CREATE", "CHANNEL_HANGUP_COMPLETE", "u-1", "u-2", "1700000000000000",
+                     "12", "", "%0AUnique-ID: forged", "a%3A%20b", "%", "%zz", "%C3%A9", "%E2%82",
+                     "100%", "x\\y", ": ", "a: b"]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=12),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12).map(lambda v: quote(v)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(CHANNEL_EVENTS)),
+       st.lists(st.tuples(_NAMES, _VALUES), max_size=25),
+       st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"),
+                        max_size=8), max_size=3))
+def test_fast_path_equals_full_parse_on_generated_events(name, headers, junk_lines):
+    # Duplicates, look-alike names, encoded newlines, stray '%', lines without ": ".
+    lines = [f"Event-Name: {name}"] + [f"{k}: {v}" for k, v in headers] + junk_lines
+    body = ("\n".join(line for line in lines if line) + "\n\n").encode()
+    try:
+        full = to_typed(parse_event_plain(body))
+    except ESLEventError:
+        return                         # a bad nested Content-Length: the full path drops it
+    fast = channel_event_from_plain(body)
+    assert fast == (full if isinstance(full, ChannelEvent) else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=20),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).map(quote),
+    st.text(alphabet="%0aAfFgz9\\é", max_size=12)), max_size=8))
+def test_batched_url_decoding_equals_unquote(values):
+    assert _unquote_many(values) == [unquote(v, errors="replace") for v in values]
+
+
+def test_first_of_duplicate_headers_wins_as_in_freeswitch():
+    body = b"Event-Name: CHANNEL_CREATE\nUnique-ID: first\nUnique-ID: second\n\n"
+    assert parse_event_plain(body)["Unique-ID"] == "first"
+    assert channel_event_from_plain(body).uuid == "first"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import gevent.queue
@@ -144,6 +145,97 @@ def test_heartbeats_keep_the_connection(servers, supervisors):
     with pytest.raises(gevent.queue.Empty):
         dropped.get(timeout=0.8)
     stop.set()
+
+
+def test_silent_but_answering_switch_is_probed_not_dropped(servers, supervisors):
+    # No HEARTBEAT at all (e.g. event-heartbeat-interval off), but commands are answered:
+    # the probe's reply counts as life, so the connection is kept.
+    server = servers(api={"status": b"UP 0 years, 0 days\n"})
+    dropped = gevent.queue.Queue()
+    sup = supervisors(server.port, heartbeat_timeout=0.4, on_disconnected=dropped.put)
+    assert sup.wait_connected(2)
+    with pytest.raises(gevent.queue.Empty):
+        dropped.get(timeout=1.0)
+    peer = server.peers.get(timeout=1)
+    assert peer.commands.count("api status") >= 2
+    assert server.accepted == 1
+
+
+def test_stalled_switch_is_detected_by_probe_before_heartbeat_timeout(servers, supervisors):
+    hold = Event()
+
+    def script(peer):
+        if server.greet_and_auth(peer):
+            server.answer(peer, peer.read_command())
+            hold.wait(10)                                # reads nothing, answers nothing
+    server = servers(script)
+    dropped = gevent.queue.Queue()
+    started = time.monotonic()
+    supervisors(server.port, heartbeat_timeout=30, probe_after=0.2, command_timeout=0.2,
+                on_disconnected=dropped.put)
+    reason = dropped.get(timeout=3)
+    assert "liveness probe" in reason and time.monotonic() - started < 2
+    hold.set()
+
+
+def test_late_reply_recycles_and_later_commands_fail_fast(servers, supervisors):
+    hold = Event()
+    sessions = []
+
+    def script(peer):
+        sessions.append(peer)
+        if not server.greet_and_auth(peer):
+            return
+        server.answer(peer, peer.read_command())
+        if len(sessions) == 1:
+            hold.wait(10)                                # the first session wedges
+        else:
+            while (cmd := peer.read_command()) is not None:
+                server.answer(peer, cmd)
+    server = servers(script, api={"status": b"UP\n"})
+    dropped = gevent.queue.Queue()
+    sup = supervisors(server.port, heartbeat_timeout=30, backoff_initial=0.3,
+                      backoff_max=0.3, on_disconnected=dropped.put)
+    assert sup.wait_connected(2)
+    waiting = gevent.spawn(sup.api, "status", 5)         # queued behind the late one
+    gevent.sleep(0)
+    with pytest.raises(ESLTimeout):
+        sup.api("uuid_kill x", timeout=0.2)
+    assert "late" in dropped.get(timeout=1)
+    with pytest.raises(ESLNotConnected):                  # the other waiter is freed at once
+        waiting.get(timeout=0.5)
+    began = time.monotonic()
+    with pytest.raises(ESLNotConnected):                  # and new commands fail fast
+        sup.api("uuid_kill x", timeout=30)
+    assert time.monotonic() - began < 0.1
+    assert sup.wait_connected(3)                          # then it is back
+    assert sup.api("status") == "UP\n"
+    hold.set()
+
+
+def test_failed_resync_recycles_the_connection_and_retries(servers, supervisors):
+    server = servers()
+    calls = []
+
+    def on_connected(conn):
+        calls.append(conn)
+        if len(calls) == 1:
+            raise ESLTimeout("no reply to 'api' within 5s")
+    dropped = gevent.queue.Queue()
+    sup = supervisors(server.port, on_connected=on_connected, on_disconnected=dropped.put)
+    assert "on_connected failed" in dropped.get(timeout=2)
+    assert sup.wait_connected(2) and len(calls) == 2 and calls[0].closed.is_set()
+
+
+def test_stop_while_the_greeting_never_comes_returns_at_once(servers, supervisors):
+    hold = Event()
+    server = servers(lambda peer: hold.wait(10))          # accepts, never says auth/request
+    sup = supervisors(server.port, command_timeout=30)
+    server.peers.get(timeout=2)
+    began = time.monotonic()
+    sup.stop()
+    assert time.monotonic() - began < 0.5 and not sup.connected
+    hold.set()
 
 
 def test_bgapi_waits_for_the_job_result(servers, supervisors):

@@ -24,8 +24,8 @@ from greenswitch.esl import InboundESL
 
 from switchd.esl import commands
 from switchd.esl.events import (
-    SUBSCRIBED_EVENTS, TYPED_NAMES, ChannelEvent, GatewayEvent, JobEvent, TypedEvent,
-    event_label, to_typed,
+    CHANNEL_EVENTS, SUBSCRIBED_EVENTS, TYPED_NAMES, ChannelEvent, GatewayEvent, JobEvent,
+    TypedEvent, channel_event_from_plain, event_label, to_typed,
 )
 from switchd.esl.framing import (
     API_RESPONSE, AUTH_REQUEST, COMMAND_REPLY, DEFAULT_MAX_FRAME_BYTES,
@@ -34,7 +34,7 @@ from switchd.esl.framing import (
     peek_plain_event_name,
 )
 from switchd.metrics import (
-    ESL_COMMAND_ERRORS, ESL_EVENTS, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS,
+    ESL_COMMAND_ERRORS, ESL_EVENTS, ESL_EVENTS_DROPPED, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS,
 )
 
 log = logging.getLogger(__name__)
@@ -365,25 +365,34 @@ class ESLConnection(InboundESL):
             log.warning("ignoring ESL frame of unknown type %r", kind)
 
     def _on_event_frame(self, frame: Frame) -> None:
+        event = None
         if frame.content_type == EVENT_PLAIN:
             name = peek_plain_event_name(frame.body)
             if name is not None and name not in TYPED_NAMES:
                 self._count(name if name in _LABEL_NAMES else "other")
                 return
+            if name in CHANNEL_EVENTS:
+                event = channel_event_from_plain(frame.body)
+        if event is not None:
+            self._count(event.name)
+            self._deliver(event)
+            return
         try:
             headers = parse_event(frame)
         except ESLEventError as exc:
             # The frame boundary is intact, so only this event is lost.
-            ESL_HANDLER_ERRORS.labels("unparseable").inc()
+            ESL_EVENTS_DROPPED.labels("unparseable").inc()
             log.error("dropping an unparseable ESL event: %s", exc)
             return
-        label = event_label(headers)
-        self._count(label)
+        self._count(event_label(headers))
         event = to_typed(headers)
         if event is None:
             return
         if isinstance(event, JobEvent):
             self.jobs.resolve(event)
+        self._deliver(event)
+
+    def _deliver(self, event: TypedEvent) -> None:
         if self.on_event is None:
             return
         try:
@@ -392,10 +401,10 @@ class ESLConnection(InboundESL):
             # Blocking here would stall the reader and make FreeSWITCH drop events (and
             # eventually the listener); losing one here is the lesser harm, and visible.
             self._dropped += 1
-            ESL_HANDLER_ERRORS.labels("queue_full").inc()
+            ESL_EVENTS_DROPPED.labels("queue_full").inc()
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.error("ESL event queue full (%d); dropped %d event(s) so far, last %s",
-                          self._events.maxsize, self._dropped, label)
+                          self._events.maxsize, self._dropped, _label_of(event))
 
     def _count(self, label: str) -> None:
         counter = self._event_counters.get(label)

@@ -176,31 +176,39 @@ class FrameParser:
         return Frame(headers, body)
 
 
+def _unescape(data: bytes) -> str:
+    r"""``%XX`` → byte XX in one C-level pass (``\xXX`` for the unicode_escape codec); the
+    bytes then decode as UTF-8 as ``unquote`` does. UnicodeDecodeError on a stray '%'."""
+    latin = data.replace(b"\\", b"\\x5c").replace(b"%", b"\\x").decode("unicode_escape")
+    return latin.encode("latin-1").decode("utf-8", "replace")
+
+
 def _unquote_many(raw: list[str]) -> list[str]:
     r"""URL-decode several values, each exactly as ``unquote`` would on its own.
 
     The parser's hot spot. Values without an encoded newline are joined on '\n' (which no
-    raw value contains) and decoded in one C-level pass: ``%XX`` becomes ``\xXX`` for the
-    unicode_escape codec. Values with ``%0A`` (SDP bodies), or a batch the codec rejects
-    (a stray '%'), go through urllib one by one.
+    raw value contains) and decoded in one pass; values with ``%0A`` (SDP bodies) in one
+    pass each; anything the codec rejects (a stray '%') goes through urllib.
     """
     out = list(raw)
     batch = [i for i, v in enumerate(raw) if "%0A" not in v and "%0a" not in v]
     if batch:
-        data = "\n".join([raw[i] for i in batch]).encode("utf-8", "surrogateescape")
         try:
-            latin = data.replace(b"\\", b"\\x5c").replace(b"%", b"\\x").decode("unicode_escape")
+            decoded = _unescape("\n".join([raw[i] for i in batch]).encode(
+                "utf-8", "surrogateescape")).split("\n")
         except UnicodeDecodeError:
             batch = []
         else:
-            decoded = latin.encode("latin-1").decode("utf-8", "replace").split("\n")
             for i, value in zip(batch, decoded):
                 out[i] = value
     if len(batch) < len(raw):
         done = set(batch)
         for i, value in enumerate(raw):
             if i not in done:
-                out[i] = unquote(value, errors="replace")
+                try:
+                    out[i] = _unescape(value.encode("utf-8", "surrogateescape"))
+                except UnicodeDecodeError:
+                    out[i] = unquote(value, errors="replace")
     return out
 
 
@@ -208,7 +216,8 @@ def parse_event_plain(body: bytes) -> dict[str, str]:
     """Headers of a ``text/event-plain`` body; a nested body goes under ``_body``.
 
     Lines are split before values are URL-decoded, so an encoded newline inside a value
-    (``%0A`` in a caller name) stays inside that value.
+    (``%0A`` in a caller name) stays inside that value. Of duplicate headers the first
+    wins, as FreeSWITCH's own ``switch_event_get_header`` / ``esl_event_get_header`` read.
     """
     end = body.find(b"\n\n")
     head, rest = (body, b"") if end < 0 else (body[:end], body[end + 2:])
@@ -216,7 +225,7 @@ def parse_event_plain(body: bytes) -> dict[str, str]:
     encoded: list[str] = []
     for line in head.decode("utf-8", "replace").split("\n"):
         name, sep, value = line.partition(": ")
-        if sep and name:
+        if sep and name and name not in headers:
             headers[name] = value
             if "%" in value:
                 encoded.append(name)

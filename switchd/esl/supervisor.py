@@ -3,8 +3,11 @@
 connect → authenticate → subscribe → ``on_connected(conn)`` (the daemon resyncs from
 ``show channels as json`` there) → watch. The watch ends when the connection drops, when no
 frame at all arrived for ``heartbeat_timeout`` (FreeSWITCH sends HEARTBEAT every 20 s, so
-silence means a dead peer or a wedged path), or on :meth:`stop`. Then it backs off with
-jitter and starts again; it never gives up.
+silence means a dead peer or a wedged path), when a command's reply is late (ESL answers in
+order, so a late reply holds up every later one: the switch or the path is wedged), or on
+:meth:`stop`. Silence for ``probe_after`` (half the heartbeat timeout) sends a cheap
+``api status``: a reply proves the peer alive, none within ``command_timeout`` ends the
+connection early. Then it backs off with jitter and starts again; it never gives up.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import gevent
 from gevent.event import Event
 
 from switchd.esl.connection import (
-    ESLAuthError, ESLConnection, ESLError, ESLNotConnected, JobResult, JobTracker,
+    ESLAuthError, ESLConnection, ESLError, ESLNotConnected, ESLTimeout, JobResult, JobTracker,
 )
 from switchd.esl.events import SUBSCRIBED_EVENTS, TypedEvent
 from switchd.esl import commands
@@ -45,6 +48,7 @@ class ESLSupervisor:
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  heartbeat_timeout: float = 60.0, command_timeout: float = 5.0,
                  *, connect_timeout: float | None = None,
+                 probe_after: float | None = None,
                  rand: Callable[[], float] = random.random,
                  event_queue_size: int = 10_000) -> None:
         self.host, self.port, self._password = host, port, password
@@ -57,10 +61,14 @@ class ESLSupervisor:
         self.heartbeat_timeout = heartbeat_timeout
         self.command_timeout = command_timeout
         self.connect_timeout = command_timeout if connect_timeout is None else connect_timeout
+        # Half the heartbeat timeout: at the defaults (60 s) a HEARTBEAT is 10 s overdue, so
+        # a live switch is never probed while it keeps its 20 s rhythm.
+        self.probe_after = heartbeat_timeout / 2 if probe_after is None else probe_after
         self._random = rand
         self._event_queue_size = event_queue_size
         self.jobs = JobTracker()        # outlives connections: results may arrive after a reconnect
         self._conn: ESLConnection | None = None
+        self._attempt: ESLConnection | None = None      # connecting, not yet handed out
         self._up = Event()
         self._stopping = Event()
         self._greenlet: gevent.Greenlet | None = None
@@ -76,6 +84,9 @@ class ESLSupervisor:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.close("stopped by switchd")      # e.g. waiting for a stalled greeting
         conn = self._conn
         if conn is not None:
             conn.stop()
@@ -98,7 +109,12 @@ class ESLSupervisor:
         return self._up.wait(timeout) and self.connected
 
     def api(self, cmd: str, timeout: float | None = None) -> str:
-        return self._require().api(cmd, self.command_timeout if timeout is None else timeout)
+        conn = self._require()
+        try:
+            return conn.api(cmd, self.command_timeout if timeout is None else timeout)
+        except ESLTimeout as exc:
+            self._recycle(conn, exc)
+            raise
 
     def bgapi(self, cmd: str, timeout: float) -> JobResult:
         """Run ``cmd`` as a background job and wait up to ``timeout`` s for its result.
@@ -111,7 +127,19 @@ class ESLSupervisor:
 
     def bgapi_nowait(self, cmd: str) -> str:
         """Start a background job; return its Job-UUID (wait with ``jobs.wait``)."""
-        return self._require().bgapi(cmd, self.command_timeout)
+        conn = self._require()
+        try:
+            return conn.bgapi(cmd, self.command_timeout)
+        except ESLTimeout as exc:
+            self._recycle(conn, exc)
+            raise
+
+    def _recycle(self, conn: ESLConnection, exc: ESLError) -> None:
+        """A reply is late: every later reply queues behind it, so the connection is of no
+        use any more. Closing it fails the other waiters at once; the watch reconnects."""
+        if conn.connected:
+            log.error("ESL to %s:%s: %s; recycling the connection", self.host, self.port, exc)
+            conn.close(f"command reply late: {exc}")
 
     # --- loop -----------------------------------------------------------------------------
     def _require(self) -> ESLConnection:
@@ -133,7 +161,10 @@ class ESLSupervisor:
                              connect_timeout=self.connect_timeout,
                              command_timeout=self.command_timeout, jobs=self.jobs,
                              event_queue_size=self._event_queue_size)
+        self._attempt = conn
         try:
+            if self._stopping.is_set():
+                raise ESLNotConnected("stopping")
             conn.connect()
             conn.command(commands.event_subscription(self.subscribed_events),
                          self.command_timeout)
@@ -159,6 +190,8 @@ class ESLSupervisor:
             log.warning("ESL connect to %s:%s failed (attempt %d): %s; retrying in %.1fs",
                         self.host, self.port, self.attempts, exc, delay)
             return delay
+        finally:
+            self._attempt = None
 
         started = time.monotonic()
         ESL_RECONNECTS.labels("ok").inc()
@@ -167,14 +200,19 @@ class ESLSupervisor:
         ESL_CONNECTED.set(1)
         self._up.set()
         log.info("ESL connected to %s:%s", self.host, self.port)
+        reason = None
         if self.on_connected is not None:
             try:
                 self.on_connected(conn)
-            except Exception:
-                # A failed resync must not tear down a good connection; the next
-                # reconnect (or the periodic reconciliation) tries again.
-                log.exception("ESL on_connected hook failed")
-        reason = self._watch(conn)
+            except Exception as exc:
+                # The daemon is ready only once resynced: a connection whose resync failed
+                # would stay not-ready for good. Recycle it; the next attempt resyncs again.
+                if isinstance(exc, ESLError):
+                    log.error("ESL resync (on_connected) failed: %s", exc)
+                else:
+                    log.exception("ESL on_connected hook failed")
+                reason = f"on_connected failed: {exc}"
+        reason = reason or self._watch(conn)
         if self._stopping.is_set():
             # stop() is saying goodbye (`exit`) on this connection; let it finish.
             conn.closed.wait(self.command_timeout)
@@ -204,11 +242,36 @@ class ESLSupervisor:
                 log.error("no ESL frame from %s:%s for %.1fs (HEARTBEAT expected every 20s);"
                           " recycling the connection", self.host, self.port, silent_for)
                 return f"heartbeat timeout after {silent_for:.1f}s of silence"
-            gevent.wait([conn.closed, self._stopping], timeout=remaining, count=1)
+            if silent_for >= self.probe_after:
+                reason = self._probe(conn, silent_for)
+                if reason is not None:
+                    return reason
+                continue
+            gevent.wait([conn.closed, self._stopping],
+                        timeout=min(remaining, self.probe_after - silent_for), count=1)
             if self._stopping.is_set():
                 return "stopped by switchd"
             if conn.closed.is_set() or not conn.connected:
                 return conn.close_reason or "connection closed"
+
+    def _probe(self, conn: ESLConnection, silent_for: float) -> str | None:
+        """``api status`` on a silent connection; any reply (a frame) proves it alive."""
+        # Never past the heartbeat deadline: the probe can only make detection earlier.
+        timeout = max(0.001, min(self.command_timeout, self.heartbeat_timeout - silent_for))
+        try:
+            conn.api("status", timeout)
+        except ESLTimeout:
+            log.error("no ESL frame from %s:%s for %.1fs and no reply to a probe within %.1fs;"
+                      " recycling the connection", self.host, self.port, silent_for, timeout)
+            return (f"heartbeat timeout: {silent_for:.1f}s of silence, then no reply to a "
+                    f"liveness probe within {timeout:.1f}s")
+        except ESLError:
+            pass                      # closed meanwhile: the caller's checks say why
+        if self._stopping.is_set():
+            return "stopped by switchd"
+        if conn.closed.is_set() or not conn.connected:
+            return conn.close_reason or "connection closed"
+        return None
 
     def _set_down(self) -> None:
         self._up.clear()
