@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def _at(us: int | None) -> datetime | None:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc) if us else None
+    if not us:
+        return None
+    try:
+        return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None     # a corrupt timestamp must not cost the CDR; the time is just unknown
 
 
 def _tariff(leg) -> tuple[Decimal, Decimal, int, int] | None:

@@ -310,6 +310,13 @@ class Daemon:
     def _sweep(self) -> None:
         for effect in self.registry.sweep(self.now_us(), 30_000_000):
             self._act(effect)
+        live: dict[tuple[str, str], int] = {}
+        for call in self.registry.live_calls():
+            key = (call.tenant or "-", call.carrier or "-")
+            live[key] = live.get(key, 0) + 1
+        metrics.LIVE_CALLS.clear()
+        for (tenant, carrier), count in live.items():
+            metrics.LIVE_CALLS.labels(tenant, carrier).set(count)
 
     def _periodic_resync(self) -> None:
         connection = self.esl.connection
