@@ -18,6 +18,7 @@ An answered leg is SUCCESS whatever its cause (ALLOTTED_TIMEOUT included).
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 __all__ = ["Outcome", "Rule", "CAUSE_RULES", "SIP_RULES", "classify", "should_failover",
@@ -146,9 +147,12 @@ def should_failover(hangup_cause: str | None, sip_status: int | None = None) -> 
     return rule_for(hangup_cause, sip_status, answered=False).failover
 
 
+@functools.cache
 def no_failover_causes() -> tuple[str, ...]:
     """Causes that must stop FreeSWITCH's `|` failover: the value of
-    `fail_on_single_reject` in the XML answer (FreeSWITCH only sees the cause)."""
+    `fail_on_single_reject` in the XML answer (FreeSWITCH only sees the cause).
+
+    Cached: CAUSE_RULES is fixed at import, and every bridge answer asks for this."""
     return tuple(sorted(c for c, r in CAUSE_RULES.items()
                         if not r.failover and r.outcome is Outcome.CALLEE))
 

@@ -30,6 +30,7 @@ even while healthy carriers take all the traffic.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,7 +40,7 @@ from .health import CarrierHealth, availability
 from .model import Carrier, Gateway, Tenant
 from .rating import billed_seconds, to_decimal
 
-__all__ = ["CarrierCandidate", "RouteChoice", "RankResult", "rank", "one_minute_cost",
+__all__ = ["CarrierCandidate", "RouteChoice", "RankResult", "rank", "one_minute_cost", "candidate",
            "MAX_ROUTES"]
 
 MAX_ROUTES = 5          # the first choice plus four alternates
@@ -62,6 +63,29 @@ class RouteChoice:
     rate: Any
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def candidate(carrier: Carrier, rate, health: CarrierHealth,
+              down_gateways: frozenset[str] = frozenset()) -> CarrierCandidate:
+    """CarrierCandidate(carrier=..., rate=..., health=..., down_gateways=...), built the
+    fast way (one per carrier per routing decision)."""
+    c = _new(CarrierCandidate)
+    _set(c, "__dict__", {"carrier": carrier, "rate": rate, "health": health,
+                         "at_capacity": False, "over_cps": False,
+                         "down_gateways": down_gateways})
+    return c
+
+
+def _route_choice(carrier: Carrier, gateway: Gateway, rate) -> RouteChoice:
+    # RouteChoice(...) through the frozen dataclass __init__ is three object.__setattr__
+    # calls; filling __dict__ at once gives an equal, equally frozen object, faster.
+    choice = _new(RouteChoice)
+    _set(choice, "__dict__", {"carrier": carrier, "gateway": gateway, "rate": rate})
+    return choice
+
+
 @dataclass(frozen=True)
 class RankResult:
     routes: list[RouteChoice]
@@ -76,7 +100,36 @@ def one_minute_cost(rate) -> Decimal:
             + to_decimal(rate.rate_per_min, "rate_per_min") * billed / 60)
 
 
-def _skip_reason(c: CarrierCandidate, tenant: Tenant, state: str) -> str | None:
+@functools.lru_cache(maxsize=65536)
+def _cost_of_tariff(rate_per_min: Decimal, connect_fee: Decimal, initial: int,
+                    subsequent: int) -> tuple[Decimal, Decimal]:
+    # (one-minute cost, rate): the 'cost' ordering keys of one tariff. A deck has a few
+    # thousand distinct tariffs and every Rate of a tariff carries equal values, so the
+    # Decimal arithmetic is done once per tariff rather than per candidate per call.
+    return (one_minute_cost(_TariffView(rate_per_min, connect_fee, initial, subsequent)),
+            to_decimal(rate_per_min))
+
+
+@dataclass(frozen=True)
+class _TariffView:
+    rate_per_min: Decimal
+    connect_fee: Decimal
+    initial_increment: int
+    subsequent_increment: int
+
+
+def _cost_keys(rate) -> tuple[Decimal, Decimal]:
+    rpm, fee = rate.rate_per_min, rate.connect_fee
+    ini, sub = rate.initial_increment, rate.subsequent_increment
+    # Cached only for exact types: a float or bool must still be refused every time (and
+    # True == 1 must not borrow 1's cache entry).
+    if type(rpm) is Decimal and type(fee) is Decimal and type(ini) is int and type(sub) is int:
+        return _cost_of_tariff(rpm, fee, ini, sub)
+    return one_minute_cost(rate), to_decimal(rate.rate_per_min)
+
+
+def _skip_reason(c: CarrierCandidate, tenant: Tenant, state: str,
+                 gateways: tuple[Gateway, ...]) -> str | None:
     if not c.carrier.enabled:
         return "carrier_disabled"
     if tenant.allowed_carriers and c.carrier.name not in tenant.allowed_carriers:
@@ -92,14 +145,31 @@ def _skip_reason(c: CarrierCandidate, tenant: Tenant, state: str) -> str | None:
         return "at_capacity"
     if c.over_cps:
         return "over_cps"
-    if not _gateways(c):
+    if not gateways:
         return "no_gateway"
     return None
 
 
-def _gateways(c: CarrierCandidate) -> list[Gateway]:
-    usable = [g for g in c.carrier.gateways if g.enabled and g.name not in c.down_gateways]
-    return sorted(usable, key=lambda g: (g.position, g.name))
+# (carrier.gateways, down_gateways) -> the usable ones in order, keyed by identity: both
+# are immutable tuples/frozensets that only change by being replaced (a world reload, a
+# gateway event), and the entry keeps them alive so an id() is never reused while cached.
+_USABLE: dict[tuple[int, int], tuple] = {}
+_USABLE_MAX = 1024
+
+
+def _gateways(c: CarrierCandidate) -> tuple[Gateway, ...]:
+    gateways, down = c.carrier.gateways, c.down_gateways
+    key = (id(gateways), id(down))
+    hit = _USABLE.get(key)
+    if hit is not None and hit[0] is gateways and hit[1] is down:
+        return hit[2]
+    usable = tuple(sorted((g for g in gateways if g.enabled and g.name not in down),
+                          key=lambda g: (g.position, g.name)))
+    if type(gateways) is tuple and type(down) is frozenset:
+        if len(_USABLE) >= _USABLE_MAX:
+            _USABLE.clear()
+        _USABLE[key] = (gateways, down, usable)
+    return usable
 
 
 def _record(c: CarrierCandidate, state: str) -> dict:
@@ -127,18 +197,19 @@ def rank(candidates: list[CarrierCandidate], tenant: Tenant, now: datetime,
         raise ValueError(f"unknown routing_mode {mode!r} (expected 'cost' or 'priority')")
 
     records: dict[str, dict] = {}
+    usable: dict[str, tuple[Gateway, ...]] = {}
     eligible: list[tuple[tuple, CarrierCandidate]] = []
-    seen: set[str] = set()
     for c in candidates:
-        if c.carrier.name in seen:
-            raise ValueError(f"carrier {c.carrier.name!r} listed twice")
-        seen.add(c.carrier.name)
+        name = c.carrier.name
+        if name in records:
+            raise ValueError(f"carrier {name!r} listed twice")
         state = availability(c.health, now, cooldown_s)
-        rec = records[c.carrier.name] = _record(c, state)
-        rec["skipped"] = _skip_reason(c, tenant, state)
-        if rec["skipped"] is None:
-            cost = (one_minute_cost(c.rate), to_decimal(c.rate.rate_per_min))
-            tail = (-c.health.score, c.carrier.name)
+        rec = records[name] = _record(c, state)
+        gateways = usable[name] = _gateways(c)
+        rec["skipped"] = skipped = _skip_reason(c, tenant, state, gateways)
+        if skipped is None:
+            cost = _cost_keys(c.rate)
+            tail = (-c.health.score, name)
             key = ((c.carrier.priority,) + cost if mode == "priority"
                    else cost + (c.carrier.priority,)) + tail
             eligible.append((key, c))
@@ -155,10 +226,10 @@ def rank(candidates: list[CarrierCandidate], tenant: Tenant, now: datetime,
             rec["skipped"] = "over_max_routes"
             continue
         rec["position"] = len(routes)       # position of the carrier's first leg
-        for g in _gateways(c):
+        for g in usable[c.carrier.name]:
             if len(routes) >= max_routes:
                 break
-            routes.append(RouteChoice(carrier=c.carrier, gateway=g, rate=c.rate))
+            routes.append(_route_choice(c.carrier, g, c.rate))
 
     considered = [records[c.carrier.name] for c in candidates]
     reason = "no_route" if not routes else ("priority" if mode == "priority" else "lcr")

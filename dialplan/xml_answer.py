@@ -19,6 +19,7 @@ Names are stricter still: variable names [A-Za-z_][A-Za-z0-9_]*, gateway and con
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ _EXTENSION = re.compile(r"[A-Za-z0-9_*#+.-]{1,64}")
 _SIP_URI = re.compile(r"sips?:[A-Za-z0-9_.+*#-]{1,64}@[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
 _DESTINATION = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
 _FORBIDDEN = frozenset(",|[]{}<>'\"^$\\")
+# The same set as one character class, for check_value's ASCII fast path.
+_FORBIDDEN_RE = re.compile("[" + re.escape("".join(sorted(_FORBIDDEN))) + "]")
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 # Reason phrases for the codes switchd answers with (RFC 3261 / 3398).
@@ -59,12 +62,19 @@ class BridgeLeg:
 
 def format_value(value) -> str:
     """Channel-variable text for str / int / Decimal; floats (money!) and bools refused."""
+    kind = type(value)
+    if kind is str:                          # exact types first: the common case, cheaply
+        return value
+    if kind is int:
+        return str(value)
+    if kind is Decimal and value.is_finite():
+        return format(value, "f")           # never '1E-7'
     if isinstance(value, bool) or isinstance(value, float):
         raise TypeError(f"refusing {type(value).__name__} as a channel variable value")
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("non-finite Decimal")
-        return format(value, "f")           # never '1E-7'
+        return format(value, "f")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
@@ -76,6 +86,11 @@ def check_value(text: str, what: str = "value") -> str:
     """Return `text` if it is safe inside set data and dial-string [...] blocks."""
     if len(text) > MAX_VALUE_LENGTH:
         raise ValueError(f"{what} longer than {MAX_VALUE_LENGTH} characters")
+    # Fast path (every real value): printable ASCII has no Cc/Cs/Zl/Zp character, so only
+    # the forbidden set needs a look, in C. Anything else takes the exact per-character
+    # walk below, which also words the error.
+    if text.isascii() and text.isprintable() and _FORBIDDEN_RE.search(text) is None:
+        return text
     for ch in text:
         if ch in _FORBIDDEN:
             raise ValueError(f"{what} contains {ch!r}, which FreeSWITCH dial strings or "
@@ -85,23 +100,72 @@ def check_value(text: str, what: str = "value") -> str:
     return text
 
 
+# Names that already passed their pattern (variable names are constants in the code;
+# gateways and contexts come from the provisioned world): a set lookup instead of a regex.
+# Only exact str instances are remembered, and each set is bounded.
+_PASSED: dict[re.Pattern, set] = {}
+_PASSED_MAX = 4096
+
+
 def _name(text: str, pattern: re.Pattern, what: str) -> str:
+    passed = _PASSED.get(pattern)
+    if passed is None:
+        passed = _PASSED[pattern] = set()
+    if type(text) is str and text in passed:
+        return text
     if not isinstance(text, str) or not pattern.fullmatch(text):
         raise ValueError(f"invalid {what}: {text!r}")
+    if type(text) is str and len(passed) < _PASSED_MAX:
+        passed.add(text)
     return text
 
 
+_XML_SPECIAL = re.compile("[&<>\"']")
+
+
 def _attr(text: str) -> str:
+    if _XML_SPECIAL.search(text) is None:
+        return text
     return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace('"', "&quot;").replace("'", "&apos;"))
 
 
-def _assignments(variables: dict, what: str) -> list[tuple[str, str]]:
+def _safe(text: str) -> bool:
+    """check_value's fast path as a predicate: True means check_value would pass `text`."""
+    return (len(text) <= MAX_VALUE_LENGTH and text.isascii() and text.isprintable()
+            and _FORBIDDEN_RE.search(text) is None)
+
+
+def _assignments(variables: dict, what: str) -> list[str]:
+    """["name=text"] for `variables`, every name and value checked (ValueError/TypeError).
+
+    Fast path: names already seen valid, values of the usual types, and all the texts
+    together printable ASCII without a forbidden character and within one value's length
+    limit (so each one is too). Anything else runs the exact per-variable checks, which
+    raise what they always raised, in the same order."""
+    passed = _PASSED.setdefault(_VAR_NAME, set())
+    texts = []
+    for v in variables.values():
+        kind = type(v)
+        if kind is str:
+            texts.append(v)
+        elif kind is int:
+            texts.append(str(v))
+        elif kind is Decimal and v.is_finite():
+            texts.append(format(v, "f"))
+        else:
+            break
+    else:
+        if all(type(k) is str and k in passed for k in variables) and _safe("".join(texts)):
+            return [f"{k}={t}" for k, t in zip(variables, texts)]
     out = []
     for k, v in variables.items():
         _name(k, _VAR_NAME, f"{what} variable name")
-        out.append((k, check_value(format_value(v), f"{what} variable {k}")))
+        out.append(f"{k}={check_value(format_value(v), f'{what} variable {k}')}")
     return out
+
+
+_EXPRESSION_CLASSES = str.maketrans({"+": "[+]", "*": "[*]", ".": "[.]"})
 
 
 def _expression(destination: str) -> str:
@@ -113,30 +177,82 @@ def _expression(destination: str) -> str:
     """
     if not isinstance(destination, str) or not _DESTINATION.fullmatch(destination):
         return "^.*$"
-    return "^" + "".join(f"[{c}]" if c in "+*." else c for c in destination) + "$"
+    return "^" + str.translate(destination, _EXPRESSION_CLASSES) + "$"
+
+
+_DOC_OPEN = (_HEADER + '<document type="freeswitch/xml">\n'
+             '  <section name="dialplan" description="switchd">\n'
+             '    <context name="')
+_DOC_CLOSE = ("        </condition>\n      </extension>\n    </context>\n"
+              "  </section>\n</document>\n")
 
 
 def _document(context: str, destination: str, actions: list[tuple[str, str]]) -> str:
     _name(context, _CONTEXT, "context")
-    lines = [_HEADER.rstrip("\n"),
-             '<document type="freeswitch/xml">',
-             '  <section name="dialplan" description="switchd">',
-             f'    <context name="{_attr(context)}">',
-             '      <extension name="switchd">',
-             f'        <condition field="destination_number" expression="{_attr(_expression(destination))}">']
-    for app, data in actions:
-        lines.append(f'          <action application="{app}" data="{_attr(data)}"/>')
-    lines += ["        </condition>", "      </extension>", "    </context>",
-              "  </section>", "</document>", ""]
-    return "\n".join(lines)
+    parts = [_DOC_OPEN, _attr(context), '">\n      <extension name="switchd">\n'
+             '        <condition field="destination_number" expression="',
+             _attr(_expression(destination)), '">\n']
+    # One look for XML specials across all the data (usually there are none: checked
+    # values cannot hold < > " ' at all), instead of one per action.
+    if _XML_SPECIAL.search("".join([data for _, data in actions])) is None:
+        parts += [f'          <action application="{app}" data="{data}"/>\n'
+                  for app, data in actions]
+    else:
+        parts += [f'          <action application="{app}" data="{_attr(data)}"/>\n'
+                  for app, data in actions]
+    parts.append(_DOC_CLOSE)
+    return "".join(parts)
 
 
 def _dial_leg(leg: BridgeLeg) -> str:
     gw = _name(leg.gateway, _GATEWAY, "gateway name")
     num = _name(leg.number, _NUMBER, "dialled number")
     pairs = _assignments(leg.vars, "leg")
-    block = "[" + ",".join(f"{k}={v}" for k, v in pairs) + "]" if pairs else ""
+    block = "[" + ",".join(pairs) + "]" if pairs else ""
     return f"{block}sofia/gateway/{gw}/{num}"
+
+
+def _dial_string(legs: list[BridgeLeg]) -> str:
+    """"|".join(_dial_leg(leg) for leg in legs), with one pass over all the legs when every
+    gateway and variable name was seen valid before and every value is a str, int or finite
+    Decimal whose texts together are printable ASCII without a forbidden character; the
+    per-leg path (same checks, same errors, same order) otherwise."""
+    gateways = _PASSED.get(_GATEWAY)
+    names = _PASSED.get(_VAR_NAME)
+    if gateways and names:
+        dials, texts = [], []
+        for leg in legs:
+            gw, num, variables = leg.gateway, leg.number, leg.vars
+            if (type(gw) is not str or gw not in gateways or type(num) is not str
+                    or type(variables) is not dict or not names.issuperset(variables)):
+                break
+            block = []
+            for k, v in variables.items():
+                kind = type(v)
+                if kind is str:
+                    text = v
+                elif kind is int:
+                    text = str(v)
+                elif kind is Decimal and v.is_finite():
+                    text = format(v, "f")
+                else:
+                    break
+                if type(k) is not str or len(text) > MAX_VALUE_LENGTH:
+                    break
+                texts.append(text)
+                block.append(f"{k}={text}")
+            else:
+                if _NUMBER.fullmatch(num) is None:
+                    break
+                head = "[" + ",".join(block) + "]" if block else ""
+                dials.append(f"{head}sofia/gateway/{gw}/{num}")
+                continue
+            break
+        else:
+            joined = "".join(texts)
+            if joined.isascii() and joined.isprintable() and _FORBIDDEN_RE.search(joined) is None:
+                return "|".join(dials)
+    return "|".join([_dial_leg(leg) for leg in legs])
 
 
 def _check_cause(cause: str) -> str:
@@ -162,11 +278,20 @@ def render_bridge(context: str, destination: str, call_vars: dict, legs: list[Br
         raise ValueError(f"at most {MAX_LEGS} legs")
     actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
     actions += [
-        ("set", "fail_on_single_reject=" + ",".join(no_failover_causes())),
-        ("bridge", "|".join(_dial_leg(leg) for leg in legs)),
+        _fail_on_single_reject(),
+        ("bridge", _dial_string(legs)),
         ("hangup", "${originate_disposition}"),
     ]
     return _document(context, destination, actions)
+
+
+@functools.cache
+def _fail_on_single_reject() -> tuple[str, str]:
+    return ("set", "fail_on_single_reject=" + ",".join(no_failover_causes()))
+
+
+_CONTROLS = (("set", "route_source=xml_curl"), ("set", "continue_on_fail=true"),
+             ("set", "hangup_after_bridge=true"))
 
 
 def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str) -> list:
@@ -178,13 +303,10 @@ def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str) -
     declared = call_vars.setdefault("switchd_max_duration", max_duration_s)
     if format_value(declared) != str(max_duration_s):
         raise ValueError("call_vars switchd_max_duration disagrees with max_duration_s")
-    actions = [("set", f"{k}={v}") for k, v in _assignments(call_vars, "call")]
-    return actions + [
-        ("set", "route_source=xml_curl"),
-        ("set", "continue_on_fail=true"),
-        ("set", "hangup_after_bridge=true"),
-        ("set", f"execute_on_answer=sched_hangup +{max_duration_s} {cause_on_answer}"),
-    ]
+    actions = [("set", kv) for kv in _assignments(call_vars, "call")]
+    actions += _CONTROLS
+    actions.append(("set", f"execute_on_answer=sched_hangup +{max_duration_s} {cause_on_answer}"))
+    return actions
 
 
 def render_local(context: str, destination: str, call_vars: dict, destination_type: str,
@@ -228,7 +350,7 @@ def render_refusal(context: str, destination: str, refusal, call_vars: dict) -> 
     call_vars = dict(call_vars)
     call_vars["switchd_refusal_cause"] = cause
     call_vars["switchd_refusal_reason"] = refusal.reason
-    actions = [("set", f"{k}={v}") for k, v in _assignments(call_vars, "call")]
+    actions = [("set", kv) for kv in _assignments(call_vars, "call")]
     actions += [
         ("set", "route_source=xml_curl"),
         ("respond", f"{code} {phrase}" if phrase else str(code)),

@@ -52,6 +52,7 @@ class CapsGate:
         self.global_limit = config["caps.global_max_calls"] or None
         self.carrier_of_call: dict[str, str] = {}     # which carrier slot a call holds now
         self.on_refused_leg: Callable[[str, str], None] | None = None
+        self._scopes_cache: dict[tuple, tuple] = {}
         self._queue: Queue = Queue(maxsize=queue_max)
         self._worker = gevent.spawn(self._work)
 
@@ -78,7 +79,25 @@ class CapsGate:
 
     # --- on the routing path (synchronous) -----------------------------------------------------
     def admit(self, call_uuid: str, tenant, carrier=None, campaign=None, now=None) -> Admission:
-        scopes, cps = self.scopes(tenant, carrier, campaign)
+        # The scopes of a call depend only on these values, and Scope/CpsScope objects are
+        # frozen: build them once per combination rather than on every routing decision.
+        key = (self.global_limit,
+               None if tenant is None else (tenant.name, tenant.max_concurrent, tenant.cps_limit),
+               None if carrier is None else (carrier.name, carrier.max_channels, carrier.cps_limit),
+               None if campaign is None else (campaign.name, campaign.max_concurrent,
+                                              campaign.cps_limit))
+        try:
+            built = self._scopes_cache.get(key)
+        except TypeError:                     # an unhashable limit: no caching
+            built = key = None
+        if built is None:
+            built = self.scopes(tenant, carrier, campaign)
+            built = (tuple(built[0]), tuple(built[1]))
+            if key is not None:
+                if len(self._scopes_cache) >= 4096:
+                    self._scopes_cache.clear()
+                self._scopes_cache[key] = built
+        scopes, cps = list(built[0]), list(built[1])
         admission = self.backend.acquire(call_uuid, scopes, cps)
         if admission.admitted:
             if carrier is not None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 from dialplan import lcr, numbers, policy, xml_answer
 from dialplan.model import Tenant, World
+from dialplan.ratedeck import lookup_all
 from switchd import metrics
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Router:
         self.settings = settings
         self.record = record
         self.clock = clock
+        self._accountcodes: tuple | None = None    # (World, len(tenants), {code: Tenant})
 
     # --- entry point ----------------------------------------------------------------------
     def route(self, form: dict) -> Decision:
@@ -91,8 +93,8 @@ class Router:
                          f"unusable lookup: {exc}")
         decision.elapsed_us = int((time.perf_counter() - started) * 1_000_000)
         metrics.ROUTING_SECONDS.observe(decision.elapsed_us / 1e6)
-        metrics.DIALPLAN_REQUESTS.labels(decision.result if decision.result != "refused"
-                                         else f"refused_{decision.sip_code}").inc()
+        _requests_counter(decision.result if decision.result != "refused"
+                          else f"refused_{decision.sip_code}").inc()
         log.info("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
                  decision.destination, decision.result, decision.reason, decision.elapsed_us,
                  extra={"call_uuid": decision.call_uuid, "tenant": decision.tenant})
@@ -135,10 +137,27 @@ class Router:
     def _find_tenant(self, world: World, key: str) -> Tenant | None:
         mode = self.settings["tenant_from"]
         if mode == "accountcode":
-            return world.tenant_by_accountcode(key) or world.tenants.get(key)
+            found = self._by_accountcode(world).get(key)
+            if found is not None and world.tenants.get(found.name) is not found:
+                found = world.tenant_by_accountcode(key)     # the dict changed in place
+            return found or world.tenants.get(key)
         if mode == "domain":
             return world.tenant_by_domain(key)
         return world.tenants.get(key)
+
+    def _by_accountcode(self, world: World) -> dict:
+        """{accountcode: tenant} for this World snapshot (what world.tenant_by_accountcode
+        finds, the first tenant with the code), built once per snapshot instead of a scan
+        of every tenant per lookup."""
+        cached = self._accountcodes
+        if cached is not None and cached[0] is world and cached[1] == len(world.tenants):
+            return cached[2]
+        index: dict = {}
+        for t in world.tenants.values():
+            if t.accountcode is not None:
+                index.setdefault(t.accountcode, t)
+        self._accountcodes = (world, len(world.tenants), index)
+        return index
 
     # --- inbound: DIDs ---------------------------------------------------------------------
     def _route_inbound(self, decision, world, context, dialled, form) -> Decision:
@@ -204,13 +223,16 @@ class Router:
             raise Refused(policy.refusal("budget_exhausted"), "monthly budget exhausted")
         now = self.clock()
         decks = self.decks()
-        candidates = []
-        for carrier in world.carriers.values():
-            deck = decks.get(carrier.name)
-            rate = deck.lookup(number.digits, now) if deck is not None else None
-            candidates.append(lcr.CarrierCandidate(
-                carrier=carrier, rate=rate, health=self.health.get(carrier.name),
-                down_gateways=self.health.down_gateways))
+        carriers = list(world.carriers.values())
+        # One parse of the number for every deck (ratedeck.lookup_all); carriers without
+        # a deck get no rate.
+        with_deck = [(c, decks[c.name]) for c in carriers if c.name in decks]
+        rates = dict(zip([c.name for c, _ in with_deck],
+                         lookup_all([d for _, d in with_deck], number.digits, now)))
+        health, down = self.health, self.health.down_gateways
+        candidates = [lcr.candidate(carrier, rates.get(carrier.name), health.get(carrier.name),
+                                    down)
+                      for carrier in carriers]
         ranked = lcr.rank(candidates, tenant, now, max_routes=self.settings["max_routes"],
                           cooldown_s=self.settings["health_cooldown"])
         decision.candidates = ranked.considered
@@ -266,6 +288,19 @@ class Router:
         decision.xml = xml_answer.render_refusal(context, dialled, refusal,
                                                  {"switchd_route_id": decision.id})
         return decision
+
+
+_COUNTERS: dict[str, tuple] = {}
+
+
+def _requests_counter(label: str):
+    """metrics.DIALPLAN_REQUESTS.labels(label), remembered (labels() takes a lock and
+    validates on every call); re-fetched if the metric object is replaced."""
+    metric = metrics.DIALPLAN_REQUESTS
+    hit = _COUNTERS.get(label)
+    if hit is None or hit[0] is not metric:
+        hit = _COUNTERS[label] = (metric, metric.labels(label))
+    return hit[1]
 
 
 def _cap_refusal(admission) -> "policy.Refusal":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
+from itertools import repeat
 from typing import Callable
 from urllib.parse import unquote
 
@@ -45,6 +47,11 @@ def parse_form(body: bytes) -> dict[str, str]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         text = body.decode("latin-1")
+    form = _parse_form_fast(text)
+    return form if form is not None else _parse_form_exact(text)
+
+
+def _parse_form_exact(text: str) -> dict[str, str]:
     form = {}
     for pair in text.split("&"):
         if not pair:
@@ -54,6 +61,42 @@ def parse_form(body: bytes) -> dict[str, str]:
             raise BadRequest(f"form field without '=': {pair[:40]!r}")
         # The first occurrence wins: FreeSWITCH never repeats a field, an attacker might.
         form.setdefault(unquote(key), unquote(value))
+    return form
+
+
+_HIGH_ESCAPE = re.compile("%[89A-Fa-f]")
+
+
+def _parse_form_fast(text: str) -> dict[str, str] | None:
+    """What _parse_form_exact returns, for the shape every real lookup has (ASCII, each
+    field once, one '=' at least, no empty field, plain keys, escapes of ASCII bytes only),
+    with the per-field work in C; None for anything else, which the exact parser handles.
+
+    The %-escaped values (~20 of ~140) are decoded in one batch: joined with '&' (a raw
+    value has none), '%XX' turned into '\\xXX' for the unicode_escape codec (backslashes
+    doubled first), split back on the '\\xff' that the literal '&'s became — no escape
+    can produce U+00FF because escapes of bytes >= 0x80 were ruled out. An escape that
+    urllib would leave as it is ('%zz', a trailing '%') makes the codec fail: exact path."""
+    if not text.isascii():
+        return None
+    pairs = text.split("&")
+    try:
+        form = dict(map(str.split, pairs, repeat("="), repeat(1)))
+    except ValueError:          # a field without '=' or an empty one
+        return None
+    if len(form) != len(pairs) or "%" in "".join(form):
+        return None             # a repeated field (the first must win) or an escaped key
+    escaped = [k for k, v in form.items() if "%" in v]
+    if escaped:
+        raw = "&".join([form[k] for k in escaped])
+        if _HIGH_ESCAPE.search(raw) is not None:
+            return None         # UTF-8 sequences: urllib's decoding, errors included
+        try:
+            decoded = (raw.replace("\\", "\\\\").replace("%", "\\x").replace("&", "\\xff")
+                       .encode("ascii").decode("unicode_escape").split("\xff"))
+        except UnicodeDecodeError:
+            return None
+        form.update(zip(escaped, decoded))
     return form
 
 
