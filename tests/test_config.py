@@ -71,3 +71,11 @@ def test_every_setting_is_documented():
     doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     for setting in SETTINGS:
         assert f"`{setting.env}`" in doc, setting.env
+
+
+def test_every_metric_is_documented():
+    from switchd import metrics
+    doc = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    for obj in vars(metrics).values():
+        if hasattr(obj, "_name") and hasattr(obj, "_type"):
+            assert f"`{obj._name}" in doc, obj._name
