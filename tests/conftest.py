@@ -74,3 +74,35 @@ def redis_url(redis_server_url) -> str:
     client.flushdb()
     client.close()
     return redis_server_url
+
+
+# --- end to end: the demo world, the simulator and `switchd run` ------------------------------
+E2E_PASSWORD = "e2e-secret"
+
+
+@pytest.fixture
+def world_url(migrated_pg_url, tmp_path):
+    """A fresh database holding the demo world (switchd/demo_world.py) and its decks."""
+    from switchd.demo_world import write_decks, write_world
+    from switchd.provision import provision
+    from switchd.rates_import import import_rates
+    provision(migrated_pg_url, write_world(tmp_path))
+    for carrier, path in write_decks(tmp_path / "decks").items():
+        import_rates(migrated_pg_url, path, carrier)
+    return migrated_pg_url
+
+
+@pytest.fixture
+def switch(world_url, tmp_path):
+    """A started simulator and daemon; the test sets gateway behaviours before calls."""
+    from daemon_harness import DaemonProcess
+    from switchd.sim import GatewayBehaviour, Simulator
+    sim = Simulator(password=E2E_PASSWORD, seed=11, time_scale=50.0, heartbeat_interval=None,
+                    default_gateway=GatewayBehaviour(answer_delay_s=1.0))
+    _, port = sim.start()
+    daemon = DaemonProcess(world_url, port, E2E_PASSWORD, tmp_path).start()
+    sim.dialplan_url = daemon.base_url + "/fs/dialplan"
+    yield sim, daemon
+    rc = daemon.terminate()
+    sim.stop()
+    assert rc == 0, daemon.log()[-3000:]

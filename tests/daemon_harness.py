@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import gevent
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -82,13 +84,7 @@ class DaemonProcess:
         return gevent.get_hub().threadpool.apply(fetch)
 
     def wait_until(self, predicate, timeout: float = 30.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            gevent.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{self.log()[-4000:]}")
+        return wait_for(predicate, timeout, what, self)
 
     def terminate(self, timeout: float = 20.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -116,3 +112,32 @@ class DaemonProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def wait_for(predicate, timeout: float, what: str, daemon: DaemonProcess | None = None):
+    """Poll `predicate` until it returns something truthy; fail with the daemon's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        gevent.sleep(0.05)
+    log = daemon.log()[-4000:] if daemon else ""
+    raise AssertionError(f"timed out waiting for {what}\n--- daemon log ---\n{log}")
+
+
+def rows(url: str, query: str, *args) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def metric(daemon: DaemonProcess, name: str, **labels) -> float:
+    """Sum of the samples of `name` on /metrics whose labels include `labels`."""
+    status, text = daemon.get("/metrics")
+    assert status == 200
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

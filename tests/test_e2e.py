@@ -9,51 +9,17 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_UP, Decimal
 
-import psycopg
 import pytest
 
-from switchd.demo_world import write_decks, write_world
-from switchd.provision import provision
-from switchd.rates_import import import_rates
-from switchd.sim import GatewayBehaviour, Simulator
-from daemon_harness import DaemonProcess
-
-PASSWORD = "e2e-secret"
-ANSWERING = GatewayBehaviour(answer_delay_s=1.0)
-
-
-@pytest.fixture
-def world_url(migrated_pg_url, tmp_path):
-    provision(migrated_pg_url, write_world(tmp_path))
-    for carrier, path in write_decks(tmp_path / "decks").items():
-        import_rates(migrated_pg_url, path, carrier)
-    return migrated_pg_url
-
-
-@pytest.fixture
-def switch(world_url, tmp_path):
-    """A started simulator and daemon; the test sets gateway behaviours before calls."""
-    sim = Simulator(password=PASSWORD, seed=11, time_scale=50.0, heartbeat_interval=None,
-                    default_gateway=ANSWERING)
-    _, port = sim.start()
-    daemon = DaemonProcess(world_url, port, PASSWORD, tmp_path).start()
-    sim.dialplan_url = daemon.base_url + "/fs/dialplan"
-    yield sim, daemon
-    rc = daemon.terminate()
-    sim.stop()
-    assert rc == 0, daemon.log()[-3000:]
-
-
-def _rows(url, query, *args):
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, args).fetchall()
+from switchd.sim import GatewayBehaviour
+from daemon_harness import rows
 
 
 def _call_row(url, call_uuid):
-    rows = _rows(url, "SELECT carrier, first_choice_carrier, attempts, billed_seconds, cost, "
+    found = rows(url, "SELECT carrier, first_choice_carrier, attempts, billed_seconds, cost, "
                       "answered_at IS NOT NULL, tenant, direction, hangup_cause "
                       "FROM calls WHERE call_uuid = %s", call_uuid)
-    return rows[0] if rows else None
+    return found[0] if found else None
 
 
 def _wait_cdr(daemon, url, call_uuid):
@@ -82,7 +48,7 @@ def test_call_routes_to_cheapest_carrier_and_is_rated(switch, world_url, dialled
     assert call.wait(30) and call.result == "answered", (call.result, call.causes)
     row = _wait_cdr(daemon, world_url, call.uuid)
     assert row[0] == carrier and row[1] == carrier and row[2] == 1
-    legs = _rows(world_url, "SELECT billmsec, billed_seconds, cost, rate_per_min FROM call_legs "
+    legs = rows(world_url, "SELECT billmsec, billed_seconds, cost, rate_per_min FROM call_legs "
                             "WHERE call_uuid = %s AND carrier = %s", call.uuid, carrier)
     assert len(legs) == 1
     billmsec, billed, cost, stored_rate = legs[0]
@@ -100,10 +66,10 @@ def test_failover_when_cheapest_fails_and_health_moves(switch, world_url):
     row = _wait_cdr(daemon, world_url, call.uuid)
     carrier, first, attempts = row[0], row[1], row[2]
     assert (carrier, first, attempts) == ("globex", "budgetel", 2)
-    failed_leg = _rows(world_url, "SELECT hangup_cause, sip_status, cost FROM call_legs "
+    failed_leg = rows(world_url, "SELECT hangup_cause, sip_status, cost FROM call_legs "
                                   "WHERE call_uuid = %s AND carrier = 'budgetel'", call.uuid)
     assert failed_leg == [("NORMAL_TEMPORARY_FAILURE", 503, Decimal(0))]
-    daemon.wait_until(lambda: _rows(world_url, "SELECT health FROM carriers WHERE name = 'budgetel'")[0][0] == 95,
+    daemon.wait_until(lambda: rows(world_url, "SELECT health FROM carriers WHERE name = 'budgetel'")[0][0] == 95,
                       what="budgetel health 100 - 5 persisted")
 
 
@@ -114,7 +80,7 @@ def test_busy_callee_does_not_fail_over_or_blame_the_carrier(switch, world_url):
     assert call.wait(30) and call.result == "failed"
     row = _wait_cdr(daemon, world_url, call.uuid)
     assert row[2] == 1 and row[0] == "budgetel" and row[5] is False and row[4] == 0
-    assert _rows(world_url, "SELECT health FROM carriers WHERE name = 'budgetel'")[0][0] == 100
+    assert rows(world_url, "SELECT health FROM carriers WHERE name = 'budgetel'")[0][0] == 100
 
 
 @pytest.mark.parametrize("dialled, accountcode, code", [
@@ -128,7 +94,7 @@ def test_refusals_answer_the_right_sip_code(switch, world_url, dialled, accountc
     call = sim.place_call(dialled, accountcode=accountcode, hold_seconds=10)
     assert call.wait(30)
     assert call.result == "refused", call.result
-    decisions = daemon.wait_until(lambda: _rows(
+    decisions = daemon.wait_until(lambda: rows(
         world_url, "SELECT result, sip_code, reason FROM routing_decisions WHERE call_uuid = %s",
         call.uuid), what="routing decision row")
     assert decisions[0][0] == "refused" and decisions[0][1] == code, decisions
@@ -140,7 +106,7 @@ def test_inbound_did_reaches_the_tenant_extension(switch, world_url):
     assert call.wait(30)
     row = _wait_cdr(daemon, world_url, call.uuid)
     assert row[6] == "acme" and row[7] == "inbound"
-    decision = _rows(world_url, "SELECT result, reason FROM routing_decisions WHERE call_uuid = %s", call.uuid)
+    decision = rows(world_url, "SELECT result, reason FROM routing_decisions WHERE call_uuid = %s", call.uuid)
     assert decision == [("routed", "did")]
 
 

@@ -10,18 +10,16 @@ Synchronisation is on HTTP readiness, /v1/calls, /metrics and PostgreSQL rows.
 """
 from __future__ import annotations
 
-import re
 import time
 
 import gevent
-import psycopg
 import pytest
 
 from switchd.demo_world import write_decks, write_world
 from switchd.provision import provision
 from switchd.rates_import import import_rates
 from switchd.sim import GatewayBehaviour, Simulator
-from daemon_harness import DaemonProcess
+from daemon_harness import DaemonProcess, metric, rows
 
 PASSWORD = "faults-secret"
 ANSWERING = GatewayBehaviour(answer_delay_s=1.0)
@@ -66,15 +64,10 @@ def make_switch(world_url, tmp_path):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def _rows(url, query, *args):
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, args).fetchall()
-
-
 def _cdr(url, call_uuid):
-    rows = _rows(url, "SELECT reconstructed, hangup_cause, billed_seconds, cost, tenant, carrier "
+    found = rows(url, "SELECT reconstructed, hangup_cause, billed_seconds, cost, tenant, carrier "
                       "FROM calls WHERE call_uuid = %s AND ended_at IS NOT NULL", call_uuid)
-    return rows[0] if rows else None
+    return found[0] if found else None
 
 
 def _wait_cdr(daemon, url, call_uuid, reconstructed=None):
@@ -100,21 +93,6 @@ def _wait_answered(daemon, calls):
     daemon.wait_until(lambda: all(
         (c := _listed(daemon).get(u)) and c["state"] == "answered" and c["tenant"]
         for u in want), what=f"{len(want)} call(s) answered and listed")
-
-
-def _metric(daemon, name: str, **labels) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    status, text = daemon.get("/metrics")
-    assert status == 200
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if not m:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def _ready(daemon) -> bool:
@@ -169,7 +147,7 @@ def test_drop_mid_call_reconnects_resyncs_and_closes_calls_that_ended_unseen(mak
         assert call.wait(10)
     row = _wait_cdr(daemon, world_url, survivor.uuid)
     assert row[0] is False and row[1] == "NORMAL_CLEARING" and row[4] == "acme", row
-    leg = _rows(world_url, "SELECT billmsec FROM call_legs WHERE call_uuid = %s AND carrier IS "
+    leg = rows(world_url, "SELECT billmsec FROM call_legs WHERE call_uuid = %s AND carrier IS "
                            "NOT NULL", survivor.uuid)
     assert leg == [(survivor.billmsec,)]
     for call in fresh:
@@ -178,10 +156,10 @@ def test_drop_mid_call_reconnects_resyncs_and_closes_calls_that_ended_unseen(mak
     # Nothing counted twice: one CDR per call, one finished-call count per call.
     everyone = calls + fresh + [refused]
     _wait_cdr(daemon, world_url, refused.uuid)
-    assert _rows(world_url, "SELECT count(*), count(DISTINCT call_uuid) FROM calls") == [
+    assert rows(world_url, "SELECT count(*), count(DISTINCT call_uuid) FROM calls") == [
         (len(everyone), len(everyone))]
-    assert _rows(world_url, "SELECT count(*) FROM calls WHERE reconstructed") == [(2,)]
-    assert daemon.wait_until(lambda: _metric(daemon, "switchd_calls_total") == len(everyone),
+    assert rows(world_url, "SELECT count(*) FROM calls WHERE reconstructed") == [(2,)]
+    assert daemon.wait_until(lambda: metric(daemon, "switchd_calls_total") == len(everyone),
                              what="switchd_calls_total == calls")
     assert _listed(daemon) == {} and _switch_calls(sim) == set()
 
@@ -217,7 +195,7 @@ def test_restart_with_different_calls_adopts_and_closes(make_switch, world_url):
         assert call.wait(10)
         _wait_cdr(daemon, world_url, call.uuid)
     daemon.wait_until(lambda: _listed(daemon) == {}, what="no live calls")
-    assert _rows(world_url, "SELECT count(*) FROM calls") == [(4,)]
+    assert rows(world_url, "SELECT count(*) FROM calls") == [(4,)]
 
 
 # --- c. garbage on the wire -----------------------------------------------------------------------
@@ -225,14 +203,14 @@ def test_garbage_frame_recycles_the_connection_and_http_keeps_serving(make_switc
     sim, daemon = make_switch()
     call = sim.place_call("+4930128000", accountcode="acme", hold_seconds=HOLD)
     _wait_answered(daemon, [call])
-    errors = _metric(daemon, "switchd_esl_protocol_errors_total")
-    connects = _metric(daemon, "switchd_esl_reconnects_total", result="ok")
+    errors = metric(daemon, "switchd_esl_protocol_errors_total")
+    connects = metric(daemon, "switchd_esl_reconnects_total", result="ok")
 
     sim.send_garbage()
-    daemon.wait_until(lambda: _metric(daemon, "switchd_esl_protocol_errors_total") == errors + 1,
+    daemon.wait_until(lambda: metric(daemon, "switchd_esl_protocol_errors_total") == errors + 1,
                       what="protocol error counted")
     assert daemon.get("/healthz")[0] == 200
-    daemon.wait_until(lambda: _metric(daemon, "switchd_esl_reconnects_total", result="ok")
+    daemon.wait_until(lambda: metric(daemon, "switchd_esl_reconnects_total", result="ok")
                       == connects + 1 and _ready(daemon), what="reconnected and ready")
     assert set(_listed(daemon)) == _switch_calls(sim) == {call.uuid}
     assert "protocol error" in daemon.log()
@@ -251,7 +229,7 @@ def test_stalled_switch_is_detected_recycled_and_nothing_hangs(make_switch, worl
                               heartbeat_interval=1.0)
     call = sim.place_call("+4930129000", accountcode="acme", hold_seconds=HOLD)
     _wait_answered(daemon, [call])
-    timeouts = _metric(daemon, "switchd_esl_command_errors_total", reason="timeout")
+    timeouts = metric(daemon, "switchd_esl_command_errors_total", reason="timeout")
 
     stalled_at = time.monotonic()
     sim.stall()
@@ -261,7 +239,7 @@ def test_stalled_switch_is_detected_recycled_and_nothing_hangs(make_switch, worl
     assert 9 < detected_after < 16, detected_after      # probe at 10.5 s + 1 s, not 21 s
     assert "heartbeat timeout" in daemon.log()
     assert daemon.get("/healthz")[0] == 200 and daemon.get("/v1/calls")[0] == 200, body
-    assert _metric(daemon, "switchd_esl_command_errors_total", reason="timeout") > timeouts
+    assert metric(daemon, "switchd_esl_command_errors_total", reason="timeout") > timeouts
 
     sim.resume()
     daemon.wait_until(lambda: _ready(daemon), what="ready after resume")
@@ -309,7 +287,7 @@ def test_wrong_password_is_named_not_ready_and_not_hammered(make_switch):
     assert status == 503 and "password" in body["problems"]["esl"], body
     log = daemon.log()
     assert "SWITCHD_ESL_PASSWORD" in log and wrong not in log
-    assert _metric(daemon, "switchd_esl_reconnects_total", result="auth_failed") >= 2
+    assert metric(daemon, "switchd_esl_reconnects_total", result="auth_failed") >= 2
 
     began = time.monotonic()                             # SIGTERM while never connected
     assert daemon.terminate(timeout=15) == 0

@@ -13,7 +13,6 @@ import psycopg
 import pytest
 
 from switchd.sim import GatewayBehaviour
-from test_e2e import PASSWORD, switch, world_url  # noqa: F401  (fixtures)
 
 
 def _post(daemon, payload, timeout=60):

@@ -14,10 +14,8 @@ import re
 import time
 
 import gevent
-import psycopg
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from switchd.caps.base import Scope
 from switchd.caps.redis_backend import RedisCaps
@@ -26,7 +24,7 @@ from switchd.devredis import RedisProcess
 from switchd.provision import provision
 from switchd.rates_import import import_rates
 from switchd.sim import GatewayBehaviour, Simulator
-from daemon_harness import DaemonProcess
+from daemon_harness import DaemonProcess, metric, rows, wait_for
 
 PASSWORD = "e2e-policing"
 QUICK = GatewayBehaviour(answer_delay_s=0.2, fail_delay_s=0.1)
@@ -102,11 +100,6 @@ def own_redis():
 
 
 # --- reading outcomes --------------------------------------------------------------------------
-def rows(url, query, *args):
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, args).fetchall()
-
-
 def decisions(url, uuids):
     """call uuid -> (result, sip_code, reason) for the calls that have a decision row."""
     got = rows(url, "SELECT call_uuid, result, sip_code, reason FROM routing_decisions "
@@ -120,17 +113,6 @@ def cdrs(url, uuids):
     return {r[0]: r[1:] for r in got}
 
 
-def metric(daemon, name, **labels) -> float:
-    status, text = daemon.get("/metrics")
-    assert status == 200
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def live_count(url, scope=TENANT) -> int:
     """Live slots of a scope, as the caps scripts count them (expired leases purged)."""
     caps = RedisCaps(redis.Redis.from_url(url))
@@ -138,17 +120,6 @@ def live_count(url, scope=TENANT) -> int:
         return caps.count(scope)
     finally:
         caps.close()
-
-
-def wait_for(predicate, timeout, what, daemon=None):
-    daemon_log = daemon.log if daemon else (lambda: "")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{daemon_log()[-3000:]}")
 
 
 def all_done(calls, timeout):

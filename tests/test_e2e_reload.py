@@ -7,7 +7,6 @@ import psycopg
 
 from switchd.provision import provision
 from switchd.rates_import import import_rates
-from test_e2e import switch, world_url  # noqa: F401  (fixtures)
 
 
 def _decision(url, call_uuid):
