@@ -31,6 +31,7 @@ even while healthy carriers take all the traffic.
 from __future__ import annotations
 
 import functools
+from operator import is_
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -187,6 +188,17 @@ def _record(c: CarrierCandidate, state: str) -> dict:
     }
 
 
+# rank's outcome per situation: the tenant, the settings and, per candidate, the carrier,
+# the matched tariff (its two Decimals by identity: a deck's Rates of one tariff share
+# them), health, down gateways and capacity flags. Keyed by id() with the objects kept in
+# the entry (checked with `is`), so any replacement — a world reload, a deck swap, a health
+# or gateway change — is a different key; never used while any carrier has a disabled_at
+# (its state then depends on `now`). What is kept: the candidate records without their
+# prefix (the only per-number field) and the routes as (candidate index, gateway).
+_RANKED: dict[tuple, tuple] = {}
+_RANKED_MAX = 16384
+
+
 def rank(candidates: list[CarrierCandidate], tenant: Tenant, now: datetime,
          max_routes: int = MAX_ROUTES, cooldown_s: float = 60,
          probe_first: bool = False) -> RankResult:
@@ -195,6 +207,66 @@ def rank(candidates: list[CarrierCandidate], tenant: Tenant, now: datetime,
     mode = tenant.routing_mode
     if mode not in ("cost", "priority"):
         raise ValueError(f"unknown routing_mode {mode!r} (expected 'cost' or 'priority')")
+    key = [id(tenant), max_routes, cooldown_s, probe_first]
+    held = [tenant]
+    for c in candidates:
+        if type(c) is not CarrierCandidate:
+            key = None
+            break
+        carrier, rate, health, down = c.carrier, c.rate, c.health, c.down_gateways
+        if health.disabled_at is not None:
+            key = None
+            break
+        if rate is None:
+            key += (id(carrier), None, None, None, None, id(health), id(down),
+                    c.at_capacity, c.over_cps)
+            held += (carrier, None, None, health, down)
+            continue
+        rpm, fee = rate.rate_per_min, rate.connect_fee
+        ini, sub = rate.initial_increment, rate.subsequent_increment
+        if (type(rpm) is not Decimal or type(fee) is not Decimal or type(ini) is not int
+                or type(sub) is not int):
+            key = None
+            break
+        key += (id(carrier), id(rpm), id(fee), ini, sub, id(health), id(down),
+                c.at_capacity, c.over_cps)
+        held += (carrier, rpm, fee, health, down)
+    if key is not None:
+        key = tuple(key)
+        hit = _RANKED.get(key)
+        if hit is not None and len(hit[0]) == len(held) and all(map(is_, hit[0], held)):
+            _, templates, picks, reason = hit
+            considered = []
+            for c, template in zip(candidates, templates):
+                rec = template.copy()
+                rec["prefix"] = getattr(c.rate, "prefix", None)
+                considered.append(rec)
+            routes = []
+            for i, g in picks:
+                c = candidates[i]
+                routes.append(_route_choice(c.carrier, g, c.rate))
+            return _new_result(routes, considered, reason)
+    result = _rank(candidates, tenant, now, max_routes, cooldown_s, probe_first)
+    if key is not None:
+        index = {c.carrier.name: i for i, c in enumerate(candidates)}
+        picks = tuple((index[r.carrier.name], r.gateway) for r in result.routes)
+        templates = tuple(dict(rec) for rec in result.considered)
+        if len(_RANKED) >= _RANKED_MAX:
+            _RANKED.clear()
+        _RANKED[key] = (tuple(held), templates, picks, result.reason)
+    return result
+
+
+def _new_result(routes, considered, reason) -> RankResult:
+    result = _new(RankResult)
+    _set(result, "__dict__", {"routes": routes, "considered": considered, "reason": reason})
+    return result
+
+
+def _rank(candidates: list[CarrierCandidate], tenant: Tenant, now: datetime,
+          max_routes: int, cooldown_s: float, probe_first: bool) -> RankResult:
+    """rank without the cache (the arguments already checked)."""
+    mode = tenant.routing_mode
 
     records: dict[str, dict] = {}
     usable: dict[str, tuple[Gateway, ...]] = {}

@@ -144,20 +144,25 @@ def _assignments(variables: dict, what: str) -> list[str]:
     limit (so each one is too). Anything else runs the exact per-variable checks, which
     raise what they always raised, in the same order."""
     passed = _PASSED.setdefault(_VAR_NAME, set())
-    texts = []
-    for v in variables.values():
-        kind = type(v)
-        if kind is str:
-            texts.append(v)
-        elif kind is int:
-            texts.append(str(v))
-        elif kind is Decimal and v.is_finite():
-            texts.append(format(v, "f"))
+    if type(variables) is dict and passed.issuperset(variables):
+        texts, out = [], []
+        for k, v in variables.items():
+            kind = type(v)
+            if kind is str:
+                text = v
+            elif kind is int:
+                text = str(v)
+            elif kind is Decimal and v.is_finite():
+                text = format(v, "f")
+            else:
+                break
+            if type(k) is not str:      # a str subclass equal to a remembered name
+                break
+            texts.append(text)
+            out.append(f"{k}={text}")
         else:
-            break
-    else:
-        if all(type(k) is str and k in passed for k in variables) and _safe("".join(texts)):
-            return [f"{k}={t}" for k, t in zip(variables, texts)]
+            if _safe("".join(texts)):
+                return out
     out = []
     for k, v in variables.items():
         _name(k, _VAR_NAME, f"{what} variable name")
@@ -187,11 +192,21 @@ _DOC_CLOSE = ("        </condition>\n      </extension>\n    </context>\n"
               "  </section>\n</document>\n")
 
 
+# context -> the document's text up to the condition's expression, for contexts that
+# passed _CONTEXT (exact str only; bounded).
+_HEADS: dict[str, str] = {}
+_HEADS_MAX = 1024
+
+
 def _document(context: str, destination: str, actions: list[tuple[str, str]]) -> str:
-    _name(context, _CONTEXT, "context")
-    parts = [_DOC_OPEN, _attr(context), '">\n      <extension name="switchd">\n'
-             '        <condition field="destination_number" expression="',
-             _attr(_expression(destination)), '">\n']
+    head = _HEADS.get(context) if type(context) is str else None
+    if head is None:
+        _name(context, _CONTEXT, "context")
+        head = (_DOC_OPEN + _attr(context) + '">\n      <extension name="switchd">\n'
+                '        <condition field="destination_number" expression="')
+        if type(context) is str and len(_HEADS) < _HEADS_MAX:
+            _HEADS[context] = head
+    parts = [head, _attr(_expression(destination)), '">\n']
     # One look for XML specials across all the data (usually there are none: checked
     # values cannot hold < > " ' at all), instead of one per action.
     if _XML_SPECIAL.search("".join([data for _, data in actions])) is None:
@@ -380,3 +395,62 @@ def leg_for_route(route, number: str) -> BridgeLeg:
         "switchd_increments": f"{rate.initial_increment}/{rate.subsequent_increment}",
         "switchd_prefix": rate.prefix,
     })
+
+
+# --- the router's bridge answer, with the per-leg dial-string fragments remembered --------
+# A leg's text is "[leg vars]sofia/gateway/<gw>/" + number, and everything before the
+# number depends only on the gateway, the carrier and the tariff row the deck matched.
+# The fragment is computed (and checked) by the exact per-leg path the first time and
+# reused after that; only the number, which changes per call, is checked every time.
+# Keyed by the values leg_for_route reads; the two Decimals by identity (Decimal('0.010')
+# == Decimal('0.01') but they format differently), the entry holding them so an id() is
+# never reused while cached. Only exact str/int types are cached; bounded.
+_FRAGMENTS: dict[tuple, tuple] = {}
+_FRAGMENTS_MAX = 65536
+
+
+def _fragment(route, number: str) -> str:
+    """leg_for_route(route, number)'s dial text without the number (number checked valid
+    by the caller); the exact per-leg path, with its errors, on a miss."""
+    gateway, carrier, rate = route.gateway, route.carrier, route.rate
+    gw, timeout, cname = gateway.name, gateway.leg_timeout, carrier.name
+    rpm, fee = rate.rate_per_min, rate.connect_fee
+    ini, sub, prefix = rate.initial_increment, rate.subsequent_increment, rate.prefix
+    # Exact types before any lookup: True == 1 (and a str subclass equals its text), so a
+    # bool leg_timeout must never find the entry of 1 — format_value refuses bools.
+    if not (type(gw) is str and type(cname) is str and type(prefix) is str
+            and (type(timeout) is int or type(timeout) is str) and type(ini) is int
+            and type(sub) is int and type(rpm) is Decimal and type(fee) is Decimal):
+        text = _dial_leg(leg_for_route(route, number))
+        return text[:len(text) - len(number)]
+    key = (gw, timeout, cname, id(rpm), id(fee), ini, sub, prefix)
+    hit = _FRAGMENTS.get(key)
+    if hit is not None and hit[0] is rpm and hit[1] is fee:
+        return hit[2]
+    text = _dial_leg(leg_for_route(route, number))
+    fragment = text[:len(text) - len(number)]
+    if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
+        _FRAGMENTS.clear()
+    _FRAGMENTS[key] = (rpm, fee, fragment)
+    return fragment
+
+
+def render_routes(context: str, destination: str, call_vars: dict, routes: list,
+                  number: str, max_duration_s: int,
+                  cause_on_answer: str = "ALLOTTED_TIMEOUT") -> str:
+    """render_bridge(context, destination, call_vars,
+    [leg_for_route(r, number) for r in routes], max_duration_s, cause_on_answer): the same
+    document, or the same exception, with the legs' fragments from _FRAGMENTS."""
+    if (not routes or len(routes) > MAX_LEGS or type(number) is not str
+            or _NUMBER.fullmatch(number) is None):
+        return render_bridge(context, destination, call_vars,
+                             [leg_for_route(r, number) for r in routes], max_duration_s,
+                             cause_on_answer)
+    actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
+    dial = "|".join([_fragment(r, number) + number for r in routes])
+    actions += [
+        _fail_on_single_reject(),
+        ("bridge", dial),
+        ("hangup", "${originate_disposition}"),
+    ]
+    return _document(context, destination, actions)

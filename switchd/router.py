@@ -8,8 +8,8 @@ may be Redis-backed, which yields under gevent.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -86,7 +86,7 @@ class Router:
         except ValueError as exc:
             # A hostile or broken lookup (a value that cannot be put in a dial string or the
             # XML safely): refuse it rather than fail the request into FreeSWITCH's fallback.
-            decision = Decision(id=str(uuid.uuid4()), call_uuid=_safe_uuid(form),
+            decision = Decision(id=_uuid4(), call_uuid=_safe_uuid(form),
                                 tenant=None, direction="unknown", destination=None,
                                 result="refused", reason="")
             self._refuse(decision, "default", "", policy.refusal("bad_number"),
@@ -106,7 +106,7 @@ class Router:
         dialled = form.get("Caller-Destination-Number") or form.get("destination_number") or ""
         context = form.get("Caller-Context") or form.get("Hunt-Context") or "default"
         world = self.world()
-        decision = Decision(id=str(uuid.uuid4()), call_uuid=call_uuid, tenant=None,
+        decision = Decision(id=_uuid4(), call_uuid=call_uuid, tenant=None,
                             direction="outbound", destination=dialled, result="refused",
                             reason="")
         tenant_key = self._tenant_key(form)
@@ -201,9 +201,10 @@ class Router:
             return self._refuse(decision, context, match_dialled, refused.refusal, refused.reason)
         call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
                      "switchd_max_duration": str(plan.max_duration), **extra_vars}
-        legs = [xml_answer.leg_for_route(route, plan.number.e164) for route in plan.routes]
-        decision.xml = xml_answer.render_bridge(context, match_dialled, call_vars, legs,
-                                                plan.max_duration)
+        # render_bridge over leg_for_route(route, e164) per route, the legs' dial-string
+        # fragments remembered per (gateway, carrier, tariff, prefix)
+        decision.xml = xml_answer.render_routes(context, match_dialled, call_vars, plan.routes,
+                                                plan.number.e164, plan.max_duration)
         return decision
 
     def plan(self, decision: Decision, world: World, tenant: Tenant, dialled: str,
@@ -310,6 +311,19 @@ def _cap_refusal(admission) -> "policy.Refusal":
     if scope.kind == "carrier":
         return policy.refusal("carriers_full", admission.reason)
     return policy.refusal("cap_reached", f"{scope.kind} {scope.name}: {admission.reason}")
+
+
+def _uuid4() -> str:
+    """str(uuid.uuid4()) without the UUID object: 16 bytes from os.urandom with the
+    version (4) and RFC 4122 variant bits set, in the canonical 8-4-4-4-12 form."""
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & _UUID_CLEAR) | _UUID_SET
+    h = "%032x" % n
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def _safe_uuid(form: dict) -> str:
