@@ -179,8 +179,8 @@ class Router:
                                         match_dialled=dialled)
         admission = self.caps.admit(decision.call_uuid, tenant, carrier=None)
         if not admission.admitted:
-            return self._refuse(decision, context, dialled, _cap_refusal(admission),
-                                f"cap reached: {admission.reason}")
+            refusal = _cap_refusal(admission)
+            return self._refuse(decision, context, dialled, refusal, refusal.detail)
         max_s = tenant.max_call_seconds
         call_vars["switchd_max_duration"] = str(max_s)
         decision.xml = xml_answer.render_local(context, dialled, call_vars, did.destination_type,
@@ -242,7 +242,8 @@ class Router:
         routes, admission = self._admit_first_available(decision.call_uuid, tenant,
                                                         ranked.routes, campaign)
         if not admission.admitted:
-            raise Refused(_cap_refusal(admission), f"cap reached: {admission.reason}")
+            refusal = _cap_refusal(admission)
+            raise Refused(refusal, refusal.detail)
         max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, routes[0].rate)
         if isinstance(max_s, policy.Refusal):
             self.caps.release_now(decision.call_uuid)
@@ -305,12 +306,14 @@ def _requests_counter(label: str):
 
 
 def _cap_refusal(admission) -> "policy.Refusal":
+    """The routing log's reason names the scope: 'cap reached: tenant acme', not just 'cap'."""
     scope = admission.refused_scope
     if scope is None or scope.kind == "backend":
         return policy.refusal("caps_unavailable", admission.reason)
+    detail = f"{admission.reason}: {scope.kind} {scope.name}"
     if scope.kind == "carrier":
-        return policy.refusal("carriers_full", admission.reason)
-    return policy.refusal("cap_reached", f"{scope.kind} {scope.name}: {admission.reason}")
+        return policy.refusal("carriers_full", detail)
+    return policy.refusal("cap_reached", detail)
 
 
 def _uuid4() -> str:

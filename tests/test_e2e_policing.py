@@ -176,7 +176,7 @@ def test_tenant_cap_admits_exactly_n_refuses_the_rest_and_frees_slots_once(
     assert len(routed) == cap and len(refused) == extra
     for call in refused:
         _, sip_code, reason = got[call.uuid]
-        assert sip_code == 503 and "cap reached" in reason, reason
+        assert sip_code == 503 and "cap reached: tenant acme" in reason, reason
     assert all_done(refused, 10) and {c.result for c in refused} == {"refused"}
     assert {c.a_leg.sip_status for c in refused} == {503}
     wait_for(lambda: answered_live(sim) == cap, 10, "the admitted calls answered", daemon)
