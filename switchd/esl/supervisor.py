@@ -219,7 +219,10 @@ class ESLSupervisor:
         conn.close(reason)
         self._set_down()
         self.last_error = conn.close_reason or reason
-        log.warning("ESL connection to %s:%s lost: %s", self.host, self.port, self.last_error)
+        # Our own goodbye at shutdown is not an incident; anything else is.
+        log.log(logging.INFO if self._stopping.is_set() else logging.WARNING,
+                "ESL connection to %s:%s %s: %s", self.host, self.port,
+                "closed" if self._stopping.is_set() else "lost", self.last_error)
         if self.on_disconnected is not None:
             try:
                 self.on_disconnected(self.last_error)
