@@ -136,6 +136,19 @@ def _safe(text: str) -> bool:
             and _FORBIDDEN_RE.search(text) is None)
 
 
+def _fast_text(value) -> str | None:
+    """Text of a value of the usual exact types (what format_value gives them); None sends
+    the caller to the full per-value checks."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int:
+        return str(value)
+    if kind is Decimal and value.is_finite():
+        return format(value, "f")
+    return None
+
+
 def _assignments(variables: dict, what: str) -> list[str]:
     """["name=text"] for `variables`, every name and value checked (ValueError/TypeError).
 
@@ -147,16 +160,8 @@ def _assignments(variables: dict, what: str) -> list[str]:
     if type(variables) is dict and passed.issuperset(variables):
         texts, out = [], []
         for k, v in variables.items():
-            kind = type(v)
-            if kind is str:
-                text = v
-            elif kind is int:
-                text = str(v)
-            elif kind is Decimal and v.is_finite():
-                text = format(v, "f")
-            else:
-                break
-            if type(k) is not str:      # a str subclass equal to a remembered name
+            text = _fast_text(v)
+            if text is None or type(k) is not str:   # str subclass equal to a known name
                 break
             texts.append(text)
             out.append(f"{k}={text}")
@@ -243,16 +248,8 @@ def _dial_string(legs: list[BridgeLeg]) -> str:
                 break
             block = []
             for k, v in variables.items():
-                kind = type(v)
-                if kind is str:
-                    text = v
-                elif kind is int:
-                    text = str(v)
-                elif kind is Decimal and v.is_finite():
-                    text = format(v, "f")
-                else:
-                    break
-                if type(k) is not str or len(text) > MAX_VALUE_LENGTH:
+                text = _fast_text(v)
+                if text is None or type(k) is not str or len(text) > MAX_VALUE_LENGTH:
                     break
                 texts.append(text)
                 block.append(f"{k}={text}")

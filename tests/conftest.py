@@ -93,16 +93,31 @@ def world_url(migrated_pg_url, tmp_path):
 
 
 @pytest.fixture
-def switch(world_url, tmp_path):
-    """A started simulator and daemon; the test sets gateway behaviours before calls."""
+def start_switch(tmp_path):
+    """Start a simulator and a `switchd run` against `db_url`; both stop after the test,
+    and the daemon must then exit 0 on SIGTERM."""
     from daemon_harness import DaemonProcess
     from switchd.sim import GatewayBehaviour, Simulator
-    sim = Simulator(password=E2E_PASSWORD, seed=11, time_scale=50.0, heartbeat_interval=None,
-                    default_gateway=GatewayBehaviour(answer_delay_s=1.0))
-    _, port = sim.start()
-    daemon = DaemonProcess(world_url, port, E2E_PASSWORD, tmp_path).start()
-    sim.dialplan_url = daemon.base_url + "/fs/dialplan"
-    yield sim, daemon
-    rc = daemon.terminate()
-    sim.stop()
-    assert rc == 0, daemon.log()[-3000:]
+    started = []
+
+    def start(db_url, *, seed=11, time_scale=50.0, answer_delay_s=1.0):
+        sim = Simulator(password=E2E_PASSWORD, seed=seed, time_scale=time_scale,
+                        heartbeat_interval=None,
+                        default_gateway=GatewayBehaviour(answer_delay_s=answer_delay_s))
+        _, port = sim.start()
+        daemon = DaemonProcess(db_url, port, E2E_PASSWORD, tmp_path)
+        started.append((sim, daemon))
+        daemon.start()
+        sim.dialplan_url = daemon.base_url + "/fs/dialplan"
+        return sim, daemon
+    yield start
+    for sim, daemon in started:
+        rc = daemon.terminate()
+        sim.stop()
+        assert rc == 0, daemon.log()[-3000:]
+
+
+@pytest.fixture
+def switch(world_url, start_switch):
+    """The demo world on a simulator and a daemon; tests set gateway behaviours first."""
+    return start_switch(world_url)

@@ -11,14 +11,9 @@ from pathlib import Path
 import gevent
 import pytest
 
-from switchd.demo_world import write_decks, write_world
-from switchd.provision import provision
-from switchd.rates_import import import_rates
-from switchd.sim import GatewayBehaviour, Simulator
-from daemon_harness import DaemonProcess, free_port
+from daemon_harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PASSWORD = "cli-secret"
 
 
 def _cli(*args, http_port: int) -> subprocess.CompletedProcess:
@@ -31,20 +26,9 @@ def _cli(*args, http_port: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def switch(migrated_pg_url, tmp_path):
-    provision(migrated_pg_url, write_world(tmp_path))
-    for carrier, deck in write_decks(tmp_path / "decks").items():
-        import_rates(migrated_pg_url, deck, carrier)
+def switch(world_url, start_switch):
     # Real time (scale 1), so the age the daemon reports is real seconds.
-    sim = Simulator(password=PASSWORD, seed=5, time_scale=1.0, heartbeat_interval=None,
-                    default_gateway=GatewayBehaviour(answer_delay_s=0.2))
-    _, port = sim.start()
-    daemon = DaemonProcess(migrated_pg_url, port, PASSWORD, tmp_path).start()
-    sim.dialplan_url = daemon.base_url + "/fs/dialplan"
-    yield sim, daemon
-    rc = daemon.terminate()
-    sim.stop()
-    assert rc == 0, daemon.log()[-3000:]
+    return start_switch(world_url, seed=5, time_scale=1.0, answer_delay_s=0.2)
 
 
 def test_calls_lists_live_calls_as_table_and_json(switch):
