@@ -41,6 +41,12 @@ from switchd.watchers import Periodic, WorldReloader
 
 log = logging.getLogger(__name__)
 
+DECK_LOAD_TIMEOUT_S = 120.0
+
+
+class DaemonStartError(RuntimeError):
+    pass
+
 
 @dataclass(frozen=True)
 class _Resync:
@@ -78,8 +84,13 @@ class Daemon:
             now = _now()
             spent = {t: store.month_spend(conn, t, month_start(now)) for t in self.world.tenants}
         self.decks = DeckCache()
+        # The reloader's first load (LISTEN first, so no import slips between) is the
+        # start-up load: loading here as well read every deck twice.
         self.deck_reloader = DeckReloader(self.db_url, self.decks, on_progress=cooperative_yield())
-        self.deck_reloader.reload_all()
+        self._spawn(self.deck_reloader.run)
+        if not self.deck_reloader.loaded.wait(DECK_LOAD_TIMEOUT_S):
+            raise DaemonStartError(f"rate decks not loaded within {DECK_LOAD_TIMEOUT_S}s; "
+                               "is PostgreSQL reachable?")
         self.health = HealthBook(_health_from_rows(health), cfg["routing.health_cooldown"])
         self.spend = SpendBook({t.name: t.monthly_budget for t in self.world.tenants.values()},
                                spent, month_start(now))
@@ -123,7 +134,6 @@ class Daemon:
         self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
         self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
         self._spawn(self.reloader.run)
-        self._spawn(self.deck_reloader.run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)

@@ -291,6 +291,7 @@ class DeckReloader:
         self.clock = clock
         self.max_backoff = max_backoff
         self._stop = threading.Event()
+        self.loaded = threading.Event()   # set once the first full load after LISTEN is done
         self._conn: psycopg.Connection | None = None
         self.reloads = 0                  # successful carrier reloads (tests, diagnostics)
         self.failures = 0
@@ -356,6 +357,7 @@ class DeckReloader:
                 with psycopg.connect(self.url, autocommit=True) as listen:
                     listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.reload_all()
+                    self.loaded.set()
                     backoff = 0.5
                     while not self._stop.is_set():
                         self.poll_once(listen)
