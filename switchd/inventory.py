@@ -73,7 +73,8 @@ def decks(conn: psycopg.Connection, carrier: str, at: datetime | None = None) ->
     live = deck_info(conn, carrier, at or datetime.now(timezone.utc)).deck_id
     rows = _rows(conn, """SELECT id, NULLIF(effective_from, '-infinity') AS effective_from,
                                  imported_at, row_count, source
-                          FROM rate_decks WHERE carrier_id = %s ORDER BY effective_from""",
+                          FROM rate_decks WHERE carrier_id = %s
+                          ORDER BY rate_decks.effective_from""",
                  (carrier_id,))
     seen_live = False
     for row in rows:
