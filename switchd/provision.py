@@ -178,10 +178,17 @@ def provision(conn_or_url: psycopg.Connection | str, path: str | Path, *,
     """Validate ``path``, diff it against the database, and (unless ``dry_run``) apply the
     diff in one transaction. Raises ProvisionError (nothing written)."""
     data = parse(path)
-    if isinstance(conn_or_url, str):
-        with psycopg.connect(conn_or_url) as conn:
-            return _provision(conn, str(path), data, dry_run, prune)
-    return _provision(conn_or_url, str(path), data, dry_run, prune)
+    try:
+        if isinstance(conn_or_url, str):
+            with psycopg.connect(conn_or_url) as conn:
+                return _provision(conn, str(path), data, dry_run, prune)
+        return _provision(conn_or_url, str(path), data, dry_run, prune)
+    except psycopg.errors.IntegrityError as exc:
+        # Validation should leave nothing for the database to refuse (e.g. two tenants
+        # swapping accountcodes in one file); if it still does, one line, and nothing
+        # was written (the transaction rolled back).
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ProvisionError([f"{path}: database refused the change: {reason}"]) from None
 
 
 def _provision(conn: psycopg.Connection, label: str, data: dict, dry_run: bool,

@@ -193,18 +193,18 @@ def _check_references(label: str, stored: dict, desired: dict, deleting: dict) -
                 errors.append(f"{label}: {section}[{i}].tenant: tenant {tenant!r} is being deleted")
             elif tenant is not None and tenant not in final["tenants"]:
                 errors.append(f"{label}: {section}[{i}].tenant: no tenant named {tenant!r}")
+    users_of = {key: {row[key]: name for name, row in stored["tenants"].items()
+                      if row[key] is not None} for key in ("accountcode", "domain")}
     for i, t in enumerate(desired["tenants"]):
         for name in t.get("allowed_carriers", []):
             if name not in final["carriers"]:
                 why = "is being deleted" if name in deleting["carriers"] else "does not exist"
                 errors.append(f"{label}: tenants[{i}].allowed_carriers: carrier {name!r} {why}")
         for key in ("accountcode", "domain"):
-            value = t.get(key)
-            for other, row in stored["tenants"].items():
-                if (value is not None and other != t["name"] and row[key] == value
-                        and other not in deleting["tenants"]):
-                    errors.append(f"{label}: tenants[{i}].{key}: {value!r} already used by "
-                                  f"tenant {other!r} in the database")
+            other = users_of[key].get(t.get(key))
+            if other is not None and other != t["name"] and other not in deleting["tenants"]:
+                errors.append(f"{label}: tenants[{i}].{key}: {t[key]!r} already used by "
+                              f"tenant {other!r} in the database")
     # Deleting something still referenced by what stays is refused, with the reason.
     final_tenant = {s: {k: r["tenant"] for k, r in stored[s].items()} for s in ("dids", "campaigns")}
     for s in ("dids", "campaigns"):

@@ -262,3 +262,20 @@ def test_bad_stored_rows_never_break_routing_for_others(migrated_pg_url, caplog)
     assert "+442079460000" not in world.dids and "+442079460001" in world.dids
     text = caplog.text
     assert "ignoring carrier 'bad,carrier'" in text and "ignoring did '+442079460000'" in text
+
+
+def test_accountcode_taken_by_another_stored_tenant(migrated_pg_url, tmp_path):
+    provision(migrated_pg_url, _write(tmp_path, '[[tenants]]\nname = "a"\naccountcode = "x"\n'
+                                                '[[tenants]]\nname = "b"\naccountcode = "y"\n'))
+    swap = _write(tmp_path, '[[tenants]]\nname = "a"\naccountcode = "y"\n'
+                            '[[tenants]]\nname = "b"\naccountcode = "x"\n', "swap.toml")
+    errors = _errors(migrated_pg_url, swap)
+    assert f"{swap}: tenants[0].accountcode: 'y' already used by tenant 'b' in the database" in errors
+
+
+def test_prune_with_an_empty_section_empties_it(migrated_pg_url, tmp_path):
+    provision(migrated_pg_url, EXAMPLE)
+    summary = provision(migrated_pg_url, _write(tmp_path, "dids = []\n"), prune=True)
+    assert summary.counts["dids"]["deleted"] == 3
+    after = _counts(migrated_pg_url)
+    assert (after["dids"], after["tenants"], after["carriers"]) == (0, 1, 3)
