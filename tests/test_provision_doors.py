@@ -279,3 +279,36 @@ def test_prune_with_an_empty_section_empties_it(migrated_pg_url, tmp_path):
     assert summary.counts["dids"]["deleted"] == 3
     after = _counts(migrated_pg_url)
     assert (after["dids"], after["tenants"], after["carriers"]) == (0, 1, 3)
+
+
+def test_a_bad_stored_carrier_cannot_make_other_calls_fail(migrated_pg_url, tmp_path):
+    """The field case: a carrier 'bad,carrier' (cheapest of all) written behind the doors'
+    back made every outbound call answer 484. The world load leaves it out; calls route."""
+    from switchd.books import HealthBook, SpendBook
+    from switchd.caps.local import LocalCaps
+    from switchd.config import load_config
+    from switchd.deck_loader import load_deck
+    from switchd.policing import CapsGate
+    from switchd.router import Router
+    provision(migrated_pg_url, EXAMPLE)
+    with psycopg.connect(migrated_pg_url) as conn:
+        conn.execute("INSERT INTO carriers (name) VALUES ('bad,carrier')")
+        conn.execute("INSERT INTO gateways (carrier_id, name) SELECT id, 'bad-gw' FROM carriers "
+                     "WHERE name = 'bad,carrier'")
+        conn.commit()
+    for carrier, rate in (("alpha", "0.02"), ("bad,carrier", "0.001")):
+        deck = tmp_path / f"{rate}.csv"
+        deck.write_text(f"prefix,rate_per_min\n44,{rate}\n")
+        import_rates(migrated_pg_url, deck, carrier)
+    with psycopg.connect(migrated_pg_url) as conn:
+        world = load_world(conn)
+        decks = {name: load_deck(conn, name) for name in ("alpha", "bad,carrier")}
+    router = Router(world=lambda: world, decks=lambda: decks, health=HealthBook(),
+                    caps=CapsGate(LocalCaps(), load_config(environ={})), spend=SpendBook({}),
+                    settings={"tenant_from": "accountcode", "tenant_variable": "switchd_tenant",
+                              "max_routes": 5, "health_cooldown": 60, "emergency_gateway": ""})
+    decision = router.route({"Unique-ID": "u1", "Caller-Destination-Number": "02079460123",
+                             "variable_accountcode": "acme", "Caller-Context": "default"})
+    assert decision.result == "routed", decision.reason
+    assert "sofia/gateway/alpha-lon/+442079460123" in decision.xml
+    assert "bad" not in decision.xml
