@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE.csv")
     p.add_argument("--carrier", required=True, metavar="NAME", help="carrier the deck belongs to")
     p.add_argument("--effective-from", metavar="ISO8601",
-                   help="deck start (default: now); load a future deck ahead of its start")
+                   help="deck start (default: none, the carrier's base deck, live since always); "
+                   "load a future deck ahead of its start")
     p.set_defaults(handler="switchd.commands.admin:rates_import")
 
     p = sub.add_parser("originate", formatter_class=_formatter, help="place an outbound call",
