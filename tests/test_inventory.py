@@ -167,3 +167,22 @@ def test_originate_api_fields(field, value, reason):
         OriginateRequest.from_json(payload)
     assert info.value.status == 400
     assert OriginateRequest.from_json({"tenant": "acme", "destination": "+44 20 7946 0000"})
+
+
+@pytest.mark.parametrize("words", [["tenants", "list"], ["carriers", "list"], ["dids", "list"],
+                                   ["rates", "list"], ["rates", "export"], ["rates", "delete"],
+                                   ["provision"]])
+def test_new_commands_explain_themselves(words, capsys):
+    from switchd.cli import build_parser
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(words + ["--help"])
+    assert info.value.code == 0
+    assert "usage: switchd" in capsys.readouterr().out
+
+
+def test_empty_lists_say_how_to_fill_them(migrated_pg_url, monkeypatch, capsys):
+    monkeypatch.setenv("SWITCHD_DATABASE_URL", migrated_pg_url)
+    code, out, _ = _run(capsys, "tenants", "list")
+    assert code == 0 and out.strip() == "no tenants (load some with switchd provision)"
+    code, out, _ = _run(capsys, "dids", "list", "--json")
+    assert json.loads(out) == []
