@@ -9,7 +9,6 @@ those are refused with the reason, so nothing disappears by surprise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -85,8 +84,8 @@ class ProvisionSummary:
         return "\n".join(line for c in self.changes for line in c.lines())
 
     def __str__(self) -> str:
-        parts = [f"{t}: {c['inserted']} new, {c['updated']} updated, "
-                 f"{c['unchanged']} unchanged" + (f", {c['deleted']} deleted" if c["deleted"] else "")
+        parts = [f"{t}: {c['inserted']} new, {c['updated']} updated, {c['unchanged']} unchanged"
+                 + (f", {c['deleted']} deleted" if c["deleted"] else "")
                  for t, c in self.counts.items()]
         tail = " (dry run: nothing written)" if self.dry_run else ""
         return f"{self.path}: " + "; ".join(parts) + tail
@@ -206,7 +205,8 @@ def _check_references(label: str, stored: dict, desired: dict, deleting: dict) -
                 errors.append(f"{label}: tenants[{i}].{key}: {t[key]!r} already used by "
                               f"tenant {other!r} in the database")
     # Deleting something still referenced by what stays is refused, with the reason.
-    final_tenant = {s: {k: r["tenant"] for k, r in stored[s].items()} for s in ("dids", "campaigns")}
+    final_tenant = {s: {k: r["tenant"] for k, r in stored[s].items()}
+                    for s in ("dids", "campaigns")}
     for s in ("dids", "campaigns"):
         final_tenant[s].update({o[KEY[s]]: o["tenant"] for o in desired[s]})
     for tenant in sorted(deleting["tenants"]):
@@ -257,8 +257,9 @@ def _write(conn: psycopg.Connection, change: Change) -> None:
     cols = [_column(k, new) for k, _, new in change.fields]
     params = [p for _, _, p in cols]
     if change.op == "create":
+        names = [KEY[table]] + [c for c, _, _ in cols]
         query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            ident(table), sql.SQL(", ").join(ident(c) for c in [KEY[table]] + [c for c, _, _ in cols]),
+            ident(table), sql.SQL(", ").join(ident(c) for c in names),
             sql.SQL(", ").join([sql.SQL("%s")] + [e for _, e, _ in cols]))
         conn.execute(query, [change.key] + params)
         return
