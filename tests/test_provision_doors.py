@@ -312,3 +312,17 @@ def test_a_bad_stored_carrier_cannot_make_other_calls_fail(migrated_pg_url, tmp_
     assert decision.result == "routed", decision.reason
     assert "sofia/gateway/alpha-lon/+442079460123" in decision.xml
     assert "bad" not in decision.xml
+
+
+def test_delete_a_gateway_and_bad_names_under_delete(migrated_pg_url, tmp_path):
+    provision(migrated_pg_url, EXAMPLE)
+    errors = _errors(migrated_pg_url, _write(tmp_path, '[delete]\ndids = ["123"]\n'
+                                                       'gateways = "alpha-ams"\n'))
+    assert any(e.endswith("delete.dids[0]: '123' is not an E.164 number with '+' "
+                          "(e.g. '+442079460000')") for e in errors)
+    assert any(e.endswith("delete.gateways: must be a list") for e in errors)
+    summary = provision(migrated_pg_url, _write(tmp_path, '[delete]\ngateways = ["alpha-ams"]\n',
+                                                "gw.toml"))
+    assert summary.diff() == "- gateway alpha-ams ([delete])"
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert [g.name for g in load_world(conn).carriers["alpha"].gateways] == ["alpha-lon"]
