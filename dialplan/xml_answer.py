@@ -12,8 +12,9 @@ Safety model — two layers, both needed:
     Escaping XML does nothing about those, and FreeSWITCH has no escape that works in every
     place, so dynamic values containing , | [ ] { } < > ' " ^ $ \\ or any control character
     (newlines included) are REFUSED with ValueError rather than stripped: silently changing
-    a tenant name or a rate is worse than failing loudly. Provisioning should validate
-    names with `check_value` so this never fires on real data.
+    a tenant name or a rate is worse than failing loudly. The rules are dialplan/validate.py,
+    which every door (provision, rates import, config, API) applies to data as it enters,
+    so this never fires on stored data.
 Names are stricter still: variable names [A-Za-z_][A-Za-z0-9_]*, gateway and context names
 [A-Za-z0-9_.-], dialled numbers +?digits.
 """
@@ -21,29 +22,29 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from . import validate
 from .causes import FREESWITCH_CAUSES, no_failover_causes
 
 __all__ = ["BridgeLeg", "render_bridge", "render_local", "render_refusal", "render_not_found", "check_value",
            "leg_for_route", "format_value", "SIP_PHRASES"]
 
-MAX_VALUE_LENGTH = 256
 MAX_LEGS = 10
 
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_GATEWAY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_CONTEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_NUMBER = re.compile(r"\+?[0-9]{1,32}")
-_EXTENSION = re.compile(r"[A-Za-z0-9_*#+.-]{1,64}")
-_SIP_URI = re.compile(r"sips?:[A-Za-z0-9_.+*#-]{1,64}@[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
-_DESTINATION = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
-_FORBIDDEN = frozenset(",|[]{}<>'\"^$\\")
-# The same set as one character class, for check_value's ASCII fast path.
-_FORBIDDEN_RE = re.compile("[" + re.escape("".join(sorted(_FORBIDDEN))) + "]")
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# The rules live in dialplan/validate.py, shared with every door where data enters
+# (provision, rates import, config, the API): one set, so what is accepted renders.
+MAX_VALUE_LENGTH = validate.MAX_VALUE_LENGTH
+_VAR_NAME = validate.VAR_NAME
+_GATEWAY = validate.GATEWAY
+_CONTEXT = validate.CONTEXT
+_NUMBER = validate.NUMBER
+_EXTENSION = validate.EXTENSION
+_SIP_URI = validate.SIP_URI
+_DESTINATION = validate.DESTINATION
+_FORBIDDEN_RE = validate.FORBIDDEN_RE
+check_value = validate.check_value
 
 # Reason phrases for the codes switchd answers with (RFC 3261 / 3398).
 SIP_PHRASES = {402: "Payment Required", 403: "Forbidden", 404: "Not Found",
@@ -80,24 +81,6 @@ def format_value(value) -> str:
     if isinstance(value, str):
         return value
     raise TypeError(f"unsupported channel variable value type {type(value).__name__}")
-
-
-def check_value(text: str, what: str = "value") -> str:
-    """Return `text` if it is safe inside set data and dial-string [...] blocks."""
-    if len(text) > MAX_VALUE_LENGTH:
-        raise ValueError(f"{what} longer than {MAX_VALUE_LENGTH} characters")
-    # Fast path (every real value): printable ASCII has no Cc/Cs/Zl/Zp character, so only
-    # the forbidden set needs a look, in C. Anything else takes the exact per-character
-    # walk below, which also words the error.
-    if text.isascii() and text.isprintable() and _FORBIDDEN_RE.search(text) is None:
-        return text
-    for ch in text:
-        if ch in _FORBIDDEN:
-            raise ValueError(f"{what} contains {ch!r}, which FreeSWITCH dial strings or "
-                             f"variable expansion would interpret")
-        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES or ch in "\ufffe\uffff":
-            raise ValueError(f"{what} contains control character U+{ord(ch):04X}")
-    return text
 
 
 # Names that already passed their pattern (variable names are constants in the code;

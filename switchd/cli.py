@@ -38,6 +38,7 @@ def _formatter(prog):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from switchd.commands import inventory
     parser = argparse.ArgumentParser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_formatter)
     parser.add_argument("--config", metavar="FILE", help="TOML config file (overrides SWITCHD_CONFIG)")
@@ -72,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("provision", formatter_class=_formatter, help="load tenants, carriers, DIDs from TOML",
                        description="Upsert tenants, carriers, gateways, DIDs, campaigns, caps and budgets\n"
                        "from a TOML file (see examples/provision.toml). Idempotent. Any error\n"
-                       "names the file and key, and nothing is written.")
+                       "names the file and key, and nothing is written. Keys the file leaves out\n"
+                       "keep their stored values; nothing is deleted unless listed under [delete]\n"
+                       "or --prune is given. Prints the diff (docs/provisioning.md).")
     p.add_argument("file", metavar="FILE.toml")
-    p.set_defaults(handler="switchd.commands.admin:provision")
+    p.set_defaults(handler="switchd.commands.inventory:provision")
+    inventory.add_provision_flags(p)    # --dry-run, --prune
 
     rates = sub.add_parser("rates", formatter_class=_formatter, help="rate deck commands",
                            description="Rate deck commands.")
@@ -90,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE.csv")
     p.add_argument("--carrier", required=True, metavar="NAME", help="carrier the deck belongs to")
     p.add_argument("--effective-from", metavar="ISO8601",
-                   help="deck start (default: now); load a future deck ahead of its start")
+                   help="deck start (default: none, the carrier's base deck, live since always); "
+                   "load a future deck ahead of its start")
     p.set_defaults(handler="switchd.commands.admin:rates_import")
 
     p = sub.add_parser("originate", formatter_class=_formatter, help="place an outbound call",
@@ -126,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and print every setting with where it came from. Secrets are masked.\n"
                        "Exits 2 with the offending key when something is wrong.")
     p.set_defaults(handler="switchd.commands.admin:check_config")
+    inventory.register(sub, rates_sub, _formatter)    # tenants/carriers/dids list, rates list/export/delete
     return parser
 
 

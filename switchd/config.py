@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from dialplan import validate
+
 DEFAULT_CONFIG_PATH = Path("/etc/switchd/switchd.toml")
 SHIPPED_ESL_PASSWORD = "ClueCon"
 
@@ -66,6 +68,20 @@ def _url(*schemes):
     return check
 
 
+def _rule(check):
+    """A setting that reaches the switch (a gateway in a dial string, a channel variable):
+    the rule of dialplan/validate.py the renderer enforces; empty means unset."""
+    def run(value):
+        if value in (None, ""):
+            return None
+        try:
+            check(value)
+        except validate.Invalid as exc:
+            return str(exc)
+        return None
+    return run
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(None, "data_dir", str, "~/.local/share/switchd",
             "Embedded PostgreSQL, the CDR spool and other local state live here."),
@@ -98,7 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
             "or the channel variable in routing.tenant_variable."),
     Setting("routing", "tenant_variable", str, "switchd_tenant",
-            "Channel variable holding the tenant when tenant_from = 'variable'."),
+            "Channel variable holding the tenant when tenant_from = 'variable'.",
+            check=_rule(validate.variable_name)),
     Setting("routing", "max_routes", int, 5,
             "Gateways in one bridge: the first choice plus alternates (at most 5).",
             check=lambda v: None if 1 <= v <= 5 else "must be between 1 and 5"),
@@ -106,7 +123,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a disabled carrier rests before one probe call (half-open).",
             check=_positive),
     Setting("routing", "emergency_gateway", str, "",
-            "Gateway for emergency numbers. Empty: emergency calls are refused with a clear cause."),
+            "Gateway for emergency numbers. Empty: emergency calls are refused with a clear cause.",
+            check=_rule(validate.name)),
     Setting("rating", "precision", int, 6, "Decimal places costs are rounded to, once, half-up.",
             check=lambda v: None if 0 <= v <= 10 else "must be between 0 and 10"),
     Setting("caps", "global_max_calls", int, 0,

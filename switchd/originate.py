@@ -14,7 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from dialplan import numbers, xml_answer
+from dialplan import numbers, validate, xml_answer
 from dialplan.causes import no_failover_causes
 from switchd.esl.commands import hangup_cause
 from switchd.router import Decision, Refused
@@ -59,6 +59,12 @@ class OriginateRequest:
         for key in ("caller_id", "campaign", "app"):
             if key in payload and not isinstance(payload[key], str):
                 raise OriginateError(f"{key}: must be a string")
+        # The door's rules are the renderer's (dialplan/validate.py): a value refused here
+        # could not have been put in the originate string safely anyway.
+        _field("tenant", validate.name, payload["tenant"])
+        _field("destination", _dialled, payload["destination"])
+        if payload.get("campaign") is not None:
+            _field("campaign", validate.name, payload["campaign"])
         timeout = payload.get("timeout_s", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
             raise OriginateError("timeout_s: an integer from 1 to 300")
@@ -67,10 +73,25 @@ class OriginateRequest:
             raise OriginateError(f"app: one of {', '.join('&' + a + '(...)' for a in _APPS)}, "
                                  "arguments without blanks or commas")
         caller = payload.get("caller_id")
-        if caller is not None and not re.fullmatch(r"\+?[0-9]{1,20}", caller):
-            raise OriginateError("caller_id: digits with an optional leading +")
+        if caller is not None:
+            _field("caller_id", validate.caller_id, caller)
         return cls(payload["tenant"], payload["destination"], caller, payload.get("campaign"),
                    app, timeout)
+
+
+def _dialled(value: str) -> str:
+    """What a tenant may dial: any form the number parser takes (spaces, dashes, '+'),
+    nothing a dial string or variable expansion would interpret, at most 64 characters."""
+    if len(value) > 64:
+        raise validate.Invalid(f"{value[:20]!r}...: at most 64 characters")
+    return validate.check_value(value, repr(value))
+
+
+def _field(key: str, check, value) -> None:
+    try:
+        check(value)
+    except validate.Invalid as exc:
+        raise OriginateError(f"{key}: {exc}") from None
 
 
 def _var(key: str, value) -> str:

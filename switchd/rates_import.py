@@ -12,16 +12,16 @@ import csv
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
 import psycopg
 
+from dialplan import validate
+
 NOTIFY_CHANNEL = "switchd_rates"
 _MAX_DIGITS = 16
-_SCALE = 6                          # rates.rate_per_min is numeric(12,6)
-_MAX_RATE = Decimal("999999.999999")
 _BATCH_ROWS = 5_000                 # rows per COPY write: fewer calls, bounded buffer
 _NULL = "\\N"                        # NULL in COPY text format
 
@@ -206,25 +206,17 @@ class _RowParser:
         self.min_rate, self.max_rate = lo, hi
 
     def money(self, text: str, name: str, line: int, required: bool = False) -> Decimal | None:
+        """An exact amount that fits numeric(12,6): the rules (and words) of
+        dialplan/validate.py, as for money in `switchd provision` — never rounded."""
         text = text.strip()
         if not text:
             if required:
                 raise self.fail(line, f"{name} is empty")
             return None
         try:
-            value = Decimal(text)
-        except InvalidOperation:
-            raise self.fail(line, f"{name} {text!r} is not a number") from None
-        if not value.is_finite():
-            raise self.fail(line, f"{name} {text!r} is not a number")
-        if value < 0:
-            raise self.fail(line, f"{name} {text} is negative")
-        if value.as_tuple().exponent < -_SCALE:
-            # PostgreSQL would round it silently; a rate must be what the carrier sent.
-            raise self.fail(line, f"{name} {text} has more than {_SCALE} decimal places")
-        if value > _MAX_RATE:
-            raise self.fail(line, f"{name} {text} is too large")
-        return value
+            return validate.RATE(text)
+        except validate.Invalid as exc:
+            raise self.fail(line, f"{name} {exc}") from None
 
     def increment(self, fields, index, default_slot, name, line) -> str:
         text = fields[index].strip() if index is not None else ""

@@ -46,7 +46,7 @@ def test_second_run_changes_nothing_and_edits_update(migrated_pg_url, tmp_path):
 
     edited = EXAMPLE.read_text().replace("monthly_budget = 500.00", "monthly_budget = 750.25")
     summary = provision(migrated_pg_url, _write(tmp_path, edited))
-    assert summary.counts["tenants"] == {"inserted": 0, "updated": 1, "unchanged": 0}
+    assert summary.counts["tenants"] == {"inserted": 0, "updated": 1, "unchanged": 0, "deleted": 0}
     assert summary.counts["carriers"]["updated"] == 0
     with psycopg.connect(migrated_pg_url) as conn:
         assert load_world(conn).tenants["acme"].monthly_budget == Decimal("750.25")
@@ -89,12 +89,14 @@ destination = "1"
         provision(migrated_pg_url, bad)
     errors = info.value.errors
     label = str(bad)
-    assert f"{label}: tenants[2].max_call_seconds: must be a positive integer" in errors
+    assert f"{label}: tenants[2].max_call_seconds: -5 is out of range 1..2147483647" in errors
     assert any(e.startswith(f"{label}: tenants[2].monthly_budgett: unknown key") for e in errors)
     assert any(e.startswith(f"{label}: carriers[0].gateways[0].leg_timout: unknown key")
                for e in errors)
-    assert any(e.startswith(f"{label}: carriers[0].gateways[0].name: must be") for e in errors)
-    assert any(e.startswith(f"{label}: dids[0].number: must be an E.164") for e in errors)
+    assert f"{label}: carriers[0].gateways[0].name: 'gw 1' may only contain letters, digits, " \
+        "'.', '_' and '-'" in errors
+    assert any(e.startswith(f"{label}: dids[0].number: '442079460000' is not an E.164")
+               for e in errors)
     with psycopg.connect(migrated_pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM tenants").fetchone()[0] == 0
 

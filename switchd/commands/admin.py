@@ -1,4 +1,5 @@
-"""One-shot operator commands: migrate, provision, rates import, calls, report, check-config."""
+"""One-shot operator commands: migrate, rates import, calls, report, check-config
+(provision and the inventory commands: switchd/commands/inventory.py)."""
 from __future__ import annotations
 
 import json
@@ -41,17 +42,6 @@ def migrate(config: Config, args) -> int:
     except MigrationError as exc:
         raise CliError(str(exc)) from None
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
-    return 0
-
-
-def provision(config: Config, args) -> int:
-    from switchd.provision import ProvisionError, provision as run_provision
-    url = _db_url(config)
-    try:
-        summary = run_provision(url, args.file)
-    except ProvisionError as exc:
-        raise CliError(str(exc)) from None
-    print(summary)
     return 0
 
 

@@ -7,6 +7,7 @@ with ``psycopg.sql`` (never string formatting).
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
@@ -16,7 +17,22 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dialplan import validate
 from dialplan.model import Campaign, Carrier, Did, Gateway, Tenant, World
+
+log = logging.getLogger(__name__)
+
+
+def _valid(section: str, row: dict) -> bool:
+    """False (and a WARNING) for a stored object the renderer could not use: data written
+    before the doors checked it, or by hand. Skipping it keeps one bad carrier or tenant
+    from breaking the routing of everyone else (dialplan/validate.py has the rules)."""
+    problems = validate.record_problems(section, row)
+    if problems:
+        key = row.get("number") or row.get("name")
+        log.warning("world: ignoring %s %r until it is fixed (switchd provision): %s",
+                    section[:-1], key, "; ".join(f"{k}: {why}" for k, why in problems))
+    return not problems
 
 
 # --- world -------------------------------------------------------------------------------
@@ -37,28 +53,30 @@ def load_world(conn: psycopg.Connection) -> World:
             for key in ("allowed_countries", "allowed_prefixes", "blocked_prefixes",
                         "allowed_carriers"):
                 r[key] = tuple(r[key] or ())
-            tenants[r["name"]] = Tenant(**r)
+            if _valid("tenants", r):
+                tenants[r["name"]] = Tenant(**r)
 
         cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled
                        FROM gateways g JOIN carriers c ON c.id = g.carrier_id
                        ORDER BY c.name, g.position, g.name""")
         gateways: dict[str, list[Gateway]] = {}
         for r in cur.fetchall():
-            gateways.setdefault(r["carrier"], []).append(Gateway(**r))
+            if _valid("gateways", r):
+                gateways.setdefault(r["carrier"], []).append(Gateway(**r))
 
         cur.execute("""SELECT name, enabled, priority, max_channels, cps_limit,
                               default_initial_increment, default_subsequent_increment
                        FROM carriers ORDER BY name""")
         carriers = {r["name"]: Carrier(gateways=tuple(gateways.get(r["name"], ())), **r)
-                    for r in cur.fetchall()}
+                    for r in cur.fetchall() if _valid("carriers", r)}
 
         cur.execute("""SELECT d.number, t.name AS tenant, d.destination_type, d.destination
                        FROM dids d JOIN tenants t ON t.id = d.tenant_id ORDER BY d.number""")
-        dids = {r["number"]: Did(**r) for r in cur.fetchall()}
+        dids = {r["number"]: Did(**r) for r in cur.fetchall() if _valid("dids", r)}
 
         cur.execute("""SELECT c.name, t.name AS tenant, c.max_concurrent, c.cps_limit
                        FROM campaigns c JOIN tenants t ON t.id = c.tenant_id ORDER BY c.name""")
-        campaigns = {r["name"]: Campaign(**r) for r in cur.fetchall()}
+        campaigns = {r["name"]: Campaign(**r) for r in cur.fetchall() if _valid("campaigns", r)}
     return World(tenants=tenants, carriers=carriers, dids=dids, campaigns=campaigns)
 
 
