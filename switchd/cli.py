@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="switchd.demo:main")
 
     p = sub.add_parser("migrate", formatter_class=_formatter, help="apply database migrations",
-                       description="Apply the numbered migrations of sql/ that the database lacks.\n"
+                       description="Apply the numbered migrations shipped with switchd that the database lacks.\n"
                        "Safe to run twice; `switchd run` does it at start as well.")
     p.set_defaults(handler="switchd.commands.admin:migrate")
 
