@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", formatter_class=_formatter, help="print the effective configuration",
                        description="Validate the configuration (defaults < TOML file < SWITCHD_* environment)\n"
                        "and print every setting with where it came from. Secrets are masked.\n"
-                       "Exits 2 with the offending key when something is wrong.")
+                       "Exits 3 with the offending key when something is wrong.")
     p.set_defaults(handler="switchd.commands.admin:check_config")
 
     db = sub.add_parser("db", formatter_class=_formatter, help="the embedded PostgreSQL",

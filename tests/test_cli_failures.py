@@ -182,3 +182,15 @@ def test_a_lost_database_under_a_wrapper_is_still_unavailable():
         status, line = classify(exc)
     assert status == ExitCode.UNAVAILABLE
     assert line.startswith("cannot reach PostgreSQL: connection failed: server closed") and "\n" not in line
+
+
+def test_docs_list_every_exit_status_with_its_number():
+    from cli_harness import ROOT
+    from switchd.exitcodes import ExitCode
+    text = (ROOT / "docs" / "cli.md").read_text()
+    table = text[text.index("## Exit status"):text.index("## Error lines")]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+    assert {str(int(code)) for code in ExitCode} <= rows
+    from switchd.cli import EPILOG
+    for code in ExitCode:
+        assert str(int(code)) in EPILOG
