@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             gevent.signal_handler(signal.SIGINT, gevent.kill, gevent.getcurrent(), KeyboardInterrupt)
     from importlib import import_module
     from switchd.config import load_config
-    from switchd.db.connect import stop_started_servers
+    from switchd.db.connect import release_embedded_servers
     from switchd.exitcodes import report_failure
     module_name, func_name = args.handler.split(":")
     try:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:   # the one place a failure becomes one line
         return report_failure(exc, _command_name(args), debug=args.debug)
     finally:
-        stop_started_servers()      # the embedded PostgreSQL this command had to start
+        release_embedded_servers()      # the embedded PostgreSQL this command had to start
 
 
 if __name__ == "__main__":

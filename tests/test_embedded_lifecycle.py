@@ -71,6 +71,21 @@ def test_a_running_server_is_reused_left_running_and_stopped_by_db_stop(data_dir
     assert out.returncode == 0 and "no embedded PostgreSQL is running" in out.stdout
 
 
+def test_a_server_orphaned_by_its_starter_is_stopped_by_the_last_command_out(data_dir):
+    # A command that started the server and left it to a client still connected, then
+    # exited: the next command to end with nobody else connected stops it.
+    started = subprocess.run(
+        [sys.executable, "-c", "import sys; from switchd.db.embedded import EmbeddedPostgres; "
+         "print(EmbeddedPostgres(sys.argv[1]).start())", str(data_dir)],
+        env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert started.stdout.strip() == "True", started.stderr
+    assert postgres_pids(data_dir) and EmbeddedPostgres(data_dir).orphaned()
+    out = run_cli("migrate", env=cli_env(SWITCHD_DATA_DIR=str(data_dir)))
+    assert out.returncode == 0, out.stderr
+    assert postgres_pids(data_dir) == []
+    assert not (data_dir / "postgres.owner").exists()
+
+
 def test_db_status_of_a_fresh_data_dir_creates_nothing(data_dir):
     out = run_cli("db", "status", env=cli_env(SWITCHD_DATA_DIR=str(data_dir)))
     assert out.returncode == 0 and "no embedded PostgreSQL here yet" in out.stdout

@@ -1,8 +1,9 @@
 """Which PostgreSQL to use: the configured URL, else the embedded one in the data dir.
 
 A command that had to start the embedded server stops it when it ends
-(`stop_started_servers`, called by the CLI), unless someone else (a daemon that started
-meanwhile) is connected to it; a server that was already running is reused and left alone.
+(`release_embedded_servers`, called by the CLI), unless someone else (a daemon that started
+meanwhile) is connected to it; a server that was already running is reused and left alone,
+unless the process that started it is gone (it left it to us): then the last one out stops it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from switchd.config import Config
 
 log = logging.getLogger(__name__)
 
-_started: list = []        # EmbeddedPostgres servers this process started
+_used: list = []        # (EmbeddedPostgres, started by this process) pairs
 
 
 def database_url(config: Config, database: str = "switchd") -> str:
@@ -21,27 +22,27 @@ def database_url(config: Config, database: str = "switchd") -> str:
         return url
     from switchd.db.embedded import EmbeddedPostgres
     server = EmbeddedPostgres(config.data_dir)
-    if server.start():
-        _started.append(server)
+    _used.append((server, server.start()))
     return server.url(database)
 
 
-def stop_started_servers() -> None:
-    """Stop the embedded servers this process started, unless another client uses one."""
+def release_embedded_servers() -> None:
+    """Stop the embedded servers this process started, or found orphaned, unless another
+    client is connected to one."""
     import psycopg
     from switchd.db.embedded import EmbeddedPostgresError
-    while _started:
-        server = _started.pop()
+    while _used:
+        server, started = _used.pop()
         try:
+            if not (started or server.orphaned()):
+                continue                        # its starter (the daemon?) still runs
             others = server.other_clients()
-        except (psycopg.Error, EmbeddedPostgresError) as exc:   # cannot ask: stop anyway
-            log.debug("could not count clients of %s: %s", server.pgdata, exc)
-            others = 0
-        if others:
-            log.warning("leaving the embedded PostgreSQL in %s running: %d other client(s) "
-                        "connected (stop it with `switchd db stop`)", server.pgdata, others)
-            continue
-        try:
+            if others:
+                if started:
+                    log.warning("leaving the embedded PostgreSQL in %s running: %d other "
+                                "client(s) connected (stop it with `switchd db stop`)",
+                                server.pgdata, others)
+                continue
             server.stop()
-        except EmbeddedPostgresError as exc:
-            log.error("%s", exc)
+        except (psycopg.Error, EmbeddedPostgresError) as exc:
+            log.error("embedded PostgreSQL in %s: %s", server.pgdata, exc)

