@@ -146,6 +146,19 @@ def test_rates_import_for_an_unknown_carrier_exits_4(carrier_env, files):
 
 
 # --- run time (1) --------------------------------------------------------------------------
+def test_run_with_its_http_port_taken_exits_1(migrated_pg_url, tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli("run", env=cli_env(SWITCHD_DATABASE_URL=migrated_pg_url,
+                                         SWITCHD_DATA_DIR=str(tmp_path), SWITCHD_HTTP_PORT=str(port),
+                                         SWITCHD_LOG_LEVEL="error", SWITCHD_ESL_PORT=str(free_port())))
+    assert_one_line_failure(out, 1, "cannot start", "Address already in use", str(port),
+                            "SWITCHD_HTTP_PORT")
+
+
 def test_a_failed_migration_exits_1(pg_url, tmp_path):
     (tmp_path / "001_broken.sql").write_text("CREATE TABLE oops (;\n")
     out = run_cli("migrate", env=cli_env(SWITCHD_DATABASE_URL=pg_url, SWITCHD_SQL_DIR=str(tmp_path)))

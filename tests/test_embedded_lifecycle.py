@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -110,6 +111,21 @@ def test_the_demo_leaves_no_postgres_and_no_directory_behind(tmp_path):
     assert summary["attempts"] >= summary["outbound"] and summary["currency"] == "EUR"
     assert summary["data_dir"] is None
     assert list(scratch.iterdir()) == []
+    assert postgres_pids(scratch) == []
+
+
+@pytest.mark.slow
+def test_demo_keep_keeps_its_directory_for_report(tmp_path):
+    scratch, env = _demo_env(tmp_path)
+    out = run_cli("demo", "--calls", "5", "--keep", "--json", env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    kept = Path(json.loads(out.stdout)["data_dir"])
+    assert kept.parent == scratch.resolve() and (kept / "postgres" / "PG_VERSION").exists()
+    assert f"switchd report --data-dir {kept}" in out.stderr
+    assert postgres_pids(scratch) == []
+    out = run_cli("report", "--by", "tenant", "--json", "--data-dir", kept, env=env)
+    assert out.returncode == 0, out.stderr
+    assert sum(r["calls"] for r in json.loads(out.stdout)) == 5
     assert postgres_pids(scratch) == []
 
 

@@ -20,5 +20,7 @@ def main(config: Config, args) -> int:
     try:
         daemon = Daemon(config, db_url).start()
     except OSError as exc:
-        raise CliError(f"cannot start: {exc}") from None
+        raise CliError(f"cannot start: {exc.strerror or exc} (HTTP {config['http.host']}:"
+                       f"{config['http.port']}); is another switchd running there? "
+                       "Set http.port (SWITCHD_HTTP_PORT) to a free port") from None
     return daemon.run_forever()
