@@ -196,11 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_name(args) -> str:
-    words = [args.command]
-    for attr in ("rates_command", "db_command"):
-        if getattr(args, attr, None):
-            words.append(getattr(args, attr))
-    return " ".join(words)
+    """`rates import`, `db status`: the command and its action (any `*_command` dest)."""
+    actions = [value for key, value in vars(args).items()
+               if key.endswith("_command") and isinstance(value, str)]
+    return " ".join([args.command, *actions])
 
 
 def _terminate(signum, frame):
