@@ -34,6 +34,8 @@ def release_embedded_servers() -> None:
     while _used:
         server, started = _used.pop()
         try:
+            if not server.status(with_size=False).running:
+                continue                        # stopped meanwhile (`switchd db stop`)
             if not (started or server.orphaned()):
                 continue                        # its starter (the daemon?) still runs
             others = server.other_clients()
