@@ -6,7 +6,7 @@ redis or ssl are imported by any subcommand.
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 
 DESCRIPTION = """\
@@ -29,19 +29,60 @@ environment (each also a TOML key; see docs/configuration.md):
   SWITCHD_ESL_HOST / SWITCHD_ESL_PORT / SWITCHD_ESL_PASSWORD
   SWITCHD_HTTP_HOST / SWITCHD_HTTP_PORT
 
-exit status: 0 on success, 1 on a runtime failure, 2 on bad usage or configuration.
+exit status (the same for every command; docs/cli.md):
+  0 ok, 1 failed at run time, 2 usage, 3 configuration, 4 input data,
+  5 unavailable dependency (PostgreSQL, the daemon), 130 interrupted, 143 terminated
 """
+
+# Commands that run gevent (monkey patching first); the others are plain one-shot programs.
+GEVENT_COMMANDS = ("run", "demo")
 
 
 def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit status 2, like every other failure."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("switchd")
+    except PackageNotFoundError:
+        return "unknown (not installed: running from a source tree)"
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """--debug and --data-dir on every subcommand too, so they work after its name. Added
+    here, once, to whatever subcommands exist (SUPPRESS: unset keeps the top level's)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            if "--debug" not in sub._option_string_actions:
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="on failure, print the traceback before the one-line reason")
+            if "--data-dir" not in sub._option_string_actions:
+                sub.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                                 help="data directory (overrides SWITCHD_DATA_DIR)")
+            _add_common_options(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from switchd.commands import inventory
-    parser = argparse.ArgumentParser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=_formatter)
+    parser = _Parser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=_formatter)
+    parser.add_argument("--version", action="version", version=f"switchd {_version()}")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (overrides SWITCHD_CONFIG)")
+    parser.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="data directory: embedded PostgreSQL, CDR spool (overrides SWITCHD_DATA_DIR)")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="on failure, print the traceback before the one-line reason")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -57,16 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start an embedded PostgreSQL, provision a sample world (one tenant,\n"
                        "three carriers with different rate decks, DIDs), run the daemon and the\n"
                        "FreeSWITCH simulator in this process, place calls and print a summary read\n"
-                       "back from PostgreSQL. Needs no FreeSWITCH, no root, no network.")
+                       "back from PostgreSQL. Needs no FreeSWITCH, no root, no network.\n\n"
+                       "By default everything lives in a temporary directory, removed at the end.\n"
+                       "With --keep or --data-dir the data stays (PostgreSQL is stopped), and\n"
+                       "`switchd report --data-dir DIR` reads the demo's calls.")
     p.add_argument("--calls", type=int, default=50, metavar="N", help="calls to place (default 50)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7): same seed, same calls")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="keep the demo's PostgreSQL here (default: a temporary directory, removed)")
+    p.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="keep the demo's data here (a new directory, or one a demo made)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory and print where it is")
     p.set_defaults(handler="switchd.demo:main")
 
     p = sub.add_parser("migrate", formatter_class=_formatter, help="apply database migrations",
-                       description="Apply the numbered migrations of sql/ that the database lacks.\n"
+                       description="Apply the numbered migrations shipped with switchd that the database lacks.\n"
                        "Safe to run twice; `switchd run` does it at start as well.")
     p.set_defaults(handler="switchd.commands.admin:migrate")
 
@@ -121,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Costs by tenant, carrier or day, with ASR (answer-seizure ratio) and\n"
                        "ACD (average call duration), read from the CDRs in PostgreSQL.")
     p.add_argument("--by", choices=("tenant", "carrier", "day"), default="carrier")
-    p.add_argument("--since", metavar="ISO8601", help="first instant included (default: 30 days ago)")
+    p.add_argument("--since", metavar="ISO8601",
+                   help="first instant included (default: 30 days before now, or before --until if earlier)")
     p.add_argument("--until", metavar="ISO8601", help="first instant excluded (default: now)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler="switchd.commands.admin:report")
@@ -129,34 +176,70 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", formatter_class=_formatter, help="print the effective configuration",
                        description="Validate the configuration (defaults < TOML file < SWITCHD_* environment)\n"
                        "and print every setting with where it came from. Secrets are masked.\n"
-                       "Exits 2 with the offending key when something is wrong.")
+                       "Exits 3 with the offending key when something is wrong.")
     p.set_defaults(handler="switchd.commands.admin:check_config")
     inventory.register(sub, rates_sub, _formatter)    # tenants/carriers/dids list, rates list/export/delete
+
+    db = sub.add_parser("db", formatter_class=_formatter, help="the embedded PostgreSQL",
+                        description="Inspect or stop the embedded PostgreSQL of the data directory (used\n"
+                        "when database.url is unset). Commands start it when they need it and stop\n"
+                        "it when they end, unless it was already running (the daemon's).")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_sub.required = True
+    p = db_sub.add_parser("status", formatter_class=_formatter, help="is it running: pid, socket, data dir, size",
+                          description="Show whether the embedded PostgreSQL of the data directory runs: its pid,\n"
+                          "port and socket directory, the data directory, its size on disk and its log.")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler="switchd.commands.db:status")
+    p = db_sub.add_parser("stop", formatter_class=_formatter, help="stop it",
+                          description="Stop the embedded PostgreSQL of the data directory (fast shutdown).\n"
+                          "Refuses while other clients are connected (a running daemon), unless --force.")
+    p.add_argument("--force", action="store_true", help="stop it even if clients are connected")
+    p.set_defaults(handler="switchd.commands.db:stop")
+
+    _add_common_options(parser)
     return parser
+
+
+def _command_name(args) -> str:
+    """`rates import`, `db status`: the command and its action (any `*_command` dest)."""
+    actions = [value for key, value in vars(args).items()
+               if key.endswith("_command") and isinstance(value, str)]
+    return " ".join([args.command, *actions])
+
+
+def _terminate(signum, frame):
+    print("switchd: terminated (SIGTERM)", file=sys.stderr)
+    raise SystemExit(143)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "demo"):
+    if args.command in GEVENT_COMMANDS:
         from gevent import monkey
         monkey.patch_all()
+    if args.command != "run":              # the daemon drains on SIGTERM by itself
+        signal.signal(signal.SIGTERM, _terminate)
+        if args.command in GEVENT_COMMANDS:
+            # Ctrl-C is thrown into the main greenlet, which unwinds and cleans up, instead
+            # of into whichever greenlet happened to run.
+            import gevent
+            gevent.signal_handler(signal.SIGINT, gevent.kill, gevent.getcurrent(), KeyboardInterrupt)
     from importlib import import_module
-    from switchd.config import ConfigError, load_config
-    from switchd.errors import CliError
+    from switchd.config import load_config
+    from switchd.db.connect import release_embedded_servers
+    from switchd.exitcodes import report_failure
     module_name, func_name = args.handler.split(":")
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"switchd: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
+        if getattr(args, "data_dir", None) and args.command != "demo":
+            config = config.with_overrides(data_dir=args.data_dir)
         handler = getattr(import_module(module_name), func_name)
         return handler(config, args) or 0
-    except CliError as exc:
-        print(f"switchd {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:   # the one place a failure becomes one line
+        return report_failure(exc, _command_name(args), debug=args.debug)
+    finally:
+        release_embedded_servers()      # the embedded PostgreSQL this command had to start
 
 
 if __name__ == "__main__":

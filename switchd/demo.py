@@ -3,7 +3,12 @@
 Embedded PostgreSQL → migrations → a sample world and three rate decks → the daemon →
 the FreeSWITCH simulator placing calls through mod_xml_curl and ESL → CDRs → a summary
 read back from PostgreSQL (DESIGN.md §10). Simulated time runs fast, so calls of minutes
-finish in a blink while their billing stays realistic.
+finish in a blink while their billing stays realistic; it starts far enough in the past
+that every call has ended before now, so `switchd report` sees them with its defaults.
+
+The demo stops the PostgreSQL it started and removes its temporary directory; with
+--keep or --data-dir the data stays, in the data directory layout every command reads
+(`switchd report --data-dir DIR`).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import gevent.pool
 import psycopg
 
 from switchd.config import Config
-from switchd.errors import CliError
+from switchd.errors import CliError, UsageError
 from switchd.logs import setup_logging
 
 log = logging.getLogger("switchd.demo")
@@ -30,6 +35,13 @@ DEMO_PASSWORD = "demo-secret"
 TIME_SCALE = 400.0           # one simulated second lasts 2.5 ms
 CONCURRENCY = 40
 INBOUND_EVERY = 10           # every tenth call is an inbound DID call
+DATABASE = "switchd"         # the name every command uses, so `report --data-dir` finds it
+MARKER = ".switchd-demo"     # marks a data dir as the demo's: only those are wiped and reused
+# Simulated seconds the demo may span per call placed (calls run CONCURRENCY at a time and
+# last at most ~10 simulated minutes): the clock starts this far back, so that it stays
+# behind the wall clock.
+SIM_SECONDS_PER_CALL = 60
+SIM_MIN_SPAN_S = 2 * 3600
 
 
 def _gateway_behaviours():
@@ -44,14 +56,21 @@ def _gateway_behaviours():
     }
 
 
-def _prepare_database(data_dir: Path, keep: bool) -> str:
-    from switchd.db.embedded import start_embedded_postgres
+def _check_data_dir(data_dir: Path) -> None:
+    """Refuse to wipe a data directory that is not a demo's (a daemon's, say)."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir}: not a directory")
+    if (data_dir / "postgres").exists() and not (data_dir / MARKER).exists():
+        raise UsageError(f"--data-dir {data_dir} holds a switchd database that a demo did not "
+                         "create; the demo would wipe its calls: choose a new directory")
+
+
+def _prepare_database(server, data_dir: Path) -> str:
     from switchd.db.migrate import apply_migrations
     from switchd.demo_world import write_decks, write_world
     from switchd.provision import provision
     from switchd.rates_import import import_rates
-    url = start_embedded_postgres(data_dir, database="switchd_demo",
-                                  cleanup=None if keep else "delete")
+    url = server.url(DATABASE)
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:     # a kept data dir starts over too
         conn.execute("TRUNCATE calls, call_legs, call_events, routing_decisions")
@@ -100,19 +119,36 @@ def _wait_ready(daemon, timeout: float) -> bool:
     return False
 
 
-def run_demo(config: Config, calls: int, seed: int, data_dir: Path | None) -> dict:
+def sim_start_us(calls: int, now_s: float | None = None) -> int:
+    """Where the simulated clock starts: far enough back that the demo's last call ends
+    before the wall clock's now (checked again at the end)."""
+    span = max(SIM_MIN_SPAN_S, calls * SIM_SECONDS_PER_CALL)
+    return int(((time.time() if now_s is None else now_s) - span) * 1_000_000)
+
+
+def run_demo(config: Config, calls: int, seed: int, data_dir: Path | None,
+             keep: bool = False) -> dict:
+    """Run the demo; the summary gains `data_dir` (where the data stays, or None)."""
     from switchd.daemon import Daemon
-    from switchd.db import store
+    from switchd.db.embedded import EmbeddedPostgres
     from switchd.sim.simulator import Simulator
-    keep = data_dir is not None
-    workdir = Path(data_dir) if keep else Path(tempfile.mkdtemp(prefix="switchd-demo-"))
+    if data_dir is not None:
+        workdir = Path(data_dir).expanduser().resolve()
+        _check_data_dir(workdir)
+        keep = True
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="switchd-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("created by `switchd demo`; the demo may wipe this directory\n")
+    server = EmbeddedPostgres(workdir)
+    started_server = False
     started = time.monotonic()
     try:
-        url = _prepare_database(workdir, keep)
+        started_server = server.start()
+        url = _prepare_database(server, workdir)
         sim = Simulator(password=DEMO_PASSWORD, seed=seed, time_scale=TIME_SCALE,
                         gateways=_gateway_behaviours(), hold_range=(5.0, 600.0),
-                        heartbeat_interval=None)
+                        heartbeat_interval=None, start_us=sim_start_us(calls))
         host, port = sim.start()
         demo_config = config.with_overrides(**{
             "database.url": url, "redis.url": None, "data_dir": str(workdir),
@@ -128,33 +164,67 @@ def run_demo(config: Config, calls: int, seed: int, data_dir: Path | None) -> di
         finally:
             daemon.stop()
             sim.stop()
+        if sim.clock.now_us() > time.time() * 1_000_000:
+            log.warning("demo: simulated time overtook the wall clock; some calls are dated "
+                        "in the future")
         with psycopg.connect(url) as conn:
-            summary = store.summary(conn)
+            summary = demo_summary(conn)
         summary["elapsed_s"] = round(time.monotonic() - started, 2)
+        summary["data_dir"] = str(workdir) if keep else None
         return summary
     finally:
+        if started_server:
+            server.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def demo_summary(conn) -> dict:
+    """The DESIGN.md §10 summary plus what it leaves out: inbound calls (they reach no
+    carrier, so `by_carrier` does not count them), the carrier attempts that failed before
+    a failover, and the currency of the demo's decks."""
+    from switchd.db import store
+    from switchd.demo_world import CURRENCY
+    summary = store.summary(conn)
+    directions = dict(conn.execute("SELECT direction, count(*) FROM calls GROUP BY 1").fetchall())
+    attempts, failed = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE answered_at IS NULL) FROM call_legs "
+        "WHERE carrier IS NOT NULL").fetchone()
+    summary.update(outbound=directions.get("outbound", 0), inbound=directions.get("inbound", 0),
+                   attempts=attempts, failed_attempts=failed, currency=CURRENCY)
+    return summary
+
+
 def _print_table(summary: dict) -> None:
-    print(f"calls {summary['calls']}: {summary['answered']} answered, {summary['failed']} failed, "
+    currency = summary["currency"]
+    print(f"calls {summary['calls']} ({summary['outbound']} outbound, {summary['inbound']} inbound): "
+          f"{summary['answered']} answered, {summary['failed']} failed, "
           f"{summary['failovers']} answered after failover")
-    print(f"{'carrier':<12} {'calls':>6} {'answered':>9} {'billed s':>9} {'cost':>12}")
+    print(f"carrier attempts {summary['attempts']}: {summary['failed_attempts']} failed "
+          "and were followed by the next gateway of their route")
+    print(f"{'carrier':<12} {'calls':>6} {'answered':>9} {'billed s':>9} {'cost ' + currency:>14}")
     for name, row in sorted(summary["by_carrier"].items()):
-        print(f"{name:<12} {row['calls']:>6} {row['answered']:>9} {row['billed_seconds']:>9} {row['cost']:>12}")
-    print(f"total cost {summary['total_cost']}; CDRs stored {summary['cdrs_stored']}; "
+        print(f"{name:<12} {row['calls']:>6} {row['answered']:>9} {row['billed_seconds']:>9} "
+              f"{row['cost']:>14}")
+    print(f"total cost {summary['total_cost']} {currency}; CDRs stored {summary['cdrs_stored']}; "
           f"{summary['elapsed_s']}s")
 
 
 def main(config: Config, args) -> int:
     if args.calls < 1:
-        raise CliError("--calls must be at least 1")
+        raise UsageError("--calls must be at least 1")
     setup_logging("warning", config["log.format"])
-    summary = run_demo(config, args.calls, args.seed, args.data_dir and Path(args.data_dir))
+    data_dir = getattr(args, "data_dir", None)
+    summary = run_demo(config, args.calls, args.seed, data_dir and Path(data_dir), keep=args.keep)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
         _print_table(summary)
+    if summary["data_dir"]:
+        print(f"demo data kept in {summary['data_dir']}; read it with "
+              f"`switchd report --data-dir {summary['data_dir']}`", file=sys.stderr)
     sys.stdout.flush()
-    return 0 if summary["cdrs_stored"] == summary["calls"] else 1
+    if summary["cdrs_stored"] != summary["calls"]:
+        raise CliError(f"{summary['calls']} calls placed but {summary['cdrs_stored']} CDRs "
+                       "stored (see the warnings above)")
+    return 0

@@ -9,6 +9,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+# The currency of the decks below (switchd itself does not convert: a deck's numbers are
+# in whatever currency its carrier bills in).
+CURRENCY = "EUR"
+
 WORLD_TOML = """\
 [[tenants]]
 name = "acme"

@@ -48,11 +48,14 @@ def parse(path: str | Path) -> dict[str, Any]:
     keys the file sets, checked and normalised), plus "delete": {section: [key, ...]}."""
     label = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
     except OSError as exc:
         raise ProvisionError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
-        raise ProvisionError([f"{label}: not UTF-8 text (byte {exc.start})"]) from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ProvisionError([f"{label}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                              f"{exc.start} (line {line}); save it as UTF-8"]) from None
     try:
         doc = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:

@@ -48,7 +48,7 @@ def pg_url(pg_admin_url) -> str:
 
 @pytest.fixture
 def migrated_pg_url(pg_url) -> str:
-    """A fresh database with every migration in sql/ applied."""
+    """A fresh database with every migration in switchd/db/migrations/ applied."""
     from switchd.db.migrate import apply_migrations
     apply_migrations(pg_url)
     return pg_url

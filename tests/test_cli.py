@@ -1,4 +1,4 @@
-"""The CLI teaches: every command has --help, bad config exits 2 with the key named."""
+"""The CLI teaches: every command has --help, bad config exits 3 with the key named."""
 import subprocess
 import sys
 
@@ -7,7 +7,7 @@ import pytest
 from switchd.cli import build_parser, main
 
 COMMANDS = [["run"], ["demo"], ["migrate"], ["provision"], ["rates"], ["rates", "import"], ["originate"],
-            ["calls"], ["report"], ["check-config"]]
+            ["calls"], ["report"], ["check-config"], ["db"], ["db", "status"], ["db", "stop"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS)
@@ -27,9 +27,9 @@ def test_top_level_help_names_environment_and_commands(capsys):
         assert word in out
 
 
-def test_configuration_error_exits_2_with_one_line(monkeypatch, capsys):
+def test_configuration_error_exits_3_with_one_line(monkeypatch, capsys):
     monkeypatch.setenv("SWITCHD_ESL_PORT", "not-a-port")
-    assert main(["check-config"]) == 2
+    assert main(["check-config"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "esl.port" in err[0]
 

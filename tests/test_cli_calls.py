@@ -75,10 +75,10 @@ def test_calls_lists_live_calls_as_table_and_json(switch):
 
 
 @pytest.mark.parametrize("args", [(), ("--json",)])
-def test_calls_without_a_daemon_exits_1_with_one_line(args):
+def test_calls_without_a_daemon_exits_5_with_one_line(args):
     port = free_port()                                    # nothing listens here
     out = _cli(*args, http_port=port)
-    assert out.returncode == 1, out
+    assert out.returncode == 5, out                       # unavailable dependency
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the daemon" in lines[0] and str(port) in lines[0], lines

@@ -54,16 +54,15 @@ def test_provision_dry_run_through_the_cli(db, tmp_path, capsys):
     assert json.loads(out)[0]["max_concurrent"] == 50
 
 
-def test_provision_refusal_is_one_line_per_problem(db, tmp_path, capsys):
+def test_provision_refusal_is_one_line_naming_each_problem(db, tmp_path, capsys):
     path = tmp_path / "w.toml"
     path.write_text('[[carriers]]\nname = "bad,carrier"\n[[tenants]]\nname = "ev|il"\n')
     code, _, err = _run(capsys, "provision", str(path))
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert lines == [
+    assert code == 4
+    assert err.strip().splitlines() == [
         f"switchd provision: {path}: tenants[0].name: 'ev|il' may only contain letters, "
-        "digits, '.', '_' and '-'",
-        f"switchd provision: {path}: carriers[0].name: 'bad,carrier' may only contain letters, "
+        "digits, '.', '_' and '-'; "
+        f"{path}: carriers[0].name: 'bad,carrier' may only contain letters, "
         "digits, '.', '_' and '-'"]
 
 
@@ -136,11 +135,11 @@ def test_rates_list_export_at_and_delete(db, tmp_path, capsys):
     assert f"deleted deck {decks[0]['id']} of carrier alpha (the base deck, 2 rows)" in out
     assert "live now: none" in out
     code, _, err = _run(capsys, "rates", "delete", "--carrier", "alpha", "--deck", str(decks[0]["id"]))
-    assert code == 1 and f"carrier 'alpha' has no deck {decks[0]['id']}" in err
+    assert code == 4 and f"carrier 'alpha' has no deck {decks[0]['id']}" in err
     code, _, err = _run(capsys, "rates", "export", "--carrier", "nosuch")
-    assert code == 1 and "unknown carrier 'nosuch' (known: alpha, bravo, charlie)" in err
+    assert code == 4 and "unknown carrier 'nosuch' (known: alpha, bravo, charlie)" in err
     code, _, err = _run(capsys, "rates", "export", "--carrier", "alpha")
-    assert code == 1 and "has no deck live at" in err
+    assert code == 4 and "has no deck live at" in err
 
 
 # --- the other doors ---------------------------------------------------------------------

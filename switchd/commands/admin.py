@@ -9,18 +9,17 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-from switchd.config import SETTINGS, Config
-from switchd.errors import CliError
+from switchd.config import SETTINGS, Config, ConfigError
+from switchd.errors import CliError, InputError, UnavailableError, UsageError
 
 
 def _db_url(config: Config) -> str:
+    """The database, migrated. Failures (unreachable, a failed migration) reach the CLI's
+    one-line reporter (switchd/exitcodes.py) as they are."""
     from switchd.db.connect import database_url
-    from switchd.db.migrate import MigrationError, apply_migrations
+    from switchd.db.migrate import apply_migrations
     url = database_url(config)
-    try:
-        apply_migrations(url)
-    except MigrationError as exc:
-        raise CliError(f"migration failed: {exc}") from None
+    apply_migrations(url)
     return url
 
 
@@ -30,38 +29,42 @@ def _parse_instant(text: str | None, flag: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise CliError(f"{flag} {text!r}: not an ISO 8601 date/time") from None
+        raise UsageError(f"{flag} {text!r}: not an ISO 8601 date/time "
+                         "(e.g. 2027-01-31 or 2027-01-31T12:00:00+01:00)") from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def migrate(config: Config, args) -> int:
     from switchd.db.connect import database_url
-    from switchd.db.migrate import MigrationError, apply_migrations
-    try:
-        applied = apply_migrations(database_url(config))
-    except MigrationError as exc:
-        raise CliError(str(exc)) from None
+    from switchd.db.migrate import apply_migrations
+    applied = apply_migrations(database_url(config))
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     return 0
 
 
 def rates_import(config: Config, args) -> int:
-    from switchd.rates_import import RatesImportError, import_rates
+    from switchd.commands.inputs import check_csv_header, not_utf8
+    from switchd.rates_import import import_rates
+    effective_from = _parse_instant(args.effective_from, "--effective-from")
+    check_csv_header(args.file)
     url = _db_url(config)
     started = time.monotonic()
+    shown = []
 
     def progress(rows: int) -> None:
-        rate = rows / max(time.monotonic() - started, 1e-9)
-        print(f"\r  {rows:,} rows read ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():             # a counter for people, nothing in logs
+            rate = rows / max(time.monotonic() - started, 1e-9)
+            print(f"\r  {rows:,} rows read ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+            shown.append(rows)
 
     try:
-        summary = import_rates(url, args.file, args.carrier,
-                               effective_from=_parse_instant(args.effective_from, "--effective-from"),
+        summary = import_rates(url, args.file, args.carrier, effective_from=effective_from,
                                progress=progress)
-    except RatesImportError as exc:
-        print(file=sys.stderr)
-        raise CliError(str(exc)) from None
-    print(file=sys.stderr)
+    except UnicodeDecodeError:
+        raise not_utf8(args.file) from None
+    finally:
+        if shown:
+            print(file=sys.stderr)
     print(summary)
     return 0
 
@@ -84,9 +87,16 @@ def _daemon_request(config: Config, path: str, payload: dict | None = None, time
             reason = json.load(exc).get("error", exc.reason)
         except ValueError:
             reason = exc.reason
+        if exc.code == 401:
+            raise ConfigError(f"the daemon at {url} refused the API token ({reason}); set "
+                              "http.api_token (SWITCHD_HTTP_API_TOKEN) to the daemon's") from None
+        if exc.code == 400:
+            raise InputError(f"the daemon refused the request: {reason}") from None
         raise CliError(f"{exc.code}: {reason}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise CliError(f"cannot reach the daemon at {url}: {exc}") from None
+        reason = getattr(exc, "reason", exc)
+        raise UnavailableError(f"cannot reach the daemon at {url}: {reason}; is `switchd run` "
+                               "running there? (http.host, http.port)") from None
 
 
 def originate(config: Config, args) -> int:
@@ -119,8 +129,13 @@ def calls(config: Config, args) -> int:
 def report(config: Config, args) -> int:
     from switchd.db import store
     import psycopg
-    until = _parse_instant(args.until, "--until") or datetime.now(timezone.utc)
-    since = _parse_instant(args.since, "--since") or until - timedelta(days=30)
+    now = datetime.now(timezone.utc)
+    until = _parse_instant(args.until, "--until") or now
+    # 30 days back from now, or from --until when that is earlier: a later --until widens
+    # the window, it never moves its start past calls of the last 30 days.
+    since = _parse_instant(args.since, "--since") or min(now, until) - timedelta(days=30)
+    if since >= until:
+        raise UsageError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
     with psycopg.connect(_db_url(config)) as conn:
         rows = store.report(conn, group_by=args.by, since=since, until=until)
     if args.json:
@@ -130,7 +145,8 @@ def report(config: Config, args) -> int:
         print("no calls in that period")
         return 0
     columns = list(rows[0].keys())
-    _print_table([tuple(c.upper() for c in columns)] + [tuple(str(r[c]) for c in columns) for r in rows])
+    _print_table([tuple(c.upper() for c in columns)]
+                 + [tuple("-" if r[c] is None else str(r[c]) for c in columns) for r in rows])
     return 0
 
 

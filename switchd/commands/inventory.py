@@ -10,7 +10,7 @@ import json
 import sys
 from decimal import Decimal
 
-from switchd.errors import CliError
+from switchd.errors import InputError
 
 _HERE = "switchd.commands.inventory"
 
@@ -71,14 +71,21 @@ def _connect(config):
 
 
 def provision(config, args) -> int:
+    import psycopg
     from switchd.commands.admin import _db_url
-    from switchd.provision import ProvisionError, provision as run_provision
+    from switchd.commands.inputs import not_utf8
+    from switchd.provision import provision as run_provision
     url = _db_url(config)
     try:
+        # A ProvisionError (every problem, each naming the file and the key) goes to
+        # switchd/exitcodes.py as it is: the first problems on one line, status 4.
         summary = run_provision(url, args.file, dry_run=args.dry_run, prune=args.prune)
-    except ProvisionError as exc:
-        # One line per problem, each naming the file and the key.
-        raise CliError("\nswitchd provision: ".join(exc.errors)) from None
+    except UnicodeDecodeError:
+        raise not_utf8(args.file) from None
+    except psycopg.DataError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise InputError(f"{args.file}: the database refused a value ({reason}); nothing was "
+                         "written: check the file's numbers and amounts") from exc
     if summary.changes:
         print(summary.diff())
     print(summary)
@@ -158,7 +165,7 @@ def rates_list(config, args) -> int:
         try:
             rows = inventory.decks(conn, args.carrier)
         except inventory.InventoryError as exc:
-            raise CliError(str(exc)) from None
+            raise InputError(str(exc)) from None
     if args.json:
         _json(rows)
         return 0
@@ -178,7 +185,7 @@ def rates_export(config, args) -> int:
         try:
             rows = inventory.export_deck(conn, args.carrier, sys.stdout, at=at, deck_id=args.deck)
         except inventory.InventoryError as exc:
-            raise CliError(str(exc)) from None
+            raise InputError(str(exc)) from None
     print(f"exported {rows} rate(s) of carrier {args.carrier}", file=sys.stderr)
     return 0
 
@@ -190,7 +197,7 @@ def rates_delete(config, args) -> int:
             deck = inventory.delete_deck(conn, args.carrier, args.deck)
             now = inventory.decks(conn, args.carrier)
         except inventory.InventoryError as exc:
-            raise CliError(str(exc)) from None
+            raise InputError(str(exc)) from None
     live = next((d for d in now if d["state"] == "live"), None)
     start = deck["effective_from"].isoformat() if deck["effective_from"] else "the base deck"
     print(f"deleted deck {deck['id']} of carrier {args.carrier} ({start}, "

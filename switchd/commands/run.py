@@ -12,13 +12,15 @@ log = logging.getLogger("switchd")
 
 def main(config: Config, args) -> int:
     setup_logging(config["log.level"], config["log.format"])
-    from switchd.daemon import Daemon, DaemonStartError
+    from switchd.daemon import Daemon
     from switchd.db.connect import database_url
-    from switchd.db.embedded import EmbeddedPostgresError
-    from switchd.db.migrate import MigrationError
+    # Database, migration and embedded-PostgreSQL failures reach the CLI's one-line
+    # reporter (switchd/exitcodes.py) as they are; a port in use is an OSError here.
+    db_url = database_url(config)
     try:
-        db_url = database_url(config)
         daemon = Daemon(config, db_url).start()
-    except (DaemonStartError, EmbeddedPostgresError, MigrationError, OSError) as exc:
-        raise CliError(f"cannot start: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"cannot start: {exc.strerror or exc} (HTTP {config['http.host']}:"
+                       f"{config['http.port']}); is another switchd running there? "
+                       "Set http.port (SWITCHD_HTTP_PORT) to a free port") from None
     return daemon.run_forever()

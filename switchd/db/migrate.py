@@ -1,4 +1,5 @@
-"""Apply the numbered migrations in sql/ in order, each once, recorded in schema_migrations.
+"""Apply the numbered migrations in switchd/db/migrations/ in order, each once, recorded in
+schema_migrations. They ship inside the package, so a plain `pip install` can migrate.
 
 Safe to run twice and from two processes at once: an advisory lock serialises runners.
 """
@@ -22,17 +23,18 @@ class MigrationError(RuntimeError):
 
 
 def migrations_dir() -> Path:
+    """The migrations shipped with this package (SWITCHD_SQL_DIR overrides it, for tests)."""
     override = os.environ.get("SWITCHD_SQL_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "sql"
+    return Path(__file__).resolve().parent / "migrations"
 
 
 def pending_files(directory: Path | None = None) -> list[tuple[str, Path]]:
     directory = directory or migrations_dir()
     if not directory.is_dir():
         raise MigrationError(f"migrations directory {directory} not found "
-                             "(set SWITCHD_SQL_DIR to the project's sql/ folder)")
+                             "(reinstall switchd, or unset SWITCHD_SQL_DIR)")
     found = []
     for path in sorted(directory.iterdir()):
         match = _MIGRATION_NAME.match(path.name)
