@@ -73,3 +73,16 @@ CDRS_WRITTEN = _counter("switchd_cdrs_written_total", "CDR rows committed to Pos
 SPOOL_RECORDS = _gauge("switchd_spool_records", "Records waiting in the local durable spool")
 DB_ERRORS = _counter("switchd_db_errors_total", "PostgreSQL errors", ("operation",))
 REDIS_ERRORS = _counter("switchd_redis_errors_total", "Redis errors", ("operation",))
+
+# --- HTTP server -------------------------------------------------------------------------
+HTTP_CONNECTIONS = _gauge("switchd_http_connections", "Open HTTP connections")
+HTTP_MAX_CONNECTIONS = _gauge("switchd_http_max_connections",
+                              "http.max_connections: open connections beyond it are refused")
+HTTP_CONNECTIONS_REFUSED = _counter("switchd_http_connections_refused_total",
+                                    "Connections refused with 503 at http.max_connections")
+HTTP_IDLE_TIMEOUTS = _counter("switchd_http_idle_timeouts_total",
+                              "Connections closed after http.idle_timeout without a request")
+HTTP_CLIENT_ERRORS = _counter(
+    "switchd_http_client_errors_total",
+    "Requests that failed on the client's side before the application ran, by reason "
+    "(aborted, read_timeout, bad_request, too_large, length_required)", ("reason",))

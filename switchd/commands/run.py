@@ -16,9 +16,15 @@ def main(config: Config, args) -> int:
     from switchd.db.connect import database_url
     from switchd.db.embedded import EmbeddedPostgresError
     from switchd.db.migrate import MigrationError
+    daemon = Daemon(config, None)
     try:
-        db_url = database_url(config)
-        daemon = Daemon(config, db_url).start()
+        # HTTP first: /healthz answers (and /readyz names what is starting) while the
+        # database starts and the rate decks load, which takes seconds with large decks.
+        daemon.listen()
+        daemon.starting = "starting the database"
+        daemon.db_url = database_url(config)
+        daemon.start()
     except (DaemonStartError, EmbeddedPostgresError, MigrationError, OSError) as exc:
+        daemon.stop(drain_timeout=2)
         raise CliError(f"cannot start: {exc}") from None
     return daemon.run_forever()
