@@ -77,6 +77,9 @@ class Daemon:
         self.starting: str | None = "starting"    # what /readyz says is still starting
         self.routing = False                      # lookups and originate are served
         self.stopped = False
+        self.database_up: bool | None = None      # last probes (switchd_database_up / redis_up)
+        self.redis_up: bool | None = None
+        self._probe_conn = None
 
     # --- start / stop ----------------------------------------------------------------------
     def listen(self) -> "Daemon":
@@ -157,6 +160,9 @@ class Daemon:
         # Reconcile against the switch now and then, not only after reconnects: FreeSWITCH
         # sometimes leaves stuck channels, and a lost hangup event would otherwise hold a slot.
         self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
+        self._probe_backends()
+        self._spawn(Periodic(5.0, self._probe_backends, "database and Redis probe").run)
+        metrics.LIVE.source = self.metrics_state
         self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
         self._spawn(self.reloader.run)
         interval = systemd.watchdog_interval()
@@ -216,6 +222,10 @@ class Daemon:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
             self.caps.close()
+        if metrics.LIVE.source == self.metrics_state:
+            metrics.LIVE.source = None
+        if self._probe_conn is not None:
+            self._probe_conn.close()
 
     def run_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
@@ -394,6 +404,30 @@ class Daemon:
             for name, state in dirty.items():
                 self.health._dirty.add(name)
 
+    def _probe_backends(self) -> None:
+        """switchd_database_up and switchd_redis_up: a query and a PING, off the event path."""
+        try:
+            if self._probe_conn is None or self._probe_conn.closed:
+                self._probe_conn = psycopg.connect(self.db_url, connect_timeout=3, autocommit=True)
+            self._probe_conn.execute("SELECT 1")
+            up = True
+        except psycopg.Error as exc:
+            if self._probe_conn is not None:
+                self._probe_conn.close()
+            self._probe_conn = None
+            if self.database_up is not False:
+                log.warning("database probe failed: %s", str(exc).strip().splitlines()[0])
+            up = False
+        self.database_up = up
+        primary = getattr(self.caps.backend, "primary", None)    # Redis behind the policy
+        if primary is not None:
+            self.redis_up = primary.healthy()
+
+    def metrics_state(self) -> dict:
+        """The snapshot metrics.LIVE turns into gauges at scrape time."""
+        return live_metrics_state(self.world, self.decks.decks, self.deck_reloader.imported_at,
+                                  self.health, _now(), self.database_up, self.redis_up)
+
     # --- reloads -------------------------------------------------------------------------------
     def _reload_world(self) -> None:
         with psycopg.connect(self.db_url, connect_timeout=5) as conn:
@@ -441,6 +475,22 @@ class Daemon:
                          "age_s": (now_us - call.started_us) / 1e6 if call.started_us else 0,
                          "max_duration": call.max_duration})
         return rows
+
+
+def live_metrics_state(world, decks, imported_at, health, now, database_up=None,
+                       redis_up=None) -> dict:
+    """What metrics.LiveState reads: decks, gateways, usable carriers, backends."""
+    gateways, carriers = {}, {}
+    for carrier in world.carriers.values():
+        carriers[carrier.name] = health.usable(carrier, now)
+        for gateway in carrier.gateways:
+            gateways[gateway.name] = (carrier.name, gateway.enabled
+                                      and gateway.name not in health.down_gateways)
+    return {"database_up": database_up, "redis_up": redis_up, "gateways": gateways,
+            "carriers": carriers,
+            "decks": {name: (len(deck), imported_at[name].timestamp()
+                             if imported_at.get(name) else None)
+                      for name, deck in decks.items()}}
 
 
 def _bare(api_line: str) -> str:
