@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import logging
 import socket
-import time
 from dataclasses import dataclass
 
 import gevent
@@ -78,8 +77,15 @@ class LengthRequired(ClientProblem):
 class Handler(WSGIHandler):
     """One connection: pywsgi's keep-alive loop with deadlines and a pre-read body."""
 
-    _deadline = 0.0
+    _timer: gevent.Timeout | None = None
+    _phase = "the request line"
     _body = b""
+
+    def handle(self):
+        try:
+            super().handle()
+        finally:
+            self._stop_timer()
 
     def read_requestline(self):
         limits = self.server.limits
@@ -92,11 +98,14 @@ class Handler(WSGIHandler):
             return ""
         except OSError:
             return ""                     # reset by the peer: nothing to answer
-        self._deadline = time.monotonic() + limits.read_timeout
+        # One deadline for the whole request, however the client trickles it: a timer
+        # that interrupts whatever read is waiting when it fires (stopped in get_environ,
+        # before the application runs, or wherever the request fails).
         self.socket.settimeout(limits.read_timeout)
+        self._phase = "the request line"
+        self._timer = gevent.Timeout.start_new(limits.read_timeout, ReadTimeout)
         try:
-            with self._until_deadline("the request line"):
-                return super().read_requestline()
+            return super().read_requestline()
         except ReadTimeout as exc:
             self._count_and_log(exc)
             try:
@@ -104,11 +113,15 @@ class Handler(WSGIHandler):
             except OSError:
                 pass
             return ""                     # pywsgi closes the connection
+        except BaseException:
+            self._stop_timer()
+            raise
 
     def read_request(self, raw_requestline):
-        with self._until_deadline("the headers"):
-            ok = super().read_request(raw_requestline)
+        self._phase = "the headers"
+        ok = super().read_request(raw_requestline)
         if not ok:
+            self._stop_timer()
             return ok
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             raise LengthRequired("chunked request body; send Content-Length")
@@ -116,15 +129,15 @@ class Handler(WSGIHandler):
         if length > MAX_BODY_BYTES:
             raise BodyTooLarge(f"Content-Length {length} exceeds {MAX_BODY_BYTES}")
         if length:
+            self._phase = f"the {length}-byte body"
             if self.headers.get("expect", "").lower() == "100-continue":
                 self.socket.sendall(_CONTINUE)
-            with self._until_deadline(f"the {length}-byte body"):
-                try:
-                    body = self.rfile.read(length)
-                except socket.timeout:
-                    raise ReadTimeout(f"timed out reading the {length}-byte body") from None
-                except OSError as exc:
-                    raise ClientAborted(f"connection lost in the body: {exc}") from None
+            try:
+                body = self.rfile.read(length)
+            except socket.timeout:
+                raise ReadTimeout() from None
+            except OSError as exc:
+                raise ClientAborted(f"connection lost in the body: {exc}") from None
             if len(body) < length:
                 raise ClientAborted(f"closed the connection after {len(body)} of "
                                     f"{length} body bytes")
@@ -132,6 +145,7 @@ class Handler(WSGIHandler):
         return ok
 
     def get_environ(self):
+        self._stop_timer()                # the request is in: the application has no deadline
         environ = super().get_environ()
         # The body was read above, within the deadline: the application reads memory.
         self.wsgi_input = Input(io.BytesIO(self._body), len(self._body))
@@ -139,14 +153,14 @@ class Handler(WSGIHandler):
         self._body = b""
         return environ
 
-    def _until_deadline(self, what: str) -> gevent.Timeout:
-        remaining = max(self._deadline - time.monotonic(), 0.001)
-        return gevent.Timeout(remaining, ReadTimeout(
-            f"{what} did not arrive within http.read_timeout "
-            f"({self.server.limits.read_timeout:g}s)"))
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
 
     def _handle_client_error(self, ex):
         """pywsgi's hook for a request that failed before the application ran."""
+        self._stop_timer()
         if isinstance(ex, ClientProblem):
             self._count_and_log(ex)
             if ex.response is None:
@@ -159,8 +173,10 @@ class Handler(WSGIHandler):
 
     def _count_and_log(self, problem: ClientProblem) -> None:
         metrics.HTTP_CLIENT_ERRORS.labels(problem.outcome).inc()
+        detail = str(problem) or (f"{self._phase} did not arrive within http.read_timeout "
+                                  f"({self.server.limits.read_timeout:g}s)")
         log.warning("HTTP %s from %s: %s", _REQUEST_WORDS.get(problem.outcome, "request"),
-                    _peer(self.client_address), problem)
+                    _peer(self.client_address), detail)
 
     def handle_error(self, t, v, tb):
         """Unexpected errors after the application ran (the app catches its own)."""
@@ -185,6 +201,7 @@ class Server(WSGIServer):
     """WSGIServer with HttpLimits: a bounded number of connections, each with deadlines."""
 
     handler_class = Handler
+    open_total = 0        # every Server of the process: switchd_http_connections reads it
 
     def __init__(self, listener, application, limits: HttpLimits, **kwargs):
         super().__init__(listener, application, **kwargs)
@@ -204,11 +221,15 @@ class Server(WSGIServer):
                 sock.close()
             return
         self.open_connections += 1
-        metrics.HTTP_CONNECTIONS.inc()
+        Server.open_total += 1
         try:
             super().handle(sock, address)
         except OSError as exc:            # e.g. the 408 could not be sent: the peer is gone
             log.info("HTTP connection from %s ended: %s", _peer(address), exc)
         finally:
             self.open_connections -= 1
-            metrics.HTTP_CONNECTIONS.dec()
+            Server.open_total -= 1
+
+
+# Read at scrape time: no lock taken per connection.
+metrics.HTTP_CONNECTIONS.set_function(lambda: Server.open_total)
