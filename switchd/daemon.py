@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ class Daemon:
             read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
             max_connections=cfg["http.max_connections"]))
         self.http_port = self.http_server.server_port
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < cfg["http.max_connections"] + 64:
+            log.warning("open-file limit %d is below http.max_connections (%d) plus what "
+                        "PostgreSQL, Redis and ESL need; raise it (LimitNOFILE in the unit) "
+                        "or lower http.max_connections", soft, cfg["http.max_connections"])
         return self
 
     def start(self) -> "Daemon":

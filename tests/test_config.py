@@ -38,6 +38,9 @@ def test_switchd_config_variable_names_the_file(tmp_path):
     ({"SWITCHD_ESL_PASWORD": "typo"}, "SWITCHD_ESL_PASWORD: unknown setting"),
     ({"SWITCHD_ESL_HEARTBEAT_TIMEOUT": "10"}, "heartbeat_timeout"),
     ({"SWITCHD_ROUTING_MAX_ROUTES": "9"}, "routing.max_routes"),
+    ({"SWITCHD_HTTP_READ_TIMEOUT": "0"}, "http.read_timeout"),
+    ({"SWITCHD_HTTP_IDLE_TIMEOUT": "soon"}, "SWITCHD_HTTP_IDLE_TIMEOUT: http.idle_timeout"),
+    ({"SWITCHD_HTTP_MAX_CONNECTIONS": "0"}, "http.max_connections"),
 ])
 def test_bad_environment_values_name_the_key(environ, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
