@@ -60,8 +60,6 @@ class HealthBook:
         self._health[carrier] = after
         self._dirty.add(carrier)
         metrics.CARRIER_HEALTH.labels(carrier).set(after.score)
-        metrics.CARRIER_STATE.labels(carrier).set(
-            1 if health_rules.availability(after, now, self.cooldown_s) != "disabled" else 0)
         if before is not None and before.disabled_at is None and after.disabled_at is not None:
             log.warning("carrier %s disabled after %d consecutive failures", carrier,
                         after.consecutive_failures, extra={"carrier": carrier})
@@ -73,6 +71,15 @@ class HealthBook:
 
     def snapshot(self) -> dict:
         return dict(self._health)
+
+    def usable(self, carrier, now: datetime) -> bool:
+        """What switchd_carrier_up reports: enabled, not disabled by its health score, and
+        at least one enabled gateway that FreeSWITCH has not reported down."""
+        return (carrier.enabled
+                and health_rules.availability(self._health.get(carrier.name)
+                                              or health_rules.CarrierHealth(), now,
+                                              self.cooldown_s) != "disabled"
+                and any(g.enabled and g.name not in self.down_gateways for g in carrier.gateways))
 
 
 def month_start(now: datetime) -> datetime:

@@ -89,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", formatter_class=_formatter, help="run the daemon",
                        description="Run the daemon in the foreground (systemd: Type=notify).\n\n"
                        "Connects to FreeSWITCH's event socket (reconnecting forever), serves\n"
-                       "POST /fs/dialplan, /healthz, /readyz, /metrics and /v1 on the HTTP port,\n"
-                       "applies pending migrations, loads tenants, carriers and rate decks.\n"
-                       "SIGTERM drains and exits 0; SIGHUP reloads config and rate decks.")
+                       "POST /fs/dialplan, /healthz, /readyz, /metrics and /v1 on the HTTP port\n"
+                       "(/healthz from the first second, the rest once started), applies pending\n"
+                       "migrations, loads tenants, carriers and rate decks.\n"
+                       "SIGTERM drains and exits 0; SIGHUP reloads tenants, carriers, DIDs and rate\n"
+                       "decks from PostgreSQL (the config file is read only at start).")
     p.set_defaults(handler="switchd.commands.run:main")
 
     p = sub.add_parser("demo", formatter_class=_formatter, help="run a self-contained demo",

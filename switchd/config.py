@@ -110,6 +110,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http", "api_token", str, "",
             "Bearer token required on /v1 (originate, live calls). Empty: no token, so keep "
             "http.host on loopback.", secret=True),
+    Setting("http", "read_timeout", float, 10.0,
+            "Seconds a request may take to arrive in full (request line, headers, body) once "
+            "its first byte came; a slower client gets 408 and is disconnected.",
+            check=_positive),
+    Setting("http", "idle_timeout", float, 60.0,
+            "Seconds a connection may wait for its next request (a new connection, or "
+            "keep-alive between requests) before switchd closes it.", check=_positive),
+    Setting("http", "max_connections", int, 1000,
+            "Open HTTP connections at most; beyond it a new connection gets an immediate 503 "
+            "(counted in switchd_http_connections_refused_total). Keep it below the open-file "
+            "limit (LimitNOFILE in the systemd unit).", check=_positive),
     Setting("routing", "tenant_from", "choice:accountcode|domain|variable", "accountcode",
             "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
             "or the channel variable in routing.tenant_variable."),

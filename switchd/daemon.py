@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from switchd.deck_loader import DeckCache, DeckReloader, cooperative_yield
 from switchd.esl import commands
 from switchd.esl.events import ChannelEvent, GatewayEvent, JobEvent
 from switchd.esl.supervisor import ESLSupervisor
-from switchd.http.server import HttpApp, serve
+from switchd.http.connections import HttpLimits
+from switchd.http.server import HttpApp, NotReady, serve
 from switchd.originate import OriginateRequest, Originator
 from switchd.policing import CapsGate, build_caps_backend
 from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
@@ -60,7 +62,7 @@ def _now() -> datetime:
 
 
 class Daemon:
-    def __init__(self, config: Config, db_url: str, clock_us=None):
+    def __init__(self, config: Config, db_url: str | None, clock_us=None):
         self.config = config
         # Call timing (watchdog, sweeps, resync) follows the switch's clock; the simulator
         # runs simulated time, so tests and the demo pass its clock here.
@@ -73,16 +75,54 @@ class Daemon:
         self.http_port: int | None = None
         self.killed_by_watchdog: set[str] = set()
         self.resynced = False
+        self.starting: str | None = "starting"    # what /readyz says is still starting
+        self.routing = False                      # lookups and originate are served
+        self.stopped = False
+        self.database_up: bool | None = None      # last probes (switchd_database_up / redis_up)
+        self.redis_up: bool | None = None
+        self._probe_conn = None
 
     # --- start / stop ----------------------------------------------------------------------
-    def start(self) -> "Daemon":
+    def listen(self) -> "Daemon":
+        """Serve HTTP at once: /healthz answers from the first second, /readyz says what is
+        still starting, lookups get 503 (FreeSWITCH's static fallback) until routing is up."""
         cfg = self.config
+        self.app = HttpApp(route_lookup=self._route_lookup, readiness=self.readiness,
+                           live_calls=self.live_calls, originate=self._originate,
+                           api_token=cfg["http.api_token"] or None)
+        self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"], HttpLimits(
+            read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
+            max_connections=cfg["http.max_connections"]))
+        self.http_port = self.http_server.server_port
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < cfg["http.max_connections"] + 64:
+            log.warning("open-file limit %d is below http.max_connections (%d) plus what "
+                        "PostgreSQL, Redis and ESL need; raise it (LimitNOFILE in the unit) "
+                        "or lower http.max_connections", soft, cfg["http.max_connections"])
+        return self
+
+    def start(self) -> "Daemon":
+        if self.http_server is None:
+            self.listen()
+        try:
+            self._start()
+        except BaseException:
+            self.stop(drain_timeout=2)
+            raise
+        self.starting = None
+        return self
+
+    def _start(self) -> None:
+        cfg = self.config
+        self.starting = "applying database migrations"
         apply_migrations(self.db_url)
+        self.starting = "loading tenants, carriers and DIDs"
         with psycopg.connect(self.db_url) as conn:
             self.world = store.load_world(conn)
             health = store.load_carrier_health(conn)
             now = _now()
             spent = {t: store.month_spend(conn, t, month_start(now)) for t in self.world.tenants}
+        self.starting = "loading rate decks"
         self.decks = DeckCache()
         # The reloader's first load (LISTEN first, so no import slips between) is the
         # start-up load: loading here as well read every deck twice.
@@ -91,6 +131,7 @@ class Daemon:
         if not self.deck_reloader.loaded.wait(DECK_LOAD_TIMEOUT_S):
             raise DaemonStartError(f"rate decks not loaded within {DECK_LOAD_TIMEOUT_S}s; "
                                "is PostgreSQL reachable?")
+        self.starting = "starting routing"
         self.health = HealthBook(_health_from_rows(health), cfg["routing.health_cooldown"])
         self.spend = SpendBook({t.name: t.monthly_budget for t in self.world.tenants.values()},
                                spent, month_start(now))
@@ -109,13 +150,6 @@ class Daemon:
                                      world=lambda: self.world,
                                      record=lambda d: self.writer.submit_decision(d.as_row()))
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
-        self.app = HttpApp(route_lookup=lambda form: self.router.route(form).xml,
-                           readiness=self.readiness, live_calls=self.live_calls,
-                           originate=lambda payload: self.originator.originate(
-                               OriginateRequest.from_json(payload)),
-                           api_token=cfg["http.api_token"] or None)
-        self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"])
-        self.http_port = self.http_server.server_port
         self.esl = ESLSupervisor(
             cfg["esl.host"], cfg["esl.port"], cfg["esl.password"],
             on_event=self.handle_event, on_connected=self.on_esl_connected,
@@ -132,6 +166,9 @@ class Daemon:
         # Reconcile against the switch now and then, not only after reconnects: FreeSWITCH
         # sometimes leaves stuck channels, and a lost hangup event would otherwise hold a slot.
         self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
+        self._probe_backends()
+        self._spawn(Periodic(5.0, self._probe_backends, "database and Redis probe").run)
+        metrics.LIVE.source = self.metrics_state
         self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
         self._spawn(self.reloader.run)
         interval = systemd.watchdog_interval()
@@ -142,12 +179,22 @@ class Daemon:
         # never lands in the middle of a dialplan lookup.
         gc.collect()
         gc.freeze()
+        self.routing = True
         systemd.notify("READY=1")
         log.info("switchd running: HTTP %s:%s, ESL %s:%s, caps %s", cfg["http.host"],
                  self.http_port, cfg["esl.host"], cfg["esl.port"], self.caps.describe())
         for note in cfg.warnings():
             log.warning(note)
-        return self
+
+    def _route_lookup(self, form: dict) -> str:
+        if not self.routing:
+            raise NotReady(self.starting or "stopping")
+        return self.router.route(form).xml
+
+    def _originate(self, payload: dict) -> dict:
+        if not self.routing:
+            raise NotReady(self.starting or "stopping")
+        return self.originator.originate(OriginateRequest.from_json(payload))
 
     def _spawn(self, func) -> None:
         greenlet = gevent.spawn(func)
@@ -161,8 +208,13 @@ class Daemon:
         self.stopping.set()
 
     def stop(self, drain_timeout: float = 10.0) -> None:
-        """Stop taking work, let the writer flush (or spool) everything, release resources."""
+        """Stop taking work, let the writer flush (or spool) everything, release resources.
+        Idempotent: a failed start stops what it started, and its caller may stop again."""
+        if self.stopped:
+            return
+        self.stopped = True
         systemd.notify("STOPPING=1")
+        self.routing = False
         if self.http_server is not None:
             self.http_server.stop(timeout=2)
         if getattr(self, "esl", None) is not None:
@@ -176,6 +228,10 @@ class Daemon:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
             self.caps.close()
+        if metrics.LIVE.source == self.metrics_state:
+            metrics.LIVE.source = None
+        if self._probe_conn is not None:
+            self._probe_conn.close()
 
     def run_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
@@ -354,6 +410,30 @@ class Daemon:
             for name, state in dirty.items():
                 self.health._dirty.add(name)
 
+    def _probe_backends(self) -> None:
+        """switchd_database_up and switchd_redis_up: a query and a PING, off the event path."""
+        try:
+            if self._probe_conn is None or self._probe_conn.closed:
+                self._probe_conn = psycopg.connect(self.db_url, connect_timeout=3, autocommit=True)
+            self._probe_conn.execute("SELECT 1")
+            up = True
+        except psycopg.Error as exc:
+            if self._probe_conn is not None:
+                self._probe_conn.close()
+            self._probe_conn = None
+            if self.database_up is not False:
+                log.warning("database probe failed: %s", str(exc).strip().splitlines()[0])
+            up = False
+        self.database_up = up
+        primary = getattr(self.caps.backend, "primary", None)    # Redis behind the policy
+        if primary is not None:
+            self.redis_up = primary.healthy()
+
+    def metrics_state(self) -> dict:
+        """The snapshot metrics.LIVE turns into gauges at scrape time."""
+        return live_metrics_state(self.world, self.decks.decks, self.deck_reloader.imported_at,
+                                  self.health, _now(), self.database_up, self.redis_up)
+
     # --- reloads -------------------------------------------------------------------------------
     def _reload_world(self) -> None:
         with psycopg.connect(self.db_url, connect_timeout=5) as conn:
@@ -374,6 +454,8 @@ class Daemon:
 
     # --- views --------------------------------------------------------------------------------
     def readiness(self) -> dict:
+        if self.starting:
+            return {"startup": self.starting}
         problems = {}
         if not self.esl.connected:
             problems["esl"] = f"not connected to FreeSWITCH ({self.esl.last_error or 'connecting'})"
@@ -388,6 +470,8 @@ class Daemon:
         return problems
 
     def live_calls(self) -> list[dict]:
+        if not self.routing:
+            return []
         now_us = self.now_us()
         rows = []
         for call in self.registry.live_calls():
@@ -397,6 +481,22 @@ class Daemon:
                          "age_s": (now_us - call.started_us) / 1e6 if call.started_us else 0,
                          "max_duration": call.max_duration})
         return rows
+
+
+def live_metrics_state(world, decks, imported_at, health, now, database_up=None,
+                       redis_up=None) -> dict:
+    """What metrics.LiveState reads: decks, gateways, usable carriers, backends."""
+    gateways, carriers = {}, {}
+    for carrier in world.carriers.values():
+        carriers[carrier.name] = health.usable(carrier, now)
+        for gateway in carrier.gateways:
+            gateways[gateway.name] = (carrier.name, gateway.enabled
+                                      and gateway.name not in health.down_gateways)
+    return {"database_up": database_up, "redis_up": redis_up, "gateways": gateways,
+            "carriers": carriers,
+            "decks": {name: (len(deck), imported_at[name].timestamp()
+                             if imported_at.get(name) else None)
+                      for name, deck in decks.items()}}
 
 
 def _bare(api_line: str) -> str:

@@ -293,6 +293,7 @@ class DeckReloader:
         self._stop = threading.Event()
         self.loaded = threading.Event()   # set once the first full load after LISTEN is done
         self._conn: psycopg.Connection | None = None
+        self.imported_at: dict[str, datetime | None] = {}   # carrier -> its live deck's import
         self.reloads = 0                  # successful carrier reloads (tests, diagnostics)
         self.failures = 0
 
@@ -315,6 +316,8 @@ class DeckReloader:
             with _snapshot(conn):
                 info = deck_info(conn, carrier, self.clock())
                 deck = load_deck_id(conn, info.deck_id, carrier, on_progress=self.on_progress)
+                imported = None if info.deck_id is None else conn.execute(
+                    "SELECT imported_at FROM rate_decks WHERE id = %s", (info.deck_id,)).fetchone()
                 nxt = None
                 if info.next_deck_id is not None and self.preload_future:
                     nxt = load_deck_id(conn, info.next_deck_id, carrier,
@@ -322,8 +325,10 @@ class DeckReloader:
         except DeckLoadError:
             self.cache.swap(carrier, None)        # the carrier was deleted
             self.cache.stage(carrier, None)
+            self.imported_at.pop(carrier, None)
             raise
         self.cache.swap(carrier, deck)
+        self.imported_at[carrier] = imported[0] if imported else None
         self.cache.stage(carrier, info.next_from, nxt)
         self.reloads += 1
         log.info("rate deck of %s reloaded: deck %s, %d prefixes%s", carrier, info.deck_id,
@@ -337,6 +342,7 @@ class DeckReloader:
         for gone in set(self.cache.decks) - set(names):
             self.cache.swap(gone, None)
             self.cache.stage(gone, None)
+            self.imported_at.pop(gone, None)
         for name in names:
             self.reload(name)
 

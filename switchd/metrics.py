@@ -2,10 +2,30 @@
 
 Labels are bounded: tenant and carrier names come from provisioning, never from the wire;
 no phone number or call UUID is ever a label.
+
+Most metrics are moved by the code that sees the event. The state of the world at scrape
+time (rate decks, gateways, whether a carrier can be used, database and Redis reachable)
+is read when Prometheus asks, by `LIVE` from a snapshot the daemon provides, so it can
+never drift from what routing sees.
 """
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+import time
+from importlib import metadata
+from typing import Callable
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info,
+                               PlatformCollector, ProcessCollector, disable_created_metrics)
+from prometheus_client.core import GaugeMetricFamily
+
+# A `_created` series per counter and histogram doubles the series count and no dashboard
+# or alert of ours reads it.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_* (CPU, memory, open fds against the limit), python_info, python_gc_*.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
 
 def _counter(name, doc, labels=()):
@@ -36,8 +56,7 @@ DIALPLAN_REQUESTS = _counter("switchd_dialplan_requests_total",
 UNKNOWN_TENANT = _counter("switchd_unknown_tenant_total",
                           "Dialplan lookups refused because no tenant matched")
 CARRIER_HEALTH = _gauge("switchd_carrier_health", "Carrier health score 0..100", ("carrier",))
-CARRIER_STATE = _gauge("switchd_carrier_up",
-                       "1 when the carrier is usable, 0 when disabled or down", ("carrier",))
+# switchd_carrier_up: computed at scrape time by LIVE (below), from health and gateways.
 FAILOVERS = _counter("switchd_failovers_total", "Legs that failed over to the next gateway",
                      ("carrier",))
 
@@ -73,3 +92,86 @@ CDRS_WRITTEN = _counter("switchd_cdrs_written_total", "CDR rows committed to Pos
 SPOOL_RECORDS = _gauge("switchd_spool_records", "Records waiting in the local durable spool")
 DB_ERRORS = _counter("switchd_db_errors_total", "PostgreSQL errors", ("operation",))
 REDIS_ERRORS = _counter("switchd_redis_errors_total", "Redis errors", ("operation",))
+
+# --- HTTP server -------------------------------------------------------------------------
+HTTP_CONNECTIONS = _gauge("switchd_http_connections", "Open HTTP connections")
+HTTP_MAX_CONNECTIONS = _gauge("switchd_http_max_connections",
+                              "http.max_connections: open connections beyond it are refused")
+HTTP_CONNECTIONS_REFUSED = _counter("switchd_http_connections_refused_total",
+                                    "Connections refused with 503 at http.max_connections")
+HTTP_IDLE_TIMEOUTS = _counter("switchd_http_idle_timeouts_total",
+                              "Connections closed after http.idle_timeout without a request")
+HTTP_CLIENT_ERRORS = _counter(
+    "switchd_http_client_errors_total",
+    "Requests that failed on the client's side before the application ran, by reason "
+    "(aborted, read_timeout, bad_request, too_large, length_required)", ("reason",))
+
+# --- build and live state ----------------------------------------------------------------
+def _version() -> str:
+    import switchd
+    found = getattr(switchd, "__version__", None)
+    if found:
+        return found
+    try:
+        return metadata.version("switchd")
+    except metadata.PackageNotFoundError:
+        return "unknown"          # run from a source tree that was never installed
+
+
+BUILD_INFO = Info("switchd_build", "switchd's version and the Python running it",
+                  registry=REGISTRY)
+BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
+
+
+class LiveState:
+    """Metrics computed at scrape time from `source()`, a snapshot dict of the daemon:
+
+    database_up: bool | None        None: not known yet (nothing exported)
+    redis_up: bool | None           None: no Redis configured (nothing exported)
+    decks: {carrier: (prefixes, imported_at epoch seconds | None)}
+    gateways: {gateway: (carrier, up)}
+    carriers: {carrier: usable}     enabled, not disabled by health, a gateway up
+    """
+
+    FAMILIES = (
+        ("switchd_database_up", "1 when PostgreSQL answered the last probe (every 5 s)", ()),
+        ("switchd_redis_up", "1 when Redis answered the last probe (absent without redis.url)", ()),
+        ("switchd_deck_prefixes", "Distinct prefixes in the carrier's live rate deck",
+         ("carrier",)),
+        ("switchd_deck_age_seconds", "Seconds since the carrier's live rate deck was imported",
+         ("carrier",)),
+        ("switchd_gateway_up", "1 unless FreeSWITCH reported the gateway down",
+         ("carrier", "gateway")),
+        ("switchd_carrier_up", "1 when the carrier is usable: enabled, not disabled by its "
+         "health, and at least one of its gateways up", ("carrier",)),
+    )
+
+    def __init__(self):
+        self.source: Callable[[], dict] | None = None
+        self.clock = time.time
+
+    def describe(self):
+        return [GaugeMetricFamily(name, doc, labels=list(labels) or None)
+                for name, doc, labels in self.FAMILIES]
+
+    def collect(self):
+        state = self.source() if self.source is not None else {}
+        families = {name: GaugeMetricFamily(name, doc, labels=list(labels) or None)
+                    for name, doc, labels in self.FAMILIES}
+        for key in ("database_up", "redis_up"):
+            if state.get(key) is not None:
+                families[f"switchd_{key}"].add_metric([], 1 if state[key] else 0)
+        now = self.clock()
+        for carrier, (prefixes, imported_at) in sorted(state.get("decks", {}).items()):
+            families["switchd_deck_prefixes"].add_metric([carrier], prefixes)
+            if imported_at is not None:
+                families["switchd_deck_age_seconds"].add_metric([carrier], max(now - imported_at, 0))
+        for gateway, (carrier, up) in sorted(state.get("gateways", {}).items()):
+            families["switchd_gateway_up"].add_metric([carrier, gateway], 1 if up else 0)
+        for carrier, usable in sorted(state.get("carriers", {}).items()):
+            families["switchd_carrier_up"].add_metric([carrier], 1 if usable else 0)
+        return list(families.values())
+
+
+LIVE = LiveState()
+REGISTRY.register(LIVE)

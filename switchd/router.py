@@ -287,8 +287,13 @@ class Router:
         decision.result = "refused"
         decision.reason = reason
         decision.sip_code = refusal.sip_code
-        decision.xml = xml_answer.render_refusal(context, dialled, refusal,
-                                                 {"switchd_route_id": decision.id})
+        # The refused call's CDR and switchd_calls_total take their direction (and tenant)
+        # from these variables: without them the caller's A-leg, which FreeSWITCH calls
+        # "inbound", labelled every refused outbound call inbound.
+        call_vars = {"switchd_route_id": decision.id, "switchd_direction": decision.direction}
+        if decision.tenant:
+            call_vars["switchd_tenant"] = decision.tenant
+        decision.xml = xml_answer.render_refusal(context, dialled, refusal, call_vars)
         return decision
 
 

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from switchd.sim import GatewayBehaviour
-from daemon_harness import rows
+from daemon_harness import metric, rows
 
 
 def _call_row(url, call_uuid):
@@ -98,6 +98,13 @@ def test_refusals_answer_the_right_sip_code(switch, world_url, dialled, accountc
         world_url, "SELECT result, sip_code, reason FROM routing_decisions WHERE call_uuid = %s",
         call.uuid), what="routing decision row")
     assert decisions[0][0] == "refused" and decisions[0][1] == code, decisions
+    # The refused call is still an outbound attempt: its CDR and switchd_calls_total say so
+    # (the caller's A-leg is "inbound" to FreeSWITCH; that once labelled it inbound).
+    row = _wait_cdr(daemon, world_url, call.uuid)
+    assert row[7] == "outbound" and row[5] is False, row
+    assert row[6] == (None if accountcode == "nobody" else "acme")
+    assert metric(daemon, "switchd_calls_total", direction="outbound", result="failed") == 1
+    assert metric(daemon, "switchd_calls_total", direction="inbound") == 0
 
 
 def test_inbound_did_reaches_the_tenant_extension(switch, world_url):

@@ -14,13 +14,22 @@ def main(config: Config, args) -> int:
     setup_logging(config["log.level"], config["log.format"])
     from switchd.daemon import Daemon
     from switchd.db.connect import database_url
-    # Database, migration and embedded-PostgreSQL failures reach the CLI's one-line
-    # reporter (switchd/exitcodes.py) as they are; a port in use is an OSError here.
-    db_url = database_url(config)
+    daemon = Daemon(config, None)
     try:
-        daemon = Daemon(config, db_url).start()
+        # HTTP first: /healthz answers (and /readyz names what is starting) while the
+        # database starts and the rate decks load, which takes seconds with large decks.
+        daemon.listen()
     except OSError as exc:
         raise CliError(f"cannot start: {exc.strerror or exc} (HTTP {config['http.host']}:"
                        f"{config['http.port']}); is another switchd running there? "
                        "Set http.port (SWITCHD_HTTP_PORT) to a free port") from None
+    try:
+        # Database, migration and embedded-PostgreSQL failures reach the CLI's one-line
+        # reporter (switchd/exitcodes.py) as they are.
+        daemon.starting = "starting the database"
+        daemon.db_url = database_url(config)
+        daemon.start()
+    except BaseException:
+        daemon.stop(drain_timeout=2)
+        raise
     return daemon.run_forever()

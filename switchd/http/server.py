@@ -1,12 +1,15 @@
 """The HTTP face of the daemon (gevent WSGI): mod_xml_curl, health, metrics, JSON API.
 
 Routes:
-  POST /fs/dialplan   mod_xml_curl dialplan lookups (form body) -> XML
-  GET  /healthz       200 while the process serves
-  GET  /readyz        200 only when ESL is up and CDRs can be stored or spooled
+  POST /fs/dialplan   mod_xml_curl dialplan lookups (form body) -> XML (503 while starting)
+  GET  /healthz       200 while the process serves, from the first second of `switchd run`
+  GET  /readyz        200 only when started, ESL is up and CDRs can be stored or spooled
   GET  /metrics       Prometheus exposition
   GET  /v1/calls      live calls from the registry (what `switchd calls` shows)
   POST /v1/calls      originate a call (JSON), answered once FreeSWITCH has a result
+
+Timeouts, the connection bound and clients that go away are the connection layer's
+(switchd/http/connections.py); this module sees only complete requests.
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ from itertools import repeat
 from typing import Callable
 from urllib.parse import unquote
 
-from gevent.pywsgi import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from switchd import metrics
+from switchd.http.connections import HttpLimits, Server
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ _REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Confli
 
 class BadRequest(ValueError):
     pass
+
+
+class NotReady(Exception):
+    """Raised by a collaborator that cannot serve yet (the daemon is still starting)."""
 
 
 def parse_form(body: bytes) -> dict[str, str]:
@@ -141,6 +148,9 @@ class HttpApp:
             if path == "/v1/calls" and method == "POST" and self.originate is not None:
                 return self._originate(environ, start_response)
             return self._plain(start_response, "404 Not Found", "no such endpoint\n")
+        except NotReady as exc:
+            # mod_xml_curl takes a non-200 as a failed lookup: the static fallback refuses.
+            return self._plain(start_response, "503 Service Unavailable", f"not ready: {exc}\n")
         except Exception:   # greenlet boundary: one bad request never takes the server down
             log.exception("HTTP handler failed for %s %s", method, path)
             return self._plain(start_response, "500 Internal Server Error", "internal error\n")
@@ -204,9 +214,11 @@ class HttpApp:
         return [text.encode()]
 
 
-def serve(app: HttpApp, host: str, port: int) -> WSGIServer:
+def serve(app: HttpApp, host: str, port: int, limits: HttpLimits = HttpLimits()) -> Server:
     """Start serving in the background; the caller stops it with `.stop()`."""
-    server = WSGIServer((host, port), app, log=None, error_log=log)
+    server = Server((host, port), app, limits, log=None, error_log=log)
     server.start()
-    log.info("HTTP listening on %s:%s", host, server.server_port)
+    log.info("HTTP listening on %s:%s (read timeout %gs, idle timeout %gs, at most %d "
+             "connections)", host, server.server_port, limits.read_timeout,
+             limits.idle_timeout, limits.max_connections)
     return server
