@@ -591,20 +591,32 @@ class RealSwitch:
 
     def wait_call(self, call: CallResult, timeout: float = 15.0) -> list[Hangup]:
         """Every leg of the caller's call once all have hung up: the A-leg first, then the
-        carrier legs in the order FreeSWITCH created them."""
-        return poll(lambda: self._call_legs(call.call_id), timeout,
-                    f"every leg of Call-ID {call.call_id} to hang up")
+        carrier legs in the order FreeSWITCH created them. [] when the switch refused the
+        INVITE without creating a channel (a SIP-level 4xx, e.g. an unparsable From): that is
+        decided after 3 s without a CHANNEL_CREATE for a call the caller saw refused."""
+        deadline = time.monotonic() + 3.0
+        refused = call.code is not None and call.code != 200
+
+        def legs():
+            found = self._call_legs(call.call_id)
+            if found is None and refused and time.monotonic() > deadline \
+                    and not self._a_leg(self.listener.snapshot(), call.call_id):
+                return []
+            return found
+        found = poll(lambda: (lambda v: (v,) if v is not None else None)(legs()), timeout,
+                     f"every leg of Call-ID {call.call_id} to hang up")
+        return found[0]
+
+    @staticmethod
+    def _a_leg(events: list[dict[str, str]], sip_call_id: str) -> str | None:
+        return next((e.get("Unique-ID") for e in events
+                     if e.get("Event-Name") in ("CHANNEL_CREATE", "CHANNEL_HANGUP_COMPLETE")
+                     and e.get("Call-Direction") == "inbound"
+                     and e.get("variable_sip_call_id") == sip_call_id), None)
 
     def _call_legs(self, sip_call_id: str) -> list[Hangup] | None:
         events = self.listener.snapshot()
-        a_leg = next((e.get("Unique-ID") for e in events
-                      if e.get("Event-Name") == "CHANNEL_CREATE"
-                      and e.get("variable_sip_call_id") == sip_call_id), None)
-        if a_leg is None:
-            a_leg = next((e.get("Unique-ID") for e in events
-                          if e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE"
-                          and e.get("variable_sip_call_id") == sip_call_id
-                          and e.get("Call-Direction") == "inbound"), None)
+        a_leg = self._a_leg(events, sip_call_id)
         if a_leg is None:
             return None
         created = [a_leg] + [e["Unique-ID"] for e in events
