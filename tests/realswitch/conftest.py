@@ -39,6 +39,9 @@ fallback that answers 503, mod_json_cdr only when `RealSwitch(cdr_url=...)` is g
 - `switch.gateway_state("gw_a")` → 'UP' / 'DOWN' / None; `switch.channel_count()`.
 - `switch.restart()`: SIGTERM FreeSWITCH (it deletes its gateways, hangs up calls) and
   start it again with the same config; carriers keep running.
+- `switch.set_cdr_url(url)`: mod_json_cdr on (every leg's CDR POSTed to `url`, e.g.
+  `f"http://127.0.0.1:{switch.plan.http}/fs/cdr"`, the daemon's port) or off (None); the
+  reset turns it off. `switch.plan` holds every port (`esl`, `sip`, `http`, RTP range).
 
 `rs_world_url` → a migrated PostgreSQL database (fixture `migrated_pg_url`) provisioned with
 tests/realswitch/world.py: tenants `acme` and `brief` (max 3 s), carriers alpha/bravo/charlie

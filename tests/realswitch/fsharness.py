@@ -55,9 +55,13 @@ def skip_reason() -> str | None:
     fs, sipp = find_freeswitch(), find_sipp()
     if fs and sipp:
         return None
-    missing = [name for name, found in (("freeswitch", fs), ("sipp", sipp)) if not found]
+    explicit = os.environ.get("SWITCHD_TEST_FREESWITCH")
+    missing = [("freeswitch" if not explicit else
+                f"freeswitch (SWITCHD_TEST_FREESWITCH={explicit} is not an executable)")
+               ] if not fs else []
+    missing += [] if sipp else ["sipp"]
     return (f"real-switch suite needs FreeSWITCH 1.10 and sipp; missing: {', '.join(missing)} "
-            "(install with ../shared/realswitch/install.sh, or set SWITCHD_TEST_FREESWITCH)")
+            "(install both with ../shared/realswitch/install.sh, or set SWITCHD_TEST_FREESWITCH)")
 
 
 def module_dir(fs_bin: str) -> str:
@@ -309,7 +313,7 @@ class Carrier:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err)
         # sipp binds at once; a bind failure makes it exit within a moment
-        poll(lambda: self.proc.poll() is not None or not fsconfig._free(self.ports.sip, tcp=False),
+        poll(lambda: self.proc.poll() is not None or not fsconfig.port_free(self.ports.sip, tcp=False),
              5, f"sipp carrier {self.name} to bind 127.0.0.1:{self.ports.sip}")
         if self.proc.poll() is not None:
             raise HarnessError(f"sipp carrier {self.name} exited {self.proc.returncode} "
@@ -470,12 +474,10 @@ class RealSwitch:
     def _start_fs(self, timeout: float = 30.0) -> None:
         for d in FS_DIRS:
             (self.fs_dir / d).mkdir(parents=True, exist_ok=True)
-        (self.fs_dir / "conf" / "freeswitch.xml").write_text(fsconfig.render(
-            self.plan, esl_password=self.esl_password, dialplan_url=self.dialplan_url,
-            cdr_url=self.cdr_url))
+        self._write_config()
         pid_file = self.fs_dir / "run" / "freeswitch.pid"
         pid_file.unlink(missing_ok=True)
-        busy = [p for p in (self.plan.esl, self.plan.sip) if not fsconfig._free(p)]
+        busy = [p for p in (self.plan.esl, self.plan.sip) if not fsconfig.port_free(p)]
         if busy:
             raise HarnessError(f"ports {busy} on 127.0.0.1 are taken; FreeSWITCH cannot start")
         args = [self.fs_bin, "-nonat", "-nonatmap", "-ncwait", "-base", str(self.fs_dir),
@@ -495,6 +497,11 @@ class RealSwitch:
                                self.api("sofia status"), re.M),
              timeout, f"sofia profile {fsconfig.PROFILE} RUNNING", 0.1)
         self.listener.start()
+
+    def _write_config(self) -> None:
+        (self.fs_dir / "conf" / "freeswitch.xml").write_text(fsconfig.render(
+            self.plan, esl_password=self.esl_password, dialplan_url=self.dialplan_url,
+            cdr_url=self.cdr_url))
 
     def _esl_answers(self) -> bool:
         try:
@@ -541,6 +548,8 @@ class RealSwitch:
         self._handles.clear()
         if self.fs_pid is None or not _alive(self.fs_pid):
             self._start_fs()
+        if self.cdr_url:
+            self.set_cdr_url(None)
         self.api("hupall NORMAL_CLEARING")
         poll(lambda: self.channel_count() == 0, timeout, "no channels left on the switch", 0.1)
         for carrier in self.carriers.values():
@@ -550,6 +559,21 @@ class RealSwitch:
         for carrier in self.carriers.values():
             carrier.reset_counts()
         self.listener.clear()
+
+    def set_cdr_url(self, url: str | None) -> None:
+        """Turn mod_json_cdr on (posting every leg's CDR to `url`) or off (None), at once:
+        the config is rewritten, `reloadxml`, then the module is (re)loaded or unloaded.
+        `reset()` turns it off again."""
+        was, self.cdr_url = self.cdr_url, url
+        self._write_config()
+        if not self.api("reloadxml").startswith("+OK"):
+            raise HarnessError("reloadxml failed after writing the CDR URL")
+        if was:
+            self.api("unload mod_json_cdr")
+        if url:
+            reply = self.api("load mod_json_cdr")
+            if not reply.startswith("+OK"):
+                raise HarnessError(f"load mod_json_cdr: {reply.strip()}")
 
     # -- the switch --------------------------------------------------------------------------
     def api(self, cmd: str) -> str:

@@ -4,7 +4,10 @@ checked against this), INVITEs are counted once per call, and restart() brings t
 gateways back."""
 from __future__ import annotations
 
+import http.server
+import json
 import re
+import threading
 
 import pytest
 
@@ -68,3 +71,30 @@ def test_restart_brings_the_gateways_back(realswitch):
     assert re.search(r"\d+ total", realswitch.api("show channels count"))
     reply, hangups = originate(realswitch, "gw_a")
     assert reply.startswith("+OK ") and hangups, reply
+
+
+def test_json_cdr_posts_each_leg_when_turned_on(realswitch):
+    """The CDR hook (off by default): with a URL, mod_json_cdr posts every leg's CDR."""
+    posts: list[dict] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", realswitch.plan.http), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        realswitch.set_cdr_url(f"http://127.0.0.1:{realswitch.plan.http}/fs/cdr")
+        reply, hangups = originate(realswitch, "gw_a")
+        assert reply.startswith("+OK ")
+        cdr = poll(lambda: next((p for p in posts
+                                 if p.get("variables", {}).get("uuid") == hangups[0].uuid), None),
+                   10, "the leg's JSON CDR")
+        assert cdr["variables"]["billmsec"] == str(hangups[0].billmsec)
+    finally:
+        server.shutdown()
+        server.server_close()
