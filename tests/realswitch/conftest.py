@@ -65,7 +65,6 @@ teardown (and at interpreter exit if a teardown never ran).
 from __future__ import annotations
 
 import atexit
-from pathlib import Path
 
 import pytest
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from .backends import SIP_TO_CAUSE
-from .fsharness import poll
+from .common import poll
 
 pytestmark = pytest.mark.realswitch
 
