@@ -23,11 +23,12 @@ fallback that answers 503, mod_json_cdr only when `RealSwitch(cdr_url=...)` is g
   `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
   `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.
 - `switch.call(number, caller_number="1000", caller_name="switchd test", from_header=None,
-  headers={"X-Tenant": "acme"}, hold_ms=1000)` → `CallResult`: `code` (final SIP answer, 200
+  tenant="acme", headers=None, hold_ms=1000)` → `CallResult`: `code` (final SIP answer, 200
   when answered), `call_id` (the caller's SIP Call-ID), `progress_after`, `answered_after`,
   `duration` (answer → BYE, seconds), `ended_by` ('caller' | 'switch'), `bye_reason`.
   `from_header` (str or bytes, written byte for byte, no `[`, `]` or line breaks) replaces
-  the whole From value for hostile caller IDs. `call_async(...)` returns a handle whose
+  the whole From value for hostile caller IDs. `tenant` goes out as an `X-Tenant` header
+  (None: none, as for a call to a DID); `headers` adds others. `call_async(...)` returns a handle whose
   `.wait()` gives the result (up to 8 callers at once).
 - `switch.api(cmd)` → FreeSWITCH's text for an API command (own ESL connection).
 - `switch.hangups(sip_call_id=None)` → `Hangup`s (CHANNEL_HANGUP_COMPLETE from the harness's

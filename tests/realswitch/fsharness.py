@@ -272,15 +272,17 @@ class RealSwitch:
     # -- callers -----------------------------------------------------------------------------
     def call_async(self, number: str, *, caller_number: str = "1000",
                    caller_name: str | bytes = "switchd test", from_header: str | bytes | None = None,
-                   headers: dict[str, str] | None = None, hold_ms: int = 1000,
-                   timeout_s: float = 120.0) -> CallHandle:
+                   tenant: str | None = "acme", headers: dict[str, str] | None = None,
+                   hold_ms: int = 1000, timeout_s: float = 120.0) -> CallHandle:
         """Start one call (a sipp caller) to `number` at the switch's SIP profile.
         `from_header` replaces the whole From value (byte for byte, without ';tag=');
-        otherwise it is `"caller_name" <sip:caller_number@127.0.0.1>`."""
+        otherwise it is `"caller_name" <sip:caller_number@127.0.0.1>`. `tenant` is sent as
+        `X-Tenant` (None: no header, e.g. a call to a DID); `headers` adds more."""
         if from_header is None:
             from_header = b'"' + as_bytes(caller_name) + b'" <sip:' + as_bytes(caller_number) \
                           + b"@127.0.0.1>"
-        extra = [f"{k}: {v}".encode() for k, v in (headers or {}).items()]
+        all_headers = ({"X-Tenant": tenant} if tenant else {}) | (headers or {})
+        extra = [f"{k}: {v}".encode() for k, v in all_headers.items()]
         with self._slot_lock:
             if not self._slots:
                 raise HarnessError(f"all {len(self.plan.callers)} caller slots are busy")

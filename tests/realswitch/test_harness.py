@@ -98,3 +98,13 @@ def test_json_cdr_posts_each_leg_when_turned_on(realswitch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_without_switchd_the_static_fallback_refuses(realswitch):
+    """No daemon on the xml_curl URL: FreeSWITCH falls back to our static dialplan, which
+    refuses (503) and sends nothing to any carrier."""
+    result = realswitch.call("+442079460123", hold_ms=200)
+    assert result.code == 503, result
+    legs = realswitch.wait_call(result)
+    assert [(h.direction, h.gateway) for h in legs] == [("inbound", None)]
+    assert realswitch.invites() == {"gw_a": 0, "gw_b": 0, "gw_c": 0}

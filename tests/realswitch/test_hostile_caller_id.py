@@ -34,8 +34,7 @@ HOSTILE = [
 @pytest.mark.parametrize("from_header", HOSTILE)
 def test_hostile_caller_id_routes_sanitised_or_is_refused(realswitch, rs_daemon, from_header):
     dialled, carrier, _ = world.DESTINATIONS[0]
-    result = realswitch.call(dialled, headers={"X-Tenant": "acme"}, from_header=from_header,
-                             hold_ms=500)
+    result = realswitch.call(dialled, from_header=from_header, hold_ms=500)
     legs = realswitch.wait_call(result)
     if legs:
         rs_daemon.wait_cdr(legs[0].uuid)
