@@ -115,6 +115,15 @@ class RealSwitch:
              timeout, f"sofia profile {fsconfig.PROFILE} RUNNING", 0.1)
         self.listener.start()
 
+    def _pid_from_file(self) -> int | None:
+        """FreeSWITCH's pid even when a start failed half-way (so stop() leaves no stray)."""
+        try:
+            pid = int((self.fs_dir / "run" / "freeswitch.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if str(self.fs_dir).encode() in cmdline else None     # ours, not a reused pid
+
     def _write_config(self) -> None:
         (self.fs_dir / "conf" / "freeswitch.xml").write_text(fsconfig.render(
             self.plan, esl_password=self.esl_password, dialplan_url=self.dialplan_url,
@@ -129,7 +138,7 @@ class RealSwitch:
 
     def _stop_fs(self, timeout: float = 20.0) -> None:
         self.listener.stop()
-        pid, self.fs_pid = self.fs_pid, None
+        pid, self.fs_pid = self.fs_pid or self._pid_from_file(), None
         if pid is None:
             return
         try:

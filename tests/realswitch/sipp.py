@@ -22,6 +22,7 @@ FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 
                423, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 491, 500, 501, 502, 503,
                504, 505, 513, 600, 603, 604, 606, 608)
 
+
 def sipp_command(sipp: str, ports: fsconfig.SippPorts) -> list[str]:
     return [sipp, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1",
             "-p", str(ports.sip), "-mp", str(ports.media), "-cp", str(ports.control),
@@ -207,8 +208,8 @@ def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int) ->
         f'    <action><log message="rs final_ms=[clock_tick] code={c}"/></action>\n  </recv>'
         for c in FINAL_CODES).encode()
     extra = b"".join(b"      " + h + b"\n" for h in extra_headers)
-    return (template.replace(b"@FROM@", from_value).replace(b"@EXTRA@\n", extra)
-            .replace(b"@EXTRA@", extra).replace(b"@HOLD_MS@", str(int(hold_ms)).encode())
+    return (template.replace(b"@FROM@", from_value).replace(b"@EXTRA@", extra)
+            .replace(b"@HOLD_MS@", str(int(hold_ms)).encode())
             .replace(b"@FINALS@", finals))
 
 
