@@ -32,6 +32,9 @@ INT32_MAX = 2 ** 31 - 1     # PostgreSQL `integer`
 
 # Patterns the renderer enforces (xml_answer imports these very objects).
 VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# A variable switchd only reads from a lookup: FreeSWITCH names SIP header variables after
+# the header, hyphens included (sip_h_X-Tenant).
+READ_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}")
 GATEWAY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")     # also profiles, object names
 CONTEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 NUMBER = re.compile(r"\+?[0-9]{1,32}")                          # dialled number
@@ -106,6 +109,14 @@ def variable_name(value) -> str:
     if not isinstance(value, str) or not VAR_NAME.fullmatch(value):
         raise Invalid(f"{value!r} is not a channel variable name (letters, digits and '_', "
                       f"not starting with a digit)")
+    return value
+
+
+def read_variable_name(value) -> str:
+    """A channel variable switchd reads (never sets): SIP header variables keep hyphens."""
+    if not isinstance(value, str) or not READ_VAR_NAME.fullmatch(value):
+        raise Invalid(f"{value!r} is not a channel variable name (letters, digits, '_' and "
+                      f"'-', not starting with a digit or '-')")
     return value
 
 

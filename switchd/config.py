@@ -126,7 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
             "or the channel variable in routing.tenant_variable."),
     Setting("routing", "tenant_variable", str, "switchd_tenant",
             "Channel variable holding the tenant when tenant_from = 'variable'.",
-            check=_rule(validate.variable_name)),
+            check=_rule(validate.read_variable_name)),
     Setting("routing", "max_routes", int, 5,
             "Gateways in one bridge: the first choice plus alternates (at most 5).",
             check=lambda v: None if 1 <= v <= 5 else "must be between 1 and 5"),
