@@ -152,8 +152,9 @@ class Rated:
 
 def talk_seconds(billsec: int | None, billmsec: int | None, rounding: str = BILLSEC) -> int | None:
     """Whole seconds of talk time by the carrier's rounding; None when the needed figure
-    is unknown. BILLSEC takes FreeSWITCH's billsec as it is; CEIL_MS rounds billmsec up to
-    the started second (falling back to billsec when billmsec is unknown)."""
+    is unknown. BILLSEC takes FreeSWITCH's billsec as it is (whole seconds of billmsec when
+    billsec is unknown); CEIL_MS rounds billmsec up to the started second (billsec when
+    billmsec is unknown)."""
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}, got {rounding!r}")
     for name, v in (("billsec", billsec), ("billmsec", billmsec)):
@@ -162,7 +163,8 @@ def talk_seconds(billsec: int | None, billmsec: int | None, rounding: str = BILL
     if rounding == CEIL_MS and billmsec is not None:
         return answered_seconds(billmsec)
     if billsec is None:
-        return None
+        # billsec unknown (an event source without it): the whole seconds of billmsec.
+        return None if billmsec is None else max(billmsec // 1000, 0)
     return max(billsec, 0)
 
 

@@ -19,8 +19,10 @@ import gevent
 import psycopg
 from gevent.event import Event
 
+from dialplan import rating
 from switchd import billing, metrics, systemd
 from switchd.books import HealthBook, SpendBook, month_start
+from switchd.cdrs.ingest import CdrIngest
 from switchd.config import Config
 from switchd.db import store
 from switchd.db.cdr_writer import CdrWriter, EventRecord
@@ -100,6 +102,12 @@ class Daemon:
         self.caps.on_refused_leg = lambda call_uuid, leg_uuid: gevent.spawn(
             self._kill, call_uuid, leg_uuid, "NORMAL_CIRCUIT_CONGESTION")
         self.writer = CdrWriter(self.db_url, spool=Spool(cfg.data_dir / "spool")).start()
+        # FreeSWITCH's own CDRs (POST /fs/cdr): durable before acknowledged; when PostgreSQL
+        # is away they share the writer's spool, which the writer replays.
+        self.cdr_ingest = CdrIngest(self.db_url, self.writer.spool,
+                                    precision=cfg["rating.precision"],
+                                    rounding_of=self._rounding_of, reprice=self._reprice,
+                                    encoded_values=cfg["cdr.encoded_values"])
         self.registry = CallRegistry()
         self.router = Router(world=lambda: self.world, decks=lambda: self.decks.decks,
                              health=self.health, caps=self.caps, spend=self.spend,
@@ -113,7 +121,9 @@ class Daemon:
                            readiness=self.readiness, live_calls=self.live_calls,
                            originate=lambda payload: self.originator.originate(
                                OriginateRequest.from_json(payload)),
-                           api_token=cfg["http.api_token"] or None)
+                           api_token=cfg["http.api_token"] or None,
+                           cdr_ingest=self.cdr_ingest,
+                           cdr_credentials=cfg["cdr.credentials"] or None)
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"])
         self.http_port = self.http_server.server_port
         self.esl = ESLSupervisor(
@@ -176,6 +186,8 @@ class Daemon:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
             self.caps.close()
+        if getattr(self, "cdr_ingest", None) is not None:
+            self.cdr_ingest.close()
 
     def run_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
@@ -221,10 +233,42 @@ class Daemon:
             core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
             call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
 
+    # --- rating terms ----------------------------------------------------------------------
+    def _rounding_of(self, carrier: str | None) -> str:
+        """The carrier agreement's billed-seconds rule (carriers.billing_rounding)."""
+        found = self.world.carriers.get(carrier or "")
+        return found.billing_rounding if found is not None else rating.BILLSEC
+
+    def _reprice(self, carrier: str, prefix: str, answered_at: datetime):
+        """The carrier's dated deck row for `prefix` in force at the answer time, when the
+        deck has one (a price change by effective date between routing and answer).
+        Undated rows are what the router already chose from; a whole deck swapped in at its
+        start between routing and answer is not seen here (docs/rates.md)."""
+        deck = self.decks.decks.get(carrier)
+        if deck is None or not prefix.isdigit():
+            return None
+        try:
+            row = deck.lookup(prefix, answered_at)
+        except ValueError:
+            return None
+        if row is None or row.effective_from is None:
+            return None
+        return rating.Tariff(row.rate_per_min, row.connect_fee, row.initial_increment,
+                             row.subsequent_increment, row.effective_from)
+
+    def _rate_leg(self, leg, precision: int):
+        return billing.rate_leg(leg, precision, self._rounding_of, self._reprice)
+
     def _act(self, effect) -> None:
         precision = self.config["rating.precision"]
         if isinstance(effect, LegEnded):
-            self.writer.submit_leg(billing.rate_leg(effect.leg, precision))
+            record = self._rate_leg(effect.leg, precision)
+            if record.unrated:
+                billing.count_unrated("esl", "answered carrier leg without a usable tariff",
+                                      record.leg_uuid, record.call_uuid)
+            if record.provisional and record.answered_at is not None:
+                metrics.PROVISIONAL_LEGS.inc()
+            self.writer.submit_leg(record)
         elif isinstance(effect, CarrierOutcome):
             self.health.record_leg(effect.carrier, effect.hangup_cause, effect.sip_status,
                                    effect.answered, _now())
@@ -238,7 +282,7 @@ class Daemon:
                             self.world.carriers.get(call.carrier or ""))
 
     def _call_ended(self, call, precision: int) -> None:
-        legs = [billing.rate_leg(leg, precision) for leg in call.legs]
+        legs = [self._rate_leg(leg, precision) for leg in call.legs if not leg.placeholder]
         record = billing.call_record(call, legs, ended_us=self.now_us())
         if call.reconstructed:
             for leg in legs:     # reconstructed legs never got their own LegEnded

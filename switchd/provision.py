@@ -124,6 +124,7 @@ CARRIER = {
     "max_channels": (_NONNEG_INT, False), "cps_limit": (_POS_DEC, False),
     "default_initial_increment": (_POS_INT, False),
     "default_subsequent_increment": (_POS_INT, False),
+    "billing_rounding": (_enum("billsec", "ceil_ms"), False),
     "gateways": (lambda v: v, False),   # checked on its own below
 }
 GATEWAY = {
@@ -150,7 +151,8 @@ DEFAULTS = {
                 "blocked_prefixes": [], "max_rate_per_min": None, "allowed_carriers": [],
                 "routing_mode": "cost", "enabled": True},
     "carriers": {"enabled": True, "priority": 100, "max_channels": None, "cps_limit": None,
-                 "default_initial_increment": 60, "default_subsequent_increment": 60},
+                 "default_initial_increment": 60, "default_subsequent_increment": 60,
+                 "billing_rounding": "billsec"},
     "gateways": {"profile": "external", "leg_timeout": 30, "enabled": True},
     "campaigns": {"max_concurrent": None, "cps_limit": None},
 }

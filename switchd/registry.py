@@ -92,6 +92,7 @@ class Leg:
     hangup_cause: str | None = None
     sip_status: int | None = None
     billmsec: int | None = None       # None: unknown (e.g. closed by resync)
+    billsec: int | None = None        # FreeSWITCH's variable_billsec, when the event had it
     vars: dict[str, str] = field(default_factory=dict)
     caller: str = ""
     destination: str = ""
@@ -362,6 +363,7 @@ class CallRegistry:
         leg.hangup_cause = ev.hangup_cause or leg.hangup_cause
         leg.sip_status = ev.sip_status if ev.sip_status is not None else leg.sip_status
         leg.billmsec = ev.billmsec if ev.billmsec is not None else leg.billmsec
+        leg.billsec = ev.billsec if ev.billsec is not None else leg.billsec
         leg.caller = ev.caller_number or leg.caller
         leg.destination = ev.destination_number or leg.destination
 

@@ -2,6 +2,7 @@
 
 Routes:
   POST /fs/dialplan   mod_xml_curl dialplan lookups (form body) -> XML
+  POST /fs/cdr        mod_json_cdr: FreeSWITCH's CDR of a leg (switchd/cdrs/http.py)
   GET  /healthz       200 while the process serves
   GET  /readyz        200 only when ESL is up and CDRs can be stored or spooled
   GET  /metrics       Prometheus exposition
@@ -106,12 +107,15 @@ class HttpApp:
     def __init__(self, route_lookup: Callable[[dict], str] | None = None,
                  readiness: Callable[[], dict] | None = None,
                  live_calls: Callable[[], list] | None = None,
-                 originate: Callable[[dict], dict] | None = None, api_token: str | None = None):
+                 originate: Callable[[dict], dict] | None = None, api_token: str | None = None,
+                 cdr_ingest=None, cdr_credentials: str | None = None):
         self.route_lookup = route_lookup
         self.readiness = readiness or (lambda: {})
         self.live_calls = live_calls or (lambda: [])
         self.originate = originate
         self.api_token = api_token
+        self.cdr_ingest = cdr_ingest
+        self.cdr_credentials = cdr_credentials
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -121,6 +125,10 @@ class HttpApp:
                 if method != "POST":
                     return self._plain(start_response, "405 Method Not Allowed", "POST only\n")
                 return self._dialplan(environ, start_response)
+            if path == "/fs/cdr" and self.cdr_ingest is not None:
+                from switchd.cdrs import http as cdr_http
+                return cdr_http.handle(environ, start_response, self.cdr_ingest,
+                                       self.cdr_credentials)
             if path == "/healthz":
                 return self._json(start_response, "200 OK", {"status": "ok"})
             if path == "/readyz":
