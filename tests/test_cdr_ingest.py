@@ -258,3 +258,32 @@ def test_endpoint_answers_200_only_once_durable(migrated_pg_url, tmp_path):
 def test_endpoint_answers_503_when_nothing_could_keep_it(tmp_path):
     app = HttpApp(cdr_ingest=CdrIngest(DEAD_DB, _broken_spool(tmp_path)))
     assert _wsgi(app, B_BODY)[0] == 503
+
+
+# --- switchd cdr import DIR --------------------------------------------------------------------
+def test_cdr_import_replays_the_error_directory_idempotently(migrated_pg_url, tmp_path,
+                                                             monkeypatch, capsys):
+    import shutil
+
+    from switchd.cli import main
+    err = tmp_path / "errdir"
+    shutil.copytree(FIX / "errdir", err / "2026-11-30-18-00-00")      # rotate=true layout
+    (err / "broken.cdr.json").write_text("{truncated")
+    monkeypatch.setenv("SWITCHD_DATABASE_URL", migrated_pg_url)
+    assert main(["cdr", "import", str(err)]) == 1                    # one refused
+    out = capsys.readouterr()
+    assert "3 CDR file(s): 2 stored, 1 refused" in out.out and "broken.cdr.json" in out.out
+    assert "3/3 CDRs" in out.err
+    a = "f0dd170c-c2ce-44a5-8b2b-6664f2c8a31b"
+    call, legs = _rows(migrated_pg_url, a)
+    # billsec 2 (1.5 s hold), 60/6: 0.0050 + 0.0100 * 60 / 60
+    assert call[0][:5] == (Decimal("0.015000"), 60, "switch", False, False) and len(legs) == 2
+    assert sorted(p.name for p in (err / "imported").iterdir()) == sorted(
+        p.name for p in (FIX / "errdir").iterdir())
+    # again, with the files put back: nothing changes
+    for p in (err / "imported").iterdir():
+        shutil.copy(p, err / p.name)
+    (err / "broken.cdr.json").unlink()
+    assert main(["cdr", "import", str(err), "--keep"]) == 0
+    assert "2 stored, 0 refused" in capsys.readouterr().out
+    assert _rows(migrated_pg_url, a) == (call, legs)

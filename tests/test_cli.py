@@ -7,7 +7,7 @@ import pytest
 from switchd.cli import build_parser, main
 
 COMMANDS = [["run"], ["demo"], ["migrate"], ["provision"], ["rates"], ["rates", "import"], ["originate"],
-            ["calls"], ["report"], ["check-config"]]
+            ["calls"], ["report"], ["check-config"], ["cdr"], ["cdr", "import"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS)
