@@ -6,10 +6,9 @@ never on sleeps.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from urllib.parse import quote
-
-import time
 
 import gevent
 import gevent.queue
