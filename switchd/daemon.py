@@ -37,7 +37,7 @@ from switchd.originate import OriginateRequest, Originator
 from switchd.policing import CapsGate, build_caps_backend
 from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
                               LegEnded)
-from switchd.registry_resync import parse_show_channels_json
+from switchd.registry_resync import RESYNC_LAG_US, parse_show_channels_json
 from switchd.router import Router
 from switchd.watchers import Periodic, WorldReloader
 
@@ -55,6 +55,7 @@ class _Resync:
     """`show channels` rows, queued behind the events that preceded the reply."""
     rows: list
     connection: object = None     # the connection they came from: stale once it has closed
+    requested_us: int = 0         # when we asked: younger legs may be missing (lag)
 
 
 def _now() -> datetime:
@@ -75,6 +76,7 @@ class Daemon:
         self.http_port: int | None = None
         self.killed_by_watchdog: set[str] = set()
         self.resynced = False
+        self.gap_started_us: int | None = None   # when ESL was lost, until the next resync
 
     # --- start / stop ----------------------------------------------------------------------
     def start(self) -> "Daemon":
@@ -201,7 +203,7 @@ class Daemon:
     # --- ESL events --------------------------------------------------------------------------
     def handle_event(self, event) -> None:
         if isinstance(event, _Resync):
-            self._apply_resync(event.rows, event.connection)
+            self._apply_resync(event.rows, event.connection, event.requested_us)
         elif isinstance(event, ChannelEvent):
             self._record_event(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
@@ -309,23 +311,35 @@ class Daemon:
 
         The reply is applied through the event queue, behind every event that preceded it
         on the wire, so a call whose events are still queued is not mistaken for unknown."""
+        requested_us = self.now_us()
         reply = connection.api(_bare(commands.show_channels_json()),
                                timeout=self.config["esl.command_timeout"])
-        connection.post(_Resync(parse_show_channels_json(reply), connection))
+        connection.post(_Resync(parse_show_channels_json(reply), connection, requested_us))
 
     def on_esl_disconnected(self, reason: str) -> None:
         self.resynced = False
+        if self.gap_started_us is None:
+            # Calls that end before we see the switch again are billed up to here
+            # (provisionally: the switch's CDR settles them).
+            self.gap_started_us = self.now_us()
 
-    def _apply_resync(self, rows, connection=None) -> None:
+    def _apply_resync(self, rows, connection=None, requested_us: int | None = None) -> None:
         closed = getattr(connection, "closed", None)
         if closed is not None and closed.is_set():
             # Its connection dropped before we got here; the next one resyncs afresh. Applied
             # now, a snapshot older than events of the new connection would close live calls.
             log.info("resync: skipping a snapshot from a connection that has since closed")
             return
-        effects = self.registry.resync(rows, self.now_us())
+        spared = self.registry.counters["resync_spared"]
+        effects = self.registry.resync(rows, self.now_us(), requested_us=requested_us,
+                                       ended_us=self.gap_started_us)
+        self.gap_started_us = None
         for effect in effects:
             self._act(effect)
+        if self.registry.counters["resync_spared"] > spared:
+            # Legs missing from the snapshot but possibly too young to be in it: look again
+            # once they are old enough, rather than at the next periodic resync.
+            gevent.spawn_later(RESYNC_LAG_US / 1e6 + 1.0, self._resync_again)
         live = {call.call_uuid for call in self.registry.live_calls()}
         self.resynced = True
         log.info("resync: switch has %d channel(s), %d live call(s); %d effect(s)",
@@ -377,6 +391,12 @@ class Daemon:
         metrics.LIVE_CALLS.clear()
         for (tenant, carrier), count in live.items():
             metrics.LIVE_CALLS.labels(tenant, carrier).set(count)
+
+    def _resync_again(self) -> None:
+        try:
+            self._periodic_resync()
+        except Exception as exc:    # greenlet boundary; the periodic resync comes anyway
+            log.warning("follow-up resync failed (the periodic one will retry): %s", exc)
 
     def _periodic_resync(self) -> None:
         connection = self.esl.connection
