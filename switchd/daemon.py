@@ -77,6 +77,7 @@ class Daemon:
         self.killed_by_watchdog: set[str] = set()
         self.resynced = False
         self.gap_started_us: int | None = None   # when ESL was lost, until the next resync
+        self.switch_offset_us = 0                # switch clock - ours, from the last event
 
     # --- start / stop ----------------------------------------------------------------------
     def start(self) -> "Daemon":
@@ -205,6 +206,10 @@ class Daemon:
         if isinstance(event, _Resync):
             self._apply_resync(event.rows, event.connection, event.requested_us)
         elif isinstance(event, ChannelEvent):
+            if event.timestamp_us:
+                # The switch's clock may differ from ours (another host; the simulator's
+                # scaled time): resync compares leg times with the request in its clock.
+                self.switch_offset_us = event.timestamp_us - self.now_us()
             self._record_event(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
@@ -234,6 +239,10 @@ class Daemon:
         self.writer.submit_event(EventRecord(
             core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
             call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
+
+    def switch_now_us(self) -> int:
+        """Our estimate of the switch's clock (its events' timestamps are in it)."""
+        return self.now_us() + self.switch_offset_us
 
     # --- rating terms ----------------------------------------------------------------------
     def _rounding_of(self, carrier: str | None) -> str:
@@ -311,7 +320,7 @@ class Daemon:
 
         The reply is applied through the event queue, behind every event that preceded it
         on the wire, so a call whose events are still queued is not mistaken for unknown."""
-        requested_us = self.now_us()
+        requested_us = self.switch_now_us()
         reply = connection.api(_bare(commands.show_channels_json()),
                                timeout=self.config["esl.command_timeout"])
         connection.post(_Resync(parse_show_channels_json(reply), connection, requested_us))
@@ -321,7 +330,7 @@ class Daemon:
         if self.gap_started_us is None:
             # Calls that end before we see the switch again are billed up to here
             # (provisionally: the switch's CDR settles them).
-            self.gap_started_us = self.now_us()
+            self.gap_started_us = self.switch_now_us()
 
     def _apply_resync(self, rows, connection=None, requested_us: int | None = None) -> None:
         closed = getattr(connection, "closed", None)
@@ -331,7 +340,7 @@ class Daemon:
             log.info("resync: skipping a snapshot from a connection that has since closed")
             return
         spared = self.registry.counters["resync_spared"]
-        effects = self.registry.resync(rows, self.now_us(), requested_us=requested_us,
+        effects = self.registry.resync(rows, self.switch_now_us(), requested_us=requested_us,
                                        ended_us=self.gap_started_us)
         self.gap_started_us = None
         for effect in effects:

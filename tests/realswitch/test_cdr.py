@@ -1,0 +1,90 @@
+"""FreeSWITCH's own CDR settles the money (issue 9), on the real switch.
+
+mod_json_cdr (conftest: every leg's CDR POSTed to the daemon's /fs/cdr, 3 retries 1 s
+apart, then <fs>/log/json_cdr/) is the record of truth: the stored CDR must equal what
+FreeSWITCH itself measured (its billsec), rated by hand here from the deck in world.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+
+from . import world
+from .fsharness import poll
+
+pytestmark = pytest.mark.realswitch
+
+ROOT = Path(__file__).resolve().parents[2]
+FRANCE = "+33142685300"        # bravo: 0.0100/min + 0.0050 connect fee, 6/6
+
+
+def hand_cost(billsec: int, rate="0.0100", fee="0.0050", initial=6, sub=6) -> tuple[int, Decimal]:
+    """DESIGN §4 by hand: billed seconds by increments from FreeSWITCH's billsec."""
+    if billsec <= 0:
+        billed = 0
+    elif billsec <= initial:
+        billed = initial
+    else:
+        billed = initial + -(-(billsec - initial) // sub) * sub
+    cost = Decimal(fee) + Decimal(rate) * billed / 60
+    return billed, cost.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+
+
+def _switch_rows(rs, call_uuid):
+    return rs.rows("SELECT leg_uuid, cdr_source, billsec, billed_seconds, cost, provisional "
+                   "FROM call_legs WHERE call_uuid = %s ORDER BY started_at", call_uuid)
+
+
+def test_call_cdr_posted_by_the_switch_equals_its_billsec(realswitch, rs_daemon):
+    result = realswitch.call(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=7300)
+    assert result.answered
+    a, *carrier_legs = realswitch.wait_call(result)
+    [b] = carrier_legs
+    assert b.gateway == "gw_b"
+    # both legs' CDRs arrive over HTTP and settle the call
+    rs_daemon.wait_until(lambda: rs_daemon.rows(
+        "SELECT 1 FROM calls WHERE call_uuid = %s AND cdr_source = 'switch'", a.uuid),
+        what="the switch's CDRs for the call")
+    legs = {row[0]: row for row in _switch_rows(rs_daemon, a.uuid)}
+    assert set(legs) == {a.uuid, b.uuid} and {r[1] for r in legs.values()} == {"switch"}
+    billed, cost = hand_cost(b.billsec)
+    assert legs[b.uuid][2:6] == (b.billsec, billed, cost, False)
+    cdr = rs_daemon.wait_cdr(a.uuid)
+    assert (cdr["billed_seconds"], cdr["cost"], cdr["carrier"]) == (billed, cost, "bravo")
+    print(f"\nreal switch: billsec={b.billsec} billmsec={b.billmsec} -> billed {billed}s, "
+          f"cost {cost}")
+
+
+def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
+        realswitch, make_rs_daemon, tmp_path):
+    rs = make_rs_daemon()
+    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=6000)
+    rs.wait_until(lambda: realswitch.channel_count() >= 2 and rs.process.get("/v1/calls")[1]
+                  .get("calls"), what="the call to be up")
+    assert rs.process.terminate() == 0          # switchd down while FreeSWITCH will post
+    result = handle.wait()
+    assert result.answered
+    a, b = realswitch.wait_call(result)
+    err_dir = realswitch.fs_dir / "log" / "json_cdr"
+    wanted = {f"{a.uuid}.cdr.json", f"{b.uuid}.cdr.json"}
+    poll(lambda: wanted <= {p.name for p in err_dir.glob("*.cdr.json")}, 30,
+         "mod_json_cdr to give up and write its error directory")
+    env = {**os.environ, "SWITCHD_DATABASE_URL": rs.db_url, "PYTHONPATH": str(ROOT),
+           "SWITCHD_DATA_DIR": str(tmp_path / "import")}
+    run = subprocess.run([sys.executable, "-m", "switchd.cli", "cdr", "import", str(err_dir)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 refused" in run.stdout
+    legs = {row[0]: row for row in _switch_rows(rs, a.uuid)}
+    billed, cost = hand_cost(b.billsec)
+    assert legs[b.uuid][1:6] == ("switch", b.billsec, billed, cost, False)
+    cdr = rs.cdr(a.uuid)
+    assert (cdr["billed_seconds"], cdr["cost"], cdr["hangup_cause"]) == \
+        (billed, cost, "NORMAL_CLEARING")
+    print(f"\nreal switch, imported: billsec={b.billsec} -> billed {billed}s, cost {cost}; "
+          f"{run.stdout.strip()}")
