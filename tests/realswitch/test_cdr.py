@@ -88,3 +88,45 @@ def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
         (billed, cost, "NORMAL_CLEARING")
     print(f"\nreal switch, imported: billsec={b.billsec} -> billed {billed}s, cost {cost}; "
           f"{run.stdout.strip()}")
+
+
+def test_freeswitch_killed_mid_call_leaves_a_provisional_rated_cdr_and_no_slot(
+        realswitch, rs_daemon):
+    """No CDR can come from a switch killed with SIGKILL: the call is billed provisionally
+    from what ESL knew (answer time, the leg's tariff) up to the moment ESL was lost."""
+    import signal
+    import time
+
+    from . import fsconfig
+    from .fsharness import _alive
+    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=120_000)
+    live = rs_daemon.wait_until(
+        lambda: [c for c in rs_daemon.process.get("/v1/calls")[1].get("calls", [])
+                 if c["state"] == "answered" and c["age_s"] >= 3.5],
+        what="the call answered and talking for 3.5 s")
+    call_uuid = live[0]["call_uuid"]
+    pid = realswitch.fs_pid
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: not _alive(pid), 10, "FreeSWITCH to die")
+    handle.proc.kill()
+    # the kernel frees a killed process's sockets a moment after it is gone
+    poll(lambda: all(fsconfig._free(p) for p in (realswitch.plan.esl, realswitch.plan.sip)),
+         30, "FreeSWITCH's ports to be released", 0.2)
+    realswitch.restart()                        # the daemon reconnects and resyncs
+    rs_daemon.wait_until(lambda: rs_daemon.rows(
+        "SELECT 1 FROM calls WHERE call_uuid = %s AND ended_at IS NOT NULL", call_uuid),
+        what="the provisional CDR")
+    [(provisional, unrated, cause, source)] = rs_daemon.rows(
+        "SELECT provisional, unrated, hangup_cause, cdr_source FROM calls WHERE call_uuid = %s",
+        call_uuid)
+    assert (provisional, unrated, cause, source) == (True, False, "UNKNOWN_AFTER_RESYNC", "esl")
+    [(answered_at, billsec, billed, cost, leg_provisional)] = rs_daemon.rows(
+        "SELECT answered_at, billsec, billed_seconds, cost, provisional FROM call_legs "
+        "WHERE call_uuid = %s AND carrier = 'bravo'", call_uuid)
+    talked = killed_at - answered_at.timestamp()
+    assert leg_provisional and abs(billsec - talked) <= 1.5, (billsec, talked)
+    assert (billed, cost) == hand_cost(billsec) and cost > 0
+    assert rs_daemon.process.get("/v1/calls")[1]["calls"] == []       # no slot, no live call
+    print(f"\nreal switch killed after {talked:.2f}s of talk: provisional billsec={billsec}, "
+          f"billed {billed}s, cost {cost}")
