@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switchd.cdrs import http as cdr_http
 from switchd.cdrs.ingest import CdrIngest
@@ -287,3 +289,23 @@ def test_cdr_import_replays_the_error_directory_idempotently(migrated_pg_url, tm
     assert main(["cdr", "import", str(err), "--keep"]) == 0
     assert "2 stored, 0 refused" in capsys.readouterr().out
     assert _rows(migrated_pg_url, a) == (call, legs)
+
+
+# --- hostile input: only CdrFormatError, never anything else -------------------------------
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 _json.map(lambda v: json.dumps(v).encode()),
+                 st.dictionaries(st.sampled_from(["uuid", "billsec", "billmsec", "answer_uepoch",
+                                                  "originating_leg_uuid", "switchd_rate"]),
+                                 _json, max_size=6).map(
+                     lambda v: json.dumps({"variables": v, "callflow": v}).encode())))
+def test_any_body_parses_or_is_refused_cleanly(body):
+    try:
+        parse(body)
+    except CdrFormatError:
+        pass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -85,9 +86,9 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
     v = leg.vars
     call_rec = SwitchCallRecord(
         call_uuid=leg.call_uuid, from_a_leg=leg.is_a_leg,
-        direction=v.get("switchd_direction") or ("outbound" if not leg.is_a_leg else
-                                                  "outbound" if leg.direction == "outbound"
-                                                  else "inbound"),
+        # Without switchd's own label: a carrier leg or an originated A-leg → outbound.
+        direction=v.get("switchd_direction") or (
+            "inbound" if leg.is_a_leg and leg.direction == "inbound" else "outbound"),
         tenant=v.get("switchd_tenant"), route_id=_uuid_or_none(v.get("switchd_route_id")),
         caller=leg.caller if leg.is_a_leg else None,
         destination=leg.destination if leg.is_a_leg else None,
@@ -97,7 +98,6 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
 
 
 def _uuid_or_none(text: str | None) -> str | None:
-    import uuid
     try:
         return str(uuid.UUID(text)) if text else None
     except ValueError:

@@ -108,7 +108,7 @@ def parse(body: bytes, encoded_values: bool = False) -> SwitchLeg:
     sip = _int(var("sip_term_status"), "sip_term_status")
     return SwitchLeg(
         uuid=uuid, call_uuid=uuid if is_a else origin, is_a_leg=is_a,
-        direction=var("direction") or (data.get("channel_data") or {}).get("direction")
+        direction=var("direction") or _channel_direction(data)
         or ("inbound" if is_a else "outbound"),
         core_uuid=str(data.get("core-uuid") or ""),
         start_us=_int(var("start_uepoch"), "start_uepoch") or 0,
@@ -132,3 +132,8 @@ def _caller_profile(data: dict) -> dict:
         return {}
     profile = flow.get("caller_profile")
     return profile if isinstance(profile, dict) else {}
+
+
+def _channel_direction(data: dict) -> str | None:
+    channel = data.get("channel_data")
+    return channel.get("direction") if isinstance(channel, dict) else None
