@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Callable
+from typing import Callable, Mapping
 
 from dialplan import rating
 from switchd import metrics
@@ -77,6 +77,27 @@ def rate_vars(vars_: dict, *, answered_at: datetime | None, billsec: int | None,
                         tariffs=tariffs, answered_at=answered_at, rounding=rounding,
                         places=precision)
     return rated, rating.tariff_at(tariffs, answered_at)
+
+
+def deck_repricer(decks: Callable[[], Mapping]) -> Repricer:
+    """A Repricer over the live decks (carrier → RateDeck): the carrier's dated row for the
+    prefix in force at the answer time, when the deck has one (a price change by effective
+    date between routing and answer). Undated rows are what the router already chose from;
+    a whole deck swapped in at its start between routing and answer is not seen here
+    (docs/rates.md)."""
+    def reprice(carrier: str, prefix: str, answered_at: datetime) -> rating.Tariff | None:
+        deck = decks().get(carrier)
+        if deck is None or not prefix.isdigit():
+            return None
+        try:
+            row = deck.lookup(prefix, answered_at)
+        except ValueError:
+            return None
+        if row is None or row.effective_from is None:
+            return None
+        return rating.Tariff(row.rate_per_min, row.connect_fee, row.initial_increment,
+                             row.subsequent_increment, row.effective_from)
+    return reprice
 
 
 def fs_billsec(answered_us: int, hangup_us: int) -> int:

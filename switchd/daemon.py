@@ -105,6 +105,7 @@ class Daemon:
         self.caps.on_refused_leg = lambda call_uuid, leg_uuid: gevent.spawn(
             self._kill, call_uuid, leg_uuid, "NORMAL_CIRCUIT_CONGESTION")
         self.writer = CdrWriter(self.db_url, spool=Spool(cfg.data_dir / "spool")).start()
+        self._reprice = billing.deck_repricer(lambda: self.decks.decks)
         # FreeSWITCH's own CDRs (POST /fs/cdr): durable before acknowledged; when PostgreSQL
         # is away they share the writer's spool, which the writer replays.
         self.cdr_ingest = CdrIngest(self.db_url, self.writer.spool,
@@ -249,23 +250,6 @@ class Daemon:
         """The carrier agreement's billed-seconds rule (carriers.billing_rounding)."""
         found = self.world.carriers.get(carrier or "")
         return found.billing_rounding if found is not None else rating.BILLSEC
-
-    def _reprice(self, carrier: str, prefix: str, answered_at: datetime):
-        """The carrier's dated deck row for `prefix` in force at the answer time, when the
-        deck has one (a price change by effective date between routing and answer).
-        Undated rows are what the router already chose from; a whole deck swapped in at its
-        start between routing and answer is not seen here (docs/rates.md)."""
-        deck = self.decks.decks.get(carrier)
-        if deck is None or not prefix.isdigit():
-            return None
-        try:
-            row = deck.lookup(prefix, answered_at)
-        except ValueError:
-            return None
-        if row is None or row.effective_from is None:
-            return None
-        return rating.Tariff(row.rate_per_min, row.connect_fee, row.initial_increment,
-                             row.subsequent_increment, row.effective_from)
 
     def _rate_leg(self, leg, precision: int):
         return billing.rate_leg(leg, precision, self._rounding_of, self._reprice)

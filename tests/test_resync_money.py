@@ -102,3 +102,32 @@ def test_billsec_default_and_ceil_ms_option():
     leg.billsec = 2
     assert billing.rate_leg(leg).billed_seconds == 2
     assert billing.rate_leg(leg, rounding_of=lambda c: "ceil_ms").billed_seconds == 3
+
+
+def test_rate_in_force_at_answer_time_from_the_deck():
+    """Routed at 0.60 just before a dated price change to 1.20; answered after it."""
+    from datetime import datetime, timezone
+
+    from dialplan.ratedeck import RateDeckBuilder
+    change = datetime.fromtimestamp((T + 10 * S) / S, tz=timezone.utc)
+    deck = (RateDeckBuilder(carrier="alpha")
+            .add("44", Decimal("0.60"), Decimal("0.05"), 1, 1, None, change)
+            .add("44", Decimal("1.20"), Decimal("0.05"), 1, 1, change, None).build())
+    reprice = billing.deck_repricer(lambda: {"alpha": deck})
+    tariff = {**TARIFF, "switchd_prefix": "44"}
+    reg = CallRegistry()
+
+    def leg_answered_at(answered):
+        for e in [ev("CHANNEL_CREATE", f"b{answered}", T, direction="outbound",
+                     vars=dict(tariff)),
+                  ev("CHANNEL_HANGUP_COMPLETE", f"b{answered}", answered + 60 * S,
+                     direction="outbound", vars=dict(tariff), answered=answered, created=T,
+                     hangup_us=answered + 60 * S, hangup_cause="NORMAL_CLEARING",
+                     billmsec=60_000, billsec=60)]:
+            effects = reg.apply(e)
+        return next(x.leg for x in effects if isinstance(x, LegEnded))
+
+    after = billing.rate_leg(leg_answered_at(T + 11 * S), reprice=reprice)
+    before = billing.rate_leg(leg_answered_at(T + 5 * S), reprice=reprice)
+    assert (after.rate_per_min, after.cost) == (Decimal("1.20"), Decimal("1.250000"))
+    assert (before.rate_per_min, before.cost) == (Decimal("0.60"), Decimal("0.650000"))
