@@ -90,6 +90,40 @@ def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
           f"{run.stdout.strip()}")
 
 
+def test_switchd_restarting_while_the_switch_posts_loses_no_cdr(realswitch, make_rs_daemon,
+                                                               tmp_path):
+    """switchd stops with a call up and starts again while FreeSWITCH posts the call's
+    CDRs: each arrives by a retry, or, when every retry fell in the gap, from the error
+    directory. Either way: one call row, one row per leg, FreeSWITCH's billsec."""
+    rs = make_rs_daemon()
+    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=4000)
+    rs.wait_until(lambda: rs.process.get("/v1/calls")[1].get("calls"), what="the call up")
+    assert rs.process.terminate() == 0
+    result = handle.wait()
+    a, b = realswitch.wait_call(result)
+    rs2 = make_rs_daemon()                      # FreeSWITCH is retrying meanwhile
+    err_dir = realswitch.fs_dir / "log" / "json_cdr"
+
+    def settled():
+        stored = {r[0] for r in _switch_rows(rs2, a.uuid) if r[1] == "switch"}
+        written = {p.name.split(".")[0] for p in err_dir.glob("*.cdr.json")}
+        return {a.uuid, b.uuid} <= stored | written and (stored, written)
+    stored, written = rs2.wait_until(settled, 20, "each CDR posted or written to err-log-dir")
+    if written & {a.uuid, b.uuid}:
+        env = {**os.environ, "SWITCHD_DATABASE_URL": rs2.db_url, "PYTHONPATH": str(ROOT),
+               "SWITCHD_DATA_DIR": str(tmp_path / "import")}
+        run = subprocess.run([sys.executable, "-m", "switchd.cli", "cdr", "import", str(err_dir)],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+    legs = {row[0]: row for row in _switch_rows(rs2, a.uuid)}
+    assert set(legs) == {a.uuid, b.uuid} and {r[1] for r in legs.values()} == {"switch"}
+    billed, cost = hand_cost(b.billsec)
+    assert rs2.rows("SELECT count(*), sum(cost), sum(billed_seconds) FROM calls "
+                    "WHERE call_uuid = %s", a.uuid) == [(1, cost, billed)]
+    print(f"\nswitchd restarted mid-post: {len(stored & {a.uuid, b.uuid})} CDR(s) by retry, "
+          f"{len(written & {a.uuid, b.uuid})} from err-log-dir; billed {billed}s, cost {cost}")
+
+
 def test_freeswitch_killed_mid_call_leaves_a_provisional_rated_cdr_and_no_slot(
         realswitch, rs_daemon):
     """No CDR can come from a switch killed with SIGKILL: the call is billed provisionally
