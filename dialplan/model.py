@@ -27,6 +27,7 @@ class Carrier:
     cps_limit: Decimal | None = None
     default_initial_increment: int = 60
     default_subsequent_increment: int = 60
+    billing_rounding: str = "billsec"   # rating.BILLSEC, or rating.CEIL_MS by agreement
 
 
 @dataclass(frozen=True)

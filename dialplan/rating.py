@@ -1,4 +1,7 @@
-"""Billing arithmetic for one leg (DESIGN §4, docs/internals.md "Rating rule").
+"""Billing arithmetic for one leg (DESIGN §4, docs/internals.md "Rating rule", docs/rates.md).
+
+`rate()` is the one rating function: FreeSWITCH's times in, (billed seconds, cost) out.
+The rest are its parts, kept public for the router's max-duration arithmetic and tests.
 
 Decimal only; a float anywhere in the inputs is a TypeError, because a float rate has
 already lost the money it claims to hold. Rounding happens once, at the end, half-up:
@@ -7,10 +10,18 @@ rounding per increment is how billing disputes start (DESIGN §11).
 from __future__ import annotations
 
 import decimal
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 __all__ = ["billed_seconds", "answered_seconds", "leg_cost", "rate_leg", "parse_increments",
-           "to_decimal", "MAX_INCREMENT"]
+           "to_decimal", "MAX_INCREMENT", "Tariff", "Rated", "rate", "talk_seconds",
+           "tariff_at", "ROUNDING_MODES", "BILLSEC", "CEIL_MS"]
+
+# How an answered leg's talk time becomes whole seconds (a carrier agreement chooses):
+BILLSEC = "billsec"     # FreeSWITCH's own billsec (end_epoch - answer_epoch): the default
+CEIL_MS = "ceil_ms"     # every started second: ceil(billmsec / 1000)
+ROUNDING_MODES = (BILLSEC, CEIL_MS)
 
 # No carrier bills in increments longer than an hour; a bigger number is a typo in a deck.
 MAX_INCREMENT = 3600
@@ -117,3 +128,89 @@ def parse_increments(text: str) -> tuple[int, int]:
     initial, subsequent = values
     _check_increments(initial, subsequent)
     return initial, subsequent
+
+
+# --- the rating function ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Tariff:
+    """A carrier's terms for one destination, in force from `effective_from` (None: always)."""
+    rate_per_min: Decimal
+    connect_fee: Decimal = Decimal(0)
+    initial: int = 60
+    subsequent: int = 60
+    effective_from: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Rated:
+    """The result of rating one leg. `cost` is None exactly when the leg is unrated
+    (answered but no tariff, or no talk time known): never a silent 0."""
+    billed_seconds: int
+    cost: Decimal | None
+    unrated_reason: str | None = None
+
+
+def talk_seconds(billsec: int | None, billmsec: int | None, rounding: str = BILLSEC) -> int | None:
+    """Whole seconds of talk time by the carrier's rounding; None when the needed figure
+    is unknown. BILLSEC takes FreeSWITCH's billsec as it is (whole seconds of billmsec when
+    billsec is unknown); CEIL_MS rounds billmsec up to the started second (billsec when
+    billmsec is unknown)."""
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}, got {rounding!r}")
+    for name, v in (("billsec", billsec), ("billmsec", billmsec)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise TypeError(f"{name} must be an int or None")
+    if rounding == CEIL_MS and billmsec is not None:
+        return answered_seconds(billmsec)
+    if billsec is None:
+        # billsec unknown (an event source without it): the whole seconds of billmsec.
+        return None if billmsec is None else max(billmsec // 1000, 0)
+    return max(billsec, 0)
+
+
+def tariff_at(tariffs, at: datetime | None) -> Tariff | None:
+    """The tariff in force at `at` (the answer time): the one with the latest
+    effective_from <= at; a tariff without a start is in force since always. With `at`
+    unknown, only a tariff without a start can be chosen."""
+    best = None
+    for t in tariffs:
+        start = t.effective_from
+        if start is not None and (at is None or start > at):
+            continue
+        if best is None or (start is not None and (best.effective_from is None
+                                                   or start >= best.effective_from)):
+            best = t
+    return best
+
+
+def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
+         answered_at: datetime | None = None, rounding: str = BILLSEC,
+         places: int = 6) -> Rated:
+    """Rate one leg from FreeSWITCH's figures (DESIGN §4).
+
+    - Unanswered: 0 seconds, cost 0 (rated, not unrated).
+    - Answered: the tariff in force at the answer time (tariff_at), talk seconds by
+      `rounding` (talk_seconds), billed by the increments (billed_seconds; 0 talk seconds
+      bill 0), cost = connect fee + rate x billed / 60, rounded once, half-up, to `places`.
+      An answered leg always pays its connect fee, whatever its hangup cause, even with 0
+      billed seconds (e.g. answered for 20 ms then failed: docs/rates.md).
+    - Answered without a tariff, or without any talk figure: unrated (cost None).
+    """
+    if isinstance(places, bool) or not isinstance(places, int) or not 0 <= places <= 12:
+        raise ValueError(f"places must be an int 0..12, got {places!r}")
+    quantum = Decimal(1).scaleb(-places)
+    if not answered:
+        return Rated(0, Decimal(0).quantize(quantum))
+    tariff = tariff_at(tariffs, answered_at)
+    if tariff is None:
+        return Rated(0, None, "no tariff in force at the answer time")
+    talk = talk_seconds(billsec, billmsec, rounding)
+    if talk is None:
+        return Rated(0, None, "answered, but no billsec/billmsec known")
+    rate_ = to_decimal(tariff.rate_per_min, "rate_per_min")
+    fee = to_decimal(tariff.connect_fee, "connect_fee")
+    if rate_ < 0 or fee < 0:
+        raise ValueError("rate_per_min and connect_fee must not be negative")
+    billed = billed_seconds(talk, tariff.initial, tariff.subsequent)
+    exact = _CTX.add(fee, _CTX.divide(_CTX.multiply(rate_, Decimal(billed)), Decimal(60)))
+    return Rated(billed, exact.quantize(quantum, rounding=ROUND_HALF_UP, context=_CTX))

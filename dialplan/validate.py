@@ -273,6 +273,8 @@ CARRIER = {
     "priority": Field(integer(-INT32_MAX)), "max_channels": Field(integer(0), nullable=True),
     "cps_limit": Field(CPS, nullable=True),
     "default_initial_increment": Field(SECONDS), "default_subsequent_increment": Field(SECONDS),
+    # billed seconds: FreeSWITCH's billsec, or whole started seconds of billmsec by agreement
+    "billing_rounding": Field(choice("billsec", "ceil_ms")),
 }
 GATEWAY_FIELDS = {
     "name": Field(name, required=True), "profile": Field(name),

@@ -1,20 +1,30 @@
-"""Turn finished legs and calls from the registry into rated CDR records.
+"""Turn finished legs into rated CDR records: from ESL (the registry) or from FreeSWITCH's
+own CDR (switchd.cdrs). Both rate through `rate_vars`, so the same facts give the same cost.
 
 A carrier leg carries its own tariff as channel variables set by the router
-(`switchd_rate`, `switchd_connect_fee`, `switchd_increments`, docs/internals.md), so rating
-needs nothing but the event, even after a daemon restart. The call's cost is the sum of its
-legs' costs, rounded once per leg at the stated precision (DESIGN.md §4).
+(`switchd_rate`, `switchd_connect_fee`, `switchd_increments`, `switchd_prefix`,
+docs/internals.md), so rating needs nothing but the leg, even after a daemon restart.
+Billed seconds follow FreeSWITCH's billsec unless the carrier's agreement says
+`ceil_ms` (dialplan.rating). A leg that cannot be rated is flagged `unrated` with cost
+None and counted (metric), never silently 0. A leg closed without its hangup (resync,
+sweep) is `provisional`: billed from what is known (answer time to the estimated end)
+until FreeSWITCH's CDR for it settles the money.
 """
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from typing import Callable, Mapping
 
 from dialplan import rating
+from switchd import metrics
 from switchd.db.cdr_writer import CallRecord, LegRecord
 
 log = logging.getLogger(__name__)
+
+# (carrier, prefix, answered_at) -> the deck's Tariff in force then, or None.
+Repricer = Callable[[str, str, datetime], "rating.Tariff | None"]
 
 
 def _at(us: int | None) -> datetime | None:
@@ -26,40 +36,113 @@ def _at(us: int | None) -> datetime | None:
         return None     # a corrupt timestamp must not cost the CDR; the time is just unknown
 
 
-def _tariff(leg) -> tuple[Decimal, Decimal, int, int] | None:
-    vars_ = leg.vars or {}
-    if "switchd_rate" not in vars_:
+def route_tariff(vars_: dict, what: str = "leg") -> rating.Tariff | None:
+    """The tariff the router chose, from the leg's switchd_* variables; None when absent
+    or unreadable (logged: that leg will be unrated)."""
+    if not vars_.get("switchd_rate"):
         return None
     try:
         rate = Decimal(vars_["switchd_rate"])
         fee = Decimal(vars_.get("switchd_connect_fee") or "0")
         initial, subsequent = rating.parse_increments(vars_.get("switchd_increments") or "60/60")
+        if not (rate.is_finite() and fee.is_finite()) or rate < 0 or fee < 0:
+            raise ValueError("rate and connect fee must be finite and not negative")
     except (InvalidOperation, ValueError) as exc:
-        log.error("leg %s carries an unreadable tariff %r: %s; rated at zero",
-                  leg.uuid, {k: v for k, v in vars_.items() if k.startswith("switchd_")}, exc,
-                  extra={"call_uuid": leg.call_uuid})
+        log.error("%s carries an unreadable tariff %r: %s; left unrated", what,
+                  {k: v for k, v in vars_.items() if k.startswith("switchd_")}, exc)
         return None
-    return rate, fee, initial, subsequent
+    return rating.Tariff(rate, fee, initial, subsequent)
 
 
-def rate_leg(leg, precision: int = 6) -> LegRecord:
-    tariff = _tariff(leg)
-    billmsec = leg.billmsec or 0
-    answered = bool(leg.answered_us)
-    billed, cost = 0, Decimal(0)
-    if tariff is not None and answered:
-        rate, fee, initial, subsequent = tariff
-        billed, cost = rating.leg_cost(billmsec, rate, fee, initial, subsequent, places=precision)
+def rate_vars(vars_: dict, *, answered_at: datetime | None, billsec: int | None,
+              billmsec: int | None, rounding: str = rating.BILLSEC, precision: int = 6,
+              reprice: Repricer | None = None, what: str = "leg"
+              ) -> tuple[rating.Rated, rating.Tariff | None]:
+    """Rate a carrier leg: the route's tariff, or the deck's rate for the same prefix in
+    force at the answer time when that differs (an effective-date change between routing
+    and answer)."""
+    tariffs = []
+    base = route_tariff(vars_, what)
+    if base is not None:
+        tariffs.append(base)
+    carrier, prefix = vars_.get("switchd_carrier"), vars_.get("switchd_prefix")
+    if reprice is not None and answered_at is not None and carrier and prefix:
+        at_answer = reprice(carrier, prefix, answered_at)
+        if at_answer is not None:
+            # In force at the answer time by construction: it outranks the route's.
+            tariffs.append(rating.Tariff(at_answer.rate_per_min, at_answer.connect_fee,
+                                         at_answer.initial, at_answer.subsequent,
+                                         effective_from=answered_at))
+    rated = rating.rate(answered=answered_at is not None, billsec=billsec, billmsec=billmsec,
+                        tariffs=tariffs, answered_at=answered_at, rounding=rounding,
+                        places=precision)
+    return rated, rating.tariff_at(tariffs, answered_at)
+
+
+def deck_repricer(decks: Callable[[], Mapping]) -> Repricer:
+    """A Repricer over the live decks (carrier → RateDeck): the carrier's dated row for the
+    prefix in force at the answer time, when the deck has one (a price change by effective
+    date between routing and answer). Undated rows are what the router already chose from;
+    a whole deck swapped in at its start between routing and answer is not seen here
+    (docs/rates.md)."""
+    def reprice(carrier: str, prefix: str, answered_at: datetime) -> rating.Tariff | None:
+        deck = decks().get(carrier)
+        if deck is None or not prefix.isdigit():
+            return None
+        try:
+            row = deck.lookup(prefix, answered_at)
+        except ValueError:
+            return None
+        if row is None or row.effective_from is None:
+            return None
+        return rating.Tariff(row.rate_per_min, row.connect_fee, row.initial_increment,
+                             row.subsequent_increment, row.effective_from)
+    return reprice
+
+
+def fs_billsec(answered_us: int, hangup_us: int) -> int:
+    """FreeSWITCH's billsec from the two times: end_epoch - answer_epoch (whole seconds
+    of the wall clock, truncated each): what the switch itself reports."""
+    return max(hangup_us // 1_000_000 - answered_us // 1_000_000, 0)
+
+
+def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] | None = None,
+             reprice: Repricer | None = None) -> LegRecord:
+    """A registry leg (its HANGUP_COMPLETE seen, or closed by resync/sweep) → LegRecord."""
+    provisional = bool(leg.reconstructed)
+    billsec, billmsec = leg.billsec, leg.billmsec
+    if leg.answered_us and billsec is None and leg.hangup_us:
+        # FreeSWITCH's own formula on FreeSWITCH's times (the event lacked billsec).
+        billsec = fs_billsec(leg.answered_us, leg.hangup_us)
+        if billmsec is None:
+            # Closed without its hangup: answer to the estimated end (docs/storage.md).
+            billmsec = max((leg.hangup_us - leg.answered_us) // 1000, 0)
+            provisional = True
+    is_carrier = bool(leg.carrier or leg.gateway)
+    answered_at = _at(leg.answered_us)
+    rated, tariff = rating.Rated(0, Decimal(0).quantize(Decimal(1).scaleb(-precision))), None
+    if is_carrier:
+        rounding = rounding_of(leg.carrier) if rounding_of else rating.BILLSEC
+        rated, tariff = rate_vars(leg.vars or {}, answered_at=answered_at, billsec=billsec,
+                                  billmsec=billmsec, rounding=rounding, precision=precision,
+                                  reprice=reprice, what=f"leg {leg.uuid}")
     return LegRecord(
         leg_uuid=leg.uuid, call_uuid=leg.call_uuid, direction=leg.direction,
         carrier=leg.carrier, gateway=leg.gateway, started_at=_at(leg.created_us),
-        answered_at=_at(leg.answered_us), ended_at=_at(leg.hangup_us),
-        hangup_cause=leg.hangup_cause, sip_status=leg.sip_status, billmsec=billmsec,
-        billed_seconds=billed,
-        rate_per_min=tariff[0] if tariff else None,
-        connect_fee=tariff[1] if tariff else None,
-        increments=f"{tariff[2]}/{tariff[3]}" if tariff else None,
-        cost=cost)
+        answered_at=answered_at, ended_at=_at(leg.hangup_us),
+        hangup_cause=leg.hangup_cause, sip_status=leg.sip_status, billmsec=billmsec or 0,
+        billed_seconds=rated.billed_seconds,
+        rate_per_min=tariff.rate_per_min if tariff else None,
+        connect_fee=tariff.connect_fee if tariff else None,
+        increments=f"{tariff.initial}/{tariff.subsequent}" if tariff else None,
+        cost=rated.cost, billsec=billsec, cdr_source="esl", provisional=provisional,
+        unrated=rated.cost is None)
+
+
+def count_unrated(source: str, reason: str | None, leg_uuid: str, call_uuid: str | None) -> None:
+    metrics.UNRATED_LEGS.labels(source).inc()
+    log.error("leg %s answered but unrated (%s); flagged, cost left empty", leg_uuid, reason,
+              extra={"call_uuid": call_uuid})
 
 
 def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> CallRecord:
@@ -85,5 +168,7 @@ def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> Cal
         first_choice_carrier=call.first_choice_carrier,
         attempts=len(carrier_legs),
         billed_seconds=sum(leg.billed_seconds for leg in carrier_legs),
-        cost=sum((leg.cost for leg in carrier_legs), Decimal(0)),
-        reconstructed=bool(call.reconstructed))
+        # Unrated legs add nothing here; the row's `unrated` flag (recomputed from the
+        # legs by the writer) says the sum is incomplete.
+        cost=sum((leg.cost for leg in carrier_legs if leg.cost is not None), Decimal(0)),
+        reconstructed=bool(call.reconstructed) or any(leg.provisional for leg in legs))

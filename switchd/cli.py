@@ -146,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "load a future deck ahead of its start")
     p.set_defaults(handler="switchd.commands.admin:rates_import")
 
+    cdr = sub.add_parser("cdr", formatter_class=_formatter, help="FreeSWITCH CDR commands",
+                         description="FreeSWITCH CDR commands (docs/storage.md).")
+    cdr_sub = cdr.add_subparsers(dest="cdr_command", metavar="ACTION")
+    cdr_sub.required = True
+    p = cdr_sub.add_parser("import", formatter_class=_formatter,
+                           help="replay mod_json_cdr's error directory",
+                           description="Store the CDRs FreeSWITCH wrote to its err-log-dir when it could not\n"
+                           "post them (*.cdr.json, sub-directories included). Idempotent by leg UUID;\n"
+                           "stored files move to DIR/imported/, unreadable ones stay and are listed.")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--keep", action="store_true", help="leave stored files where they are")
+    p.set_defaults(handler="switchd.commands.cdr:cdr_import")
+
     p = sub.add_parser("originate", formatter_class=_formatter, help="place an outbound call",
                        description="Ask the running daemon to place a call (POST /v1/calls): caps and\n"
                        "budget are checked, carriers chosen by LCR, then FreeSWITCH originates\n"

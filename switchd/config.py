@@ -138,6 +138,13 @@ SETTINGS: tuple[Setting, ...] = (
             check=_rule(validate.name)),
     Setting("rating", "precision", int, 6, "Decimal places costs are rounded to, once, half-up.",
             check=lambda v: None if 0 <= v <= 10 else "must be between 0 and 10"),
+    Setting("cdr", "credentials", str, "",
+            "user:password FreeSWITCH's mod_json_cdr sends (its `cred`, Basic auth) to POST "
+            "/fs/cdr. Empty: no check, so keep http.host on loopback.", secret=True,
+            check=lambda v: None if not v or ":" in v else "must look like user:password"),
+    Setting("cdr", "encoded_values", bool, False,
+            "Whether json_cdr.conf has encode-values=true (variable values URL-encoded); "
+            "the shipped config sets it false."),
     Setting("caps", "global_max_calls", int, 0,
             "Most concurrent calls in the global scope: this switch with in-process caps, "
             "every daemon sharing the Redis otherwise. 0 = no global cap.",

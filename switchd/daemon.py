@@ -20,8 +20,10 @@ import gevent
 import psycopg
 from gevent.event import Event
 
+from dialplan import rating
 from switchd import billing, metrics, systemd
 from switchd.books import HealthBook, SpendBook, month_start
+from switchd.cdrs.ingest import CdrIngest
 from switchd.config import Config
 from switchd.db import store
 from switchd.db.cdr_writer import CdrWriter, EventRecord
@@ -37,7 +39,7 @@ from switchd.originate import OriginateRequest, Originator
 from switchd.policing import CapsGate, build_caps_backend
 from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
                               LegEnded)
-from switchd.registry_resync import parse_show_channels_json
+from switchd.registry_resync import RESYNC_LAG_US, parse_show_channels_json
 from switchd.router import Router
 from switchd.watchers import Periodic, WorldReloader
 
@@ -55,6 +57,7 @@ class _Resync:
     """`show channels` rows, queued behind the events that preceded the reply."""
     rows: list
     connection: object = None     # the connection they came from: stale once it has closed
+    requested_us: int = 0         # when we asked: younger legs may be missing (lag)
 
 
 def _now() -> datetime:
@@ -81,6 +84,8 @@ class Daemon:
         self.database_up: bool | None = None      # last probes (switchd_database_up / redis_up)
         self.redis_up: bool | None = None
         self._probe_conn = None
+        self.gap_started_us: int | None = None   # when ESL was lost, until the next resync
+        self.switch_offset_us = 0                # switch clock - ours, from the last event
 
     # --- start / stop ----------------------------------------------------------------------
     def listen(self) -> "Daemon":
@@ -89,7 +94,8 @@ class Daemon:
         cfg = self.config
         self.app = HttpApp(route_lookup=self._route_lookup, readiness=self.readiness,
                            live_calls=self.live_calls, originate=self._originate,
-                           api_token=cfg["http.api_token"] or None)
+                           api_token=cfg["http.api_token"] or None,
+                           cdr_credentials=cfg["cdr.credentials"] or None)
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"], HttpLimits(
             read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
             max_connections=cfg["http.max_connections"]))
@@ -141,6 +147,13 @@ class Daemon:
         self.caps.on_refused_leg = lambda call_uuid, leg_uuid: gevent.spawn(
             self._kill, call_uuid, leg_uuid, "NORMAL_CIRCUIT_CONGESTION")
         self.writer = CdrWriter(self.db_url, spool=Spool(cfg.data_dir / "spool")).start()
+        self._reprice = billing.deck_repricer(lambda: self.decks.decks)
+        # FreeSWITCH's own CDRs (POST /fs/cdr): durable before acknowledged; when PostgreSQL
+        # is away they share the writer's spool, which the writer replays.
+        self.cdr_ingest = CdrIngest(self.db_url, self.writer.spool,
+                                    precision=cfg["rating.precision"],
+                                    rounding_of=self._rounding_of, reprice=self._reprice,
+                                    encoded_values=cfg["cdr.encoded_values"])
         self.registry = CallRegistry()
         self.router = Router(world=lambda: self.world, decks=lambda: self.decks.decks,
                              health=self.health, caps=self.caps, spend=self.spend,
@@ -150,6 +163,7 @@ class Daemon:
                                      world=lambda: self.world,
                                      record=lambda d: self.writer.submit_decision(d.as_row()))
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
+        self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
         self.esl = ESLSupervisor(
             cfg["esl.host"], cfg["esl.port"], cfg["esl.password"],
             on_event=self.handle_event, on_connected=self.on_esl_connected,
@@ -232,6 +246,8 @@ class Daemon:
             metrics.LIVE.source = None
         if self._probe_conn is not None:
             self._probe_conn.close()
+        if getattr(self, "cdr_ingest", None) is not None:
+            self.cdr_ingest.close()
 
     def run_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
@@ -245,8 +261,12 @@ class Daemon:
     # --- ESL events --------------------------------------------------------------------------
     def handle_event(self, event) -> None:
         if isinstance(event, _Resync):
-            self._apply_resync(event.rows, event.connection)
+            self._apply_resync(event.rows, event.connection, event.requested_us)
         elif isinstance(event, ChannelEvent):
+            if event.timestamp_us:
+                # The switch's clock may differ from ours (another host; the simulator's
+                # scaled time): resync compares leg times with the request in its clock.
+                self.switch_offset_us = event.timestamp_us - self.now_us()
             self._record_event(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
@@ -277,10 +297,29 @@ class Daemon:
             core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
             call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
 
+    def switch_now_us(self) -> int:
+        """Our estimate of the switch's clock (its events' timestamps are in it)."""
+        return self.now_us() + self.switch_offset_us
+
+    # --- rating terms ----------------------------------------------------------------------
+    def _rounding_of(self, carrier: str | None) -> str:
+        """The carrier agreement's billed-seconds rule (carriers.billing_rounding)."""
+        found = self.world.carriers.get(carrier or "")
+        return found.billing_rounding if found is not None else rating.BILLSEC
+
+    def _rate_leg(self, leg, precision: int):
+        return billing.rate_leg(leg, precision, self._rounding_of, self._reprice)
+
     def _act(self, effect) -> None:
         precision = self.config["rating.precision"]
         if isinstance(effect, LegEnded):
-            self.writer.submit_leg(billing.rate_leg(effect.leg, precision))
+            record = self._rate_leg(effect.leg, precision)
+            if record.unrated:
+                billing.count_unrated("esl", "answered carrier leg without a usable tariff",
+                                      record.leg_uuid, record.call_uuid)
+            if record.provisional and record.answered_at is not None:
+                metrics.PROVISIONAL_LEGS.inc()
+            self.writer.submit_leg(record)
         elif isinstance(effect, CarrierOutcome):
             self.health.record_leg(effect.carrier, effect.hangup_cause, effect.sip_status,
                                    effect.answered, _now())
@@ -294,7 +333,7 @@ class Daemon:
                             self.world.carriers.get(call.carrier or ""))
 
     def _call_ended(self, call, precision: int) -> None:
-        legs = [billing.rate_leg(leg, precision) for leg in call.legs]
+        legs = [self._rate_leg(leg, precision) for leg in call.legs if not leg.placeholder]
         record = billing.call_record(call, legs, ended_us=self.now_us())
         if call.reconstructed:
             for leg in legs:     # reconstructed legs never got their own LegEnded
@@ -321,23 +360,35 @@ class Daemon:
 
         The reply is applied through the event queue, behind every event that preceded it
         on the wire, so a call whose events are still queued is not mistaken for unknown."""
+        requested_us = self.switch_now_us()
         reply = connection.api(_bare(commands.show_channels_json()),
                                timeout=self.config["esl.command_timeout"])
-        connection.post(_Resync(parse_show_channels_json(reply), connection))
+        connection.post(_Resync(parse_show_channels_json(reply), connection, requested_us))
 
     def on_esl_disconnected(self, reason: str) -> None:
         self.resynced = False
+        if self.gap_started_us is None:
+            # Calls that end before we see the switch again are billed up to here
+            # (provisionally: the switch's CDR settles them).
+            self.gap_started_us = self.switch_now_us()
 
-    def _apply_resync(self, rows, connection=None) -> None:
+    def _apply_resync(self, rows, connection=None, requested_us: int | None = None) -> None:
         closed = getattr(connection, "closed", None)
         if closed is not None and closed.is_set():
             # Its connection dropped before we got here; the next one resyncs afresh. Applied
             # now, a snapshot older than events of the new connection would close live calls.
             log.info("resync: skipping a snapshot from a connection that has since closed")
             return
-        effects = self.registry.resync(rows, self.now_us())
+        spared = self.registry.counters["resync_spared"]
+        effects = self.registry.resync(rows, self.switch_now_us(), requested_us=requested_us,
+                                       ended_us=self.gap_started_us)
+        self.gap_started_us = None
         for effect in effects:
             self._act(effect)
+        if self.registry.counters["resync_spared"] > spared:
+            # Legs missing from the snapshot but possibly too young to be in it: look again
+            # once they are old enough, rather than at the next periodic resync.
+            gevent.spawn_later(RESYNC_LAG_US / 1e6 + 1.0, self._resync_again)
         live = {call.call_uuid for call in self.registry.live_calls()}
         self.resynced = True
         log.info("resync: switch has %d channel(s), %d live call(s); %d effect(s)",
@@ -389,6 +440,12 @@ class Daemon:
         metrics.LIVE_CALLS.clear()
         for (tenant, carrier), count in live.items():
             metrics.LIVE_CALLS.labels(tenant, carrier).set(count)
+
+    def _resync_again(self) -> None:
+        try:
+            self._periodic_resync()
+        except Exception as exc:    # greenlet boundary; the periodic resync comes anyway
+            log.warning("follow-up resync failed (the periodic one will retry): %s", exc)
 
     def _periodic_resync(self) -> None:
         connection = self.esl.connection

@@ -93,6 +93,20 @@ SPOOL_RECORDS = _gauge("switchd_spool_records", "Records waiting in the local du
 DB_ERRORS = _counter("switchd_db_errors_total", "PostgreSQL errors", ("operation",))
 REDIS_ERRORS = _counter("switchd_redis_errors_total", "Redis errors", ("operation",))
 
+# --- billing truth (FreeSWITCH's CDRs, docs/storage.md) ----------------------------------
+SWITCH_CDRS = _counter("switchd_switch_cdrs_total",
+                       "FreeSWITCH CDR deliveries (POST /fs/cdr, cdr import) by outcome: "
+                       "stored, spooled, bad_request, unauthorized, failed", ("outcome",))
+UNRATED_LEGS = _counter("switchd_unrated_legs_total",
+                        "Answered carrier legs that could not be rated (flagged, cost empty), "
+                        "by source (esl, switch)", ("source",))
+PROVISIONAL_LEGS = _counter("switchd_provisional_legs_total",
+                            "Legs closed without their hangup event and billed provisionally "
+                            "until the switch's CDR settles them")
+ESL_EVENTS_OVERFLOWED = _counter("switchd_esl_events_overflowed_total",
+                                 "Terminal events (hangups, job results) kept in the unbounded "
+                                 "overflow because the event queue was full")
+
 # --- HTTP server -------------------------------------------------------------------------
 HTTP_CONNECTIONS = _gauge("switchd_http_connections", "Open HTTP connections")
 HTTP_MAX_CONNECTIONS = _gauge("switchd_http_max_connections",

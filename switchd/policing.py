@@ -12,7 +12,7 @@ import socket
 from typing import Callable
 
 import gevent
-from gevent.queue import Queue
+from switchd.lossless_queue import LosslessQueue
 
 from switchd import metrics
 from switchd.caps.base import Admission, CapsBackend, CpsScope, Scope
@@ -53,7 +53,9 @@ class CapsGate:
         self.carrier_of_call: dict[str, str] = {}     # which carrier slot a call holds now
         self.on_refused_leg: Callable[[str, str], None] | None = None
         self._scopes_cache: dict[tuple, tuple] = {}
-        self._queue: Queue = Queue(maxsize=queue_max)
+        # Releases, renames and adoptions are never dropped (LosslessQueue): a lost
+        # release held a slot until its lease expired.
+        self._queue = LosslessQueue(queue_max)
         self._worker = gevent.spawn(self._work)
 
     def describe(self) -> str:
@@ -159,12 +161,11 @@ class CapsGate:
 
     # --- worker ------------------------------------------------------------------------------------
     def _enqueue(self, func, *args) -> None:
-        try:
-            self._queue.put_nowait((func, args))
-        except gevent.queue.Full:
-            # Leases expire by themselves; losing a release only delays a slot by one TTL.
+        keep = func in (self._release, self._rename, self._adopt)
+        if self._queue.put((func, args), keep=keep) == "dropped":
+            # Only a failover leg's slot move is ever dropped; its lease still expires.
             metrics.REDIS_ERRORS.labels("queue_full").inc()
-            log.error("caps work queue full; dropping %s (the lease will expire)", func.__name__)
+            log.error("caps work queue full; dropping %s", func.__name__)
 
     def _work(self) -> None:
         while True:

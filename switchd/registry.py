@@ -92,11 +92,13 @@ class Leg:
     hangup_cause: str | None = None
     sip_status: int | None = None
     billmsec: int | None = None       # None: unknown (e.g. closed by resync)
+    billsec: int | None = None        # FreeSWITCH's variable_billsec, when the event had it
     vars: dict[str, str] = field(default_factory=dict)
     caller: str = ""
     destination: str = ""
     reconstructed: bool = False       # some fields guessed (resync / sweep), not from FS
     placeholder: bool = False         # known only by reference, no event seen yet
+    last_event_us: int = 0            # Event-Date-Timestamp of its latest event
 
     def snapshot(self) -> Leg:
         return replace(self, vars=dict(self.vars))
@@ -257,12 +259,16 @@ class CallRegistry:
         if ev.name == "CHANNEL_UUID":
             effects += self._rename(ev)
         call, leg, late = self._locate(ev, effects)
+        if (leg.state == "complete" and leg.reconstructed
+                and ev.name == "CHANNEL_HANGUP_COMPLETE"):
+            return effects + self._settle(call, leg, ev)
         new = LEG_TRANSITIONS.get((leg.state, ev.name))
         if new is None:
             raise RegistryError(f"leg {leg.uuid}: {ev.name} impossible in state {leg.state}")
         if late:
             self.counters["late"] += 1
         old = leg.state
+        leg.last_event_us = max(leg.last_event_us, ev.timestamp_us)
         if old != "complete":         # nothing after HANGUP_COMPLETE overrides what it said
             self._absorb(leg, ev)
         leg.state = new
@@ -272,6 +278,17 @@ class CallRegistry:
         if new != old:
             effects += self._leg_changed(call, leg, old, new, late)
         return effects
+
+    def _settle(self, call: Call, leg: Leg, ev: ChannelEvent) -> list[Effect]:
+        """The real HANGUP_COMPLETE of a leg we closed without it (resync, sweep): its
+        facts replace the guesses and it is rated again (LegEnded; the writer's rank lets a
+        real leg row replace the provisional one and recomputes the call's money)."""
+        self.counters["settled"] += 1
+        leg.hangup_us, leg.hangup_cause = 0, None     # the guesses, not facts
+        self._absorb(leg, ev)
+        leg.reconstructed = False
+        leg.last_event_us = max(leg.last_event_us, ev.timestamp_us)
+        return [LegEnded(leg.snapshot(), call.snapshot())]
 
     def _rename(self, ev: ChannelEvent) -> list[Effect]:
         old = next((ev.vars[k] for k in OLD_UUID_KEYS if ev.vars.get(k)), ev.other_leg_uuid)
@@ -362,6 +379,7 @@ class CallRegistry:
         leg.hangup_cause = ev.hangup_cause or leg.hangup_cause
         leg.sip_status = ev.sip_status if ev.sip_status is not None else leg.sip_status
         leg.billmsec = ev.billmsec if ev.billmsec is not None else leg.billmsec
+        leg.billsec = ev.billsec if ev.billsec is not None else leg.billsec
         leg.caller = ev.caller_number or leg.caller
         leg.destination = ev.destination_number or leg.destination
 
@@ -462,9 +480,14 @@ class CallRegistry:
         return sweep(self, now_us, grace_us)
 
     def resync(self, rows: list[ChannelRow], now_us: int, links: dict[str, str] | None = None,
-               tenant_of: Callable[[ChannelRow], str | None] | None = None) -> list[Effect]:
+               tenant_of: Callable[[ChannelRow], str | None] | None = None, *,
+               requested_us: int | None = None, ended_us: int | None = None) -> list[Effect]:
         """Reconcile with `show channels` after a reconnect: legs FreeSWITCH no longer has
-        are closed (reconstructed) and their calls end as usual once all legs have; channels
-        we did not know are adopted (CallAdopted). Heuristics: registry_resync.py."""
+        are closed (reconstructed, provisional) and their calls end as usual once all legs
+        have, unless they may still be alive (created or heard from since shortly before
+        the snapshot was requested at `requested_us`); channels we did not know are adopted
+        (CallAdopted). `ended_us`: the end to assume for closed legs (the start of the ESL
+        gap), default now. Heuristics: registry_resync.py."""
         from switchd.registry_resync import resync
-        return resync(self, rows, now_us, links or {}, tenant_of)
+        return resync(self, rows, now_us, links or {}, tenant_of,
+                      requested_us=requested_us, ended_us=ended_us)

@@ -16,8 +16,11 @@ tests/fixtures/freeswitch-1.10/esl-api.txt show, and the heuristics built on it:
   two ACTIVE legs of one call count as bridged. An adopted answered leg's answer time is
   its creation time (the earliest possible) until an event carries FreeSWITCH's own.
 - A call the registry tracks whose channels FreeSWITCH no longer lists is closed: its legs
-  get LegEnded(reconstructed, cause UNKNOWN_AFTER_RESYNC, end = now, billmsec unknown)
-  and the call its CallEnded. Rows of calls that already ended (stuck channels) are not
+  get LegEnded(reconstructed, cause UNKNOWN_AFTER_RESYNC, end = the start of the ESL gap
+  or now, billmsec unknown: billed provisionally, billing.rate_leg) and the call its
+  CallEnded. Never a leg that may still be alive: created or heard from within
+  RESYNC_LAG_US before the snapshot was requested (`show channels` lags new channels).
+  Its real HANGUP_COMPLETE, should it come later, settles the leg (CallRegistry._settle). Rows of calls that already ended (stuck channels) are not
   re-adopted: they would end the same call twice. A row whose A-leg is gone is adopted
   under the A-leg's UUID with a completed stand-in A-leg, so it ends with its last leg.
 - Rows say nothing of our channel variables, so tenant, route, max duration, rates are
@@ -130,6 +133,17 @@ def group_rows(rows: list[ChannelRow], links: dict[str, str]) -> dict[str, list[
 
 
 # --- reconciliation ---------------------------------------------------------------------
+# `show channels` can lag a channel created a moment before (seen on FreeSWITCH 1.10.12),
+# and switchd's and the switch's clocks may differ a little: a leg created, or heard from,
+# within this margin before the snapshot was requested may be alive and is not closed.
+RESYNC_LAG_US = 5_000_000
+
+
+def may_be_alive(leg: Leg, requested_us: int, lag_us: int = RESYNC_LAG_US) -> bool:
+    return (leg.created_us >= requested_us - lag_us
+            or leg.last_event_us >= requested_us - lag_us)
+
+
 def force_complete(reg: CallRegistry, call: Call, legs: list[Leg], now_us: int,
                    cause: str) -> list[Effect]:
     """Close legs whose HANGUP_COMPLETE will never come; the facts we had are kept."""
@@ -160,15 +174,21 @@ def sweep(reg: CallRegistry, now_us: int, grace_us: int) -> list[Effect]:
 
 
 def resync(reg: CallRegistry, rows: list[ChannelRow], now_us: int, links: dict[str, str],
-           tenant_of: Callable[[ChannelRow], str | None] | None) -> list[Effect]:
+           tenant_of: Callable[[ChannelRow], str | None] | None, *,
+           requested_us: int | None = None, ended_us: int | None = None) -> list[Effect]:
     from switchd.registry import CAUSE_RESYNC
     present = {r.uuid for r in rows}
+    requested = requested_us if requested_us is not None else now_us
     effects: list[Effect] = []
     for call in list(reg._calls.values()):
-        gone = [l for l in call.legs if l.uuid not in present and l.state != "complete"]
+        missing = [l for l in call.legs if l.uuid not in present and l.state != "complete"]
+        gone = [l for l in missing if not may_be_alive(l, requested)]
+        if len(gone) < len(missing):
+            # Not in the snapshot but possibly alive: left to its events or the next resync.
+            reg.counters["resync_spared"] += len(missing) - len(gone)
         if gone:
-            effects += force_complete(reg, call, gone, now_us, CAUSE_RESYNC)
-        if not any(l.uuid in present for l in call.legs):
+            effects += force_complete(reg, call, gone, ended_us or now_us, CAUSE_RESYNC)
+        if len(gone) == len(missing) and not any(l.uuid in present for l in call.legs):
             reg._awaiting.discard(call.call_uuid)    # nothing left for the job to report
         effects += reg._maybe_end(call)
     for key, group in group_rows(rows, links).items():

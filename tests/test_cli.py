@@ -7,7 +7,8 @@ import pytest
 from switchd.cli import build_parser, main
 
 COMMANDS = [["run"], ["demo"], ["migrate"], ["provision"], ["rates"], ["rates", "import"], ["originate"],
-            ["calls"], ["report"], ["check-config"], ["db"], ["db", "status"], ["db", "stop"]]
+            ["calls"], ["report"], ["check-config"], ["db"], ["db", "status"], ["db", "stop"],
+            ["cdr"], ["cdr", "import"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS)

@@ -130,6 +130,15 @@ def test_drop_mid_call_reconnects_resyncs_and_closes_calls_that_ended_unseen(mak
     for call in ended_unseen:
         row = _wait_cdr(daemon, world_url, call.uuid)
         assert row[0] is True and row[1] == "UNKNOWN_AFTER_RESYNC", row
+        # Billed provisionally from what was known (answer time, tariff), never unrated or
+        # silently 0-by-default: the switch's CDR would settle it (issue 9).
+        [(provisional, unrated)] = rows(world_url, "SELECT provisional, unrated FROM calls "
+                                                   "WHERE call_uuid = %s", call.uuid)
+        assert provisional and not unrated
+        legs = rows(world_url, "SELECT provisional, rate_per_min IS NOT NULL, cost IS NOT NULL "
+                               "FROM call_legs WHERE call_uuid = %s AND carrier IS NOT NULL "
+                               "AND answered_at IS NOT NULL", call.uuid)
+        assert legs == [(True, True, True)], legs
     daemon.wait_until(lambda: set(_listed(daemon)) == _switch_calls(sim) == {survivor.uuid},
                       what="registry == switch")
 

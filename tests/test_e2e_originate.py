@@ -42,6 +42,10 @@ def test_originate_routes_by_lcr_and_bills(switch, world_url):
     assert body["answered"] is True and body["result"] == f"+OK {body['call_uuid']}"
     assert body["gateways"][0] == "budgetel_gw1" and body["destination"] == "+442079460999"
     sim_call = next(c for c in sim.calls if c.uuid == body["call_uuid"])
+    # Billed seconds follow FreeSWITCH's billsec (whole seconds of the clock): let the call
+    # talk a few (simulated) seconds so it has some.
+    daemon.wait_until(lambda: sim_call.answered_leg and sim.clock.now_us()
+                      - sim_call.answered_leg.answered_us > 3_000_000, what="3 s of talk")
     sim.kill_call(body["call_uuid"])
     assert sim_call.wait(30)
     row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="originated CDR")

@@ -6,6 +6,7 @@ never on sleeps.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,7 +20,7 @@ from switchd.esl.connection import (
     ESLAuthError, ESLConnection, ESLDisconnected, ESLNotConnected, ESLRejected, ESLTimeout,
 )
 from switchd.esl.events import ChannelEvent, HeartbeatEvent, JobEvent
-from switchd.metrics import ESL_EVENTS_DROPPED, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS
+from switchd.metrics import ESL_EVENTS_DROPPED, ESL_EVENTS_OVERFLOWED, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS
 
 AUTH_REQUEST = b"Content-Type: auth/request\n\n"
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
@@ -435,6 +436,51 @@ def test_slow_handler_never_blocks_the_reader_and_full_queue_drops(servers):
     # A drop is not a handler error: the two counters answer different questions.
     assert ESL_HANDLER_ERRORS.labels("queue_full")._value.get() == handler_errors
     unblock.set()
+    conn.close()
+
+
+def test_full_queue_never_drops_a_hangup_and_keeps_order(servers):
+    """Issue 9: under a burst that overflows the queue, CREATEs may be dropped but every
+    HANGUP_COMPLETE (and the resync marker posted behind them) reaches the handler, in
+    wire order, and the reader never blocks."""
+    first = plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": "first"})
+    burst = []
+    for i in range(40):
+        burst.append(plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"c{i}"}))
+        burst.append(plain_event({"Event-Name": "CHANNEL_HANGUP_COMPLETE",
+                                  "Unique-ID": f"c{i}", "Hangup-Cause": "NORMAL_CLEARING"}))
+    unblock, entered = Event(), Event()
+    seen = []
+
+    def slow(event):
+        entered.set()
+        unblock.wait(5)
+        seen.append((getattr(event, "name", "marker"), getattr(event, "uuid", event)))
+
+    def script(peer):
+        FakeFS.greet_and_auth(server, peer)
+        peer.read_command()
+        peer.send(first)
+        entered.wait(5)
+        peer.send(b"".join(burst) + api_response(b"pong\n"))
+        while peer.read_command() is not None:
+            pass
+    server = servers(script)
+    before = ESL_EVENTS_OVERFLOWED._value.get()
+    conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=slow,
+                         event_queue_size=10)
+    conn.connect()
+    assert conn.api("ping", timeout=2) == "pong\n"        # the reader was never blocked
+    conn.post("resync-marker")
+    assert ESL_EVENTS_OVERFLOWED._value.get() > before
+    unblock.set()
+    deadline = time.monotonic() + 5
+    while ("marker", "resync-marker") not in seen and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    hangups = [uuid for name, uuid in seen if name == "CHANNEL_HANGUP_COMPLETE"]
+    assert hangups == [f"c{i}" for i in range(40)]
+    assert seen[-1] == ("marker", "resync-marker")           # behind everything received
+    assert conn.dropped_events > 0                           # only CREATEs were dropped
     conn.close()
 
 

@@ -17,10 +17,6 @@ from test_config import exposed_metric_names
 ROOT = Path(__file__).parents[1]
 PROM = ROOT / "docker" / "prometheus"
 
-# Declared on another branch of issue 11 (cdr-truth adds the unrated-CDR counter); the
-# rules reference it by its agreed name. Drop this once that branch is merged.
-PROVIDED_BY_OTHER_BRANCHES = {"switchd_cdrs_unrated_total"}
-
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
                 "group_right", "offset", "bool", "inf", "nan"}
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_info")
@@ -51,8 +47,7 @@ def known(name: str) -> bool:
     exposed = exposed_metric_names()
     doc = (ROOT / "docs" / "metrics.md").read_text()
     candidates = {name} | {name[: -len(s)] for s in SUFFIXES if name.endswith(s)}
-    return (bool(candidates & exposed) or f"`{name}`" in doc or name == "up"
-            or name in PROVIDED_BY_OTHER_BRANCHES)
+    return (bool(candidates & exposed) or f"`{name}`" in doc or name == "up")
 
 
 def test_the_expression_reader_finds_metric_names():
@@ -85,7 +80,7 @@ def test_alert_rules_parse_and_cover_what_operators_must_act_on():
         "SwitchdCapRefusalsRising": "switchd_cap_rejections_total",
         "SwitchdSpoolGrowing": "switchd_spool_records",
         "SwitchdBudget90": "switchd_budget_usage_ratio",
-        "SwitchdUnratedCdrs": "switchd_cdrs_unrated_total",
+        "SwitchdUnratedCdrs": "switchd_unrated_legs_total",
     }
     for alert, metric in wanted.items():
         assert metric in metric_names(by_name[alert]["expr"]), alert

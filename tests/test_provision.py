@@ -144,3 +144,14 @@ def test_accountcode_clash_with_database(migrated_pg_url, tmp_path):
     with pytest.raises(ProvisionError, match=r"tenants\[0\]\.accountcode: 'acme' already used "
                                              r"by tenant 'acme'"):
         provision(migrated_pg_url, other)
+
+
+def test_carrier_billing_rounding_is_provisioned_and_checked(migrated_pg_url, tmp_path):
+    text = '[[carriers]]\nname = "exact"\nbilling_rounding = "ceil_ms"\n\n[[carriers]]\nname = "plain"\n'
+    provision(migrated_pg_url, _write(tmp_path, text))
+    with psycopg.connect(migrated_pg_url) as conn:
+        world = load_world(conn)
+    assert world.carriers["exact"].billing_rounding == "ceil_ms"
+    assert world.carriers["plain"].billing_rounding == "billsec"        # the default
+    with pytest.raises(ProvisionError, match=r"carriers\[0\]\.billing_rounding"):
+        parse(_write(tmp_path, '[[carriers]]\nname = "x"\nbilling_rounding = "floor"\n', "bad.toml"))

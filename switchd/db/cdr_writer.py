@@ -78,7 +78,30 @@ class LegRecord:
     rate_per_min: Decimal | None = None
     connect_fee: Decimal | None = None
     increments: str | None = None          # 'initial/subsequent', e.g. '60/6'
-    cost: Decimal = Decimal("0")
+    cost: Decimal | None = Decimal("0")    # None exactly when unrated
+    billsec: int | None = None             # FreeSWITCH's billsec, when known
+    cdr_source: str = "esl"                # 'esl' | 'switch' (FreeSWITCH's own CDR)
+    provisional: bool = False              # closed without its hangup: estimated
+    unrated: bool = False                  # answered but could not be rated
+
+
+@dataclass(frozen=True)
+class SwitchCallRecord:
+    """What FreeSWITCH's CDR of one leg says about its call (upserted into ``calls``).
+
+    An A-leg's CDR (``from_a_leg``) is the authority on the call's times and cause; a
+    B-leg's only fills what is still unknown, so deliveries in any order give one row."""
+    call_uuid: str
+    direction: str
+    from_a_leg: bool
+    tenant: str | None = None
+    route_id: str | None = None
+    caller: str | None = None
+    destination: str | None = None
+    started_at: datetime | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    hangup_cause: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +116,8 @@ class EventRecord:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-_KINDS = {"call": CallRecord, "leg": LegRecord, "event": EventRecord}
+_KINDS = {"call": CallRecord, "leg": LegRecord, "event": EventRecord,
+          "switch_call": SwitchCallRecord}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
 
@@ -114,10 +138,61 @@ _UPSERT_CALL = _upsert_sql(
     "calls", CallRecord, "call_uuid",
     "(NOT EXCLUDED.reconstructed, EXCLUDED.ended_at IS NOT NULL, EXCLUDED.answered_at IS NOT NULL)",
     "(NOT calls.reconstructed, calls.ended_at IS NOT NULL, calls.answered_at IS NOT NULL)")
+# FreeSWITCH's CDR outranks anything ESL said; a leg closed without its hangup
+# (provisional) outranks nothing it would replace.
 _UPSERT_LEG = _upsert_sql(
     "call_legs", LegRecord, "leg_uuid",
-    "(EXCLUDED.ended_at IS NOT NULL, EXCLUDED.answered_at IS NOT NULL)",
-    "(call_legs.ended_at IS NOT NULL, call_legs.answered_at IS NOT NULL)")
+    "(EXCLUDED.cdr_source = 'switch', NOT EXCLUDED.provisional, "
+    "EXCLUDED.ended_at IS NOT NULL, EXCLUDED.answered_at IS NOT NULL)",
+    "(call_legs.cdr_source = 'switch', NOT call_legs.provisional, "
+    "call_legs.ended_at IS NOT NULL, call_legs.answered_at IS NOT NULL)")
+
+
+def _switch_call_sql(a_leg: bool) -> str:
+    """A-leg CDR: its values win over what is stored; B-leg CDR: it only fills gaps."""
+    cols = ["call_uuid", "direction", "tenant", "route_id", "caller", "destination",
+            "started_at", "answered_at", "ended_at", "hangup_cause"]
+    facts = ("started_at", "ended_at", "hangup_cause", "caller", "destination")
+    sets = []
+    for c in cols[1:]:
+        first, second = ("EXCLUDED", "calls") if a_leg and c in facts else ("calls", "EXCLUDED")
+        sets.append(f"{c} = COALESCE({first}.{c}, {second}.{c})")
+    if a_leg:
+        sets.append("reconstructed = false")
+    return (f"INSERT INTO calls ({', '.join(cols)}) "
+            f"VALUES ({', '.join(f'%({c})s' for c in cols)}) "
+            f"ON CONFLICT (call_uuid) DO UPDATE SET {', '.join(sets)}")
+
+
+_UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(False)}
+
+# A call's money and flags always come from its leg rows, whichever record came last, so
+# the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
+# legs are the rated ones (a carrier or gateway is known).
+RECOMPUTE_CALLS = """
+UPDATE calls c SET cost = s.cost, billed_seconds = s.billed, unrated = s.unrated,
+       provisional = s.provisional, cdr_source = s.source,
+       attempts = GREATEST(c.attempts, s.attempts),
+       carrier = COALESCE(s.carrier, c.carrier), gateway = COALESCE(s.gateway, c.gateway),
+       first_choice_carrier = COALESCE(c.first_choice_carrier, s.first_carrier),
+       answered_at = COALESCE(s.answered_at, c.answered_at)
+FROM (SELECT call_uuid,
+             COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
+             COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
+             bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
+             CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
+             count(*) FILTER (WHERE rated) AS attempts,
+             (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
+                 FILTER (WHERE rated))[1] AS carrier,
+             (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
+                 FILTER (WHERE rated))[1] AS gateway,
+             (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
+             min(answered_at) AS answered_at
+      FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
+            FROM call_legs WHERE call_uuid = ANY(%(uuids)s)) l
+      GROUP BY call_uuid) s
+WHERE c.call_uuid = s.call_uuid
+"""
 _INSERT_EVENT = (f"INSERT INTO call_events ({', '.join(_columns(EventRecord))}) "
                  f"VALUES ({', '.join(f'%({c})s' for c in _columns(EventRecord))}) "
                  "ON CONFLICT (core_uuid, event_seq) DO NOTHING")
@@ -135,15 +210,24 @@ def _from_spool(entry: dict) -> tuple[str, Any]:
 
 def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
     """Write one batch in one transaction; returns the number of call rows (CDRs) in it."""
-    by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": []}
+    by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
+                                "switch_call": []}
     for kind, rec in items:
         by_kind[kind].append(rec)
     with conn.transaction(), conn.cursor() as cur:
         # executemany runs in pipeline mode: one round trip per batch, not per row.
         if by_kind["call"]:
             cur.executemany(_UPSERT_CALL, [asdict(r) for r in by_kind["call"]])
+        for a_leg in (True, False):
+            rows = [asdict(r) for r in by_kind["switch_call"] if r.from_a_leg is a_leg]
+            if rows:
+                cur.executemany(_UPSERT_SWITCH_CALL[a_leg], rows)
         if by_kind["leg"]:
             cur.executemany(_UPSERT_LEG, [asdict(r) for r in by_kind["leg"]])
+        touched = sorted({r.call_uuid for k in ("call", "leg", "switch_call")
+                          for r in by_kind[k]})
+        if touched:
+            cur.execute(RECOMPUTE_CALLS, {"uuids": touched})
         if by_kind["event"]:
             cur.executemany(_INSERT_EVENT, [
                 {**asdict(r), "data": store.jsonb(r.data or {})} for r in by_kind["event"]])

@@ -65,7 +65,8 @@ def load_world(conn: psycopg.Connection) -> World:
                 gateways.setdefault(r["carrier"], []).append(Gateway(**r))
 
         cur.execute("""SELECT name, enabled, priority, max_channels, cps_limit,
-                              default_initial_increment, default_subsequent_increment
+                              default_initial_increment, default_subsequent_increment,
+                              billing_rounding
                        FROM carriers ORDER BY name""")
         carriers = {r["name"]: Carrier(gateways=tuple(gateways.get(r["name"], ())), **r)
                     for r in cur.fetchall() if _valid("carriers", r)}

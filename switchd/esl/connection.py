@@ -19,7 +19,6 @@ import gevent
 import gevent.socket as gsocket
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
-from gevent.queue import Full, Queue
 from greenswitch.esl import InboundESL
 
 from switchd.esl import commands
@@ -33,8 +32,10 @@ from switchd.esl.framing import (
     RUDE_REJECTION, ESLError, ESLEventError, ESLProtocolError, Frame, FrameParser, parse_event,
     peek_plain_event_name,
 )
+from switchd.lossless_queue import LosslessQueue
 from switchd.metrics import (
-    ESL_COMMAND_ERRORS, ESL_EVENTS, ESL_EVENTS_DROPPED, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS,
+    ESL_COMMAND_ERRORS, ESL_EVENTS, ESL_EVENTS_DROPPED, ESL_EVENTS_OVERFLOWED, ESL_HANDLER_ERRORS,
+    ESL_PROTOCOL_ERRORS,
 )
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,9 @@ class ESLConnection(InboundESL):
         self._parser = FrameParser(max_frame_bytes, max_header_bytes)
         self._pending: deque[AsyncResult] = deque()
         self._write_lock = Semaphore()
-        self._events: Queue = Queue(maxsize=event_queue_size)
+        # Hangups, answers, renames and job results are kept even when the queue is full
+        # (LosslessQueue's overflow); other events are dropped then, visibly.
+        self._events = LosslessQueue(event_queue_size)
         self._greeting = AsyncResult()
         self._open = False
         self._torn_down = False
@@ -213,10 +216,7 @@ class ESLConnection(InboundESL):
             self._greeting.set_exception(error)
         if self._owns_jobs:
             self.jobs.fail_all(error)
-        try:
-            self._events.put_nowait(_STOP)
-        except Full:
-            gevent.spawn(self._events.put, _STOP)
+        self._events.put(_STOP, keep=True)
         self.closed.set()
         if self.on_disconnect is not None:
             try:
@@ -395,11 +395,13 @@ class ESLConnection(InboundESL):
     def _deliver(self, event: TypedEvent) -> None:
         if self.on_event is None:
             return
-        try:
-            self._events.put_nowait(event)
-        except Full:
+        outcome = self._events.put(event, keep=_must_keep(event))
+        if outcome == "overflow":
+            ESL_EVENTS_OVERFLOWED.inc()
+        elif outcome == "dropped":
             # Blocking here would stall the reader and make FreeSWITCH drop events (and
-            # eventually the listener); losing one here is the lesser harm, and visible.
+            # eventually the listener); losing a non-terminal one is the lesser harm, and
+            # visible. Terminal events never get here (_must_keep).
             self._dropped += 1
             ESL_EVENTS_DROPPED.labels("queue_full").inc()
             if self._dropped == 1 or self._dropped % 1000 == 0:
@@ -428,8 +430,9 @@ class ESLConnection(InboundESL):
 
     def post(self, item) -> None:
         """Queue `item` for the event handler behind every event already received: a
-        command's reply (e.g. `show channels`) applied this way keeps wire order."""
-        self._events.put(item)
+        command's reply (e.g. `show channels`) applied this way keeps wire order. Never
+        blocks, never dropped."""
+        self._events.put(item, keep=True)
 
     @property
     def dropped_events(self) -> int:
@@ -438,6 +441,17 @@ class ESLConnection(InboundESL):
     @property
     def pending_commands(self) -> int:
         return len(self._pending)
+
+
+# Events that carry money or free slots: never dropped by a full queue (issue 9).
+_KEEP = frozenset({"CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE",
+                   "CHANNEL_UUID"})
+
+
+def _must_keep(event: TypedEvent) -> bool:
+    if isinstance(event, ChannelEvent):
+        return event.name in _KEEP
+    return isinstance(event, JobEvent)
 
 
 def _label_of(event: TypedEvent) -> str:

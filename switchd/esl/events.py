@@ -28,6 +28,7 @@ class ChannelEvent:
     hangup_cause: str | None = None
     sip_status: int | None = None
     billmsec: int | None = None
+    billsec: int | None = None         # variable_billsec: FreeSWITCH's own billed seconds
     origination_uuid: str | None = None
     vars: dict[str, str] = field(default_factory=dict)   # switchd_* channel variables
 
@@ -137,6 +138,7 @@ def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
         hangup_cause=h.get("Hangup-Cause") or h.get("variable_hangup_cause") or None,
         sip_status=_opt_int(h.get("variable_sip_term_status")),
         billmsec=_opt_int(h.get("variable_billmsec")),
+        billsec=_opt_int(h.get("variable_billsec")),
         origination_uuid=h.get("variable_origination_uuid") or None,
         vars=switchd_vars,
     )
@@ -148,7 +150,7 @@ _CHANNEL_HEADERS = (
     "Event-Date-Timestamp", "Event-Sequence", "Core-UUID", "Caller-Caller-ID-Number",
     "Caller-Destination-Number", "variable_sip_gateway_name", "Caller-Channel-Created-Time",
     "Caller-Channel-Answered-Time", "Caller-Channel-Hangup-Time", "Hangup-Cause",
-    "variable_hangup_cause", "variable_sip_term_status", "variable_billmsec",
+    "variable_hangup_cause", "variable_sip_term_status", "variable_billmsec", "variable_billsec",
     "variable_origination_uuid", "Old-Unique-ID",
 )
 _LINE_KEYS = tuple(("\n" + name + ": ", name) for name in _CHANNEL_HEADERS)

@@ -2,6 +2,7 @@
 
 Routes:
   POST /fs/dialplan   mod_xml_curl dialplan lookups (form body) -> XML (503 while starting)
+  POST /fs/cdr        mod_json_cdr: FreeSWITCH's CDR of a leg (switchd/cdrs/http.py; 503 while starting)
   GET  /healthz       200 while the process serves, from the first second of `switchd run`
   GET  /readyz        200 only when started, ESL is up and CDRs can be stored or spooled
   GET  /metrics       Prometheus exposition
@@ -113,12 +114,15 @@ class HttpApp:
     def __init__(self, route_lookup: Callable[[dict], str] | None = None,
                  readiness: Callable[[], dict] | None = None,
                  live_calls: Callable[[], list] | None = None,
-                 originate: Callable[[dict], dict] | None = None, api_token: str | None = None):
+                 originate: Callable[[dict], dict] | None = None, api_token: str | None = None,
+                 cdr_ingest=None, cdr_credentials: str | None = None):
         self.route_lookup = route_lookup
         self.readiness = readiness or (lambda: {})
         self.live_calls = live_calls or (lambda: [])
         self.originate = originate
         self.api_token = api_token
+        self.cdr_ingest = cdr_ingest
+        self.cdr_credentials = cdr_credentials
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -128,6 +132,13 @@ class HttpApp:
                 if method != "POST":
                     return self._plain(start_response, "405 Method Not Allowed", "POST only\n")
                 return self._dialplan(environ, start_response)
+            if path == "/fs/cdr":
+                if self.cdr_ingest is None:        # starting: FreeSWITCH retries, or keeps it on disk
+                    return self._plain(start_response, "503 Service Unavailable",
+                                       "starting: the CDR store is not open yet\n")
+                from switchd.cdrs import http as cdr_http
+                return cdr_http.handle(environ, start_response, self.cdr_ingest,
+                                       self.cdr_credentials)
             if path == "/healthz":
                 return self._json(start_response, "200 OK", {"status": "ok"})
             if path == "/readyz":

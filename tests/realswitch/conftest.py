@@ -14,7 +14,8 @@ UP, INVITE counts and events forgotten. Config: one `freeswitch.xml` written int
 dir (fsconfig.py): ESL with a password, SIP profile `callers` (context `public`, no auth),
 gateways `gw_a`, `gw_b`, `gw_c` (ping 5 s) to three sipp carriers, mod_xml_curl posting every
 dialplan lookup to `switch.dialplan_url` (the daemon's `/fs/dialplan`, 3 s timeout), a static
-fallback that answers 503, mod_json_cdr only when `RealSwitch(cdr_url=...)` is given.
+fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's `/fs/cdr`
+(`RealSwitch(cdr_url=...)`; when that fails, to `<run dir>/fs/log/json_cdr/`).
 
 - `switch.carrier("gw_a").set_mode(mode)`: `answer` (200, waits for BYE), `ring` (180,
   never answers; CANCEL → 487), `down` (sipp stopped: port unreachable, the gateway's pings
@@ -69,7 +70,7 @@ import atexit
 
 import pytest
 
-from . import fsharness, world
+from . import fsconfig, fsharness, world
 from .backends import RealBackend, SimBackend, RsDaemon
 
 SKIP_REASON = fsharness.skip_reason()
@@ -89,7 +90,11 @@ def pytest_collection_modifyitems(config, items):
 def _realswitch_session(tmp_path_factory):
     if SKIP_REASON:
         pytest.skip(SKIP_REASON)
-    switch = fsharness.RealSwitch(tmp_path_factory.mktemp("realswitch"), esl_password=ESL_PASSWORD)
+    # mod_json_cdr posts every leg's CDR to the daemon's /fs/cdr (tests/realswitch/test_cdr.py);
+    # with no daemon up it retries, then writes <fs>/log/json_cdr/ (CDR_ERR_DIR).
+    plan = fsconfig.PortPlan.allocate()
+    switch = fsharness.RealSwitch(tmp_path_factory.mktemp("realswitch"), esl_password=ESL_PASSWORD,
+                                  plan=plan, cdr_url=f"http://127.0.0.1:{plan.http}/fs/cdr")
     atexit.register(switch.stop)
     switch.start()
     yield switch

@@ -1,0 +1,133 @@
+"""dialplan.rating.rate: the one rating function (docs/rates.md "Rating a leg")."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dialplan.rating import BILLSEC, CEIL_MS, Tariff, rate, tariff_at, talk_seconds
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+INCREMENTS = [(60, 60), (60, 6), (30, 6), (6, 6), (1, 1)]
+money = st.decimals(min_value=0, max_value=10, places=6, allow_nan=False, allow_infinity=False)
+incs = st.sampled_from(INCREMENTS)
+
+
+def _t(r, fee="0", inc=(60, 60), start=None):
+    return Tariff(Decimal(r), Decimal(fee), inc[0], inc[1], start)
+
+
+@pytest.mark.parametrize("billsec,inc,billed,cost", [
+    (3, (60, 60), 60, "0.015000"), (61, (60, 60), 120, "0.025000"),
+    (61, (60, 6), 66, "0.016000"), (31, (30, 6), 36, "0.011000"),
+    (7, (6, 6), 12, "0.007000"), (61, (1, 1), 61, "0.015167"),
+])
+def test_increments_table(billsec, inc, billed, cost):
+    # rate 0.01/min, connect fee 0.005: cost = 0.005 + 0.01 * billed / 60, rounded once
+    r = rate(answered=True, billsec=billsec, billmsec=billsec * 1000 - 300,
+             tariffs=[_t("0.01", "0.005", inc)])
+    assert (r.billed_seconds, r.cost, r.unrated_reason) == (billed, Decimal(cost), None)
+
+
+def test_billsec_is_the_default_and_ceil_ms_an_option():
+    # FreeSWITCH's billsec is end_epoch - answer_epoch: 3 for 2340 ms (a real capture)
+    terms = [_t("0.60", "0", (1, 1))]
+    assert rate(answered=True, billsec=3, billmsec=2340, tariffs=terms).billed_seconds == 3
+    assert rate(answered=True, billsec=2, billmsec=2340, tariffs=terms).billed_seconds == 2
+    assert rate(answered=True, billsec=2, billmsec=2340, tariffs=terms,
+                rounding=CEIL_MS).billed_seconds == 3
+    with pytest.raises(ValueError, match="rounding"):
+        rate(answered=True, billsec=2, billmsec=2340, tariffs=terms, rounding="floor")
+
+
+def test_answered_20ms_then_failed_pays_the_connect_fee_only():
+    terms = [_t("0.60", "0.05", (60, 6))]
+    r = rate(answered=True, billsec=0, billmsec=20, tariffs=terms)
+    assert (r.billed_seconds, r.cost) == (0, Decimal("0.050000"))
+    # a carrier billing started seconds: one second, so the initial increment
+    r = rate(answered=True, billsec=0, billmsec=20, tariffs=terms, rounding=CEIL_MS)
+    assert (r.billed_seconds, r.cost) == (60, Decimal("0.650000"))
+
+
+def test_unanswered_costs_nothing_and_is_rated():
+    r = rate(answered=False, billsec=0, billmsec=0, tariffs=[_t("1", "1")])
+    assert (r.billed_seconds, r.cost, r.unrated_reason) == (0, Decimal("0.000000"), None)
+    r = rate(answered=False, billsec=None, billmsec=None, tariffs=[])
+    assert r.cost == 0 and r.unrated_reason is None
+
+
+def test_answered_without_tariff_or_times_is_unrated_never_zero():
+    r = rate(answered=True, billsec=10, billmsec=10_000, tariffs=[])
+    assert r.cost is None and "tariff" in r.unrated_reason
+    r = rate(answered=True, billsec=None, billmsec=None, tariffs=[_t("1")])
+    assert r.cost is None and "billsec" in r.unrated_reason
+
+
+def test_rate_in_force_at_answer_not_at_start():
+    old, new = _t("0.10", start=None), _t("0.20", start=T0)
+    started = T0 - timedelta(seconds=20)             # routed before the change
+    assert rate(answered=True, billsec=60, billmsec=60_000, tariffs=[old, new],
+                answered_at=T0 + timedelta(seconds=1)).cost == Decimal("0.200000")
+    assert rate(answered=True, billsec=60, billmsec=60_000, tariffs=[old, new],
+                answered_at=started).cost == Decimal("0.100000")
+    assert tariff_at([old, new], T0) is new          # start inclusive
+    assert tariff_at([new], T0 - timedelta(microseconds=1)) is None
+    assert tariff_at([new], None) is None
+
+
+def test_precision_is_configurable_and_rounds_half_up_once():
+    terms = [_t("0.125", "0", (60, 60))]
+    assert rate(answered=True, billsec=60, billmsec=None, tariffs=terms,
+                places=2).cost == Decimal("0.13")
+    # rounding per increment would give 0.000001 * 60 = 0.000060; once gives 0.000050
+    terms = [_t("0.003", "0", (1, 1))]
+    assert rate(answered=True, billsec=1, billmsec=None, tariffs=terms).cost == Decimal("0.000050")
+
+
+@given(st.integers(0, 20_000), money, money, incs)
+def test_cost_is_fee_plus_exact_rate_rounded_once(billsec, r, fee, inc):
+    out = rate(answered=True, billsec=billsec, billmsec=None, tariffs=[_t(r, fee, inc)])
+    initial, sub = inc
+    billed = 0 if billsec == 0 else (initial if billsec <= initial else
+                                     initial + -(-(billsec - initial) // sub) * sub)
+    assert out.billed_seconds == billed
+    exact = fee + r * billed / Decimal(60)
+    assert out.cost == exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    assert out.cost >= fee
+
+
+@given(st.integers(0, 20_000), st.integers(0, 20_000), money, incs)
+def test_cost_grows_with_talk_time(a, b, r, inc):
+    lo, hi = sorted((a, b))
+    terms = [_t(r, "0.01", inc)]
+    c_lo = rate(answered=True, billsec=lo, billmsec=None, tariffs=terms).cost
+    c_hi = rate(answered=True, billsec=hi, billmsec=None, tariffs=terms).cost
+    assert c_lo <= c_hi
+
+
+@given(st.integers(0, 10_000_000))
+def test_ceil_ms_never_bills_less_than_billsec_floor(ms):
+    # FreeSWITCH's billsec is within one second of billmsec/1000
+    assert talk_seconds(ms // 1000, ms, CEIL_MS) >= talk_seconds(ms // 1000, ms, BILLSEC)
+    assert talk_seconds(ms // 1000, ms, CEIL_MS) - ms / 1000 < 1
+
+
+@given(st.lists(st.tuples(st.integers(-5, 5), money), min_size=1, max_size=6),
+       st.integers(-6, 6))
+def test_tariff_at_picks_the_latest_start_not_after_answer(starts, at_offset):
+    tariffs = [_t(r, start=T0 + timedelta(days=d)) for d, r in starts]
+    at = T0 + timedelta(days=at_offset, hours=1)
+    chosen = tariff_at(tariffs, at)
+    eligible = [t for t in tariffs if t.effective_from <= at]
+    if not eligible:
+        assert chosen is None
+    else:
+        assert chosen.effective_from == max(t.effective_from for t in eligible)
+
+
+def test_floats_are_refused():
+    with pytest.raises(TypeError):
+        rate(answered=True, billsec=1, billmsec=None, tariffs=[Tariff(0.1)])
