@@ -100,6 +100,10 @@ def test_refusals_answer_the_right_sip_code(switch, world_url, dialled, accountc
     assert decisions[0][0] == "refused" and decisions[0][1] == code, decisions
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "switchd defect (issue 8, helper dids-gw): a DID to an extension answers `transfer "
+    "<ext> XML default`; FreeSWITCH (and now the simulator) asks again for <ext> in context "
+    "default, and switchd refuses that lookup ('unknown DID')"))
 def test_inbound_did_reaches_the_tenant_extension(switch, world_url):
     sim, daemon = switch
     call = sim.place_call("+442079460100", caller="+12125550199", hold_seconds=20)
