@@ -14,6 +14,8 @@ import pytest
 
 from switchd.sim import GatewayBehaviour
 
+pytestmark = pytest.mark.slow
+
 
 def _post(daemon, payload, timeout=60):
     def call():

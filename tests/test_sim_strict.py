@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_sim_dialplan import act, doc, hangup_complete, posted, world  # noqa: F401 (fixture)
+from test_sim_dialplan import act, doc, world  # noqa: F401, F811 (world is a fixture)
 from switchd.sim import GatewayBehaviour, Simulator, causes
 
 
