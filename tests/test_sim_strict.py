@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_sim_dialplan import act, doc, world  # noqa: F401, F811 (world is a fixture)
+from test_sim_dialplan import act, doc, posted, world  # noqa: F401, F811 (world is a fixture)
 from switchd.sim import GatewayBehaviour, Simulator, causes
 
 
@@ -192,7 +192,9 @@ def test_throttled_calls_and_legs(world):
     sim, dp, client = world(doc(act("set", "continue_on_fail=true")
                                 + act("bridge", "sofia/gateway/gw_a/1")
                                 + act("hangup", "${originate_disposition}")),
-                            time_scale=0.001, sessions_per_second=3)
+                            # a whole second, barely moving: everything below is in it
+                            start_us=1_700_000_000_000_000, time_scale=0.001,
+                            sessions_per_second=3)
     first = sim.place_call("1", hold_seconds=0.001)     # A-leg: 1 of 2
     second = sim.place_call("2", hold_seconds=0.001)    # A-leg: 2 of 2
     assert client.wait_for(lambda evs: sum(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"
@@ -202,3 +204,29 @@ def test_throttled_calls_and_legs(world):
     assert first.hangup_cause == second.hangup_cause == "DESTINATION_OUT_OF_ORDER"
     assert first.legs == second.legs == []
     assert sim.throttled == 2
+
+
+# --- caller IDs sofia cannot encode (issue 8, seen on FreeSWITCH 1.10.12) ----------------------
+@pytest.mark.parametrize("name,number,cause,code", [
+    ('Bad "q" <x>', "1000", "DESTINATION_OUT_OF_ORDER", None),
+    ("Alice", "12${uuid}34", "NORMAL_UNSPECIFIED", "900"),
+    ("x${uuid}", "1000", "NORMAL_UNSPECIFIED", "900"),
+])
+def test_a_from_sofia_cannot_build_fails_every_leg_before_sending(world, name, number, cause, code):
+    sim, dp, client = world(doc(act("set", "continue_on_fail=true")
+                                + act("bridge", "sofia/gateway/gw_a/1|sofia/gateway/gw_b/1")
+                                + act("transfer", "9 XML public"), expression="^1$"))
+    call = sim.place_call("1", caller=number, caller_name=name)
+    assert call.wait(5)
+    assert call.causes == [cause, cause]
+    after = posted(dp)[1]
+    assert after["variable_originate_disposition"] == cause
+    assert after.get("variable_last_bridge_proto_specific_hangup_cause") == (
+        f"sip:{code}" if code else None)
+
+
+def test_a_sanitised_effective_caller_id_is_sent(world):
+    sim, dp, client = world(doc(act("set", "effective_caller_id_name=Bad q x")
+                                + act("bridge", "sofia/gateway/gw_a/1")))
+    call = sim.place_call("1", caller_name='Bad "q" <x>', hold_seconds=1)
+    assert call.wait(5) and call.result == "answered"

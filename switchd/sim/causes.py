@@ -175,3 +175,16 @@ def sched_when_us(arg: str, now_us: int) -> int:
     if when < now_s:
         when += now_s
     return max(when * 1_000_000, now_us)
+
+
+def unsendable_from(name: str, number: str) -> tuple[str, int | None] | None:
+    """A caller ID sofia cannot put in the From header of the carrier INVITE, as seen on
+    FreeSWITCH 1.10.12 (issue 8; docs/routing.md §7): a `${...}` left in the name or number
+    fails the leg before sending with status 900 (NORMAL_UNSPECIFIED, `sip:900`); a display
+    name with a double quote or angle brackets fails it DESTINATION_OUT_OF_ORDER with no
+    SIP status. Returns (cause, sip status) or None when the From can be built."""
+    if "${" in name or "${" in number:
+        return "NORMAL_UNSPECIFIED", 900
+    if any(ch in name for ch in '"<>'):
+        return "DESTINATION_OUT_OF_ORDER", None
+    return None

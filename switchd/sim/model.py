@@ -72,6 +72,7 @@ class SimCall:
     exports: list[tuple[str, str]] = field(default_factory=list)    # exported to bridge legs
     lookups: list[tuple[str, str, str]] = field(default_factory=list)  # (dest, context, source)
     refused_sip: int | None = None     # sofia refused the INVITE itself (sessions-per-second)
+    caller_name: str | None = None     # the caller's display name (default: the number)
     ignore_sched: bool = False
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     done: gevent.event.Event = field(default_factory=gevent.event.Event)

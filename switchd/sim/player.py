@@ -297,6 +297,9 @@ class Player:
             beh = self.behaviour(dleg.gateway)
             leg_timeout, timelimit = self._timeouts(gv, leg_vars)
             kind, delay, cause, sip, proto = self._outcome(call, beh, leg_timeout, timelimit)
+            bad_from = C.unsendable_from(*self._from(call, a, gv, leg_vars))
+            if bad_from is not None:        # sofia fails the leg before any INVITE
+                kind, delay, (cause, sip), proto = "fail", 0.0, bad_from, bad_from[1] is not None
             t_next = t + int(delay * 1_000_000)
             if self.wait(call, t_next) and call.kill:
                 t = self.clock.now_us()
@@ -336,6 +339,15 @@ class Player:
         cause = cause or "ORIGINATOR_CANCEL"
         self._originate_failed(call, a, tried, cause)
         return cause
+
+    def _from(self, call: SimCall, a: SimLeg, gv: dict, leg_vars: dict) -> tuple[str, str]:
+        """The caller ID name and number sofia puts in the carrier leg's From."""
+        def pick(kind: str, default: str) -> str:
+            for source in (leg_vars, gv):
+                if source.get(f"origination_caller_id_{kind}"):
+                    return source[f"origination_caller_id_{kind}"]
+            return self.getvar(call, a, f"effective_caller_id_{kind}") or default
+        return pick("name", call.caller_name or call.caller), pick("number", call.caller)
 
     def _originate_failed(self, call: SimCall, a: SimLeg, tried: list[SimLeg], cause: str) -> None:
         """The caller's variables after a failed originate (switch_ivr_originate.c,

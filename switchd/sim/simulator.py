@@ -186,11 +186,17 @@ class Simulator:
 
     def place_call(self, destination: str, caller: str = "1000", accountcode: str | None = None,
                    domain: str | None = None, hold_seconds: float | None = None,
-                   variables: dict[str, str] | None = None) -> SimCall:
+                   variables: dict[str, str] | None = None,
+                   caller_name: str | None = None) -> SimCall:
         """An inbound call arrives; returns at once, the call plays in its own greenlet."""
         call = self._new_call("inbound", destination, caller, hold_seconds)
+        call.caller_name = caller_name
         call_vars: list[tuple[str, str]] = []
         overrides: dict[str, str] = {}
+        if caller_name is not None:
+            for field in ("Caller-Caller-ID-Name", "Caller-Orig-Caller-ID-Name",
+                          "variable_sip_from_display"):
+                overrides[field] = caller_name
         if accountcode is not None:
             call_vars.append(("accountcode", accountcode))
         if domain is not None:
