@@ -230,3 +230,14 @@ def test_a_sanitised_effective_caller_id_is_sent(world):
                                 + act("bridge", "sofia/gateway/gw_a/1")))
     call = sim.place_call("1", caller_name='Bad "q" <x>', hold_seconds=1)
     assert call.wait(5) and call.result == "answered"
+
+
+def test_destination_number_expands_to_the_transferred_number(world):
+    def answer(body):
+        from test_sim_dialplan import form
+        if form(body)["Caller-Destination-Number"] == "2001":
+            return doc(act("bridge", "sofia/gateway/gw_a/${destination_number}"))
+        return doc(act("transfer", "2001"))
+    sim, dp, client = world(answer)
+    call = sim.place_call("1", hold_seconds=1)
+    assert call.wait(5) and call.legs[0].number == "2001"

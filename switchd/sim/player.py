@@ -140,7 +140,8 @@ class Player:
                 call.route = xmlcurl.RouteAnswer()
                 t = max(t + SETUP_US, self.clock.now_us())
                 fields = {"destination_number": destination, "context": context,
-                          "caller_id_number": call.caller, "caller_id_name": call.caller,
+                          "caller_id_number": call.caller,
+                          "caller_id_name": call.caller_name or call.caller,
                           "ani": call.caller, "uuid": a.uuid, "dialplan": "XML",
                           "network_addr": "127.0.0.1", "source": "mod_sofia",
                           "chan_name": A_NAME.format(caller=call.caller)}
@@ -148,7 +149,7 @@ class Player:
                                         lambda name: self._expand_var(call, a, name, fields))
                 if actions is None:
                     self._end_alone(call, a, t, "NO_ROUTE_DESTINATION")
-                nxt = self._execute(call, a, actions, context, t)
+                nxt = self._execute(call, a, actions, fields, t)
                 destination, context, t = nxt
                 transferred = True
         except _Done:
@@ -162,11 +163,12 @@ class Player:
             return a.uuid
         return value
 
-    def _execute(self, call: SimCall, a: SimLeg, actions, context: str, t: int):
+    def _execute(self, call: SimCall, a: SimLeg, actions, fields: dict, t: int):
         """Run the applications; returns (destination, context, t) of a transfer, or raises
-        _Done once the A-leg has hung up."""
+        _Done once the A-leg has hung up. `fields`: the caller profile (destination_number,
+        context, ...) that `${...}` falls back to."""
         route = call.route
-        fields = {"destination_number": a.number, "context": context}
+        context = fields["context"]
         for app, raw in actions:
             data = dialplan.expand(raw, lambda n: self._expand_var(call, a, n, fields))
             if app == "set":
