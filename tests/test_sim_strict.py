@@ -241,3 +241,13 @@ def test_destination_number_expands_to_the_transferred_number(world):
     sim, dp, client = world(answer)
     call = sim.place_call("1", hold_seconds=1)
     assert call.wait(5) and call.legs[0].number == "2001"
+
+
+def test_originate_with_a_caller_id_sofia_cannot_encode(world):
+    sim, dp, client = world(None)
+    body = _job(client, "originate {origination_caller_id_name='Eve <x>'}sofia/gateway/gw_a/1|"
+                        "sofia/gateway/gw_b/1 &park()")
+    assert body == "-ERR DESTINATION_OUT_OF_ORDER\n"
+    # Unlike a duplicate UUID, both legs existed and failed before sending.
+    assert client.wait_for(lambda evs: sum(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"
+                                           for e in evs) == 2)
