@@ -33,7 +33,7 @@ _OUTCOME_HEADERS = ("variable_last_bridge_hangup_cause",
                     "variable_originate_causes", "variable_originated_legs")
 
 
-class _Done(Exception):
+class CallOver(Exception):
     """The A-leg has hung up: the dialplan stops."""
 
 
@@ -152,7 +152,7 @@ class Player:
                 nxt = self._execute(call, a, actions, fields, t)
                 destination, context, t = nxt
                 transferred = True
-        except _Done:
+        except CallOver:
             return
 
     def _expand_var(self, call, a, name, fields) -> str | None:
@@ -165,7 +165,7 @@ class Player:
 
     def _execute(self, call: SimCall, a: SimLeg, actions, fields: dict, t: int):
         """Run the applications; returns (destination, context, t) of a transfer, or raises
-        _Done once the A-leg has hung up. `fields`: the caller profile (destination_number,
+        CallOver once the A-leg has hung up. `fields`: the caller profile (destination_number,
         context, ...) that `${...}` falls back to."""
         route = call.route
         context = fields["context"]
@@ -192,9 +192,9 @@ class Player:
             elif app == "bridge":
                 if route.bridge is None:
                     route.bridge = data
-                cause = self._bridge(call, a, data, t)      # raises _Done when answered
+                cause = self._bridge(call, a, data, t)      # raises CallOver when answered
                 t = self.clock.now_us()
-                if not self._continue_on_fail(call, a, cause):
+                if cause is not None and not self._continue_on_fail(call, a, cause):
                     self._end_alone(call, a, t, cause)
             elif app == "transfer":
                 parts = data.split()
@@ -268,7 +268,7 @@ class Player:
     # -- bridge -----------------------------------------------------------------------
     def _bridge(self, call: SimCall, a: SimLeg, dial: str, t: int) -> str:
         """Play one `bridge`: its `|` legs in order. Answered → the call is played to its
-        end and _Done is raised; otherwise the caller's outcome variables are set and the
+        end and CallOver is raised; otherwise the caller's outcome variables are set and the
         originate cause is returned."""
         sim = self.sim
         global_vars, dial_legs = xmlcurl.parse_dial_string(dial)
@@ -333,8 +333,9 @@ class Player:
             self.emit(call, "b.CHANNEL_ANSWER", b, a, t)
             self.emit(call, "a.CHANNEL_ANSWER", a, b, t, set_vars=set_vars)
             self.emit(call, "a.CHANNEL_BRIDGE", a, b, t, set_vars=set_vars)
-            self._talk(call, a, b, t, call.route, set_vars)
-            raise _Done
+            if self._talk(call, a, b, t, call.route, set_vars):
+                return None             # the callee hung up; the caller's dialplan goes on
+            raise CallOver
         if call.kill and call.kill[0] == a.uuid:
             t = self.clock.now_us()
             self._end_alone(call, a, t, C.str2cause(call.kill[1]))
@@ -386,7 +387,7 @@ class Player:
     def _end_alone(self, call: SimCall, a: SimLeg, t: int, cause: str,
                    sip: int | None = None) -> None:
         """The A-leg hangs up without a bridged partner (refused, no route, every leg
-        failed, hangup app) and the dialplan stops (_Done)."""
+        failed, hangup app) and the dialplan stops (CallOver)."""
         a.cause = cause
         if sip is None:
             ps = self.getvar(call, a, "last_bridge_proto_specific_hangup_cause") or ""
@@ -406,10 +407,12 @@ class Player:
         self.emit(call, "a.CHANNEL_HANGUP_COMPLETE", a, None, t, extra=extra, set_vars=set_vars)
         call.hangup_cause = a.cause
         self.sim.unregister(a)
-        call.result = "failed" if call.legs else "refused"
-        raise _Done
+        call.result = "answered" if a.answered_us else "failed" if call.legs else "refused"
+        raise CallOver
 
-    def _talk(self, call: SimCall, a: SimLeg, b: SimLeg, t_ans: int, route, set_vars) -> None:
+    def _talk(self, call: SimCall, a: SimLeg, b: SimLeg, t_ans: int, route, set_vars) -> bool:
+        """The bridged call until one side hangs up; True when only the callee did and the
+        caller's dialplan goes on (hangup_after_bridge not true)."""
         eoa = self.getvar(call, a, "execute_on_answer") or ""
         if eoa.startswith("sched_hangup") and not call.ignore_sched:
             parts = eoa.split()
@@ -431,6 +434,18 @@ class Player:
             t, killed, cause = max(call.sched_at_us, t_ans), a.uuid, call.sched_cause
         else:
             t, killed, cause = t_end, a.uuid, "NORMAL_CLEARING"
+        if killed == b.uuid and not C.true(self.getvar(call, a, "hangup_after_bridge")):
+            # The callee hung up and hangup_after_bridge is not true: only the B-leg ends,
+            # the caller's dialplan continues with its next application (mod_dptools).
+            call.kill = None
+            b.hangup_us, b.cause = t, cause
+            b_extra = {"variable_bridge_hangup_cause": cause}
+            self.emit(call, "b.CHANNEL_HANGUP", b, a, t, extra=b_extra)
+            self.emit(call, "b.CHANNEL_HANGUP_COMPLETE", b, a, t, extra=b_extra)
+            self.sim.unregister(b)
+            self.setvar(call, a, "last_bridge_hangup_cause", cause)
+            self.setvar(call, a, "bridge_hangup_cause", cause)
+            return True
         a.hangup_us = b.hangup_us = t
         if killed == b.uuid:
             b.cause, a.cause, prefix = cause, "NORMAL_CLEARING", ""
@@ -449,6 +464,7 @@ class Player:
         self.sim.unregister(a)
         call.hangup_cause = a.cause
         call.result = "answered"
+        return False
 
     # -- bgapi originate (switchd/sim/originate.py) -------------------------------------
     def run_originate(self, call: SimCall, arg: str) -> str:
