@@ -107,6 +107,15 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive),
     Setting("routing", "emergency_gateway", str, "",
             "Gateway for emergency numbers. Empty: emergency calls are refused with a clear cause."),
+    Setting("routing", "extension_mode", "choice:transfer|user", "transfer",
+            "How a DID reaches an extension: 'transfer' to it in routing.extension_context "
+            "(FreeSWITCH's own dialplan for that context runs it; switchd answers the lookup "
+            "that transfer makes with 'not found'), or 'user': bridge user/EXT@<tenant domain>."),
+    Setting("routing", "extension_context", str, "default",
+            "Dialplan context that holds the extensions DIDs are transferred to."),
+    Setting("routing", "sip_uri_profile", str, "",
+            "Sofia profile for DIDs that point at a SIP URI and name no profile of their own. "
+            "Empty: the profile the call arrived on."),
     Setting("rating", "precision", int, 6, "Decimal places costs are rounded to, once, half-up.",
             check=lambda v: None if 0 <= v <= 10 else "must be between 0 and 10"),
     Setting("caps", "global_max_calls", int, 0,

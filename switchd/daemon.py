@@ -409,7 +409,10 @@ def _routing_settings(cfg: Config) -> dict:
             "tenant_variable": cfg["routing.tenant_variable"],
             "max_routes": cfg["routing.max_routes"],
             "health_cooldown": cfg["routing.health_cooldown"],
-            "emergency_gateway": cfg["routing.emergency_gateway"]}
+            "emergency_gateway": cfg["routing.emergency_gateway"],
+            "extension_mode": cfg["routing.extension_mode"],
+            "extension_context": cfg["routing.extension_context"],
+            "sip_uri_profile": cfg["routing.sip_uri_profile"]}
 
 
 def _health_from_rows(rows: dict) -> dict:

@@ -137,6 +137,7 @@ DID = {
     "tenant": (_str, True),
     "destination_type": (_enum("extension", "sip_uri", "number"), True),
     "destination": (_str, True),
+    "profile": (_match(r"[A-Za-z0-9_.\-]+", "a sofia profile name"), False),
 }
 CAMPAIGN = {
     "name": (_str, True), "tenant": (_str, True),
@@ -340,7 +341,8 @@ def _provision(conn: psycopg.Connection, path, data: dict) -> ProvisionSummary:
                 counts["gateways"][_upsert(conn, "gateways", "name", row)] += 1
         for d in data["dids"]:
             row = {"number": d["number"], "tenant_id": tenant_ids[d["tenant"]],
-                   "destination_type": d["destination_type"], "destination": d["destination"]}
+                   "destination_type": d["destination_type"], "destination": d["destination"],
+                   "profile": d.get("profile")}
             counts["dids"][_upsert(conn, "dids", "number", row)] += 1
         for c in data["campaigns"]:
             row = {"name": c["name"], "tenant_id": tenant_ids[c["tenant"]],

@@ -39,7 +39,8 @@ def load_world(conn: psycopg.Connection) -> World:
                 r[key] = tuple(r[key] or ())
             tenants[r["name"]] = Tenant(**r)
 
-        cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled
+        cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled,
+                              g.profile
                        FROM gateways g JOIN carriers c ON c.id = g.carrier_id
                        ORDER BY c.name, g.position, g.name""")
         gateways: dict[str, list[Gateway]] = {}
@@ -52,7 +53,8 @@ def load_world(conn: psycopg.Connection) -> World:
         carriers = {r["name"]: Carrier(gateways=tuple(gateways.get(r["name"], ())), **r)
                     for r in cur.fetchall()}
 
-        cur.execute("""SELECT d.number, t.name AS tenant, d.destination_type, d.destination
+        cur.execute("""SELECT d.number, t.name AS tenant, d.destination_type, d.destination,
+                              d.profile
                        FROM dids d JOIN tenants t ON t.id = d.tenant_id ORDER BY d.number""")
         dids = {r["number"]: Did(**r) for r in cur.fetchall()}
 
