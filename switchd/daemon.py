@@ -29,6 +29,7 @@ from switchd.db.spool import Spool
 from switchd.deck_loader import DeckCache, DeckReloader, cooperative_yield
 from switchd.esl import commands
 from switchd.esl.events import ChannelEvent, GatewayEvent, JobEvent
+from switchd.esl.gateways import GatewayStatusError, parse_xmlstatus
 from switchd.esl.supervisor import ESLSupervisor
 from switchd.http.server import HttpApp, serve
 from switchd.originate import OriginateRequest, Originator
@@ -46,6 +47,13 @@ DECK_LOAD_TIMEOUT_S = 120.0
 
 class DaemonStartError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class _GatewaySync:
+    """`sofia xmlstatus gateway`, queued behind the events that preceded the reply."""
+    statuses: dict
+    connection: object = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,8 @@ class Daemon:
     def handle_event(self, event) -> None:
         if isinstance(event, _Resync):
             self._apply_resync(event.rows, event.connection)
+        elif isinstance(event, _GatewaySync):
+            self._apply_gateway_sync(event.statuses, event.connection)
         elif isinstance(event, ChannelEvent):
             self._record_event(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
@@ -265,9 +275,35 @@ class Daemon:
 
         The reply is applied through the event queue, behind every event that preceded it
         on the wire, so a call whose events are still queued is not mistaken for unknown."""
+        self._query_gateways(connection)
         reply = connection.api(_bare(commands.show_channels_json()),
                                timeout=self.config["esl.command_timeout"])
         connection.post(_Resync(parse_show_channels_json(reply), connection))
+
+    def _query_gateways(self, connection) -> None:
+        """Gateway state from the switch itself: events alone leave a gateway deleted at a
+        FreeSWITCH shutdown down for good (its gateway_add came before we reconnected)."""
+        reply = connection.api(_bare(commands.sofia_gateway_status()),
+                               timeout=self.config["esl.command_timeout"])
+        try:
+            statuses = parse_xmlstatus(reply)
+        except GatewayStatusError as exc:
+            # No mod_sofia (or an unexpected reply): keep what events say, say so once.
+            log.warning("gateway state not queried on connect: %s", exc)
+            return
+        connection.post(_GatewaySync(statuses, connection))
+
+    def _apply_gateway_sync(self, statuses: dict, connection=None) -> None:
+        closed = getattr(connection, "closed", None)
+        if closed is not None and closed.is_set():
+            return            # the next connection queries afresh
+        self.health.sync_gateways(statuses, self._provisioned_gateways())
+        log.info("gateways on the switch: %d, down: %s", len(statuses),
+                 ", ".join(sorted(self.health.down_gateways)) or "none")
+
+    def _provisioned_gateways(self) -> set[str]:
+        return {g.name for c in self.world.carriers.values() if c.enabled
+                for g in c.gateways if g.enabled}
 
     def on_esl_disconnected(self, reason: str) -> None:
         self.resynced = False
@@ -382,6 +418,12 @@ class Daemon:
         stats = self.writer.stats()
         if not stats.get("can_store", True):
             problems["cdr"] = stats.get("last_error") or "CDRs can be neither stored nor spooled"
+        routable = self._provisioned_gateways()
+        if routable and routable <= self.health.down_gateways:
+            # Every outbound call would be refused (503, no carrier): not ready, so a
+            # balancer stops sending calls here and monitoring sees why (docs/esl.md).
+            problems["gateways"] = (f"all {len(routable)} provisioned gateway(s) down: "
+                                    + ", ".join(sorted(routable)))
         caps = self.caps.status()
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
