@@ -78,7 +78,8 @@ def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> Cal
         started_at=_at(call.started_us),
         answered_at=answered.answered_at if answered else _at(call.answered_us),
         ended_at=ended,
-        hangup_cause=(a_leg.hangup_cause if a_leg and a_leg.hangup_cause
+        hangup_cause=(call.hangup_cause if getattr(call, "originated", False) and call.hangup_cause
+                      else a_leg.hangup_cause if a_leg and a_leg.hangup_cause
                       else last.hangup_cause if last else None),
         carrier=last.carrier if last else None,
         gateway=last.gateway if last else None,

@@ -202,12 +202,20 @@ class Daemon:
             self._apply_gateway_sync(event.statuses, event.connection)
         elif isinstance(event, ChannelEvent):
             self._record_event(event)
+            effects = self.registry.apply(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
                 if carrier is not None:
-                    self.caps.leg_started(event.call_uuid, carrier, event.uuid)
-            for effect in self.registry.apply(event):
+                    # The registry's call, not the event's Channel-Call-UUID: an originate
+                    # attempt after the first is a channel of its own, yet the call's slots
+                    # are keyed by the call UUID.
+                    leg = self.registry.leg(event.uuid)
+                    self.caps.leg_started(leg.call_uuid if leg else event.call_uuid, carrier,
+                                          event.uuid)
+            for effect in effects:
                 self._act(effect)
+                if isinstance(effect, LegEnded):
+                    self.originator.leg_ended(effect.leg)
         elif isinstance(event, GatewayEvent):
             self._on_gateway(event)
         elif isinstance(event, JobEvent):
@@ -349,7 +357,7 @@ class Daemon:
             metrics.WATCHDOG_KILLS.inc()
             log.warning("call outlived its max duration of %ss; killing it", call.max_duration,
                         extra={"call_uuid": call.call_uuid, "tenant": call.tenant})
-            gevent.spawn(self._kill, call.call_uuid, call.call_uuid, "ALLOTTED_TIMEOUT")
+            gevent.spawn(self._kill, call.call_uuid, _channel_to_kill(call), "ALLOTTED_TIMEOUT")
 
     def _kill(self, call_uuid: str, channel_uuid: str, cause: str) -> None:
         try:
@@ -439,6 +447,16 @@ class Daemon:
                          "age_s": (now_us - call.started_us) / 1e6 if call.started_us else 0,
                          "max_duration": call.max_duration})
         return rows
+
+
+def _channel_to_kill(call) -> str:
+    """The call's A-leg, or (an originate whose answered attempt is not the call UUID's
+    leg) the answered leg still up."""
+    a = call.a_leg
+    if a is not None and a.state != "complete":
+        return call.call_uuid
+    live = [l for l in call.legs if l.answered_us and l.state != "complete"]
+    return live[0].uuid if live else call.call_uuid
 
 
 def _bare(api_line: str) -> str:

@@ -224,7 +224,7 @@ class Player:
             if call.kill:
                 break
             vars_ = global_vars + dleg.vars
-            o = SimLeg(uuid=call.uuid, role="o", number=dleg.number,
+            o = SimLeg(uuid=dleg.var("origination_uuid") or call.uuid, role="o", number=dleg.number,
                        caller=gv.get("origination_caller_id_number", call.caller),
                        caller_name=gv.get("origination_caller_id_name"), call_uuid=call.uuid,
                        gateway=dleg.gateway, vars=vars_, created_us=t)

@@ -237,10 +237,11 @@ class Simulator:
     def _originate(self, arg: str) -> str:
         from switchd.sim.xmlcurl import parse_dial_string
         gv = dict(parse_dial_string(arg.rpartition(" &")[0] or arg)[0])
-        uuid = gv.get("origination_uuid")
+        legs = parse_dial_string(arg.rpartition(" &")[0] or arg)[1]
+        # Per-leg `[origination_uuid=…]` (what FreeSWITCH gives that one leg) or call-wide.
+        uuid = (legs[0].var("origination_uuid") if legs else None) or gv.get("origination_uuid")
         if uuid and uuid in self._legs:
             return "-ERR DUPLICATE_UUID\n"
-        legs = parse_dial_string(arg.rpartition(" &")[0] or arg)[1]
         call = self._new_call("originate", legs[0].number if legs else "", "0000000000", None, uuid)
         return self.player.run_originate(call, arg)
 
