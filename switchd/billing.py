@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 
 from dialplan import rating
+from dialplan.causes import disposition
 from switchd.db.cdr_writer import CallRecord, LegRecord
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,21 @@ def rate_leg(leg, precision: int = 6) -> LegRecord:
         rate_per_min=tariff[0] if tariff else None,
         connect_fee=tariff[1] if tariff else None,
         increments=f"{tariff[2]}/{tariff[3]}" if tariff else None,
-        cost=cost)
+        cost=cost,
+        progress_at=_at(getattr(leg, "progress_us", 0)),
+        pdd_ms=pdd_ms(leg),
+        disposition=disposition(leg.hangup_cause, leg.sip_status, answered))
+
+
+def pdd_ms(leg) -> int | None:
+    """Post-dial delay: the leg's start to its first ringing or early media (CHANNEL_PROGRESS
+    / _MEDIA), or to its answer when it answered without either; None for a leg that never
+    showed a sign of life (or whose start is unknown)."""
+    start = leg.created_us
+    first = getattr(leg, "progress_us", 0) or leg.answered_us
+    if not start or not first or first < start:
+        return None
+    return (first - start) // 1000
 
 
 def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> CallRecord:
@@ -87,4 +102,6 @@ def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> Cal
         attempts=len(carrier_legs),
         billed_seconds=sum(leg.billed_seconds for leg in carrier_legs),
         cost=sum((leg.cost for leg in carrier_legs), Decimal(0)),
-        reconstructed=bool(call.reconstructed))
+        reconstructed=bool(call.reconstructed),
+        pdd_ms=last.pdd_ms if last else None,
+        disposition=last.disposition if last else None)

@@ -88,6 +88,7 @@ class Leg:
     carrier: str | None = None        # vars switchd_carrier, else the gateway name
     created_us: int = 0
     answered_us: int = 0
+    progress_us: int = 0              # first ringing / early media (PDD), 0 = none seen
     hangup_us: int = 0
     hangup_cause: str | None = None
     sip_status: int | None = None
@@ -374,6 +375,9 @@ class CallRegistry:
         leg.created_us = leg.created_us or ev.created_us or ev.timestamp_us
         # FreeSWITCH's own answer time beats a resync estimate.
         leg.answered_us = ev.answered_us or leg.answered_us
+        progress = ev.progress_us or (ev.timestamp_us if EVENT_KIND[ev.name] == "progress" else 0)
+        if progress and (not leg.progress_us or progress < leg.progress_us):
+            leg.progress_us = progress
         leg.hangup_us = ev.hangup_us or leg.hangup_us
         leg.hangup_cause = ev.hangup_cause or leg.hangup_cause
         leg.sip_status = ev.sip_status if ev.sip_status is not None else leg.sip_status

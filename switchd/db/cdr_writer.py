@@ -58,6 +58,8 @@ class CallRecord:
     billed_seconds: int = 0
     cost: Decimal = Decimal("0")
     reconstructed: bool = False            # rebuilt after a restart, not seen end to end
+    pdd_ms: int | None = None              # of the leg that carried (or last tried) it
+    disposition: str | None = None         # dialplan.causes.disposition of that leg
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class LegRecord:
     connect_fee: Decimal | None = None
     increments: str | None = None          # 'initial/subsequent', e.g. '60/6'
     cost: Decimal = Decimal("0")
+    progress_at: datetime | None = None    # first CHANNEL_PROGRESS / _MEDIA (ringing, early media)
+    pdd_ms: int | None = None              # start → progress (or answer, if none came first)
+    disposition: str | None = None         # dialplan.causes.disposition
 
 
 @dataclass(frozen=True)

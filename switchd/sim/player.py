@@ -87,6 +87,7 @@ class Player:
             timeout = dleg.var("leg_timeout") or dict(global_vars).get("originate_timeout")
             kind, delay, cause, sip = self._outcome(call, beh, float(timeout) if timeout else None)
             t_next = t + int(delay * 1_000_000)
+            self._ring(call, b, a, t, beh, delay)
             if self.wait(call, t_next) and call.kill:
                 t = self.clock.now_us()
                 if call.kill[0] == b.uuid:
@@ -123,6 +124,23 @@ class Player:
             self._all_failed(call, a, t, set_vars)
             return
         self._talk(call, a, answered, t, route, set_vars)
+
+    def _ring(self, call: SimCall, b: SimLeg, a: SimLeg, t: int, beh: GatewayBehaviour,
+              delay: float) -> None:
+        """The carrier's 180 before its final answer: CHANNEL_PROGRESS on the B-leg (its
+        Caller-Channel-Progress-Time set), as FreeSWITCH 1.10 sends it (captures a-d)."""
+        if beh.progress_delay_s is None or beh.progress_delay_s >= delay:
+            return
+        t_ring = t + int(beh.progress_delay_s * 1_000_000)
+        if self.wait(call, t_ring):
+            call.wake.set()           # woken by a kill: let the caller's wait see it at once
+            return
+        b.progress_us = t_ring
+        self.emit(call, "b.CHANNEL_ANSWER", b, a, t_ring, extra={
+            "Event-Name": "CHANNEL_PROGRESS", "Answer-State": "ringing",
+            "Channel-Call-State": "DOWN", "Caller-Channel-Answered-Time": "0",
+            "Other-Leg-Channel-Answered-Time": "0", "variable_answer_epoch": "0",
+            "variable_answer_uepoch": "0"})
 
     def _refuse(self, call: SimCall, a: SimLeg, route, t: int) -> None:
         if route.respond:
