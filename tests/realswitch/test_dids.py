@@ -86,3 +86,23 @@ def test_did_to_sip_uri_reaches_the_uri(realswitch, make_rs_daemon):
     assert len(invites) == 1 and "did-target@127.0.0.1" in invites[0]["request_uri"]
     decision = rs.rows("SELECT chosen FROM routing_decisions WHERE call_uuid = %s", legs[0].uuid)
     assert decision[0][0][0]["profile"] == "callers"            # the profile the call came in on
+
+
+def test_domain_mode_routes_a_tenants_own_calls_and_dids_side_by_side(realswitch, make_rs_daemon):
+    # acme's callers are known by their SIP domain (the To host, here the switch's address);
+    # a DID is still the DID's tenant's inbound call, never LCR'd as acme's outbound number.
+    toml = _world(realswitch).replace('name = "acme"\naccountcode = "acme"\n',
+                                      'name = "acme"\naccountcode = "acme"\ndomain = "127.0.0.1"\n')
+    assert 'domain = "127.0.0.1"' in toml
+    rs = make_rs_daemon(extra_env={"SWITCHD_ROUTING_TENANT_FROM": "domain",
+                                   "SWITCHD_ROUTING_EXTENSION_CONTEXT": "extensions"},
+                        world_toml=toml)
+    out = realswitch.call(world.US_NUMBER, tenant=None, hold_ms=500)
+    assert out.code == 200, out
+    legs = realswitch.wait_call(out)
+    cdr = rs.wait_cdr(legs[0].uuid)
+    assert (cdr["tenant"], cdr["direction"], cdr["carrier"]) == ("acme", "outbound", "alpha")
+    did = realswitch.call(DID_EXTENSION, tenant=None, hold_ms=500)
+    assert did.code == 200, did
+    (a_leg,) = realswitch.wait_call(did)
+    assert a_leg.headers.get("variable_route_source") == "static_extension"
