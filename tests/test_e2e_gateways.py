@@ -9,6 +9,8 @@ import pytest
 from switchd.sim import GatewayBehaviour, Simulator
 from daemon_harness import DaemonProcess, rows
 
+pytestmark = pytest.mark.slow
+
 PASSWORD = "gw-secret"
 GATEWAYS = ("budgetel_gw1", "globex_gw1", "globex_gw2", "primo_gw1")
 

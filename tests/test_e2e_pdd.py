@@ -2,8 +2,12 @@
 → PostgreSQL). Simulated time: PDD comes out exact."""
 from __future__ import annotations
 
+import pytest
+
 from switchd.sim import GatewayBehaviour
 from daemon_harness import rows
+
+pytestmark = pytest.mark.slow
 
 GATEWAYS = ("budgetel_gw1", "globex_gw1", "globex_gw2", "primo_gw1")
 
