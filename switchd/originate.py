@@ -218,7 +218,8 @@ class Originator:
             carrier = leg.vars.get("switchd_carrier")
             if result.ok:
                 return Attempt(leg_uuid, carrier, leg.gateway, body, True)
-            cause = body.removeprefix("-ERR").strip().split()[0] if body.startswith("-ERR") else None
+            words = body.removeprefix("-ERR").split() if body.startswith("-ERR") else []
+            cause = words[0] if words else None
             try:
                 final = ended.get(timeout=ATTEMPT_END_WAIT_S)
             except gevent.Timeout:
