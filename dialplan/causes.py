@@ -22,7 +22,7 @@ import functools
 from dataclasses import dataclass
 
 __all__ = ["Outcome", "Rule", "CAUSE_RULES", "SIP_RULES", "classify", "should_failover",
-           "rule_for", "no_failover_causes", "FREESWITCH_CAUSES"]
+           "rule_for", "no_failover_causes", "FREESWITCH_CAUSES", "disposition"]
 
 
 class Outcome(str, enum.Enum):
@@ -66,6 +66,9 @@ CAUSE_RULES: dict[str, Rule] = {
     "USER_BUSY": Rule(E, False, why="SIP 486/600: busy"),
     "CALL_REJECTED": Rule(E, False, why="SIP 603 decline (FreeSWITCH also maps 401-407 here)"),
     "NO_ANSWER": Rule(E, False, authoritative=True, why="rang out: leg_timeout/originate_timeout"),
+    # Only unanswered legs reach this table, and our max-duration cut needs an answer: an
+    # unanswered ALLOTTED_TIMEOUT is FreeSWITCH 1.10's ring-out at leg_timeout.
+    "ALLOTTED_TIMEOUT": Rule(E, False, authoritative=True, why="rang out at leg_timeout"),
     "NO_USER_RESPONSE": Rule(E, False, why="SIP 480: callee unavailable"),
     "SUBSCRIBER_ABSENT": Rule(E, False, why="callee unreachable (mobile off)"),
     "UNALLOCATED_NUMBER": Rule(E, False, why="SIP 404: number does not exist"),
@@ -79,7 +82,6 @@ CAUSE_RULES: dict[str, Rule] = {
     # --- our own switch --------------------------------------------------------------------
     "DESTINATION_OUT_OF_ORDER": Rule(L, True, authoritative=True,
                                      why="FreeSWITCH sessions-per-second throttle / media port"),
-    "ALLOTTED_TIMEOUT": Rule(L, False, authoritative=True, why="our sched_hangup fired"),
     "SWITCH_CONGESTION": Rule(L, True, authoritative=True, why="FreeSWITCH max-sessions"),
     "CHAN_NOT_IMPLEMENTED": Rule(L, True, authoritative=True, why="bad endpoint in dial string"),
     "INVALID_GATEWAY": Rule(L, True, authoritative=True, why="gateway not configured in sofia"),
@@ -145,6 +147,25 @@ def classify(hangup_cause: str | None, sip_status: int | None, answered: bool) -
 def should_failover(hangup_cause: str | None, sip_status: int | None = None) -> bool:
     """Should the next route be tried after an unanswered leg ended like this?"""
     return rule_for(hangup_cause, sip_status, answered=False).failover
+
+
+_RING_OUT = frozenset({"NO_ANSWER", "ALLOTTED_TIMEOUT", "PROGRESS_TIMEOUT"})
+
+
+def disposition(hangup_cause: str | None, sip_status: int | None, answered: bool) -> str:
+    """What a leg's end meant, for the CDR: 'max_duration' (answered, cut by our
+    sched_hangup or watchdog: ALLOTTED_TIMEOUT), 'answered', 'no_answer' (rang out: at
+    leg_timeout FreeSWITCH says ALLOTTED_TIMEOUT too, or NO_ANSWER), 'cancelled' (the caller
+    hung up first), 'callee' (busy, declined, unknown number ...), 'carrier_failure' or
+    'local' (our own switch), by the same rules as health and failover."""
+    cause = _norm(hangup_cause)
+    if answered:
+        return "max_duration" if cause == "ALLOTTED_TIMEOUT" else "answered"
+    if cause in _RING_OUT:
+        return "no_answer"
+    if cause in ("ORIGINATOR_CANCEL", "LOSE_RACE"):
+        return "cancelled"
+    return rule_for(hangup_cause, sip_status, False).outcome.value.replace("success", "answered")
 
 
 @functools.cache

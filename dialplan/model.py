@@ -15,6 +15,7 @@ class Gateway:
     position: int = 0         # order inside the carrier
     leg_timeout: int = 30     # seconds before the next gateway is tried
     enabled: bool = True
+    profile: str | None = None    # the sofia profile the gateway is declared in
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Did:
     tenant: str
     destination_type: str     # 'extension' | 'sip_uri' | 'number'
     destination: str
+    profile: str | None = None    # sip_uri only: the sofia profile to send it through
 
 
 @dataclass(frozen=True)

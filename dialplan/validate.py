@@ -285,6 +285,7 @@ DID = {
     "number": Field(did_number, required=True), "tenant": Field(name, required=True),
     "destination_type": Field(choice(*DESTINATION_TYPES), required=True),
     "destination": Field(lambda v: v, required=True),     # by type: see record_problems
+    "profile": Field(name, nullable=True),   # sofia profile for a sip_uri destination
 }
 CAMPAIGN = {
     "name": Field(name, required=True), "tenant": Field(name, required=True),

@@ -45,6 +45,8 @@ _SIP_URI = validate.SIP_URI
 _DESTINATION = validate.DESTINATION
 _FORBIDDEN_RE = validate.FORBIDDEN_RE
 check_value = validate.check_value
+# A tenant's SIP domain in user/EXT@domain (a DID to an extension in 'user' mode).
+_DOMAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 
 # Reason phrases for the codes switchd answers with (RFC 3261 / 3398).
 SIP_PHRASES = {402: "Payment Required", 403: "Forbidden", 404: "Not Found",
@@ -305,19 +307,35 @@ def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str) -
 
 
 def render_local(context: str, destination: str, call_vars: dict, destination_type: str,
-                 target: str, max_duration_s: int, *, profile: str = "external",
-                 extension_context: str = "default",
+                 target: str, max_duration_s: int, *, profile: str = "",
+                 extension_mode: str = "transfer", extension_context: str = "default",
+                 user_domain: str | None = None,
                  cause_on_answer: str = "ALLOTTED_TIMEOUT") -> str:
     """Inbound DID answer for a local target (DESIGN §3 "Inbound").
 
-    'extension' → `transfer <ext> XML <extension_context>` (the PBX dialplan takes over, the
-    scheduled hangup stays on the channel); 'sip_uri' → `bridge sofia/<profile>/<uri>`.
+    'extension', extension_mode 'transfer' → `transfer <ext> XML <extension_context>`: the
+    channel re-enters the dialplan in that context, which FreeSWITCH looks up again (through
+    mod_xml_curl first: switchd answers that lookup `not found`, so the context's static
+    XML runs the extension); the scheduled hangup stays on the channel.
+    'extension', extension_mode 'user' → `bridge user/<ext>@<user_domain>` (the directory
+    user; `${domain_name}` when the tenant has no domain).
+    'sip_uri' → `bridge sofia/<profile>/<uri>`, `profile` a sofia profile that exists
+    (the router picks it: the DID's, the configured one, or the one the call came in on).
     A DID whose destination is a number goes through LCR and render_bridge instead.
     """
     actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
     if destination_type == "extension":
         ext = _name(target, _EXTENSION, "extension")
-        actions.append(("transfer", f"{ext} XML {_name(extension_context, _CONTEXT, 'context')}"))
+        if extension_mode == "transfer":
+            actions.append(("transfer",
+                            f"{ext} XML {_name(extension_context, _CONTEXT, 'context')}"))
+        elif extension_mode == "user":
+            domain = ("${domain_name}" if not user_domain
+                      else _name(user_domain, _DOMAIN, "tenant domain"))
+            actions.append(("bridge", f"user/{ext}@{domain}"))
+            actions.append(("hangup", "${originate_disposition}"))
+        else:
+            raise ValueError(f"extension_mode is 'transfer' or 'user', not {extension_mode!r}")
     elif destination_type == "sip_uri":
         uri = _name(target, _SIP_URI, "SIP URI")
         actions.append(("bridge", f"sofia/{_name(profile, _GATEWAY, 'sofia profile')}/{uri}"))

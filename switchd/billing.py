@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 
 from dialplan import rating
 from switchd import metrics
+from dialplan.causes import disposition
 from switchd.db.cdr_writer import CallRecord, LegRecord
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,27 @@ def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] |
         connect_fee=tariff.connect_fee if tariff else None,
         increments=f"{tariff.initial}/{tariff.subsequent}" if tariff else None,
         cost=rated.cost, billsec=billsec, cdr_source="esl", provisional=provisional,
-        unrated=rated.cost is None)
+        unrated=rated.cost is None,
+        progress_at=_at(getattr(leg, "progress_us", 0)),
+        pdd_ms=pdd_ms(leg),
+        disposition=disposition(leg.hangup_cause, leg.sip_status, answered_at is not None))
 
 
 def count_unrated(source: str, reason: str | None, leg_uuid: str, call_uuid: str | None) -> None:
     metrics.UNRATED_LEGS.labels(source).inc()
     log.error("leg %s answered but unrated (%s); flagged, cost left empty", leg_uuid, reason,
               extra={"call_uuid": call_uuid})
+
+
+def pdd_ms(leg) -> int | None:
+    """Post-dial delay: the leg's start to its first ringing or early media (CHANNEL_PROGRESS
+    / _MEDIA), or to its answer when it answered without either; None for a leg that never
+    showed a sign of life (or whose start is unknown)."""
+    start = leg.created_us
+    first = getattr(leg, "progress_us", 0) or leg.answered_us
+    if not start or not first or first < start:
+        return None
+    return (first - start) // 1000
 
 
 def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> CallRecord:
@@ -161,7 +176,8 @@ def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> Cal
         started_at=_at(call.started_us),
         answered_at=answered.answered_at if answered else _at(call.answered_us),
         ended_at=ended,
-        hangup_cause=(a_leg.hangup_cause if a_leg and a_leg.hangup_cause
+        hangup_cause=(call.hangup_cause if getattr(call, "originated", False) and call.hangup_cause
+                      else a_leg.hangup_cause if a_leg and a_leg.hangup_cause
                       else last.hangup_cause if last else None),
         carrier=last.carrier if last else None,
         gateway=last.gateway if last else None,
@@ -171,4 +187,6 @@ def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> Cal
         # Unrated legs add nothing here; the row's `unrated` flag (recomputed from the
         # legs by the writer) says the sum is incomplete.
         cost=sum((leg.cost for leg in carrier_legs if leg.cost is not None), Decimal(0)),
-        reconstructed=bool(call.reconstructed) or any(leg.provisional for leg in legs))
+        reconstructed=bool(call.reconstructed) or any(leg.provisional for leg in legs),
+        pdd_ms=last.pdd_ms if last else None,
+        disposition=last.disposition if last else None)

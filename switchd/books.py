@@ -55,6 +55,22 @@ class HealthBook:
             log.warning("gateway %s is now %s", gateway,
                         "down" if gateway in self.down_gateways else "up")
 
+    def sync_gateways(self, statuses: dict, provisioned: set[str]) -> None:
+        """Rebuild the down set from the switch's own word (switchd/esl/gateways.py), on
+        every ESL connect: down = reported DOWN, or provisioned but absent from the
+        switch (a bridge to it fails INVALID_GATEWAY). What events said while we were
+        away (a gateway_delete at shutdown, say) is replaced, not merged."""
+        before = self.down_gateways
+        down = {name for name, st in statuses.items() if not st.up}
+        down |= set(provisioned) - set(statuses)
+        self.down_gateways = frozenset(down)
+        self.gateways_synced = True
+        for name in sorted(before ^ self.down_gateways):
+            log.warning("gateway %s is now %s (switch status on connect)", name,
+                        "down" if name in self.down_gateways else "up")
+
+    gateways_synced = False
+
     def _set(self, carrier, after, now) -> None:
         before = self._health.get(carrier)
         self._health[carrier] = after

@@ -8,6 +8,7 @@ docs/configuration.md is the operator's reference for the same table.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("routing", "emergency_gateway", str, "",
             "Gateway for emergency numbers. Empty: emergency calls are refused with a clear cause.",
             check=_rule(validate.name)),
+    Setting("routing", "extension_mode", "choice:transfer|user", "transfer",
+            "How a DID reaches an extension: 'transfer' to it in routing.extension_context "
+            "(FreeSWITCH's own dialplan for that context runs it; switchd answers the lookup "
+            "that transfer makes with 'not found'), or 'user': bridge user/EXT@<tenant domain>."),
+    Setting("routing", "extension_context", str, "default",
+            "Dialplan context that holds the extensions DIDs are transferred to.",
+            check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", v)
+            else "must be a dialplan context name (letters, digits, _ . -)"),
+    Setting("routing", "sip_uri_profile", str, "",
+            "Sofia profile for DIDs that point at a SIP URI and name no profile of their own. "
+            "Empty: the profile the call arrived on.",
+            check=lambda v: None if v == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v)
+            else "must be a sofia profile name (letters, digits, _ . -)"),
     Setting("rating", "precision", int, 6, "Decimal places costs are rounded to, once, half-up.",
             check=lambda v: None if 0 <= v <= 10 else "must be between 0 and 10"),
     Setting("cdr", "credentials", str, "",

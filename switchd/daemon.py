@@ -32,6 +32,7 @@ from switchd.db.spool import Spool
 from switchd.deck_loader import DeckCache, DeckReloader, cooperative_yield
 from switchd.esl import commands
 from switchd.esl.events import ChannelEvent, GatewayEvent, JobEvent
+from switchd.esl.gateways import GatewayStatusError, parse_xmlstatus
 from switchd.esl.supervisor import ESLSupervisor
 from switchd.http.connections import HttpLimits
 from switchd.http.server import HttpApp, NotReady, serve
@@ -50,6 +51,13 @@ DECK_LOAD_TIMEOUT_S = 120.0
 
 class DaemonStartError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class _GatewaySync:
+    """`sofia xmlstatus gateway`, queued behind the events that preceded the reply."""
+    statuses: dict
+    connection: object = None
 
 
 @dataclass(frozen=True)
@@ -262,18 +270,28 @@ class Daemon:
     def handle_event(self, event) -> None:
         if isinstance(event, _Resync):
             self._apply_resync(event.rows, event.connection, event.requested_us)
+        elif isinstance(event, _GatewaySync):
+            self._apply_gateway_sync(event.statuses, event.connection)
         elif isinstance(event, ChannelEvent):
             if event.timestamp_us:
                 # The switch's clock may differ from ours (another host; the simulator's
                 # scaled time): resync compares leg times with the request in its clock.
                 self.switch_offset_us = event.timestamp_us - self.now_us()
             self._record_event(event)
+            effects = self.registry.apply(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
                 if carrier is not None:
-                    self.caps.leg_started(event.call_uuid, carrier, event.uuid)
-            for effect in self.registry.apply(event):
+                    # The registry's call, not the event's Channel-Call-UUID: an originate
+                    # attempt after the first is a channel of its own, yet the call's slots
+                    # are keyed by the call UUID.
+                    leg = self.registry.leg(event.uuid)
+                    self.caps.leg_started(leg.call_uuid if leg else event.call_uuid, carrier,
+                                          event.uuid)
+            for effect in effects:
                 self._act(effect)
+                if isinstance(effect, LegEnded):
+                    self.originator.leg_ended(effect.leg)
         elif isinstance(event, GatewayEvent):
             self._on_gateway(event)
         elif isinstance(event, JobEvent):
@@ -360,10 +378,36 @@ class Daemon:
 
         The reply is applied through the event queue, behind every event that preceded it
         on the wire, so a call whose events are still queued is not mistaken for unknown."""
+        self._query_gateways(connection)
         requested_us = self.switch_now_us()
         reply = connection.api(_bare(commands.show_channels_json()),
                                timeout=self.config["esl.command_timeout"])
         connection.post(_Resync(parse_show_channels_json(reply), connection, requested_us))
+
+    def _query_gateways(self, connection) -> None:
+        """Gateway state from the switch itself: events alone leave a gateway deleted at a
+        FreeSWITCH shutdown down for good (its gateway_add came before we reconnected)."""
+        reply = connection.api(_bare(commands.sofia_gateway_status()),
+                               timeout=self.config["esl.command_timeout"])
+        try:
+            statuses = parse_xmlstatus(reply)
+        except GatewayStatusError as exc:
+            # No mod_sofia (or an unexpected reply): keep what events say, say so once.
+            log.warning("gateway state not queried on connect: %s", exc)
+            return
+        connection.post(_GatewaySync(statuses, connection))
+
+    def _apply_gateway_sync(self, statuses: dict, connection=None) -> None:
+        closed = getattr(connection, "closed", None)
+        if closed is not None and closed.is_set():
+            return            # the next connection queries afresh
+        self.health.sync_gateways(statuses, self._provisioned_gateways())
+        log.info("gateways on the switch: %d, down: %s", len(statuses),
+                 ", ".join(sorted(self.health.down_gateways)) or "none")
+
+    def _provisioned_gateways(self) -> set[str]:
+        return {g.name for c in self.world.carriers.values() if c.enabled
+                for g in c.gateways if g.enabled}
 
     def on_esl_disconnected(self, reason: str) -> None:
         self.resynced = False
@@ -420,7 +464,7 @@ class Daemon:
             metrics.WATCHDOG_KILLS.inc()
             log.warning("call outlived its max duration of %ss; killing it", call.max_duration,
                         extra={"call_uuid": call.call_uuid, "tenant": call.tenant})
-            gevent.spawn(self._kill, call.call_uuid, call.call_uuid, "ALLOTTED_TIMEOUT")
+            gevent.spawn(self._kill, call.call_uuid, _channel_to_kill(call), "ALLOTTED_TIMEOUT")
 
     def _kill(self, call_uuid: str, channel_uuid: str, cause: str) -> None:
         try:
@@ -521,6 +565,12 @@ class Daemon:
         stats = self.writer.stats()
         if not stats.get("can_store", True):
             problems["cdr"] = stats.get("last_error") or "CDRs can be neither stored nor spooled"
+        routable = self._provisioned_gateways()
+        if routable and routable <= self.health.down_gateways:
+            # Every outbound call would be refused (503, no carrier): not ready, so a
+            # balancer stops sending calls here and monitoring sees why (docs/esl.md).
+            problems["gateways"] = (f"all {len(routable)} provisioned gateway(s) down: "
+                                    + ", ".join(sorted(routable)))
         caps = self.caps.status()
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
@@ -556,6 +606,16 @@ def live_metrics_state(world, decks, imported_at, health, now, database_up=None,
                       for name, deck in decks.items()}}
 
 
+def _channel_to_kill(call) -> str:
+    """The call's A-leg, or (an originate whose answered attempt is not the call UUID's
+    leg) the answered leg still up."""
+    a = call.a_leg
+    if a is not None and a.state != "complete":
+        return call.call_uuid
+    live = [l for l in call.legs if l.answered_us and l.state != "complete"]
+    return live[0].uuid if live else call.call_uuid
+
+
 def _bare(api_line: str) -> str:
     """The command builders return whole `api ...` lines; the connection adds `api` itself."""
     return api_line.removeprefix("api ")
@@ -566,7 +626,10 @@ def _routing_settings(cfg: Config) -> dict:
             "tenant_variable": cfg["routing.tenant_variable"],
             "max_routes": cfg["routing.max_routes"],
             "health_cooldown": cfg["routing.health_cooldown"],
-            "emergency_gateway": cfg["routing.emergency_gateway"]}
+            "emergency_gateway": cfg["routing.emergency_gateway"],
+            "extension_mode": cfg["routing.extension_mode"],
+            "extension_context": cfg["routing.extension_context"],
+            "sip_uri_profile": cfg["routing.sip_uri_profile"]}
 
 
 def _health_from_rows(rows: dict) -> dict:

@@ -1,21 +1,31 @@
 """Originated calls: caps and budget checked, LCR, then `bgapi originate` (DESIGN.md §3).
 
-The same plan as a dialplan answer (switchd/router.py `Router.plan`), turned into an
-originate string: call-wide variables in `{}` (the call UUID is ours, `origination_uuid`,
-so the slots taken at planning are keyed by it), per-gateway tariffs in `[]`, the gateways
-in failover order joined by `|`, and the scheduled hangup in `execute_on_answer` so that
-FreeSWITCH enforces the maximum duration even if switchd dies. The result comes back as a
-BACKGROUND_JOB matched by Job-UUID; a failed originate releases its slots at once.
+The same plan as a dialplan answer (switchd/router.py `Router.plan`), placed ONE CARRIER
+ATTEMPT PER `bgapi originate`: call-wide variables in `{}`, the attempt's own
+`origination_uuid` and tariff in its `[]` (the first attempt's UUID is the call UUID, the
+key of the caps slots taken at planning; later attempts get fresh ones: FreeSWITCH refuses
+a UUID still in use, "Duplicate UUID!", which is what a `{origination_uuid}` over a `|`
+list did to every failover leg), and the scheduled hangup in `execute_on_answer` so that
+FreeSWITCH enforces the maximum duration even if switchd dies.
+
+Why not one `|` list: FreeSWITCH decides its failover by hangup cause, and 403 (the
+carrier refusing us: try the next) and 603 (the callee declining: stop) are both
+CALL_REJECTED. switchd reads each attempt's outcome, the BACKGROUND_JOB result and that
+leg's CHANNEL_HANGUP_COMPLETE (`sip_term_status`), and `should_try_next` decides. Every
+attempt is a leg of the call in the registry and the CDR (all legs share
+`switchd_route_id`), is logged, and is listed in the API answer.
 """
 from __future__ import annotations
 
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from dialplan import numbers, validate, xml_answer
-from dialplan.causes import no_failover_causes
+import gevent
+from gevent.event import AsyncResult
+
+from dialplan import causes, numbers, validate, xml_answer
 from switchd.esl.commands import hangup_cause
 from switchd.router import Decision, Refused
 
@@ -105,18 +115,39 @@ def _var(key: str, value) -> str:
     return f"{key}='{text}'"
 
 
-def originate_string(call_uuid: str, call_vars: dict, legs, app: str, max_s: int,
+# After a failed attempt's job result, how long to wait for its CHANNEL_HANGUP_COMPLETE
+# (which carries sip_term_status). FreeSWITCH fires it as the channel is destroyed, around
+# the time the originate returns; an attempt that made no channel never sends one.
+ATTEMPT_END_WAIT_S = 2.0
+
+
+def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
+    """After an unanswered attempt: place the next carrier's, or stop? The one place an
+    originate decides it (dialplan.causes' table: 403/5xx/timeouts on, 486/603/404 stop)."""
+    return causes.should_failover(hangup_cause, sip_status)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One carrier attempt of an originate, as FreeSWITCH reported it."""
+    leg_uuid: str
+    carrier: str | None
+    gateway: str
+    result: str                     # the BACKGROUND_JOB body, e.g. "-ERR CALL_REJECTED"
+    answered: bool
+    hangup_cause: str | None = None
+    sip_status: int | None = None
+
+
+def originate_string(leg_uuid: str, call_vars: dict, leg, app: str, max_s: int,
                      timeout_s: int) -> str:
-    """`{…}[…]sofia/gateway/A/N|[…]sofia/gateway/B/N &app()` for `bgapi originate`."""
-    globals_ = {"origination_uuid": call_uuid, **call_vars,
-                "originate_timeout": timeout_s,
-                "execute_on_answer": f"sched_hangup +{int(max_s)} {hangup_cause('ALLOTTED_TIMEOUT')}",
-                # stristr match on the cause name, as for the dialplan's bridge; ':' because
-                # ',' separates variables inside {}.
-                "fail_on_single_reject": ":".join(no_failover_causes())}
+    """`{call vars}[origination_uuid=…,leg vars]sofia/gateway/G/N &app()`: one attempt."""
+    globals_ = {**call_vars, "originate_timeout": timeout_s,
+                "execute_on_answer": f"sched_hangup +{int(max_s)} {hangup_cause('ALLOTTED_TIMEOUT')}"}
     head = "{" + ",".join(_var(k, v) for k, v in globals_.items()) + "}"
-    dial = "|".join("[" + ",".join(_var(k, v) for k, v in leg.vars.items()) + "]"
-                    + f"sofia/gateway/{leg.gateway}/{leg.number}" for leg in legs)
+    leg_vars = {"origination_uuid": leg_uuid, **leg.vars}
+    dial = ("[" + ",".join(_var(k, v) for k, v in leg_vars.items()) + "]"
+            + f"sofia/gateway/{leg.gateway}/{leg.number}")
     return f"{head}{dial} {app}"
 
 
@@ -128,6 +159,7 @@ class Originator:
         self.caps = caps
         self.world = world            # callable: current World
         self.record = record          # routing log sink
+        self._ends: dict[str, AsyncResult] = {}   # attempt leg UUID -> its ended Leg
 
     def originate(self, request: OriginateRequest) -> dict:
         world = self.world()
@@ -165,28 +197,66 @@ class Originator:
         if request.caller_id:
             call_vars["origination_caller_id_number"] = request.caller_id
         legs = [xml_answer.leg_for_route(route, plan.number.e164) for route in plan.routes]
+        attempts: list[Attempt] = []
+        self.registry.expect_originate(call_uuid, decision.id)
         try:
-            line = originate_string(call_uuid, call_vars, legs, request.app, plan.max_duration,
-                                    request.timeout_s)
-            self.registry.expect_originate(call_uuid)
-            result = self.esl.bgapi(f"originate {line}", timeout=request.timeout_s + 15)
+            for index, leg in enumerate(legs):
+                leg_uuid = call_uuid if index == 0 else str(uuid.uuid4())
+                attempt = self._attempt(leg_uuid, call_vars, leg, request, plan.max_duration)
+                attempts.append(attempt)
+                log.info("originate attempt %d/%d via %s: %s (cause %s, SIP %s)", index + 1,
+                         len(legs), leg.gateway, attempt.result, attempt.hangup_cause,
+                         attempt.sip_status, extra={"call_uuid": call_uuid, "tenant": tenant.name})
+                if attempt.answered or not should_try_next(attempt.hangup_cause,
+                                                           attempt.sip_status):
+                    break
         except Exception as exc:    # not connected, timeout, refused: the slots must go back
             self._finished(call_uuid)
             self.caps.release(call_uuid)
             log.warning("originate failed before a result: %s", exc, extra={"call_uuid": call_uuid})
             raise OriginateError(f"originate failed: {exc}", 502) from None
-        body = result.body.strip()
         self._finished(call_uuid)
-        if not result.ok:
+        last = attempts[-1]
+        if not last.answered:
             # Events (if any) end the call in the registry; releasing here covers the case
             # where FreeSWITCH created no channel at all. Release is idempotent.
             self.caps.release(call_uuid)
-        log.info("originate %s -> %s: %s", tenant.name, plan.number.e164, body,
-                 extra={"call_uuid": call_uuid, "tenant": tenant.name})
-        return {"call_uuid": call_uuid, "route_id": decision.id, "result": body,
-                "answered": result.ok, "destination": plan.number.e164,
+        log.info("originate %s -> %s: %s after %d attempt(s)", tenant.name, plan.number.e164,
+                 last.result, len(attempts), extra={"call_uuid": call_uuid, "tenant": tenant.name})
+        return {"call_uuid": call_uuid, "route_id": decision.id, "result": last.result,
+                "answered": last.answered, "destination": plan.number.e164,
                 "max_duration": plan.max_duration,
-                "gateways": [leg.gateway for leg in legs]}
+                "gateways": [leg.gateway for leg in legs],
+                "attempts": [asdict(a) for a in attempts]}
+
+    def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:
+        ended = self._ends[leg_uuid] = AsyncResult()
+        try:
+            line = originate_string(leg_uuid, call_vars, leg, request.app, max_s,
+                                    request.timeout_s)
+            result = self.esl.bgapi(f"originate {line}", timeout=request.timeout_s + 15)
+            body = result.body.strip()
+            carrier = leg.vars.get("switchd_carrier")
+            if result.ok:
+                return Attempt(leg_uuid, carrier, leg.gateway, body, True)
+            words = body.removeprefix("-ERR").split() if body.startswith("-ERR") else []
+            cause = words[0] if words else None
+            try:
+                final = ended.get(timeout=ATTEMPT_END_WAIT_S)
+            except gevent.Timeout:
+                final = None        # no channel was made (or its events are late)
+            if final is not None:
+                cause = final.hangup_cause or cause
+            return Attempt(leg_uuid, carrier, leg.gateway, body, False, cause,
+                           final.sip_status if final is not None else None)
+        finally:
+            self._ends.pop(leg_uuid, None)
+
+    def leg_ended(self, leg) -> None:
+        """A leg's CHANNEL_HANGUP_COMPLETE was applied (event greenlet: only sets a value)."""
+        waiting = self._ends.get(leg.uuid)
+        if waiting is not None and not waiting.ready():
+            waiting.set(leg)
 
     def _finished(self, call_uuid: str) -> None:
         """Effects of the registry's end-of-originate go through the daemon's handler."""

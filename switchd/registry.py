@@ -88,6 +88,7 @@ class Leg:
     carrier: str | None = None        # vars switchd_carrier, else the gateway name
     created_us: int = 0
     answered_us: int = 0
+    progress_us: int = 0              # first ringing / early media (PDD), 0 = none seen
     hangup_us: int = 0
     hangup_cause: str | None = None
     sip_status: int | None = None
@@ -126,6 +127,9 @@ class Call:
     first_choice_carrier: str | None = None
     reconstructed: bool = False
     aliases: list[str] = field(default_factory=list)   # former UUIDs (CHANNEL_UUID)
+    # Placed by our originate, one `bgapi originate` per carrier attempt, each attempt its
+    # own leg UUID (the first one is the call UUID): no A-leg waits for the others.
+    originated: bool = False
 
     @property
     def a_leg(self) -> Leg | None:
@@ -199,6 +203,7 @@ class CallRegistry:
         self._by_route: dict[str, str] = {}
         self._aliases: dict[str, str] = {}          # old call UUID -> current, live calls
         self._awaiting: set[str] = set()            # originates whose job is outstanding
+        self._originates: dict[str, str] = {}       # route id -> call UUID, announced
         self._tomb: OrderedDict[str, Call] = OrderedDict()   # ended: leg/call/route keys
         self._tomb_max = tombstones
         self.counters: Counter[str] = Counter()
@@ -225,13 +230,16 @@ class CallRegistry:
                 and c.answered_us + (c.max_duration + grace_s) * 1_000_000 < now_us]
 
     # --- originate bookkeeping ---------------------------------------------------------
-    def expect_originate(self, call_uuid: str) -> None:
-        """A bgapi originate with origination_uuid=call_uuid was sent: until its
-        BACKGROUND_JOB arrives, a failed first attempt does not end the call."""
+    def expect_originate(self, call_uuid: str, route_id: str | None = None) -> None:
+        """An originate for call_uuid is under way (switchd/originate.py: one bgapi per
+        carrier attempt, legs sharing `switchd_route_id`): until `originate_finished`, a
+        failed attempt does not end the call, and any attempt's leg joins call_uuid."""
         self._awaiting.add(call_uuid)
+        if route_id:
+            self._originates[route_id] = call_uuid
 
     def originate_finished(self, call_uuid: str) -> list[Effect]:
-        """The originate's job result arrived (or can never arrive: call it on disconnect)."""
+        """The last attempt's result arrived (or can never arrive: call it on disconnect)."""
         self._awaiting.discard(call_uuid)
         call = self._calls.get(call_uuid)
         return self._maybe_end(call) if call else []
@@ -342,6 +350,15 @@ class CallRegistry:
                  or self._lookup(self._by_route.get(route or "")) 
                  or (self._lookup("route:" + route) if route else None))
         leg = Leg(uuid=ev.uuid, call_uuid="")
+        announced = self._originates.get(route or "")
+        if found is None and announced is not None:
+            # An originate attempt whose call has no leg yet (the first attempt may never
+            # have made a channel): the call is keyed by the UUID its caps slots hold.
+            call = Call(call_uuid=announced, originated=True)
+            self._calls[announced] = call
+            self._add_leg(call, leg, False)
+            effects.append(CallStarted(call.snapshot()))
+            return call, leg, False
         if found is None:
             # Outbound with only Other-Leg set: a B-leg first seen by CHANNEL_OUTGOING or
             # a late HANGUP_COMPLETE (capture a): its partner is the A-leg.
@@ -375,6 +392,9 @@ class CallRegistry:
         leg.created_us = leg.created_us or ev.created_us or ev.timestamp_us
         # FreeSWITCH's own answer time beats a resync estimate.
         leg.answered_us = ev.answered_us or leg.answered_us
+        progress = ev.progress_us or (ev.timestamp_us if EVENT_KIND[ev.name] == "progress" else 0)
+        if progress and (not leg.progress_us or progress < leg.progress_us):
+            leg.progress_us = progress
         leg.hangup_us = ev.hangup_us or leg.hangup_us
         leg.hangup_cause = ev.hangup_cause or leg.hangup_cause
         leg.sip_status = ev.sip_status if ev.sip_status is not None else leg.sip_status
@@ -410,6 +430,13 @@ class CallRegistry:
         call.carrier = winner.carrier if winner else None
         call.gateway = winner.gateway if winner else None
         call.answered_us = min((l.answered_us for l in call.legs if l.answered_us), default=0)
+        if call.originated or (call.call_uuid in self._awaiting and a is not None
+                               and a.direction == "outbound"):
+            call.originated = True
+            # No A-leg of ours: the call ended as its answered attempt did, else its last.
+            last = winner or (carrier_legs[-1] if carrier_legs else None)
+            if last is not None:
+                call.ended_us, call.hangup_cause = last.hangup_us, last.hangup_cause
         # Without switchd_direction: we dialled a carrier, or originated, → outbound.
         call.direction = merged.get("switchd_direction") or (
             "outbound" if carrier_legs or (a and a.direction == "outbound" and not a.placeholder)
@@ -442,12 +469,24 @@ class CallRegistry:
         return effects
 
     def _maybe_end(self, call: Call) -> list[Effect]:
+        if call.originated:
+            return self._maybe_end_originated(call)
         a = call.a_leg
         if a is None or a.state != "complete" or call.call_uuid in self._awaiting:
             return []
         self._call_step(call, "a_leg_done")
         if any(l.state != "complete" for l in call.legs):
             return []                 # e.g. the A-leg completed before its B-leg (a, c)
+        self._call_step(call, "end")
+        self._retire(call)
+        return [CallEnded(call.snapshot())]
+
+    def _maybe_end_originated(self, call: Call) -> list[Effect]:
+        """Every attempt's leg is its own: the call ends when no attempt is outstanding
+        and every leg has completed."""
+        if call.call_uuid in self._awaiting or any(l.state != "complete" for l in call.legs):
+            return []
+        self._call_step(call, "a_leg_done")
         self._call_step(call, "end")
         self._retire(call)
         return [CallEnded(call.snapshot())]
@@ -467,6 +506,7 @@ class CallRegistry:
             self._aliases.pop(old, None)
             self._entomb(old, call)
         if call.route_id:
+            self._originates.pop(call.route_id, None)
             if self._by_route.get(call.route_id) == call.call_uuid:
                 del self._by_route[call.route_id]
             self._entomb("route:" + call.route_id, call)

@@ -109,6 +109,14 @@ class Router:
         decision = Decision(id=_uuid4(), call_uuid=call_uuid, tenant=None,
                             direction="outbound", destination=dialled, result="refused",
                             reason="")
+        if self._is_extension_handoff(form, context, dialled):
+            return self._hand_off_extension(decision, form)
+        # A dialled DID is an inbound call whatever tenant_from says: its tenant is the
+        # DID's. Resolving the tenant first made every DID unreachable wherever the
+        # caller's side named no tenant we know (tenant_from = domain: a carrier's To host).
+        did = _find_did(world, dialled)
+        if did is not None:
+            return self._route_inbound(decision, world, context, dialled, form, did)
         tenant_key = self._tenant_key(form)
         tenant = self._find_tenant(world, tenant_key) if tenant_key else None
         if tenant_key and tenant is None:
@@ -116,7 +124,9 @@ class Router:
             return self._refuse(decision, context, dialled, policy.refusal("unknown_tenant"),
                                 f"unknown tenant {tenant_key!r}")
         if tenant is None:
-            return self._route_inbound(decision, world, context, dialled, form)
+            decision.direction = "inbound"
+            return self._refuse(decision, context, dialled, policy.refusal("no_route"),
+                                "unknown DID")
         decision.tenant = tenant.name
         if not tenant.enabled:
             return self._refuse(decision, context, dialled, policy.refusal("tenant_disabled"),
@@ -160,11 +170,8 @@ class Router:
         return index
 
     # --- inbound: DIDs ---------------------------------------------------------------------
-    def _route_inbound(self, decision, world, context, dialled, form) -> Decision:
+    def _route_inbound(self, decision, world, context, dialled, form, did) -> Decision:
         decision.direction = "inbound"
-        did = _find_did(world, dialled)
-        if did is None:
-            return self._refuse(decision, context, dialled, policy.refusal("no_route"), "unknown DID")
         tenant = world.tenants.get(did.tenant)
         decision.tenant = did.tenant
         if tenant is None or not tenant.enabled:
@@ -183,10 +190,40 @@ class Router:
             return self._refuse(decision, context, dialled, refusal, refusal.detail)
         max_s = tenant.max_call_seconds
         call_vars["switchd_max_duration"] = str(max_s)
-        decision.xml = xml_answer.render_local(context, dialled, call_vars, did.destination_type,
-                                               did.destination, max_s)
+        settings = self.settings
+        mode = settings.get("extension_mode", "transfer")
+        target, profile = did.destination, None
+        if did.destination_type == "extension" and mode == "transfer":
+            # The lookup FreeSWITCH makes for the transfer is answered `not found`
+            # (_is_extension_handoff): this variable says which one it is.
+            call_vars[HANDOFF_VAR] = did.destination
+        elif did.destination_type == "sip_uri":
+            profile = (did.profile or settings.get("sip_uri_profile")
+                       or form.get("variable_sofia_profile_name") or _any_profile(world))
+        decision.xml = xml_answer.render_local(
+            context, dialled, call_vars, did.destination_type, target, max_s,
+            profile=profile or "", extension_mode=mode,
+            extension_context=settings.get("extension_context", "default"),
+            user_domain=tenant.domain)
         decision.result, decision.reason = "routed", "did"
-        decision.chosen = [{"destination_type": did.destination_type, "destination": did.destination}]
+        decision.chosen = [{"destination_type": did.destination_type, "destination": did.destination}
+                           | ({"profile": profile} if profile else {})]
+        return decision
+
+    def _is_extension_handoff(self, form: dict, context: str, dialled: str) -> bool:
+        """The lookup FreeSWITCH makes for our own `transfer EXT XML <extension_context>`:
+        the same channel, now in the extension context, dialling the extension we named."""
+        target = form.get("variable_" + HANDOFF_VAR)
+        return (target is not None and target == dialled
+                and context == self.settings.get("extension_context", "default"))
+
+    def _hand_off_extension(self, decision: Decision, form: dict) -> Decision:
+        """`not found`: mod_xml_curl then reads the static dialplan of that context, where
+        the operator's extensions live (docs/routing.md, DIDs)."""
+        decision.direction = "inbound"
+        decision.tenant = form.get("variable_switchd_tenant") or None
+        decision.result, decision.reason = "routed", "did_extension_handoff"
+        decision.xml = xml_answer.render_not_found()
         return decision
 
     # --- outbound: LCR ---------------------------------------------------------------------
@@ -339,10 +376,27 @@ def _safe_uuid(form: dict) -> str:
     return value if len(value) <= 64 and all(c.isalnum() or c == "-" for c in value) else ""
 
 
+HANDOFF_VAR = "switchd_did_extension"
+
+
 def _find_did(world: World, dialled: str):
-    digits = "".join(ch for ch in dialled if ch.isdigit())
-    for candidate in (dialled, "+" + digits):
-        did = world.dids.get(candidate)
-        if did is not None:
-            return did
+    """The DID for a dialled string: as given ('+4420...'), or its digits with a '+'."""
+    dids = world.dids
+    if not dids:
+        return None
+    did = dids.get(dialled)
+    if did is not None:
+        return did
+    bare = dialled[1:] if dialled[:1] == "+" else dialled
+    digits = bare if bare.isdigit() else "".join(ch for ch in dialled if ch.isdigit())
+    return dids.get("+" + digits) if digits else None
+
+
+def _any_profile(world: World) -> str | None:
+    """The sofia profile of the first enabled gateway (carriers by name): a profile that
+    exists, for a SIP-URI DID when nothing more specific names one."""
+    for carrier in world.carriers.values():
+        for gateway in carrier.gateways:
+            if gateway.enabled and gateway.profile:
+                return gateway.profile
     return None

@@ -24,7 +24,7 @@ EXPECTED_CAUSES = {
     "INVALID_NUMBER_FORMAT": (E, False), "USER_NOT_REGISTERED": (E, False),
     "NORMAL_CLEARING": (E, False), "ORIGINATOR_CANCEL": (E, False), "LOSE_RACE": (E, False),
     "PICKED_OFF": (E, False),
-    "DESTINATION_OUT_OF_ORDER": (L, True), "ALLOTTED_TIMEOUT": (L, False),
+    "DESTINATION_OUT_OF_ORDER": (L, True), "ALLOTTED_TIMEOUT": (E, False),
     "SWITCH_CONGESTION": (L, True), "CHAN_NOT_IMPLEMENTED": (L, True),
     "INVALID_GATEWAY": (L, True), "INVALID_PROFILE": (L, True),
     "MANAGER_REQUEST": (L, False), "SYSTEM_SHUTDOWN": (L, False), "CRASH": (L, False),
@@ -122,3 +122,23 @@ def test_docs_list_every_rule():
         assert f"| {code} |" in doc, code
     for reason, r in REFUSALS.items():
         assert f"| `{reason}` | {r.sip_code} | `{r.cause}` |" in doc, reason
+
+
+@pytest.mark.parametrize("cause,sip,answered,expected", [
+    ("ALLOTTED_TIMEOUT", None, False, "no_answer"),       # ring-out at leg_timeout (FS 1.10)
+    ("ALLOTTED_TIMEOUT", 200, True, "max_duration"),      # our sched_hangup / watchdog
+    ("NORMAL_CLEARING", 200, True, "answered"),
+    ("NO_ANSWER", None, False, "no_answer"),
+    ("ORIGINATOR_CANCEL", 487, False, "cancelled"),
+    ("CALL_REJECTED", 603, False, "callee"),
+    ("CALL_REJECTED", 403, False, "carrier_failure"),
+    ("DESTINATION_OUT_OF_ORDER", None, False, "local"),
+])
+def test_disposition(cause, sip, answered, expected):
+    from dialplan.causes import disposition
+    assert disposition(cause, sip, answered) == expected
+
+
+def test_ring_out_is_no_carrier_failure_and_no_failover():
+    assert classify("ALLOTTED_TIMEOUT", None, answered=False) is E
+    assert should_failover("ALLOTTED_TIMEOUT", 487) is False

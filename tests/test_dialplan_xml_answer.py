@@ -213,8 +213,19 @@ def test_render_local_extension_and_uri():
     assert acts[-1] == ("transfer", "1001 XML default")
     assert ("set", "execute_on_answer=sched_hangup +600 ALLOTTED_TIMEOUT") in acts
     acts = actions(render_local("public", "+442079460001", CALL, "sip_uri",
-                                "sip:alice@pbx.example.com:5060", 600))
-    assert ("bridge", "sofia/external/sip:alice@pbx.example.com:5060") in acts
+                                "sip:alice@pbx.example.com:5060", 600, profile="edge"))
+    assert ("bridge", "sofia/edge/sip:alice@pbx.example.com:5060") in acts
+    acts = actions(render_local("public", "+442079460001", CALL, "extension", "1001", 600,
+                                extension_mode="user", user_domain="acme.example.com"))
+    assert ("bridge", "user/1001@acme.example.com") in acts
+    acts = actions(render_local("public", "+442079460001", CALL, "extension", "1001", 600,
+                                extension_mode="user"))
+    assert ("bridge", "user/1001@${domain_name}") in acts
+
+
+def test_render_local_sip_uri_needs_a_profile():
+    with pytest.raises(ValueError, match="sofia profile"):
+        render_local("public", "1", {}, "sip_uri", "sip:alice@pbx.example.com", 60)
 
 
 @pytest.mark.parametrize("kind,target", [("extension", "1001 XML evil"), ("extension", "${x}"),

@@ -55,10 +55,6 @@ def test_originate_routes_by_lcr_and_bills(switch, world_url):
     assert row[2] > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "switchd defect (issue 8): originate puts origination_uuid in the call-wide {} block, so "
-    "FreeSWITCH (and now the simulator) fails the second gateway 'Duplicate UUID!' and the "
-    "job ends -ERR DESTINATION_OUT_OF_ORDER instead of the last carrier's cause"))
 def test_failed_originate_releases_its_slots(switch, world_url):
     sim, daemon = switch
     for gw in ("budgetel_gw1", "globex_gw1", "globex_gw2", "primo_gw1"):
@@ -98,3 +94,50 @@ def test_switchd_originate_command(switch):
     result = gevent.get_hub().threadpool.apply(run)
     assert result.returncode == 0, result.stderr
     assert "+OK" in result.stdout and "primo_gw1" in result.stdout
+
+
+def _legs(url, call_uuid):
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT leg_uuid, gateway, hangup_cause, sip_status, "
+                            "answered_at IS NOT NULL FROM call_legs WHERE call_uuid = %s "
+                            "ORDER BY started_at", (call_uuid,)).fetchall()
+
+
+def _order(sim, daemon):
+    status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    assert status == 200 and body["answered"], body
+    sim.kill_call(body["call_uuid"])
+    return body["gateways"]
+
+
+def test_originate_fails_over_on_403_each_attempt_its_own_leg(switch, world_url):
+    sim, daemon = switch
+    gateways = _order(sim, daemon)
+    assert len(gateways) >= 2
+    sim.set_gateway(gateways[0], GatewayBehaviour(fail_cause="CALL_REJECTED", sip_status=403))
+    status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    assert status == 200 and body["answered"] is True, body
+    attempts = body["attempts"]
+    assert [a["gateway"] for a in attempts] == gateways[:2]
+    assert attempts[0]["leg_uuid"] == body["call_uuid"]          # the caps key
+    assert attempts[0]["sip_status"] == 403 and attempts[0]["hangup_cause"] == "CALL_REJECTED"
+    assert len({a["leg_uuid"] for a in attempts}) == 2
+    sim.kill_call(attempts[1]["leg_uuid"])
+    row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
+    assert row[1] is True and row[5] == "NORMAL_CLEARING"
+    legs = _legs(world_url, body["call_uuid"])
+    assert [(l[0], l[1], l[4]) for l in legs] == [
+        (attempts[0]["leg_uuid"], gateways[0], False), (attempts[1]["leg_uuid"], gateways[1], True)]
+    assert legs[0][3] == 403
+
+
+def test_originate_stops_on_603(switch, world_url):
+    sim, daemon = switch
+    gateways = _order(sim, daemon)
+    sim.set_gateway(gateways[0], GatewayBehaviour(fail_cause="CALL_REJECTED", sip_status=603))
+    status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    assert status == 200 and body["answered"] is False
+    assert [a["gateway"] for a in body["attempts"]] == gateways[:1]
+    assert body["result"].startswith("-ERR CALL_REJECTED")
+    row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
+    assert row[1] is False and row[5] == "CALL_REJECTED"

@@ -409,3 +409,32 @@ def test_failover_leg_to_a_full_carrier_is_killed(migrated_pg_url, tmp_path, red
                 second.uuid) == [(None, "NORMAL_CIRCUIT_CONGESTION")] * 2
     wait_for(lambda: live_count(redis_url) == 0, 10, "every slot released", daemon)
 
+
+
+def test_watchdog_kills_the_answered_attempt_of_an_originate(migrated_pg_url, tmp_path, switches):
+    """An originate whose first attempt failed (403) and whose second answered and ignores
+    its sched_hangup: the watchdog must kill that second attempt's channel, not the call
+    UUID's (the failed first attempt)."""
+    import json
+    import urllib.request
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_call_seconds=3)
+    switch = switches(url, tmp_path / "d", env={"SWITCHD_WATCHDOG_GRACE_SECONDS": "1"},
+                      gateways={"budgetel_gw1": GatewayBehaviour(fail_cause="CALL_REJECTED",
+                                                                 sip_status=403,
+                                                                 fail_delay_s=0.1),
+                                "globex_gw1": GatewayBehaviour(answer_delay_s=0.2,
+                                                               ignore_sched_hangup=True)})
+    daemon = switch.daemon
+
+    def post():
+        request = urllib.request.Request(daemon.base_url + "/v1/calls", data=json.dumps(
+            {"tenant": "acme", "destination": UK_FIXED.format(7)}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+    body = gevent.get_hub().threadpool.apply(post)
+    assert body["answered"] and [a["gateway"] for a in body["attempts"]] == [
+        "budgetel_gw1", "globex_gw1"]
+    got = wait_for(lambda: cdrs(url, [body["call_uuid"]]) or None, 20, "the CDR", daemon)
+    assert got[body["call_uuid"]][0] == "ALLOTTED_TIMEOUT"
+    assert metric(daemon, "switchd_watchdog_kills_total") == 1.0

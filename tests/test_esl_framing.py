@@ -14,7 +14,10 @@ from switchd.esl.framing import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
-EVENT_FILES = sorted(FIXTURES.glob("events-*.txt"))
+# The whole-session captures (events-plain-a … events-json-g) start with the auth
+# exchange; single-event captures (events-plain-gateway-…) do not.
+EVENT_FILES = sorted(p for p in FIXTURES.glob("events-*.txt")
+                     if re.fullmatch(r"events-(plain|json)-[a-z]\.txt", p.name))
 TRANSCRIPTS = sorted(FIXTURES.glob("esl-*.txt"))
 _BLOCK = re.compile(rb"@@ conn=(\S+) dir=(S>C|C>S) len=(\d+) [^\n]*\n")
 

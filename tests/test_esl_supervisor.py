@@ -16,7 +16,8 @@ from switchd.metrics import ESL_CONNECTED, ESL_RECONNECTS
 from test_esl_connection import FakeFS, plain_event, servers  # noqa: F401  (fixture)
 
 EXPECTED_SUBSCRIPTION = (
-    "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP "
+    "event plain CHANNEL_CREATE CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER "
+    "CHANNEL_BRIDGE CHANNEL_HANGUP "
     "CHANNEL_HANGUP_COMPLETE CHANNEL_UUID BACKGROUND_JOB HEARTBEAT "
     "CUSTOM sofia::gateway_state sofia::gateway_add sofia::gateway_delete")
 

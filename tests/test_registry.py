@@ -338,3 +338,43 @@ def test_any_interleaving_or_duplication_ends_each_call_once(data, letter):
     assert ended[0].call.call_uuid == events[0].call_uuid or letter in "def"
     legs = Counter(e.leg.uuid for e in of(eff, LegEnded))
     assert set(legs.values()) == {1} and len(legs) == len({e.uuid for e in events})
+
+
+def _attempts(route_id):
+    first = channel_events("e")           # carrier_a busy
+    second = channel_events("d")          # answered
+    route = {"switchd_route_id": route_id, "switchd_tenant": "t9"}
+    first = [replace(e, vars={**e.vars, **route}) for e in first]
+    shift = 100_000_000
+    second = [replace(e, vars={**e.vars, **route}, gateway=e.gateway and "carrier_b",
+                      **{f: getattr(e, f) and getattr(e, f) + shift for f in
+                         ("timestamp_us", "created_us", "answered_us", "hangup_us")})
+              for e in second]
+    return first, second
+
+
+def test_originate_attempts_join_the_call_and_its_cause_is_the_answered_legs():
+    first, second = _attempts("r-10")
+    u = first[0].uuid
+    reg = CallRegistry()
+    reg.expect_originate(u, "r-10")
+    run(first, reg)
+    run(second, reg)
+    [ended] = of(reg.originate_finished(u), CallEnded)
+    assert ended.call.call_uuid == u and ended.call.originated
+    assert ended.call.hangup_cause == second[-1].hangup_cause != first[-1].hangup_cause
+    assert [l.uuid for l in ended.call.legs] == [first[0].uuid, second[0].uuid]
+
+
+def test_an_attempt_after_one_that_made_no_channel_is_keyed_by_the_call_uuid():
+    # The first attempt failed before FreeSWITCH made a channel: only the second's events
+    # come, with a UUID of their own; the call (and its caps slots) keep the call UUID.
+    _, second = _attempts("r-11")
+    reg = CallRegistry()
+    reg.expect_originate("c0ffee00-0000-4000-8000-000000000011", "r-11")
+    _, eff = run(second, reg)
+    assert not of(eff, CallEnded)
+    [ended] = of(reg.originate_finished("c0ffee00-0000-4000-8000-000000000011"), CallEnded)
+    assert ended.call.call_uuid == "c0ffee00-0000-4000-8000-000000000011"
+    assert [l.uuid for l in ended.call.legs] == [second[0].uuid] and ended.call.answered_us
+    assert len(reg) == 0

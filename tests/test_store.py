@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -129,3 +130,22 @@ def test_report_by_tenant_day_and_carrier_with_pdd(conn):
     assert store.report(conn, "day", since=T0 + timedelta(days=1)) == []
     with pytest.raises(ValueError):
         store.report(conn, "caller")
+
+
+def test_report_pdd_from_the_legs_own_progress(conn):
+    # Written by billing with pdd_ms from CHANNEL_PROGRESS: no events needed, and the
+    # answer 9 s later does not count as the PDD (the old events-only join had no
+    # PROGRESS events to find and fell back to the answer).
+    start = T0
+    write_batch(conn, [
+        ("leg", LegRecord(leg_uuid="p1", call_uuid="pc1", direction="outbound", carrier="alpha",
+                          started_at=start, progress_at=start + timedelta(milliseconds=1500),
+                          answered_at=start + timedelta(seconds=9),
+                          ended_at=start + timedelta(seconds=20), pdd_ms=1500,
+                          disposition="answered")),
+        ("call", replace(_call("pc1", "alpha", "alpha", start=start), pdd_ms=1500)),
+    ])
+    (alpha,) = store.report(conn, "carrier")
+    assert alpha["pdd_ms"] == 1500
+    (tenant,) = store.report(conn, "tenant")
+    assert tenant["pdd_ms"] == 1500

@@ -58,6 +58,8 @@ class CallRecord:
     billed_seconds: int = 0
     cost: Decimal = Decimal("0")
     reconstructed: bool = False            # rebuilt after a restart, not seen end to end
+    pdd_ms: int | None = None              # of the leg that carried (or last tried) it
+    disposition: str | None = None         # dialplan.causes.disposition of that leg
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class LegRecord:
     cdr_source: str = "esl"                # 'esl' | 'switch' (FreeSWITCH's own CDR)
     provisional: bool = False              # closed without its hangup: estimated
     unrated: bool = False                  # answered but could not be rated
+    progress_at: datetime | None = None    # first CHANNEL_PROGRESS / _MEDIA (ringing, early media)
+    pdd_ms: int | None = None              # start → progress (or answer, if none came first)
+    disposition: str | None = None         # dialplan.causes.disposition
 
 
 @dataclass(frozen=True)
@@ -125,9 +130,15 @@ def _columns(cls) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
+# Known only from ESL's progress events: a later record that lacks them (FreeSWITCH's CDR)
+# keeps what is stored.
+_KEEP_WHEN_NULL = frozenset({"progress_at", "pdd_ms", "disposition"})
+
+
 def _upsert_sql(table: str, cls, key: str, rank_new: str, rank_old: str) -> str:
     cols = _columns(cls)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != key)
+    updates = ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, {table}.{c})" if c in _KEEP_WHEN_NULL
+                        else f"{c} = EXCLUDED.{c}" for c in cols if c != key)
     return (f"INSERT INTO {table} ({', '.join(cols)}) "
             f"VALUES ({', '.join(f'%({c})s' for c in cols)}) "
             f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {rank_new} >= {rank_old}")

@@ -56,7 +56,8 @@ def load_world(conn: psycopg.Connection) -> World:
             if _valid("tenants", r):
                 tenants[r["name"]] = Tenant(**r)
 
-        cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled
+        cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled,
+                              g.profile
                        FROM gateways g JOIN carriers c ON c.id = g.carrier_id
                        ORDER BY c.name, g.position, g.name""")
         gateways: dict[str, list[Gateway]] = {}
@@ -71,7 +72,8 @@ def load_world(conn: psycopg.Connection) -> World:
         carriers = {r["name"]: Carrier(gateways=tuple(gateways.get(r["name"], ())), **r)
                     for r in cur.fetchall() if _valid("carriers", r)}
 
-        cur.execute("""SELECT d.number, t.name AS tenant, d.destination_type, d.destination
+        cur.execute("""SELECT d.number, t.name AS tenant, d.destination_type, d.destination,
+                              d.profile
                        FROM dids d JOIN tenants t ON t.id = d.tenant_id ORDER BY d.number""")
         dids = {r["number"]: Did(**r) for r in cur.fetchall() if _valid("dids", r)}
 
@@ -197,19 +199,22 @@ SELECT {key} AS key, count(*) AS calls, count(c.answered_at) AS answered,
        COALESCE(sum(c.billed_seconds), 0) AS billed_seconds, COALESCE(sum(c.cost), 0) AS cost,
        avg(EXTRACT(EPOCH FROM c.ended_at - c.answered_at)) FILTER (WHERE c.answered_at IS NOT NULL)
            AS acd_seconds,
-       NULL::numeric AS pdd_ms
+       avg(c.pdd_ms) AS pdd_ms
 FROM calls c
 WHERE c.ended_at IS NOT NULL {range}
 GROUP BY 1 ORDER BY 1"""
 
 # PDD: from the leg's start to its first sign of life from the far end (ringing, early
-# media or answer), taken from the stored events.
+# media, or the answer when neither came first): the leg's own pdd_ms (switchd/billing.py,
+# from CHANNEL_PROGRESS / _MEDIA), else from the stored events (legs written before
+# migration 012).
 _LEG_REPORT = """
 SELECT l.carrier AS key, count(*) AS calls, count(l.answered_at) AS answered,
        COALESCE(sum(l.billed_seconds), 0) AS billed_seconds, COALESCE(sum(l.cost), 0) AS cost,
        avg(EXTRACT(EPOCH FROM l.ended_at - l.answered_at)) FILTER (WHERE l.answered_at IS NOT NULL)
            AS acd_seconds,
-       avg(EXTRACT(EPOCH FROM p.first_at - l.started_at) * 1000) AS pdd_ms
+       avg(COALESCE(l.pdd_ms::numeric,
+                    EXTRACT(EPOCH FROM p.first_at - l.started_at) * 1000)) AS pdd_ms
 FROM call_legs l
 LEFT JOIN LATERAL (
     SELECT min(e.at) AS first_at FROM call_events e
@@ -230,7 +235,8 @@ def report(conn: psycopg.Connection, group_by: str = "tenant", since: datetime |
     """Rows for ``switchd report``: one per tenant / carrier / UTC day of finished calls.
 
     Each row: key, calls, answered, asr (percent, 2 places), acd_seconds, billed_minutes,
-    cost (Decimal), pdd_ms (carrier report only; None when no progress event was stored).
+    cost (Decimal), pdd_ms (carrier: per leg; tenant/day: of the leg that carried each
+    call; None when no leg showed progress).
     Range is on ended_at: ``since`` inclusive, ``until`` exclusive.
     """
     if group_by not in ("tenant", "carrier", "day"):

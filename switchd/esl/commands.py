@@ -146,6 +146,12 @@ def show_channels_json() -> str:
     return api("show", "channels", "as", "json")
 
 
+def sofia_gateway_status() -> str:
+    """``api sofia xmlstatus gateway``: every gateway of every profile, as XML
+    (switchd/esl/gateways.py parses it)."""
+    return api("sofia", "xmlstatus", "gateway")
+
+
 def event_subscription(events: Iterable[str], fmt: str = "plain") -> str:
     """``event <fmt> NAME ...``; CUSTOM subclasses go after the word CUSTOM."""
     if fmt not in ("plain", "json", "xml"):

@@ -24,6 +24,7 @@ class ChannelEvent:
     gateway: str | None = None
     created_us: int = 0
     answered_us: int = 0
+    progress_us: int = 0       # first of Caller-Channel-Progress(-Media)-Time, 0 = none yet
     hangup_us: int = 0
     hangup_cause: str | None = None
     sip_status: int | None = None
@@ -60,12 +61,14 @@ class HeartbeatEvent:
 # Exactly what the daemon consumes (DESIGN §11: FreeSWITCH drops slow listeners, so no ALL).
 # CHANNEL_UUID follows uuid renames (e.g. an originate whose leg takes a new UUID).
 SUBSCRIBED_EVENTS: tuple[str, ...] = (
-    "CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
+    "CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER",
+    "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
     "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID", "BACKGROUND_JOB", "HEARTBEAT",
     "CUSTOM", "sofia::gateway_state", "sofia::gateway_add", "sofia::gateway_delete",
 )
 
-CHANNEL_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
+CHANNEL_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
+                            "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
                             "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID"})
 _GATEWAY_KINDS = {"sofia::gateway_state": "state", "sofia::gateway_add": "add",
                   "sofia::gateway_delete": "delete"}
@@ -115,6 +118,11 @@ def _opt_int(value: str | None) -> int | None:
         return None
 
 
+def _first(*stamps: int) -> int:
+    """The earliest non-zero timestamp (0 when none is set)."""
+    return min((t for t in stamps if t), default=0)
+
+
 def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
     uuid = h.get("Unique-ID", "")
     switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
@@ -134,6 +142,8 @@ def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
         gateway=h.get("variable_sip_gateway_name") or None,
         created_us=_int(h.get("Caller-Channel-Created-Time")),
         answered_us=_int(h.get("Caller-Channel-Answered-Time")),
+        progress_us=_first(_int(h.get("Caller-Channel-Progress-Time")),
+                           _int(h.get("Caller-Channel-Progress-Media-Time"))),
         hangup_us=_int(h.get("Caller-Channel-Hangup-Time")),
         hangup_cause=h.get("Hangup-Cause") or h.get("variable_hangup_cause") or None,
         sip_status=_opt_int(h.get("variable_sip_term_status")),
@@ -149,7 +159,8 @@ _CHANNEL_HEADERS = (
     "Event-Name", "Unique-ID", "Channel-Call-UUID", "Other-Leg-Unique-ID", "Call-Direction",
     "Event-Date-Timestamp", "Event-Sequence", "Core-UUID", "Caller-Caller-ID-Number",
     "Caller-Destination-Number", "variable_sip_gateway_name", "Caller-Channel-Created-Time",
-    "Caller-Channel-Answered-Time", "Caller-Channel-Hangup-Time", "Hangup-Cause",
+    "Caller-Channel-Answered-Time", "Caller-Channel-Progress-Time",
+    "Caller-Channel-Progress-Media-Time", "Caller-Channel-Hangup-Time", "Hangup-Cause",
     "variable_hangup_cause", "variable_sip_term_status", "variable_billmsec", "variable_billsec",
     "variable_origination_uuid", "Old-Unique-ID",
 )

@@ -102,6 +102,26 @@ def status(sim) -> str:
 NO_CHANNEL = "-ERR No such channel!\n"
 
 
+def sofia_xmlstatus_gateway(sim, args: list[str]) -> str:
+    """`sofia xmlstatus gateway [NAME]` in the captured shape (only the fields switchd
+    reads, plus name/profile), from `sim.gateway_status` {name: 'UP'|'DOWN'}; gateways
+    deleted by `sim.delete_gateways()` are absent, as on a switch shutting down. A simulator
+    told nothing about gateways answers like a switch without mod_sofia (the daemon then
+    keeps what gateway events say), so tests that never set a status are unaffected."""
+    status = getattr(sim, "gateway_status", None) or {}
+    if not status and not getattr(sim, "gateways_deleted", False):
+        return "-ERR sofia Command not found!\n"
+
+    def one(name: str, indent: str) -> str:
+        return (f"{indent}<gateway>\n{indent}  <name>{name}</name>\n"
+                f"{indent}  <profile>external</profile>\n{indent}  <state>NOREG</state>\n"
+                f"{indent}  <status>{status[name]}</status>\n{indent}</gateway>\n")
+    head = '<?xml version="1.0" encoding="ISO-8859-1"?>\n'
+    if args:
+        return head + one(args[0], "  ") if args[0] in status else "Invalid Gateway!\n"
+    return head + "<gateways>\n" + "".join(one(n, "  ") for n in status) + "</gateways>\n"
+
+
 def execute(sim, line: str) -> str:
     cmd, _, arg = line.strip().partition(" ")
     args = arg.split()
@@ -113,6 +133,8 @@ def execute(sim, line: str) -> str:
         return show_channels(sim, args[1:] == ["as", "json"])
     if cmd == "show" and args[:1] == ["calls"]:
         return show_calls(sim)
+    if cmd == "sofia" and args[:2] == ["xmlstatus", "gateway"]:
+        return sofia_xmlstatus_gateway(sim, args[2:])
     if cmd == "uuid_exists":
         return "true" if args and sim.leg(args[0]) else "false"
     if cmd == "uuid_getvar":

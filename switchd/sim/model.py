@@ -22,7 +22,9 @@ class GatewayBehaviour:
     fails with it; with fail_rate, only the seeded fraction does. fail_rate: fail with this
     probability (seeded), with sip_status, or fail_cause, or 503;
     answer_delay_s / fail_delay_s: simulated seconds from INVITE to answer / to failure;
-    ignore_sched_hangup: the A-leg's sched_hangup never fires (for watchdog tests).
+    ignore_sched_hangup: the A-leg's sched_hangup never fires (for watchdog tests);
+    progress_delay_s: the carrier leg rings (180: CHANNEL_PROGRESS) after this many simulated
+    seconds, if before its answer or failure (None: no progress event, as before).
     """
     fail_cause: str | None = None
     sip_status: int | None = None
@@ -30,6 +32,7 @@ class GatewayBehaviour:
     fail_delay_s: float = 0.5
     fail_rate: float = 0.0
     ignore_sched_hangup: bool = False
+    progress_delay_s: float | None = None    # ringing (CHANNEL_PROGRESS) this long after INVITE
 
     def __post_init__(self) -> None:
         from switchd.sim import causes

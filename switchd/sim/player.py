@@ -303,6 +303,7 @@ class Player:
             if bad_from is not None:        # sofia fails the leg before any INVITE
                 kind, delay, (cause, sip), proto = "fail", 0.0, bad_from, bad_from[1] is not None
             t_next = t + int(delay * 1_000_000)
+            self._ring(call, b, a, t, beh, delay)
             if self.wait(call, t_next) and call.kill:
                 t = self.clock.now_us()
                 if call.kill[0] == b.uuid:
@@ -351,6 +352,23 @@ class Player:
                     return source[f"origination_caller_id_{kind}"]
             return self.getvar(call, a, f"effective_caller_id_{kind}") or default
         return pick("name", call.caller_name or call.caller), pick("number", call.caller)
+
+    def _ring(self, call: SimCall, b: SimLeg, a: SimLeg, t: int, beh: GatewayBehaviour,
+              delay: float) -> None:
+        """The carrier's 180 before its final answer: CHANNEL_PROGRESS on the B-leg (its
+        Caller-Channel-Progress-Time set), as FreeSWITCH 1.10 sends it (captures a-d)."""
+        if beh.progress_delay_s is None or beh.progress_delay_s >= delay:
+            return
+        t_ring = t + int(beh.progress_delay_s * 1_000_000)
+        if self.wait(call, t_ring):
+            call.wake.set()           # woken by a kill: let the caller's wait see it at once
+            return
+        b.progress_us = t_ring
+        self.emit(call, "b.CHANNEL_ANSWER", b, a, t_ring, extra={
+            "Event-Name": "CHANNEL_PROGRESS", "Answer-State": "ringing",
+            "Channel-Call-State": "DOWN", "Caller-Channel-Answered-Time": "0",
+            "Other-Leg-Channel-Answered-Time": "0", "variable_answer_epoch": "0",
+            "variable_answer_uepoch": "0"})
 
     def _originate_failed(self, call: SimCall, a: SimLeg, tried: list[SimLeg], cause: str) -> None:
         """The caller's variables after a failed originate (switch_ivr_originate.c,

@@ -150,6 +150,31 @@ class Simulator:
                 "Phrase": phrase if phrase is not None else PHRASE.get(int(status), "OK")}
         self.emit([(k, over.get(k, v)) for k, v in self._base("gateway_state")])
 
+    # Gateways as `sofia xmlstatus gateway` reports them ({name: 'UP'|'DOWN'}); empty: the
+    # command answers an empty <gateways/> list.
+    gateway_status: dict = {}
+
+    gateways_deleted = False
+
+    def set_gateway_status(self, name: str, status: str = "UP") -> None:
+        self.gateway_status = {**self.gateway_status, name: status}
+        self.gateways_deleted = False
+
+    def delete_gateways(self) -> None:
+        """What FreeSWITCH does at shutdown: one sofia::gateway_delete per gateway (headers
+        as captured: profile-name, Gateway), and they are gone from xmlstatus."""
+        for name in list(self.gateway_status):
+            headers = [(k, v) for k, v in self._base("gateway_state")
+                       if k not in ("Gateway", "State", "Ping-Status", "Status", "Phrase",
+                                    "Register-Network-IP", "Register-Network-Port")]
+            over = {"Event-Subclass": "sofia::gateway_delete",
+                    "Event-Calling-Function": "sofia_reg_check_gateway",
+                    "Event-Calling-Line-Number": "343"}
+            headers = [(k, over.get(k, v)) for k, v in headers] + [("profile-name", "external"), ("Gateway", name)]
+            self.emit(headers)
+        self.gateway_status = {}
+        self.gateways_deleted = True
+
     def new_job_uuid(self) -> str:
         return seeded_uuid(self._rng)
 

@@ -214,6 +214,17 @@ def render(plan: PortPlan, *, esl_password: str, dialplan_url: str, cdr_url: str
         </condition>
       </extension>
     </context>
+    <!-- The operator's own extensions, for DIDs that switchd transfers here
+         (routing.extension_context = extensions): 2xxx answers and waits for the BYE. -->
+    <context name="extensions">
+      <extension name="local_extension">
+        <condition field="destination_number" expression="^(2[0-9]{{3}})$">
+          <action application="set" data="route_source=static_extension"/>
+          <action application="answer"/>
+          <action application="park"/>
+        </condition>
+      </extension>
+    </context>
     <context name="default">
       <extension name="no_route_from_switchd">
         <condition field="destination_number" expression="^.*$">
