@@ -19,6 +19,7 @@ import gevent
 import psycopg
 from gevent.event import Event
 
+from dialplan.failover import FailoverTable
 from switchd import billing, metrics, systemd
 from switchd.books import HealthBook, SpendBook, month_start
 from switchd.config import Config
@@ -408,6 +409,7 @@ def _routing_settings(cfg: Config) -> dict:
     return {"tenant_from": cfg["routing.tenant_from"],
             "tenant_variable": cfg["routing.tenant_variable"],
             "max_routes": cfg["routing.max_routes"],
+            "failover": cfg.values.get("failover") or FailoverTable(),
             "health_cooldown": cfg["routing.health_cooldown"],
             "emergency_gateway": cfg["routing.emergency_gateway"]}
 
