@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("routing", "tenant_variable", str, "switchd_tenant",
             "Channel variable holding the tenant when tenant_from = 'variable'."),
     Setting("routing", "max_routes", int, 5,
-            "Gateways in one bridge: the first choice plus alternates (at most 5).",
+            "Carrier attempts per call: the first choice plus alternates (at most 5).",
             check=lambda v: None if 1 <= v <= 5 else "must be between 1 and 5"),
     Setting("routing", "health_cooldown", float, 60.0,
             "Seconds a disabled carrier rests before one probe call (half-open).",

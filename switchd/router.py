@@ -207,7 +207,7 @@ class Router:
         call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
                      "switchd_max_duration": str(plan.max_duration), **extra_vars,
                      "switchd_attempt": "1", "switchd_e164": plan.number.e164,
-                     "switchd_tried": first.carrier.name,
+                     "switchd_tried": _leg_name(first),
                      "effective_caller_id_name": name, "effective_caller_id_number": number}
         # One carrier per bridge; a failed attempt comes back to _continue (docs/routing.md).
         decision.xml = xml_answer.render_attempt(
@@ -240,6 +240,7 @@ class Router:
         what = f"attempt {attempt} via {tried[-1] if tried else '?'}: {cause or '-'}" \
                f"{f' sip {sip}' if sip else ''} -> {verdict.key}: {verdict.action}"
         call_vars = {"switchd_route_id": route_id}
+        decision.destination = form.get("variable_switchd_e164") or dialled
         code = failover.caller_code(verdict)
         stop = policy.Refusal(code, failover.cause_for_code(code), "failover_stop", what)
         if verdict.action == failover.STOP:
@@ -258,7 +259,7 @@ class Router:
         now = self.clock()
         ranked = self._rank(world, tenant, number, now)
         decision.candidates = ranked.considered
-        nxt = next((r for r in ranked.routes if r.carrier.name not in tried), None)
+        nxt = next((r for r in ranked.routes if _leg_name(r) not in tried), None)
         if nxt is None:
             return self._refuse(decision, context, dialled, stop,
                                 f"failover exhausted: {what}", call_vars)
@@ -273,7 +274,7 @@ class Router:
         call_vars.update({"switchd_tenant": tenant.name, "switchd_max_duration": str(max_s),
                           "switchd_direction": decision.direction,
                           "switchd_attempt": str(attempt + 1), "switchd_e164": number.e164,
-                          "switchd_tried": " ".join(tried + [nxt.carrier.name]),
+                          "switchd_tried": " ".join(tried + [_leg_name(nxt)]),
                           "effective_caller_id_name": name,
                           "effective_caller_id_number": cid})
         decision.xml = xml_answer.render_attempt(context, dialled, call_vars, nxt, number.e164,
@@ -413,6 +414,12 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 def _safe_uuid(form: dict) -> str:
     value = form.get("Unique-ID") or ""
     return value if len(value) <= 64 and all(c.isalnum() or c == "-" for c in value) else ""
+
+
+def _leg_name(route) -> str:
+    """How switchd_tried names an attempted route: `carrier/gateway` (a carrier with two
+    gateways gets both tried, in rank order, as FreeSWITCH's own `|` list did)."""
+    return f"{route.carrier.name}/{route.gateway.name}"
 
 
 def _int(text) -> int | None:

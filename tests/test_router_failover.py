@@ -93,7 +93,7 @@ def test_first_answer_is_one_carrier_then_transfer_back(setup):
     v = _vars(actions)
     assert v["continue_on_fail"] == "true" and v["hangup_after_bridge"] == "true"
     assert v["switchd_attempt"] == "1" and v["switchd_route_id"] == decision.id
-    assert v["switchd_tried"] == "alpha" and v["switchd_e164"] == "+442079460123"
+    assert v["switchd_tried"] == "alpha/gw_alpha" and v["switchd_e164"] == "+442079460123"
     assert "fail_on_single_reject" not in v
     assert decisions[-1].reason == "lcr" and decisions[-1].result == "routed"
 
@@ -112,10 +112,10 @@ def test_carrier_side_failures_go_to_the_next_carrier(setup, cause, proto, code)
     bridges = [d for a, d in actions if a == "bridge"]
     assert len(bridges) == 1 and "sofia/gateway/gw_beta/+442079460123" in bridges[0]
     v = _vars(actions)
-    assert v["switchd_attempt"] == "2" and v["switchd_tried"] == "alpha beta"
+    assert v["switchd_attempt"] == "2" and v["switchd_tried"] == "alpha/gw_alpha beta/gw_beta"
     assert v["switchd_route_id"] == first.id            # the same call's route
     assert decision.id != first.id                      # its own routing-log row
-    assert decision.reason.startswith("failover: attempt 1 via alpha: " + cause)
+    assert decision.reason.startswith("failover: attempt 1 via alpha/gw_alpha: " + cause)
     assert decision.chosen[0]["carrier"] == "beta" and decision.result == "routed"
     assert decisions[-1] is decision
     assert ("transfer", "02079460123 XML public") in actions
@@ -162,7 +162,7 @@ def test_exhausted_carriers_answer_the_last_code(setup):
     # the form of attempt 3 carries the variables of attempt 2's answer
     last = router.route(_after(_after(form, second, "X"), third, "CALL_REJECTED", "sip:403"))
     assert ("respond", "403 Forbidden") in _actions(last.xml)
-    assert last.reason.startswith("failover exhausted: attempt 3 via gamma")
+    assert last.reason.startswith("failover exhausted: attempt 3 via gamma/gw_gamma")
 
 
 def test_operator_table_is_followed(setup):
@@ -222,3 +222,26 @@ def test_ten_hostile_caller_id_legs_disable_nobody():
             book.record_leg(carrier, "NORMAL_UNSPECIFIED", 900, answered=False, now=now)
     assert all(book.get(c).score == 100 and book.get(c).disabled_at is None
                for c in ("alpha", "beta", "gamma"))
+
+
+def test_a_carrier_with_two_gateways_gets_both_tried_in_order(setup):
+    router, _, _, _ = setup
+    world = router.world()
+    two = Carrier(name="alpha", gateways=(Gateway(name="gw_alpha", carrier="alpha", position=0),
+                                          Gateway(name="gw_alpha2", carrier="alpha", position=1)))
+    world.carriers["alpha"] = two
+    form, first = _first(router)
+    assert "gw_alpha/" in [d for a, d in _actions(first.xml) if a == "bridge"][0]
+    second = router.route(_after(form, first, "NORMAL_TEMPORARY_FAILURE", "sip:503"))
+    assert "sofia/gateway/gw_alpha2/" in [d for a, d in _actions(second.xml) if a == "bridge"][0]
+    assert _vars(_actions(second.xml))["switchd_tried"] == "alpha/gw_alpha alpha/gw_alpha2"
+
+
+def test_a_continuation_for_an_unknown_tenant_is_refused_cleanly(setup):
+    router, _, _, _ = setup
+    form, first = _first(router)
+    nxt = _after(form, first, "CALL_REJECTED", "sip:403")
+    nxt["variable_switchd_tenant"] = "gone"
+    decision = router.route(nxt)
+    assert decision.result == "refused" and ("respond", "403 Forbidden") in _actions(decision.xml)
+    assert decision.destination == "+442079460123"
