@@ -66,8 +66,12 @@ NOT_SENT_CAUSES = frozenset({
 # The leg rang out at leg_timeout (verified: ALLOTTED_TIMEOUT on FreeSWITCH 1.10.12).
 TIMEOUT_CAUSES = frozenset({"ALLOTTED_TIMEOUT", "NO_ANSWER", "PROGRESS_TIMEOUT"})
 # Ended by someone other than the carrier or callee: never the carrier's failure.
+# (Only without a SIP status: with one, the status decides.) NORMAL_CIRCUIT_CONGESTION
+# without a status is switchd's own uuid_kill of a leg to a carrier at its channel cap
+# (daemon.py, CapsGate.on_refused_leg), not the carrier's doing.
 _NOT_THE_CARRIER = {"ORIGINATOR_CANCEL": CALLEE, "LOSE_RACE": CALLEE, "PICKED_OFF": CALLEE,
-                    "MANAGER_REQUEST": NOBODY, "SYSTEM_SHUTDOWN": NOBODY, "CRASH": NOBODY}
+                    "MANAGER_REQUEST": NOBODY, "SYSTEM_SHUTDOWN": NOBODY, "CRASH": NOBODY,
+                    "NORMAL_CIRCUIT_CONGESTION": NOBODY}
 
 _KEY = re.compile(r"[1-6][0-9][0-9]|[1-6]xx")
 

@@ -32,6 +32,9 @@ ROWS = {
     ("NORMAL_UNSPECIFIED", 900): ("not_sent", "next", "nobody", 503),   # sofia: From unbuildable
     ("DESTINATION_OUT_OF_ORDER", None): ("not_sent", "next", "nobody", 503),
     ("GATEWAY_DOWN", None): ("not_sent", "next", "nobody", 503),
+    # switchd's own kill of a leg to a carrier at its channel cap: try the next, blame nobody
+    ("NORMAL_CIRCUIT_CONGESTION", None): ("other", "next", "nobody", 503),
+    ("ORIGINATOR_CANCEL", None): ("other", "next", "callee", 503),
 }
 
 
