@@ -1,0 +1,142 @@
+"""One scenario, two switches: the simulator and the real FreeSWITCH behind one interface.
+
+A backend places a call and reports what the *switch* saw (not what switchd stored):
+
+- `set_carrier(gateway, mode)`: "answer" or a SIP final code ("503", "486", ...);
+- `call(number, tenant="acme", hold_s=1.5)` → `Outcome`: answered, the A-leg UUID (the CDR
+  key), the A-leg's cause and billmsec, and every carrier leg (gateway, cause, SIP status,
+  billmsec) in the order the switch tried them;
+- `invites()` → `{gateway: legs attempted since the start of the test}`;
+- `db_url`, `daemon` (a tests/daemon_harness.py DaemonProcess).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon_harness import DaemonProcess, rows, wait_for
+
+from . import fsharness
+
+# What FreeSWITCH makes of a carrier's SIP answer (sofia's SIP → Q.850 mapping), for the
+# simulator to play the same carrier.
+SIP_TO_CAUSE = {
+    401: "CALL_REJECTED", 403: "CALL_REJECTED", 404: "UNALLOCATED_NUMBER",
+    407: "CALL_REJECTED", 408: "RECOVERY_ON_TIMER_EXPIRE", 480: "NO_USER_RESPONSE",
+    484: "INVALID_NUMBER_FORMAT", 486: "USER_BUSY", 500: "NORMAL_TEMPORARY_FAILURE",
+    503: "NORMAL_TEMPORARY_FAILURE", 600: "USER_BUSY", 603: "CALL_REJECTED",
+}
+TENANT_ENV = {"SWITCHD_ROUTING_TENANT_FROM": "variable",
+              "SWITCHD_ROUTING_TENANT_VARIABLE": "sip_h_X-Tenant"}
+
+
+@dataclass(frozen=True)
+class Leg:
+    gateway: str | None
+    cause: str
+    sip_status: int | None
+    billmsec: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    answered: bool
+    call_uuid: str
+    a_cause: str
+    a_billmsec: int
+    legs: list[Leg]
+    caller: object = None          # real switch: the sipp caller's CallResult
+
+
+CDR_COLUMNS = ("call_uuid", "tenant", "direction", "carrier", "gateway", "attempts",
+               "billed_seconds", "cost", "hangup_cause", "first_choice_carrier", "answered_at")
+
+
+class RsDaemon:
+    """`switchd run` connected to a RealSwitch (its ESL, its xml_curl URL)."""
+
+    def __init__(self, process: DaemonProcess, db_url: str):
+        self.process, self.db_url = process, db_url
+
+    @classmethod
+    def start(cls, switch: fsharness.RealSwitch, db_url: str, data_dir: Path,
+              extra_env: dict | None, require_ready: bool) -> "RsDaemon":
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port = switch.plan.http
+        env = {**TENANT_ENV, "SWITCHD_HTTP_PORT": str(port), **(extra_env or {})}
+        process = DaemonProcess(db_url, switch.plan.esl, switch.esl_password, data_dir,
+                                extra_env=env)
+        process.http_port = port               # the port the switch's xml_curl posts to
+        process.log_path = data_dir / "switchd.log"
+        process.start(require_ready=require_ready)
+        return cls(process, db_url)
+
+    def rows(self, query: str, *args) -> list[tuple]:
+        return rows(self.db_url, query, *args)
+
+    def cdr(self, call_uuid: str) -> dict | None:
+        found = self.rows(f"SELECT {', '.join(CDR_COLUMNS)} FROM calls WHERE call_uuid = %s",
+                          call_uuid)
+        return dict(zip(CDR_COLUMNS, found[0])) if found else None
+
+    def wait_cdr(self, call_uuid: str, timeout: float = 30.0) -> dict:
+        return self.wait_until(lambda: self.cdr(call_uuid), timeout, f"CDR of {call_uuid}")
+
+    def wait_until(self, predicate, timeout: float = 30.0, what: str = "condition"):
+        return wait_for(predicate, timeout, what, self.process)
+
+
+class RealBackend:
+    name = "real"
+
+    def __init__(self, switch: fsharness.RealSwitch, daemon: RsDaemon):
+        self.switch, self.rs = switch, daemon
+        self.daemon, self.db_url = daemon.process, daemon.db_url
+
+    def set_carrier(self, gateway: str, mode: str) -> None:
+        self.switch.carrier(gateway).set_mode(mode)
+
+    def call(self, number: str, tenant: str = "acme", hold_s: float = 1.5) -> Outcome:
+        result = self.switch.call(number, headers={"X-Tenant": tenant}, hold_ms=int(hold_s * 1000))
+        legs = self.switch.wait_call(result)
+        a, carriers = legs[0], legs[1:]
+        return Outcome(answered=result.answered, call_uuid=a.uuid, a_cause=a.cause,
+                       a_billmsec=a.billmsec,
+                       legs=[Leg(h.gateway, h.cause, h.sip_term_status, h.billmsec) for h in carriers],
+                       caller=result)
+
+    def invites(self) -> dict[str, int]:
+        return self.switch.invites()
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, sim, daemon: DaemonProcess, db_url: str):
+        self.sim, self.daemon, self.db_url = sim, daemon, db_url
+        self.rs = RsDaemon(daemon, db_url)
+
+    def set_carrier(self, gateway: str, mode: str) -> None:
+        from switchd.sim import GatewayBehaviour
+        if mode == "answer":
+            self.sim.set_gateway(gateway, GatewayBehaviour(answer_delay_s=1.0))
+        elif mode.isdigit() and int(mode) in SIP_TO_CAUSE:
+            self.sim.set_gateway(gateway, GatewayBehaviour(fail_cause=SIP_TO_CAUSE[int(mode)],
+                                                           sip_status=int(mode)))
+        else:
+            raise NotImplementedError(f"the simulator cannot play carrier mode {mode!r}")
+
+    def call(self, number: str, tenant: str = "acme", hold_s: float = 1.5) -> Outcome:
+        call = self.sim.place_call(number, accountcode=tenant, hold_seconds=hold_s)
+        assert call.wait(30), f"simulated call to {number} did not end"
+        a = call.a_leg
+        return Outcome(answered=call.result == "answered", call_uuid=call.uuid,
+                       a_cause=a.cause if a else call.hangup_cause, a_billmsec=a.billmsec if a else 0,
+                       legs=[Leg(l.gateway, l.cause, l.sip_status, l.billmsec) for l in call.legs])
+
+    def invites(self) -> dict[str, int]:
+        counts = {"gw_a": 0, "gw_b": 0, "gw_c": 0}
+        for call in self.sim.calls:
+            for leg in call.legs:
+                counts[leg.gateway] = counts.get(leg.gateway, 0) + 1
+        return counts

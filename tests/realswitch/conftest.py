@@ -1,0 +1,147 @@
+"""The real-switch suite: a real FreeSWITCH 1.10, sipp carriers and callers, `switchd run`.
+
+Everything here carries the marker `realswitch` and is skipped, with one reason, when no
+`freeswitch` binary is on PATH (or at SWITCHD_TEST_FREESWITCH) or sipp is missing. Run it
+alone with `pytest -m realswitch`; SWITCHD_TEST_PORT_BASE (default 40000) is the first of
+the 1000 loopback ports a run uses (ESL, SIP, sipp, the daemon's HTTP port, RTP at
+base+600..base+999); every port is checked free before use.
+
+Fixtures
+--------
+`realswitch` → `RealSwitch` (tests/realswitch/fsharness.py). One FreeSWITCH per session
+(start ≈ 5 s), reset before each test: no channels, every carrier answering, every gateway
+UP, INVITE counts and events forgotten. Config: one `freeswitch.xml` written into the run
+dir (fsconfig.py): ESL with a password, SIP profile `callers` (context `public`, no auth),
+gateways `gw_a`, `gw_b`, `gw_c` (ping 5 s) to three sipp carriers, mod_xml_curl posting every
+dialplan lookup to `switch.dialplan_url` (the daemon's `/fs/dialplan`, 3 s timeout), a static
+fallback that answers 503, mod_json_cdr only when `RealSwitch(cdr_url=...)` is given.
+
+- `switch.carrier("gw_a").set_mode(mode)`: `answer` (200, waits for BYE), `ring` (180,
+  never answers; CANCEL → 487), `down` (sipp stopped: port unreachable, the gateway's pings
+  fail), or a final code: 401 403 404 407 408 480 484 486 500 503 600 603.
+  `.invites()` → INVITEs it received since the reset (one per Call-ID, from sipp's
+  `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
+  `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.
+- `switch.call(number, caller_number="1000", caller_name="switchd test", from_header=None,
+  headers={"X-Tenant": "acme"}, hold_ms=1000)` → `CallResult`: `code` (final SIP answer, 200
+  when answered), `call_id` (the caller's SIP Call-ID), `progress_after`, `answered_after`,
+  `duration` (answer → BYE, seconds), `ended_by` ('caller' | 'switch'), `bye_reason`.
+  `from_header` (str or bytes, written byte for byte, no `[`, `]` or line breaks) replaces
+  the whole From value for hostile caller IDs. `call_async(...)` returns a handle whose
+  `.wait()` gives the result (up to 8 callers at once).
+- `switch.api(cmd)` → FreeSWITCH's text for an API command (own ESL connection).
+- `switch.hangups(sip_call_id=None)` → `Hangup`s (CHANNEL_HANGUP_COMPLETE from the harness's
+  own ESL listener): `uuid`, `direction` ('inbound' = caller leg, 'outbound' = carrier leg),
+  `cause`, `billsec`, `billmsec`, `sip_term_status`, `gateway`, `sip_call_id`, `switchd`
+  (the `variable_switchd_*` values), `headers` (everything). `switch.wait_call(result)` →
+  every leg of that call once all of them have hung up: the A-leg first, then carrier legs
+  in the order FreeSWITCH created them. `switch.events(name)` → raw events.
+- `switch.gateway_state("gw_a")` → 'UP' / 'DOWN' / None; `switch.channel_count()`.
+- `switch.restart()`: SIGTERM FreeSWITCH (it deletes its gateways, hangs up calls) and
+  start it again with the same config; carriers keep running.
+
+`rs_world_url` → a migrated PostgreSQL database (fixture `migrated_pg_url`) provisioned with
+tests/realswitch/world.py: tenants `acme` and `brief` (max 3 s), carriers alpha/bravo/charlie
+owning gw_a/gw_b/gw_c with decks that make a different carrier cheapest per destination.
+
+`rs_daemon` → `RsDaemon`: `switchd run` (tests/daemon_harness.py `DaemonProcess`, as
+`.process`) on that world, connected to the switch's ESL and serving its xml_curl URL, with
+`routing.tenant_from = variable`, `routing.tenant_variable = sip_h_X-Tenant` (the caller's
+`X-Tenant` header names its tenant). `.db_url`, `.rows(sql, *args)`,
+`.wait_cdr(call_uuid)` (the `calls` row as a dict), `.wait_until(pred, what=...)`.
+`make_rs_daemon(extra_env={...}, world_toml=...)` starts one with other settings (one per
+test: it binds the switch's dialplan port). The daemon must exit 0 on SIGTERM at teardown.
+
+`backend` (parametrised "sim" / "real") → the same scenario on the simulator (`start_switch`
+from tests/conftest.py) and on the real switch: see backends.py (`set_carrier`, `call`,
+`invites`, `db_url`, `daemon`).
+
+Nothing survives the session: FreeSWITCH, every sipp and every daemon are stopped in
+teardown (and at interpreter exit if a teardown never ran).
+"""
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+
+import pytest
+
+from . import fsharness, world
+from .backends import RealBackend, SimBackend, RsDaemon
+
+SKIP_REASON = fsharness.skip_reason()
+ESL_PASSWORD = "rs-secret"
+
+
+def pytest_collection_modifyitems(config, items):
+    if SKIP_REASON is None:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("realswitch"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def _realswitch_session(tmp_path_factory):
+    if SKIP_REASON:
+        pytest.skip(SKIP_REASON)
+    switch = fsharness.RealSwitch(tmp_path_factory.mktemp("realswitch"), esl_password=ESL_PASSWORD)
+    atexit.register(switch.stop)
+    switch.start()
+    yield switch
+    switch.stop()
+    atexit.unregister(switch.stop)
+
+
+@pytest.fixture
+def realswitch(_realswitch_session):
+    """The session's FreeSWITCH, reset for this test (see the module docstring)."""
+    _realswitch_session.reset()
+    return _realswitch_session
+
+
+@pytest.fixture
+def rs_world_url(migrated_pg_url, tmp_path):
+    from switchd.provision import provision
+    from switchd.rates_import import import_rates
+    world_path, decks = world.write(tmp_path / "world")
+    provision(migrated_pg_url, world_path)
+    for carrier, path in decks.items():
+        import_rates(migrated_pg_url, path, carrier)
+    return migrated_pg_url
+
+
+@pytest.fixture
+def make_rs_daemon(realswitch, rs_world_url, tmp_path):
+    """Start `switchd run` against the real switch: make_rs_daemon(extra_env=None,
+    world_toml=None, require_ready=True). `world_toml` re-provisions the world first."""
+    started: list[RsDaemon] = []
+
+    def make(extra_env: dict | None = None, world_toml: str | None = None,
+             require_ready: bool = True) -> RsDaemon:
+        if world_toml is not None:
+            from switchd.provision import provision
+            provision(rs_world_url, world.write(tmp_path / f"world-{len(started)}", world_toml)[0])
+        daemon = RsDaemon.start(realswitch, rs_world_url, tmp_path / f"daemon-{len(started)}",
+                                extra_env, require_ready)
+        started.append(daemon)
+        return daemon
+    yield make
+    codes = [(d, d.process.terminate()) for d in started]
+    for d, rc in codes:
+        assert rc == 0, f"switchd exited {rc} on SIGTERM:\n{d.process.log()[-3000:]}"
+
+
+@pytest.fixture
+def rs_daemon(make_rs_daemon):
+    return make_rs_daemon()
+
+
+@pytest.fixture(params=["sim", pytest.param("real", marks=pytest.mark.realswitch)])
+def backend(request, rs_world_url):
+    """One scenario, two switches: the simulator and the real FreeSWITCH."""
+    if request.param == "sim":
+        sim, daemon = request.getfixturevalue("start_switch")(rs_world_url)
+        return SimBackend(sim, daemon, rs_world_url)
+    return RealBackend(request.getfixturevalue("realswitch"), request.getfixturevalue("rs_daemon"))
