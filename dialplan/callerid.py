@@ -7,9 +7,11 @@ sofia's status 900. The router therefore always sets `effective_caller_id_name` 
 `effective_caller_id_number` to the values below, which sofia puts in the From header.
 
 Name: percent-encoded control characters (`%0A`, `%0d`, ...) and then every `%` removed,
-anything but letters, digits, marks, spaces and `. - _ ( ) & + * # ! ? : / @` dropped
+anything but letters, digits, marks, spaces and `. - _ ( ) & + #` dropped
 (quotes, angle brackets, `$`, braces, backslashes, control characters, the replacement
 character left by undecodable bytes), spaces collapsed, cut to MAX_NAME characters.
+(`:` is not kept: seen on FreeSWITCH 1.10.12, sofia cuts a display name at its colon,
+`a b X-Evil: 1` reached the carrier as `" 1"`.)
 Number: visual separators (space . - ( )) removed; a `+` and 2-20 digits is kept, anything
 else becomes ANONYMOUS (the call still routes; RFC 3323's anonymous user). An empty name
 becomes the number.
@@ -24,7 +26,7 @@ __all__ = ["sanitise_name", "sanitise_number", "caller_id", "MAX_NAME", "ANONYMO
 MAX_NAME = 48
 ANONYMOUS = "anonymous"
 _ENCODED_CONTROL = re.compile(r"%(?:[01][0-9a-f]|7f)", re.IGNORECASE)
-_KEEP_PUNCT = frozenset(" .-_()&+*#!?:/@")
+_KEEP_PUNCT = frozenset(" .-_()&+#")
 _SEPARATORS = str.maketrans("", "", " .-()")
 _NUMBER = re.compile(r"\+?[0-9]{2,20}")
 

@@ -125,6 +125,8 @@ def test_hostile_names_come_out_safe(name):
 
 def test_names_keep_what_is_harmless():
     assert callerid.sanitise_name("José O'Neil (Sales) #2") == "José ONeil (Sales) #2"
+    assert callerid.sanitise_name("a b X-Evil: 1") == "a b X-Evil 1"     # sofia cuts at ':'
+    assert callerid.sanitise_name("A.B-C_D (E) & F + G # H!?*:/@") == "A.B-C_D (E) & F + G # H"
     assert callerid.sanitise_name('Bad \\"q\\" <x>') == "Bad q x"
     assert callerid.sanitise_name("a%0Ab") == "a b"
 
