@@ -14,10 +14,13 @@ import random
 import threading
 import time
 
+import pytest
 import redis
 
 from switchd.caps import Scope
 from switchd.caps.redis_backend import RedisCaps
+
+pytestmark = pytest.mark.slow
 
 CAP = 5
 PROCESSES = 4

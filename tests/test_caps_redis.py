@@ -25,13 +25,19 @@ def _caps(url, **kw) -> RedisCaps:
 
 
 def test_leases_run_on_redis_time(redis_url):
-    caps = _caps(redis_url, ttl=0.3, node_id="n1")  # no injected clock: Redis TIME
+    """No injected clock (Redis TIME). c1 is acquired first and kept refreshed; c2 is left
+    to expire. Decided by polling Redis, not by sleeps with 0.1 s margins: c1 must still be
+    held when c2 is gone (without the refresh it would have expired first)."""
+    caps = _caps(redis_url, ttl=0.5, node_id="n1")
     assert caps.acquire("c1", [C]) and caps.acquire("c2", [C])
     assert not caps.acquire("c3", [C])
-    time.sleep(0.2)
-    assert caps.refresh(["c1"]) == []
-    time.sleep(0.2)  # c2 expired, c1 was refreshed 0.2 s ago
-    assert caps.count(C) == 1 and caps.held("c2") is None
+    deadline = time.monotonic() + 10
+    while caps.held("c2") is not None:
+        assert caps.refresh(["c1"]) == []
+        assert time.monotonic() < deadline, "c2's lease never expired"
+        time.sleep(0.05)
+    assert caps.held("c1") is not None
+    assert caps.count(C) == 1
     assert caps.acquire("c3", [C])
 
 

@@ -14,7 +14,10 @@ from switchd.rates_import import import_rates
 
 HEADER = "prefix,rate_per_min,connect_fee,initial_increment,subsequent_increment," \
          "effective_from,effective_to\n"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(timezone.utc)       # for decks imported "now" by the tests below
+# A pinned instant inside the windowed row's validity: the lookup is pure, so the test
+# must not depend on the day it runs (before 2026-01-01 `NOW` fell outside the window).
+AT = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
@@ -39,13 +42,13 @@ def test_load_deck_matches_rows_across_chunks(db, tmp_path):
         deck = load_deck(conn, "acme")
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert len(deck) == 14 and deck.rows == 15
-    assert deck.lookup("442079", NOW).prefix == "4420"
-    promo = deck.lookup("4412", NOW)
+    assert deck.lookup("442079", AT).prefix == "4420"
+    promo = deck.lookup("4412", AT)
     assert (promo.rate_per_min, promo.initial_increment) == (Decimal("0.05"), 1)
     assert deck.lookup("4412", datetime(2025, 1, 1, tzinfo=timezone.utc)).rate_per_min \
         == Decimal("0.7")
-    assert deck.lookup("9912", NOW).rate_per_min == Decimal("0.7")
-    assert deck.lookup("0", NOW) is None
+    assert deck.lookup("9912", AT).rate_per_min == Decimal("0.7")
+    assert deck.lookup("0", AT) is None
 
 
 def test_live_deck_is_greatest_start_not_after_at(db, tmp_path):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -33,7 +35,7 @@ def test_success_and_failure_steps():
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         CarrierHealth().score = 5  # type: ignore[misc]
 
 

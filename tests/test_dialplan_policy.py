@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -40,7 +42,7 @@ def test_catalogue():
         assert (REFUSALS[reason].sip_code, REFUSALS[reason].cause) == (code, cause)
     for r in REFUSALS.values():
         assert r.cause in FREESWITCH_CAUSES
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         REFUSALS["no_route"].sip_code = 200  # type: ignore[misc]
     assert refusal("no_route", "x").detail == "x"
 

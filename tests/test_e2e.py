@@ -12,7 +12,21 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from switchd.sim import GatewayBehaviour
-from daemon_harness import rows
+from daemon_harness import metric, rows
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow
+
+
+def _sample(daemon, name, **labels):
+    """The value of one sample of `name` on /metrics, or None when it has none."""
+    status, text = daemon.get("/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
 
 
 def _call_row(url, call_uuid):
@@ -80,7 +94,9 @@ def test_busy_callee_does_not_fail_over_or_blame_the_carrier(switch, world_url):
     assert call.wait(30) and call.result == "failed"
     row = _wait_cdr(daemon, world_url, call.uuid)
     assert row[2] == 1 and row[0] == "budgetel" and row[5] is False and row[4] == 0
-    assert rows(world_url, "SELECT health FROM carriers WHERE name = 'budgetel'")[0][0] == 100
+    # The live score, not the table (persisted every 2 s, so it reads 100 either way): the
+    # daemon moves the gauge in the same handler, before it queues the CDR read above.
+    assert _sample(daemon, "switchd_carrier_health", carrier="budgetel") in (None, 100.0)
 
 
 @pytest.mark.parametrize("dialled, accountcode, code", [
@@ -100,6 +116,10 @@ def test_refusals_answer_the_right_sip_code(switch, world_url, dialled, accountc
     assert decisions[0][0] == "refused" and decisions[0][1] == code, decisions
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "switchd defect (issue 8, helper dids-gw): a DID to an extension answers `transfer "
+    "<ext> XML default`; FreeSWITCH (and now the simulator) asks again for <ext> in context "
+    "default, and switchd refuses that lookup ('unknown DID')"))
 def test_inbound_did_reaches_the_tenant_extension(switch, world_url):
     sim, daemon = switch
     call = sim.place_call("+442079460100", caller="+12125550199", hold_seconds=20)
@@ -123,5 +143,6 @@ def test_live_calls_are_listed_and_metrics_move(switch, world_url):
     sim.kill_call(call.uuid)
     assert call.wait(30)
     _wait_cdr(daemon, world_url, call.uuid)
-    status, text = daemon.get("/metrics")
-    assert status == 200 and "switchd_calls_total" in text and "switchd_routing_decision_seconds" in text
+    # Samples, not names: the HELP line names every metric before anything is counted.
+    assert metric(daemon, "switchd_calls_total") >= 1
+    assert metric(daemon, "switchd_routing_decision_seconds_count") >= 1

@@ -21,6 +21,8 @@ from switchd.rates_import import import_rates
 from switchd.sim import GatewayBehaviour, Simulator
 from daemon_harness import DaemonProcess, metric, rows
 
+pytestmark = pytest.mark.slow
+
 PASSWORD = "faults-secret"
 ANSWERING = GatewayBehaviour(answer_delay_s=1.0)
 TENANT_CAP = 3
@@ -231,13 +233,12 @@ def test_stalled_switch_is_detected_recycled_and_nothing_hangs(make_switch, worl
     _wait_answered(daemon, [call])
     timeouts = metric(daemon, "switchd_esl_command_errors_total", reason="timeout")
 
-    stalled_at = time.monotonic()
     sim.stall()
     body = daemon.wait_until(lambda: _not_ready_on_esl(daemon), timeout=20,
                              what="stall detected (/readyz 503 naming esl)")
-    detected_after = time.monotonic() - stalled_at
-    assert 9 < detected_after < 16, detected_after      # probe at 10.5 s + 1 s, not 21 s
-    assert "heartbeat timeout" in daemon.log()
+    # Detected by the liveness probe (at half the timeout), not by the 21 s deadline: the
+    # supervisor says which, instead of a wall-clock window deciding it.
+    assert "no reply to a probe within" in daemon.log()
     assert daemon.get("/healthz")[0] == 200 and daemon.get("/v1/calls")[0] == 200, body
     assert metric(daemon, "switchd_esl_command_errors_total", reason="timeout") > timeouts
 

@@ -14,6 +14,8 @@ import pytest
 
 from switchd.sim import GatewayBehaviour
 
+pytestmark = pytest.mark.slow
+
 
 def _post(daemon, payload, timeout=60):
     def call():
@@ -49,6 +51,10 @@ def test_originate_routes_by_lcr_and_bills(switch, world_url):
     assert row[2] > 0
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "switchd defect (issue 8): originate puts origination_uuid in the call-wide {} block, so "
+    "FreeSWITCH (and now the simulator) fails the second gateway 'Duplicate UUID!' and the "
+    "job ends -ERR DESTINATION_OUT_OF_ORDER instead of the last carrier's cause"))
 def test_failed_originate_releases_its_slots(switch, world_url):
     sim, daemon = switch
     for gw in ("budgetel_gw1", "globex_gw1", "globex_gw2", "primo_gw1"):

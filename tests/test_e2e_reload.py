@@ -5,13 +5,18 @@ import signal
 
 import psycopg
 
+import pytest
+
 from switchd.provision import provision
 from switchd.rates_import import import_rates
+
+pytestmark = pytest.mark.slow
 
 
 def _decision(url, call_uuid):
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT result, chosen FROM routing_decisions WHERE call_uuid = %s",
+        row = conn.execute("SELECT result, chosen FROM routing_decisions WHERE call_uuid = %s "
+                           "ORDER BY created_at LIMIT 1",   # the call's first lookup
                            (call_uuid,)).fetchone()
     return row
 
@@ -51,8 +56,20 @@ def test_provisioned_did_works_without_restart_and_sighup_keeps_serving(switch, 
         got = daemon.wait_until(lambda: _decision(world_url, call.uuid), what="decision")
         return got[0] == "routed"
     daemon.wait_until(did_routed, timeout=20, what="new DID routed")
+
+    # A DID written behind the daemon's back (no NOTIFY): only a reload can show it.
+    with psycopg.connect(world_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO dids (number, tenant_id, destination_type, destination) "
+                     "SELECT '+442079460198', id, 'extension', '2001' FROM tenants "
+                     "WHERE name = 'acme'")
+
+    def routed(number):
+        call = sim.place_call(number, caller="+12125550100", hold_seconds=3)
+        call.wait(30)
+        return daemon.wait_until(lambda: _decision(world_url, call.uuid), what="decision")[0]
+    assert routed("+442079460198") == "refused"          # not seen without a reload
     daemon.proc.send_signal(signal.SIGHUP)
-    call = sim.place_call("+442079460199", caller="+12125550100", hold_seconds=3)
-    assert call.wait(30)
-    assert daemon.wait_until(lambda: _decision(world_url, call.uuid))[0] == "routed"
+    daemon.wait_until(lambda: routed("+442079460198") == "routed", timeout=20,
+                      what="the DID inserted behind the daemon's back routed after SIGHUP")
+    assert routed("+442079460199") == "routed"           # and the rest still served
     assert daemon.proc.poll() is None and daemon.get("/readyz")[0] == 200

@@ -202,7 +202,17 @@ def test_event_without_uuid_and_foreign_events():
 
 
 def test_registry_error_is_the_internal_signal():
-    assert issubclass(RegistryError, Exception)
+    """_apply raises RegistryError for what cannot apply; apply() counts it, never raises."""
+    events = channel_events("a")
+    reg, _ = run(events)
+    done = next(e for e in events if e.name == "CHANNEL_HANGUP_COMPLETE")
+    answer_again = next(e for e in events if e.name == "CHANNEL_ANSWER" and e.uuid == done.uuid)
+    with pytest.raises(RegistryError, match="without Unique-ID"):
+        reg._apply(replace(answer_again, uuid=""))
+    with pytest.raises(RegistryError, match="impossible"):
+        reg._apply(answer_again)
+    rejected = reg.counters["rejected"]
+    assert reg.apply(answer_again) == [] and reg.counters["rejected"] == rejected + 1
 
 
 @pytest.mark.parametrize("via", ["Old-Unique-ID", "old_unique_id", "other_leg"])

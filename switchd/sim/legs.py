@@ -77,6 +77,7 @@ class SimLeg:
     hangup_us: int = 0
     cause: str | None = None
     sip_status: int | None = None
+    proto_cause: bool = True          # sip_status came from the far end (not our CANCEL)
 
     @property
     def live(self) -> bool:
@@ -140,9 +141,14 @@ def hangup_fields(leg: SimLeg) -> dict[str, str | None]:
         "variable_sip_term_cause": str(Q850.get(cause, 16)),
         "Answer-State": "hangup",
     }
+    if sip is None and leg.role != "a" and not leg.answered_us:
+        # The leg never had a SIP final answer (e.g. GATEWAY_DOWN, a kill while ringing).
+        for name in ("variable_sip_term_status", "variable_proto_specific_hangup_cause",
+                     "variable_sip_invite_failure_status", "variable_sip_invite_failure_phrase"):
+            out[name] = None
     if sip is not None:
         out["variable_sip_term_status"] = str(sip)
-        out["variable_proto_specific_hangup_cause"] = f"sip:{sip}"
+        out["variable_proto_specific_hangup_cause"] = f"sip:{sip}" if leg.proto_cause else None
         if not leg.answered_us:
             out["variable_sip_invite_failure_status"] = str(sip)
             out["variable_sip_invite_failure_phrase"] = PHRASE.get(sip, "Unknown")
@@ -170,8 +176,11 @@ def leg_event(key: str, leg: SimLeg, other: SimLeg | None, *, core_uuid: str, ts
     overrides.update({k: v for k, v in own})
     inserts: dict[str, list[tuple[str, str]]] = {}
     if leg.role == "a":
-        inserts["@@SETVARS@@"] = [(f"variable_{k}", v) for k, v in set_vars or []]
-        inserts["variable_sip_from_host"] = own
+        setv = [(f"variable_{k}", v) for k, v in set_vars or []]
+        overrides.update(dict(setv))
+        inserts["@@SETVARS@@"] = setv
+        names_set = {k for k, _ in setv}
+        inserts["variable_sip_from_host"] = [(k, v) for k, v in own if k not in names_set]
     else:
         inserts["variable_sip_destination_url"] = own
     # Variables already in the template were overridden in place; do not repeat them.

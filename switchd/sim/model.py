@@ -15,8 +15,12 @@ class GatewayBehaviour:
     """How the carrier behind a sofia gateway answers a leg.
 
     fail_cause: always fail with this cause (e.g. 'NORMAL_TEMPORARY_FAILURE', 'USER_BUSY');
-    fail_rate: otherwise fail with probability fail_rate (seeded) with fail_cause or
-    NORMAL_TEMPORARY_FAILURE; sip_status: the SIP code of the failure (default by cause);
+    the carrier answers the SIP code sofia maps back to it (causes.CARRIER_SIP), or nothing
+    at all for a cause no SIP answer gives (DESTINATION_OUT_OF_ORDER, GATEWAY_DOWN, ...).
+    sip_status: the carrier's SIP final answer; the leg's cause is then sofia's mapping of
+    it (403 → CALL_REJECTED, 480 → NO_USER_RESPONSE, ...). Alone (fail_rate 0) every leg
+    fails with it; with fail_rate, only the seeded fraction does. fail_rate: fail with this
+    probability (seeded), with sip_status, or fail_cause, or 503;
     answer_delay_s / fail_delay_s: simulated seconds from INVITE to answer / to failure;
     ignore_sched_hangup: the A-leg's sched_hangup never fires (for watchdog tests).
     """
@@ -26,6 +30,17 @@ class GatewayBehaviour:
     fail_delay_s: float = 0.5
     fail_rate: float = 0.0
     ignore_sched_hangup: bool = False
+
+    def __post_init__(self) -> None:
+        from switchd.sim import causes
+        if self.fail_cause is not None and self.fail_cause not in causes.CAUSES:
+            raise ValueError(f"unknown FreeSWITCH cause {self.fail_cause!r}")
+        if self.sip_status is not None and not 300 <= self.sip_status <= 699:
+            raise ValueError(f"sip_status must be a final failure code, got {self.sip_status}")
+        if (self.fail_cause and self.sip_status
+                and causes.sip_to_cause(self.sip_status) != self.fail_cause):
+            raise ValueError(f"sofia maps SIP {self.sip_status} to "
+                             f"{causes.sip_to_cause(self.sip_status)}, not {self.fail_cause}")
 
 
 def seeded_uuid(rng: random.Random) -> str:
@@ -53,6 +68,11 @@ class SimCall:
     sched_at_us: int | None = None     # pending sched_hangup (simulated time)
     sched_cause: str = "ALLOTTED_TIMEOUT"
     kill: tuple[str, str] | None = None    # (leg uuid, cause) from uuid_kill
+    set_vars: list[tuple[str, str]] = field(default_factory=list)   # A-leg, set by the dialplan
+    exports: list[tuple[str, str]] = field(default_factory=list)    # exported to bridge legs
+    lookups: list[tuple[str, str, str]] = field(default_factory=list)  # (dest, context, source)
+    refused_sip: int | None = None     # sofia refused the INVITE itself (sessions-per-second)
+    caller_name: str | None = None     # the caller's display name (default: the number)
     ignore_sched: bool = False
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     done: gevent.event.Event = field(default_factory=gevent.event.Event)

@@ -3,16 +3,38 @@
 Each call runs in its own greenlet, draws its UUIDs and outcomes from its own seeded RNG
 (so concurrency never changes what a seed produces), and sleeps on the SimClock between
 events. uuid_kill and sched_hangup wake it through SimCall.wake.
+
+An inbound call runs its dialplan the way FreeSWITCH 1.10.12 does: mod_xml_curl lookup,
+mod_dialplan_xml hunt (switchd/sim/dialplan.py), then the applications in order (`set`,
+`export`, `unset`, `bridge`, `transfer`, `respond`, `hangup`, `sched_hangup`, ...). A failed
+`bridge` sets the caller's outcome variables and continues only as
+switch_channel_handle_cause() allows; a `transfer` is a new lookup.
 """
 from __future__ import annotations
 
+from switchd.sim import causes as C
+from switchd.sim import dialplan, xmlcurl
 from switchd.sim import legs as L
-from switchd.sim import xmlcurl
 from switchd.sim.legs import SimLeg
 from switchd.sim.model import GatewayBehaviour, SimCall, seeded_uuid
 
 SETUP_US = 20_000          # INVITE → CHANNEL_CREATE of the next leg, simulated
 A_NAME = "sofia/local/{caller}@127.0.0.1:5060"
+ORIGINATE_TIMEOUT_S = 60.0  # switch_ivr_originate.c: timelimit_sec when originate_timeout is unset
+MAX_FORWARDS = 70           # switch_ivr_session_transfer(): forwardval default
+# Applications that do nothing the simulator shows (no media, no logs).
+_QUIET_APPS = frozenset({"log", "info", "answer", "pre_answer", "ring_ready", "sleep",
+                         "playback", "set_profile_var", "event", "hash", "limit", "db",
+                         "park", "echo", "endless_playback", "export_vars", "multiset"})
+# Variables a failed bridge leaves on the caller (cleared when no bridge ever ran).
+_OUTCOME_HEADERS = ("variable_last_bridge_hangup_cause",
+                    "variable_last_bridge_proto_specific_hangup_cause",
+                    "variable_originate_disposition", "variable_DIALSTATUS",
+                    "variable_originate_causes", "variable_originated_legs")
+
+
+class _Done(Exception):
+    """The A-leg has hung up: the dialplan stops."""
 
 
 class Player:
@@ -38,54 +60,246 @@ class Player:
     def behaviour(self, gateway: str | None) -> GatewayBehaviour:
         return self.sim.gateway_behaviour(gateway)
 
-    def _outcome(self, call: SimCall, beh: GatewayBehaviour, timeout_s: float | None):
-        """('answer', delay_s, None, 200) or ('fail', delay_s, cause, sip)."""
+    def _outcome(self, call: SimCall, beh: GatewayBehaviour, leg_timeout: float | None,
+                 timelimit: float):
+        """(kind, delay_s, cause, sip, proto): kind 'answer' or 'fail'; `proto` is whether
+        the carrier's SIP code becomes the leg's proto_specific_hangup_cause."""
         draw = call.rng.random()          # always drawn: outcomes stay seed-stable
-        if beh.fail_cause or draw < beh.fail_rate:
-            cause = beh.fail_cause or "NORMAL_TEMPORARY_FAILURE"
-            return "fail", beh.fail_delay_s, cause, beh.sip_status or L.CAUSE_SIP.get(cause)
-        if timeout_s is not None and beh.answer_delay_s > timeout_s:
-            return "fail", timeout_s, "NO_ANSWER", 487
-        return "answer", beh.answer_delay_s, None, 200
+        kind, delay, cause, sip = "answer", beh.answer_delay_s, None, 200
+        if beh.fail_cause or (beh.sip_status and not beh.fail_rate) or draw < beh.fail_rate:
+            sip = beh.sip_status or (C.CARRIER_SIP.get(beh.fail_cause) if beh.fail_cause else 503)
+            cause = C.sip_to_cause(sip) if sip else beh.fail_cause
+            kind, delay = "fail", beh.fail_delay_s
+        if leg_timeout is not None and delay > leg_timeout and leg_timeout <= timelimit:
+            # per-leg limit: FreeSWITCH hangs the ringing leg up ALLOTTED_TIMEOUT and
+            # CANCELs it; the carrier's 487 is the leg's status, not the caller's cause.
+            return "fail", leg_timeout, "ALLOTTED_TIMEOUT", 487, False
+        if delay > timelimit:
+            return "fail", timelimit, "NO_ANSWER", 487, False
+        return kind, delay, cause, sip, kind == "fail" and sip is not None
+
+    @staticmethod
+    def _timeouts(global_vars: dict, leg_vars: dict) -> tuple[float | None, float]:
+        def num(text):
+            try:
+                return float(text) if text not in (None, "") else None
+            except ValueError:
+                return None
+        leg = num(leg_vars.get("leg_timeout", global_vars.get("leg_timeout")))
+        overall = num(global_vars.get("originate_timeout"))
+        return (leg if leg and leg > 0 else None,
+                overall if overall and overall > 0 else ORIGINATE_TIMEOUT_S)
+
+    # -- channel variables of the A-leg ------------------------------------------------
+    @staticmethod
+    def getvar(call: SimCall, a: SimLeg, name: str) -> str | None:
+        for k, v in reversed(call.set_vars):
+            if k == name:
+                return v
+        return a.var(name)
+
+    @staticmethod
+    def setvar(call: SimCall, a: SimLeg, name: str, value: str | None) -> None:
+        """switch_channel_set_variable(): replace in place, or add at the end; None unsets."""
+        for lst in (call.set_vars, a.vars):
+            lst[:] = [(k, v) for k, v in lst if k != name]
+        if value is not None:
+            call.set_vars.append((name, value))
+
+    def all_vars(self, call: SimCall, a: SimLeg) -> list[tuple[str, str]]:
+        names = {k for k, _ in call.set_vars}
+        return [(k, v) for k, v in a.vars if k not in names] + list(call.set_vars)
 
     # -- inbound call -----------------------------------------------------------------
     def run_inbound(self, call: SimCall, call_vars: list[tuple[str, str]],
                     form_overrides: dict[str, str]) -> None:
         sim = self.sim
         t = self.clock.now_us()
+        if not sim.take_session(t):
+            # sofia answers 503 "Maximum Calls In Progress" before any channel exists.
+            call.result, call.refused_sip = "refused", 503
+            return
         a = SimLeg(uuid=call.uuid, role="a", number=call.destination, caller=call.caller,
                    call_uuid=call.uuid, vars=list(call_vars), created_us=t)
         call.a_leg = a
         sim.register(a, call)
         self.emit(call, "a.CHANNEL_CREATE", a, None, t)
-        body = xmlcurl.build_form(a, core_uuid=sim.core_uuid, seq=sim.next_seq(), ts_us=t,
-                                  call_vars=[(f"variable_{k}", v) for k, v in call_vars],
-                                  overrides=form_overrides)
-        route, source, reason = xmlcurl.lookup(sim.dialplan_url, body, sim.dialplan_timeout)
-        call.route, call.route_source = route, source
-        sim.log_lookup(call, source, reason)
-        set_vars = route.set_vars + route.exports
-        a.vars += set_vars
-        t = max(t + SETUP_US, self.clock.now_us())
-        if route.bridge is None or route.respond or route.hangup_cause:
-            self._refuse(call, a, route, t)
+        destination, context, transferred = call.destination, "public", False
+        try:
+            while True:
+                form_vars = [(f"variable_{k}", v) for k, v in self.all_vars(call, a)]
+                body = xmlcurl.build_form(a, core_uuid=sim.core_uuid, seq=sim.next_seq(),
+                                          ts_us=t, call_vars=form_vars, overrides=form_overrides,
+                                          destination=destination if transferred else None,
+                                          context=context)
+                root, source, reason = xmlcurl.lookup(sim.dialplan_url, body,
+                                                      sim.dialplan_timeout)
+                call.route_source = source
+                call.lookups.append((destination, context, source))
+                sim.log_lookup(call, source, reason)
+                call.route = xmlcurl.RouteAnswer()
+                t = max(t + SETUP_US, self.clock.now_us())
+                fields = {"destination_number": destination, "context": context,
+                          "caller_id_number": call.caller, "caller_id_name": call.caller,
+                          "ani": call.caller, "uuid": a.uuid, "dialplan": "XML",
+                          "network_addr": "127.0.0.1", "source": "mod_sofia",
+                          "chan_name": A_NAME.format(caller=call.caller)}
+                actions = dialplan.hunt(root, context, fields,
+                                        lambda name: self._expand_var(call, a, name, fields))
+                if actions is None:
+                    self._end_alone(call, a, t, "NO_ROUTE_DESTINATION")
+                nxt = self._execute(call, a, actions, context, t)
+                destination, context, t = nxt
+                transferred = True
+        except _Done:
             return
-        global_vars, dial_legs = xmlcurl.parse_dial_string(route.bridge)
-        exported = list(route.exports)
-        answered = None
-        for dleg in dial_legs:
+
+    def _expand_var(self, call, a, name, fields) -> str | None:
+        value = self.getvar(call, a, name)
+        if value is None and name in fields:
+            return fields[name]
+        if value is None and name == "uuid":
+            return a.uuid
+        return value
+
+    def _execute(self, call: SimCall, a: SimLeg, actions, context: str, t: int):
+        """Run the applications; returns (destination, context, t) of a transfer, or raises
+        _Done once the A-leg has hung up."""
+        route = call.route
+        fields = {"destination_number": a.number, "context": context}
+        for app, raw in actions:
+            data = dialplan.expand(raw, lambda n: self._expand_var(call, a, n, fields))
+            if app == "set":
+                name, _, value = data.partition("=")
+                self.setvar(call, a, name, value if value != "" else None)
+                route.set_vars.append((name, value))
+                if name == "execute_on_answer" and value.startswith("sched_hangup"):
+                    parts = value.split()
+                    route.sched_hangup = (parts[1] if len(parts) > 1 else "",
+                                          parts[2] if len(parts) > 2 else "ALLOTTED_TIMEOUT")
+            elif app == "export":
+                name, _, value = data.partition("=")
+                local = not name.startswith("nolocal:")
+                name = name.removeprefix("nolocal:")
+                if local:
+                    self.setvar(call, a, name, value)
+                call.exports = [(k, v) for k, v in call.exports if k != name] + [(name, value)]
+                route.exports.append((name, value))
+            elif app == "unset":
+                self.setvar(call, a, data.strip(), None)
+            elif app == "bridge":
+                if route.bridge is None:
+                    route.bridge = data
+                cause = self._bridge(call, a, data, t)      # raises _Done when answered
+                t = self.clock.now_us()
+                if not self._continue_on_fail(call, a, cause):
+                    self._end_alone(call, a, t, cause)
+            elif app == "transfer":
+                parts = data.split()
+                if not parts:
+                    continue
+                forwards = self._forwards(call, a)
+                if forwards <= 0:
+                    self._end_alone(call, a, t, "EXCHANGE_ROUTING_ERROR")
+                new_ctx = parts[2] if len(parts) > 2 else context
+                self.setvar(call, a, "max_forwards", str(forwards))
+                source = (f"{t // 1_000_000}:{a.uuid}:bl_xfer:{parts[0]}/{new_ctx}/"
+                          f"{parts[1] if len(parts) > 1 else 'XML'}")
+                history = self.getvar(call, a, "transfer_history")
+                self.setvar(call, a, "transfer_history",
+                            source if history is None else f"ARRAY::{history.removeprefix('ARRAY::')}|:{source}")
+                self.setvar(call, a, "transfer_source", source)
+                return parts[0], new_ctx, max(t + SETUP_US, self.clock.now_us())
+            elif app == "respond":
+                code_text, _, phrase = data.strip().partition(" ")
+                try:
+                    code = int(code_text)
+                except ValueError:
+                    continue
+                if route.respond is None:
+                    route.respond = (code, phrase)
+                if code >= 300:
+                    self._end_alone(call, a, t, C.sip_to_cause(code), sip=code)
+            elif app == "hangup":
+                if route.hangup_cause is None:
+                    route.hangup_cause = C.str2cause(data)
+                self._end_alone(call, a, t, C.str2cause(data))
+            elif app == "sched_hangup":
+                parts = data.split()
+                when = C.sched_when_us(parts[0] if parts else "", t)
+                cause = C.str2cause(parts[1]) if len(parts) > 1 else "ALLOTTED_TIMEOUT"
+                if when <= t:
+                    self._end_alone(call, a, t, cause)
+                call.sched_at_us, call.sched_cause = when, cause
+            elif app in _QUIET_APPS:
+                continue
+            else:
+                # switch_core_session_execute_application: "Invalid Application"
+                self._end_alone(call, a, t, "DESTINATION_OUT_OF_ORDER")
+        # The extension ran out of applications: the channel hangs up.
+        self._end_alone(call, a, t, "NORMAL_CLEARING")
+
+    def _forwards(self, call, a) -> int:
+        for name in ("max_session_transfers", "max_forwards"):
+            value = self.getvar(call, a, name)
+            if value:
+                try:
+                    return int(value) - 1
+                except ValueError:
+                    return -1
+        return MAX_FORWARDS - 1
+
+    def _continue_on_fail(self, call: SimCall, a: SimLeg, cause: str) -> bool:
+        """switch_channel_handle_cause(): may the dialplan go on after a failed bridge?"""
+        if cause == "ATTENDED_TRANSFER":
+            return False
+        cof = self.getvar(call, a, "continue_on_fail")
+        failure_causes = self.getvar(call, a, "failure_causes")
+        if cof is None and failure_causes is None:
+            return cause in ("NO_ANSWER", "NO_USER_RESPONSE", "ORIGINATOR_CANCEL")
+        if failure_causes is not None and not C.in_cause_list(cause, failure_causes):
+            return True
+        if cof is not None:
+            return C.true(cof) or C.in_cause_list(cause, cof)
+        return False
+
+    # -- bridge -----------------------------------------------------------------------
+    def _bridge(self, call: SimCall, a: SimLeg, dial: str, t: int) -> str:
+        """Play one `bridge`: its `|` legs in order. Answered → the call is played to its
+        end and _Done is raised; otherwise the caller's outcome variables are set and the
+        originate cause is returned."""
+        sim = self.sim
+        global_vars, dial_legs = xmlcurl.parse_dial_string(dial)
+        gv = dict(global_vars)
+        reject = gv.get("fail_on_single_reject", self.getvar(call, a, "fail_on_single_reject"))
+        exported = list(call.exports)
+        cause = "DESTINATION_OUT_OF_ORDER" if not dial_legs else None
+        tried: list[SimLeg] = []
+        for index, dleg in enumerate(dial_legs):
             if call.kill:
                 break
-            b = SimLeg(uuid=seeded_uuid(call.rng), role="b", number=dleg.number,
+            leg_vars = dict(dleg.vars)
+            uuid = leg_vars.get("origination_uuid") or gv.get("origination_uuid")
+            if uuid and (sim.leg(uuid) is not None or uuid in {x.uuid for x in tried}) \
+                    or not sim.take_session(t):
+                # switch_core_session_request_uuid(): "Duplicate UUID!" or "Throttle
+                # Error!"; sofia cannot create the leg: no channel, no events.
+                cause = "DESTINATION_OUT_OF_ORDER"
+                continue
+            b = SimLeg(uuid=uuid or seeded_uuid(call.rng), role="b", number=dleg.number,
                        caller=call.caller, call_uuid=a.uuid, gateway=dleg.gateway,
                        vars=global_vars + exported + dleg.vars, created_us=t)
             call.legs.append(b)
+            tried.append(b)
             sim.register(b, call)
             self.emit(call, "b.CHANNEL_CREATE", b, a, t, extra={"variable_sip_gateway_name":
                                                                   dleg.gateway or ""})
             beh = self.behaviour(dleg.gateway)
-            timeout = dleg.var("leg_timeout") or dict(global_vars).get("originate_timeout")
-            kind, delay, cause, sip = self._outcome(call, beh, float(timeout) if timeout else None)
+            leg_timeout, timelimit = self._timeouts(gv, leg_vars)
+            kind, delay, cause, sip, proto = self._outcome(call, beh, leg_timeout, timelimit)
+            bad_from = C.unsendable_from(*self._from(call, a, gv, leg_vars))
+            if bad_from is not None:        # sofia fails the leg before any INVITE
+                kind, delay, (cause, sip), proto = "fail", 0.0, bad_from, bad_from[1] is not None
             t_next = t + int(delay * 1_000_000)
             if self.wait(call, t_next) and call.kill:
                 t = self.clock.now_us()
@@ -93,103 +307,124 @@ class Player:
                     # Only the ringing carrier leg was killed (e.g. switchd refusing a
                     # failover to a full carrier): that attempt fails with the kill's
                     # cause and the bridge goes on to its next gateway, as `|` does.
-                    b.cause, b.sip_status = call.kill[1], None
+                    cause = b.cause = C.str2cause(call.kill[1])
+                    b.sip_status = None
                     call.kill = None
-                    self._fail_leg(call, b, a, t)
+                    self._fail_leg(call, b, a, t, proto=False)
                     continue
-                b.cause, b.sip_status = "ORIGINATOR_CANCEL", 487
-                self._fail_leg(call, b, a, t)
+                cause = b.cause = "ORIGINATOR_CANCEL"
+                b.sip_status = 487
+                self._fail_leg(call, b, a, t, proto=False)
                 break
             t = t_next
             if kind == "fail":
                 b.cause, b.sip_status = cause, sip
-                self._fail_leg(call, b, a, t)
-                # FreeSWITCH reads it from the caller channel (a `set` in the dialplan) or
-                # the dial string, and matches the cause name as a substring (stristr).
-                reject = dict(set_vars + global_vars + dleg.vars).get("fail_on_single_reject", "")
-                if reject.lower() == "true" or (cause and cause.upper() in reject.upper()):
+                self._fail_leg(call, b, a, t, proto=proto)
+                if reject and not C.true(reject) and C.single_reject(cause, reject):
                     break
                 continue
-            answered = b
             call.ignore_sched = beh.ignore_sched_hangup
             b.sip_status = 200
             for leg in (a, b):
                 leg.progress_us = leg.progress_media_us = leg.answered_us = leg.bridged_us = t
+            set_vars = list(call.set_vars)
             self.emit(call, "b.CHANNEL_ANSWER", b, a, t)
             self.emit(call, "a.CHANNEL_ANSWER", a, b, t, set_vars=set_vars)
             self.emit(call, "a.CHANNEL_BRIDGE", a, b, t, set_vars=set_vars)
-            break
-        if answered is None:
-            self._all_failed(call, a, t, set_vars)
-            return
-        self._talk(call, a, answered, t, route, set_vars)
+            self._talk(call, a, b, t, call.route, set_vars)
+            raise _Done
+        if call.kill and call.kill[0] == a.uuid:
+            t = self.clock.now_us()
+            self._end_alone(call, a, t, C.str2cause(call.kill[1]))
+        cause = cause or "ORIGINATOR_CANCEL"
+        self._originate_failed(call, a, tried, cause)
+        return cause
 
-    def _refuse(self, call: SimCall, a: SimLeg, route, t: int) -> None:
-        if route.respond:
-            code = route.respond[0]
-            a.cause, a.sip_status = L.SIP_CAUSE.get(code, "NORMAL_UNSPECIFIED"), code
-        else:
-            a.cause = route.hangup_cause or "NORMAL_CLEARING"
-            a.sip_status = L.CAUSE_SIP.get(a.cause)
-        self._hangup_alone(call, a, t, route.set_vars + route.exports)
-        call.result = "refused"
+    def _from(self, call: SimCall, a: SimLeg, gv: dict, leg_vars: dict) -> tuple[str, str]:
+        """The caller ID name and number sofia puts in the carrier leg's From."""
+        def pick(kind: str, default: str) -> str:
+            for source in (leg_vars, gv):
+                if source.get(f"origination_caller_id_{kind}"):
+                    return source[f"origination_caller_id_{kind}"]
+            return self.getvar(call, a, f"effective_caller_id_{kind}") or default
+        return pick("name", call.caller_name or call.caller), pick("number", call.caller)
 
-    def _fail_leg(self, call: SimCall, b: SimLeg, a: SimLeg, t: int) -> None:
+    def _originate_failed(self, call: SimCall, a: SimLeg, tried: list[SimLeg], cause: str) -> None:
+        """The caller's variables after a failed originate (switch_ivr_originate.c,
+        mod_dptools bridge)."""
+        self.setvar(call, a, "originate_disposition", cause)
+        self.setvar(call, a, "DIALSTATUS", C.dialstatus(cause))
+        self.setvar(call, a, "originate_failed_cause", cause)
+        for name, value in self._originate_causes(tried).items():
+            self.setvar(call, a, name.removeprefix("variable_"), value)
+
+    def _fail_leg(self, call: SimCall, b: SimLeg, a: SimLeg, t: int, proto: bool) -> None:
         b.hangup_us = t
+        b.proto_cause = proto
         self.emit(call, "bfail.CHANNEL_HANGUP", b, a, t)
         self.emit(call, "bfail.CHANNEL_HANGUP_COMPLETE", b, a, t)
         self.sim.unregister(b)
+        # switch_channel_perform_hangup(): the partner (caller) learns the leg's cause, and
+        # its SIP code only when sofia had one at hangup (not for our own CANCEL).
+        self.setvar(call, a, "last_bridge_hangup_cause", b.cause)
+        if proto and b.sip_status is not None:
+            self.setvar(call, a, "last_bridge_proto_specific_hangup_cause", f"sip:{b.sip_status}")
+            self.setvar(call, a, "sip_invite_failure_status", str(b.sip_status))
+            self.setvar(call, a, "sip_invite_failure_phrase", L.PHRASE.get(b.sip_status, "Unknown"))
 
-    def _originate_causes(self, call: SimCall) -> dict[str, str]:
-        causes = [f"{b.uuid};{b.cause if not b.answered_us else 'NONE'}" for b in call.legs]
-        legs_ = [f"{b.uuid};Outbound Call;{b.number}" for b in call.legs]
+    @staticmethod
+    def _originate_causes(tried: list[SimLeg]) -> dict[str, str | None]:
+        causes = [f"{b.uuid};{b.cause if not b.answered_us else 'NONE'}" for b in tried]
+        legs_ = [f"{b.uuid};Outbound Call;{b.number}" for b in tried]
         if not causes:
             return {"variable_originate_causes": None, "variable_originated_legs": None}
         fmt = (lambda x: "ARRAY::" + "|:".join(x)) if len(causes) > 1 else (lambda x: x[0])
         return {"variable_originate_causes": fmt(causes), "variable_originated_legs": fmt(legs_)}
 
-    def _hangup_alone(self, call: SimCall, a: SimLeg, t: int, set_vars) -> None:
-        """A-leg ends without a bridged partner: refused, or every leg failed."""
+    def _end_alone(self, call: SimCall, a: SimLeg, t: int, cause: str,
+                   sip: int | None = None) -> None:
+        """The A-leg hangs up without a bridged partner (refused, no route, every leg
+        failed, hangup app) and the dialplan stops (_Done)."""
+        a.cause = cause
+        if sip is None:
+            ps = self.getvar(call, a, "last_bridge_proto_specific_hangup_cause") or ""
+            ignore = C.true(self.getvar(call, a, "sip_ignore_remote_cause"))
+            code = ps[4:] if ps.lower().startswith("sip:") and not ignore else ""
+            sip = int(code) if code.isdigit() and int(code) else C.hangup_sip(cause)
+        a.sip_status = sip
         a.hangup_us = t
-        last = call.legs[-1] if call.legs else None
-        extra = {**self._originate_causes(call), "Other-Leg-Unique-ID": None,
-                 "variable_bridge_uuid": None, "variable_last_bridge_to": None,
-                 "variable_bridge_channel": None, "variable_signal_bond": None,
-                 "variable_bridge_hangup_cause": None,
-                 "variable_last_bridge_hangup_cause": last.cause if last else None,
-                 "variable_originate_disposition": last.cause if last else None,
-                 "variable_DIALSTATUS": last.cause if last else None,
-                 "variable_endpoint_disposition": "EARLY MEDIA" if last else "DELAYED NEGOTIATION"}
+        extra: dict[str, str | None] = {h: None for h in _OUTCOME_HEADERS}
+        extra.update({"Other-Leg-Unique-ID": None, "variable_bridge_uuid": None,
+                      "variable_last_bridge_to": None, "variable_bridge_channel": None,
+                      "variable_signal_bond": None, "variable_bridge_hangup_cause": None,
+                      "variable_endpoint_disposition":
+                          "EARLY MEDIA" if call.legs else "DELAYED NEGOTIATION"})
+        set_vars = list(call.set_vars)
         self.emit(call, "a.CHANNEL_HANGUP", a, None, t, extra=extra, set_vars=set_vars)
         self.emit(call, "a.CHANNEL_HANGUP_COMPLETE", a, None, t, extra=extra, set_vars=set_vars)
         call.hangup_cause = a.cause
         self.sim.unregister(a)
-
-    def _all_failed(self, call: SimCall, a: SimLeg, t: int, set_vars) -> None:
-        # The bridge failed and the dialplan ran out: FreeSWITCH refuses the caller with
-        # the last leg's cause (originate_disposition).
-        last = call.legs[-1] if call.legs else None
-        a.cause = (call.kill[1] if call.kill and call.kill[0] == a.uuid else
-                   last.cause if last else "NORMAL_CLEARING")
-        a.sip_status = last.sip_status if last else None
-        self._hangup_alone(call, a, t, set_vars)
-        call.result = "failed"
+        call.result = "failed" if call.legs else "refused"
+        raise _Done
 
     def _talk(self, call: SimCall, a: SimLeg, b: SimLeg, t_ans: int, route, set_vars) -> None:
-        if route.sched_hangup and not call.ignore_sched:
-            when, cause = route.sched_hangup
-            call.sched_cause = cause
-            call.sched_at_us = (t_ans + int(float(when[1:]) * 1_000_000) if when.startswith("+")
-                                else int(float(when) * 1_000_000))   # bare N is an epoch
+        eoa = self.getvar(call, a, "execute_on_answer") or ""
+        if eoa.startswith("sched_hangup") and not call.ignore_sched:
+            parts = eoa.split()
+            call.sched_cause = C.str2cause(parts[2]) if len(parts) > 2 else "ALLOTTED_TIMEOUT"
+            call.sched_at_us = C.sched_when_us(parts[1] if len(parts) > 1 else "", t_ans)
+        elif call.ignore_sched:
+            call.sched_at_us = None
         t_end = t_ans + int(call.hold_seconds * 1_000_000)
         while True:
-            due = min(t_end, call.sched_at_us or t_end)
+            due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
             if call.kill:
                 break
             if not self.wait(call, due) and self.clock.now_us() >= due - 1:
                 break
         if call.kill:
             t, (killed, cause) = self.clock.now_us(), call.kill
+            cause = C.str2cause(cause)
         elif call.sched_at_us is not None and call.sched_at_us <= t_end:
             t, killed, cause = max(call.sched_at_us, t_ans), a.uuid, call.sched_cause
         else:
@@ -200,7 +435,7 @@ class Player:
         else:
             a.cause, b.cause = cause, "NORMAL_CLEARING"
             prefix = "sched." if cause != "NORMAL_CLEARING" else ""
-        oc = self._originate_causes(call)
+        oc = self._originate_causes(call.legs)
         a_extra = {**oc, "variable_bridge_hangup_cause": b.cause}
         b_extra = {"variable_bridge_hangup_cause": a.cause, "variable_last_bridge_hangup_cause": a.cause}
         self.emit(call, f"a.{prefix}CHANNEL_HANGUP", a, b, t, extra=a_extra, set_vars=set_vars)
@@ -216,32 +451,47 @@ class Player:
     # -- bgapi originate --------------------------------------------------------------
     def run_originate(self, call: SimCall, arg: str) -> str:
         """Play `originate <arg>`; return the job body as soon as it is known."""
+        sim = self.sim
         dial, _, app = arg.rpartition(" &") if " &" in arg else (arg, "", "park()")
         global_vars, dial_legs = xmlcurl.parse_dial_string(dial)
         gv = dict(global_vars)
+        reject = gv.get("fail_on_single_reject")
         t = self.clock.now_us()
-        for dleg in dial_legs:
+        cause = "DESTINATION_OUT_OF_ORDER"
+        for index, dleg in enumerate(dial_legs):
             if call.kill:
                 break
             vars_ = global_vars + dleg.vars
-            o = SimLeg(uuid=call.uuid, role="o", number=dleg.number,
+            lv = dict(dleg.vars)
+            uuid = lv.get("origination_uuid") or gv.get("origination_uuid")
+            # The session of an earlier leg of this originate still holds its UUID.
+            if uuid and (sim.leg(uuid) is not None or uuid in {x.uuid for x in call.legs}) \
+                    or not sim.take_session(t):
+                cause = "DESTINATION_OUT_OF_ORDER"      # "Duplicate UUID!" / throttled
+                continue
+            uuid = uuid or (call.uuid if index == 0 else seeded_uuid(call.rng))
+            o = SimLeg(uuid=uuid, role="o", number=dleg.number,
                        caller=gv.get("origination_caller_id_number", call.caller),
-                       caller_name=gv.get("origination_caller_id_name"), call_uuid=call.uuid,
+                       caller_name=gv.get("origination_caller_id_name"), call_uuid=uuid,
                        gateway=dleg.gateway, vars=vars_, created_us=t)
             call.legs.append(o)
-            self.sim.register(o, call)
+            sim.register(o, call)
             self.emit(call, "o.CHANNEL_CREATE", o, None, t)
             beh = self.behaviour(dleg.gateway)
-            timeout = dleg.var("leg_timeout") or gv.get("originate_timeout")
-            kind, delay, cause, sip = self._outcome(call, beh, float(timeout) if timeout else None)
+            leg_timeout, timelimit = self._timeouts(gv, lv)
+            kind, delay, cause, sip, _proto = self._outcome(call, beh, leg_timeout, timelimit)
             t += int(delay * 1_000_000)
             self.wait(call, t)
             if kind == "fail" or call.kill:
-                o.cause, o.sip_status = (cause, sip) if kind == "fail" else ("ORIGINATOR_CANCEL", 487)
+                if kind != "fail":
+                    cause, sip = "ORIGINATOR_CANCEL", 487
+                o.cause, o.sip_status = cause, sip
                 o.hangup_us = t
                 self.emit(call, "ofail.CHANNEL_HANGUP", o, None, t)
                 self.emit(call, "ofail.CHANNEL_HANGUP_COMPLETE", o, None, t)
-                self.sim.unregister(o)
+                sim.unregister(o)
+                if reject and not C.true(reject) and C.single_reject(cause, reject):
+                    break
                 continue
             o.progress_us = o.answered_us = t
             o.sip_status = 200
@@ -249,7 +499,7 @@ class Player:
             self.emit(call, "o.CHANNEL_ANSWER", o, None, t)
             self.sim.spawn(self._park, call, o, t, gv)
             return f"+OK {o.uuid}\n"
-        call.hangup_cause = call.legs[-1].cause if call.legs else "NORMAL_CLEARING"
+        call.hangup_cause = cause
         call.result = "failed"
         call.done.set()
         return f"-ERR {call.hangup_cause}\n"
@@ -258,17 +508,17 @@ class Player:
         eoa = gv.get("execute_on_answer", "")
         if eoa.startswith("sched_hangup") and not call.ignore_sched:
             parts = eoa.split()
-            call.sched_at_us = t_ans + int(float(parts[1].lstrip("+")) * 1_000_000)
-            call.sched_cause = parts[2] if len(parts) > 2 else "ALLOTTED_TIMEOUT"
+            call.sched_at_us = C.sched_when_us(parts[1] if len(parts) > 1 else "", t_ans)
+            call.sched_cause = C.str2cause(parts[2]) if len(parts) > 2 else "ALLOTTED_TIMEOUT"
         t_end = t_ans + int(call.hold_seconds * 1_000_000)
         while not call.kill:
-            due = min(t_end, call.sched_at_us or t_end)
+            due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
             if not self.wait(call, due) and self.clock.now_us() >= due - 1:
                 break
         if call.kill:
-            t, cause = self.clock.now_us(), call.kill[1]
+            t, cause = self.clock.now_us(), C.str2cause(call.kill[1])
         elif call.sched_at_us is not None and call.sched_at_us <= t_end:
-            t, cause = call.sched_at_us, call.sched_cause
+            t, cause = max(call.sched_at_us, t_ans), call.sched_cause
         else:
             t, cause = t_end, "NORMAL_CLEARING"
         o.hangup_us, o.cause = t, cause

@@ -17,7 +17,7 @@ import time
 import gevent
 import gevent.pool
 
-from switchd.sim import api, wire
+from switchd.sim import api, causes, wire
 from switchd.sim.clock import SimClock
 from switchd.sim.legs import SimLeg
 from switchd.sim.model import GatewayBehaviour, SimCall, seeded_uuid
@@ -34,7 +34,7 @@ class Simulator:
                  default_gateway: GatewayBehaviour = GatewayBehaviour(),
                  hold_range: tuple[float, float] = (10.0, 300.0), dialplan_timeout: float = 5.0,
                  host: str = "127.0.0.1", port: int = 0, hostname: str = "vm",
-                 start_us: int | None = None) -> None:
+                 start_us: int | None = None, sessions_per_second: int | None = 30) -> None:
         self.seed = seed
         self.dialplan_url = dialplan_url
         self.dialplan_timeout = dialplan_timeout
@@ -54,6 +54,11 @@ class Simulator:
         self._pool = gevent.pool.Group()
         self._legs: dict[str, tuple[SimLeg, SimCall]] = {}
         self.sessions_since_startup = 0
+        # switch.conf.xml `sessions-per-second` (default 30); None = no limit.
+        self.sessions_per_second = sessions_per_second
+        self._sps_second = -1
+        self._sps_left = 0
+        self.throttled = 0
         self.peak = 0
         self._started_mono = time.monotonic()
         self._heartbeat: gevent.Greenlet | None = None
@@ -181,11 +186,17 @@ class Simulator:
 
     def place_call(self, destination: str, caller: str = "1000", accountcode: str | None = None,
                    domain: str | None = None, hold_seconds: float | None = None,
-                   variables: dict[str, str] | None = None) -> SimCall:
+                   variables: dict[str, str] | None = None,
+                   caller_name: str | None = None) -> SimCall:
         """An inbound call arrives; returns at once, the call plays in its own greenlet."""
         call = self._new_call("inbound", destination, caller, hold_seconds)
+        call.caller_name = caller_name
         call_vars: list[tuple[str, str]] = []
         overrides: dict[str, str] = {}
+        if caller_name is not None:
+            for field in ("Caller-Caller-ID-Name", "Caller-Orig-Caller-ID-Name",
+                          "variable_sip_from_display"):
+                overrides[field] = caller_name
         if accountcode is not None:
             call_vars.append(("accountcode", accountcode))
         if domain is not None:
@@ -211,13 +222,28 @@ class Simulator:
 
     def _originate(self, arg: str) -> str:
         from switchd.sim.xmlcurl import parse_dial_string
-        gv = dict(parse_dial_string(arg.rpartition(" &")[0] or arg)[0])
-        uuid = gv.get("origination_uuid")
+        global_vars, legs = parse_dial_string(arg.rpartition(" &")[0] or arg)
+        first = legs[0].var("origination_uuid") if legs else None
+        uuid = first or dict(global_vars).get("origination_uuid")
         if uuid and uuid in self._legs:
-            return "-ERR DUPLICATE_UUID\n"
-        legs = parse_dial_string(arg.rpartition(" &")[0] or arg)[1]
+            uuid = None           # the first leg fails "Duplicate UUID!"; the call keeps its own
         call = self._new_call("originate", legs[0].number if legs else "", "0000000000", None, uuid)
         return self.player.run_originate(call, arg)
+
+    def take_session(self, t_us: int) -> bool:
+        """switch_core_session_request_uuid()'s throttle: `--sps <= 0` refuses, and the
+        budget is refilled to sessions-per-second every (simulated) second, so at most
+        sessions_per_second - 1 sessions start in one second (FreeSWITCH's own off-by-one)."""
+        if self.sessions_per_second is None:
+            return True
+        second = t_us // 1_000_000
+        if second != self._sps_second:
+            self._sps_second, self._sps_left = second, self.sessions_per_second
+        self._sps_left -= 1
+        if self._sps_left <= 0:
+            self.throttled += 1
+            return False
+        return True
 
     def inject_live_call(self, destination: str, gateway: str = "carrier_a", caller: str = "1000",
                          hold_seconds: float | None = None, accountcode: str | None = None,
@@ -235,6 +261,7 @@ class Simulator:
         call.a_leg, call.legs, call.route_source = a, [b], "injected"
         from switchd.sim.xmlcurl import RouteAnswer
         call.route = RouteAnswer(set_vars=list((variables or {}).items()))
+        call.set_vars = list((variables or {}).items())
         self.register(a, call)
         self.register(b, call)
         self.spawn(self._play_injected, call, a, b, t)
@@ -270,10 +297,11 @@ class Simulator:
         return [api._row(self, leg) for leg in self.live_legs()]
 
     def kill_call(self, uuid: str, cause: str = "NORMAL_CLEARING") -> bool:
+        """uuid_kill: an unknown cause name is NORMAL_CLEARING (switch_channel_str2cause)."""
         call = self.call_of(uuid)
         if call is None:
             return False
-        call.kill = (uuid, cause)
+        call.kill = (uuid, causes.str2cause(cause))
         call.poke()
         return True
 
@@ -281,11 +309,14 @@ class Simulator:
         call = self.call_of(uuid)
         if call is None:
             return False
-        if not call.ignore_sched:
-            secs = float(when.lstrip("+"))
-            call.sched_at_us = (self.clock.now_us() + int(secs * 1e6) if when.startswith("+")
-                                else int(secs * 1e6))
-            call.sched_cause = cause
+        cause = causes.str2cause(cause)
+        at = causes.sched_when_us(when, self.clock.now_us())
+        if at <= self.clock.now_us():
+            # `sec == 0` in mod_commands: hang up now, whatever ignore_sched_hangup says.
+            call.kill = (uuid, cause)
+            call.poke()
+        elif not call.ignore_sched:
+            call.sched_at_us, call.sched_cause = at, cause
             call.poke()
         return True
 

@@ -7,7 +7,6 @@ dialplan (freeswitch-conf/dialplan/public.xml), exactly like mod_xml_curl.
 """
 from __future__ import annotations
 
-import re
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -54,6 +53,8 @@ class DialLeg:
 
 @dataclass
 class RouteAnswer:
+    """What the dialplan did with a call, as the player executed it (the last lookup's
+    `set`/`export`s, its first `bridge`, `respond`, `hangup`, `execute_on_answer`)."""
     set_vars: list[tuple[str, str]] = field(default_factory=list)
     exports: list[tuple[str, str]] = field(default_factory=list)
     bridge: str | None = None
@@ -108,8 +109,9 @@ def parse_dial_string(dial: str) -> tuple[list[tuple[str, str]], list[DialLeg]]:
     return global_vars, legs
 
 
-def parse_answer(text: str) -> RouteAnswer:
-    """The first <extension> of a dialplan document; LookupFailed for not found or junk."""
+def parse_answer(text: str):
+    """The answer's document root; LookupFailed for `not found`, junk or no dialplan
+    section, which mod_xml_curl treats alike: the static dialplan is used instead."""
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
@@ -117,40 +119,22 @@ def parse_answer(text: str) -> RouteAnswer:
     result = root.find(".//result")
     if result is not None and result.get("status") == "not found":
         raise LookupFailed("not found")
-    ext = root.find(".//extension")
-    if ext is None:
-        raise LookupFailed("no extension")
-    answer = RouteAnswer()
-    for action in ext.iter("action"):
-        app, data = action.get("application", ""), action.get("data", "")
-        if app == "set" and "=" in data:
-            k, v = data.split("=", 1)
-            answer.set_vars.append((k, v))
-            m = re.match(r"execute_on_answer=sched_hangup\s+(\S+)\s*(\S*)", data)
-            if m:
-                answer.sched_hangup = (m.group(1), m.group(2) or "ALLOTTED_TIMEOUT")
-        elif app == "export" and "=" in data:
-            k, v = data.split("=", 1)
-            answer.exports.append((k.removeprefix("nolocal:"), v))
-        elif app == "bridge" and answer.bridge is None:
-            answer.bridge = data
-        elif app == "transfer" and answer.bridge is None:
-            # The PBX's own dialplan takes over; simulated as the local user answering.
-            answer.bridge = "user/" + data.split()[0]
-        elif app == "respond" and answer.respond is None:
-            code, _, phrase = data.partition(" ")
-            answer.respond = (int(code), phrase)
-        elif app == "hangup" and answer.hangup_cause is None:
-            answer.hangup_cause = data.strip() or "NORMAL_CLEARING"
-        if answer.bridge or answer.respond or answer.hangup_cause:
-            break                 # the call leaves the dialplan at its first terminal app
-    return answer
+    if not any(s.get("name") == "dialplan" for s in root.iter("section")):
+        raise LookupFailed("no dialplan section")
+    return root
 
 
 def build_form(a: SimLeg, *, core_uuid: str, seq: int, ts_us: int,
-               call_vars: list[tuple[str, str]], overrides: dict[str, str]) -> bytes:
+               call_vars: list[tuple[str, str]], overrides: dict[str, str],
+               destination: str | None = None, context: str = "public") -> bytes:
+    """The lookup of `a`; after a transfer, `destination`/`context` are the new caller
+    profile's (Caller-/Hunt-Destination-Number and -Context), the SIP variables stay."""
     subs = {"A": a.uuid, "DEST": a.number, "CALLER": a.caller}
     over = {"Core-UUID": core_uuid, "Event-Sequence": str(seq), **wire.date_headers(ts_us)}
+    if destination is not None:
+        for prefix in ("Caller", "Hunt"):
+            over[f"{prefix}-Destination-Number"] = destination
+            over[f"{prefix}-Context"] = context
     for prefix in ("Caller", "Hunt"):
         over[f"{prefix}-Profile-Created-Time"] = str(a.created_us)
         over[f"{prefix}-Channel-Created-Time"] = str(a.created_us)
@@ -158,6 +142,7 @@ def build_form(a: SimLeg, *, core_uuid: str, seq: int, ts_us: int,
     over.update(overrides)
     names = {k for k, _ in wire.templates()["dialplan_request"]}
     inserts = [(k, v) for k, v in call_vars if k not in names]
+    over.update((k, v) for k, v in call_vars if k in names)
     fields = []
     for name, value in wire.templates()["dialplan_request"]:
         if name.startswith("@@"):
@@ -234,8 +219,9 @@ def _dechunk(data: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
-def lookup(url: str | None, body: bytes, timeout: float) -> tuple[RouteAnswer, str, str]:
-    """(answer, route_source, reason): the binding's answer, or the static fallback."""
+def lookup(url: str | None, body: bytes, timeout: float):
+    """(document root, route_source, reason): the binding's answer, or the static dialplan
+    (which only has the `public` context: another context then has no route)."""
     if url:
         try:
             status, payload = post(url, body, timeout)
