@@ -230,3 +230,45 @@ def test_a_sanitised_effective_caller_id_is_sent(world):
                                 + act("bridge", "sofia/gateway/gw_a/1")))
     call = sim.place_call("1", caller_name='Bad "q" <x>', hold_seconds=1)
     assert call.wait(5) and call.result == "answered"
+
+
+def test_destination_number_expands_to_the_transferred_number(world):
+    def answer(body):
+        from test_sim_dialplan import form
+        if form(body)["Caller-Destination-Number"] == "2001":
+            return doc(act("bridge", "sofia/gateway/gw_a/${destination_number}"))
+        return doc(act("transfer", "2001"))
+    sim, dp, client = world(answer)
+    call = sim.place_call("1", hold_seconds=1)
+    assert call.wait(5) and call.legs[0].number == "2001"
+
+
+def test_originate_with_a_caller_id_sofia_cannot_encode(world):
+    sim, dp, client = world(None)
+    body = _job(client, "originate {origination_caller_id_name='Eve <x>'}sofia/gateway/gw_a/1|"
+                        "sofia/gateway/gw_b/1 &park()")
+    assert body == "-ERR DESTINATION_OUT_OF_ORDER\n"
+    # Unlike a duplicate UUID, both legs existed and failed before sending.
+    assert client.wait_for(lambda evs: sum(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"
+                                           for e in evs) == 2)
+
+
+# --- hangup_after_bridge (mod_dptools bridge) ---------------------------------------------------
+@pytest.mark.parametrize("after_bridge,lookups", [("true", 1), (None, 2)])
+def test_callee_hangup_continues_the_dialplan_unless_hangup_after_bridge(world, after_bridge,
+                                                                          lookups):
+    pre = act("set", f"hangup_after_bridge={after_bridge}") if after_bridge else ""
+
+    def answer(body):
+        from test_sim_dialplan import form
+        if form(body)["Caller-Destination-Number"] == "9":
+            return doc(act("hangup", "USER_BUSY"))
+        return doc(pre + act("bridge", "sofia/gateway/gw_a/1") + act("transfer", "9"),
+                   expression="^1$")
+    sim, dp, client = world(answer, time_scale=20)
+    call = sim.place_call("1", hold_seconds=600)
+    assert client.wait_for(lambda evs: any(e["Event-Name"] == "CHANNEL_BRIDGE" for e in evs))
+    assert client.command(f"api uuid_kill {call.legs[0].uuid}")[1] == b"+OK\n"
+    assert call.wait(5) and call.result == "answered"
+    assert len(dp.requests) == lookups
+    assert call.hangup_cause == ("NORMAL_CLEARING" if after_bridge else "USER_BUSY")

@@ -33,7 +33,7 @@ _OUTCOME_HEADERS = ("variable_last_bridge_hangup_cause",
                     "variable_originate_causes", "variable_originated_legs")
 
 
-class _Done(Exception):
+class CallOver(Exception):
     """The A-leg has hung up: the dialplan stops."""
 
 
@@ -140,7 +140,8 @@ class Player:
                 call.route = xmlcurl.RouteAnswer()
                 t = max(t + SETUP_US, self.clock.now_us())
                 fields = {"destination_number": destination, "context": context,
-                          "caller_id_number": call.caller, "caller_id_name": call.caller,
+                          "caller_id_number": call.caller,
+                          "caller_id_name": call.caller_name or call.caller,
                           "ani": call.caller, "uuid": a.uuid, "dialplan": "XML",
                           "network_addr": "127.0.0.1", "source": "mod_sofia",
                           "chan_name": A_NAME.format(caller=call.caller)}
@@ -148,10 +149,10 @@ class Player:
                                         lambda name: self._expand_var(call, a, name, fields))
                 if actions is None:
                     self._end_alone(call, a, t, "NO_ROUTE_DESTINATION")
-                nxt = self._execute(call, a, actions, context, t)
+                nxt = self._execute(call, a, actions, fields, t)
                 destination, context, t = nxt
                 transferred = True
-        except _Done:
+        except CallOver:
             return
 
     def _expand_var(self, call, a, name, fields) -> str | None:
@@ -162,11 +163,12 @@ class Player:
             return a.uuid
         return value
 
-    def _execute(self, call: SimCall, a: SimLeg, actions, context: str, t: int):
+    def _execute(self, call: SimCall, a: SimLeg, actions, fields: dict, t: int):
         """Run the applications; returns (destination, context, t) of a transfer, or raises
-        _Done once the A-leg has hung up."""
+        CallOver once the A-leg has hung up. `fields`: the caller profile (destination_number,
+        context, ...) that `${...}` falls back to."""
         route = call.route
-        fields = {"destination_number": a.number, "context": context}
+        context = fields["context"]
         for app, raw in actions:
             data = dialplan.expand(raw, lambda n: self._expand_var(call, a, n, fields))
             if app == "set":
@@ -190,9 +192,9 @@ class Player:
             elif app == "bridge":
                 if route.bridge is None:
                     route.bridge = data
-                cause = self._bridge(call, a, data, t)      # raises _Done when answered
+                cause = self._bridge(call, a, data, t)      # raises CallOver when answered
                 t = self.clock.now_us()
-                if not self._continue_on_fail(call, a, cause):
+                if cause is not None and not self._continue_on_fail(call, a, cause):
                     self._end_alone(call, a, t, cause)
             elif app == "transfer":
                 parts = data.split()
@@ -266,7 +268,7 @@ class Player:
     # -- bridge -----------------------------------------------------------------------
     def _bridge(self, call: SimCall, a: SimLeg, dial: str, t: int) -> str:
         """Play one `bridge`: its `|` legs in order. Answered → the call is played to its
-        end and _Done is raised; otherwise the caller's outcome variables are set and the
+        end and CallOver is raised; otherwise the caller's outcome variables are set and the
         originate cause is returned."""
         sim = self.sim
         global_vars, dial_legs = xmlcurl.parse_dial_string(dial)
@@ -331,8 +333,9 @@ class Player:
             self.emit(call, "b.CHANNEL_ANSWER", b, a, t)
             self.emit(call, "a.CHANNEL_ANSWER", a, b, t, set_vars=set_vars)
             self.emit(call, "a.CHANNEL_BRIDGE", a, b, t, set_vars=set_vars)
-            self._talk(call, a, b, t, call.route, set_vars)
-            raise _Done
+            if self._talk(call, a, b, t, call.route, set_vars):
+                return None             # the callee hung up; the caller's dialplan goes on
+            raise CallOver
         if call.kill and call.kill[0] == a.uuid:
             t = self.clock.now_us()
             self._end_alone(call, a, t, C.str2cause(call.kill[1]))
@@ -384,7 +387,7 @@ class Player:
     def _end_alone(self, call: SimCall, a: SimLeg, t: int, cause: str,
                    sip: int | None = None) -> None:
         """The A-leg hangs up without a bridged partner (refused, no route, every leg
-        failed, hangup app) and the dialplan stops (_Done)."""
+        failed, hangup app) and the dialplan stops (CallOver)."""
         a.cause = cause
         if sip is None:
             ps = self.getvar(call, a, "last_bridge_proto_specific_hangup_cause") or ""
@@ -404,10 +407,12 @@ class Player:
         self.emit(call, "a.CHANNEL_HANGUP_COMPLETE", a, None, t, extra=extra, set_vars=set_vars)
         call.hangup_cause = a.cause
         self.sim.unregister(a)
-        call.result = "failed" if call.legs else "refused"
-        raise _Done
+        call.result = "answered" if a.answered_us else "failed" if call.legs else "refused"
+        raise CallOver
 
-    def _talk(self, call: SimCall, a: SimLeg, b: SimLeg, t_ans: int, route, set_vars) -> None:
+    def _talk(self, call: SimCall, a: SimLeg, b: SimLeg, t_ans: int, route, set_vars) -> bool:
+        """The bridged call until one side hangs up; True when only the callee did and the
+        caller's dialplan goes on (hangup_after_bridge not true)."""
         eoa = self.getvar(call, a, "execute_on_answer") or ""
         if eoa.startswith("sched_hangup") and not call.ignore_sched:
             parts = eoa.split()
@@ -429,6 +434,18 @@ class Player:
             t, killed, cause = max(call.sched_at_us, t_ans), a.uuid, call.sched_cause
         else:
             t, killed, cause = t_end, a.uuid, "NORMAL_CLEARING"
+        if killed == b.uuid and not C.true(self.getvar(call, a, "hangup_after_bridge")):
+            # The callee hung up and hangup_after_bridge is not true: only the B-leg ends,
+            # the caller's dialplan continues with its next application (mod_dptools).
+            call.kill = None
+            b.hangup_us, b.cause = t, cause
+            b_extra = {"variable_bridge_hangup_cause": cause}
+            self.emit(call, "b.CHANNEL_HANGUP", b, a, t, extra=b_extra)
+            self.emit(call, "b.CHANNEL_HANGUP_COMPLETE", b, a, t, extra=b_extra)
+            self.sim.unregister(b)
+            self.setvar(call, a, "last_bridge_hangup_cause", cause)
+            self.setvar(call, a, "bridge_hangup_cause", cause)
+            return True
         a.hangup_us = b.hangup_us = t
         if killed == b.uuid:
             b.cause, a.cause, prefix = cause, "NORMAL_CLEARING", ""
@@ -447,83 +464,9 @@ class Player:
         self.sim.unregister(a)
         call.hangup_cause = a.cause
         call.result = "answered"
+        return False
 
-    # -- bgapi originate --------------------------------------------------------------
+    # -- bgapi originate (switchd/sim/originate.py) -------------------------------------
     def run_originate(self, call: SimCall, arg: str) -> str:
-        """Play `originate <arg>`; return the job body as soon as it is known."""
-        sim = self.sim
-        dial, _, app = arg.rpartition(" &") if " &" in arg else (arg, "", "park()")
-        global_vars, dial_legs = xmlcurl.parse_dial_string(dial)
-        gv = dict(global_vars)
-        reject = gv.get("fail_on_single_reject")
-        t = self.clock.now_us()
-        cause = "DESTINATION_OUT_OF_ORDER"
-        for index, dleg in enumerate(dial_legs):
-            if call.kill:
-                break
-            vars_ = global_vars + dleg.vars
-            lv = dict(dleg.vars)
-            uuid = lv.get("origination_uuid") or gv.get("origination_uuid")
-            # The session of an earlier leg of this originate still holds its UUID.
-            if uuid and (sim.leg(uuid) is not None or uuid in {x.uuid for x in call.legs}) \
-                    or not sim.take_session(t):
-                cause = "DESTINATION_OUT_OF_ORDER"      # "Duplicate UUID!" / throttled
-                continue
-            uuid = uuid or (call.uuid if index == 0 else seeded_uuid(call.rng))
-            o = SimLeg(uuid=uuid, role="o", number=dleg.number,
-                       caller=gv.get("origination_caller_id_number", call.caller),
-                       caller_name=gv.get("origination_caller_id_name"), call_uuid=uuid,
-                       gateway=dleg.gateway, vars=vars_, created_us=t)
-            call.legs.append(o)
-            sim.register(o, call)
-            self.emit(call, "o.CHANNEL_CREATE", o, None, t)
-            beh = self.behaviour(dleg.gateway)
-            leg_timeout, timelimit = self._timeouts(gv, lv)
-            kind, delay, cause, sip, _proto = self._outcome(call, beh, leg_timeout, timelimit)
-            t += int(delay * 1_000_000)
-            self.wait(call, t)
-            if kind == "fail" or call.kill:
-                if kind != "fail":
-                    cause, sip = "ORIGINATOR_CANCEL", 487
-                o.cause, o.sip_status = cause, sip
-                o.hangup_us = t
-                self.emit(call, "ofail.CHANNEL_HANGUP", o, None, t)
-                self.emit(call, "ofail.CHANNEL_HANGUP_COMPLETE", o, None, t)
-                sim.unregister(o)
-                if reject and not C.true(reject) and C.single_reject(cause, reject):
-                    break
-                continue
-            o.progress_us = o.answered_us = t
-            o.sip_status = 200
-            call.ignore_sched = beh.ignore_sched_hangup
-            self.emit(call, "o.CHANNEL_ANSWER", o, None, t)
-            self.sim.spawn(self._park, call, o, t, gv)
-            return f"+OK {o.uuid}\n"
-        call.hangup_cause = cause
-        call.result = "failed"
-        call.done.set()
-        return f"-ERR {call.hangup_cause}\n"
-
-    def _park(self, call: SimCall, o: SimLeg, t_ans: int, gv: dict) -> None:
-        eoa = gv.get("execute_on_answer", "")
-        if eoa.startswith("sched_hangup") and not call.ignore_sched:
-            parts = eoa.split()
-            call.sched_at_us = C.sched_when_us(parts[1] if len(parts) > 1 else "", t_ans)
-            call.sched_cause = C.str2cause(parts[2]) if len(parts) > 2 else "ALLOTTED_TIMEOUT"
-        t_end = t_ans + int(call.hold_seconds * 1_000_000)
-        while not call.kill:
-            due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
-            if not self.wait(call, due) and self.clock.now_us() >= due - 1:
-                break
-        if call.kill:
-            t, cause = self.clock.now_us(), C.str2cause(call.kill[1])
-        elif call.sched_at_us is not None and call.sched_at_us <= t_end:
-            t, cause = max(call.sched_at_us, t_ans), call.sched_cause
-        else:
-            t, cause = t_end, "NORMAL_CLEARING"
-        o.hangup_us, o.cause = t, cause
-        self.emit(call, "o.CHANNEL_HANGUP", o, None, t)
-        self.emit(call, "o.CHANNEL_HANGUP_COMPLETE", o, None, t)
-        self.sim.unregister(o)
-        call.hangup_cause, call.result = cause, "answered"
-        call.done.set()
+        from switchd.sim.originate import run_originate
+        return run_originate(self, call, arg)

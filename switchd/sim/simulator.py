@@ -21,7 +21,7 @@ from switchd.sim import api, causes, wire
 from switchd.sim.clock import SimClock
 from switchd.sim.legs import SimLeg
 from switchd.sim.model import GatewayBehaviour, SimCall, seeded_uuid
-from switchd.sim.player import Player
+from switchd.sim.player import CallOver, Player
 from switchd.sim.server import EslServer
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,13 @@ class Simulator:
 
     def _play_injected(self, call: SimCall, a: SimLeg, b: SimLeg, t: int) -> None:
         try:
-            self.player._talk(call, a, b, t, call.route, call.route.set_vars)
+            if self.player._talk(call, a, b, t, call.route, call.route.set_vars):
+                # the carrier leg was killed and nothing says hangup_after_bridge: the
+                # caller has no dialplan left here, so it hangs up too
+                try:
+                    self.player._end_alone(call, a, self.clock.now_us(), "NORMAL_CLEARING")
+                except CallOver:            # the A-leg has hung up: nothing more to play
+                    pass
         finally:
             call.done.set()
 
