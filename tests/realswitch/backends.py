@@ -97,7 +97,7 @@ class RealBackend:
         self.switch.carrier(gateway).set_mode(mode)
 
     def call(self, number: str, tenant: str = "acme", hold_s: float = 1.5) -> Outcome:
-        result = self.switch.call(number, headers={"X-Tenant": tenant}, hold_ms=int(hold_s * 1000))
+        result = self.switch.call(number, tenant=tenant, hold_ms=int(hold_s * 1000))
         legs = self.switch.wait_call(result)
         a, carriers = legs[0], legs[1:]
         return Outcome(answered=result.answered, call_uuid=a.uuid, a_cause=a.cause,

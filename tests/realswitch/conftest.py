@@ -23,11 +23,12 @@ fallback that answers 503, mod_json_cdr only when `RealSwitch(cdr_url=...)` is g
   `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
   `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.
 - `switch.call(number, caller_number="1000", caller_name="switchd test", from_header=None,
-  headers={"X-Tenant": "acme"}, hold_ms=1000)` → `CallResult`: `code` (final SIP answer, 200
+  tenant="acme", headers=None, hold_ms=1000)` → `CallResult`: `code` (final SIP answer, 200
   when answered), `call_id` (the caller's SIP Call-ID), `progress_after`, `answered_after`,
   `duration` (answer → BYE, seconds), `ended_by` ('caller' | 'switch'), `bye_reason`.
   `from_header` (str or bytes, written byte for byte, no `[`, `]` or line breaks) replaces
-  the whole From value for hostile caller IDs. `call_async(...)` returns a handle whose
+  the whole From value for hostile caller IDs. `tenant` goes out as an `X-Tenant` header
+  (None: none, as for a call to a DID); `headers` adds others. `call_async(...)` returns a handle whose
   `.wait()` gives the result (up to 8 callers at once).
 - `switch.api(cmd)` → FreeSWITCH's text for an API command (own ESL connection).
 - `switch.hangups(sip_call_id=None)` → `Hangup`s (CHANNEL_HANGUP_COMPLETE from the harness's
@@ -39,6 +40,9 @@ fallback that answers 503, mod_json_cdr only when `RealSwitch(cdr_url=...)` is g
 - `switch.gateway_state("gw_a")` → 'UP' / 'DOWN' / None; `switch.channel_count()`.
 - `switch.restart()`: SIGTERM FreeSWITCH (it deletes its gateways, hangs up calls) and
   start it again with the same config; carriers keep running.
+- `switch.set_cdr_url(url)`: mod_json_cdr on (every leg's CDR POSTed to `url`, e.g.
+  `f"http://127.0.0.1:{switch.plan.http}/fs/cdr"`, the daemon's port) or off (None); the
+  reset turns it off. `switch.plan` holds every port (`esl`, `sip`, `http`, RTP range).
 
 `rs_world_url` → a migrated PostgreSQL database (fixture `migrated_pg_url`) provisioned with
 tests/realswitch/world.py: tenants `acme` and `brief` (max 3 s), carriers alpha/bravo/charlie
@@ -62,7 +66,6 @@ teardown (and at interpreter exit if a teardown never ran).
 from __future__ import annotations
 
 import atexit
-from pathlib import Path
 
 import pytest
 

@@ -33,7 +33,7 @@ def port_base() -> int:
     return base
 
 
-def _free(port: int, udp: bool = True, tcp: bool = True) -> bool:
+def port_free(port: int, udp: bool = True, tcp: bool = True) -> bool:
     kinds = ([socket.SOCK_STREAM] if tcp else []) + ([socket.SOCK_DGRAM] if udp else [])
     for kind in kinds:
         with socket.socket(socket.AF_INET, kind) as s:
@@ -76,7 +76,7 @@ class PortPlan:
             while cursor[0] + width <= limit:
                 start = cursor[0]
                 cursor[0] += width
-                if all(_free(start + off) for off in check):
+                if all(port_free(start + off) for off in check):
                     return start
             raise RuntimeError(f"no free ports left in {base}-{limit - 1} on 127.0.0.1 "
                                f"(SWITCHD_TEST_PORT_BASE={base})")

@@ -1,0 +1,218 @@
+"""sipp for the harness: carriers (UAS in a mode) and callers (a UAC built per call)."""
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fsconfig
+from .common import HarnessError, poll, stop_process
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+REJECT_REASONS = {
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 480: "Temporarily Unavailable", 484: "Address Incomplete",
+    486: "Busy Here", 500: "Server Internal Error", 503: "Service Unavailable",
+    600: "Busy Everywhere", 603: "Decline",
+    487: "Request Terminated", 502: "Bad Gateway",     # failover table rows (test_failover.py)
+}
+MODES = ("answer", "ring", "down", *map(str, REJECT_REASONS))
+# Final answers a caller may get (each needs its own optional <recv> in sipp).
+FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 421,
+               423, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 491, 500, 501, 502, 503,
+               504, 505, 513, 600, 603, 604, 606, 608)
+
+
+def sipp_command(sipp: str, ports: fsconfig.SippPorts) -> list[str]:
+    return [sipp, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1",
+            "-p", str(ports.sip), "-mp", str(ports.media), "-cp", str(ports.control),
+            "-aa", "-nostdin"]
+
+
+def received_invites(message_file: Path) -> list[dict[str, str]]:
+    """INVITEs a sipp received, once per Call-ID, from its -trace_msg file:
+    [{'call_id', 'request_uri', 'from', 'to', 'text'}]."""
+    try:
+        text = message_file.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    seen: dict[str, dict[str, str]] = {}
+    for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + text):
+        header, _, message = block.partition("\n\n")
+        if "message received" not in header or not message.startswith("INVITE "):
+            continue
+        fields = {"request_uri": message.split("\n", 1)[0].split(" ")[1], "text": message}
+        for line in message.split("\n"):
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            if key in ("call-id", "i"):
+                fields.setdefault("call_id", value.strip())
+            elif key in ("from", "f"):
+                fields.setdefault("from", value.strip())
+            elif key in ("to", "t"):
+                fields.setdefault("to", value.strip())
+        if fields.get("call_id"):
+            seen.setdefault(fields["call_id"], fields)
+    return list(seen.values())
+
+
+class Carrier:
+    """A sipp UAS behind one FreeSWITCH gateway, in a mode (answer, ring, a SIP code, down)."""
+
+    def __init__(self, name: str, ports: fsconfig.SippPorts, sipp: str, run_dir: Path):
+        self.name, self.ports, self.sipp = name, ports, sipp
+        self.dir = run_dir / "sipp" / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mode = "down"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._baseline: set[str] = set()
+
+    def set_mode(self, mode: str) -> None:
+        """Restart the carrier in `mode`; 'down' leaves it stopped (its port unreachable)."""
+        mode = str(mode)
+        if mode not in MODES:
+            raise ValueError(f"carrier mode {mode!r}: one of {', '.join(MODES)}")
+        if mode == self.mode and (mode == "down" or self.alive()):
+            return
+        self.stop()
+        self.mode = mode
+        if mode == "down":
+            return
+        self.starts += 1
+        cmd = sipp_command(self.sipp, self.ports)
+        if mode in ("answer", "ring"):
+            cmd += ["-sf", str(SCENARIOS / f"uas-{mode}.xml")]
+        else:
+            scenario = self.dir / f"uas-{mode}.xml"
+            scenario.write_text((SCENARIOS / "uas-reject.xml").read_text()
+                                .replace("@CODE@", mode).replace("@REASON@", REJECT_REASONS[int(mode)]))
+            cmd += ["-sf", str(scenario)]
+        cmd += ["-trace_msg", "-message_file", str(self.dir / f"messages-{self.starts}.log"),
+                "-trace_err", "-error_file", str(self.dir / f"errors-{self.starts}.log")]
+        with open(self.dir / "stderr.log", "ab") as err:
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        # sipp binds at once; a bind failure makes it exit within a moment
+        poll(lambda: self.proc.poll() is not None or not fsconfig.port_free(self.ports.sip, tcp=False),
+             5, f"sipp carrier {self.name} to bind 127.0.0.1:{self.ports.sip}")
+        if self.proc.poll() is not None:
+            raise HarnessError(f"sipp carrier {self.name} exited {self.proc.returncode} "
+                               f"(see {self.dir}/stderr.log)")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        self.mode = "down"
+
+    def invite_log(self) -> list[dict[str, str]]:
+        """Every INVITE received since the last reset (one per Call-ID), oldest first."""
+        found = []
+        for n in range(1, self.starts + 1):
+            found += received_invites(self.dir / f"messages-{n}.log")
+        return [i for i in found if i["call_id"] not in self._baseline]
+
+    def invites(self) -> int:
+        return len(self.invite_log())
+
+    def reset_counts(self) -> None:
+        self._baseline |= {i["call_id"] for i in self.invite_log()}
+
+
+@dataclass
+class CallResult:
+    """What the caller saw. Times are seconds from sending the INVITE (sipp's clock)."""
+    code: int | None              # final SIP answer to the INVITE (200 when answered)
+    call_id: str
+    progress_after: float | None  # first 180/183
+    answered_after: float | None
+    duration: float | None        # answer → BYE (either side)
+    ended_by: str | None          # 'caller' | 'switch' | None (not answered)
+    bye_reason: str | None        # Reason header of the switch's BYE
+    returncode: int
+    dir: Path
+
+    @property
+    def answered(self) -> bool:
+        return self.code == 200
+
+
+class CallHandle:
+    """A sipp caller in flight; `wait()` returns its CallResult."""
+
+    def __init__(self, proc: subprocess.Popen, slot: int, directory: Path, release):
+        self.proc, self.slot, self.dir, self._release = proc, slot, directory, release
+        self.result: CallResult | None = None
+
+    def wait(self, timeout: float = 120.0) -> CallResult:
+        if self.result is None:
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc)
+                self._release(self.slot)
+                raise HarnessError(f"sipp caller still running after {timeout}s ({self.dir})")
+            self._release(self.slot)
+            if rc not in (0, 1):
+                raise HarnessError(f"sipp caller failed (rc {rc}); see {self.dir}")
+            self.result = self._read(rc)
+        return self.result
+
+    def _read(self, rc: int) -> CallResult:
+        log = (self.dir / "call.log").read_text(errors="replace") if (self.dir / "call.log").exists() else ""
+        marks: dict[str, str] = {}
+        for m in re.finditer(r"rs (\w+)_ms=(\d+)((?: \w+=[^\n]*)?)", log):
+            marks.setdefault(m.group(1), m.group(2) + m.group(3))
+        ms = {k: int(v.split(" ", 1)[0]) for k, v in marks.items()}
+        t0 = ms.get("invite", 0)
+        code = None
+        if "answered" in ms:
+            code = 200
+        elif "final" in marks:
+            code = int(re.search(r"code=(\d+)", marks["final"]).group(1))
+        call_id = _first_call_id(self.dir / "messages.log")
+        reason = None
+        if "bye_rx" in marks:
+            reason = marks["bye_rx"].split("reason=", 1)[1].strip() if "reason=" in marks["bye_rx"] else None
+            reason = re.sub(r"^Reason:\s*", "", reason or "") or None
+        bye = ms.get("bye_rx", ms.get("bye_tx"))
+        return CallResult(
+            code=code, call_id=call_id,
+            progress_after=(ms["progress"] - t0) / 1000 if "progress" in ms else None,
+            answered_after=(ms["answered"] - t0) / 1000 if "answered" in ms else None,
+            duration=(bye - ms["answered"]) / 1000 if bye is not None and "answered" in ms else None,
+            ended_by=("switch" if "bye_rx" in ms else "caller" if "bye_tx" in ms else None),
+            bye_reason=reason, returncode=rc, dir=self.dir)
+
+
+def _first_call_id(message_file: Path) -> str:
+    try:
+        text = message_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    m = re.search(r"^Call-ID:\s*(\S+)", text, re.M | re.I)
+    return m.group(1) if m else ""
+
+
+def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int) -> bytes:
+    template = (SCENARIOS / "uac-call.xml").read_bytes()
+    for bad in (b"\r", b"\n", b"[", b"]"):
+        if bad in from_value or any(bad in h for h in extra_headers):
+            raise ValueError(f"From/extra headers may not hold {bad!r} (sipp would read it)")
+    finals = "\n".join(
+        f'  <recv response="{c}" optional="true" next="rejected">\n'
+        f'    <action><log message="rs final_ms=[clock_tick] code={c}"/></action>\n  </recv>'
+        for c in FINAL_CODES).encode()
+    extra = b"".join(b"      " + h + b"\n" for h in extra_headers)
+    return (template.replace(b"@FROM@", from_value).replace(b"@EXTRA@", extra)
+            .replace(b"@HOLD_MS@", str(int(hold_ms)).encode())
+            .replace(b"@FINALS@", finals))
+
+
+def as_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
