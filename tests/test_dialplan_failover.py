@@ -143,3 +143,16 @@ def test_numbers(number, clean):
 def test_empty_name_takes_the_number():
     assert callerid.caller_id("", "+15551234567") == ("+15551234567", "+15551234567")
     assert callerid.caller_id('"<>"', "x") == ("Anonymous", "anonymous")
+
+
+def test_check_config_prints_the_effective_table(tmp_path, capsys):
+    from switchd.commands.admin import check_config
+    from switchd.config import load_config
+    path = tmp_path / "s.toml"
+    path.write_text('[failover]\n"480" = "stop"\n')
+    assert check_config(load_config(path, environ={}), None) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.split("#")[0].split() == ["failover.480", "=", '"stop"'] and str(path) in line
+               for line in out), out
+    assert any(line.split("#")[0].split() == ["failover.486", "=", '"stop"'] and "default" in line
+               for line in out)
