@@ -6,7 +6,10 @@ not a carrier failure, and FreeSWITCH's own sessions-per-second throttle
 and 603 decline are the callee's answer, and trying the next carrier would ring them twice.
 
 The rules are data (CAUSE_RULES, SIP_RULES) so docs/routing.md can show them and a test
-walks every row. Precedence, for an unanswered leg:
+walks every row. Routing failover and carrier health follow dialplan/failover.py (the
+operator's table; switchd asks after every attempt, so a 403 and a 603 are told apart);
+what is left here serves originate's `|` dial string, where FreeSWITCH sees only the cause
+(`fail_on_single_reject`), and reports. Precedence, for an unanswered leg:
   1. causes marked `authoritative` (our own switch, the caller's cancel, our ring timeout);
   2. the SIP final status (variable_sip_term_status), when there is one: it is more precise
      than the cause, which FreeSWITCH derives from it lossily (401/402/403/407/603 all
@@ -100,7 +103,7 @@ SIP_RULES: dict[int, Rule] = {
     604: Rule(E, False, why="Does Not Exist Anywhere"),
     410: Rule(E, False, why="Gone"),
     484: Rule(E, False, why="Address Incomplete"),
-    480: Rule(E, False, why="Temporarily Unavailable"),
+    480: Rule(C, True, why="Temporarily Unavailable: carrier-side (DESIGN §4)"),
     487: Rule(E, False, why="Request Terminated (cancelled)"),
     401: Rule(C, True, why="carrier wants auth: our trunk config"),
     402: Rule(C, True, why="carrier wants payment"),

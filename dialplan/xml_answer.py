@@ -49,9 +49,12 @@ check_value = validate.check_value
 _DOMAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 
 # Reason phrases for the codes switchd answers with (RFC 3261 / 3398).
-SIP_PHRASES = {402: "Payment Required", 403: "Forbidden", 404: "Not Found",
-               480: "Temporarily Unavailable", 484: "Address Incomplete",
-               486: "Busy Here", 503: "Service Unavailable", 603: "Decline"}
+SIP_PHRASES = {401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+               404: "Not Found", 407: "Proxy Authentication Required", 408: "Request Timeout",
+               410: "Gone", 480: "Temporarily Unavailable", 484: "Address Incomplete",
+               486: "Busy Here", 487: "Request Terminated", 500: "Server Internal Error",
+               502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
+               600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere"}
 
 _HEADER = '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
 
@@ -450,5 +453,42 @@ def render_routes(context: str, destination: str, call_vars: dict, routes: list,
         _fail_on_single_reject(),
         ("bridge", dial),
         ("hangup", "${originate_disposition}"),
+    ]
+    return _document(context, destination, actions)
+
+
+# --- failover by the carrier's answer: one bridge per attempt ----------------------------
+# FreeSWITCH's `|` list cannot tell a carrier's 403 from a callee's 603 (both CALL_REJECTED,
+# and fail_on_single_reject matches cause names only). So each attempt bridges ONE carrier
+# leg; when it fails (continue_on_fail), the answer transfers the call back to the same
+# destination and context, FreeSWITCH asks switchd again, and switchd reads the attempt's
+# outcome from the channel (docs/routing.md "How the continuation works").
+#
+# The outcome variables are unset before each bridge: FreeSWITCH 1.10.12 leaves
+# last_bridge_proto_specific_hangup_cause at the previous attempt's `sip:403` when the next
+# attempt fails without a SIP answer (verified), which would blame the wrong carrier.
+ATTEMPT_OUTCOME_VARS = ("last_bridge_proto_specific_hangup_cause", "sip_invite_failure_status",
+                        "last_bridge_hangup_cause", "originate_disposition")
+_UNSETS = tuple(("unset", name) for name in ATTEMPT_OUTCOME_VARS)
+
+
+def render_attempt(context: str, destination: str, call_vars: dict, route, number: str,
+                   max_duration_s: int, transfer_to: str,
+                   cause_on_answer: str = "ALLOTTED_TIMEOUT") -> str:
+    """Answer for one carrier attempt: call variables, one bridge to `route`, and on
+    failure `transfer <transfer_to> XML <context>` so FreeSWITCH asks switchd what next.
+
+    call_vars must carry switchd_route_id and switchd_attempt (the continuation's keys)."""
+    if "switchd_route_id" not in call_vars or "switchd_attempt" not in call_vars:
+        raise ValueError("render_attempt needs switchd_route_id and switchd_attempt")
+    if type(number) is not str or _NUMBER.fullmatch(number) is None:
+        raise ValueError(f"invalid dialled number: {number!r}")
+    target = _name(transfer_to, _EXTENSION, "transfer destination")
+    ctx = _name(context, _CONTEXT, "context")
+    actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
+    actions += _UNSETS
+    actions += [
+        ("bridge", _fragment(route, number) + number),
+        ("transfer", f"{target} XML {ctx}"),
     ]
     return _document(context, destination, actions)

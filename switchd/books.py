@@ -10,10 +10,15 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from dialplan import health as health_rules
-from dialplan.causes import Outcome, classify
+from dialplan import failover
+from dialplan.causes import Outcome
 from switchd import metrics
 
 log = logging.getLogger(__name__)
+
+
+_OUTCOME = {failover.SUCCESS: Outcome.SUCCESS, failover.CARRIER: Outcome.CARRIER_FAILURE,
+            failover.CALLEE: Outcome.CALLEE, failover.NOBODY: Outcome.LOCAL}
 
 
 class HealthBook:
@@ -33,7 +38,10 @@ class HealthBook:
 
     def record_leg(self, carrier: str, hangup_cause: str | None, sip_status: int | None,
                    answered: bool, now: datetime) -> Outcome:
-        outcome = classify(hangup_cause, sip_status, answered)
+        # Whose failure, by the failover table's classes (dialplan/failover.py): only the
+        # carrier's own failures count; a callee's answer does not, and a leg that never
+        # reached the wire (sofia 900-range status, FreeSWITCH-side cause) is nobody's.
+        outcome = _OUTCOME[failover.blame(hangup_cause, sip_status, answered)]
         before = self.get(carrier)
         if outcome == Outcome.SUCCESS:
             after = health_rules.on_success(before, now, self.cooldown_s)

@@ -129,7 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Channel variable holding the tenant when tenant_from = 'variable'.",
             check=_rule(validate.read_variable_name)),
     Setting("routing", "max_routes", int, 5,
-            "Gateways in one bridge: the first choice plus alternates (at most 5).",
+            "Carrier attempts per call: the first choice plus alternates (at most 5).",
             check=lambda v: None if 1 <= v <= 5 else "must be between 1 and 5"),
     Setting("routing", "health_cooldown", float, 60.0,
             "Seconds a disabled carrier rests before one probe call (half-open).",
@@ -317,7 +317,9 @@ def load_config(path: Path | str | None = None, environ: dict | None = None) -> 
     """Build the effective config. `path` beats SWITCHD_CONFIG; environment beats the file."""
     environ = dict(os.environ if environ is None else environ)
     file_path = Path(path) if path else config_path_from_env(environ)
-    from_file = _flatten_file(_read_toml(file_path), file_path) if file_path else {}
+    doc = _read_toml(file_path) if file_path else {}
+    table = _failover_table(doc.pop("failover", {}), file_path)
+    from_file = _flatten_file(doc, file_path) if file_path else {}
 
     values, sources = {}, {}
     known_env = {s.env for s in SETTINGS} | {"SWITCHD_CONFIG"}
@@ -341,9 +343,21 @@ def load_config(path: Path | str | None = None, environ: dict | None = None) -> 
         if name.startswith("SWITCHD_") and name not in known_env and not name.startswith("SWITCHD_TEST_") \
                 and name not in ("SWITCHD_SQL_DIR",):
             raise ConfigError(f"{name}: unknown setting (see `switchd check-config --help`)")
+    values["failover"] = table
+    sources["failover"] = str(file_path) if table.overrides else "default"
     config = Config(values, sources, file_path)
     _check_across(config)
     return config
+
+
+def _failover_table(raw, path):
+    """`[failover]`: SIP code / class / condition -> "next" | "stop" over the documented
+    defaults (dialplan/failover.py, docs/routing.md); one-line errors naming the key."""
+    from dialplan.failover import TableError, parse_table
+    try:
+        return parse_table(raw)
+    except TableError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _check_across(config: Config) -> None:

@@ -21,6 +21,7 @@ import psycopg
 from gevent.event import Event
 
 from dialplan import rating
+from dialplan.failover import FailoverTable
 from switchd import billing, metrics, systemd
 from switchd.books import HealthBook, SpendBook, month_start
 from switchd.cdrs.ingest import CdrIngest
@@ -625,6 +626,7 @@ def _routing_settings(cfg: Config) -> dict:
     return {"tenant_from": cfg["routing.tenant_from"],
             "tenant_variable": cfg["routing.tenant_variable"],
             "max_routes": cfg["routing.max_routes"],
+            "failover": cfg.values.get("failover") or FailoverTable(),
             "health_cooldown": cfg["routing.health_cooldown"],
             "emergency_gateway": cfg["routing.emergency_gateway"],
             "extension_mode": cfg["routing.extension_mode"],

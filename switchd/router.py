@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Callable
 
-from dialplan import lcr, numbers, policy, xml_answer
+from dialplan import callerid, failover, lcr, numbers, policy, xml_answer
 from dialplan.model import Tenant, World
 from dialplan.ratedeck import lookup_all
 from switchd import metrics
@@ -109,11 +109,13 @@ class Router:
         decision = Decision(id=_uuid4(), call_uuid=call_uuid, tenant=None,
                             direction="outbound", destination=dialled, result="refused",
                             reason="")
+        if form.get("variable_switchd_attempt") and form.get("variable_switchd_route_id"):
+            # A failed attempt transferred back (docs/routing.md, failover): the next step.
+            return self._continue(decision, world, context, dialled, form)
         if self._is_extension_handoff(form, context, dialled):
             return self._hand_off_extension(decision, form)
         # A dialled DID is an inbound call whatever tenant_from says: its tenant is the
-        # DID's. Resolving the tenant first made every DID unreachable wherever the
-        # caller's side named no tenant we know (tenant_from = domain: a carrier's To host).
+        # DID's (with tenant_from = domain a carrier's To host names no tenant of ours).
         did = _find_did(world, dialled)
         if did is not None:
             return self._route_inbound(decision, world, context, dialled, form, did)
@@ -132,7 +134,7 @@ class Router:
             return self._refuse(decision, context, dialled, policy.refusal("tenant_disabled"),
                                 "tenant disabled")
         return self._route_outbound(decision, world, tenant, context, dialled,
-                                    extra_vars={"switchd_direction": "outbound"})
+                                    extra_vars={"switchd_direction": "outbound"}, form=form)
 
     # --- tenant resolution -----------------------------------------------------------------
     def _tenant_key(self, form: dict) -> str | None:
@@ -183,7 +185,7 @@ class Router:
             # Forwarded to the PSTN: the tenant pays, so it is an outbound decision again.
             return self._route_outbound(decision, world, tenant, context, did.destination,
                                         extra_vars={"switchd_direction": "inbound"},
-                                        match_dialled=dialled)
+                                        match_dialled=dialled, form=form)
         admission = self.caps.admit(decision.call_uuid, tenant, carrier=None)
         if not admission.admitted:
             refusal = _cap_refusal(admission)
@@ -228,7 +230,7 @@ class Router:
 
     # --- outbound: LCR ---------------------------------------------------------------------
     def _route_outbound(self, decision, world, tenant, context, dialled, extra_vars,
-                        match_dialled=None) -> Decision:
+                        match_dialled=None, form=None) -> Decision:
         match_dialled = match_dialled or dialled
         try:
             plan = self.plan(decision, world, tenant, dialled)
@@ -236,13 +238,105 @@ class Router:
             return self._route_special(decision, world, tenant, context, match_dialled, special)
         except Refused as refused:
             return self._refuse(decision, context, match_dialled, refused.refusal, refused.reason)
+        name, number = callerid.caller_id((form or {}).get("Caller-Caller-ID-Name"),
+                                          (form or {}).get("Caller-Caller-ID-Number"))
+        first = plan.routes[0]
         call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
-                     "switchd_max_duration": str(plan.max_duration), **extra_vars}
-        # render_bridge over leg_for_route(route, e164) per route, the legs' dial-string
-        # fragments remembered per (gateway, carrier, tariff, prefix)
-        decision.xml = xml_answer.render_routes(context, match_dialled, call_vars, plan.routes,
-                                                plan.number.e164, plan.max_duration)
+                     "switchd_max_duration": str(plan.max_duration), **extra_vars,
+                     "switchd_attempt": "1", "switchd_e164": plan.number.e164,
+                     "switchd_tried": _leg_name(first),
+                     "effective_caller_id_name": name, "effective_caller_id_number": number}
+        # One carrier per bridge; a failed attempt comes back to _continue (docs/routing.md).
+        decision.xml = xml_answer.render_attempt(
+            context, match_dialled, call_vars, first, plan.number.e164, plan.max_duration,
+            transfer_to=_transfer_target(match_dialled, plan.number.e164))
         return decision
+
+    # --- continuation: a failed attempt asks what next -------------------------------------
+    def _continue(self, decision, world, context, dialled, form) -> Decision:
+        """FreeSWITCH transferred the call back after attempt N failed: follow the failover
+        table (dialplan/failover.py) to the next carrier's bridge or to the caller's answer.
+        The call keeps its caps slots; the carrier slot moves when the new leg starts
+        (switchd/policing.py, CapsGate.leg_started)."""
+        route_id = form["variable_switchd_route_id"]
+        decision.id = _uuid4()
+        decision.direction = form.get("variable_switchd_direction") or "outbound"
+        tenant = world.tenants.get(form.get("variable_switchd_tenant") or "")
+        decision.tenant = tenant.name if tenant is not None else None
+        try:
+            attempt = int(form["variable_switchd_attempt"])
+        except ValueError:
+            attempt = self.settings["max_routes"]
+        cause = (form.get("variable_originate_disposition")
+                 or form.get("variable_last_bridge_hangup_cause") or "")
+        sip = (failover.parse_proto_cause(form.get("variable_last_bridge_proto_specific_hangup_cause"))
+               or _int(form.get("variable_sip_invite_failure_status")))
+        verdict = failover.decide(self.settings.get("failover") or failover.FailoverTable(),
+                                  cause, sip)
+        tried = (form.get("variable_switchd_tried") or "").split()
+        what = f"attempt {attempt} via {tried[-1] if tried else '?'}: {cause or '-'}" \
+               f"{f' sip {sip}' if sip else ''} -> {verdict.key}: {verdict.action}"
+        call_vars = {"switchd_route_id": route_id}
+        decision.destination = form.get("variable_switchd_e164") or dialled
+        code = failover.caller_code(verdict)
+        stop = policy.Refusal(code, failover.cause_for_code(code), "failover_stop", what)
+        if verdict.action == failover.STOP:
+            return self._refuse(decision, context, dialled, stop, f"failover stop: {what}",
+                                call_vars)
+        if tenant is None or attempt >= self.settings["max_routes"]:
+            return self._refuse(decision, context, dialled, stop,
+                                f"failover exhausted: {what}", call_vars)
+        e164 = form.get("variable_switchd_e164") or ""
+        try:
+            number = numbers.normalise(e164, tenant.default_region)
+        except numbers.InvalidNumber:
+            return self._refuse(decision, context, dialled, stop, f"failover: bad number: {what}",
+                                call_vars)
+        decision.destination = number.e164
+        now = self.clock()
+        ranked = self._rank(world, tenant, number, now)
+        decision.candidates = ranked.considered
+        nxt = next((r for r in ranked.routes if _leg_name(r) not in tried), None)
+        if nxt is None:
+            return self._refuse(decision, context, dialled, stop,
+                                f"failover exhausted: {what}", call_vars)
+        remaining = self.spend.remaining(tenant)
+        max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, nxt.rate)
+        if isinstance(max_s, policy.Refusal):
+            return self._refuse(decision, context, dialled, max_s, max_s.detail, call_vars)
+        name, cid = callerid.caller_id(form.get("variable_effective_caller_id_name")
+                                       or form.get("Caller-Caller-ID-Name"),
+                                       form.get("variable_effective_caller_id_number")
+                                       or form.get("Caller-Caller-ID-Number"))
+        call_vars.update({"switchd_tenant": tenant.name, "switchd_max_duration": str(max_s),
+                          "switchd_direction": decision.direction,
+                          "switchd_attempt": str(attempt + 1), "switchd_e164": number.e164,
+                          "switchd_tried": " ".join(tried + [_leg_name(nxt)]),
+                          "effective_caller_id_name": name,
+                          "effective_caller_id_number": cid})
+        decision.xml = xml_answer.render_attempt(context, dialled, call_vars, nxt, number.e164,
+                                                 max_s, transfer_to=_transfer_target(dialled,
+                                                                                     number.e164))
+        decision.result, decision.reason = "routed", f"failover: {what}"
+        decision.chosen = [{"carrier": nxt.carrier.name, "gateway": nxt.gateway.name,
+                            "prefix": nxt.rate.prefix, "rate": str(nxt.rate.rate_per_min),
+                            "attempt": attempt + 1, "after": verdict.key}]
+        return decision
+
+    def _rank(self, world, tenant, number, now):
+        decks = self.decks()
+        carriers = list(world.carriers.values())
+        # One parse of the number for every deck (ratedeck.lookup_all); carriers without
+        # a deck get no rate.
+        with_deck = [(c, decks[c.name]) for c in carriers if c.name in decks]
+        rates = dict(zip([c.name for c, _ in with_deck],
+                         lookup_all([d for _, d in with_deck], number.digits, now)))
+        health, down = self.health, self.health.down_gateways
+        candidates = [lcr.candidate(carrier, rates.get(carrier.name), health.get(carrier.name),
+                                    down)
+                      for carrier in carriers]
+        return lcr.rank(candidates, tenant, now, max_routes=self.settings["max_routes"],
+                        cooldown_s=self.settings["health_cooldown"])
 
     def plan(self, decision: Decision, world: World, tenant: Tenant, dialled: str,
              campaign=None) -> "Plan":
@@ -260,19 +354,7 @@ class Router:
         if remaining is not None and remaining <= 0:
             raise Refused(policy.refusal("budget_exhausted"), "monthly budget exhausted")
         now = self.clock()
-        decks = self.decks()
-        carriers = list(world.carriers.values())
-        # One parse of the number for every deck (ratedeck.lookup_all); carriers without
-        # a deck get no rate.
-        with_deck = [(c, decks[c.name]) for c in carriers if c.name in decks]
-        rates = dict(zip([c.name for c, _ in with_deck],
-                         lookup_all([d for _, d in with_deck], number.digits, now)))
-        health, down = self.health, self.health.down_gateways
-        candidates = [lcr.candidate(carrier, rates.get(carrier.name), health.get(carrier.name),
-                                    down)
-                      for carrier in carriers]
-        ranked = lcr.rank(candidates, tenant, now, max_routes=self.settings["max_routes"],
-                          cooldown_s=self.settings["health_cooldown"])
+        ranked = self._rank(world, tenant, number, now)
         decision.candidates = ranked.considered
         if not ranked.routes:
             raise Refused(policy.refusal("no_route"), "no carrier covers the number")
@@ -320,16 +402,17 @@ class Router:
                             f"{special.kind} number has no explicit route")
 
     # --- refusals --------------------------------------------------------------------------
-    def _refuse(self, decision, context, dialled, refusal, reason) -> Decision:
+    def _refuse(self, decision, context, dialled, refusal, reason, call_vars=None) -> Decision:
         decision.result = "refused"
         decision.reason = reason
         decision.sip_code = refusal.sip_code
         # The refused call's CDR and switchd_calls_total take their direction (and tenant)
-        # from these variables: without them the caller's A-leg, which FreeSWITCH calls
-        # "inbound", labelled every refused outbound call inbound.
-        call_vars = {"switchd_route_id": decision.id, "switchd_direction": decision.direction}
+        # from these variables: the caller's A-leg is "inbound" to FreeSWITCH whatever the
+        # call is.
+        call_vars = dict(call_vars or {"switchd_route_id": decision.id})
+        call_vars.setdefault("switchd_direction", decision.direction)
         if decision.tenant:
-            call_vars["switchd_tenant"] = decision.tenant
+            call_vars.setdefault("switchd_tenant", decision.tenant)
         decision.xml = xml_answer.render_refusal(context, dialled, refusal, call_vars)
         return decision
 
@@ -377,6 +460,28 @@ def _safe_uuid(form: dict) -> str:
 
 
 HANDOFF_VAR = "switchd_did_extension"
+
+
+def _leg_name(route) -> str:
+    """How switchd_tried names an attempted route: `carrier/gateway` (a carrier with two
+    gateways gets both tried, in rank order, as FreeSWITCH's own `|` list did)."""
+    return f"{route.carrier.name}/{route.gateway.name}"
+
+
+def _int(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _transfer_target(dialled: str, e164: str) -> str:
+    """Where a failed attempt transfers to: the dialled string when it is a plain extension
+    (the continuation then matches the same condition), else the E.164 number. The
+    continuation is recognised by switchd_route_id/switchd_attempt, not by the number."""
+    ok = isinstance(dialled, str) and 0 < len(dialled) <= 64 and all(
+        ch.isascii() and (ch.isalnum() or ch in "_*#+.-") for ch in dialled)
+    return dialled if ok else e164
 
 
 def _find_did(world: World, dialled: str):

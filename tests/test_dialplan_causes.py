@@ -30,7 +30,7 @@ EXPECTED_CAUSES = {
     "MANAGER_REQUEST": (L, False), "SYSTEM_SHUTDOWN": (L, False), "CRASH": (L, False),
 }
 EXPECTED_SIP = {486: (E, False), 600: (E, False), 603: (E, False), 404: (E, False),
-                604: (E, False), 410: (E, False), 484: (E, False), 480: (E, False),
+                604: (E, False), 410: (E, False), 484: (E, False), 480: (C, True),
                 487: (E, False), 401: (C, True), 402: (C, True), 403: (C, True),
                 407: (C, True), 408: (C, True), 500: (C, True), 502: (C, True),
                 503: (C, True), 504: (C, True)}
@@ -73,8 +73,17 @@ def test_design_11_cases():
     # carrier 503 then failover (capture scenario b), ICMP failure (scenario f, sip 503)
     assert classify("NORMAL_TEMPORARY_FAILURE", 503, False) is C
     assert should_failover("NORMAL_TEMPORARY_FAILURE", 503)
-    # carrier 403 (auth/credit) is the carrier's, though FreeSWITCH calls it CALL_REJECTED
-    assert classify("CALL_REJECTED", 403, False) is C and should_failover("CALL_REJECTED", 403)
+    # carrier 403 (auth/credit) is the carrier's, though FreeSWITCH calls it CALL_REJECTED.
+    # This test used to stop here, asserting a failover that never happened: in a `|` dial
+    # string FreeSWITCH sees only the cause, and CALL_REJECTED (= 603 decline too) is in
+    # fail_on_single_reject, so a real FreeSWITCH 1.10.12 ended the call on a carrier's 403.
+    assert classify("CALL_REJECTED", 403, False) is C
+    assert "CALL_REJECTED" in no_failover_causes()      # what a `|` list really does with 403
+    # The routing answer therefore bridges one carrier per attempt and asks switchd again,
+    # which reads the SIP code and follows the table: 403 next, 603 stop.
+    from dialplan.failover import FailoverTable, decide
+    assert decide(FailoverTable(), "CALL_REJECTED", 403).action == "next"
+    assert decide(FailoverTable(), "CALL_REJECTED", 603).action == "stop"
 
 
 def test_authoritative_causes_beat_sip_status():

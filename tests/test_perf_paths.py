@@ -447,7 +447,10 @@ def _bridge(router, caps, n=[0]):
                       "variable_accountcode": "acme"})
     caps.release_now(d.call_uuid)
     assert d.result == "routed", d.reason
-    return re.search(r'application="bridge" data="([^"]*)"', d.xml).group(1)
+    # One carrier per bridge (failover asks again, docs/routing.md): the answer's bridge,
+    # then the planned order from the routing log.
+    bridge = re.search(r'application="bridge" data="([^"]*)"', d.xml).group(1)
+    return bridge + " planned: " + " ".join(f"{c['gateway']}@{c['rate']}" for c in d.chosen)
 
 
 def test_router_answer_follows_deck_swap_health_gateways_and_world():
@@ -467,7 +470,8 @@ def test_router_answer_follows_deck_swap_health_gateways_and_world():
     assert first.index("gw_a") < first.index("gw_b")
     decks_box[0] = {"alpha": deck("0.03"), "beta": deck("0.02")}  # deck swap
     swapped = _bridge(router, caps)
-    assert swapped.index("gw_b") < swapped.index("gw_a") and "switchd_rate=0.03" in swapped
+    assert swapped.index("gw_b") < swapped.index("gw_a") and "gw_a@0.03" in swapped
+    assert "sofia/gateway/gw_b/" in swapped and "sofia/gateway/gw_a/" not in swapped
     decks_box[0] = {"alpha": deck("0.01"), "beta": deck("0.02")}
     assert _bridge(router, caps) == first
     for _ in range(10):                                            # health: alpha disabled

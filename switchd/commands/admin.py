@@ -158,6 +158,12 @@ def check_config(config: Config, args) -> int:
         value = masked[setting.dotted]
         shown = "(unset)" if value in (None, "") else json.dumps(value) if isinstance(value, str) else value
         print(f"{setting.dotted:<{width}} = {shown}    # {config.sources[setting.dotted]}")
+    table = config.values.get("failover")
+    if table is not None:     # docs/routing.md §4a: the effective failover table
+        source = config.sources.get("failover", "default")
+        for key, action in table.rows.items():
+            origin = source if key in table.overrides else "default"
+            print(f"{'failover.' + key:<{width}} = {json.dumps(action)}    # {origin}")
     for note in config.warnings():
         print(f"warning: {note}", file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ REJECT_REASONS = {
     408: "Request Timeout", 480: "Temporarily Unavailable", 484: "Address Incomplete",
     486: "Busy Here", 500: "Server Internal Error", 503: "Service Unavailable",
     600: "Busy Everywhere", 603: "Decline",
+    487: "Request Terminated", 502: "Bad Gateway",     # failover table rows (test_failover.py)
 }
 MODES = ("answer", "ring", "down", *map(str, REJECT_REASONS))
 # Final answers a caller may get (each needs its own optional <recv> in sipp).

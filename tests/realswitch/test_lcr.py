@@ -41,13 +41,7 @@ def test_each_destination_reaches_its_cheapest_carrier_and_is_rated(backend, dia
     assert legs == [(billmsec, billed, cost)]
 
 
-REJECT_403 = pytest.mark.xfail(
-    strict=True, reason="issue 8: FreeSWITCH maps 403 to CALL_REJECTED, which switchd lists in "
-                        "fail_on_single_reject, so a carrier's 403 ends the call instead of "
-                        "failing over")
-
-
-@pytest.mark.parametrize("code", ["503", pytest.param("403", marks=REJECT_403)])
+@pytest.mark.parametrize("code", ["503", "403"])     # 403: CALL_REJECTED, like a 603 decline
 def test_carrier_failure_fails_over_to_the_next_carrier(backend, code):
     backend.set_carrier("gw_a", code)
     out = backend.call(world.US_NUMBER, hold_s=1.0)
