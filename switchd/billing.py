@@ -153,11 +153,15 @@ def pdd_ms(leg) -> int | None:
     """Post-dial delay: the leg's start to its first ringing or early media (CHANNEL_PROGRESS
     / _MEDIA), or to its answer when it answered without either; None for a leg that never
     showed a sign of life (or whose start is unknown)."""
-    start = leg.created_us
-    first = getattr(leg, "progress_us", 0) or leg.answered_us
-    if not start or not first or first < start:
+    return pdd_between(leg.created_us, getattr(leg, "progress_us", 0), leg.answered_us)
+
+
+def pdd_between(start_us: int, progress_us: int, answered_us: int) -> int | None:
+    """pdd_ms from the three times (µs epochs, 0 = none); the switch's CDR uses it too."""
+    first = progress_us or answered_us
+    if not start_us or not first or first < start_us:
         return None
-    return (first - start) // 1000
+    return (first - start_us) // 1000
 
 
 def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> CallRecord:

@@ -27,11 +27,14 @@ from typing import Callable
 import psycopg
 
 from dialplan import rating
+from dialplan.causes import disposition
 from switchd import billing, metrics
 from switchd.cdrs.json_cdr import CdrFormatError, SwitchLeg, parse
 from switchd.db.cdr_writer import (LegRecord, SwitchCallRecord, _OUTAGE, _to_spool,
                                    write_batch)
 from switchd.db.spool import Spool, SpoolError
+
+
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,10 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
         connect_fee=tariff.connect_fee if tariff else None,
         increments=f"{tariff.initial}/{tariff.subsequent}" if tariff else None,
         cost=rated.cost, billsec=leg.billsec, cdr_source="switch", provisional=False,
-        unrated=rated.cost is None)
+        unrated=rated.cost is None,
+        # the same PDD and disposition ESL would give, from the switch's own times
+        progress_at=_at(leg.progress_us), pdd_ms=billing.pdd_between(leg.start_us, leg.progress_us, leg.answer_us),
+        disposition=disposition(leg.hangup_cause, leg.sip_status, bool(leg.answer_us)))
     v = leg.vars
     call_rec = SwitchCallRecord(
         call_uuid=leg.call_uuid, from_a_leg=leg.is_a_leg,

@@ -43,6 +43,7 @@ class SwitchLeg:
     core_uuid: str = ""
     start_us: int = 0
     answer_us: int = 0            # 0: never answered
+    progress_us: int = 0          # first ringing or early media (0: none)
     end_us: int = 0
     billsec: int | None = None
     billmsec: int | None = None
@@ -113,6 +114,9 @@ def parse(body: bytes, encoded_values: bool = False) -> SwitchLeg:
         core_uuid=str(data.get("core-uuid") or ""),
         start_us=_int(var("start_uepoch"), "start_uepoch") or 0,
         answer_us=_int(var("answer_uepoch"), "answer_uepoch") or 0,
+        progress_us=min([t for t in (_int(var("progress_uepoch"), "progress_uepoch") or 0,
+                                     _int(var("progress_media_uepoch"), "progress_media_uepoch")
+                                     or 0) if t] or [0]),
         end_us=_int(var("end_uepoch"), "end_uepoch") or 0,
         billsec=_int(var("billsec"), "billsec"),
         billmsec=_int(var("billmsec"), "billmsec"),

@@ -36,6 +36,7 @@ class Leg:
     cause: str
     sip_status: int | None
     billmsec: int
+    billsec: int = 0       # FreeSWITCH's: end_epoch - answer_epoch, whole seconds
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class RealBackend:
         a, carriers = legs[0], legs[1:]
         return Outcome(answered=result.answered, call_uuid=a.uuid, a_cause=a.cause,
                        a_billmsec=a.billmsec,
-                       legs=[Leg(h.gateway, h.cause, h.sip_term_status, h.billmsec) for h in carriers],
+                       legs=[Leg(h.gateway, h.cause, h.sip_term_status, h.billmsec, h.billsec)
+                             for h in carriers],
                        caller=result)
 
     def invites(self) -> dict[str, int]:
@@ -132,7 +134,8 @@ class SimBackend:
         a = call.a_leg
         return Outcome(answered=call.result == "answered", call_uuid=call.uuid,
                        a_cause=a.cause if a else call.hangup_cause, a_billmsec=a.billmsec if a else 0,
-                       legs=[Leg(l.gateway, l.cause, l.sip_status, l.billmsec) for l in call.legs])
+                       legs=[Leg(l.gateway, l.cause, l.sip_status, l.billmsec, _billsec(l))
+                             for l in call.legs])
 
     def invites(self) -> dict[str, int]:
         counts = {"gw_a": 0, "gw_b": 0, "gw_c": 0}
@@ -140,3 +143,10 @@ class SimBackend:
             for leg in call.legs:
                 counts[leg.gateway] = counts.get(leg.gateway, 0) + 1
         return counts
+
+
+def _billsec(leg) -> int:
+    """The simulator leg's billsec as FreeSWITCH computes it (whole epoch seconds)."""
+    if not leg.answered_us or not leg.hangup_us:
+        return 0
+    return leg.hangup_us // 1_000_000 - leg.answered_us // 1_000_000

@@ -43,7 +43,7 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   start it again with the same config; carriers keep running.
 - `switch.set_cdr_url(url)`: mod_json_cdr on (every leg's CDR POSTed to `url`, e.g.
   `f"http://127.0.0.1:{switch.plan.http}/fs/cdr"`, the daemon's port) or off (None); the
-  reset turns it off. `switch.plan` holds every port (`esl`, `sip`, `http`, RTP range).
+  reset returns to the session's URL (the daemon's `/fs/cdr`). `switch.plan` holds every port (`esl`, `sip`, `http`, RTP range).
 
 `rs_world_url` → a migrated PostgreSQL database (fixture `migrated_pg_url`) provisioned with
 tests/realswitch/world.py: tenants `acme` and `brief` (max 3 s), carriers alpha/bravo/charlie

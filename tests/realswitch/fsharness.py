@@ -67,6 +67,7 @@ class RealSwitch:
         self.esl_password = esl_password
         self.dialplan_url = f"http://127.0.0.1:{self.plan.http}/fs/dialplan"
         self.cdr_url = cdr_url
+        self.default_cdr_url = cdr_url   # what reset() returns to (the session's choice)
         self.fs_dir = self.run_dir / "fs"
         self.carriers = {name: Carrier(name, ports, self.sipp, self.run_dir)
                          for name, ports in self.plan.carriers.items()}
@@ -174,8 +175,8 @@ class RealSwitch:
         self._handles.clear()
         if self.fs_pid is None or not _alive(self.fs_pid):
             self._start_fs()
-        if self.cdr_url:
-            self.set_cdr_url(None)
+        if self.cdr_url != self.default_cdr_url:
+            self.set_cdr_url(self.default_cdr_url)
         self.api("hupall NORMAL_CLEARING")
         poll(lambda: self.channel_count() == 0, timeout, "no channels left on the switch", 0.1)
         for carrier in self.carriers.values():
@@ -189,7 +190,7 @@ class RealSwitch:
     def set_cdr_url(self, url: str | None) -> None:
         """Turn mod_json_cdr on (posting every leg's CDR to `url`) or off (None), at once:
         the config is rewritten, `reloadxml`, then the module is (re)loaded or unloaded.
-        `reset()` turns it off again."""
+        `reset()` returns to the URL the switch was built with."""
         was, self.cdr_url = self.cdr_url, url
         self._write_config()
         if not self.api("reloadxml").startswith("+OK"):

@@ -145,7 +145,7 @@ def test_freeswitch_killed_mid_call_leaves_a_provisional_rated_cdr_and_no_slot(
     poll(lambda: not _alive(pid), 10, "FreeSWITCH to die")
     handle.proc.kill()
     # the kernel frees a killed process's sockets a moment after it is gone
-    poll(lambda: all(fsconfig._free(p) for p in (realswitch.plan.esl, realswitch.plan.sip)),
+    poll(lambda: all(fsconfig.port_free(p) for p in (realswitch.plan.esl, realswitch.plan.sip)),
          30, "FreeSWITCH's ports to be released", 0.2)
     realswitch.restart()                        # the daemon reconnects and resyncs
     rs_daemon.wait_until(lambda: rs_daemon.rows(

@@ -74,7 +74,7 @@ def test_restart_brings_the_gateways_back(realswitch):
 
 
 def test_json_cdr_posts_each_leg_when_turned_on(realswitch):
-    """The CDR hook (off by default): with a URL, mod_json_cdr posts every leg's CDR."""
+    """The CDR hook: with a URL, mod_json_cdr posts every leg's CDR."""
     posts: list[dict] = []
 
     class Sink(http.server.BaseHTTPRequestHandler):
