@@ -38,7 +38,7 @@ def _formatter(prog):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from switchd.commands import inventory
+    from switchd.commands import api, inventory
     parser = argparse.ArgumentParser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_formatter)
     parser.add_argument("--config", metavar="FILE", help="TOML config file (overrides SWITCHD_CONFIG)")
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Exits 2 with the offending key when something is wrong.")
     p.set_defaults(handler="switchd.commands.admin:check_config")
     inventory.register(sub, rates_sub, _formatter)    # tenants/carriers/dids list, rates list/export/delete
+    api.register(sub, _formatter)       # keys, webhooks, route (docs/api.md)
     return parser
 
 

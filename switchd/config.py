@@ -110,6 +110,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http", "api_token", str, "",
             "Bearer token required on /v1 (originate, live calls). Empty: no token, so keep "
             "http.host on loopback.", secret=True),
+    Setting("webhooks", "backoff_base", float, 2.0,
+            "Seconds before the second try of a webhook delivery; doubles each try.",
+            check=_positive),
+    Setting("webhooks", "backoff_max", float, 600.0,
+            "Longest wait between two tries of one webhook delivery, seconds.", check=_positive),
+    Setting("webhooks", "give_up_after", float, 259200.0,
+            "Seconds after an event after which its delivery is given up (default 3 days); "
+            "a replay re-sends it.", check=_positive),
+    Setting("webhooks", "timeout", float, 10.0,
+            "Seconds one webhook POST may take.", check=_positive),
     Setting("routing", "tenant_from", "choice:accountcode|domain|variable", "accountcode",
             "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
             "or the channel variable in routing.tenant_variable."),

@@ -20,6 +20,9 @@ import psycopg
 from gevent.event import Event
 
 from switchd import billing, metrics, systemd
+from switchd.api import webhooks
+from switchd.api.calls import Live
+from switchd.api.routes import build_app
 from switchd.books import HealthBook, SpendBook, month_start
 from switchd.config import Config
 from switchd.db import store
@@ -33,7 +36,7 @@ from switchd.esl.supervisor import ESLSupervisor
 from switchd.http.server import HttpApp, serve
 from switchd.originate import OriginateRequest, Originator
 from switchd.policing import CapsGate, build_caps_backend
-from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
+from switchd.registry import (CallAdopted, CallAnswered, CallEnded, CallStarted, CallRegistry, CallRenamed, CarrierOutcome,
                               LegEnded)
 from switchd.registry_resync import parse_show_channels_json
 from switchd.router import Router
@@ -109,11 +112,24 @@ class Daemon:
                                      world=lambda: self.world,
                                      record=lambda d: self.writer.submit_decision(d.as_row()))
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
+        originate = lambda payload: self.originator.originate(  # noqa: E731
+            OriginateRequest.from_json(payload))
+        # Call events for applications (switchd/api/webhooks.py): the event greenlet only
+        # appends to call_events; the outbox writer and the deliverer do the I/O.
+        horizon = cfg["webhooks.give_up_after"]
+        self.call_events = webhooks.CallEvents()
+        self.outbox = webhooks.Outbox(self.db_url, self.call_events, horizon)
+        self.deliverer = webhooks.Deliverer(self.db_url, base=cfg["webhooks.backoff_base"],
+                                            cap=cfg["webhooks.backoff_max"],
+                                            timeout=cfg["webhooks.timeout"])
+        self.api = build_app(self.db_url, Live(live_calls=self.live_calls, originate=originate,
+                                               hangup=self.hangup, router=self.router,
+                                               reset_health=self.reset_health),
+                             admin_token=cfg["http.api_token"] or None, horizon_s=horizon)
         self.app = HttpApp(route_lookup=lambda form: self.router.route(form).xml,
                            readiness=self.readiness, live_calls=self.live_calls,
-                           originate=lambda payload: self.originator.originate(
-                               OriginateRequest.from_json(payload)),
-                           api_token=cfg["http.api_token"] or None)
+                           originate=originate, api_token=cfg["http.api_token"] or None,
+                           api=self.api)
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"])
         self.http_port = self.http_server.server_port
         self.esl = ESLSupervisor(
@@ -134,6 +150,8 @@ class Daemon:
         self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
         self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
         self._spawn(self.reloader.run)
+        self._spawn(lambda: self.outbox.run(self.stopping))
+        self._spawn(lambda: self.deliverer.run(self.stopping))
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
@@ -172,6 +190,12 @@ class Daemon:
         for greenlet in self.greenlets:
             greenlet.unlink(self._greenlet_crashed)
         gevent.killall(self.greenlets, timeout=2)
+        if getattr(self, "outbox", None) is not None:
+            try:
+                while self.outbox.step():       # what the event path queued, into the outbox
+                    pass
+            except Exception as exc:    # shutdown boundary: the CDRs still get written
+                log.error("webhook outbox not drained at stop: %s", exc)
         if getattr(self, "writer", None) is not None:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
@@ -192,6 +216,12 @@ class Daemon:
             self._apply_resync(event.rows, event.connection)
         elif isinstance(event, ChannelEvent):
             self._record_event(event)
+            tenant = event.vars.get("switchd_tenant")
+            if event.name in ("CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"):
+                self.call_events.progress(event.call_uuid or event.uuid, tenant,
+                                          event.timestamp_us)
+            elif tenant:
+                self.call_events.learn_tenant(event.call_uuid or event.uuid, tenant)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
                 if carrier is not None:
@@ -230,6 +260,10 @@ class Daemon:
                                    effect.answered, _now())
         elif isinstance(effect, CallEnded):
             self._call_ended(effect.call, precision)
+        elif isinstance(effect, CallStarted):
+            self.call_events.started(effect.call)
+        elif isinstance(effect, CallAnswered):
+            self.call_events.answered(effect.call, effect.leg)
         elif isinstance(effect, CallRenamed):
             self.caps.rename(effect.old, effect.new)
         elif isinstance(effect, CallAdopted):
@@ -244,6 +278,7 @@ class Daemon:
             for leg in legs:     # reconstructed legs never got their own LegEnded
                 self.writer.submit_leg(leg)
         self.writer.submit_call(record)
+        self.call_events.ended(call, record)
         self.caps.release(call.call_uuid)
         self.killed_by_watchdog.discard(call.call_uuid)
         self.spend.add(record.tenant, record.cost, record.ended_at or _now())
@@ -386,6 +421,23 @@ class Daemon:
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
         return problems
+
+    def hangup(self, call_uuid: str) -> bool:
+        """POST /v1/calls/{uuid}/hangup: uuid_kill the call's A-leg (FreeSWITCH then ends
+        the rest); False when FreeSWITCH refused."""
+        try:
+            reply = self.esl.api(_bare(commands.uuid_kill(call_uuid, "NORMAL_CLEARING")))
+        except Exception as exc:    # request boundary: the API answers 502
+            log.warning("hangup %s failed: %s", call_uuid, exc, extra={"call_uuid": call_uuid})
+            return False
+        return not str(getattr(reply, "body", reply)).startswith("-ERR")
+
+    def reset_health(self, carrier: str) -> None:
+        """POST /v1/carriers/{name}/health/reset: full score, enabled now (persisted by the
+        health persistence job like any other change)."""
+        from dialplan.health import CarrierHealth
+        self.health._set(carrier, CarrierHealth(), _now())
+        log.warning("carrier %s health reset by the API", carrier, extra={"carrier": carrier})
 
     def live_calls(self) -> list[dict]:
         now_us = self.now_us()
