@@ -34,7 +34,7 @@ def call(app, method: str, path: str, token: str | None = None, body=None,
     return seen["status"], seen["headers"], parsed
 
 
-def test_port(offset: int) -> int:
+def helper_port(offset: int) -> int:
     """A port in this helper's range when SWITCHD_TEST_PORT_BASE is set, else any free one."""
     base = os.environ.get("SWITCHD_TEST_PORT_BASE")
     if base:

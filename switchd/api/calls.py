@@ -310,7 +310,8 @@ def explain(router, tenant_name: str, dialled: str) -> dict:
     out["number"] = number.e164
     refusal = policy.check_destination(tenant, number)
     if refusal:
-        return {**out, "reason": refusal.reason}
+        return {**out, "reason": refusal.reason, "detail": refusal.detail,
+                "sip_code": refusal.sip_code}
     remaining = router.spend.remaining(tenant)
     if remaining is not None and remaining <= 0:
         return {**out, "reason": "monthly budget exhausted"}
@@ -336,7 +337,7 @@ def explain(router, tenant_name: str, dialled: str) -> dict:
         return {**out, "reason": "no carrier covers the number"}
     max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, ranked.routes[0].rate)
     if isinstance(max_s, policy.Refusal):
-        return {**out, "reason": max_s.detail}
+        return {**out, "reason": max_s.reason, "detail": max_s.detail, "sip_code": max_s.sip_code}
     return {**out, "result": "routed", "reason": ranked.reason, "max_duration": max_s,
             "budget_remaining": remaining}
 
