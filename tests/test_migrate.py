@@ -1,4 +1,8 @@
-from switchd.db.migrate import apply_migrations
+from switchd.db.migrate import apply_migrations, pending_files
+
+
 def test_migrations_apply_once(pg_url):
-    assert apply_migrations(pg_url) == ["001"]
+    versions = [version for version, _ in pending_files()]
+    assert versions[0] == "001"
+    assert apply_migrations(pg_url) == versions
     assert apply_migrations(pg_url) == []
