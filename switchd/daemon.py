@@ -220,8 +220,11 @@ class Daemon:
             if event.name in ("CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"):
                 self.call_events.progress(event.call_uuid or event.uuid, tenant,
                                           event.timestamp_us)
-            elif tenant:
-                self.call_events.learn_tenant(event.call_uuid or event.uuid, tenant)
+            elif tenant and self.call_events.waiting(event.call_uuid or event.uuid):
+                self.call_events.learn_tenant(
+                    event.call_uuid or event.uuid, tenant,
+                    {"direction": event.vars.get("switchd_direction"),
+                     "caller": event.caller_number, "destination": event.destination_number})
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
                 if carrier is not None:

@@ -141,3 +141,32 @@ def test_routing_explained_rates_and_health(world, switch):
     assert status == 200 and body["score"] == 100 and body["state"] == "up"
     status, _, body = request(daemon, "POST", "/v1/carriers/primo/health/reset")
     assert status == 200 and body["consecutive_failures"] == 0
+
+
+@pytest.mark.slow
+def test_routed_calls_send_events_once_their_tenant_is_known(world, switch):
+    """A call placed through the dialplan (mod_xml_curl): its first events carry no tenant;
+    created is held until routing names it, then numbered first. A busy callee ends in
+    `busy`, without duration or cost."""
+    sim, daemon = switch
+    receiver = world["receiver"]
+    answered = sim.place_call("+4930123999", accountcode="acme", hold_seconds=5)
+    assert answered.wait(30)
+    from switchd.sim import GatewayBehaviour
+    for gw in ("budgetel_gw1", "globex_gw1", "globex_gw2", "primo_gw1"):
+        sim.set_gateway(gw, GatewayBehaviour(fail_cause="USER_BUSY", sip_status=486))
+    busy = sim.place_call("+4930123998", accountcode="acme")
+    assert busy.wait(30)
+    got = daemon.wait_until(
+        lambda: sum(json.loads(d["body"])["event"] in ("completed", "busy")
+                    for d in receiver.received) >= 2 and receiver.received,
+        what="both calls' final events")
+    events = [json.loads(d["body"]) for d in got]
+    seq = lambda uuid: sorted((e["sequence"], e["event"]) for e in events  # noqa: E731
+                              if e["call_uuid"] == uuid)
+    assert seq(answered.uuid) == [(1, "created"), (2, "answered"), (3, "completed")]
+    assert seq(busy.uuid) == [(1, "created"), (2, "busy")]
+    final = next(e for e in events if e["event"] == "busy")
+    assert final["data"]["hangup_cause"] == "USER_BUSY" and "cost" not in final["data"]
+    created = next(e for e in events if e["call_uuid"] == answered.uuid and e["event"] == "created")
+    assert created["tenant"] == "acme" and created["data"]["destination"] == "+4930123999"

@@ -70,6 +70,11 @@ def _iso(us: int | None) -> str:
     return at.isoformat()
 
 
+def _known(call) -> dict:
+    return {"direction": call.direction, "caller": call.caller or None,
+            "destination": call.destination or None}
+
+
 # --- in the event greenlet ------------------------------------------------------------------
 class CallEvents:
     """Turns registry effects into application events; O(1) per event, no I/O. The queue
@@ -88,12 +93,26 @@ class CallEvents:
                                            "pending": []}
         return st
 
-    def _emit(self, call_uuid: str, tenant: str | None, name: str, at_us: int, data: dict):
+    def _emit(self, call_uuid: str, tenant: str | None, name: str, at_us: int, data: dict,
+              known: dict | None = None):
         st = self._state(call_uuid)
         if tenant and not st["tenant"]:
             st["tenant"] = tenant
+        self._complete(st, known)
         st["pending"].append((name, at_us, data))
         self._flush(call_uuid, st)
+
+    @staticmethod
+    def _complete(st: dict, known: dict | None) -> None:
+        """Fill what a held `created` did not know yet (a routed call's direction and
+        numbers arrive with the events after the dialplan's `set`s)."""
+        if not known:
+            return
+        for name, _, data in st["pending"]:
+            if name == "created":
+                for key, value in known.items():
+                    if data.get(key) is None and value:
+                        data[key] = value
 
     def _flush(self, call_uuid: str, st: dict) -> None:
         if not st["tenant"]:
@@ -120,17 +139,23 @@ class CallEvents:
         st["rang"] = True
         self._emit(call_uuid, tenant, "ringing", at_us, {})
 
-    def learn_tenant(self, call_uuid: str, tenant: str | None) -> None:
+    def waiting(self, call_uuid: str) -> bool:
+        """True while the call's events are held for want of its tenant."""
+        st = self._calls.get(call_uuid)
+        return st is not None and st["tenant"] is None
+
+    def learn_tenant(self, call_uuid: str, tenant: str | None, known: dict | None = None) -> None:
         st = self._calls.get(call_uuid)
         if st is not None and tenant and not st["tenant"]:
             st["tenant"] = tenant
+            self._complete(st, known)
             self._flush(call_uuid, st)
 
     def answered(self, call, leg) -> None:
         st = self._state(call.call_uuid)
         st["rang"] = True
         self._emit(call.call_uuid, call.tenant, "answered", call.answered_us or leg.answered_us,
-                   {"carrier": leg.carrier, "gateway": leg.gateway})
+                   {"carrier": leg.carrier, "gateway": leg.gateway}, _known(call))
 
     def ended(self, call, record) -> None:
         """`record`: the CallRecord billing made (duration and cost are the CDR's)."""
@@ -141,7 +166,7 @@ class CallEvents:
             data["duration_seconds"] = record.billed_seconds
             data["cost"] = str(record.cost)
         at = int(record.ended_at.timestamp() * 1e6) if record.ended_at else call.ended_us
-        self._emit(call.call_uuid, record.tenant or call.tenant, name, at, data)
+        self._emit(call.call_uuid, record.tenant or call.tenant, name, at, data, _known(call))
         self._calls.pop(call.call_uuid, None)
 
     def take(self, limit: int) -> list[dict]:
