@@ -152,6 +152,7 @@ class Daemon:
         self._spawn(self.reloader.run)
         self._spawn(lambda: self.outbox.run(self.stopping))
         self._spawn(lambda: self.deliverer.run(self.stopping))
+        self._spawn(Periodic(3600.0, self._api_housekeeping, "API housekeeping").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
@@ -424,6 +425,10 @@ class Daemon:
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
         return problems
+
+    def _api_housekeeping(self) -> None:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            webhooks.housekeeping(conn)
 
     def hangup(self, call_uuid: str) -> bool:
         """POST /v1/calls/{uuid}/hangup: uuid_kill the call's A-leg (FreeSWITCH then ends

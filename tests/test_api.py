@@ -327,7 +327,7 @@ def test_rate_deck_upload_list_export(world):
     assert status == 201 and body["rows"] == 2, body
     status, _, body = call(app, "GET", "/v1/carriers/primo/rates", ADMIN)
     assert status == 200 and len(body["decks"]) == 2
-    status, headers, text = call(app, "GET", f"/v1/carriers/primo/rates/export?at=2030-02-01T00:00:00%2B00:00", ADMIN)
+    status, headers, text = call(app, "GET", "/v1/carriers/primo/rates/export?at=2030-02-01T00:00:00%2B00:00", ADMIN)
     assert status == 200 and headers["Content-Type"] == "text/csv"
     assert "447,0.045600" in text and "81," not in text
     before = snapshot(world["url"])

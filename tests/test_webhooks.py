@@ -203,3 +203,25 @@ def test_signature_is_hmac_over_timestamp_and_body():
     assert header == "t=1700000000,v1=" + hmac.new(b"s3cret-s3cret-s3cret",
                                                    b"1700000000." + body, hashlib.sha256).hexdigest()
     assert not doc_verify()("s3cret-s3cret-s3cret", header, body)    # far too old
+
+
+def test_housekeeping_forgets_old_answers_and_finished_rows(hooked):
+    url, _, _ = hooked
+    from switchd.api import keys
+    with psycopg.connect(url, autocommit=True) as conn:
+        keys.create(conn, tenant="acme")
+        key_id = conn.execute("SELECT id FROM api_keys").fetchone()[0]
+        conn.execute("""INSERT INTO api_idempotency (key_id, idem_key, request_hash, status,
+                                                     created_at)
+                        VALUES (%s, 'old', 'h', 200, now() - interval '25 hours'),
+                               (%s, 'new', 'h', 200, now()),
+                               (%s, 'running', 'h', NULL, now() - interval '25 hours')""",
+                     (key_id, key_id, key_id))
+        webhooks.write_events(conn, events_for("old-call"), 3600)
+        conn.execute("UPDATE webhook_outbox SET delivered_at = now() - interval '31 days' "
+                     "WHERE event IN ('created', 'ringing')")
+        assert webhooks.housekeeping(conn) == (1, 2)
+        assert {r[0] for r in conn.execute("SELECT idem_key FROM api_idempotency")} == \
+            {"new", "running"}
+        assert [r[0] for r in conn.execute("SELECT event FROM webhook_outbox ORDER BY call_seq")] == \
+            ["answered", "completed"]

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from dialplan import lcr, numbers, policy
-from dialplan.health import CarrierHealth, availability
+from dialplan.health import availability
 from dialplan.ratedeck import lookup_all
 from switchd.api.app import ApiError, Request, dumps
 

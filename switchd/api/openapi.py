@@ -8,8 +8,6 @@ from functools import lru_cache
 
 from dialplan import validate
 
-_TYPES = {"name": "string", "accountcode": "string", "domain": "string"}
-
 
 def _props(section: str) -> dict:
     props = {}

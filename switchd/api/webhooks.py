@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -393,3 +392,14 @@ def replay(conn: psycopg.Connection, call_uuid: str, tenant: str | None,
                   occurred_at, body, now() + %s * interval '1 second'
            FROM webhook_outbox WHERE call_uuid = %s AND (%s::text IS NULL OR tenant = %s)
            ORDER BY event_id, id""", (horizon_s, call_uuid, tenant, tenant)).rowcount
+
+
+def housekeeping(conn: psycopg.Connection, idempotency_hours: float = 24,
+                 keep_days: float = 30) -> tuple[int, int]:
+    """Forget Idempotency-Key answers after a day and finished outbox rows after a month
+    (docs/api.md says both); returns (keys, rows) removed."""
+    keys = conn.execute("DELETE FROM api_idempotency WHERE created_at < now() - %s * interval "
+                        "'1 hour' AND status IS NOT NULL", (idempotency_hours,)).rowcount
+    done = conn.execute("DELETE FROM webhook_outbox WHERE coalesce(delivered_at, failed_at) < "
+                        "now() - %s * interval '1 day'", (keep_days,)).rowcount
+    return keys, done
