@@ -397,3 +397,59 @@ def test_openapi_refs_resolve():
     text = _json.dumps(doc)
     for ref in set(__import__("re").findall(r'"#/components/schemas/(\w+)"', text)):
         assert ref in doc["components"]["schemas"], ref
+
+
+# --- originate at the HTTP layer: tenancy and Idempotency-Key -------------------------------------
+def test_idempotency_key_replays_refuses_concurrent_and_forgets_crashes(world):
+    """The originate behind it is a recorder (the daemon's is exercised end to end in
+    test_e2e_api.py); what is tested here is the key's table in PostgreSQL."""
+    from switchd.api.calls import Live
+    from switchd.originate import OriginateError
+    placed, inner = [], {}
+    app = None
+
+    def originate(payload):
+        placed.append(payload)
+        if payload["destination"] == "+442079460001":     # a retry while the first runs
+            inner["answer"] = call(app, "POST", "/v1/calls", world["acme"],
+                                   {"destination": "+442079460001"}, headers={"Idempotency-Key": "k1"})
+        if payload["destination"] == "+442079460002":
+            raise RuntimeError("switch exploded")
+        if payload["destination"] == "+442079460003":
+            raise OriginateError("timeout_s: an integer from 1 to 300")
+        return {"call_uuid": f"uuid-{len(placed)}", "tenant": payload["tenant"]}
+
+    app = build_app(world["url"], Live(originate=originate), admin_token=ADMIN)
+    acme = world["acme"]
+    status, _, first = call(app, "POST", "/v1/calls", acme, {"destination": "+442079460001"},
+                            headers={"Idempotency-Key": "k1"})
+    assert status == 200 and first == {"call_uuid": "uuid-1", "tenant": "acme"}
+    status, headers, body = inner["answer"]
+    assert status == 409 and headers["Retry-After"] == "1" and body["field"] == "Idempotency-Key"
+    status, headers, again = call(app, "POST", "/v1/calls", acme, {"destination": "+442079460001"},
+                                  headers={"Idempotency-Key": "k1"})
+    assert (status, again, headers["Idempotent-Replayed"]) == (200, first, "true")
+    assert len(placed) == 1
+    # the same key from another API key is another request
+    assert call(app, "POST", "/v1/calls", world["beta"], {"destination": "+442079460001"},
+                headers={"Idempotency-Key": "k1"})[2]["tenant"] == "beta"
+    # a crash stores nothing: the retry runs again
+    assert call(app, "POST", "/v1/calls", acme, {"destination": "+442079460002"},
+                headers={"Idempotency-Key": "k2"})[0] == 500
+    assert call(app, "POST", "/v1/calls", acme, {"destination": "+442079460002"},
+                headers={"Idempotency-Key": "k2"})[0] == 500
+    assert len([p for p in placed if p["destination"] == "+442079460002"]) == 2
+    # a refusal is an answer: stored and replayed, with the field named
+    for _ in range(2):
+        status, _, body = call(app, "POST", "/v1/calls", acme, {"destination": "+442079460003"},
+                               headers={"Idempotency-Key": "k3"})
+        assert status == 400 and body["field"] == "timeout_s"
+    assert len([p for p in placed if p["destination"] == "+442079460003"]) == 1
+    # tenancy: a tenant key places calls as its own tenant only
+    status, _, body = call(app, "POST", "/v1/calls", acme, {"destination": "+1", "tenant": "beta"})
+    assert status == 404 and body["field"] == "tenant"
+    status, _, body = call(app, "POST", "/v1/calls", ADMIN, {"destination": "+1"})
+    assert status == 400 and body["field"] == "tenant"
+    status, _, body = call(app, "POST", "/v1/calls", acme, {"destination": "+1"},
+                           headers={"Idempotency-Key": ""})
+    assert status == 400 and body["field"] == "Idempotency-Key"
