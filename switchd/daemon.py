@@ -285,7 +285,7 @@ class Daemon:
         self.call_events.ended(call, record)
         self.caps.release(call.call_uuid)
         self.killed_by_watchdog.discard(call.call_uuid)
-        self.spend.add(record.tenant, record.cost, record.ended_at or _now())
+        self._add_spend(record)
         result = "answered" if record.answered_at else "failed"
         metrics.CALLS.labels(record.direction, result, record.hangup_cause or "UNKNOWN").inc()
         if record.carrier and record.billed_seconds:
@@ -295,6 +295,18 @@ class Daemon:
                  record.carrier or "-", record.billed_seconds, record.cost,
                  " (reconstructed)" if record.reconstructed else "",
                  extra={"call_uuid": call.call_uuid, "tenant": record.tenant})
+
+    def _add_spend(self, record) -> None:
+        """Month-to-date spend, and the budget alerts (webhooks) the call's cost crosses."""
+        tenant, at = record.tenant, record.ended_at or _now()
+        same_month = self.spend.month == month_start(at)
+        before = self.spend.spent.get(tenant, 0) if tenant and same_month else 0
+        self.spend.add(tenant, record.cost, at)
+        if tenant and record.cost:
+            after, budget = self.spend.spent.get(tenant, 0), self.spend.budgets.get(tenant)
+            for threshold in webhooks.thresholds_crossed(before, after, budget):
+                self.call_events.budget_crossed(tenant, threshold, after, budget,
+                                                self.spend.month, at)
 
     def _on_gateway(self, event: GatewayEvent) -> None:
         self.health.gateway_event(event.gateway, event.kind, event.state, event.ping_status)

@@ -170,3 +170,19 @@ def test_routed_calls_send_events_once_their_tenant_is_known(world, switch):
     assert final["data"]["hangup_cause"] == "USER_BUSY" and "cost" not in final["data"]
     created = next(e for e in events if e["call_uuid"] == answered.uuid and e["event"] == "created")
     assert created["tenant"] == "acme" and created["data"]["destination"] == "+4930123999"
+
+
+@pytest.mark.slow
+def test_budget_alert_reaches_the_tenants_webhook(world, start_switch):
+    with psycopg.connect(world["url"], autocommit=True) as conn:
+        conn.execute("UPDATE tenants SET monthly_budget = 0.01 WHERE name = 'acme'")
+    sim, daemon = start_switch(world["url"])
+    status, _, body = request(daemon, "POST", "/v1/calls", world["acme"],
+                              {"destination": "02079460999"})
+    assert status == 200 and body["answered"], body
+    sim.kill_call(body["call_uuid"])            # 60 s billed at 0.009/min: 90 % of 0.01
+    got = daemon.wait_until(lambda: [json.loads(d["body"]) for d in world["receiver"].received
+                                     if json.loads(d["body"])["event"] == "budget.threshold"],
+                            what="budget alert")
+    assert [(a["tenant"], a["data"]["threshold_percent"], a["data"]["spent"]) for a in got] == \
+        [("acme", 80, "0.009000")]

@@ -225,3 +225,30 @@ def test_housekeeping_forgets_old_answers_and_finished_rows(hooked):
             {"new", "running"}
         assert [r[0] for r in conn.execute("SELECT event FROM webhook_outbox ORDER BY call_seq")] == \
             ["answered", "completed"]
+
+
+@pytest.mark.parametrize("before,after,crossed", [
+    ("0", "79.99", []), ("79.99", "80", [80]), ("50", "100", [80, 100]),
+    ("80", "99", []), ("99", "150", [100]), ("150", "160", [])])
+def test_budget_thresholds_crossed(before, after, crossed):
+    assert webhooks.thresholds_crossed(Decimal(before), Decimal(after), Decimal("100")) == crossed
+    assert webhooks.thresholds_crossed(Decimal(before), Decimal(after), None) == []
+
+
+def test_budget_alert_is_delivered_on_the_same_channel_with_a_stable_id(hooked):
+    url, receiver, secret = hooked
+    month = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    ev = webhooks.CallEvents()
+    for _ in range(2):          # e.g. two daemons noticing the same crossing
+        ev.budget_crossed("acme", 80, Decimal("4000.10"), Decimal("5000"), month,
+                          datetime.now(timezone.utc))
+    alerts = ev.take(10)
+    assert alerts[0]["event_id"] == alerts[1]["event_id"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert webhooks.write_events(conn, alerts[:1], 3600) == 1
+    receiver.up()
+    assert webhooks.Deliverer(url, clock=Clock()).step() == 1
+    body = json.loads(receiver.wait_for(lambda r: len(r) == 1)[0]["body"])
+    assert body["event"] == "budget.threshold" and body["data"] == {
+        "threshold_percent": 80, "spent": "4000.10", "monthly_budget": "5000",
+        "month": "2026-11"}

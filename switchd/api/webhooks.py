@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("created", "ringing", "answered", "completed", "busy", "no-answer", "failed")
 FINAL = ("completed", "busy", "no-answer", "failed")
+BUDGET_THRESHOLDS = (80, 100)        # percent of the monthly budget
+_BUDGET_NS = uuid.UUID("6d0f8a52-3c1e-4b7a-9d59-2f0c5b8e1a47")
 _BUSY = {"USER_BUSY"}
 _NO_ANSWER = {"NO_ANSWER", "NO_USER_RESPONSE", "ORIGINATOR_CANCEL", "ALLOTTED_TIMEOUT",
               "CALL_REJECTED", "PROGRESS_TIMEOUT"}
@@ -52,6 +54,13 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
+
+
+def thresholds_crossed(before, after, budget) -> list[int]:
+    """The BUDGET_THRESHOLDS (percent) that spend moving from `before` to `after` passes."""
+    if not budget:
+        return []
+    return [t for t in BUDGET_THRESHOLDS if before * 100 < budget * t <= after * 100]
 
 
 def final_event(answered: bool, hangup_cause: str | None) -> str:
@@ -167,6 +176,22 @@ class CallEvents:
         at = int(record.ended_at.timestamp() * 1e6) if record.ended_at else call.ended_us
         self._emit(call.call_uuid, record.tenant or call.tenant, name, at, data, _known(call))
         self._calls.pop(call.call_uuid, None)
+
+    def budget_crossed(self, tenant: str, threshold: int, spent, budget, month: datetime,
+                       at: datetime) -> None:
+        """A budget alert on the same channel: the tenant's month-to-date spend passed
+        `threshold` % of its monthly budget. Its event_id is derived from tenant, month and
+        threshold, so a second daemon noticing the same crossing sends a duplicate that
+        receivers drop like any retry."""
+        if len(self.queue) >= self.max_queued:
+            metrics.WEBHOOK_EVENTS_DROPPED.inc()
+            return
+        key = f"{tenant}/{month:%Y-%m}/{threshold}"
+        self.queue.append({"event_id": str(uuid.uuid5(_BUDGET_NS, key)), "tenant": tenant,
+                           "call_uuid": f"budget:{month:%Y-%m}", "sequence": threshold,
+                           "event": "budget.threshold", "occurred_at": at.isoformat(),
+                           "data": {"threshold_percent": threshold, "spent": str(spent),
+                                    "monthly_budget": str(budget), "month": f"{month:%Y-%m}"}})
 
     def take(self, limit: int) -> list[dict]:
         out = []
