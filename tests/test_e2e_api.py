@@ -139,8 +139,19 @@ def test_routing_explained_rates_and_health(world, switch):
     assert request(daemon, "GET", "/v1/carriers/primo/health", acme)[0] == 403
     status, _, body = request(daemon, "GET", "/v1/carriers/primo/health")
     assert status == 200 and body["score"] == 100 and body["state"] == "up"
+    from switchd.sim import GatewayBehaviour
+    sim.set_gateway("primo_gw1", GatewayBehaviour(fail_cause="NORMAL_TEMPORARY_FAILURE",
+                                                  sip_status=503))
+    status, _, body = request(daemon, "POST", "/v1/calls", acme, {"destination": "+81312345678"})
+    assert status == 200 and body["answered"] is False, body
+    hurt = daemon.wait_until(
+        lambda: (lambda h: h if h["consecutive_failures"] else None)(
+            request(daemon, "GET", "/v1/carriers/primo/health")[2]), what="primo's failure counted")
+    assert hurt["score"] < 100
     status, _, body = request(daemon, "POST", "/v1/carriers/primo/health/reset")
-    assert status == 200 and body["consecutive_failures"] == 0
+    assert status == 200 and (body["score"], body["consecutive_failures"], body["state"]) == \
+        (100, 0, "up")
+    assert request(daemon, "POST", "/v1/carriers/nope/health/reset")[0] == 404
 
 
 @pytest.mark.slow
