@@ -74,7 +74,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from switchd.commands import inventory
+    from switchd.commands import api, inventory
     parser = _Parser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=_formatter)
     parser.add_argument("--version", action="version", version=f"switchd {_version()}")
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "Refuses while other clients are connected (a running daemon), unless --force.")
     p.add_argument("--force", action="store_true", help="stop it even if clients are connected")
     p.set_defaults(handler="switchd.commands.db:stop")
+
+    api.register(sub, _formatter)       # keys, webhooks, route (docs/api.md)
 
     _add_common_options(parser)
     return parser

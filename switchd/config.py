@@ -122,6 +122,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Open HTTP connections at most; beyond it a new connection gets an immediate 503 "
             "(counted in switchd_http_connections_refused_total). Keep it below the open-file "
             "limit (LimitNOFILE in the systemd unit).", check=_positive),
+    Setting("webhooks", "backoff_base", float, 2.0,
+            "Seconds before the second try of a webhook delivery; doubles each try.",
+            check=_positive),
+    Setting("webhooks", "backoff_max", float, 600.0,
+            "Longest wait between two tries of one webhook delivery, seconds.", check=_positive),
+    Setting("webhooks", "give_up_after", float, 259200.0,
+            "Seconds after an event after which its delivery is given up (default 3 days); "
+            "a replay re-sends it.", check=_positive),
+    Setting("webhooks", "timeout", float, 10.0,
+            "Seconds one webhook POST may take.", check=_positive),
     Setting("routing", "tenant_from", "choice:accountcode|domain|variable", "accountcode",
             "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
             "or the channel variable in routing.tenant_variable."),

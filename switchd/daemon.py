@@ -23,6 +23,9 @@ from gevent.event import Event
 from dialplan import rating
 from dialplan.failover import FailoverTable
 from switchd import billing, metrics, systemd
+from switchd.api import webhooks
+from switchd.api.calls import Live
+from switchd.api.routes import build_app
 from switchd.books import HealthBook, SpendBook, month_start
 from switchd.cdrs.ingest import CdrIngest
 from switchd.config import Config
@@ -39,7 +42,7 @@ from switchd.http.connections import HttpLimits
 from switchd.http.server import HttpApp, NotReady, serve
 from switchd.originate import OriginateRequest, Originator
 from switchd.policing import CapsGate, build_caps_backend
-from switchd.registry import (CallAdopted, CallEnded, CallRegistry, CallRenamed, CarrierOutcome,
+from switchd.registry import (CallAdopted, CallAnswered, CallEnded, CallStarted, CallRegistry, CallRenamed, CarrierOutcome,
                               LegEnded)
 from switchd.registry_resync import RESYNC_LAG_US, parse_show_channels_json
 from switchd.router import Router
@@ -173,6 +176,19 @@ class Daemon:
                                      record=lambda d: self.writer.submit_decision(d.as_row()))
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
         self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
+        # Call events for applications (switchd/api/webhooks.py): the event greenlet only
+        # appends to call_events; the outbox writer and the deliverer do the I/O.
+        horizon = cfg["webhooks.give_up_after"]
+        self.call_events = webhooks.CallEvents()
+        self.outbox = webhooks.Outbox(self.db_url, self.call_events, horizon)
+        self.deliverer = webhooks.Deliverer(self.db_url, base=cfg["webhooks.backoff_base"],
+                                            cap=cfg["webhooks.backoff_max"],
+                                            timeout=cfg["webhooks.timeout"])
+        self.api = build_app(self.db_url, Live(live_calls=self.live_calls, originate=self._originate,
+                                               hangup=self.hangup, router=self.router,
+                                               reset_health=self.reset_health),
+                             admin_token=cfg["http.api_token"] or None, horizon_s=horizon)
+        self.app.api = self.api                    # /v1 is served by switchd/api from here on
         self.esl = ESLSupervisor(
             cfg["esl.host"], cfg["esl.port"], cfg["esl.password"],
             on_event=self.handle_event, on_connected=self.on_esl_connected,
@@ -194,6 +210,9 @@ class Daemon:
         metrics.LIVE.source = self.metrics_state
         self.reloader = WorldReloader(self.db_url, on_world=self._reload_world)
         self._spawn(self.reloader.run)
+        self._spawn(lambda: self.outbox.run(self.stopping))
+        self._spawn(lambda: self.deliverer.run(self.stopping))
+        self._spawn(Periodic(3600.0, self._api_housekeeping, "API housekeeping").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
@@ -247,6 +266,12 @@ class Daemon:
         for greenlet in self.greenlets:
             greenlet.unlink(self._greenlet_crashed)
         gevent.killall(self.greenlets, timeout=2)
+        if getattr(self, "outbox", None) is not None:
+            try:
+                while self.outbox.step():       # what the event path queued, into the outbox
+                    pass
+            except Exception as exc:    # shutdown boundary: the CDRs still get written
+                log.error("webhook outbox not drained at stop: %s", exc)
         if getattr(self, "writer", None) is not None:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
@@ -279,6 +304,15 @@ class Daemon:
                 # scaled time): resync compares leg times with the request in its clock.
                 self.switch_offset_us = event.timestamp_us - self.now_us()
             self._record_event(event)
+            tenant = event.vars.get("switchd_tenant")
+            if event.name in ("CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"):
+                self.call_events.progress(event.call_uuid or event.uuid, tenant,
+                                          event.timestamp_us)
+            elif tenant and self.call_events.waiting(event.call_uuid or event.uuid):
+                self.call_events.learn_tenant(
+                    event.call_uuid or event.uuid, tenant,
+                    {"direction": event.vars.get("switchd_direction"),
+                     "caller": event.caller_number, "destination": event.destination_number})
             effects = self.registry.apply(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])
@@ -344,6 +378,10 @@ class Daemon:
                                    effect.answered, _now())
         elif isinstance(effect, CallEnded):
             self._call_ended(effect.call, precision)
+        elif isinstance(effect, CallStarted):
+            self.call_events.started(effect.call)
+        elif isinstance(effect, CallAnswered):
+            self.call_events.answered(effect.call, effect.leg)
         elif isinstance(effect, CallRenamed):
             self.caps.rename(effect.old, effect.new)
         elif isinstance(effect, CallAdopted):
@@ -358,9 +396,10 @@ class Daemon:
             for leg in legs:     # reconstructed legs never got their own LegEnded
                 self.writer.submit_leg(leg)
         self.writer.submit_call(record)
+        self.call_events.ended(call, record)
         self.caps.release(call.call_uuid)
         self.killed_by_watchdog.discard(call.call_uuid)
-        self.spend.add(record.tenant, record.cost, record.ended_at or _now())
+        self._add_spend(record)
         result = "answered" if record.answered_at else "failed"
         metrics.CALLS.labels(record.direction, result, record.hangup_cause or "UNKNOWN").inc()
         if record.carrier and record.billed_seconds:
@@ -370,6 +409,18 @@ class Daemon:
                  record.carrier or "-", record.billed_seconds, record.cost,
                  " (reconstructed)" if record.reconstructed else "",
                  extra={"call_uuid": call.call_uuid, "tenant": record.tenant})
+
+    def _add_spend(self, record) -> None:
+        """Month-to-date spend, and the budget alerts (webhooks) the call's cost crosses."""
+        tenant, at = record.tenant, record.ended_at or _now()
+        same_month = self.spend.month == month_start(at)
+        before = self.spend.spent.get(tenant, 0) if tenant and same_month else 0
+        self.spend.add(tenant, record.cost, at)
+        if tenant and record.cost:
+            after, budget = self.spend.spent.get(tenant, 0), self.spend.budgets.get(tenant)
+            for threshold in webhooks.thresholds_crossed(before, after, budget):
+                self.call_events.budget_crossed(tenant, threshold, after, budget,
+                                                self.spend.month, at)
 
     def _on_gateway(self, event: GatewayEvent) -> None:
         self.health.gateway_event(event.gateway, event.kind, event.state, event.ping_status)
@@ -576,6 +627,27 @@ class Daemon:
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
         return problems
+
+    def _api_housekeeping(self) -> None:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            webhooks.housekeeping(conn)
+
+    def hangup(self, call_uuid: str) -> bool:
+        """POST /v1/calls/{uuid}/hangup: uuid_kill the call's A-leg (FreeSWITCH then ends
+        the rest); False when FreeSWITCH refused."""
+        try:
+            reply = self.esl.api(_bare(commands.uuid_kill(call_uuid, "NORMAL_CLEARING")))
+        except Exception as exc:    # request boundary: the API answers 502
+            log.warning("hangup %s failed: %s", call_uuid, exc, extra={"call_uuid": call_uuid})
+            return False
+        return not str(getattr(reply, "body", reply)).startswith("-ERR")
+
+    def reset_health(self, carrier: str) -> None:
+        """POST /v1/carriers/{name}/health/reset: full score, enabled now (persisted by the
+        health persistence job like any other change)."""
+        from dialplan.health import CarrierHealth
+        self.health._set(carrier, CarrierHealth(), _now())
+        log.warning("carrier %s health reset by the API", carrier, extra={"carrier": carrier})
 
     def live_calls(self) -> list[dict]:
         if not self.routing:

@@ -93,6 +93,15 @@ SPOOL_RECORDS = _gauge("switchd_spool_records", "Records waiting in the local du
 DB_ERRORS = _counter("switchd_db_errors_total", "PostgreSQL errors", ("operation",))
 REDIS_ERRORS = _counter("switchd_redis_errors_total", "Redis errors", ("operation",))
 
+# --- application webhooks (switchd/api/webhooks.py) ---
+WEBHOOK_DELIVERIES = _counter("switchd_webhook_deliveries_total",
+                              "Webhook delivery attempts by outcome (delivered, retry, gave_up).",
+                              ["outcome"])
+WEBHOOK_EVENTS_DROPPED = _counter("switchd_webhook_events_dropped_total",
+                                  "Call events dropped because the outbox queue was full.")
+API_REQUESTS = _counter("switchd_api_requests_total",
+                        "REST /v1 requests by HTTP status class.", ["status"])
+
 # --- billing truth (FreeSWITCH's CDRs, docs/storage.md) ----------------------------------
 SWITCH_CDRS = _counter("switchd_switch_cdrs_total",
                        "FreeSWITCH CDR deliveries (POST /fs/cdr, cdr import) by outcome: "

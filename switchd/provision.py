@@ -27,7 +27,7 @@ from dialplan import validate
 from switchd import provision_diff
 from switchd.provision_diff import ProvisionSummary
 
-__all__ = ["ProvisionError", "ProvisionSummary", "parse", "provision", "SECTIONS"]
+__all__ = ["ProvisionError", "ProvisionSummary", "parse", "parse_doc", "provision", "SECTIONS"]
 
 _LOCK_KEY = 0x5157_1C50  # serialises concurrent provision runs ("switchd provision")
 SECTIONS = ("tenants", "carriers", "dids", "campaigns")
@@ -61,6 +61,12 @@ def parse(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line N, column M)".
         raise ProvisionError([f"{label}: TOML syntax error: {exc}"]) from None
+    return parse_doc(label, doc)
+
+
+def parse_doc(label: str, doc: dict) -> dict[str, Any]:
+    """What parse() returns, for a document already decoded (the REST API's JSON bodies
+    go through here, so they are checked exactly as a provision file is)."""
     errors: list[str] = []
     out: dict[str, Any] = {"delete": {}}
     for key in doc:
@@ -192,6 +198,16 @@ def provision(conn_or_url: psycopg.Connection | str, path: str | Path, *,
         # was written (the transaction rolled back).
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ProvisionError([f"{path}: database refused the change: {reason}"]) from None
+
+
+def provision_data(conn: psycopg.Connection, label: str, data: dict) -> ProvisionSummary:
+    """Apply an already parsed document (parse_doc) in one transaction; what provision()
+    does after reading its file. Raises ProvisionError (nothing written)."""
+    try:
+        return _provision(conn, label, data, False, False)
+    except psycopg.errors.IntegrityError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ProvisionError([f"{label}: database refused the change: {reason}"]) from None
 
 
 def _provision(conn: psycopg.Connection, label: str, data: dict, dry_run: bool,

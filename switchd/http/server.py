@@ -115,7 +115,7 @@ class HttpApp:
                  readiness: Callable[[], dict] | None = None,
                  live_calls: Callable[[], list] | None = None,
                  originate: Callable[[dict], dict] | None = None, api_token: str | None = None,
-                 cdr_ingest=None, cdr_credentials: str | None = None):
+                 cdr_ingest=None, cdr_credentials: str | None = None, api=None):
         self.route_lookup = route_lookup
         self.readiness = readiness or (lambda: {})
         self.live_calls = live_calls or (lambda: [])
@@ -123,6 +123,7 @@ class HttpApp:
         self.api_token = api_token
         self.cdr_ingest = cdr_ingest
         self.cdr_credentials = cdr_credentials
+        self.api = api      # the /v1 WSGI app (switchd/api); None: the two built-in endpoints
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -151,6 +152,8 @@ class HttpApp:
                 output = generate_latest(metrics.REGISTRY)
                 start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
                 return [output]
+            if path.startswith("/v1/") and self.api is not None:
+                return self.api(environ, start_response)
             if path.startswith("/v1/") and not self._authorised(environ):
                 return self._json(start_response, "401 Unauthorized",
                                   {"error": "missing or wrong bearer token (http.api_token)"})
