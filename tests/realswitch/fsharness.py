@@ -167,8 +167,8 @@ class RealSwitch:
             carrier.stop()
 
     def reset(self, timeout: float = 20.0) -> None:
-        """Between tests: no channels, every carrier answering, every gateway UP, counts and
-        events forgotten."""
+        """Between tests: no channels, every carrier answering, every gateway UP, counts,
+        events and mod_json_cdr's error directory forgotten."""
         for handle in self._handles:
             if handle.proc.poll() is None:
                 stop_process(handle.proc)
@@ -186,6 +186,10 @@ class RealSwitch:
         for carrier in self.carriers.values():
             carrier.reset_counts()
         self.listener.clear()
+        # CDRs mod_json_cdr could not post while no daemon listened (between tests) belong
+        # to earlier tests: each test starts with an empty error directory.
+        for leftover in (self.fs_dir / "log" / "json_cdr").glob("*.cdr.json"):
+            leftover.unlink()
 
     def set_cdr_url(self, url: str | None) -> None:
         """Turn mod_json_cdr on (posting every leg's CDR to `url`) or off (None), at once:
