@@ -123,18 +123,20 @@ def test_refusals_answer_the_right_sip_code(switch, world_url, dialled, accountc
     assert metric(daemon, "switchd_calls_total", direction="inbound") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "switchd defect (issue 8, helper dids-gw): a DID to an extension answers `transfer "
-    "<ext> XML default`; FreeSWITCH (and now the simulator) asks again for <ext> in context "
-    "default, and switchd refuses that lookup ('unknown DID')"))
 def test_inbound_did_reaches_the_tenant_extension(switch, world_url):
     sim, daemon = switch
     call = sim.place_call("+442079460100", caller="+12125550199", hold_seconds=20)
     assert call.wait(30)
+    # switchd transfers to 1000 in `default`, hands that lookup back (`not found`) and the
+    # simulator's static extension answers it: the caller alone, no carrier leg.
+    assert call.result == "answered" and call.legs == []
+    assert [(d, c) for d, c, _ in call.lookups] == [("+442079460100", "public"), ("1000", "default")]
+    assert dict(call.set_vars).get("route_source") == "static_extension"
     row = _wait_cdr(daemon, world_url, call.uuid)
     assert row[6] == "acme" and row[7] == "inbound"
-    decision = rows(world_url, "SELECT result, reason FROM routing_decisions WHERE call_uuid = %s", call.uuid)
-    assert decision == [("routed", "did")]
+    decision = rows(world_url, "SELECT result, reason FROM routing_decisions WHERE call_uuid = %s "
+                    "ORDER BY created_at", call.uuid)
+    assert decision == [("routed", "did"), ("routed", "did_extension_handoff")]
 
 
 def test_live_calls_are_listed_and_metrics_move(switch, world_url):

@@ -160,7 +160,8 @@ def test_transfer_to_an_extension_asks_again_in_that_context(world):
 
 def test_transfer_answered_not_found_without_a_static_context_is_no_route(world):
     sim, dp, client = world(lambda body: NOT_FOUND if form(body)["Hunt-Context"] == "default"
-                            else doc(act("transfer", "1001 XML default")))
+                            else doc(act("transfer", "1001 XML default")),
+                            static_dialplan=[])        # no static extensions at all
     call = sim.place_call("442079460000")
     assert call.wait(5) and call.result == "refused"
     assert call.hangup_cause == "NO_ROUTE_DESTINATION" and call.lookups[-1][2] == "static_fallback"

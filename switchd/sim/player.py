@@ -8,7 +8,9 @@ An inbound call runs its dialplan the way FreeSWITCH 1.10.12 does: mod_xml_curl 
 mod_dialplan_xml hunt (switchd/sim/dialplan.py), then the applications in order (`set`,
 `export`, `unset`, `bridge`, `transfer`, `respond`, `hangup`, `sched_hangup`, ...). A failed
 `bridge` sets the caller's outcome variables and continues only as
-switch_channel_handle_cause() allows; a `transfer` is a new lookup.
+switch_channel_handle_cause() allows; a `transfer` is a new lookup. `answer` answers the
+caller alone and `park` holds it until it hangs up: what a static extension does when a
+lookup is `not found` (Simulator(static_dialplan=...)).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ A_NAME = "sofia/local/{caller}@127.0.0.1:5060"
 ORIGINATE_TIMEOUT_S = 60.0  # switch_ivr_originate.c: timelimit_sec when originate_timeout is unset
 MAX_FORWARDS = 70           # switch_ivr_session_transfer(): forwardval default
 # Applications that do nothing the simulator shows (no media, no logs).
-_QUIET_APPS = frozenset({"log", "info", "answer", "pre_answer", "ring_ready", "sleep",
+_QUIET_APPS = frozenset({"log", "info", "pre_answer", "ring_ready", "sleep",
                          "playback", "set_profile_var", "event", "hash", "limit", "db",
                          "park", "echo", "endless_playback", "export_vars", "multiset"})
 # Variables a failed bridge leaves on the caller (cleared when no bridge ever ran).
@@ -133,7 +135,7 @@ class Player:
                                           destination=destination if transferred else None,
                                           context=context)
                 root, source, reason = xmlcurl.lookup(sim.dialplan_url, body,
-                                                      sim.dialplan_timeout)
+                                                      sim.dialplan_timeout, sim.static_dialplan)
                 call.route_source = source
                 call.lookups.append((destination, context, source))
                 sim.log_lookup(call, source, reason)
@@ -233,6 +235,10 @@ class Player:
                 if when <= t:
                     self._end_alone(call, a, t, cause)
                 call.sched_at_us, call.sched_cause = when, cause
+            elif app == "answer":
+                self._answer(call, a, t)
+            elif app == "park":
+                self._park(call, a, t)          # raises CallOver
             elif app in _QUIET_APPS:
                 continue
             else:
@@ -240,6 +246,38 @@ class Player:
                 self._end_alone(call, a, t, "DESTINATION_OUT_OF_ORDER")
         # The extension ran out of applications: the channel hangs up.
         self._end_alone(call, a, t, "NORMAL_CLEARING")
+
+    def _answer(self, call: SimCall, a: SimLeg, t: int) -> None:
+        """The switch answers the caller itself (no other leg): A CHANNEL_ANSWER alone."""
+        if a.answered_us:
+            return
+        a.progress_us = a.progress_media_us = a.answered_us = t
+        eoa = self.getvar(call, a, "execute_on_answer") or ""
+        if eoa.startswith("sched_hangup"):
+            parts = eoa.split()
+            call.sched_cause = C.str2cause(parts[2]) if len(parts) > 2 else "ALLOTTED_TIMEOUT"
+            call.sched_at_us = C.sched_when_us(parts[1] if len(parts) > 1 else "", t)
+        extra = {"variable_last_bridge_hangup_cause": None,
+                 "variable_last_bridge_proto_specific_hangup_cause": None}
+        self.emit(call, "a.CHANNEL_ANSWER", a, None, t, extra=extra,
+                  set_vars=list(call.set_vars))
+
+    def _park(self, call: SimCall, a: SimLeg, t: int) -> None:
+        """`park`: the channel waits, with no other leg, until it is hung up: the caller
+        after its hold time (from the answer), `sched_hangup` or `uuid_kill`."""
+        start = a.answered_us or t
+        t_end = start + int(call.hold_seconds * 1_000_000)
+        while not call.kill:
+            due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
+            if not self.wait(call, due) and self.clock.now_us() >= due - 1:
+                break
+        if call.kill:
+            t, cause = self.clock.now_us(), C.str2cause(call.kill[1])
+        elif call.sched_at_us is not None and call.sched_at_us <= t_end:
+            t, cause = max(call.sched_at_us, start), call.sched_cause
+        else:
+            t, cause = t_end, "NORMAL_CLEARING"
+        self._end_alone(call, a, t, cause)
 
     def _forwards(self, call, a) -> int:
         for name in ("max_session_transfers", "max_forwards"):
@@ -419,6 +457,7 @@ class Player:
                       "variable_last_bridge_to": None, "variable_bridge_channel": None,
                       "variable_signal_bond": None, "variable_bridge_hangup_cause": None,
                       "variable_endpoint_disposition":
+                          "ANSWER" if a.answered_us else
                           "EARLY MEDIA" if call.legs else "DELAYED NEGOTIATION"})
         set_vars = list(call.set_vars)
         self.emit(call, "a.CHANNEL_HANGUP", a, None, t, extra=extra, set_vars=set_vars)

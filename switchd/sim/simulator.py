@@ -17,7 +17,7 @@ import time
 import gevent
 import gevent.pool
 
-from switchd.sim import api, causes, wire
+from switchd.sim import api, causes, wire, xmlcurl
 from switchd.sim.clock import SimClock
 from switchd.sim.legs import SimLeg
 from switchd.sim.model import GatewayBehaviour, SimCall, seeded_uuid
@@ -34,8 +34,19 @@ class Simulator:
                  default_gateway: GatewayBehaviour = GatewayBehaviour(),
                  hold_range: tuple[float, float] = (10.0, 300.0), dialplan_timeout: float = 5.0,
                  host: str = "127.0.0.1", port: int = 0, hostname: str = "vm",
-                 start_us: int | None = None, sessions_per_second: int | None = 30) -> None:
+                 start_us: int | None = None, sessions_per_second: int | None = 30,
+                 static_dialplan=None) -> None:
         self.seed = seed
+        # FreeSWITCH's static XML dialplan, read when mod_xml_curl gets no usable answer:
+        # None = the public refusal + local users 1xxx in `default`; a sequence of
+        # (context, expression[, actions]) extensions added to the public refusal; or a
+        # whole document as XML text.
+        if isinstance(static_dialplan, str):
+            self.static_dialplan = xmlcurl.parse_answer(static_dialplan)
+        elif static_dialplan is None:
+            self.static_dialplan = xmlcurl.static_dialplan()
+        else:
+            self.static_dialplan = xmlcurl.static_dialplan(static_dialplan)
         self.dialplan_url = dialplan_url
         self.dialplan_timeout = dialplan_timeout
         self.heartbeat_interval = heartbeat_interval     # real seconds; None = off
@@ -356,6 +367,14 @@ class Simulator:
 
     def set_gateway(self, name: str, behaviour: GatewayBehaviour) -> None:
         self.gateways[name] = behaviour
+
+    def add_static_extension(self, context: str, expression: str,
+                             actions=xmlcurl.LOCAL_USER_ACTIONS, name: str | None = None,
+                             field: str = "destination_number") -> None:
+        """Append an extension to `context` of the static dialplan (after what it holds, as
+        in an XML file): a `not found` lookup in that context whose `field` matches
+        `expression` runs `actions` [(application, data)]; default: the local user answers."""
+        xmlcurl.add_extension(self.static_dialplan, context, expression, actions, name, field)
 
     def log_lookup(self, call: SimCall, source: str, reason: str) -> None:
         self.lookups.append((call.uuid, source, reason))

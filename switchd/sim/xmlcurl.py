@@ -3,7 +3,8 @@
 The POST is rendered from the captured request (same fields, order and escaping); the
 client is a plain gevent socket, one request per connection, as libcurl does it. Any
 error, timeout, non-200 or `<result status="not found"/>` falls back to the static
-dialplan (freeswitch-conf/dialplan/public.xml), exactly like mod_xml_curl.
+dialplan, exactly like mod_xml_curl: freeswitch-conf/dialplan/public.xml's refusal, plus the
+operator's static extensions (Simulator(static_dialplan=...), sim.add_static_extension).
 """
 from __future__ import annotations
 
@@ -25,6 +26,37 @@ STATIC_FALLBACK_XML = """<document type="freeswitch/xml"><section name="dialplan
 <action application="respond" data="503 Service Unavailable"/>
 <action application="hangup" data="NORMAL_TEMPORARY_FAILURE"/>
 </condition></extension></context></section></document>"""
+
+# A static extension that answers like a local user: the switch answers the caller and
+# keeps the call up until the caller hangs up (tests/realswitch/fsconfig.py, `extensions`).
+LOCAL_USER_ACTIONS = (("set", "route_source=static_extension"), ("answer", ""), ("park", ""))
+# The default static extensions: the `default` context (routing.extension_context's default)
+# holds the 4-digit local users 1000-1999, which the demo world's DIDs name.
+DEFAULT_STATIC_EXTENSIONS = (("default", r"^(1[0-9]{3})$"),)
+
+
+def static_dialplan(extensions=DEFAULT_STATIC_EXTENSIONS) -> ET.Element:
+    """The static XML dialplan: the `public` refusal, plus (context, expression[, actions])
+    extensions on destination_number, each appended to its context in order."""
+    root = ET.fromstring(STATIC_FALLBACK_XML)
+    for spec in extensions:
+        add_extension(root, *spec)
+    return root
+
+
+def add_extension(root: ET.Element, context: str, expression: str,
+                  actions=LOCAL_USER_ACTIONS, name: str | None = None,
+                  field: str = "destination_number") -> ET.Element:
+    """Append one extension to `context` of the static dialplan (created if missing)."""
+    section = next(s for s in root.iter("section") if s.get("name") == "dialplan")
+    ctx = next((c for c in section.iter("context") if c.get("name") == context), None)
+    if ctx is None:
+        ctx = ET.SubElement(section, "context", name=context)
+    ext = ET.SubElement(ctx, "extension", name=name or f"static_{len(ctx)}")
+    cond = ET.SubElement(ext, "condition", field=field, expression=expression)
+    for app, data in actions:
+        ET.SubElement(cond, "action", application=app, data=data)
+    return ext
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
@@ -219,9 +251,9 @@ def _dechunk(data: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
-def lookup(url: str | None, body: bytes, timeout: float):
+def lookup(url: str | None, body: bytes, timeout: float, static: ET.Element | None = None):
     """(document root, route_source, reason): the binding's answer, or the static dialplan
-    (which only has the `public` context: another context then has no route)."""
+    `static` (default: only the `public` refusal; a context it lacks has no route)."""
     if url:
         try:
             status, payload = post(url, body, timeout)
@@ -232,4 +264,6 @@ def lookup(url: str | None, body: bytes, timeout: float):
             reason = str(exc) or type(exc).__name__
     else:
         reason = "no dialplan_url"
-    return parse_answer(STATIC_FALLBACK_XML), "static_fallback", reason
+    if static is None:
+        static = parse_answer(STATIC_FALLBACK_XML)
+    return static, "static_fallback", reason
