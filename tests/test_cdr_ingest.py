@@ -309,3 +309,12 @@ def test_any_body_parses_or_is_refused_cleanly(body):
         parse(body)
     except CdrFormatError:
         pass
+
+
+def test_a_caller_name_that_is_not_utf8_does_not_cost_the_cdr():
+    # Seen on FreeSWITCH 1.10.12: a display name sent as Latin-1 reaches mod_json_cdr's
+    # body (and its error-directory file) byte for byte, so the JSON is not UTF-8.
+    body = B_BODY.replace(b'"sip_from_display":"sipp"', b'"sip_from_display":"Jos\xe9 \xff"')
+    assert body != B_BODY
+    leg = parse(body)
+    assert (leg.uuid, leg.billsec, leg.billmsec) == (B_UUID, 3, 2340)

@@ -72,8 +72,11 @@ def decode_body(body: bytes) -> dict:
                 raise CdrFormatError("body is neither JSON, cdr=<url-encoded JSON> nor "
                                      "cdr=<base64 JSON>") from None
     try:
-        data = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        # FreeSWITCH copies a caller's bytes into the JSON as they came (a display name
+        # that is not UTF-8 stays so): such a CDR is still the call's money, so the
+        # stray bytes become U+FFFD instead of costing the record.
+        data = json.loads(text.decode("utf-8", errors="replace"))
+    except ValueError as exc:
         raise CdrFormatError(f"CDR is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("variables"), dict):
         raise CdrFormatError("CDR JSON has no \"variables\" object")

@@ -50,8 +50,10 @@ def test_originate_fails_over_on_403_each_leg_its_own_uuid(realswitch, rs_daemon
     cdr = rs_daemon.wait_cdr(body["call_uuid"])
     assert (cdr["carrier"], cdr["first_choice_carrier"], cdr["attempts"]) == ("bravo", "alpha", 2)
     assert cdr["answered_at"] is not None
-    legs = rs_daemon.rows("SELECT leg_uuid, sip_status FROM call_legs WHERE call_uuid = %s "
-                          "ORDER BY started_at", body["call_uuid"])
+    # the call row may come before the last leg's (each leg's record arrives on its own)
+    legs = rs_daemon.wait_until(lambda: (lambda r: r if len(r) == 2 else None)(rs_daemon.rows(
+        "SELECT leg_uuid, sip_status FROM call_legs WHERE call_uuid = %s ORDER BY started_at",
+        body["call_uuid"])), what="both attempts' leg rows")
     assert [l[0] for l in legs] == uuids and legs[0][1] == 403
 
 
