@@ -191,7 +191,10 @@ class Originator:
         decision.reason = "originate:" + decision.reason
         self.record(decision)
         call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
-                     "switchd_max_duration": plan.max_duration, "switchd_direction": "outbound"}
+                     "switchd_max_duration": plan.max_duration, "switchd_direction": "outbound",
+                     # every attempt is a channel of its own with no originator: the
+                     # switch's CDR of each finds the call by this
+                     "switchd_call_uuid": call_uuid}
         if campaign is not None:
             call_vars["switchd_campaign"] = campaign.name
         if request.caller_id:

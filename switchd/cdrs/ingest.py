@@ -64,7 +64,10 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
                ) -> tuple[LegRecord, SwitchCallRecord]:
     """Rate the leg from FreeSWITCH's own figures; pure apart from the metric."""
     carrier = leg.vars.get("switchd_carrier") or leg.gateway
-    is_carrier = bool(carrier) and not leg.is_a_leg
+    # A leg with switchd's tariff is a carrier leg, an originate attempt included (it has
+    # no originator, so FreeSWITCH's CDR looks like an A-leg's).
+    attempt = bool(leg.vars.get("switchd_carrier"))
+    is_carrier = bool(carrier) and (attempt or not leg.is_a_leg)
     answered_at = _at(leg.answer_us)
     rated = rating.Rated(0, Decimal(0).quantize(Decimal(1).scaleb(-precision)))
     tariff = None
@@ -91,13 +94,13 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
         disposition=disposition(leg.hangup_cause, leg.sip_status, bool(leg.answer_us)))
     v = leg.vars
     call_rec = SwitchCallRecord(
-        call_uuid=leg.call_uuid, from_a_leg=leg.is_a_leg,
+        call_uuid=leg.call_uuid, from_a_leg=leg.is_a_leg and not attempt,
         # Without switchd's own label: a carrier leg or an originated A-leg → outbound.
         direction=v.get("switchd_direction") or (
             "inbound" if leg.is_a_leg and leg.direction == "inbound" else "outbound"),
         tenant=v.get("switchd_tenant"), route_id=_uuid_or_none(v.get("switchd_route_id")),
-        caller=leg.caller if leg.is_a_leg else None,
-        destination=leg.destination if leg.is_a_leg else None,
+        caller=leg.caller if leg.is_a_leg and not attempt else None,
+        destination=leg.destination if leg.is_a_leg and not attempt else None,
         started_at=_at(leg.start_us), answered_at=answered_at, ended_at=_at(leg.end_us),
         hangup_cause=leg.hangup_cause)
     return leg_rec, call_rec

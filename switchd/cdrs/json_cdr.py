@@ -111,7 +111,9 @@ def parse(body: bytes, encoded_values: bool = False) -> SwitchLeg:
     profile = _caller_profile(data)
     sip = _int(var("sip_term_status"), "sip_term_status")
     return SwitchLeg(
-        uuid=uuid, call_uuid=uuid if is_a else origin, is_a_leg=is_a,
+        # An originate attempt has no originator; switchd names its call in switchd_call_uuid.
+        uuid=uuid, call_uuid=var("switchd_call_uuid") or (uuid if is_a else origin),
+        is_a_leg=is_a,
         direction=var("direction") or _channel_direction(data)
         or ("inbound" if is_a else "outbound"),
         core_uuid=str(data.get("core-uuid") or ""),

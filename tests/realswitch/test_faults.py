@@ -121,13 +121,6 @@ def test_originated_call_is_cut_by_the_switch_at_the_tenants_max(realswitch, rs_
           f"billsec={leg.billsec}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "switchd defect: an originated call's first leg has no originator in FreeSWITCH's CDR, "
-    "so switchd/cdrs/json_cdr.py takes it for an A-leg and cdrs/ingest.py to_records() "
-    "does not rate it (is_carrier False): the switch-settled CDR of an answered originated "
-    "call has carrier leg NULL, billed_seconds 0, cost 0. Treating an outbound A-leg as a "
-    "carrier leg fixes the rate but breaks test_originate's failover summary (carrier "
-    "becomes the failed first attempt's)."))
 def test_originated_call_cut_at_max_is_rated_from_the_switchs_billsec(realswitch, rs_daemon):
     leg, cdr = _originate_brief(realswitch, rs_daemon)
     assert leg.cause == "ALLOTTED_TIMEOUT" and leg.billsec > 0, leg

@@ -15,8 +15,8 @@ def expected_cost(billsec: int, rate: str, fee: str, initial: int, subsequent: i
     """Independent oracle: FreeSWITCH's billsec, increments, connect fee, one half-up
     rounding."""
     s = billsec
-    if s <= 0:
-        return 0, Decimal(0)
+    if s <= 0:     # answered: the connect fee is due whatever the talk time (docs/rates.md)
+        return 0, Decimal(fee).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
     billed = initial if s <= initial else initial + math.ceil((s - initial) / subsequent) * subsequent
     cost = Decimal(fee) + Decimal(rate) * billed / 60
     return billed, cost.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
