@@ -75,17 +75,7 @@ def _park(player, call: SimCall, o: SimLeg, t_ans: int, gv: dict) -> None:
         parts = eoa.split()
         call.sched_at_us = C.sched_when_us(parts[1] if len(parts) > 1 else "", t_ans)
         call.sched_cause = C.str2cause(parts[2]) if len(parts) > 2 else "ALLOTTED_TIMEOUT"
-    t_end = t_ans + int(call.hold_seconds * 1_000_000)
-    while not call.kill:
-        due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
-        if not player.wait(call, due) and player.clock.now_us() >= due - 1:
-            break
-    if call.kill:
-        t, cause = player.clock.now_us(), C.str2cause(call.kill[1])
-    elif call.sched_at_us is not None and call.sched_at_us <= t_end:
-        t, cause = max(call.sched_at_us, t_ans), call.sched_cause
-    else:
-        t, cause = t_end, "NORMAL_CLEARING"
+    t, cause = player.wait_parked(call, t_ans)
     o.hangup_us, o.cause = t, cause
     player.emit(call, "o.CHANNEL_HANGUP", o, None, t)
     player.emit(call, "o.CHANNEL_HANGUP_COMPLETE", o, None, t)

@@ -265,19 +265,23 @@ class Player:
     def _park(self, call: SimCall, a: SimLeg, t: int) -> None:
         """`park`: the channel waits, with no other leg, until it is hung up: the caller
         after its hold time (from the answer), `sched_hangup` or `uuid_kill`."""
-        start = a.answered_us or t
+        t, cause = self.wait_parked(call, a.answered_us or t)
+        self._end_alone(call, a, t, cause)
+
+    def wait_parked(self, call: SimCall, start: int) -> tuple[int, str]:
+        """Wait out a channel answered at `start` with no other leg (park, an originated
+        leg): until the caller's hold time, its `sched_hangup` or a `uuid_kill`, whichever
+        comes first. Returns when it ends and why."""
         t_end = start + int(call.hold_seconds * 1_000_000)
         while not call.kill:
             due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
             if not self.wait(call, due) and self.clock.now_us() >= due - 1:
                 break
         if call.kill:
-            t, cause = self.clock.now_us(), C.str2cause(call.kill[1])
-        elif call.sched_at_us is not None and call.sched_at_us <= t_end:
-            t, cause = max(call.sched_at_us, start), call.sched_cause
-        else:
-            t, cause = t_end, "NORMAL_CLEARING"
-        self._end_alone(call, a, t, cause)
+            return self.clock.now_us(), C.str2cause(call.kill[1])
+        if call.sched_at_us is not None and call.sched_at_us <= t_end:
+            return max(call.sched_at_us, start), call.sched_cause
+        return t_end, "NORMAL_CLEARING"
 
     def _forwards(self, call, a) -> int:
         for name in ("max_session_transfers", "max_forwards"):
