@@ -11,6 +11,9 @@ A backend places a call and reports what the *switch* saw (not what switchd stor
 """
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +77,17 @@ class RsDaemon:
 
     def rows(self, query: str, *args) -> list[tuple]:
         return rows(self.db_url, query, *args)
+
+    def originate(self, payload: dict) -> tuple[int, dict]:
+        """POST /v1/calls (answered once FreeSWITCH has a result): (status, JSON body)."""
+        request = urllib.request.Request(self.process.base_url + "/v1/calls",
+                                         data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
 
     def cdr(self, call_uuid: str) -> dict | None:
         found = self.rows(f"SELECT {', '.join(CDR_COLUMNS)} FROM calls WHERE call_uuid = %s",

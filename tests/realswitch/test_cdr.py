@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from . import world
 from .fsharness import poll
 
 pytestmark = pytest.mark.realswitch

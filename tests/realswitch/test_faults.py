@@ -7,13 +7,10 @@ FreeSWITCH's own billsec (its CHANNEL_HANGUP_COMPLETE) with test_lcr.py's oracle
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -32,17 +29,6 @@ MAX_S = 3                      # tenant `brief`
 def _live(rs) -> list[dict]:
     status, body = rs.process.get("/v1/calls")
     return body.get("calls", []) if status == 200 and isinstance(body, dict) else []
-
-
-def _originate(rs, payload):
-    request = urllib.request.Request(rs.process.base_url + "/v1/calls",
-                                     data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
 
 
 def _assert_one_rated_cdr(rs, switch, result, carrier="bravo", prefix="33"):
@@ -97,7 +83,7 @@ def test_switchd_sigkilled_with_calls_up_adopts_them_and_bills_each_once(
 def _originate_brief(realswitch, rs):
     """An originated call for tenant `brief` (3 s), left up by the carrier: FreeSWITCH's own
     hangup of the leg, and switchd's one `calls` row for it once the switch's CDR is in."""
-    status, body = _originate(rs, {"tenant": "brief", "destination": world.US_NUMBER})
+    status, body = rs.originate({"tenant": "brief", "destination": world.US_NUMBER})
     assert status == 200 and body["answered"] is True, body
     assert [a["gateway"] for a in body["attempts"]] == ["gw_a"]
     leg_uuid = body["call_uuid"]

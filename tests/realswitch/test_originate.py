@@ -3,9 +3,6 @@ UUID (as FreeSWITCH's own CHANNEL_HANGUP_COMPLETE events show), a carrier's 403 
 the next carrier and a callee's 603 stopping there."""
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -13,17 +10,6 @@ from . import world
 from .common import poll
 
 pytestmark = pytest.mark.realswitch
-
-
-def _originate(rs, payload):
-    request = urllib.request.Request(rs.process.base_url + "/v1/calls",
-                                     data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
 
 
 def _hangups(switch, uuids):
@@ -36,7 +22,7 @@ def _hangups(switch, uuids):
 
 def test_originate_fails_over_on_403_each_leg_its_own_uuid(realswitch, rs_daemon):
     realswitch.carrier("gw_a").set_mode("403")
-    status, body = _originate(rs_daemon, {"tenant": "acme", "destination": world.US_NUMBER})
+    status, body = rs_daemon.originate({"tenant": "acme", "destination": world.US_NUMBER})
     assert status == 200 and body["answered"] is True, body
     attempts = body["attempts"]
     assert [a["gateway"] for a in attempts] == ["gw_a", "gw_b"]
@@ -59,7 +45,7 @@ def test_originate_fails_over_on_403_each_leg_its_own_uuid(realswitch, rs_daemon
 
 def test_originate_stops_on_a_callees_603(realswitch, rs_daemon):
     realswitch.carrier("gw_a").set_mode("603")
-    status, body = _originate(rs_daemon, {"tenant": "acme", "destination": world.US_NUMBER})
+    status, body = rs_daemon.originate({"tenant": "acme", "destination": world.US_NUMBER})
     assert status == 200 and body["answered"] is False, body
     assert [a["gateway"] for a in body["attempts"]] == ["gw_a"]
     assert body["result"].startswith("-ERR CALL_REJECTED")
