@@ -191,6 +191,11 @@ def test_budget_alert_reaches_the_tenants_webhook(world, start_switch):
     status, _, body = request(daemon, "POST", "/v1/calls", world["acme"],
                               {"destination": "02079460999"})
     assert status == 200 and body["answered"], body
+    # Billed seconds follow FreeSWITCH's billsec (whole seconds): a call killed in its first
+    # simulated second bills nothing. Let it talk a few simulated seconds first.
+    sim_call = next(c for c in sim.calls if c.uuid == body["call_uuid"])
+    daemon.wait_until(lambda: sim_call.answered_leg and sim.clock.now_us()
+                      - sim_call.answered_leg.answered_us > 3_000_000, what="3 s of talk")
     sim.kill_call(body["call_uuid"])            # 60 s billed at 0.009/min: 90 % of 0.01
     got = daemon.wait_until(lambda: [json.loads(d["body"]) for d in world["receiver"].received
                                      if json.loads(d["body"])["event"] == "budget.threshold"],
