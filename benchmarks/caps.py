@@ -1,7 +1,7 @@
 """Caps benchmark: what a slot costs, in Redis and in process, and proof of no over-admission.
 
     python benchmarks/caps.py            (~30 s; uses SWITCHD_TEST_REDIS_URL or starts a
-                                          throwaway redis-server via switchd.devredis)
+                                          throwaway redis-server via switchd.adapters.devredis)
 
 Measures, in one run:
 - acquire+release pairs per second (3 scopes: global, tenant, carrier) on RedisCaps and
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
-from switchd.caps import CpsScope, LocalCaps, Scope  # noqa: E402
-from switchd.caps.redis_backend import RedisCaps  # noqa: E402
+from switchd.adapters.caps import CpsScope, LocalCaps, Scope  # noqa: E402
+from switchd.adapters.caps.redis_backend import RedisCaps  # noqa: E402
 
 SECONDS = 2.0
 PAIR_SCOPES = [Scope("global", "all", 1_000_000), Scope("tenant", "acme", 100_000),
@@ -139,7 +139,7 @@ def main() -> int:
     url = os.environ.get("SWITCHD_TEST_REDIS_URL")
     server = None
     if not url:
-        from switchd.devredis import RedisProcess
+        from switchd.adapters.devredis import RedisProcess
         server = RedisProcess().start()
         url = server.url
     try:

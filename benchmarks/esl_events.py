@@ -11,7 +11,7 @@ loopback, repeated to N events, after the real auth handshake. The client side, 
 - switchd: ESLConnection (sock.recv → FrameParser → name peek → channel_event_from_plain
   for channel events, parse_event_plain → to_typed for the rest → bounded queue →
   dispatcher greenlet → handler), plus CallRegistry.apply on channel events when
-  switchd/registry.py offers it;
+  switchd/calls/registry.py offers it;
 - baseline: greenswitch 0.0.19 InboundESL (receive_events → handle_event → ESLEvent
   parsing → its queue → process_events → a '*' handler).
 
@@ -38,7 +38,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "freeswitch-1.10"
 
 def captured_events() -> list[bytes]:
     """Every text/event-plain frame of the plain captures, as raw bytes."""
-    from switchd.esl.framing import EVENT_PLAIN, FrameParser
+    from switchd.adapters.esl.framing import EVENT_PLAIN, FrameParser
     out = []
     for path in sorted(FIXTURES.glob("events-plain-*.txt")):
         parser = FrameParser()
@@ -89,8 +89,8 @@ def serve(listener: socket.socket, unit: bytes, reps: int, connections: int) -> 
 
 def run_switchd(port: int, total: int, registry_factory) -> dict:
     from gevent.event import Event
-    from switchd.esl.connection import ESLConnection
-    from switchd.esl.events import ChannelEvent, HeartbeatEvent
+    from switchd.adapters.esl.connection import ESLConnection
+    from switchd.adapters.esl.events import ChannelEvent, HeartbeatEvent
 
     registry = registry_factory() if registry_factory else None
     typed = 0
@@ -145,7 +145,7 @@ def run_greenswitch(port: int, total: int) -> dict:
 
 def registry_factory():
     try:
-        from switchd.registry import CallRegistry
+        from switchd.calls.registry import CallRegistry
     except ImportError:
         return None
     if not hasattr(CallRegistry, "apply"):
@@ -174,8 +174,8 @@ def main() -> None:
     server.start()
 
     factory = registry_factory()
-    print("registry stand-in:", "switchd.registry.CallRegistry().apply on channel events"
-          if factory else "skipped (switchd/registry.py has no CallRegistry.apply)")
+    print("registry stand-in:", "switchd.calls.registry.CallRegistry().apply on channel events"
+          if factory else "skipped (switchd/calls/registry.py has no CallRegistry.apply)")
     ours = run_switchd(port, total, factory)
     print(f"switchd:     {total / ours['seconds']:>10,.0f} events/s  "
           f"({ours['seconds']:.2f}s, {ours['typed']} typed, {ours['dropped']} dropped)")

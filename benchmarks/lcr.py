@@ -8,8 +8,8 @@ PostgreSQL: SWITCHD_TEST_DATABASE_URL if set (a scratch database is created and 
 else an embedded server in a temporary directory. The last line printed is one JSON object.
 
 Figures (same run, same PostgreSQL):
-  import_s            importing the three CSV decks with switchd.rates_import
-  deck_load_s         PostgreSQL -> three RateDecks (switchd.deck_loader.load_all_decks)
+  import_s            importing the three CSV decks with switchd.admin.rates_import
+  deck_load_s         PostgreSQL -> three RateDecks (switchd.routing.deck_loader.load_all_decks)
   deck_rss_mb         process RSS growth from loading them
   decisions_per_s     per random number: longest-prefix lookup in each carrier's deck,
                       then the cheapest pick (the in-process LCR lookup)
@@ -23,7 +23,7 @@ Figures (same run, same PostgreSQL):
                       XML answer rendered (steady state: the 5,000 destinations repeat)
   full_cold_decisions_per_s  the same, one pass over the 5,000 destinations after emptying
                       the normalise cache (no number seen before)
-  http_rps            POST /fs/dialplan on switchd.http.server.serve(HttpApp(...)) in its own
+  http_rps            POST /fs/dialplan on switchd.adapters.http.server.serve(HttpApp(...)) in its own
                       process (pinned to one CPU), the captured ~4.8 KB request, one new TCP
                       connection per request, load generator in another process (_http.py)
   bare_http_rps       the same load generator against a bare gevent.pywsgi app returning a
@@ -53,9 +53,9 @@ import psycopg  # noqa: E402
 
 import _decks  # noqa: E402
 from dialplan.ratedeck import lookup_all  # noqa: E402
-from switchd.db.migrate import apply_migrations  # noqa: E402
-from switchd.deck_loader import load_all_decks  # noqa: E402
-from switchd.rates_import import import_rates  # noqa: E402
+from switchd.adapters.db.migrate import apply_migrations  # noqa: E402
+from switchd.routing.deck_loader import load_all_decks  # noqa: E402
+from switchd.admin.rates_import import import_rates  # noqa: E402
 
 # The demo world's carriers (switchd/demo_world.py), each with a big synthetic deck.
 CARRIERS = ("budgetel", "globex", "primo")
@@ -73,7 +73,7 @@ def database(workdir: Path):
     """A scratch database URL: on SWITCHD_TEST_DATABASE_URL's server, or embedded."""
     external = os.environ.get("SWITCHD_TEST_DATABASE_URL")
     if not external:
-        from switchd.db.embedded import start_embedded_postgres
+        from switchd.adapters.db.embedded import start_embedded_postgres
         yield start_embedded_postgres(workdir, database="lcr_bench", cleanup="delete")
         return
     from psycopg import sql
@@ -93,7 +93,7 @@ def setup_world(url: str, workdir: Path) -> None:
     """Schema, then the demo world (tenant acme, carriers budgetel/globex/primo, DIDs) plus
     a few more tenants, provisioned the way `switchd provision` does it."""
     from switchd.demo_world import WORLD_TOML
-    from switchd.provision import provision
+    from switchd.admin.provision import provision
     apply_migrations(url)
     acme = WORLD_TOML[:WORLD_TOML.index("[[carriers]]")]
     extra = "".join(acme.replace('"acme"', f'"bench{i}"') for i in range(1, EXTRA_TENANTS + 1))
@@ -212,13 +212,13 @@ def build_router(url: str, decks: dict):
     router and its CapsGate (the caller releases each call, standing in for the hangup)."""
     from collections import deque
 
-    from switchd.books import HealthBook, SpendBook, month_start
-    from switchd.caps.local import LocalCaps
+    from switchd.routing.books import HealthBook, SpendBook, month_start
+    from switchd.adapters.caps.local import LocalCaps
     from switchd.config import load_config
     from switchd.daemon import _health_from_rows, _routing_settings
-    from switchd.db import store
-    from switchd.policing import CapsGate
-    from switchd.router import Router
+    from switchd.adapters.db import store
+    from switchd.calls.policing import CapsGate
+    from switchd.routing.router import Router
 
     cfg = load_config(environ={})
     with psycopg.connect(url) as conn:
@@ -252,7 +252,7 @@ def call_inputs(count: int) -> tuple[list[str], list[str], list[str]]:
 def measure_full_decision(router, caps, seconds: float, inputs) -> dict:
     """Router.route(form) back to back on this core for `seconds`; the form is the captured
     request's fields with Unique-ID, the destination fields and accountcode set per call."""
-    from switchd.http.server import parse_form
+    from switchd.adapters.http.server import parse_form
     import _http
     dests, uuids, accounts = inputs
     form = parse_form(_http.captured_request()[1])
@@ -290,7 +290,7 @@ def measure_cold_decision(router, caps, inputs) -> dict:
     per-tariff/per-name caches stay warm. The honest figure for traffic that never repeats
     a number; full_decisions_per_s is the steady state for traffic that does."""
     from dialplan import numbers
-    from switchd.http.server import parse_form
+    from switchd.adapters.http.server import parse_form
     import _http
     dests, uuids, accounts = inputs
     form = parse_form(_http.captured_request()[1])
@@ -332,7 +332,7 @@ def start_switchd_http(router, caps, cpu: int | None) -> tuple[int, int]:
             os.close(read_fd)
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
-            from switchd.http.server import HttpApp, serve
+            from switchd.adapters.http.server import HttpApp, serve
 
             def route_lookup(form: dict) -> str:
                 decision = router.route(form)
@@ -373,7 +373,7 @@ def run_load(spec: dict, workdir: Path) -> dict:
 
 def measure_http(router, caps, inputs, workdir: Path, seconds: float) -> dict:
     """Server on CPU 0, load generator on CPU 1 (when there are two): one core each."""
-    from switchd.http.server import parse_form
+    from switchd.adapters.http.server import parse_form
     import _http
     two = (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity")
     server_cpu, load_cpu = (0, 1) if two else (None, None)

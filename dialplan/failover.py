@@ -1,7 +1,7 @@
 """Failover by the carrier's answer: an operator-editable table (DESIGN §4, docs/routing.md).
 
 Every carrier attempt is its own `bridge`; when it fails, FreeSWITCH asks switchd again
-(the continuation lookup, switchd/router.py) with the failed attempt's outcome in the
+(the continuation lookup, switchd/routing/router.py) with the failed attempt's outcome in the
 channel variables. This module turns that outcome into one of the table's keys and answers
 two questions about it, without I/O:
 

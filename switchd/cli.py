@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             gevent.signal_handler(signal.SIGINT, gevent.kill, gevent.getcurrent(), KeyboardInterrupt)
     from importlib import import_module
     from switchd.config import load_config
-    from switchd.db.connect import release_embedded_servers
+    from switchd.adapters.db.connect import release_embedded_servers
     from switchd.exitcodes import report_failure
     module_name, func_name = args.handler.split(":")
     try:

@@ -22,30 +22,34 @@ from gevent.event import Event
 
 from dialplan import rating
 from dialplan.failover import FailoverTable
-from switchd import billing, metrics, systemd
+from switchd.accounting import billing
+from switchd import metrics
+from switchd.adapters import systemd
 from switchd.api import webhooks
 from switchd.api.calls import Live
 from switchd.api.routes import build_app
-from switchd.books import HealthBook, SpendBook, month_start
-from switchd.cdrs.ingest import CdrIngest
+from switchd.routing.books import HealthBook, SpendBook, month_start
+from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.config import Config
-from switchd.db import store
-from switchd.db.cdr_writer import CdrWriter, EventRecord
-from switchd.db.migrate import apply_migrations
-from switchd.db.spool import Spool
-from switchd.deck_loader import DeckCache, DeckReloader, cooperative_yield
-from switchd.esl import commands
-from switchd.esl.events import ChannelEvent, GatewayEvent, JobEvent
-from switchd.esl.gateways import GatewayStatusError, parse_xmlstatus
-from switchd.esl.supervisor import ESLSupervisor
-from switchd.http.connections import HttpLimits
-from switchd.http.server import HttpApp, NotReady, serve
-from switchd.originate import OriginateRequest, Originator
-from switchd.policing import CapsGate, build_caps_backend
-from switchd.registry import (CallAdopted, CallAnswered, CallEnded, CallStarted, CallRegistry, CallRenamed, CarrierOutcome,
-                              LegEnded)
-from switchd.registry_resync import RESYNC_LAG_US, parse_show_channels_json
-from switchd.router import Router
+from switchd.adapters.db import store
+from switchd.adapters.db.cdr_writer import CdrWriter, EventRecord
+from switchd.adapters.db.migrate import apply_migrations
+from switchd.adapters.db.spool import Spool
+from switchd.routing.deck_loader import DeckCache, DeckReloader, cooperative_yield
+from switchd.adapters.esl import commands
+from switchd.adapters.esl.events import ChannelEvent, GatewayEvent, JobEvent
+from switchd.adapters.esl.gateways import GatewayStatusError, parse_xmlstatus
+from switchd.adapters.esl.supervisor import ESLSupervisor
+from switchd.adapters.http.connections import HttpLimits
+from switchd.adapters.http.server import HttpApp, NotReady, serve
+from switchd.calls.originate import OriginateRequest, Originator
+from switchd.calls.policing import CapsGate, build_caps_backend
+from switchd.calls.channels import parse_show_channels_json
+from switchd.calls.model import (CallAdopted, CallAnswered, CallEnded, CallRenamed, CallStarted,
+                                 CarrierOutcome, LegEnded)
+from switchd.calls.reconcile import RESYNC_LAG_US
+from switchd.calls.registry import CallRegistry
+from switchd.routing.router import Router
 from switchd.watchers import Periodic, WorldReloader
 
 log = logging.getLogger(__name__)

@@ -66,10 +66,10 @@ def _check_data_dir(data_dir: Path) -> None:
 
 
 def _prepare_database(server, data_dir: Path) -> str:
-    from switchd.db.migrate import apply_migrations
+    from switchd.adapters.db.migrate import apply_migrations
     from switchd.demo_world import write_decks, write_world
-    from switchd.provision import provision
-    from switchd.rates_import import import_rates
+    from switchd.admin.provision import provision
+    from switchd.admin.rates_import import import_rates
     url = server.url(DATABASE)
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:     # a kept data dir starts over too
@@ -130,7 +130,7 @@ def run_demo(config: Config, calls: int, seed: int, data_dir: Path | None,
              keep: bool = False) -> dict:
     """Run the demo; the summary gains `data_dir` (where the data stays, or None)."""
     from switchd.daemon import Daemon
-    from switchd.db.embedded import EmbeddedPostgres
+    from switchd.adapters.db.embedded import EmbeddedPostgres
     from switchd.sim.simulator import Simulator
     if data_dir is not None:
         workdir = Path(data_dir).expanduser().resolve()
@@ -183,7 +183,7 @@ def demo_summary(conn) -> dict:
     """The DESIGN.md §10 summary plus what it leaves out: inbound calls (they reach no
     carrier, so `by_carrier` does not count them), the carrier attempts that failed before
     a failover, and the currency of the demo's decks."""
-    from switchd.db import store
+    from switchd.adapters.db import store
     from switchd.demo_world import CURRENCY
     summary = store.summary(conn)
     directions = dict(conn.execute("SELECT direction, count(*) FROM calls GROUP BY 1").fetchall())

@@ -28,10 +28,10 @@ _MAX_PROBLEMS = 3
 # class (module.qualname, matched along the MRO) -> (status, prefix, hint)
 _KNOWN: dict[str, tuple[ExitCode, str, str]] = {
     "switchd.config.ConfigError": (ExitCode.CONFIG, "configuration error: ", ""),
-    "switchd.provision.ProvisionError": (ExitCode.INPUT, "", ""),
-    "switchd.rates_import.RatesImportError": (ExitCode.INPUT, "", ""),
-    "switchd.db.migrate.MigrationError": (ExitCode.FAILURE, "migration failed: ", ""),
-    "switchd.db.embedded.EmbeddedPostgresError": (ExitCode.UNAVAILABLE, "", ""),
+    "switchd.admin.provision.ProvisionError": (ExitCode.INPUT, "", ""),
+    "switchd.admin.rates_import.RatesImportError": (ExitCode.INPUT, "", ""),
+    "switchd.adapters.db.migrate.MigrationError": (ExitCode.FAILURE, "migration failed: ", ""),
+    "switchd.adapters.db.embedded.EmbeddedPostgresError": (ExitCode.UNAVAILABLE, "", ""),
     "switchd.daemon.DaemonStartError": (ExitCode.UNAVAILABLE, "cannot start: ", ""),
     "psycopg.OperationalError": (ExitCode.UNAVAILABLE, "cannot reach PostgreSQL: ", _DB_HINT),
     "psycopg.DataError": (ExitCode.INPUT, "the database refused a value: ",

@@ -1,6 +1,6 @@
 """Test-only: turn a plain-event capture into ChannelEvents for the registry tests.
 
-Deliberately minimal and independent of switchd.esl.framing/events, so registry tests do not
+Deliberately minimal and independent of switchd.adapters.esl.framing/events, so registry tests do not
 break while those are being written. Frames are split by Content-Length (bytes); each body
 is split into lines first and only then is each header value URL-decoded (a `%0A` inside a
 value must not create a header).
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
-from switchd.esl.events import ChannelEvent
+from switchd.adapters.esl.events import ChannelEvent
 from switchd.sim.make_templates import read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
@@ -44,7 +44,7 @@ def _int(value: str | None) -> int | None:
 def to_event(h: dict[str, str]) -> ChannelEvent:
     switchd_vars = {k[len("variable_"):]: v for k, v in h.items()
                     if k.startswith("variable_switchd_")}
-    if "Old-Unique-ID" in h:              # CHANNEL_UUID: see switchd/registry.py (renames)
+    if "Old-Unique-ID" in h:              # CHANNEL_UUID: see switchd/calls/registry.py (renames)
         switchd_vars["old_unique_id"] = h["Old-Unique-ID"]
     return ChannelEvent(
         name=h["Event-Name"],

@@ -25,7 +25,7 @@ def pg_admin_url(tmp_path_factory) -> str:
     external = os.environ.get("SWITCHD_TEST_DATABASE_URL")
     if external:
         return external
-    from switchd.db.embedded import start_embedded_postgres
+    from switchd.adapters.db.embedded import start_embedded_postgres
     return start_embedded_postgres(tmp_path_factory.mktemp("pg"), database="postgres",
                                    cleanup="delete")
 
@@ -48,8 +48,8 @@ def pg_url(pg_admin_url) -> str:
 
 @pytest.fixture
 def migrated_pg_url(pg_url) -> str:
-    """A fresh database with every migration in switchd/db/migrations/ applied."""
-    from switchd.db.migrate import apply_migrations
+    """A fresh database with every migration in switchd/adapters/db/migrations/ applied."""
+    from switchd.adapters.db.migrate import apply_migrations
     apply_migrations(pg_url)
     return pg_url
 
@@ -60,7 +60,7 @@ def redis_server_url() -> str:
     if external:
         yield external
         return
-    from switchd.devredis import RedisProcess
+    from switchd.adapters.devredis import RedisProcess
     server = RedisProcess().start()
     yield server.url
     server.stop()
@@ -84,8 +84,8 @@ E2E_PASSWORD = "e2e-secret"
 def world_url(migrated_pg_url, tmp_path):
     """A fresh database holding the demo world (switchd/demo_world.py) and its decks."""
     from switchd.demo_world import write_decks, write_world
-    from switchd.provision import provision
-    from switchd.rates_import import import_rates
+    from switchd.admin.provision import provision
+    from switchd.admin.rates_import import import_rates
     provision(migrated_pg_url, write_world(tmp_path))
     for carrier, path in write_decks(tmp_path / "decks").items():
         import_rates(migrated_pg_url, path, carrier)

@@ -404,7 +404,7 @@ def test_idempotency_key_replays_refuses_concurrent_and_forgets_crashes(world):
     """The originate behind it is a recorder (the daemon's is exercised end to end in
     test_e2e_api.py); what is tested here is the key's table in PostgreSQL."""
     from switchd.api.calls import Live
-    from switchd.originate import OriginateError
+    from switchd.calls.originate import OriginateError
     placed, inner = [], {}
     app = None
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 
 from switchd import metrics
-from switchd.caps.local import LocalCaps
+from switchd.adapters.caps.local import LocalCaps
 from switchd.config import load_config
 from switchd.daemon import Daemon, live_metrics_state
-from switchd.policing import build_caps_backend, CapsGate
+from switchd.calls.policing import build_caps_backend, CapsGate
 
 
 def _closed_port() -> int:
@@ -50,7 +50,7 @@ def test_redis_probe_follows_redis(pg_url, redis_url):
 
 def test_live_state_is_exposed_only_for_what_is_known():
     from dialplan.model import Carrier, Gateway, World
-    from switchd.books import HealthBook
+    from switchd.routing.books import HealthBook
     from datetime import datetime, timezone
     world = World(carriers={"alpha": Carrier("alpha", gateways=(Gateway("a1", "alpha"),))})
     state = live_metrics_state(world, {}, {}, HealthBook(), datetime.now(timezone.utc),

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 import redis
 
-from switchd.caps import CpsScope, LocalCaps, PolicyCaps, Scope
-from switchd.caps.redis_backend import RedisCaps
+from switchd.adapters.caps import CpsScope, LocalCaps, PolicyCaps, Scope
+from switchd.adapters.caps.redis_backend import RedisCaps
 
 
 class Clock:

@@ -17,8 +17,8 @@ import time
 import pytest
 import redis
 
-from switchd.caps import Scope
-from switchd.caps.redis_backend import RedisCaps
+from switchd.adapters.caps import Scope
+from switchd.adapters.caps.redis_backend import RedisCaps
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from switchd import metrics
-from switchd.caps import CapsUnavailable, CpsScope, LocalCaps, PolicyCaps, Scope
-from switchd.caps.redis_backend import RedisCaps
-from switchd.devredis import RedisProcess
+from switchd.adapters.caps import CapsUnavailable, CpsScope, LocalCaps, PolicyCaps, Scope
+from switchd.adapters.caps.redis_backend import RedisCaps
+from switchd.adapters.devredis import RedisProcess
 
 C = Scope("carrier", "telco", 2)
 T = Scope("tenant", "acme", 10)
@@ -215,8 +215,8 @@ def test_redis_calls_yield_under_gevent(redis_server_url):
     code = f"""
 from gevent import monkey; monkey.patch_all()
 import gevent
-from switchd.caps import Scope
-from switchd.caps.redis_backend import RedisCaps
+from switchd.adapters.caps import Scope
+from switchd.adapters.caps.redis_backend import RedisCaps
 caps = RedisCaps.from_url({redis_server_url!r}, node_id="gevent-check")
 ticks = []
 def ticker():

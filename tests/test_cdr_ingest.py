@@ -22,12 +22,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switchd.cdrs import http as cdr_http
-from switchd.cdrs.ingest import CdrIngest
-from switchd.cdrs.json_cdr import CdrFormatError, decode_body, parse
-from switchd.db.cdr_writer import CallRecord, CdrWriter, LegRecord
-from switchd.db.spool import Spool, SpoolError
-from switchd.http.server import HttpApp
+from switchd.accounting.cdrs import http as cdr_http
+from switchd.accounting.cdrs.ingest import CdrIngest
+from switchd.accounting.cdrs.json_cdr import CdrFormatError, decode_body, parse
+from switchd.adapters.db.cdr_writer import CallRecord, CdrWriter, LegRecord
+from switchd.adapters.db.spool import Spool, SpoolError
+from switchd.adapters.http.server import HttpApp
 
 FIX = Path(__file__).parent / "fixtures" / "json_cdr"
 A_UUID = "53f9c8ec-8261-4139-80a1-97485d4e9169"
@@ -142,7 +142,7 @@ def _esl_records(a, b, provisional=False):
 def test_any_order_and_any_number_of_deliveries_give_one_cdr(migrated_pg_url, tmp_path):
     """A, B (switch) and ESL's leg+call (normal, or provisional) in every order, each
     switch CDR delivered twice: always one call row, two leg rows, the switch's money."""
-    from switchd.db.cdr_writer import write_batch
+    from switchd.adapters.db.cdr_writer import write_batch
     ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
     steps = ["A", "B", "esl", "esl_provisional"]
     with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
@@ -164,7 +164,7 @@ def test_any_order_and_any_number_of_deliveries_give_one_cdr(migrated_pg_url, tm
 
 
 def test_esl_provisional_call_until_the_switch_settles_it(migrated_pg_url, tmp_path):
-    from switchd.db.cdr_writer import write_batch
+    from switchd.adapters.db.cdr_writer import write_batch
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
         write_batch(conn, _esl_records(a, b, provisional=True))

@@ -21,8 +21,8 @@ from hypothesis import given, settings, strategies as st
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from switchd.db.cdr_writer import CallRecord, CdrWriter, EventRecord, LegRecord
-from switchd.db.spool import Spool, dumps, loads
+from switchd.adapters.db.cdr_writer import CallRecord, CdrWriter, EventRecord, LegRecord
+from switchd.adapters.db.spool import Spool, dumps, loads
 
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,8 +251,8 @@ _CHILD = r"""
 from gevent import monkey; monkey.patch_all()
 import sys, time, json, gevent
 from decimal import Decimal
-from switchd.db.cdr_writer import CdrWriter, CallRecord
-from switchd.db.spool import Spool
+from switchd.adapters.db.cdr_writer import CdrWriter, CallRecord
+from switchd.adapters.db.spool import Spool
 url, data_dir = sys.argv[1], sys.argv[2]
 ticks = 0
 def ticker():

@@ -187,7 +187,7 @@ def test_an_unexpected_exception_is_one_line_with_the_debug_hint(capsys):
 def test_a_lost_database_under_a_wrapper_is_still_unavailable():
     import psycopg
     from switchd.exitcodes import ExitCode, classify
-    from switchd.rates_import import RatesImportError
+    from switchd.admin.rates_import import RatesImportError
     try:
         try:
             raise psycopg.OperationalError("connection failed: server closed the connection\nmore")

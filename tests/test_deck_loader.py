@@ -1,4 +1,4 @@
-"""switchd.deck_loader against a real PostgreSQL: load, NOTIFY, atomic swap, future decks."""
+"""switchd.routing.deck_loader against a real PostgreSQL: load, NOTIFY, atomic swap, future decks."""
 from __future__ import annotations
 
 import threading
@@ -8,9 +8,9 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from switchd.deck_loader import (DeckCache, DeckLoadError, DeckReloader, load_all_decks,
+from switchd.routing.deck_loader import (DeckCache, DeckLoadError, DeckReloader, load_all_decks,
                                  load_deck)
-from switchd.rates_import import import_rates
+from switchd.admin.rates_import import import_rates
 
 HEADER = "prefix,rate_per_min,connect_fee,initial_increment,subsequent_increment," \
          "effective_from,effective_to\n"

@@ -16,8 +16,8 @@ import gevent
 import pytest
 
 from switchd.demo_world import write_decks, write_world
-from switchd.provision import provision
-from switchd.rates_import import import_rates
+from switchd.admin.provision import provision
+from switchd.admin.rates_import import import_rates
 from switchd.sim import GatewayBehaviour, Simulator
 from daemon_harness import DaemonProcess, metric, rows
 

@@ -17,12 +17,12 @@ import gevent
 import pytest
 import redis
 
-from switchd.caps.base import Scope
-from switchd.caps.redis_backend import RedisCaps
+from switchd.adapters.caps.base import Scope
+from switchd.adapters.caps.redis_backend import RedisCaps
 from switchd.demo_world import WORLD_TOML, write_decks
-from switchd.devredis import RedisProcess
-from switchd.provision import provision
-from switchd.rates_import import import_rates
+from switchd.adapters.devredis import RedisProcess
+from switchd.admin.provision import provision
+from switchd.admin.rates_import import import_rates
 from switchd.sim import GatewayBehaviour, Simulator
 from daemon_harness import DaemonProcess, metric, rows, wait_for
 

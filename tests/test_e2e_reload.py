@@ -7,8 +7,8 @@ import psycopg
 
 import pytest
 
-from switchd.provision import provision
-from switchd.rates_import import import_rates
+from switchd.admin.provision import provision
+from switchd.admin.rates_import import import_rates
 
 pytestmark = pytest.mark.slow
 

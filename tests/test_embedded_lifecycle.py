@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from cli_harness import ROOT, assert_one_line_failure, cli_env, postgres_pids, run_cli
-from switchd.db.embedded import EmbeddedPostgres
+from switchd.adapters.db.embedded import EmbeddedPostgres
 
 INITDB_CHATTER = "The files belonging to this database system"
 DEMO_CONTRACT_KEYS = {"calls", "answered", "failed", "total_cost", "by_carrier", "failovers",
@@ -76,7 +76,7 @@ def test_a_server_orphaned_by_its_starter_is_stopped_by_the_last_command_out(dat
     # A command that started the server and left it to a client still connected, then
     # exited: the next command to end with nobody else connected stops it.
     started = subprocess.run(
-        [sys.executable, "-c", "import sys; from switchd.db.embedded import EmbeddedPostgres; "
+        [sys.executable, "-c", "import sys; from switchd.adapters.db.embedded import EmbeddedPostgres; "
          "print(EmbeddedPostgres(sys.argv[1]).start())", str(data_dir)],
         env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert started.stdout.strip() == "True", started.stderr

@@ -16,10 +16,10 @@ import pytest
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from switchd.esl.connection import (
+from switchd.adapters.esl.connection import (
     ESLAuthError, ESLConnection, ESLDisconnected, ESLNotConnected, ESLRejected, ESLTimeout,
 )
-from switchd.esl.events import ChannelEvent, HeartbeatEvent, JobEvent
+from switchd.adapters.esl.events import ChannelEvent, HeartbeatEvent, JobEvent
 from switchd.metrics import ESL_EVENTS_DROPPED, ESL_EVENTS_OVERFLOWED, ESL_HANDLER_ERRORS, ESL_PROTOCOL_ERRORS
 
 AUTH_REQUEST = b"Content-Type: auth/request\n\n"
@@ -204,7 +204,7 @@ def test_connect_auth_api_and_close(servers):
 def test_replay_of_captured_api_session(servers):
     """Answer each command with the next captured S>C block of esl-api.txt."""
     from test_esl_framing import transcript_streams
-    from switchd.esl.framing import FrameParser
+    from switchd.adapters.esl.framing import FrameParser
     parser = FrameParser()
     parser.feed(transcript_streams(FIXTURES / "esl-api.txt")[("api", "S>C")])
     captured = list(parser.frames())

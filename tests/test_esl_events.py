@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from switchd.esl import commands
-from switchd.esl.events import (
+from switchd.adapters.esl import commands
+from switchd.adapters.esl.events import (
     OLD_UUID_VAR, SUBSCRIBED_EVENTS, ChannelEvent, GatewayEvent, HeartbeatEvent, JobEvent,
     subscription_command, to_typed,
 )
-from switchd.esl.framing import FrameParser, parse_event
+from switchd.adapters.esl.framing import FrameParser, parse_event
 
 FIXTURES = Path(__file__).parent / "fixtures" / "freeswitch-1.10"
 
@@ -186,8 +186,8 @@ from urllib.parse import quote, unquote  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from switchd.esl.events import CHANNEL_EVENTS, channel_event_from_plain  # noqa: E402
-from switchd.esl.framing import (  # noqa: E402
+from switchd.adapters.esl.events import CHANNEL_EVENTS, channel_event_from_plain  # noqa: E402
+from switchd.adapters.esl.framing import (  # noqa: E402
     ESLEventError, _unquote_many, parse_event_plain, peek_plain_event_name,
 )
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from switchd.esl.framing import (
+from switchd.adapters.esl.framing import (
     ESLProtocolError, Frame, FrameParser, parse_event, parse_event_json, parse_event_plain,
 )
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from switchd.books import HealthBook
-from switchd.esl import commands
-from switchd.esl.events import GatewayEvent, to_typed
-from switchd.esl.framing import FrameParser, parse_event
-from switchd.esl.gateways import GatewayStatusError, parse_xmlstatus
+from switchd.routing.books import HealthBook
+from switchd.adapters.esl import commands
+from switchd.adapters.esl.events import GatewayEvent, to_typed
+from switchd.adapters.esl.framing import FrameParser, parse_event
+from switchd.adapters.esl.gateways import GatewayStatusError, parse_xmlstatus
 from switchd.sim.api import sofia_xmlstatus_gateway
 
 

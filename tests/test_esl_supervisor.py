@@ -9,9 +9,9 @@ import gevent.queue
 import pytest
 from gevent.event import Event
 
-from switchd.esl.connection import ESLNotConnected, ESLTimeout
-from switchd.esl.events import SUBSCRIBED_EVENTS, ChannelEvent, JobEvent
-from switchd.esl.supervisor import ESLSupervisor, backoff_delay
+from switchd.adapters.esl.connection import ESLNotConnected, ESLTimeout
+from switchd.adapters.esl.events import SUBSCRIBED_EVENTS, ChannelEvent, JobEvent
+from switchd.adapters.esl.supervisor import ESLSupervisor, backoff_delay
 from switchd.metrics import ESL_CONNECTED, ESL_RECONNECTS
 from test_esl_connection import FakeFS, plain_event, servers  # noqa: F401  (fixture)
 
@@ -103,7 +103,7 @@ def test_commands_fail_fast_while_down_and_it_never_gives_up(servers, supervisor
 
 def test_wrong_password_is_logged_and_retried_at_capped_backoff(servers, supervisors, caplog):
     server = servers(password="RightOne")
-    caplog.set_level(logging.ERROR, logger="switchd.esl.supervisor")
+    caplog.set_level(logging.ERROR, logger="switchd.adapters.esl.supervisor")
     before = ESL_RECONNECTS.labels("auth_failed")._value.get()
     sup = supervisors(server.port, password="Wrong", backoff_initial=0.001, backoff_max=0.3)
     server.peers.get(timeout=2)

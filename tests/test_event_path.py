@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from switchd.demo_world import write_world
-from switchd.provision import provision
+from switchd.admin.provision import provision
 from daemon_harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +34,8 @@ import json, sys, time, uuid
 import gevent
 from switchd.config import load_config
 from switchd.daemon import Daemon
-from switchd.esl.connection import ESLConnection
-from switchd.esl.events import ChannelEvent
+from switchd.adapters.esl.connection import ESLConnection
+from switchd.adapters.esl.events import ChannelEvent
 from switchd.metrics import ESL_HANDLER_ERRORS
 
 mode, url, data_dir, esl_port = sys.argv[1:5]

@@ -13,12 +13,12 @@ import pytest
 
 from dialplan.model import Carrier, Did, Gateway, Tenant, World
 from dialplan.ratedeck import RateDeckBuilder
-from switchd.books import HealthBook, SpendBook
-from switchd.caps.local import LocalCaps
+from switchd.routing.books import HealthBook, SpendBook
+from switchd.adapters.caps.local import LocalCaps
 from switchd.config import load_config
-from switchd.http.server import HttpApp, parse_form
-from switchd.policing import CapsGate
-from switchd.router import Router
+from switchd.adapters.http.server import HttpApp, parse_form
+from switchd.calls.policing import CapsGate
+from switchd.routing.router import Router
 from switchd.sim.make_templates import read_transcript
 
 HOSTILE = ["x'\"<>&", "a\nb", "1001%0AEvent-Name: INJECTED", "|sofia/gateway/evil/1",

@@ -1,5 +1,5 @@
 """The HTTP server on real sockets: slow clients, idle clients, clients that abort
-mid-body, and the connection bound. The server is switchd's own (switchd.http.server.serve
+mid-body, and the connection bound. The server is switchd's own (switchd.adapters.http.server.serve
 with HttpApp); the clients are gevent sockets in this process, so the server's greenlets
 run while a client waits. Waits are on socket events (a recv that returns when the server
 answers or closes) or polls of the metrics, with deadlines, never fixed sleeps."""
@@ -13,8 +13,8 @@ import pytest
 from gevent import socket
 
 from switchd import metrics
-from switchd.http.connections import HttpLimits
-from switchd.http.server import HttpApp, NotReady, serve
+from switchd.adapters.http.connections import HttpLimits
+from switchd.adapters.http.server import HttpApp, NotReady, serve
 
 XML = '<?xml version="1.0"?><document type="freeswitch/xml"></document>'
 
@@ -170,7 +170,7 @@ def test_a_client_aborting_mid_body_is_counted_and_logged_in_one_line(server_at,
     wait_for(lambda: sample("switchd_http_client_errors_total", reason="aborted") == before + 1,
              what="the abort counted")
     wait_for(lambda: sample("switchd_http_connections") == 0, what="connection released")
-    lines = [r for r in caplog.records if r.name == "switchd.http"]
+    lines = [r for r in caplog.records if r.name == "switchd.adapters.http"]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     record = lines[0]
     assert record.exc_info is None and "\n" not in record.getMessage()
@@ -210,7 +210,7 @@ def test_bad_requests_get_one_line_and_a_status(server_at, caplog, raw, status, 
     answer = request(server_at(), raw)
     assert answer.startswith(b"HTTP/1.1 " + status), answer
     assert sample("switchd_http_client_errors_total", reason=reason) == before + 1
-    lines = [r for r in caplog.records if r.name == "switchd.http"]
+    lines = [r for r in caplog.records if r.name == "switchd.adapters.http"]
     assert len(lines) == 1 and lines[0].exc_info is None, [r.getMessage() for r in lines]
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from switchd.cli import main
 from switchd.config import ConfigError, load_config
-from switchd.originate import OriginateError, OriginateRequest
-from switchd.provision import provision
-from switchd.rates_import import import_rates
+from switchd.calls.originate import OriginateError, OriginateRequest
+from switchd.admin.provision import provision
+from switchd.admin.rates_import import import_rates
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provision.toml"
 

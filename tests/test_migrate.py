@@ -1,4 +1,4 @@
-from switchd.db.migrate import apply_migrations, pending_files
+from switchd.adapters.db.migrate import apply_migrations, pending_files
 
 
 def test_migrations_apply_once(pg_url):

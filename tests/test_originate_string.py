@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dialplan.xml_answer import BridgeLeg
-from switchd.originate import originate_string, should_try_next
+from switchd.calls.originate import originate_string, should_try_next
 
 
 def test_origination_uuid_is_per_leg_never_call_wide():

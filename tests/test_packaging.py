@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from cli_harness import ROOT, run_cli
-from switchd.db.migrate import migrations_dir, pending_files
+from switchd.adapters.db.migrate import migrations_dir, pending_files
 
 
 def test_migrations_live_inside_the_package():
-    assert migrations_dir() == ROOT / "switchd" / "db" / "migrations"
+    assert migrations_dir() == ROOT / "switchd" / "adapters" / "db" / "migrations"
     assert [v for v, _ in pending_files()][0] == "001"
-    assert not (ROOT / "sql").exists(), "migrations belong in switchd/db/migrations/"
+    assert not (ROOT / "sql").exists(), "migrations belong in switchd/adapters/db/migrations/"
 
 
 @pytest.mark.slow
@@ -35,7 +35,7 @@ def test_the_built_package_ships_every_migration_and_the_simulator_data(tmp_path
     assert out.returncode == 0, out.stderr
     names = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()}
     for path in migrations_dir().glob("*.sql"):
-        assert f"switchd/db/migrations/{path.name}" in names
+        assert f"switchd/adapters/db/migrations/{path.name}" in names
     sim_data = [p for p in (ROOT / "switchd" / "sim" / "data").iterdir() if p.is_file()]
     for path in sim_data:
         assert f"switchd/sim/data/{path.name}" in names

@@ -26,13 +26,13 @@ from dialplan.lcr import CarrierCandidate, one_minute_cost, rank
 from dialplan.model import Carrier, Gateway, Tenant, World
 from dialplan.ratedeck import RateDeckBuilder
 from dialplan.xml_answer import BridgeLeg, leg_for_route, render_bridge
-from switchd.books import HealthBook, SpendBook
-from switchd.caps.base import CpsScope, Scope
-from switchd.caps.local import LocalCaps
+from switchd.routing.books import HealthBook, SpendBook
+from switchd.adapters.caps.base import CpsScope, Scope
+from switchd.adapters.caps.local import LocalCaps
 from switchd.config import load_config
-from switchd.http.server import _parse_form_exact, _parse_form_fast, parse_form
-from switchd.policing import CapsGate
-from switchd.router import Router
+from switchd.adapters.http.server import _parse_form_exact, _parse_form_fast, parse_form
+from switchd.calls.policing import CapsGate
+from switchd.routing.router import Router
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -494,7 +494,7 @@ def test_router_answer_follows_deck_swap_health_gateways_and_world():
 def test_router_uuid4_is_a_canonical_random_version_4_uuid():
     import uuid
 
-    from switchd.router import _uuid4
+    from switchd.routing.router import _uuid4
     seen = set()
     for _ in range(2000):
         text = _uuid4()

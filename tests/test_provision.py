@@ -7,8 +7,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from switchd.db.store import load_world
-from switchd.provision import ProvisionError, parse, provision
+from switchd.adapters.db.store import load_world
+from switchd.admin.provision import ProvisionError, parse, provision
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provision.toml"
 

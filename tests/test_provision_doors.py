@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from switchd.db.store import load_world
-from switchd.provision import ProvisionError, provision
-from switchd.rates_import import RatesImportError, import_rates
+from switchd.adapters.db.store import load_world
+from switchd.admin.provision import ProvisionError, provision
+from switchd.admin.rates_import import RatesImportError, import_rates
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provision.toml"
 TABLES = ("tenants", "carriers", "gateways", "dids", "campaigns", "rate_decks", "rates")
@@ -255,7 +255,7 @@ def test_bad_stored_rows_never_break_routing_for_others(migrated_pg_url, caplog)
                      "WHERE name = 'alpha'")
         conn.execute("UPDATE dids SET destination = '1000|evil' WHERE number = '+442079460000'")
         conn.commit()
-        with caplog.at_level(logging.WARNING, logger="switchd.db.store"):
+        with caplog.at_level(logging.WARNING, logger="switchd.adapters.db.store"):
             world = load_world(conn)
     assert sorted(world.carriers) == ["alpha", "bravo", "charlie"]
     assert [g.name for g in world.carriers["alpha"].gateways] == ["alpha-lon", "alpha-ams"]
@@ -284,12 +284,12 @@ def test_prune_with_an_empty_section_empties_it(migrated_pg_url, tmp_path):
 def test_a_bad_stored_carrier_cannot_make_other_calls_fail(migrated_pg_url, tmp_path):
     """The field case: a carrier 'bad,carrier' (cheapest of all) written behind the doors'
     back made every outbound call answer 484. The world load leaves it out; calls route."""
-    from switchd.books import HealthBook, SpendBook
-    from switchd.caps.local import LocalCaps
+    from switchd.routing.books import HealthBook, SpendBook
+    from switchd.adapters.caps.local import LocalCaps
     from switchd.config import load_config
-    from switchd.deck_loader import load_deck
-    from switchd.policing import CapsGate
-    from switchd.router import Router
+    from switchd.routing.deck_loader import load_deck
+    from switchd.calls.policing import CapsGate
+    from switchd.routing.router import Router
     provision(migrated_pg_url, EXAMPLE)
     with psycopg.connect(migrated_pg_url) as conn:
         conn.execute("INSERT INTO carriers (name) VALUES ('bad,carrier')")

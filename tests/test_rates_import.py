@@ -1,4 +1,4 @@
-"""switchd.rates_import against a real PostgreSQL: all or nothing, line-numbered errors."""
+"""switchd.admin.rates_import against a real PostgreSQL: all or nothing, line-numbered errors."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -7,7 +7,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from switchd.rates_import import RatesImportError, import_rates
+from switchd.admin.rates_import import RatesImportError, import_rates
 
 HEADER = "prefix,rate_per_min,connect_fee,initial_increment,subsequent_increment," \
          "effective_from,effective_to,description\n"

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from _fixture_events import channel_events
-from switchd.registry import (
-    CAUSE_SWEPT, EVENT_KIND, LEG_TRANSITIONS, CallAnswered, CallEnded, CallRegistry,
-    CallRenamed, CallStarted, CarrierOutcome, LegEnded, RegistryError,
+from switchd.calls.model import (
+    CAUSE_SWEPT, CallAnswered, CallEnded, CallRenamed, CallStarted, CarrierOutcome, LegEnded,
 )
+from switchd.calls.registry import EVENT_KIND, LEG_TRANSITIONS, CallRegistry, RegistryError
 
 A_A, B_A = "3ea30e5f-6258-4225-b4a4-31cbc0030d47", "aa761064"          # capture a legs
 A_B = "2aa200b6"
@@ -127,7 +127,7 @@ def test_duplicates_do_not_double_emit(letter):
     assert Counter(type(e) for e in twice) == Counter(type(e) for e in once)
 
 
-# What the daemon subscribes to (switchd/esl/events.py SUBSCRIBED_EVENTS, copied so these
+# What the daemon subscribes to (switchd/adapters/esl/events.py SUBSCRIBED_EVENTS, copied so these
 # tests do not depend on the parser module).
 SUBSCRIBED = {"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
               "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID"}

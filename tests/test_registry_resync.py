@@ -6,10 +6,9 @@ from dataclasses import replace
 import pytest
 
 from _fixture_events import api_reply, channel_events
-from switchd.registry import (
-    CAUSE_RESYNC, CallAdopted, CallEnded, CallRegistry, CallStarted, LegEnded,
-)
-from switchd.registry_resync import (
+from switchd.calls.model import CAUSE_RESYNC, CallAdopted, CallEnded, CallStarted, LegEnded
+from switchd.calls.registry import CallRegistry
+from switchd.calls.channels import (
     ResyncParseError, group_rows, parse_show_calls_json, parse_show_channels_json,
 )
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from switchd import billing
-from switchd.esl.events import ChannelEvent
-from switchd.registry import CAUSE_RESYNC, CallEnded, CallRegistry, LegEnded
-from switchd.registry_resync import RESYNC_LAG_US, ChannelRow
+from switchd.accounting import billing
+from switchd.adapters.esl.events import ChannelEvent
+from switchd.calls.channels import ChannelRow
+from switchd.calls.model import CAUSE_RESYNC, CallEnded, LegEnded
+from switchd.calls.reconcile import RESYNC_LAG_US
+from switchd.calls.registry import CallRegistry
 
 S = 1_000_000
 T = 1_800_000_000 * S                         # the snapshot was requested at T

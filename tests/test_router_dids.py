@@ -9,11 +9,11 @@ import pytest
 
 from dialplan.model import Carrier, Did, Gateway, Tenant, World
 from dialplan.ratedeck import RateDeckBuilder
-from switchd.books import HealthBook, SpendBook
-from switchd.caps.local import LocalCaps
+from switchd.routing.books import HealthBook, SpendBook
+from switchd.adapters.caps.local import LocalCaps
 from switchd.config import load_config
-from switchd.policing import CapsGate
-from switchd.router import Router
+from switchd.calls.policing import CapsGate
+from switchd.routing.router import Router
 
 DIDS = {
     "+442079460100": Did("+442079460100", "acme", "extension", "1000"),

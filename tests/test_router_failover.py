@@ -13,12 +13,12 @@ import pytest
 from dialplan.failover import parse_table
 from dialplan.model import Carrier, Gateway, Tenant, World
 from dialplan.ratedeck import RateDeckBuilder
-from switchd.books import HealthBook, SpendBook
-from switchd.caps.base import Scope
-from switchd.caps.local import LocalCaps
+from switchd.routing.books import HealthBook, SpendBook
+from switchd.adapters.caps.base import Scope
+from switchd.adapters.caps.local import LocalCaps
 from switchd.config import load_config
-from switchd.policing import CapsGate
-from switchd.router import Router
+from switchd.calls.policing import CapsGate
+from switchd.routing.router import Router
 
 CALL = "6f1c3a52-5d0e-4a51-9a1d-2f3f0b7b1c01"
 

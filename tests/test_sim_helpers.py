@@ -1,5 +1,5 @@
 """Test helpers for the simulator tests: a raw ESL client, a capture reader and a tiny
-dialplan HTTP server (gevent.pywsgi). Deliberately independent of switchd.esl.*, so the
+dialplan HTTP server (gevent.pywsgi). Deliberately independent of switchd.adapters.esl.*, so the
 simulator is checked against the captures, not against our own parser."""
 from __future__ import annotations
 

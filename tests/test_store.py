@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from switchd.db import store
-from switchd.db.cdr_writer import CallRecord, EventRecord, LegRecord, write_batch
-from switchd.provision import provision
+from switchd.adapters.db import store
+from switchd.adapters.db.cdr_writer import CallRecord, EventRecord, LegRecord, write_batch
+from switchd.admin.provision import provision
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provision.toml"
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)

@@ -29,7 +29,7 @@ class Live:
     live_calls: Callable[[], list] | None = None
     originate: Callable[[dict], dict] | None = None          # raises OriginateError
     hangup: Callable[[str], bool] | None = None              # False: no such live call
-    router: Any = None                                        # switchd.router.Router
+    router: Any = None                                        # switchd.routing.router.Router
     reset_health: Callable[[str], None] | None = None
 
 
@@ -161,7 +161,7 @@ def create_call(live: Live):
     """Originate; with Idempotency-Key the first answer is stored and replayed, so a client
     that retries (timeout, lost connection) never places a second call."""
     def handler(req: Request):
-        from switchd.originate import OriginateError
+        from switchd.calls.originate import OriginateError
         originate = _need(live.originate, "originate")
         payload = dict(req.json())
         payload["tenant"] = req.scope(payload.get("tenant"))

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dialplan import validate
-from switchd import inventory, provision, provision_diff, rates_import
+from switchd.admin import inventory, provision, provision_diff, rates_import
 from switchd.api.app import ApiError, Request
 
 # "body: carriers[0].gateways[1].leg_timeout: reason" -> ("leg_timeout", "reason")

@@ -16,8 +16,8 @@ from switchd.errors import CliError, InputError, UnavailableError, UsageError
 def _db_url(config: Config) -> str:
     """The database, migrated. Failures (unreachable, a failed migration) reach the CLI's
     one-line reporter (switchd/exitcodes.py) as they are."""
-    from switchd.db.connect import database_url
-    from switchd.db.migrate import apply_migrations
+    from switchd.adapters.db.connect import database_url
+    from switchd.adapters.db.migrate import apply_migrations
     url = database_url(config)
     apply_migrations(url)
     return url
@@ -35,8 +35,8 @@ def _parse_instant(text: str | None, flag: str) -> datetime | None:
 
 
 def migrate(config: Config, args) -> int:
-    from switchd.db.connect import database_url
-    from switchd.db.migrate import apply_migrations
+    from switchd.adapters.db.connect import database_url
+    from switchd.adapters.db.migrate import apply_migrations
     applied = apply_migrations(database_url(config))
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
     return 0
@@ -44,7 +44,7 @@ def migrate(config: Config, args) -> int:
 
 def rates_import(config: Config, args) -> int:
     from switchd.commands.inputs import check_csv_header, not_utf8
-    from switchd.rates_import import import_rates
+    from switchd.admin.rates_import import import_rates
     effective_from = _parse_instant(args.effective_from, "--effective-from")
     check_csv_header(args.file)
     url = _db_url(config)
@@ -127,7 +127,7 @@ def calls(config: Config, args) -> int:
 
 
 def report(config: Config, args) -> int:
-    from switchd.db import store
+    from switchd.adapters.db import store
     import psycopg
     now = datetime.now(timezone.utc)
     until = _parse_instant(args.until, "--until") or now

@@ -11,10 +11,10 @@ from switchd.errors import CliError
 def cdr_import(config: Config, args) -> int:
     import psycopg
 
-    from switchd.cdrs.importer import CdrImportError, import_dir
-    from switchd.cdrs.ingest import CdrIngest
+    from switchd.accounting.cdrs.importer import CdrImportError, import_dir
+    from switchd.accounting.cdrs.ingest import CdrIngest
     from switchd.commands.admin import _db_url
-    from switchd.db import store
+    from switchd.adapters.db import store
     url = _db_url(config)
     try:
         with psycopg.connect(url, connect_timeout=5) as conn:

@@ -16,7 +16,7 @@ def _size(n: int) -> str:
 
 
 def status(config: Config, args) -> int:
-    from switchd.db.embedded import EmbeddedPostgres
+    from switchd.adapters.db.embedded import EmbeddedPostgres
     state = EmbeddedPostgres(config.data_dir).status()
     external = bool(config["database.url"])
     if args.json:
@@ -38,7 +38,7 @@ def status(config: Config, args) -> int:
 
 
 def stop(config: Config, args) -> int:
-    from switchd.db.embedded import EmbeddedPostgres
+    from switchd.adapters.db.embedded import EmbeddedPostgres
     server = EmbeddedPostgres(config.data_dir)
     state = server.status(with_size=False)
     if not state.running:

@@ -74,7 +74,7 @@ def provision(config, args) -> int:
     import psycopg
     from switchd.commands.admin import _db_url
     from switchd.commands.inputs import not_utf8
-    from switchd.provision import provision as run_provision
+    from switchd.admin.provision import provision as run_provision
     url = _db_url(config)
     try:
         # A ProvisionError (every problem, each naming the file and the key) goes to
@@ -119,7 +119,7 @@ def _table(rows: list[dict], columns: dict[str, str], empty: str) -> None:
 
 
 def tenants_list(config, args) -> int:
-    from switchd import inventory
+    from switchd.admin import inventory
     with _connect(config) as conn:
         rows = inventory.tenants(conn)
     if args.json:
@@ -133,7 +133,7 @@ def tenants_list(config, args) -> int:
 
 
 def carriers_list(config, args) -> int:
-    from switchd import inventory
+    from switchd.admin import inventory
     with _connect(config) as conn:
         rows = inventory.carriers(conn)
     if args.json:
@@ -148,7 +148,7 @@ def carriers_list(config, args) -> int:
 
 
 def dids_list(config, args) -> int:
-    from switchd import inventory
+    from switchd.admin import inventory
     with _connect(config) as conn:
         rows = inventory.dids(conn)
     if args.json:
@@ -160,7 +160,7 @@ def dids_list(config, args) -> int:
 
 
 def rates_list(config, args) -> int:
-    from switchd import inventory
+    from switchd.admin import inventory
     with _connect(config) as conn:
         try:
             rows = inventory.decks(conn, args.carrier)
@@ -178,7 +178,7 @@ def rates_list(config, args) -> int:
 
 
 def rates_export(config, args) -> int:
-    from switchd import inventory
+    from switchd.admin import inventory
     from switchd.commands.admin import _parse_instant
     at = _parse_instant(args.at, "--at")
     with _connect(config) as conn:
@@ -191,7 +191,7 @@ def rates_export(config, args) -> int:
 
 
 def rates_delete(config, args) -> int:
-    from switchd import inventory
+    from switchd.admin import inventory
     with _connect(config) as conn:
         try:
             deck = inventory.delete_deck(conn, args.carrier, args.deck)

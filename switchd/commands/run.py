@@ -13,7 +13,7 @@ log = logging.getLogger("switchd")
 def main(config: Config, args) -> int:
     setup_logging(config["log.level"], config["log.format"])
     from switchd.daemon import Daemon
-    from switchd.db.connect import database_url
+    from switchd.adapters.db.connect import database_url
     daemon = Daemon(config, None)
     try:
         # HTTP first: /healthz answers (and /readyz names what is starting) while the

@@ -111,8 +111,8 @@ def realswitch(_realswitch_session):
 
 @pytest.fixture
 def rs_world_url(migrated_pg_url, tmp_path):
-    from switchd.provision import provision
-    from switchd.rates_import import import_rates
+    from switchd.admin.provision import provision
+    from switchd.admin.rates_import import import_rates
     world_path, decks = world.write(tmp_path / "world")
     provision(migrated_pg_url, world_path)
     for carrier, path in decks.items():
@@ -129,7 +129,7 @@ def make_rs_daemon(realswitch, rs_world_url, tmp_path):
     def make(extra_env: dict | None = None, world_toml: str | None = None,
              require_ready: bool = True) -> RsDaemon:
         if world_toml is not None:
-            from switchd.provision import provision
+            from switchd.admin.provision import provision
             provision(rs_world_url, world.write(tmp_path / f"world-{len(started)}", world_toml)[0])
         daemon = RsDaemon.start(realswitch, rs_world_url, tmp_path / f"daemon-{len(started)}",
                                 extra_env, require_ready)

@@ -1,0 +1,174 @@
+"""FreeSWITCH's CDR of a leg → rated leg row + call row, made durable before we say so.
+
+`CdrIngest.store(body)` is what `POST /fs/cdr` and `switchd cdr import` call. It returns
+only once the record is durable: committed to PostgreSQL (one transaction: the leg, the
+call, the call's money recomputed from all its legs, cdr_writer.write_batch), or, when
+PostgreSQL cannot be reached, appended and fsync'd to the writer's spool (replayed by the
+CDR writer once the database is back). Anything else raises, so the HTTP answer is not
+2xx and FreeSWITCH retries (then writes its error directory, which `switchd cdr import`
+replays).
+
+Merging with ESL is by leg UUID, in the database: the switch's leg row outranks ESL's
+(cdr_writer._UPSERT_LEG), and the call's cost, billed seconds, provisional and unrated
+flags are recomputed from its leg rows on every write (cdr_writer.RECOMPUTE_CALLS). So any
+number of deliveries, in any order relative to ESL's hangup, give one call row and one row
+per leg.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Callable
+
+import psycopg
+
+from dialplan import rating
+from dialplan.causes import disposition
+from switchd.accounting import billing
+from switchd import metrics
+from switchd.accounting.cdrs.json_cdr import CdrFormatError, SwitchLeg, parse
+from switchd.adapters.db.cdr_writer import (LegRecord, SwitchCallRecord, _OUTAGE, _to_spool,
+                                   write_batch)
+from switchd.adapters.db.spool import Spool, SpoolError
+
+
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CdrIngest", "CdrFormatError", "Stored", "to_records"]
+
+
+@dataclass(frozen=True)
+class Stored:
+    leg_uuid: str
+    call_uuid: str
+    where: str          # 'database' | 'spool'
+    cost: Decimal | None
+
+
+def _at(us: int) -> datetime | None:
+    if not us:
+        return None
+    try:
+        return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def to_records(leg: SwitchLeg, *, precision: int = 6,
+               rounding_of: Callable[[str | None], str] | None = None,
+               reprice: billing.Repricer | None = None
+               ) -> tuple[LegRecord, SwitchCallRecord]:
+    """Rate the leg from FreeSWITCH's own figures; pure apart from the metric."""
+    carrier = leg.vars.get("switchd_carrier") or leg.gateway
+    # A leg with switchd's tariff is a carrier leg, an originate attempt included (it has
+    # no originator, so FreeSWITCH's CDR looks like an A-leg's).
+    attempt = bool(leg.vars.get("switchd_carrier"))
+    is_carrier = bool(carrier) and (attempt or not leg.is_a_leg)
+    answered_at = _at(leg.answer_us)
+    rated = rating.Rated(0, Decimal(0).quantize(Decimal(1).scaleb(-precision)))
+    tariff = None
+    if is_carrier:
+        rounding = rounding_of(carrier) if rounding_of else rating.BILLSEC
+        rated, tariff = billing.rate_vars(
+            leg.vars, answered_at=answered_at, billsec=leg.billsec, billmsec=leg.billmsec,
+            rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}")
+        if rated.cost is None:
+            billing.count_unrated("switch", rated.unrated_reason, leg.uuid, leg.call_uuid)
+    leg_rec = LegRecord(
+        leg_uuid=leg.uuid, call_uuid=leg.call_uuid, direction=leg.direction,
+        carrier=carrier if is_carrier else None, gateway=leg.gateway if is_carrier else None,
+        started_at=_at(leg.start_us), answered_at=answered_at, ended_at=_at(leg.end_us),
+        hangup_cause=leg.hangup_cause, sip_status=leg.sip_status,
+        billmsec=leg.billmsec or 0, billed_seconds=rated.billed_seconds,
+        rate_per_min=tariff.rate_per_min if tariff else None,
+        connect_fee=tariff.connect_fee if tariff else None,
+        increments=f"{tariff.initial}/{tariff.subsequent}" if tariff else None,
+        cost=rated.cost, billsec=leg.billsec, cdr_source="switch", provisional=False,
+        unrated=rated.cost is None,
+        # the same PDD and disposition ESL would give, from the switch's own times
+        progress_at=_at(leg.progress_us), pdd_ms=billing.pdd_between(leg.start_us, leg.progress_us, leg.answer_us),
+        disposition=disposition(leg.hangup_cause, leg.sip_status, bool(leg.answer_us)))
+    v = leg.vars
+    call_rec = SwitchCallRecord(
+        call_uuid=leg.call_uuid, from_a_leg=leg.is_a_leg and not attempt,
+        # Without switchd's own label: a carrier leg or an originated A-leg → outbound.
+        direction=v.get("switchd_direction") or (
+            "inbound" if leg.is_a_leg and leg.direction == "inbound" else "outbound"),
+        tenant=v.get("switchd_tenant"), route_id=_uuid_or_none(v.get("switchd_route_id")),
+        caller=leg.caller if leg.is_a_leg and not attempt else None,
+        destination=leg.destination if leg.is_a_leg and not attempt else None,
+        started_at=_at(leg.start_us), answered_at=answered_at, ended_at=_at(leg.end_us),
+        hangup_cause=leg.hangup_cause)
+    return leg_rec, call_rec
+
+
+def _uuid_or_none(text: str | None) -> str | None:
+    try:
+        return str(uuid.UUID(text)) if text else None
+    except ValueError:
+        return None
+
+
+class CdrIngest:
+    """Durable intake of FreeSWITCH CDRs (thread- and greenlet-safe: one connection, locked)."""
+
+    def __init__(self, db_url: str, spool: Spool | None, *, precision: int = 6,
+                 rounding_of: Callable[[str | None], str] | None = None,
+                 reprice: billing.Repricer | None = None, encoded_values: bool = False,
+                 connect_timeout: int = 3):
+        self.db_url = db_url
+        self.spool = spool
+        self.precision = precision
+        self.rounding_of = rounding_of
+        self.reprice = reprice
+        self.encoded_values = encoded_values
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()      # gevent-patched under the daemon
+
+    def store(self, body: bytes) -> Stored:
+        """Parse, rate, make durable. CdrFormatError for a record we cannot read;
+        SpoolError when neither PostgreSQL nor the spool took it."""
+        leg = parse(body, self.encoded_values)
+        leg_rec, call_rec = to_records(leg, precision=self.precision,
+                                       rounding_of=self.rounding_of, reprice=self.reprice)
+        items = [("switch_call", call_rec), ("leg", leg_rec)]
+        with self._lock:
+            try:
+                write_batch(self._connection(), items)
+                where = "database"
+            except _OUTAGE as exc:
+                self._close()
+                metrics.DB_ERRORS.labels("switch_cdr").inc()
+                log.warning("switch CDR %s: PostgreSQL unavailable (%s); spooling", leg.uuid,
+                            str(exc).strip())
+                if self.spool is None:      # `cdr import`: the source file stays instead
+                    raise
+                self.spool.append([_to_spool(i) for i in items])     # fsync'd, or SpoolError
+                where = "spool"
+        metrics.SWITCH_CDRS.labels("stored" if where == "database" else "spooled").inc()
+        return Stored(leg.uuid, leg.call_uuid, where, leg_rec.cost)
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.db_url, autocommit=True,
+                                         connect_timeout=self.connect_timeout,
+                                         application_name="switchd-cdr-ingest")
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass        # already broken
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()

@@ -1,0 +1,233 @@
+"""Typed events: the edge where raw ESL headers stop (STYLE.md §4).
+
+Dataclasses are the contract (docs/internals.md); the parsing functions below build them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from switchd.adapters.esl.framing import _unquote_many
+
+
+@dataclass(frozen=True)
+class ChannelEvent:
+    name: str
+    uuid: str
+    call_uuid: str
+    other_leg_uuid: str | None = None
+    direction: str = "inbound"
+    timestamp_us: int = 0
+    sequence: int = 0
+    core_uuid: str = ""
+    caller_number: str = ""
+    destination_number: str = ""
+    gateway: str | None = None
+    created_us: int = 0
+    answered_us: int = 0
+    progress_us: int = 0       # first of Caller-Channel-Progress(-Media)-Time, 0 = none yet
+    hangup_us: int = 0
+    hangup_cause: str | None = None
+    sip_status: int | None = None
+    billmsec: int | None = None
+    billsec: int | None = None         # variable_billsec: FreeSWITCH's own billed seconds
+    origination_uuid: str | None = None
+    vars: dict[str, str] = field(default_factory=dict)   # switchd_* channel variables
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_uuid: str
+    body: str
+
+    @property
+    def ok(self) -> bool:
+        return self.body.startswith("+OK")
+
+
+@dataclass(frozen=True)
+class GatewayEvent:
+    kind: str                  # 'state' | 'add' | 'delete'
+    gateway: str
+    state: str | None = None
+    ping_status: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatEvent:
+    timestamp_us: int = 0
+
+
+# Exactly what the daemon consumes (DESIGN §11: FreeSWITCH drops slow listeners, so no ALL).
+# CHANNEL_UUID follows uuid renames (e.g. an originate whose leg takes a new UUID).
+SUBSCRIBED_EVENTS: tuple[str, ...] = (
+    "CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER",
+    "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
+    "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID", "BACKGROUND_JOB", "HEARTBEAT",
+    "CUSTOM", "sofia::gateway_state", "sofia::gateway_add", "sofia::gateway_delete",
+)
+
+CHANNEL_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
+                            "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
+                            "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID"})
+_GATEWAY_KINDS = {"sofia::gateway_state": "state", "sofia::gateway_add": "add",
+                  "sofia::gateway_delete": "delete"}
+
+# ChannelEvent has no field for the previous UUID of a CHANNEL_UUID rename; it travels in
+# `vars` under this key, which cannot clash with a `switchd_*` variable.
+OLD_UUID_VAR = "old_unique_id"
+
+# Names (CUSTOM: subclasses) that to_typed turns into something; the rest are skipped.
+TYPED_NAMES = CHANNEL_EVENTS | {"BACKGROUND_JOB", "HEARTBEAT"} | set(_GATEWAY_KINDS)
+
+TypedEvent = ChannelEvent | JobEvent | GatewayEvent | HeartbeatEvent
+
+
+def subscription_command(fmt: str = "plain", events: tuple[str, ...] = SUBSCRIBED_EVENTS) -> str:
+    """The ``event plain ...`` line the supervisor sends after authenticating."""
+    from switchd.adapters.esl.commands import event_subscription
+    return event_subscription(events, fmt)
+
+
+def event_label(headers: dict[str, str]) -> str:
+    """A bounded metric label: the event's name if we subscribe to it, else 'other'."""
+    name = headers.get("Event-Name", "")
+    if name == "CUSTOM":
+        name = headers.get("Event-Subclass", "")
+    return name if name in _LABELS else "other"
+
+
+_LABELS = frozenset(SUBSCRIBED_EVENTS)
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+def _opt_int(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _first(*stamps: int) -> int:
+    """The earliest non-zero timestamp (0 when none is set)."""
+    return min((t for t in stamps if t), default=0)
+
+
+def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
+    uuid = h.get("Unique-ID", "")
+    switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
+    if name == "CHANNEL_UUID" and h.get("Old-Unique-ID"):
+        switchd_vars[OLD_UUID_VAR] = h["Old-Unique-ID"]
+    return ChannelEvent(
+        name=name,
+        uuid=uuid,
+        call_uuid=h.get("Channel-Call-UUID") or uuid,
+        other_leg_uuid=h.get("Other-Leg-Unique-ID") or None,
+        direction=h.get("Call-Direction") or "inbound",
+        timestamp_us=_int(h.get("Event-Date-Timestamp")),
+        sequence=_int(h.get("Event-Sequence")),
+        core_uuid=h.get("Core-UUID", ""),
+        caller_number=h.get("Caller-Caller-ID-Number", ""),
+        destination_number=h.get("Caller-Destination-Number", ""),
+        gateway=h.get("variable_sip_gateway_name") or None,
+        created_us=_int(h.get("Caller-Channel-Created-Time")),
+        answered_us=_int(h.get("Caller-Channel-Answered-Time")),
+        progress_us=_first(_int(h.get("Caller-Channel-Progress-Time")),
+                           _int(h.get("Caller-Channel-Progress-Media-Time"))),
+        hangup_us=_int(h.get("Caller-Channel-Hangup-Time")),
+        hangup_cause=h.get("Hangup-Cause") or h.get("variable_hangup_cause") or None,
+        sip_status=_opt_int(h.get("variable_sip_term_status")),
+        billmsec=_opt_int(h.get("variable_billmsec")),
+        billsec=_opt_int(h.get("variable_billsec")),
+        origination_uuid=h.get("variable_origination_uuid") or None,
+        vars=switchd_vars,
+    )
+
+
+# Every header _channel reads, besides variable_switchd_*: what the fast path looks up.
+_CHANNEL_HEADERS = (
+    "Event-Name", "Unique-ID", "Channel-Call-UUID", "Other-Leg-Unique-ID", "Call-Direction",
+    "Event-Date-Timestamp", "Event-Sequence", "Core-UUID", "Caller-Caller-ID-Number",
+    "Caller-Destination-Number", "variable_sip_gateway_name", "Caller-Channel-Created-Time",
+    "Caller-Channel-Answered-Time", "Caller-Channel-Progress-Time",
+    "Caller-Channel-Progress-Media-Time", "Caller-Channel-Hangup-Time", "Hangup-Cause",
+    "variable_hangup_cause", "variable_sip_term_status", "variable_billmsec", "variable_billsec",
+    "variable_origination_uuid", "Old-Unique-ID",
+)
+_LINE_KEYS = tuple(("\n" + name + ": ", name) for name in _CHANNEL_HEADERS)
+_SWITCHD_LINE = "\nvariable_switchd_"
+
+
+def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
+    """``to_typed(parse_event_plain(body))`` for a plain CHANNEL_* event, reading only the
+    ~25 headers a ChannelEvent needs of the ~130 the event carries (the reader's hot path).
+
+    Exact, not a heuristic: a raw value never holds a newline (FreeSWITCH encodes it as
+    %0A), so "\nName: " can only be the start of that header's line; the first of duplicate
+    headers wins, as in the full parse; the same URL-decoding applies. Tests hold the two
+    equal on every captured event and on generated ones. Returns None for anything else
+    (the caller then takes the full path). A nested body is not read: channel events have
+    none.
+    """
+    end = body.find(b"\n\n")
+    text = "\n" + (body if end < 0 else body[:end]).decode("utf-8", "replace")
+    h: dict[str, str] = {}
+    for key, name in _LINE_KEYS:
+        i = text.find(key)
+        if i >= 0:
+            i += len(key)
+            j = text.find("\n", i)
+            h[name] = text[i:] if j < 0 else text[i:j]
+    i = text.find(_SWITCHD_LINE)
+    while i >= 0:
+        j = text.find("\n", i + 1)
+        name, sep, value = (text[i + 1:] if j < 0 else text[i + 1:j]).partition(": ")
+        if sep and name not in h:
+            h[name] = value
+        i = -1 if j < 0 else text.find(_SWITCHD_LINE, j)
+    name = h.get("Event-Name")
+    if name not in CHANNEL_EVENTS or not h.get("Unique-ID"):
+        return None
+    encoded = [n for n, v in h.items() if "%" in v]
+    if encoded:
+        for n, value in zip(encoded, _unquote_many([h[n] for n in encoded])):
+            h[n] = value
+        name = h["Event-Name"]
+        if name not in CHANNEL_EVENTS or not h.get("Unique-ID"):
+            return None
+    return _channel(name, h)
+
+
+def to_typed(headers: dict[str, str]) -> TypedEvent | None:
+    """The typed event for a parsed event's headers; None for events switchd does not use.
+
+    Works for plain and JSON events alike (both give decoded string values).
+    """
+    name = headers.get("Event-Name")
+    if name in CHANNEL_EVENTS:
+        if not headers.get("Unique-ID"):
+            return None
+        return _channel(name, headers)
+    if name == "BACKGROUND_JOB":
+        job_uuid = headers.get("Job-UUID")
+        return JobEvent(job_uuid=job_uuid, body=headers.get("_body", "")) if job_uuid else None
+    if name == "HEARTBEAT":
+        return HeartbeatEvent(timestamp_us=_int(headers.get("Event-Date-Timestamp")))
+    if name == "CUSTOM":
+        kind = _GATEWAY_KINDS.get(headers.get("Event-Subclass", ""))
+        gateway = headers.get("Gateway")
+        if kind is None or not gateway:
+            return None
+        return GatewayEvent(kind=kind, gateway=gateway, state=headers.get("State"),
+                            ping_status=headers.get("Ping-Status"), status=headers.get("Status"))
+    return None

@@ -1,0 +1,121 @@
+"""What switchd knows of a call: its legs, the call, and the effects the registry
+returns (frozen snapshots, so a writer reading them later sees the values of that
+moment). Data only; the state machines are in registry.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+CAUSE_SWEPT = "UNKNOWN_AFTER_SWEEP"      # A-leg ended long ago, this leg's end never came
+CAUSE_RESYNC = "UNKNOWN_AFTER_RESYNC"    # FreeSWITCH no longer has the channel
+
+
+@dataclass
+class Leg:
+    uuid: str
+    call_uuid: str
+    direction: str = "inbound"
+    state: str = "created"
+    gateway: str | None = None
+    carrier: str | None = None        # vars switchd_carrier, else the gateway name
+    created_us: int = 0
+    answered_us: int = 0
+    progress_us: int = 0              # first ringing / early media (PDD), 0 = none seen
+    hangup_us: int = 0
+    hangup_cause: str | None = None
+    sip_status: int | None = None
+    billmsec: int | None = None       # None: unknown (e.g. closed by resync)
+    billsec: int | None = None        # FreeSWITCH's variable_billsec, when the event had it
+    vars: dict[str, str] = field(default_factory=dict)
+    caller: str = ""
+    destination: str = ""
+    reconstructed: bool = False       # some fields guessed (resync / sweep), not from FS
+    placeholder: bool = False         # known only by reference, no event seen yet
+    last_event_us: int = 0            # Event-Date-Timestamp of its latest event
+
+    def snapshot(self) -> Leg:
+        return replace(self, vars=dict(self.vars))
+
+
+@dataclass
+class Call:
+    call_uuid: str                    # the A-leg's (or single originated leg's) UUID
+    tenant: str | None = None
+    direction: str | None = None
+    route_id: str | None = None
+    max_duration: int | None = None   # seconds
+    campaign: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    state: str = "setup"              # setup | answered | ending | ended
+    started_us: int = 0
+    answered_us: int = 0              # first answer of any leg
+    ended_us: int = 0
+    hangup_cause: str | None = None   # the A-leg's
+    caller: str = ""
+    destination: str = ""
+    carrier: str | None = None        # of the first answered carrier leg
+    gateway: str | None = None
+    attempts: int = 0                 # carrier legs
+    first_choice_carrier: str | None = None
+    reconstructed: bool = False
+    aliases: list[str] = field(default_factory=list)   # former UUIDs (CHANNEL_UUID)
+    # Placed by our originate, one `bgapi originate` per carrier attempt, each attempt its
+    # own leg UUID (the first one is the call UUID): no A-leg waits for the others.
+    originated: bool = False
+
+    @property
+    def a_leg(self) -> Leg | None:
+        return self.leg(self.call_uuid)
+
+    def leg(self, uuid: str) -> Leg | None:
+        return next((l for l in self.legs if l.uuid == uuid), None)
+
+    def snapshot(self) -> Call:
+        return replace(self, legs=[l.snapshot() for l in self.legs], aliases=list(self.aliases))
+
+
+# --- effects: what the daemon acts on --------------------------------------------------
+@dataclass(frozen=True)
+class CallStarted:
+    call: Call
+
+
+@dataclass(frozen=True)
+class CallAnswered:                   # the max-duration watchdog's cue
+    call: Call
+    leg: Leg
+
+
+@dataclass(frozen=True)
+class LegEnded:                       # rate the leg and write it (key: leg UUID)
+    leg: Leg
+    call: Call
+
+
+@dataclass(frozen=True)
+class CarrierOutcome:                 # moves carrier health; dialplan/causes.py judges it
+    carrier: str
+    leg: Leg
+    answered: bool
+    hangup_cause: str | None
+    sip_status: int | None
+
+
+@dataclass(frozen=True)
+class CallEnded:                      # release slots, write the CDR
+    call: Call
+
+
+@dataclass(frozen=True)
+class CallRenamed:                    # caps leases follow the new UUID
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class CallAdopted:                    # found by resync; caps re-acquire / refresh
+    call: Call
+
+
+Effect = Union[CallStarted, CallAnswered, LegEnded, CarrierOutcome, CallEnded, CallRenamed,
+               CallAdopted]

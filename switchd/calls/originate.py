@@ -1,0 +1,269 @@
+"""Originated calls: caps and budget checked, LCR, then `bgapi originate` (DESIGN.md §3).
+
+The same plan as a dialplan answer (switchd/routing/router.py `Router.plan`), placed ONE CARRIER
+ATTEMPT PER `bgapi originate`: call-wide variables in `{}`, the attempt's own
+`origination_uuid` and tariff in its `[]` (the first attempt's UUID is the call UUID, the
+key of the caps slots taken at planning; later attempts get fresh ones: FreeSWITCH refuses
+a UUID still in use, "Duplicate UUID!", which is what a `{origination_uuid}` over a `|`
+list did to every failover leg), and the scheduled hangup in `execute_on_answer` so that
+FreeSWITCH enforces the maximum duration even if switchd dies.
+
+Why not one `|` list: FreeSWITCH decides its failover by hangup cause, and 403 (the
+carrier refusing us: try the next) and 603 (the callee declining: stop) are both
+CALL_REJECTED. switchd reads each attempt's outcome, the BACKGROUND_JOB result and that
+leg's CHANNEL_HANGUP_COMPLETE (`sip_term_status`), and `should_try_next` decides. Every
+attempt is a leg of the call in the registry and the CDR (all legs share
+`switchd_route_id`), is logged, and is listed in the API answer.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import asdict, dataclass
+
+import gevent
+from gevent.event import AsyncResult
+
+from dialplan import causes, numbers, validate, xml_answer
+from switchd.adapters.esl.commands import hangup_cause
+from switchd.routing.router import Decision, Refused
+
+log = logging.getLogger(__name__)
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:+@/*#-]*$")
+# Applications an API client may run on answer: harmless ones only (never system, lua,
+# bgsystem ... which would hand a remote client a shell on the switch).
+_APPS = ("park", "playback", "echo", "conference", "transfer", "sleep")
+_APP = re.compile(r"^&(" + "|".join(_APPS) + r")\([A-Za-z0-9_.:+@/-]*\)$")
+
+
+class OriginateError(ValueError):
+    """The request cannot be placed; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400, sip_code: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.sip_code = sip_code
+
+
+@dataclass(frozen=True)
+class OriginateRequest:
+    tenant: str
+    destination: str
+    caller_id: str | None = None
+    campaign: str | None = None
+    app: str = "&park()"
+    timeout_s: int = 60               # originate_timeout: ring time before giving up
+
+    @classmethod
+    def from_json(cls, payload) -> "OriginateRequest":
+        if not isinstance(payload, dict):
+            raise OriginateError("body must be a JSON object")
+        unknown = set(payload) - {"tenant", "destination", "caller_id", "campaign", "app", "timeout_s"}
+        if unknown:
+            raise OriginateError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        for key in ("tenant", "destination"):
+            if not isinstance(payload.get(key), str) or not payload[key]:
+                raise OriginateError(f"{key}: required, a non-empty string")
+        for key in ("caller_id", "campaign", "app"):
+            if key in payload and not isinstance(payload[key], str):
+                raise OriginateError(f"{key}: must be a string")
+        # The door's rules are the renderer's (dialplan/validate.py): a value refused here
+        # could not have been put in the originate string safely anyway.
+        _field("tenant", validate.name, payload["tenant"])
+        _field("destination", _dialled, payload["destination"])
+        if payload.get("campaign") is not None:
+            _field("campaign", validate.name, payload["campaign"])
+        timeout = payload.get("timeout_s", 60)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
+            raise OriginateError("timeout_s: an integer from 1 to 300")
+        app = payload.get("app", "&park()")
+        if not _APP.match(app):
+            raise OriginateError(f"app: one of {', '.join('&' + a + '(...)' for a in _APPS)}, "
+                                 "arguments without blanks or commas")
+        caller = payload.get("caller_id")
+        if caller is not None:
+            _field("caller_id", validate.caller_id, caller)
+        return cls(payload["tenant"], payload["destination"], caller, payload.get("campaign"),
+                   app, timeout)
+
+
+def _dialled(value: str) -> str:
+    """What a tenant may dial: any form the number parser takes (spaces, dashes, '+'),
+    nothing a dial string or variable expansion would interpret, at most 64 characters."""
+    if len(value) > 64:
+        raise validate.Invalid(f"{value[:20]!r}...: at most 64 characters")
+    return validate.check_value(value, repr(value))
+
+
+def _field(key: str, check, value) -> None:
+    try:
+        check(value)
+    except validate.Invalid as exc:
+        raise OriginateError(f"{key}: {exc}") from None
+
+
+def _var(key: str, value) -> str:
+    text = xml_answer.format_value(value)
+    if _SAFE_VALUE.match(text):
+        return f"{key}={text}"
+    # Our own composite values (e.g. the scheduled hangup) need FreeSWITCH's quoting;
+    # anything else is refused rather than guessed at.
+    if "'" in text or "," in text or not re.fullmatch(r"[A-Za-z0-9_ +.:/-]+", text):
+        raise ValueError(f"unsafe originate variable {key}={text!r}")
+    return f"{key}='{text}'"
+
+
+# After a failed attempt's job result, how long to wait for its CHANNEL_HANGUP_COMPLETE
+# (which carries sip_term_status). FreeSWITCH fires it as the channel is destroyed, around
+# the time the originate returns; an attempt that made no channel never sends one.
+ATTEMPT_END_WAIT_S = 2.0
+
+
+def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
+    """After an unanswered attempt: place the next carrier's, or stop? The one place an
+    originate decides it (dialplan.causes' table: 403/5xx/timeouts on, 486/603/404 stop)."""
+    return causes.should_failover(hangup_cause, sip_status)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One carrier attempt of an originate, as FreeSWITCH reported it."""
+    leg_uuid: str
+    carrier: str | None
+    gateway: str
+    result: str                     # the BACKGROUND_JOB body, e.g. "-ERR CALL_REJECTED"
+    answered: bool
+    hangup_cause: str | None = None
+    sip_status: int | None = None
+
+
+def originate_string(leg_uuid: str, call_vars: dict, leg, app: str, max_s: int,
+                     timeout_s: int) -> str:
+    """`{call vars}[origination_uuid=…,leg vars]sofia/gateway/G/N &app()`: one attempt."""
+    globals_ = {**call_vars, "originate_timeout": timeout_s,
+                "execute_on_answer": f"sched_hangup +{int(max_s)} {hangup_cause('ALLOTTED_TIMEOUT')}"}
+    head = "{" + ",".join(_var(k, v) for k, v in globals_.items()) + "}"
+    leg_vars = {"origination_uuid": leg_uuid, **leg.vars}
+    dial = ("[" + ",".join(_var(k, v) for k, v in leg_vars.items()) + "]"
+            + f"sofia/gateway/{leg.gateway}/{leg.number}")
+    return f"{head}{dial} {app}"
+
+
+class Originator:
+    def __init__(self, router, esl, registry, caps, world, record):
+        self.router = router
+        self.esl = esl
+        self.registry = registry
+        self.caps = caps
+        self.world = world            # callable: current World
+        self.record = record          # routing log sink
+        self._ends: dict[str, AsyncResult] = {}   # attempt leg UUID -> its ended Leg
+
+    def originate(self, request: OriginateRequest) -> dict:
+        world = self.world()
+        tenant = world.tenants.get(request.tenant)
+        if tenant is None or not tenant.enabled:
+            raise OriginateError(f"unknown or disabled tenant {request.tenant!r}", 403, 403)
+        campaign = None
+        if request.campaign:
+            campaign = world.campaigns.get(request.campaign)
+            if campaign is None or campaign.tenant != tenant.name:
+                raise OriginateError(f"unknown campaign {request.campaign!r} for this tenant", 404)
+        if not self.esl.connected:
+            raise OriginateError("not connected to FreeSWITCH", 503)
+        call_uuid = str(uuid.uuid4())
+        decision = Decision(id=str(uuid.uuid4()), call_uuid=call_uuid, tenant=tenant.name,
+                            direction="outbound", destination=request.destination,
+                            result="refused", reason="")
+        try:
+            plan = self.router.plan(decision, world, tenant, request.destination, campaign)
+        except numbers.SpecialNumber as special:
+            decision.reason = f"{special.kind} numbers are never originated"
+            self.record(decision)
+            raise OriginateError(decision.reason, 403, 403) from None
+        except Refused as refused:
+            decision.reason, decision.sip_code = refused.reason, refused.refusal.sip_code
+            self.record(decision)
+            raise OriginateError(refused.reason, 409 if refused.refusal.sip_code != 503 else 503,
+                                 refused.refusal.sip_code) from None
+        decision.reason = "originate:" + decision.reason
+        self.record(decision)
+        call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
+                     "switchd_max_duration": plan.max_duration, "switchd_direction": "outbound",
+                     # every attempt is a channel of its own with no originator: the
+                     # switch's CDR of each finds the call by this
+                     "switchd_call_uuid": call_uuid}
+        if campaign is not None:
+            call_vars["switchd_campaign"] = campaign.name
+        if request.caller_id:
+            call_vars["origination_caller_id_number"] = request.caller_id
+        legs = [xml_answer.leg_for_route(route, plan.number.e164) for route in plan.routes]
+        attempts: list[Attempt] = []
+        self.registry.expect_originate(call_uuid, decision.id)
+        try:
+            for index, leg in enumerate(legs):
+                leg_uuid = call_uuid if index == 0 else str(uuid.uuid4())
+                attempt = self._attempt(leg_uuid, call_vars, leg, request, plan.max_duration)
+                attempts.append(attempt)
+                log.info("originate attempt %d/%d via %s: %s (cause %s, SIP %s)", index + 1,
+                         len(legs), leg.gateway, attempt.result, attempt.hangup_cause,
+                         attempt.sip_status, extra={"call_uuid": call_uuid, "tenant": tenant.name})
+                if attempt.answered or not should_try_next(attempt.hangup_cause,
+                                                           attempt.sip_status):
+                    break
+        except Exception as exc:    # not connected, timeout, refused: the slots must go back
+            self._finished(call_uuid)
+            self.caps.release(call_uuid)
+            log.warning("originate failed before a result: %s", exc, extra={"call_uuid": call_uuid})
+            raise OriginateError(f"originate failed: {exc}", 502) from None
+        self._finished(call_uuid)
+        last = attempts[-1]
+        if not last.answered:
+            # Events (if any) end the call in the registry; releasing here covers the case
+            # where FreeSWITCH created no channel at all. Release is idempotent.
+            self.caps.release(call_uuid)
+        log.info("originate %s -> %s: %s after %d attempt(s)", tenant.name, plan.number.e164,
+                 last.result, len(attempts), extra={"call_uuid": call_uuid, "tenant": tenant.name})
+        return {"call_uuid": call_uuid, "route_id": decision.id, "result": last.result,
+                "answered": last.answered, "destination": plan.number.e164,
+                "max_duration": plan.max_duration,
+                "gateways": [leg.gateway for leg in legs],
+                "attempts": [asdict(a) for a in attempts]}
+
+    def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:
+        ended = self._ends[leg_uuid] = AsyncResult()
+        try:
+            line = originate_string(leg_uuid, call_vars, leg, request.app, max_s,
+                                    request.timeout_s)
+            result = self.esl.bgapi(f"originate {line}", timeout=request.timeout_s + 15)
+            body = result.body.strip()
+            carrier = leg.vars.get("switchd_carrier")
+            if result.ok:
+                return Attempt(leg_uuid, carrier, leg.gateway, body, True)
+            words = body.removeprefix("-ERR").split() if body.startswith("-ERR") else []
+            cause = words[0] if words else None
+            try:
+                final = ended.get(timeout=ATTEMPT_END_WAIT_S)
+            except gevent.Timeout:
+                final = None        # no channel was made (or its events are late)
+            if final is not None:
+                cause = final.hangup_cause or cause
+            return Attempt(leg_uuid, carrier, leg.gateway, body, False, cause,
+                           final.sip_status if final is not None else None)
+        finally:
+            self._ends.pop(leg_uuid, None)
+
+    def leg_ended(self, leg) -> None:
+        """A leg's CHANNEL_HANGUP_COMPLETE was applied (event greenlet: only sets a value)."""
+        waiting = self._ends.get(leg.uuid)
+        if waiting is not None and not waiting.ready():
+            waiting.set(leg)
+
+    def _finished(self, call_uuid: str) -> None:
+        """Effects of the registry's end-of-originate go through the daemon's handler."""
+        self.on_effects(self.registry.originate_finished(call_uuid))
+
+    def on_effects(self, effects) -> None:    # replaced by the daemon
+        pass
