@@ -60,9 +60,9 @@ def test_provision_refusal_is_one_line_naming_each_problem(db, tmp_path, capsys)
     code, _, err = _run(capsys, "provision", str(path))
     assert code == 4
     assert err.strip().splitlines() == [
-        f"switchd provision: {path}: tenants[0].name: 'ev|il' may only contain letters, "
+        f"switchd provision: {path}:4: tenants[0].name: 'ev|il' may only contain letters, "
         "digits, '.', '_' and '-'; "
-        f"{path}: carriers[0].name: 'bad,carrier' may only contain letters, "
+        f"{path}:2: carriers[0].name: 'bad,carrier' may only contain letters, "
         "digits, '.', '_' and '-'"]
 
 

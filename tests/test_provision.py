@@ -62,7 +62,7 @@ def test_notify_after_commit_only_when_changed(migrated_pg_url):
         assert list(listener.notifies(timeout=0.3)) == []
 
 
-def test_errors_name_file_index_and_key_and_write_nothing(migrated_pg_url, tmp_path):
+def test_errors_name_file_line_index_and_key_and_write_nothing(migrated_pg_url, tmp_path):
     bad = _write(tmp_path, """
 [[tenants]]
 name = "a"
@@ -89,13 +89,13 @@ destination = "1"
         provision(migrated_pg_url, bad)
     errors = info.value.errors
     label = str(bad)
-    assert f"{label}: tenants[2].max_call_seconds: -5 is out of range 1..2147483647" in errors
-    assert any(e.startswith(f"{label}: tenants[2].monthly_budgett: unknown key") for e in errors)
-    assert any(e.startswith(f"{label}: carriers[0].gateways[0].leg_timout: unknown key")
+    assert f"{label}:8: tenants[2].max_call_seconds: -5 is out of range 1..2147483647" in errors
+    assert any(e.startswith(f"{label}:9: tenants[2].monthly_budgett: unknown key") for e in errors)
+    assert any(e.startswith(f"{label}:15: carriers[0].gateways[0].leg_timout: unknown key")
                for e in errors)
-    assert f"{label}: carriers[0].gateways[0].name: 'gw 1' may only contain letters, digits, " \
+    assert f"{label}:14: carriers[0].gateways[0].name: 'gw 1' may only contain letters, digits, " \
         "'.', '_' and '-'" in errors
-    assert any(e.startswith(f"{label}: dids[0].number: '442079460000' is not an E.164")
+    assert any(e.startswith(f"{label}:18: dids[0].number: '442079460000' is not an E.164")
                for e in errors)
     with psycopg.connect(migrated_pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM tenants").fetchone()[0] == 0
@@ -155,3 +155,15 @@ def test_carrier_billing_rounding_is_provisioned_and_checked(migrated_pg_url, tm
     assert world.carriers["plain"].billing_rounding == "billsec"        # the default
     with pytest.raises(ProvisionError, match=r"carriers\[0\]\.billing_rounding"):
         parse(_write(tmp_path, '[[carriers]]\nname = "x"\nbilling_rounding = "floor"\n', "bad.toml"))
+
+
+def test_a_missing_key_names_the_line_of_its_table_and_the_api_body_names_none(tmp_path):
+    from switchd.admin.provision import parse, parse_doc
+    path = _write(tmp_path, '# world\n\n[[carriers]]\nname = "x"\n  [[carriers.gateways]]\n'
+                            '  profile = "external"\n\n[[carriers]]\nname = "y"\n')
+    with pytest.raises(ProvisionError) as info:
+        parse(path)
+    assert info.value.errors == [f"{path}:5: carriers[0].gateways[0].name: required"]
+    with pytest.raises(ProvisionError) as info:
+        parse_doc("body", {"carriers": [{"name": "x", "gateways": [{"profile": "external"}]}]})
+    assert info.value.errors == ["body: carriers[0].gateways[0].name: required"]

@@ -71,16 +71,16 @@ def test_field_cases_are_refused_with_file_and_field(migrated_pg_url, tmp_path):
     errors = _errors(migrated_pg_url, path)
     f = str(path)
     expected = [
-        f"{f}: tenants[0].name: 'ev|il' may only contain letters, digits, '.', '_' and '-'",
-        f"{f}: tenants[0].accountcode: 'evil${{x}}' may only contain letters, digits, '.', '_' and '-'",
-        f"{f}: tenants[0].default_region: 'XX' is not an ISO 3166 region code known to phonenumbers",
-        f"{f}: tenants[0].allowed_countries: [1]: 'UK' is not an ISO 3166 code: the United Kingdom is 'GB'",
-        f"{f}: tenants[0].max_concurrent: -1 is out of range 0..2147483647",
-        f"{f}: tenants[0].monthly_budget: 10.1234567 has more than 6 decimal places",
-        f"{f}: carriers[1].max_channels: 1000000000000 is out of range 0..2147483647",
-        f"{f}: carriers[2].name: 'bad,carrier' may only contain letters, digits, '.', '_' and '-'",
-        f"{f}: dids[0].destination: '1000|evil' is not an extension (letters, digits and _ * # + . -, at most 64)",
-        f"{f}: dids[1].destination: 'notauri' is not a SIP URI like 'sip:user@host[:port]'",
+        f"{f}:3: tenants[0].name: 'ev|il' may only contain letters, digits, '.', '_' and '-'",
+        f"{f}:4: tenants[0].accountcode: 'evil${{x}}' may only contain letters, digits, '.', '_' and '-'",
+        f"{f}:5: tenants[0].default_region: 'XX' is not an ISO 3166 region code known to phonenumbers",
+        f"{f}:6: tenants[0].allowed_countries: [1]: 'UK' is not an ISO 3166 code: the United Kingdom is 'GB'",
+        f"{f}:7: tenants[0].max_concurrent: -1 is out of range 0..2147483647",
+        f"{f}:8: tenants[0].monthly_budget: 10.1234567 has more than 6 decimal places",
+        f"{f}:14: carriers[1].max_channels: 1000000000000 is out of range 0..2147483647",
+        f"{f}:16: carriers[2].name: 'bad,carrier' may only contain letters, digits, '.', '_' and '-'",
+        f"{f}:22: dids[0].destination: '1000|evil' is not an extension (letters, digits and _ * # + . -, at most 64)",
+        f"{f}:28: dids[1].destination: 'notauri' is not a SIP URI like 'sip:user@host[:port]'",
     ]
     for line in expected:
         assert line in errors
@@ -96,7 +96,7 @@ def test_money_refused_with_the_same_words_as_rates_import(migrated_pg_url, tmp_
     with pytest.raises(RatesImportError) as info:
         import_rates(migrated_pg_url, deck, "alpha")
     reason = "0.1234567 has more than 6 decimal places"
-    assert errors == [f"{tmp_path / 'world.toml'}: tenants[0].max_rate_per_min: {reason}"]
+    assert errors == [f"{tmp_path / 'world.toml'}:3: tenants[0].max_rate_per_min: {reason}"]
     assert str(info.value) == f"{deck}:2: rate_per_min {reason}"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from dialplan import validate
-from switchd.admin import provision_diff
+from switchd.admin import provision_diff, toml_lines
 from switchd.admin.provision_diff import ProvisionSummary
 
 __all__ = ["ProvisionError", "ProvisionSummary", "parse", "parse_doc", "provision", "SECTIONS"]
@@ -61,66 +61,79 @@ def parse(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line N, column M)".
         raise ProvisionError([f"{label}: TOML syntax error: {exc}"]) from None
-    return parse_doc(label, doc)
+    return parse_doc(label, doc, toml_lines.key_lines(text))
 
 
-def parse_doc(label: str, doc: dict) -> dict[str, Any]:
+class _Place:
+    """Names a value in an error: `file:LINE: tenants[0].name` when the line is known."""
+
+    def __init__(self, label: str, lines: dict[str, int] | None):
+        self.label, self.lines = label, lines or {}
+
+    def __call__(self, path: str) -> str:
+        line = toml_lines.line_of(self.lines, path)
+        return f"{self.label}:{line}: {path}" if line else f"{self.label}: {path}"
+
+
+def parse_doc(label: str, doc: dict, lines: dict[str, int] | None = None) -> dict[str, Any]:
     """What parse() returns, for a document already decoded (the REST API's JSON bodies
-    go through here, so they are checked exactly as a provision file is)."""
+    go through here, so they are checked exactly as a provision file is). `lines`: where
+    each key is in the file (toml_lines.key_lines), for errors that name the line."""
+    at = _Place(label, lines)
     errors: list[str] = []
     out: dict[str, Any] = {"delete": {}}
     for key in doc:
         if key not in SECTIONS and key != "delete":
-            errors.append(f"{label}: {key}: unknown key (expected "
+            errors.append(f"{at(key)}: unknown key (expected "
                           + ", ".join(f"[[{s}]]" for s in SECTIONS) + " or [delete])")
     for section in SECTIONS:
         if section not in doc:
             continue
         items = doc[section]
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            errors.append(f"{label}: {section}: must be an array of tables ([[{section}]])")
+            errors.append(f"{at(section)}: must be an array of tables ([[{section}]])")
             continue
-        out[section] = [_carrier(label, i, item, errors) if section == "carriers"
-                        else _check(f"{label}: {section}[{i}]", item, section, errors)
+        out[section] = [_carrier(at, i, item, errors) if section == "carriers"
+                        else _check(at, f"{section}[{i}]", item, section, errors)
                         for i, item in enumerate(items)]
-    _parse_delete(label, doc.get("delete"), out, errors)
-    _unique(label, out, errors)
+    _parse_delete(at, doc.get("delete"), out, errors)
+    _unique(at, out, errors)
     if errors:
         raise ProvisionError(errors)
     return out
 
 
-def _check(where: str, item: dict, section: str, errors: list[str]) -> dict:
+def _check(at: _Place, where: str, item: dict, section: str, errors: list[str]) -> dict:
     spec = validate.SPECS[section]
     clean: dict[str, Any] = {}
     for key, value in item.items():
         if key not in spec:
-            errors.append(f"{where}.{key}: unknown key (expected one of {', '.join(spec)})")
+            errors.append(f"{at(where + '.' + key)}: unknown key (expected one of {', '.join(spec)})")
             continue
         try:
             clean[key] = validate.check_field(spec[key], value)
         except validate.Invalid as exc:
-            errors.append(f"{where}.{key}: {exc}")
+            errors.append(f"{at(where + '.' + key)}: {exc}")
     for key, reason in validate.record_problems(section, clean):
         if key == "destination":                # the one check across keys (by type)
-            errors.append(f"{where}.{key}: {reason}")
+            errors.append(f"{at(where + '.' + key)}: {reason}")
     for key, field in spec.items():
         if field.required and key not in item:
-            errors.append(f"{where}.{key}: required")
+            errors.append(f"{at(where)}.{key}: required")
     return clean
 
 
-def _carrier(label: str, i: int, raw: dict, errors: list[str]) -> dict:
+def _carrier(at: _Place, i: int, raw: dict, errors: list[str]) -> dict:
     gateways = raw.get("gateways")
-    carrier = _check(f"{label}: carriers[{i}]", {k: v for k, v in raw.items() if k != "gateways"},
+    carrier = _check(at, f"carriers[{i}]", {k: v for k, v in raw.items() if k != "gateways"},
                      "carriers", errors)
     if gateways is None:
         return carrier                          # gateways not named: stored ones kept
-    where = f"{label}: carriers[{i}].gateways"
+    where = f"carriers[{i}].gateways"
     if not isinstance(gateways, list) or not all(isinstance(g, dict) for g in gateways):
-        errors.append(f"{where}: must be an array of tables ([[carriers.gateways]])")
+        errors.append(f"{at(where)}: must be an array of tables ([[carriers.gateways]])")
         gateways = []
-    checked = [_check(f"{where}[{j}]", g, "gateways", errors) for j, g in enumerate(gateways)]
+    checked = [_check(at, f"{where}[{j}]", g, "gateways", errors) for j, g in enumerate(gateways)]
     for j, g in enumerate(checked):
         g.setdefault("position", j)   # file order is failover order unless stated
     carrier["gateways"] = checked
@@ -131,14 +144,14 @@ _DELETE_KEY = {"tenants": validate.name, "carriers": validate.name, "gateways": 
                "dids": validate.did_number, "campaigns": validate.name}
 
 
-def _parse_delete(label: str, table, out: dict, errors: list[str]) -> None:
+def _parse_delete(at: _Place, table, out: dict, errors: list[str]) -> None:
     if table is None:
         return
     if not isinstance(table, dict):
-        errors.append(f"{label}: delete: must be a table ([delete])")
+        errors.append(f"{at('delete')}: must be a table ([delete])")
         return
     for section, names in table.items():
-        where = f"{label}: delete.{section}"
+        where = at(f"delete.{section}")
         if section not in DELETABLE:
             errors.append(f"{where}: unknown key (expected one of {', '.join(DELETABLE)})")
             continue
@@ -148,7 +161,7 @@ def _parse_delete(label: str, table, out: dict, errors: list[str]) -> None:
             errors.append(f"{where}{exc}" if str(exc).startswith("[") else f"{where}: {exc}")
 
 
-def _unique(label: str, out: dict, errors: list[str]) -> None:
+def _unique(at: _Place, out: dict, errors: list[str]) -> None:
     checks = [("tenants", "name"), ("tenants", "accountcode"), ("tenants", "domain"),
               ("carriers", "name"), ("dids", "number"), ("campaigns", "name")]
     for section, key in checks:
@@ -158,7 +171,7 @@ def _unique(label: str, out: dict, errors: list[str]) -> None:
             if value is None:
                 continue
             if value in seen:
-                errors.append(f"{label}: {section}[{i}].{key}: {value!r} already used by "
+                errors.append(f"{at(f'{section}[{i}].{key}')}: {value!r} already used by "
                               f"{section}[{seen[value]}]")
             seen.setdefault(value, i)
     seen_gw: dict[str, str] = {}
@@ -166,7 +179,7 @@ def _unique(label: str, out: dict, errors: list[str]) -> None:
         for j, gw in enumerate(carrier.get("gateways", [])):
             name, here = gw.get("name"), f"carriers[{i}].gateways[{j}]"
             if name in seen_gw:
-                errors.append(f"{label}: {here}.name: {name!r} already used by {seen_gw[name]}")
+                errors.append(f"{at(here + '.name')}: {name!r} already used by {seen_gw[name]}")
             elif name is not None:
                 seen_gw[name] = here
     listed = {"tenants": {t.get("name") for t in out.get("tenants", [])},
@@ -177,7 +190,7 @@ def _unique(label: str, out: dict, errors: list[str]) -> None:
     for section, names in out["delete"].items():
         for name in names:
             if name in listed[section]:
-                errors.append(f"{label}: delete.{section}: {name!r} is also listed in the "
+                errors.append(f"{at(f'delete.{section}')}: {name!r} is also listed in the "
                               f"file; keep it or delete it, not both")
 
 
