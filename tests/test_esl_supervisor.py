@@ -106,10 +106,15 @@ def test_wrong_password_is_logged_and_retried_at_capped_backoff(servers, supervi
     caplog.set_level(logging.ERROR, logger="switchd.adapters.esl.supervisor")
     before = ESL_RECONNECTS.labels("auth_failed")._value.get()
     sup = supervisors(server.port, password="Wrong", backoff_initial=0.001, backoff_max=0.3)
-    server.peers.get(timeout=2)
-    gevent.sleep(0.5)           # a measurement window: a tight loop would make hundreds
-    attempts = ESL_RECONNECTS.labels("auth_failed")._value.get() - before
-    assert 1 <= attempts <= 4
+    arrivals = []
+    for _ in range(3):
+        server.peers.get(timeout=3)
+        arrivals.append(time.monotonic())
+    # A wrong password waits the longest delay (0.3 s, jittered into 0.15–0.3 s), not the
+    # initial 1 ms: a tight loop would flood FreeSWITCH's log.
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert all(gap >= 0.14 for gap in gaps), gaps
+    assert ESL_RECONNECTS.labels("auth_failed")._value.get() - before >= 2
     assert not sup.connected
     assert any("authentication" in r.message and "password" in r.message for r in caplog.records)
     assert "Wrong" not in caplog.text
