@@ -32,6 +32,7 @@ from switchd.logs import setup_logging
 log = logging.getLogger("switchd.demo")
 
 DEMO_PASSWORD = "demo-secret"
+DEMO_CDR_CREDENTIALS = "freeswitch:demo-cdr-secret"   # mod_json_cdr's `cred` in the demo
 TIME_SCALE = 400.0           # one simulated second lasts 2.5 ms
 CONCURRENCY = 40
 INBOUND_EVERY = 10           # every tenth call is an inbound DID call
@@ -131,6 +132,7 @@ def run_demo(config: Config, calls: int, seed: int, data_dir: Path | None,
     """Run the demo; the summary gains `data_dir` (where the data stays, or None)."""
     from switchd.daemon import Daemon
     from switchd.adapters.db.embedded import EmbeddedPostgres
+    from switchd.sim.json_cdr import CdrSink
     from switchd.sim.simulator import Simulator
     if data_dir is not None:
         workdir = Path(data_dir).expanduser().resolve()
@@ -150,17 +152,26 @@ def run_demo(config: Config, calls: int, seed: int, data_dir: Path | None,
                         gateways=_gateway_behaviours(), hold_range=(5.0, 600.0),
                         heartbeat_interval=None, start_us=sim_start_us(calls))
         host, port = sim.start()
+        for gateway in _gateway_behaviours():      # registered and up, as sofia reports
+            sim.set_gateway_status(gateway, "UP")
         demo_config = config.with_overrides(**{
             "database.url": url, "redis.url": None, "data_dir": str(workdir),
             "esl.host": host, "esl.port": port, "esl.password": DEMO_PASSWORD,
+            "cdr.credentials": DEMO_CDR_CREDENTIALS,
             "http.host": "127.0.0.1", "http.port": 0})
         daemon = Daemon(demo_config, url, clock_us=sim.clock.now_us).start()
         try:
             if not _wait_ready(daemon, 15):
                 raise CliError(f"the daemon did not get ready: {daemon.readiness()}")
             sim.dialplan_url = f"http://127.0.0.1:{daemon.http_port}/fs/dialplan"
+            # The simulated switch posts every leg's CDR, the record that settles the money.
+            sim.set_cdr_sink(CdrSink(f"http://127.0.0.1:{daemon.http_port}/fs/cdr",
+                                     credentials=DEMO_CDR_CREDENTIALS, delay_s=0.5,
+                                     err_dir=workdir / "json_cdr"))
             _place_calls(sim, calls, seed)
             _wait_settled(daemon)
+            if not sim.cdr_poster.wait_idle(30):
+                log.warning("demo: the switch's CDRs were still being posted after 30s")
         finally:
             daemon.stop()
             sim.stop()

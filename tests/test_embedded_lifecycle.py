@@ -176,9 +176,13 @@ def test_kept_demo_data_is_read_by_report_with_its_calls_in_the_past(tmp_path, d
         with psycopg.connect(server.url("switchd")) as conn:
             in_future = conn.execute("SELECT count(*) FROM calls WHERE started_at > now() "
                                      "OR ended_at > now()").fetchone()[0]
+            # every call settled by the simulated switch's own CDR, none left provisional
+            settled = conn.execute("SELECT count(*) FILTER (WHERE cdr_source = 'switch' AND "
+                                   "NOT provisional), count(*) FROM calls").fetchone()
     finally:
         server.stop()
     assert in_future == 0
+    assert settled == (20, 20)
 
     again = run_cli("demo", "--calls", "10", "--json", "--data-dir", data_dir, timeout=180)
     assert again.returncode == 0, again.stderr

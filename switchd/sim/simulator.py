@@ -19,6 +19,7 @@ import gevent.pool
 
 from switchd.sim import api, causes, wire, xmlcurl
 from switchd.sim.clock import SimClock
+from switchd.sim.json_cdr import CdrPoster, CdrSink
 from switchd.sim.legs import SimLeg
 from switchd.sim.model import GatewayBehaviour, SimCall, seeded_uuid
 from switchd.sim.player import CallOver, Player
@@ -35,7 +36,7 @@ class Simulator:
                  hold_range: tuple[float, float] = (10.0, 300.0), dialplan_timeout: float = 5.0,
                  host: str = "127.0.0.1", port: int = 0, hostname: str = "vm",
                  start_us: int | None = None, sessions_per_second: int | None = 30,
-                 static_dialplan=None) -> None:
+                 static_dialplan=None, cdr: CdrSink | None = None) -> None:
         self.seed = seed
         # FreeSWITCH's static XML dialplan, read when mod_xml_curl gets no usable answer:
         # None = the public refusal + local users 1xxx in `default`; a sequence of
@@ -73,6 +74,14 @@ class Simulator:
         self.peak = 0
         self._started_mono = time.monotonic()
         self._heartbeat: gevent.Greenlet | None = None
+        # mod_json_cdr: None = not loaded (no CDR posts), else where every leg's CDR goes.
+        self.cdr_poster: CdrPoster | None = None
+        if cdr is not None:
+            self.set_cdr_sink(cdr)
+
+    def set_cdr_sink(self, sink: CdrSink) -> None:
+        """Load mod_json_cdr posting to `sink` (set once switchd's HTTP port is known)."""
+        self.cdr_poster = CdrPoster(sink, self.hostname)
 
     # -- lifecycle --------------------------------------------------------------------
     def _new_core(self) -> None:
@@ -98,6 +107,8 @@ class Simulator:
         self.server.drop_all()
         self._pool.kill()
         self._lose_live_calls()
+        if self.cdr_poster is not None:
+            self.cdr_poster.kill()
 
     def restart(self, down_seconds: float = 0.0, live_calls: list[dict] | None = None,
                 graceful: bool = False) -> None:
@@ -109,6 +120,8 @@ class Simulator:
         self.server.drop_all(wire.DISCONNECT_SHUTDOWN if graceful else None)
         self._pool.kill()
         self._lose_live_calls()
+        if self.cdr_poster is not None and not graceful:
+            self.cdr_poster.kill()          # a crash takes the CDRs still being posted
         if down_seconds:
             gevent.sleep(down_seconds)
         self._boot += 1
@@ -138,6 +151,8 @@ class Simulator:
         subclass = next((v for k, v in headers if k == "Event-Subclass"), None)
         frame = wire.event_frame(wire.serialize_event(headers, body))
         self.server.broadcast_event(name, subclass, frame)
+        if name == "CHANNEL_HANGUP_COMPLETE" and self.cdr_poster is not None:
+            self.cdr_poster.submit(headers)
 
     def _base(self, key: str, ts_us: int | None = None) -> list[tuple[str, str]]:
         over = {"Core-UUID": self.core_uuid, "FreeSWITCH-Hostname": self.hostname,

@@ -191,13 +191,19 @@ def build_form(a: SimLeg, *, core_uuid: str, seq: int, ts_us: int,
 
 
 def post(url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-    """One POST on a fresh connection; (status, body). Raises OSError/LookupFailed."""
+    """One dialplan POST on a fresh connection; (status, body). Raises OSError/LookupFailed."""
+    return send(url, wire.templates()["dialplan_request_head"].split("\r\n"), body, timeout)
+
+
+def send(url: str, head: list[str], body: bytes, timeout: float) -> tuple[int, bytes]:
+    """POST `body` with the header lines `head` (its request line, Host and Content-Length
+    are set here) on a fresh connection, as libcurl does; (status, body)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    head = wire.templates()["dialplan_request_head"].split("\r\n")
+    head = list(head)
     head[0] = f"POST {path} HTTP/1.1"
     head = [f"Host: {parts.netloc}" if h.startswith("Host:") else
             f"Content-Length: {len(body)}" if h.startswith("Content-Length:") else h for h in head]
