@@ -105,6 +105,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(FreeSWITCH sends HEARTBEAT every 20 s).", check=_positive),
     Setting("esl", "backoff_max", float, 30.0,
             "Cap of the jittered exponential reconnect backoff, seconds.", check=_positive),
+    Setting("esl", "resync_interval", float, 60.0,
+            "Seconds between reconciliations of live calls with the switch's `show channels` "
+            "(besides the one after every reconnect): frees slots of calls whose hangup was "
+            "never seen.", check=_positive),
     Setting("http", "host", str, "127.0.0.1", "Address the HTTP server binds."),
     Setting("http", "port", int, 8088, "Port of the dialplan endpoint, API and /metrics.",
             check=_port),

@@ -208,7 +208,8 @@ class Daemon:
         self._spawn(Periodic(2.0, self._persist_health, "health persistence").run)
         # Reconcile against the switch now and then, not only after reconnects: FreeSWITCH
         # sometimes leaves stuck channels, and a lost hangup event would otherwise hold a slot.
-        self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
+        self._spawn(Periodic(cfg["esl.resync_interval"], self._periodic_resync,
+                             "periodic resync").run)
         self._probe_backends()
         self._spawn(Periodic(5.0, self._probe_backends, "database and Redis probe").run)
         metrics.LIVE.source = self.metrics_state
@@ -480,11 +481,15 @@ class Daemon:
             log.info("resync: skipping a snapshot from a connection that has since closed")
             return
         spared = self.registry.counters["resync_spared"]
+        closed_before = self.registry.counters["resync_closed_legs"]
         effects = self.registry.resync(rows, self.switch_now_us(), requested_us=requested_us,
                                        ended_us=self.gap_started_us)
         self.gap_started_us = None
         for effect in effects:
             self._act(effect)
+        metrics.RESYNCS.inc()
+        closed = self.registry.counters["resync_closed_legs"] - closed_before
+        metrics.RESYNC_CLOSED_LEGS.inc(closed)
         if self.registry.counters["resync_spared"] > spared:
             # Legs missing from the snapshot but possibly too young to be in it: look again
             # once they are old enough, rather than at the next periodic resync.

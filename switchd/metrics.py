@@ -81,6 +81,12 @@ ESL_HANDLER_ERRORS = _counter("switchd_esl_handler_errors_total",
 ESL_EVENTS_DROPPED = _counter("switchd_esl_events_dropped_total",
                                "Events dropped because the handler queue was full, or unparseable",
                                ("reason",))
+RESYNCS = _counter("switchd_resyncs_total",
+                   "Reconciliations of live calls with the switch's `show channels` applied")
+RESYNC_CLOSED_LEGS = _counter(
+    "switchd_resync_closed_legs_total",
+    "Legs a resync closed because the switch no longer had them and their hangup event was "
+    "never seen (billed provisionally until the switch's CDR settles them)")
 ESL_PROTOCOL_ERRORS = _counter("switchd_esl_protocol_errors_total",
                                "Malformed frames that forced a reconnect")
 ESL_COMMAND_ERRORS = _counter("switchd_esl_command_errors_total",

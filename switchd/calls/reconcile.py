@@ -101,6 +101,7 @@ class Reconciliation:
                 # Not in the snapshot but possibly alive: left to its events or the next resync.
                 self.counters["resync_spared"] += len(missing) - len(gone)
             if gone:
+                self.counters["resync_closed_legs"] += len(gone)
                 effects += self._force_complete(call, gone, ended_us or now_us, CAUSE_RESYNC)
             if len(gone) == len(missing) and not any(l.uuid in present for l in call.legs):
                 self._awaiting.discard(call.call_uuid)    # nothing left for the job to report

@@ -17,7 +17,8 @@ from pathlib import Path
 from . import fsconfig
 from .common import HarnessError, poll, stop_process
 from .esl import EslClient, EslListener, Hangup
-from .sipp import CallHandle, CallResult, Carrier, as_bytes, sipp_command, uac_scenario
+from .sipp import (CallHandle, CallResult, Carrier, LoadHandle, as_bytes, sipp_command,
+                   uac_scenario)
 
 FS_DIRS = ("conf", "log", "db", "run", "temp", "cache", "storage", "recordings", "sounds",
            "scripts", "grammar", "certs", "htdocs")
@@ -314,6 +315,33 @@ class RealSwitch:
             proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err)
         handle = CallHandle(proc, slot, directory, self._release_slot)
+        self._handles.append(handle)
+        return handle
+
+    def load_async(self, number: str, *, rate: float, count: int, hold_ms: int,
+                   tenant: str | None = "acme", limit: int = 200,
+                   timeout_s: float = 600.0) -> LoadHandle:
+        """`count` calls to `number` from one sipp caller, `rate` new calls a second, each
+        held `hold_ms` (at most `limit` up at once); `.wait()` gives the LoadResult. What
+        the switch did is in `hangups()`, as for single calls."""
+        extra = [f"X-Tenant: {tenant}".encode()] if tenant else []
+        with self._slot_lock:
+            if not self._slots:
+                raise HarnessError(f"all {len(self.plan.callers)} caller slots are busy")
+            slot = self._slots.pop(0)
+            self._calls += 1
+            directory = self.run_dir / "calls" / f"load-{self._calls:04d}"
+        directory.mkdir(parents=True)
+        from_value = b'"switchd load" <sip:1000@127.0.0.1>'
+        (directory / "uac.xml").write_bytes(uac_scenario(from_value, extra, hold_ms))
+        cmd = [*sipp_command(self.sipp, self.plan.callers[slot]), f"127.0.0.1:{self.plan.sip}",
+               "-sf", "uac.xml", "-s", number, "-m", str(count), "-r", str(rate),
+               "-l", str(limit), "-timeout", f"{int(timeout_s)}s",
+               "-trace_logs", "-log_file", "call.log", "-trace_err", "-error_file", "errors.log"]
+        with open(directory / "stderr.log", "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        handle = LoadHandle(proc, slot, directory, self._release_slot)
         self._handles.append(handle)
         return handle
 

@@ -190,6 +190,43 @@ class CallHandle:
             bye_reason=reason, returncode=rc, dir=self.dir)
 
 
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load caller (many calls from one sipp) saw: its own count of answers."""
+    answered: int
+    rejected: dict[int, int]      # final SIP code -> calls
+    returncode: int
+    dir: Path
+
+
+class LoadHandle:
+    """A sipp load caller in flight; `wait()` returns its LoadResult."""
+
+    def __init__(self, proc: subprocess.Popen, slot: int, directory: Path, release):
+        self.proc, self.slot, self.dir, self._release = proc, slot, directory, release
+        self.result: LoadResult | None = None
+
+    def wait(self, timeout: float = 600.0) -> LoadResult:
+        if self.result is None:
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc)
+                raise HarnessError(f"sipp load still running after {timeout}s ({self.dir})")
+            finally:
+                self._release(self.slot)
+            if rc not in (0, 1):
+                raise HarnessError(f"sipp load failed (rc {rc}); see {self.dir}")
+            log = (self.dir / "call.log").read_text(errors="replace") \
+                if (self.dir / "call.log").exists() else ""
+            rejected: dict[int, int] = {}
+            for code in re.findall(r"rs final_ms=\d+ code=(\d+)", log):
+                rejected[int(code)] = rejected.get(int(code), 0) + 1
+            self.result = LoadResult(answered=len(re.findall(r"rs answered_ms=", log)),
+                                     rejected=rejected, returncode=rc, dir=self.dir)
+        return self.result
+
+
 def _first_call_id(message_file: Path) -> str:
     try:
         text = message_file.read_text(errors="replace")
