@@ -481,6 +481,7 @@ class Daemon:
             log.info("resync: skipping a snapshot from a connection that has since closed")
             return
         spared = self.registry.counters["resync_spared"]
+        adopted = self.registry.counters["resync_adopted_legs"]
         closed_before = self.registry.counters["resync_closed_legs"]
         effects = self.registry.resync(rows, self.switch_now_us(), requested_us=requested_us,
                                        ended_us=self.gap_started_us)
@@ -490,9 +491,12 @@ class Daemon:
         metrics.RESYNCS.inc()
         closed = self.registry.counters["resync_closed_legs"] - closed_before
         metrics.RESYNC_CLOSED_LEGS.inc(closed)
-        if self.registry.counters["resync_spared"] > spared:
-            # Legs missing from the snapshot but possibly too young to be in it: look again
-            # once they are old enough, rather than at the next periodic resync.
+        if (self.registry.counters["resync_spared"] > spared
+                or self.registry.counters["resync_adopted_legs"] > adopted):
+            # Legs missing from the snapshot but possibly too young to be in it, or adopted
+            # from it though `show channels` (written behind the calls) may still list
+            # channels that hung up before we subscribed: look again once the snapshot can
+            # be trusted for them, rather than holding their slots to the next periodic one.
             gevent.spawn_later(RESYNC_LAG_US / 1e6 + 1.0, self._resync_again)
         live = {call.call_uuid for call in self.registry.live_calls()}
         self.resynced = True
