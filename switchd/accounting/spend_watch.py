@@ -1,0 +1,153 @@
+"""Spend guards of the daemon (docs/reports.md, "Spend spikes and forecast"): an hourly
+spike check per tenant (a fraud guard) and a month-end forecast against the budget.
+
+A periodic job (switchd/watchers.py Periodic) reads the tenants' spend from the CDRs, sets
+the gauges, and alerts like a budget does: a log line, a counter and a signed webhook
+queued on CallEvents (the outbox delivers it). Each alert fires once per period (the
+clock hour for a spike, the month for the forecast), across restarts and daemons: the
+daemon whose INSERT into `spend_alerts` wins is the one that alerts. The rules are
+dialplan/spend.py's.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Callable
+
+import psycopg
+
+from dialplan import spend
+from switchd import metrics
+
+log = logging.getLogger(__name__)
+
+# Spend is the CDRs' cost. This hour and the baseline count calls by when they ended (when
+# their cost became known); the month counts calls that started in it, as budgets do.
+_FIGURES = """
+SELECT t.name, t.monthly_budget,
+       COALESCE(sum(c.cost) FILTER (WHERE c.ended_at >= %(hour)s), 0) AS this_hour,
+       COALESCE(sum(c.cost) FILTER (WHERE c.ended_at >= %(base_from)s
+                                      AND c.ended_at < %(hour)s), 0) AS baseline_total,
+       COALESCE(m.spent, 0) AS month_spend
+FROM tenants t
+LEFT JOIN calls c ON c.tenant = t.name AND c.ended_at >= %(base_from)s AND c.ended_at < %(now)s
+LEFT JOIN LATERAL (
+    SELECT sum(cost) AS spent FROM calls
+    WHERE tenant = t.name AND started_at >= %(month)s AND started_at < %(next_month)s
+) m ON true
+WHERE t.enabled
+GROUP BY t.name, t.monthly_budget, m.spent
+ORDER BY t.name"""
+
+_CLAIM = """
+INSERT INTO spend_alerts (tenant, kind, period_start, value, threshold)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING tenant"""
+
+
+@dataclass(frozen=True)
+class SpendAlert:
+    tenant: str
+    kind: str                  # 'spike' | 'forecast'
+    period_start: datetime     # the hour, or the month
+    value: Decimal             # this hour's spend, or the month-end forecast
+    threshold: Decimal         # what it passed: factor × baseline (or the floor), the budget
+    baseline: Decimal | None = None       # spike: mean spend per hour
+    spent: Decimal | None = None          # forecast: month-to-date spend
+
+
+class SpendWatch:
+    """`check()` once per interval; `alert(SpendAlert)` is called for each new alert
+    after its log line and counter (the daemon queues the webhook there)."""
+
+    def __init__(self, db_url: str, *, factor: Decimal, floor: Decimal, baseline_hours: int,
+                 forecast_min: timedelta, alert: Callable[[SpendAlert], None] | None = None,
+                 precision: int = 6, now: Callable[[], datetime] | None = None):
+        if baseline_hours <= 0:
+            raise ValueError("baseline_hours must be > 0")
+        self.db_url = db_url
+        self.factor, self.floor = Decimal(factor), Decimal(floor)
+        self.baseline_hours, self.forecast_min = baseline_hours, forecast_min
+        self.alert, self.precision = alert, precision
+        self.now = now or (lambda: datetime.now(timezone.utc))
+
+    def check(self) -> list[SpendAlert]:
+        """Read every enabled tenant's figures, move the gauges, raise new alerts."""
+        now = self.now()
+        hour = spend.hour_start(now)
+        month, next_month = spend.month_bounds(now)
+        params = {"now": now, "hour": hour, "month": month, "next_month": next_month,
+                  "base_from": hour - timedelta(hours=self.baseline_hours)}
+        raised = []
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            for tenant, budget, this_hour, base_total, spent in conn.execute(_FIGURES, params):
+                baseline = spend.baseline_per_hour(base_total, self.baseline_hours,
+                                                   self.precision)
+                forecast = spend.month_forecast(spent, now, self.precision)
+                metrics.TENANT_HOUR_SPEND.labels(tenant).set(float(this_hour))
+                metrics.TENANT_HOUR_BASELINE.labels(tenant).set(float(baseline))
+                metrics.TENANT_MONTH_FORECAST.labels(tenant).set(float(forecast))
+                found = []
+                if spend.is_spike(this_hour, baseline, self.factor, self.floor):
+                    found.append(SpendAlert(tenant, "spike", hour, this_hour,
+                                            max(self.factor * baseline, self.floor),
+                                            baseline=baseline))
+                if spend.forecast_exceeds(forecast, budget, now, self.forecast_min):
+                    found.append(SpendAlert(tenant, "forecast", month, forecast, budget,
+                                            spent=spent))
+                for candidate in found:
+                    if self._claim(conn, candidate):
+                        raised.append(candidate)
+        for a in raised:
+            self._announce(a)
+        return raised
+
+    @staticmethod
+    def _claim(conn: psycopg.Connection, a: SpendAlert) -> bool:
+        return conn.execute(_CLAIM, (a.tenant, a.kind, a.period_start, a.value,
+                                     a.threshold)).fetchone() is not None
+
+    def _announce(self, a: SpendAlert) -> None:
+        metrics.SPEND_ALERTS.labels(a.tenant, a.kind).inc()
+        if a.kind == "spike":
+            log.warning("tenant %s spend spike: %s this hour (from %s) against a baseline of "
+                        "%s per hour; alert threshold %s", a.tenant, a.value,
+                        a.period_start.isoformat(), a.baseline, a.threshold,
+                        extra={"tenant": a.tenant})
+        else:
+            log.warning("tenant %s month-end forecast %s exceeds its budget %s (%s spent so "
+                        "far in %s)", a.tenant, a.value, a.threshold, a.spent,
+                        f"{a.period_start:%Y-%m}", extra={"tenant": a.tenant})
+        if self.alert is not None:
+            self.alert(a)
+
+
+def webhook_data(a: SpendAlert) -> dict:
+    """The `data` of the spend.spike / spend.forecast webhook (docs/reports.md)."""
+    if a.kind == "spike":
+        return {"hour": a.period_start.isoformat(), "spent": str(a.value),
+                "baseline_per_hour": str(a.baseline), "threshold": str(a.threshold)}
+    return {"month": f"{a.period_start:%Y-%m}", "forecast": str(a.value),
+            "spent": str(a.spent), "monthly_budget": str(a.threshold)}
+
+
+def period_key(a: SpendAlert) -> str:
+    return f"{a.period_start:%Y-%m-%dT%H}" if a.kind == "spike" else f"{a.period_start:%Y-%m}"
+
+
+def from_config(cfg, db_url: str | None, call_events) -> SpendWatch | None:
+    """The daemon's SpendWatch (spend_watch.* settings), alerting through `call_events`
+    (webhooks.CallEvents); None when turned off or without a database."""
+    if not db_url or not cfg["spend_watch.interval"]:
+        return None
+
+    def queue(a: SpendAlert) -> None:
+        call_events.spend_alert(a.tenant, a.kind, period_key(a), webhook_data(a),
+                                datetime.now(timezone.utc))
+
+    return SpendWatch(db_url, factor=Decimal(str(cfg["spend_watch.spike_factor"])),
+                      floor=Decimal(cfg["spend_watch.spike_floor"]),
+                      baseline_hours=cfg["spend_watch.baseline_hours"],
+                      forecast_min=timedelta(hours=cfg["spend_watch.forecast_min_hours"]),
+                      alert=queue, precision=cfg["rating.precision"])
