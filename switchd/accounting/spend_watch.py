@@ -25,21 +25,26 @@ log = logging.getLogger(__name__)
 
 # Spend is the CDRs' cost. This hour and the baseline count calls by when they ended (when
 # their cost became known); the month counts calls that started in it, as budgets do.
-_FIGURES = """
-SELECT t.name, t.monthly_budget,
-       COALESCE(sum(c.cost) FILTER (WHERE c.ended_at >= %(hour)s), 0) AS this_hour,
-       COALESCE(sum(c.cost) FILTER (WHERE c.ended_at >= %(base_from)s
-                                      AND c.ended_at < %(hour)s), 0) AS baseline_total,
-       COALESCE(m.spent, 0) AS month_spend
-FROM tenants t
-LEFT JOIN calls c ON c.tenant = t.name AND c.ended_at >= %(base_from)s AND c.ended_at < %(now)s
-LEFT JOIN LATERAL (
-    SELECT sum(cost) AS spent FROM calls
-    WHERE tenant = t.name AND started_at >= %(month)s AND started_at < %(next_month)s
-) m ON true
-WHERE t.enabled
-GROUP BY t.name, t.monthly_budget, m.spent
-ORDER BY t.name"""
+# What ended before this hour is summed once per hour (_PAST); each check then reads only
+# the calls that ended since the hour began (_NOW), so a check stays cheap all month.
+_PAST = """
+SELECT tenant,
+       COALESCE(sum(cost) FILTER (WHERE ended_at >= %(base_from)s), 0) AS baseline_total,
+       COALESCE(sum(cost) FILTER (WHERE started_at >= %(month)s
+                                    AND started_at < %(next_month)s), 0) AS month_before
+FROM calls
+WHERE tenant IS NOT NULL AND ended_at >= LEAST(%(base_from)s, %(month)s) AND ended_at < %(hour)s
+GROUP BY tenant"""
+
+_NOW = """
+SELECT tenant, COALESCE(sum(cost), 0) AS this_hour,
+       COALESCE(sum(cost) FILTER (WHERE started_at >= %(month)s
+                                    AND started_at < %(next_month)s), 0) AS month_now
+FROM calls
+WHERE tenant IS NOT NULL AND ended_at >= %(hour)s AND ended_at < %(now)s
+GROUP BY tenant"""
+
+_TENANTS = "SELECT name, monthly_budget FROM tenants WHERE enabled ORDER BY name"
 
 _CLAIM = """
 INSERT INTO spend_alerts (tenant, kind, period_start, value, threshold)
@@ -71,6 +76,9 @@ class SpendWatch:
         self.baseline_hours, self.forecast_min = baseline_hours, forecast_min
         self.alert, self.precision = alert, precision
         self.now = now or (lambda: datetime.now(timezone.utc))
+        # (hour, {tenant: (baseline total, month spend of calls ended before the hour)}):
+        # the past changes only when the hour turns, so it is summed once per hour.
+        self._past: tuple[datetime, dict] | None = None
 
     def check(self) -> list[SpendAlert]:
         """Read every enabled tenant's figures, move the gauges, raise new alerts."""
@@ -79,9 +87,17 @@ class SpendWatch:
         month, next_month = spend.month_bounds(now)
         params = {"now": now, "hour": hour, "month": month, "next_month": next_month,
                   "base_from": hour - timedelta(hours=self.baseline_hours)}
+        zero = (Decimal(0), Decimal(0))
         raised = []
         with psycopg.connect(self.db_url, autocommit=True) as conn:
-            for tenant, budget, this_hour, base_total, spent in conn.execute(_FIGURES, params):
+            if self._past is None or self._past[0] != hour:
+                self._past = (hour, {t: (b, m) for t, b, m in conn.execute(_PAST, params)})
+            past = self._past[1]
+            current = {t: (h, m) for t, h, m in conn.execute(_NOW, params)}
+            for tenant, budget in conn.execute(_TENANTS).fetchall():
+                base_total, month_before = past.get(tenant, zero)
+                this_hour, month_now = current.get(tenant, zero)
+                spent = month_before + month_now
                 baseline = spend.baseline_per_hour(base_total, self.baseline_hours,
                                                    self.precision)
                 forecast = spend.month_forecast(spent, now, self.precision)
