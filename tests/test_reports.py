@@ -286,3 +286,36 @@ def test_report_module_refuses_an_unknown_grouping(db):
     with psycopg.connect(db) as conn, pytest.raises(reports.ReportError, match="--by"):
         reports.report(conn, "caller", T0, T0 + M)
 
+
+
+def test_the_window_is_on_the_end_time_since_included_until_excluded(db):
+    with psycopg.connect(db) as conn:
+        (day,) = reports.report(conn, "day", T0, T0 + timedelta(days=1))
+        assert day["calls"] == 6
+        # The first two calls to end: c2 at T0+70s (busy), c1 at T0+93s (0.015).
+        assert reports.report(conn, "tenant", T0, T0 + 70 * S) == []
+        (acme,) = reports.report(conn, "tenant", T0, T0 + 71 * S)
+        assert (acme["calls"], acme["answered"]) == (1, 0)
+        (acme,) = reports.report(conn, "tenant", T0, T0 + 94 * S)
+        assert (acme["calls"], acme["answered"], acme["cost"]) == (2, 1, Decimal("0.015000"))
+        assert reports.report(conn, "tenant", T0 + 41 * M + 2 * S, T0 + timedelta(days=1)) == []
+
+
+def test_pdd_is_the_legs_stored_pdd_not_the_answer(db):
+    # A leg whose progress came 1.5 s in and answer 9 s in has a PDD of 1500 (stored by
+    # billing from CHANNEL_PROGRESS), whatever events are stored.
+    start = T0 + timedelta(days=2)
+    with psycopg.connect(db, autocommit=True) as conn:
+        write_batch(conn, [
+            ("leg", LegRecord(leg_uuid="p1", call_uuid="pc1", direction="outbound",
+                              carrier="charlie", started_at=start,
+                              progress_at=start + timedelta(milliseconds=1500),
+                              answered_at=start + 9 * S, ended_at=start + 20 * S,
+                              pdd_ms=1500, disposition="answered")),
+            _call("pc1", "acme", "charlie", start, answered=start + 9 * S, ended=start + 20 * S,
+                  cause="NORMAL_CLEARING", destination="+442079460000", pdd=1500,
+                  disposition="answered"),
+        ])
+        (charlie,) = reports.report(conn, "carrier", start, start + M)
+        (acme,) = reports.report(conn, "tenant", start, start + M)
+    assert charlie["pdd_ms"] == acme["pdd_ms"] == 1500
