@@ -114,6 +114,17 @@ def test_a_tenant_without_a_budget_never_gets_a_forecast_alert(db):
     assert _sample("switchd_tenant_month_forecast", tenant="acme") == pytest.approx(1926.153846)
 
 
+def test_a_disabled_tenant_leaves_the_gauges(db):
+    watch = _watch(db, [NOW], [])
+    watch.check()
+    assert _sample("switchd_tenant_hour_spend", tenant="acme") == 8.5
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE tenants SET enabled = false WHERE name = 'acme'")
+    assert watch.check() == []
+    assert _sample("switchd_tenant_hour_spend", tenant="acme") is None
+    assert _sample("switchd_tenant_month_forecast", tenant="acme") is None
+
+
 def test_forecast_waits_for_the_minimum_part_of_the_month(db):
     early = datetime(2025, 4, 2, 23, 0, tzinfo=UTC)              # 47 h in: under 48
     assert [a.kind for a in _watch(db, [early], []).check()] == []

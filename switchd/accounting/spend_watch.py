@@ -79,6 +79,7 @@ class SpendWatch:
         # (hour, {tenant: (baseline total, month spend of calls ended before the hour)}):
         # the past changes only when the hour turns, so it is summed once per hour.
         self._past: tuple[datetime, dict] | None = None
+        self._shown: set[str] = set()       # tenants whose gauges are exposed
 
     def check(self) -> list[SpendAlert]:
         """Read every enabled tenant's figures, move the gauges, raise new alerts."""
@@ -94,7 +95,10 @@ class SpendWatch:
                 self._past = (hour, {t: (b, m) for t, b, m in conn.execute(_PAST, params)})
             past = self._past[1]
             current = {t: (h, m) for t, h, m in conn.execute(_NOW, params)}
-            for tenant, budget in conn.execute(_TENANTS).fetchall():
+            tenants = conn.execute(_TENANTS).fetchall()
+            self._forget(self._shown - {t for t, _ in tenants})
+            for tenant, budget in tenants:
+                self._shown.add(tenant)
                 base_total, month_before = past.get(tenant, zero)
                 this_hour, month_now = current.get(tenant, zero)
                 spent = month_before + month_now
@@ -118,6 +122,17 @@ class SpendWatch:
         for a in raised:
             self._announce(a)
         return raised
+
+    def _forget(self, gone: set[str]) -> None:
+        """Drop the gauges of tenants deleted or disabled since the last check."""
+        for tenant in gone:
+            for gauge in (metrics.TENANT_HOUR_SPEND, metrics.TENANT_HOUR_BASELINE,
+                          metrics.TENANT_MONTH_FORECAST):
+                try:
+                    gauge.remove(tenant)
+                except KeyError:
+                    pass
+        self._shown -= gone
 
     @staticmethod
     def _claim(conn: psycopg.Connection, a: SpendAlert) -> bool:
