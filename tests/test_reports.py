@@ -280,6 +280,9 @@ def test_rerate_refuses_a_bad_deck_by_line(db, tmp_path, capsys):
     dup.write_text("prefix,rate_per_min\n4420,0.005\n4420,0.006\n")
     assert main(["rerate", "--deck", str(dup), "--carrier", "delta", "--since", DAY[0]]) == 4
     assert "dup.csv:3: duplicate prefix 4420 (first on line 2)" in capsys.readouterr().err
+    assert main(["rerate", "--deck", str(tmp_path / "none.csv"), "--carrier", "delta",
+                 "--since", DAY[0]]) == 4
+    assert "none.csv: cannot read: No such file or directory" in capsys.readouterr().err
 
 
 def test_report_module_refuses_an_unknown_grouping(db):

@@ -78,6 +78,11 @@ def rerate(config: Config, args) -> int:
     from switchd.admin.rates_import import read_rates
     from switchd.commands.inputs import check_csv_header, not_utf8
     since, until = _window(args)
+    try:
+        with open(args.deck, "rb"):          # before the database is started or reached
+            pass
+    except OSError as exc:
+        raise InputError(f"{args.deck}: cannot read: {exc.strerror or exc}") from None
     check_csv_header(args.deck)
     with _connect(config) as conn:
         found = conn.execute(
