@@ -179,14 +179,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="switchd.commands.admin:calls")
 
     p = sub.add_parser("report", formatter_class=_formatter, help="costs and carrier quality",
-                       description="Costs by tenant, carrier or day, with ASR (answer-seizure ratio) and\n"
-                       "ACD (average call duration), read from the CDRs in PostgreSQL.")
+                       description="Calls, minutes and cost by tenant, carrier or UTC day, with ASR, NER,\n"
+                       "ACD, PDD, failure causes, unrated and provisional counts, and optionally\n"
+                       "the savings against a reference carrier's deck (docs/reports.md).")
     p.add_argument("--by", choices=("tenant", "carrier", "day"), default="carrier")
     p.add_argument("--since", metavar="ISO8601",
                    help="first instant included (default: 30 days before now, or before --until if earlier)")
     p.add_argument("--until", metavar="ISO8601", help="first instant excluded (default: now)")
+    p.add_argument("--tenant", metavar="NAME", help="only this tenant's calls")
+    p.add_argument("--reference", metavar="CARRIER",
+                   help="price the answered legs on this carrier's deck too (savings column)")
+    p.add_argument("--top", type=int, default=3, metavar="N",
+                   help="failure causes shown per row (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(handler="switchd.commands.admin:report")
+    p.set_defaults(handler="switchd.commands.reports:report")
+
+    p = sub.add_parser("rerate", formatter_class=_formatter, help="price past legs on a candidate deck",
+                       description="What the answered legs that ended in [--since, --until) would have cost\n"
+                       "on a candidate rate deck (the CSV format of `rates import`, validated the\n"
+                       "same way, never stored), per prefix and in total, against what they cost.")
+    p.add_argument("--deck", required=True, metavar="FILE.csv", help="the candidate deck")
+    p.add_argument("--carrier", required=True, metavar="NAME",
+                   help="whose deck it is (its default increments and billing rounding apply)")
+    p.add_argument("--since", required=True, metavar="ISO8601", help="first instant included")
+    p.add_argument("--until", metavar="ISO8601", help="first instant excluded (default: now)")
+    p.add_argument("--tenant", metavar="NAME", help="only this tenant's calls")
+    p.add_argument("--from-carrier", metavar="NAME",
+                   help="only the legs this carrier carried (default: every carrier's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler="switchd.commands.reports:rerate")
 
     p = sub.add_parser("check-config", formatter_class=_formatter, help="print the effective configuration",
                        description="Validate the configuration (defaults < TOML file < SWITCHD_* environment)\n"

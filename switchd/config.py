@@ -187,6 +187,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watchdog", "grace_seconds", float, 5.0,
             "An answered call outliving its max duration by more than this is killed.",
             check=_positive),
+    Setting("spend_watch", "interval", float, 60.0,
+            "Seconds between the daemon's spend checks (hourly spike, month-end forecast; "
+            "docs/reports.md). 0 turns them off.",
+            check=lambda v: None if v >= 0 else "must be 0 or more"),
+    Setting("spend_watch", "spike_factor", float, 4.0,
+            "A tenant's spend in this clock hour is a spike above this many times its "
+            "baseline (its mean spend per hour) ...", check=_positive),
+    Setting("spend_watch", "spike_floor", str, "20",
+            "... and from this amount on (currency units, an exact decimal in quotes), so "
+            "small tenants do not alert on cents.", check=_rule(validate.MONEY)),
+    Setting("spend_watch", "baseline_hours", int, 168,
+            "Complete hours before this one whose mean spend per hour is the baseline.",
+            check=lambda v: None if 1 <= v <= 8784 else "must be between 1 and 8784"),
+    Setting("spend_watch", "forecast_min_hours", float, 48.0,
+            "Hours of the month that must pass before the month-end forecast may alert.",
+            check=lambda v: None if v >= 0 else "must be 0 or more"),
     Setting("log", "level", "choice:debug|info|warning|error", "info", "Log level."),
     Setting("log", "format", "choice:text|json", "text", "text, or one JSON object per line."),
 )

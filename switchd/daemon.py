@@ -23,6 +23,7 @@ from gevent.event import Event
 from dialplan import rating
 from dialplan.failover import FailoverTable
 from switchd.accounting import billing
+from switchd.accounting import spend_watch
 from switchd import metrics
 from switchd.adapters import systemd
 from switchd.api import webhooks
@@ -218,6 +219,11 @@ class Daemon:
         self._spawn(lambda: self.outbox.run(self.stopping))
         self._spawn(lambda: self.deliverer.run(self.stopping))
         self._spawn(Periodic(3600.0, self._api_housekeeping, "API housekeeping").run)
+        # Hourly spend spikes and the month-end forecast (docs/reports.md).
+        self.spend_watch = spend_watch.from_config(cfg, self.db_url, self.call_events)
+        if self.spend_watch is not None:
+            self._spawn(Periodic(cfg["spend_watch.interval"], self.spend_watch.check,
+                                 "spend watch").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)

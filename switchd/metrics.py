@@ -70,6 +70,18 @@ CAPS_FAIL_OPEN = _gauge("switchd_caps_fail_open",
 WATCHDOG_KILLS = _counter("switchd_watchdog_kills_total",
                           "Answered calls killed by switchd for outliving their max duration")
 BUDGET_USAGE = _gauge("switchd_budget_usage_ratio", "Month-to-date spend / budget", ("tenant",))
+# Spend guards (switchd/accounting/spend_watch.py, docs/reports.md).
+TENANT_HOUR_SPEND = _gauge("switchd_tenant_hour_spend",
+                           "Cost of the tenant's calls that ended in this clock hour", ("tenant",))
+TENANT_HOUR_BASELINE = _gauge("switchd_tenant_hour_spend_baseline",
+                              "The tenant's mean spend per hour over the baseline window",
+                              ("tenant",))
+TENANT_MONTH_FORECAST = _gauge("switchd_tenant_month_forecast",
+                               "Month-to-date spend extrapolated to the end of the month",
+                               ("tenant",))
+SPEND_ALERTS = _counter("switchd_spend_alerts_total",
+                        "Spend alerts raised (kind: spike, forecast), once per period",
+                        ("tenant", "kind"))
 
 # --- ESL ---------------------------------------------------------------------------------
 ESL_CONNECTED = _gauge("switchd_esl_connected", "1 while the ESL connection is up and authed")

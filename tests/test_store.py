@@ -1,8 +1,8 @@
-"""store.py against a real PostgreSQL: health, decisions, spend, summary, report."""
+"""store.py against a real PostgreSQL: health, decisions, spend, summary (reports:
+test_reports.py)."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from switchd.adapters.db import store
-from switchd.adapters.db.cdr_writer import CallRecord, EventRecord, LegRecord, write_batch
+from switchd.adapters.db.cdr_writer import CallRecord, write_batch
 from switchd.admin.provision import provision
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provision.toml"
@@ -94,58 +94,3 @@ def test_summary_shape(conn):
                      "bravo": {"calls": 1, "answered": 1, "billed_seconds": 61, "cost": "0.200000"}}}
     later = store.summary(conn, since=T0 + timedelta(hours=1))
     assert later["calls"] == 0 and later["cdrs_stored"] == 3
-
-
-def test_report_by_tenant_day_and_carrier_with_pdd(conn):
-    legs, events = [], []
-    for i, (carrier, answered) in enumerate([("alpha", True), ("alpha", False), ("bravo", True)]):
-        start = T0 + timedelta(minutes=i)
-        legs.append(("leg", LegRecord(
-            leg_uuid=f"leg{i}", call_uuid=f"call{i}", direction="outbound", carrier=carrier,
-            started_at=start, answered_at=start + timedelta(seconds=4) if answered else None,
-            ended_at=start + timedelta(seconds=64 if answered else 30),
-            billmsec=60000 if answered else 0, billed_seconds=60 if answered else 0,
-            rate_per_min=Decimal("0.01"), connect_fee=Decimal(0), increments="60/6",
-            cost=Decimal("0.010000") if answered else Decimal(0))))
-        events.append(("event", EventRecord(core_uuid="core", event_seq=i, name="CHANNEL_PROGRESS",
-                                            at=start + timedelta(seconds=2), call_uuid=f"call{i}",
-                                            leg_uuid=f"leg{i}")))
-        legs.append(("call", _call(f"call{i}", carrier, carrier, answered=answered,
-                                   cost="0.010000", start=start)))
-    write_batch(conn, legs + events)
-
-    by_carrier = {r["key"]: r for r in store.report(conn, "carrier")}
-    assert by_carrier["alpha"]["calls"] == 2 and by_carrier["alpha"]["answered"] == 1
-    assert by_carrier["alpha"]["asr"] == Decimal("50.00")
-    assert by_carrier["alpha"]["acd_seconds"] == Decimal("60.0")
-    assert by_carrier["alpha"]["pdd_ms"] == 2000
-    assert by_carrier["bravo"]["cost"] == Decimal("0.010000")
-
-    (tenant,) = store.report(conn, "tenant")
-    assert tenant["key"] == "acme" and tenant["calls"] == 3 and tenant["answered"] == 2
-    assert tenant["billed_minutes"] == Decimal("2.00") and tenant["cost"] == Decimal("0.02")
-
-    (day,) = store.report(conn, "day", since=T0, until=T0 + timedelta(days=1))
-    assert day["key"] == "2025-03-10"
-    assert store.report(conn, "day", since=T0 + timedelta(days=1)) == []
-    with pytest.raises(ValueError):
-        store.report(conn, "caller")
-
-
-def test_report_pdd_from_the_legs_own_progress(conn):
-    # Written by billing with pdd_ms from CHANNEL_PROGRESS: no events needed, and the
-    # answer 9 s later does not count as the PDD (the old events-only join had no
-    # PROGRESS events to find and fell back to the answer).
-    start = T0
-    write_batch(conn, [
-        ("leg", LegRecord(leg_uuid="p1", call_uuid="pc1", direction="outbound", carrier="alpha",
-                          started_at=start, progress_at=start + timedelta(milliseconds=1500),
-                          answered_at=start + timedelta(seconds=9),
-                          ended_at=start + timedelta(seconds=20), pdd_ms=1500,
-                          disposition="answered")),
-        ("call", replace(_call("pc1", "alpha", "alpha", start=start), pdd_ms=1500)),
-    ])
-    (alpha,) = store.report(conn, "carrier")
-    assert alpha["pdd_ms"] == 1500
-    (tenant,) = store.report(conn, "tenant")
-    assert tenant["pdd_ms"] == 1500

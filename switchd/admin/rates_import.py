@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import psycopg
 
@@ -38,6 +38,48 @@ class ImportSummary:
     max_rate: Decimal | None
     deck_id: int
     seconds: float
+
+
+class RateRow(NamedTuple):
+    """One validated CSV row (prefix without '+'; increments already defaulted)."""
+    line: int
+    prefix: str
+    rate_per_min: Decimal
+    connect_fee: Decimal
+    initial_increment: int
+    subsequent_increment: int
+    effective_from: datetime | None
+    effective_to: datetime | None
+    description: str | None
+
+
+def read_rates(csv_path: str | Path, default_initial: int = 60,
+               default_subsequent: int = 60) -> list[RateRow]:
+    """Parse and validate a rate CSV by the rules of `import_rates`, storing nothing (for
+    `switchd rerate`). Duplicates (same prefix and effective_from) are refused as an
+    import refuses them."""
+    path = Path(csv_path)
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise RatesImportError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    with handle:
+        parser = _RowParser(path, str(default_initial), str(default_subsequent))
+        reader = csv.reader(handle)
+        parser.header(next(reader, None))
+        rows, first_line = [], {}
+        for row in parser.parse(reader):
+            key = (row.prefix, row.effective_from)
+            if key in first_line:
+                when = f" effective_from {row.effective_from.isoformat()}" \
+                    if row.effective_from else ""
+                raise parser.fail(row.line, f"duplicate prefix {row.prefix}{when} "
+                                            f"(first on line {first_line[key]})")
+            first_line[key] = row.line
+            rows.append(row)
+    if not rows:
+        raise RatesImportError(f"{path}: no rate rows after the header")
+    return rows
 
 
 def import_rates(url_or_conn: str | psycopg.Connection, csv_path: str | Path,
@@ -156,15 +198,15 @@ class _RowParser:
         if missing:
             raise self.fail(1, f"header lacks required column(s) {', '.join(missing)}")
 
-    def stream(self, reader, lead: str, write, progress, every) -> None:
+    def parse(self, reader) -> Iterator[RateRow]:
+        """Every data row of `reader`, validated (blank lines skipped); raises
+        RatesImportError naming the line at the first bad one."""
         col = self.columns.get
         i_prefix, i_rate = col("prefix"), col("rate_per_min")
         i_fee, i_init, i_sub = col("connect_fee"), col("initial_increment"), \
             col("subsequent_increment")
         i_from, i_to, i_desc = col("effective_from"), col("effective_to"), col("description")
         width = max(self.columns.values()) + 1
-        batch: list[str] = []
-        lo = hi = None
         for fields in reader:
             line = reader.line_num
             if not fields or (len(fields) == 1 and not fields[0].strip()):
@@ -185,10 +227,20 @@ class _RowParser:
             if start is not None and end is not None and end <= start:
                 raise self.fail(line, f"effective_to {fields[i_to].strip()} is not after "
                                       f"effective_from {fields[i_from].strip()}")
+            desc = fields[i_desc].strip() if i_desc is not None else ""
+            yield RateRow(line, prefix, rate, fee if fee is not None else Decimal(0),
+                          int(initial), int(subsequent), start, end, desc or None)
+
+    def stream(self, reader, lead: str, write, progress, every) -> None:
+        batch: list[str] = []
+        lo = hi = None
+        for row in self.parse(reader):
+            rate, start, end = row.rate_per_min, row.effective_from, row.effective_to
             if start is not None or end is not None:
                 self.windowed = True
-            desc = _copy_text(fields[i_desc].strip()) if i_desc is not None else ""
-            batch.append(f"{lead}{prefix}\t{rate}\t{fee or '0'}\t{initial}\t{subsequent}\t"
+            desc = _copy_text(row.description) if row.description else ""
+            batch.append(f"{lead}{row.prefix}\t{rate}\t{row.connect_fee}\t"
+                         f"{row.initial_increment}\t{row.subsequent_increment}\t"
                          f"{start.isoformat() if start else _NULL}\t"
                          f"{end.isoformat() if end else _NULL}\t{desc or _NULL}\n")
             if lo is None or rate < lo:

@@ -42,6 +42,7 @@ EVENTS = ("created", "ringing", "answered", "completed", "busy", "no-answer", "f
 FINAL = ("completed", "busy", "no-answer", "failed")
 BUDGET_THRESHOLDS = (80, 100)        # percent of the monthly budget
 _BUDGET_NS = uuid.UUID("6d0f8a52-3c1e-4b7a-9d59-2f0c5b8e1a47")
+_SPEND_NS = uuid.UUID("b3c4e1f0-7a2d-4c59-8e16-5d0a9f3b2c71")
 _BUSY = {"USER_BUSY"}
 _NO_ANSWER = {"NO_ANSWER", "NO_USER_RESPONSE", "ORIGINATOR_CANCEL", "ALLOTTED_TIMEOUT",
               "CALL_REJECTED", "PROGRESS_TIMEOUT"}
@@ -192,6 +193,19 @@ class CallEvents:
                            "event": "budget.threshold", "occurred_at": at.isoformat(),
                            "data": {"threshold_percent": threshold, "spent": str(spent),
                                     "monthly_budget": str(budget), "month": f"{month:%Y-%m}"}})
+
+    def spend_alert(self, tenant: str, kind: str, period: str, data: dict,
+                    at: datetime) -> None:
+        """A spend guard alert (switchd/accounting/spend_watch.py), event `spend.<kind>`;
+        its event_id is derived from tenant, kind and period like a budget alert's."""
+        if len(self.queue) >= self.max_queued:
+            metrics.WEBHOOK_EVENTS_DROPPED.inc()
+            return
+        key = f"{tenant}/{kind}/{period}"
+        self.queue.append({"event_id": str(uuid.uuid5(_SPEND_NS, key)), "tenant": tenant,
+                           "call_uuid": f"spend:{kind}:{period}", "sequence": 1,
+                           "event": f"spend.{kind}", "occurred_at": at.isoformat(),
+                           "data": data})
 
     def take(self, limit: int) -> list[dict]:
         out = []

@@ -1,5 +1,6 @@
-"""One-shot operator commands: migrate, rates import, calls, report, check-config
-(provision and the inventory commands: switchd/commands/inventory.py)."""
+"""One-shot operator commands: migrate, rates import, calls, check-config (provision and
+the inventory commands: switchd/commands/inventory.py; report and rerate:
+switchd/commands/reports.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from switchd.config import SETTINGS, Config, ConfigError
 from switchd.errors import CliError, InputError, UnavailableError, UsageError
@@ -123,30 +124,6 @@ def calls(config: Config, args) -> int:
                         for c in rows]
     _print_table(table)
     print(f"{len(rows)} live call(s)")
-    return 0
-
-
-def report(config: Config, args) -> int:
-    from switchd.adapters.db import store
-    import psycopg
-    now = datetime.now(timezone.utc)
-    until = _parse_instant(args.until, "--until") or now
-    # 30 days back from now, or from --until when that is earlier: a later --until widens
-    # the window, it never moves its start past calls of the last 30 days.
-    since = _parse_instant(args.since, "--since") or min(now, until) - timedelta(days=30)
-    if since >= until:
-        raise UsageError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
-    with psycopg.connect(_db_url(config)) as conn:
-        rows = store.report(conn, group_by=args.by, since=since, until=until)
-    if args.json:
-        print(json.dumps(rows, default=str, indent=2))
-        return 0
-    if not rows:
-        print("no calls in that period")
-        return 0
-    columns = list(rows[0].keys())
-    _print_table([tuple(c.upper() for c in columns)]
-                 + [tuple("-" if r[c] is None else str(r[c]) for c in columns) for r in rows])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Reads of business data and reports, writes of routing decisions and carrier health.
+"""Reads of business data and the demo summary, writes of routing decisions and carrier health.
 
 Plain functions over a psycopg connection: the caller owns the connection and the
 transaction. Values always travel as parameters; identifiers, when they vary, are composed
@@ -189,83 +189,3 @@ def summary(conn: psycopg.Connection, since: datetime | None = None) -> dict[str
     return {"calls": calls, "answered": answered, "failed": calls - answered,
             "total_cost": str(total_cost), "by_carrier": by_carrier,
             "failovers": failovers, "cdrs_stored": cdrs_stored}
-
-
-# --- reports -----------------------------------------------------------------------------
-# Tenant and day reports count calls (what a customer is billed for); the carrier report
-# counts legs, because ASR/ACD/PDD judge a carrier by every attempt it was given.
-_CALL_REPORT = """
-SELECT {key} AS key, count(*) AS calls, count(c.answered_at) AS answered,
-       COALESCE(sum(c.billed_seconds), 0) AS billed_seconds, COALESCE(sum(c.cost), 0) AS cost,
-       avg(EXTRACT(EPOCH FROM c.ended_at - c.answered_at)) FILTER (WHERE c.answered_at IS NOT NULL)
-           AS acd_seconds,
-       avg(c.pdd_ms) AS pdd_ms
-FROM calls c
-WHERE c.ended_at IS NOT NULL {range}
-GROUP BY 1 ORDER BY 1"""
-
-# PDD: from the leg's start to its first sign of life from the far end (ringing, early
-# media, or the answer when neither came first): the leg's own pdd_ms (switchd/accounting/billing.py,
-# from CHANNEL_PROGRESS / _MEDIA), else from the stored events (legs written before
-# migration 012).
-_LEG_REPORT = """
-SELECT l.carrier AS key, count(*) AS calls, count(l.answered_at) AS answered,
-       COALESCE(sum(l.billed_seconds), 0) AS billed_seconds, COALESCE(sum(l.cost), 0) AS cost,
-       avg(EXTRACT(EPOCH FROM l.ended_at - l.answered_at)) FILTER (WHERE l.answered_at IS NOT NULL)
-           AS acd_seconds,
-       avg(COALESCE(l.pdd_ms::numeric,
-                    EXTRACT(EPOCH FROM p.first_at - l.started_at) * 1000)) AS pdd_ms
-FROM call_legs l
-LEFT JOIN LATERAL (
-    SELECT min(e.at) AS first_at FROM call_events e
-    WHERE e.leg_uuid = l.leg_uuid
-      AND e.name IN ('CHANNEL_PROGRESS', 'CHANNEL_PROGRESS_MEDIA', 'CHANNEL_ANSWER')
-) p ON true
-WHERE l.carrier IS NOT NULL AND l.ended_at IS NOT NULL {range}
-GROUP BY 1 ORDER BY 1"""
-
-_REPORT_KEYS = {
-    "tenant": sql.SQL("COALESCE(c.tenant, '')"),
-    "day": sql.SQL("to_char(c.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
-}
-
-
-def report(conn: psycopg.Connection, group_by: str = "tenant", since: datetime | None = None,
-           until: datetime | None = None) -> list[dict[str, Any]]:
-    """Rows for ``switchd report``: one per tenant / carrier / UTC day of finished calls.
-
-    Each row: key, calls, answered, asr (percent, 2 places), acd_seconds, billed_minutes,
-    cost (Decimal), pdd_ms (carrier: per leg; tenant/day: of the leg that carried each
-    call; None when no leg showed progress).
-    Range is on ended_at: ``since`` inclusive, ``until`` exclusive.
-    """
-    if group_by not in ("tenant", "carrier", "day"):
-        raise ValueError(f"report: group_by must be tenant, carrier or day, not {group_by!r}")
-    alias = sql.Identifier("l" if group_by == "carrier" else "c")
-    conditions, params = [], []
-    if since is not None:
-        conditions.append(sql.SQL("AND {}.ended_at >= %s").format(alias))
-        params.append(since)
-    if until is not None:
-        conditions.append(sql.SQL("AND {}.ended_at < %s").format(alias))
-        params.append(until)
-    rng = sql.SQL(" ").join(conditions)
-    if group_by == "carrier":
-        query = sql.SQL(_LEG_REPORT).format(range=rng)
-    else:
-        query = sql.SQL(_CALL_REPORT).format(key=_REPORT_KEYS[group_by], range=rng)
-    rows = []
-    with conn.cursor(row_factory=dict_row) as cur:
-        for r in cur.execute(query, params).fetchall():
-            calls, answered = r["calls"], r["answered"]
-            asr = (Decimal(answered * 100) / calls).quantize(Decimal("0.01")) if calls else None
-            acd = r["acd_seconds"]
-            pdd = r["pdd_ms"]
-            rows.append({
-                "key": r["key"], "calls": calls, "answered": answered, "asr": asr,
-                "acd_seconds": Decimal(acd).quantize(Decimal("0.1")) if acd is not None else None,
-                "billed_minutes": (Decimal(int(r["billed_seconds"])) / 60).quantize(Decimal("0.01")),
-                "cost": Decimal(r["cost"]),
-                "pdd_ms": int(round(pdd)) if pdd is not None else None,
-            })
-    return rows
