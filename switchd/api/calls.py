@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -19,6 +20,7 @@ from dialplan import lcr, numbers, policy
 from dialplan.health import availability
 from dialplan.ratedeck import lookup_all
 from switchd.api.app import ApiError, Request, dumps
+from switchd.calls.retries import list_attempts
 
 UUID_CHARS = set("0123456789abcdefABCDEF-")
 
@@ -123,15 +125,27 @@ def get_call(live: Live):
         tenant = req.tenant
         for c in (live.live_calls() if live.live_calls else []):
             if c["call_uuid"] == call_uuid and (tenant is None or c.get("tenant") == tenant):
-                return {**c, "cost": None}
+                return {**c, "cost": None, "originate_attempts": _attempts(req, call_uuid)}
         with req.conn.cursor(row_factory=dict_row) as cur:
             cur.execute("""SELECT call_uuid, tenant, direction, caller, destination, started_at,
                                   answered_at, ended_at, hangup_cause, carrier, gateway,
                                   attempts, billed_seconds, cost, reconstructed
                            FROM calls WHERE call_uuid = %s""", (call_uuid,))
             row = cur.fetchone()
+            originated = _attempts(req, call_uuid)
+            if row is None and originated:
+                # an originate whose attempts made no CDR (yet): its attempts say where it is
+                cur.execute("SELECT tenant, destination FROM originate_attempts"
+                            " WHERE call_uuid = %s::uuid LIMIT 1", (call_uuid,))
+                owner = cur.fetchone()
+                if owner is not None and (tenant is None or owner["tenant"] == tenant):
+                    pending = any(a["state"] != "done" for a in originated)
+                    return {"call_uuid": call_uuid, **owner, "direction": "outbound",
+                            "state": "pending" if pending else "ended", "legs": [],
+                            "cost": None, "originate_attempts": originated}
             if row is None or (tenant is not None and row["tenant"] != tenant):
                 raise ApiError(404, f"no call {call_uuid}", "call_uuid")
+            row["originate_attempts"] = originated
             cur.execute("""SELECT leg_uuid, direction, carrier, gateway, started_at, answered_at,
                                   ended_at, hangup_cause, sip_status, billed_seconds,
                                   rate_per_min, connect_fee, increments, cost
@@ -141,6 +155,16 @@ def get_call(live: Live):
         row["state"] = "ended"
         return row
     return handler
+
+
+def _attempts(req: Request, call_uuid: str) -> list[dict]:
+    """The originate attempts of the call (docs/originate.md); [] for a call not originated."""
+    try:
+        uuid_value = str(uuid.UUID(call_uuid))
+    except ValueError:
+        return []
+    with req.conn.cursor(row_factory=dict_row) as cur:
+        return list_attempts(cur, uuid_value)
 
 
 def hangup_call(live: Live):
@@ -198,14 +222,17 @@ def create_call(live: Live):
     return handler
 
 
-_ORIGINATE_FIELDS = ("tenant", "destination", "caller_id", "campaign", "app", "timeout_s")
+_ORIGINATE_FIELDS = ("tenant", "destination", "caller_id", "campaign", "app", "timeout_s",
+                     "retry")
 
 
 def _originate_field(message: str) -> str | None:
     """originate.py's messages start with the field ("timeout_s: ..."); name it."""
     head = message.split(":", 1)[0]
-    if head in _ORIGINATE_FIELDS:
+    if head in _ORIGINATE_FIELDS or head.startswith("retry"):
         return head
+    if message.startswith("daily attempt cap"):
+        return "destination"
     if message.startswith("unknown field(s): "):
         return message.removeprefix("unknown field(s): ").split(",")[0]
     if message.startswith("unknown or disabled tenant"):

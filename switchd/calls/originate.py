@@ -20,13 +20,16 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 
 import gevent
 from gevent.event import AsyncResult
 
 from dialplan import causes, numbers, validate, xml_answer
+from dialplan import retry as retry_table
 from switchd.adapters.esl.commands import hangup_cause
+from switchd.calls.retries import AttemptEnd, CallFinal, daemon_id, utc_now
 from switchd.routing.router import Decision, Refused
 
 log = logging.getLogger(__name__)
@@ -55,12 +58,14 @@ class OriginateRequest:
     campaign: str | None = None
     app: str = "&park()"
     timeout_s: int = 60               # originate_timeout: ring time before giving up
+    retry: retry_table.RetryAsk | None = None   # whole-call retries asked (docs/originate.md)
 
     @classmethod
     def from_json(cls, payload) -> "OriginateRequest":
         if not isinstance(payload, dict):
             raise OriginateError("body must be a JSON object")
-        unknown = set(payload) - {"tenant", "destination", "caller_id", "campaign", "app", "timeout_s"}
+        unknown = set(payload) - {"tenant", "destination", "caller_id", "campaign", "app",
+                                  "timeout_s", "retry"}
         if unknown:
             raise OriginateError(f"unknown field(s): {', '.join(sorted(unknown))}")
         for key in ("tenant", "destination"):
@@ -85,8 +90,23 @@ class OriginateRequest:
         caller = payload.get("caller_id")
         if caller is not None:
             _field("caller_id", validate.caller_id, caller)
+        try:
+            ask = retry_table.parse_ask(payload.get("retry"))
+        except retry_table.RetryError as exc:
+            raise OriginateError(str(exc)) from None
         return cls(payload["tenant"], payload["destination"], caller, payload.get("campaign"),
-                   app, timeout)
+                   app, timeout, ask)
+
+    def as_json(self) -> dict:
+        """The request as from_json reads it (stored with a pending retry)."""
+        out = {"tenant": self.tenant, "destination": self.destination, "app": self.app,
+               "timeout_s": self.timeout_s}
+        for key in ("caller_id", "campaign"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.retry is not None:
+            out["retry"] = self.retry.as_dict()
+        return out
 
 
 def _dialled(value: str) -> str:
@@ -152,17 +172,57 @@ def originate_string(leg_uuid: str, call_vars: dict, leg, app: str, max_s: int,
 
 
 class Originator:
-    def __init__(self, router, esl, registry, caps, world, record):
+    """Places originated calls: `originate(request)` places the first attempt and answers
+    with its outcome; `place_retry(row)` places a retry the RetryScheduler claimed. With an
+    AttemptStore (`attempts`), every attempt is recorded, the daily cap is enforced and
+    retries are scheduled; without one (tests of the originate string alone), none of that.
+
+    Final-outcome hook (docs/originate.md): `add_final_listener(callback)`; `callback(CallFinal)`
+    runs once per call when no attempt will follow (answered, a never-retried outcome,
+    retries exhausted, the daily cap, a refusal), in the greenlet that placed the last attempt
+    (an API request's, or the scheduler's on whichever daemon placed it), never in the
+    ESL event greenlet. A listener that raises is logged and does not stop the others."""
+
+    def __init__(self, router, esl, registry, caps, world, record, attempts=None,
+                 clock=None, daemon: str | None = None):
         self.router = router
         self.esl = esl
         self.registry = registry
         self.caps = caps
         self.world = world            # callable: current World
         self.record = record          # routing log sink
+        self.attempts = attempts      # switchd.calls.retries.AttemptStore, or None
+        self.clock = clock or utc_now
+        self.daemon = daemon or daemon_id()
         self._ends: dict[str, AsyncResult] = {}   # attempt leg UUID -> its ended Leg
+        self._final_listeners: list = []
+
+    def add_final_listener(self, callback) -> None:
+        self._final_listeners.append(callback)
 
     def originate(self, request: OriginateRequest) -> dict:
         world = self.world()
+        tenant, campaign = self._admit(world, request)
+        if not self.esl.connected:
+            raise OriginateError("not connected to FreeSWITCH", 503)
+        call_uuid = str(uuid.uuid4())
+        return self._place(request, world, tenant, campaign, call_uuid, call_uuid, 1,
+                           self.clock())
+
+    def place_retry(self, row: dict) -> dict | None:
+        """Place attempt `row["attempt"]` of call `row["call_uuid"]` (a claimed pending row)."""
+        origin, attempt_no = row["call_uuid"], row["attempt"]
+        try:
+            request = OriginateRequest.from_json(dict(row["request"]))
+            world = self.world()
+            tenant, campaign = self._admit(world, request)
+        except OriginateError as exc:
+            self._close(origin, attempt_no, row, AttemptEnd("refused", self.clock(), note=str(exc)))
+            return None
+        return self._place(request, world, tenant, campaign, str(uuid.uuid4()), origin,
+                           attempt_no, row["scheduled_at"])
+
+    def _admit(self, world, request: OriginateRequest):
         tenant = world.tenants.get(request.tenant)
         if tenant is None or not tenant.enabled:
             raise OriginateError(f"unknown or disabled tenant {request.tenant!r}", 403, 403)
@@ -171,9 +231,14 @@ class Originator:
             campaign = world.campaigns.get(request.campaign)
             if campaign is None or campaign.tenant != tenant.name:
                 raise OriginateError(f"unknown campaign {request.campaign!r} for this tenant", 404)
-        if not self.esl.connected:
-            raise OriginateError("not connected to FreeSWITCH", 503)
-        call_uuid = str(uuid.uuid4())
+        return tenant, campaign
+
+    def _place(self, request, world, tenant, campaign, call_uuid: str, origin: str,
+               attempt_no: int, scheduled_at) -> dict | None:
+        """One attempt of the call `origin` as the switch call `call_uuid`."""
+        first = attempt_no == 1
+        info = {"call_uuid": origin, "tenant": tenant.name, "destination": request.destination,
+                "campaign": request.campaign}
         decision = Decision(id=str(uuid.uuid4()), call_uuid=call_uuid, tenant=tenant.name,
                             direction="outbound", destination=request.destination,
                             result="refused", reason="")
@@ -182,12 +247,34 @@ class Originator:
         except numbers.SpecialNumber as special:
             decision.reason = f"{special.kind} numbers are never originated"
             self.record(decision)
-            raise OriginateError(decision.reason, 403, 403) from None
+            return self._refused(first, info, attempt_no, OriginateError(decision.reason, 403, 403))
         except Refused as refused:
             decision.reason, decision.sip_code = refused.reason, refused.refusal.sip_code
             self.record(decision)
-            raise OriginateError(refused.reason, 409 if refused.refusal.sip_code != 503 else 503,
-                                 refused.refusal.sip_code) from None
+            busy = refused.refusal.sip_code == 503     # caps full: like congestion
+            return self._refused(first, info, attempt_no, OriginateError(
+                refused.reason, 409 if not busy else 503, refused.refusal.sip_code),
+                outcome=retry_table.CONGESTION if busy else "refused", request=request,
+                policy=tenant.retry)
+        number = plan.number.e164
+        now = self.clock()
+        if self.attempts is not None:
+            cap = tenant.retry.daily_cap
+            if self.attempts.take_daily(tenant.name, number, now.date(), cap) is None:
+                self.caps.release(call_uuid)
+                decision.result, decision.reason = "refused", "originate: daily attempt cap"
+                self.record(decision)
+                message = (f"daily attempt cap reached: {cap} attempt(s) to {number} today "
+                           f"(UTC) for tenant {tenant.name} (retry.daily_cap)")
+                return self._refused(first, {**info, "destination": number}, attempt_no,
+                                     OriginateError(message, 429), outcome="capped")
+            if first:
+                self.attempts.begin(origin, 1, tenant=tenant.name, destination=number,
+                                    campaign=request.campaign, attempt_call_uuid=call_uuid,
+                                    scheduled_at=scheduled_at, started_at=now,
+                                    request=request.as_json(), daemon=self.daemon)
+            else:
+                self.attempts.placing(origin, attempt_no, call_uuid, number)
         decision.reason = "originate:" + decision.reason
         self.record(decision)
         call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
@@ -217,7 +304,12 @@ class Originator:
             self._finished(call_uuid)
             self.caps.release(call_uuid)
             log.warning("originate failed before a result: %s", exc, extra={"call_uuid": call_uuid})
-            raise OriginateError(f"originate failed: {exc}", 502) from None
+            error = OriginateError(f"originate failed: {exc}", 502)
+            self._close(origin, attempt_no, info, AttemptEnd(
+                "failed", self.clock(), note=str(error), carriers_tried=len(attempts)))
+            if first:
+                raise error from None
+            return None
         self._finished(call_uuid)
         last = attempts[-1]
         if not last.answered:
@@ -226,11 +318,63 @@ class Originator:
             self.caps.release(call_uuid)
         log.info("originate %s -> %s: %s after %d attempt(s)", tenant.name, plan.number.e164,
                  last.result, len(attempts), extra={"call_uuid": call_uuid, "tenant": tenant.name})
+        outcome = retry_table.classify(last.answered, last.hangup_cause, last.sip_status)
+        end = AttemptEnd(outcome, self.clock(), last.hangup_cause, last.sip_status, last.carrier,
+                         last.gateway, len(attempts))
+        retry_at = self._close(origin, attempt_no, {**info, "destination": number}, end,
+                               request=request, policy=tenant.retry, call=call_uuid)
         return {"call_uuid": call_uuid, "route_id": decision.id, "result": last.result,
                 "answered": last.answered, "destination": plan.number.e164,
                 "max_duration": plan.max_duration,
                 "gateways": [leg.gateway for leg in legs],
-                "attempts": [asdict(a) for a in attempts]}
+                "attempts": [asdict(a) for a in attempts],
+                "attempt": attempt_no, "outcome": outcome, "final": retry_at is None,
+                "next_attempt_at": retry_at.isoformat() if retry_at else None}
+
+    def _refused(self, first: bool, info: dict, attempt_no: int, error: OriginateError,
+                 outcome: str = "refused", request=None, policy=None):
+        """A refusal before anything reached the switch: the first attempt answers the
+        client with it (nothing recorded); a retry records it (and may retry again)."""
+        if first:
+            raise error
+        self._close(info["call_uuid"], attempt_no, info,
+                    AttemptEnd(outcome, self.clock(), note=str(error)), request=request,
+                    policy=policy)
+        return None
+
+    def _close(self, origin: str, attempt_no: int, info: dict, end: AttemptEnd, request=None,
+               policy=None, call: str | None = None):
+        """Record how attempt `attempt_no` ended and what follows; the time of the next
+        attempt, or None (the call is final: the listeners hear it)."""
+        step = None
+        if request is not None and policy is not None and self.attempts is not None:
+            step = retry_table.next_step(policy, request.retry, attempt_no, end.outcome, origin)
+        retry_at = (end.ended_at + timedelta(milliseconds=step.delay_ms)
+                    if step is not None and step.action == "retry" else None)
+        note = end.note or (step.reason if step is not None else "")
+        end = replace(end, final=retry_at is None, note=note)
+        if self.attempts is not None:
+            self.attempts.finish(origin, attempt_no, end, retry_at)
+        if retry_at is not None:
+            log.info("originate %s: attempt %d %s; attempt %d at %s", origin, attempt_no,
+                     end.outcome, attempt_no + 1, retry_at.isoformat(),
+                     extra={"call_uuid": origin, "tenant": info["tenant"]})
+            return retry_at
+        self._final(CallFinal(
+            call_uuid=origin, tenant=info["tenant"], destination=info["destination"],
+            campaign=info.get("campaign"), outcome=end.outcome,
+            answered=end.outcome == retry_table.ANSWERED, attempts=attempt_no,
+            attempt_call_uuid=call, carrier=end.carrier, cause=end.cause,
+            sip_status=end.sip_status, note=note))
+        return None
+
+    def _final(self, final: CallFinal) -> None:
+        for callback in list(self._final_listeners):
+            try:
+                callback(final)
+            except Exception:      # a listener's bug must not stop the others or the call
+                log.exception("final-outcome listener %r failed", callback,
+                              extra={"call_uuid": final.call_uuid})
 
     def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:
         ended = self._ends[leg_uuid] = AsyncResult()
