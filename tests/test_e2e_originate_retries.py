@@ -16,12 +16,21 @@ import pytest
 from psycopg.rows import dict_row
 
 from dialplan.retry import delay_ms, jitter_unit, policy_from
+from switchd.api import openapi
 from switchd.sim import GatewayBehaviour
 from test_e2e_originate import _post
 
 pytestmark = pytest.mark.slow
 
 UK = "02079460999"
+
+
+def _conforms(body, schema: str):
+    """The answer matches its schema in the served OpenAPI document."""
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = openapi.document()
+    jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{schema}",
+                                     "components": doc["components"]}).validate(body)
 
 
 def _set_retry(url, policy: dict, tenant="acme"):
@@ -67,6 +76,7 @@ def test_answered_first_time_is_one_final_attempt(switch, world_url):
                                   "retry": {"max_attempts": 3}})
     assert status == 200 and body["answered"] and body["final"] and body["outcome"] == "answered"
     assert body["next_attempt_at"] is None and body["attempt"] == 1
+    _conforms(body, "OriginateResult")
     (row,) = _final(daemon, world_url, body["call_uuid"], 1)
     assert (row["outcome"], row["state"], row["carriers_tried"]) == ("answered", "done", 1)
     assert str(row["attempt_call_uuid"]) == body["call_uuid"] and row["note"] == "answered"
@@ -140,6 +150,8 @@ def test_busy_retried_on_the_computed_schedule_then_answered(start_switch, world
     status, got = daemon.get(f"/v1/calls/{call}")
     assert status == 200 and [a["attempt"] for a in got["originate_attempts"]] == [1, 2, 3]
     assert got["originate_attempts"][2]["final"] is True
+    _conforms(got, "Call")
+    _conforms(body, "OriginateResult")
     sim.kill_call(str(rows[2]["attempt_call_uuid"]))
 
 
