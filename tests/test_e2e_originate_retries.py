@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from daemon_harness import metric
 from dialplan.retry import delay_ms, jitter_unit, policy_from
 from switchd.api import openapi
 from switchd.sim import GatewayBehaviour
@@ -113,6 +114,9 @@ def test_all_carriers_failed_retries_the_call_then_gives_up(start_switch, world_
     assert rows[1]["note"] == "max_attempts (2) reached"
     assert str(rows[0]["attempt_call_uuid"]) == body["call_uuid"] != str(rows[1]["attempt_call_uuid"])
     _assert_schedule(rows, body["call_uuid"], policy_from(policy), "carrier_failure")
+    assert metric(daemon, "switchd_originate_attempts_total", outcome="carrier_failure") == 2
+    assert metric(daemon, "switchd_originate_retries_scheduled_total",
+                  outcome="carrier_failure") == 1
 
 
 def test_unallocated_number_is_never_retried(switch, world_url):

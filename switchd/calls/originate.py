@@ -28,8 +28,10 @@ from gevent.event import AsyncResult
 
 from dialplan import causes, numbers, validate, xml_answer
 from dialplan import retry as retry_table
+from switchd import metrics
 from switchd.adapters.esl.commands import hangup_cause
-from switchd.calls.retries import AttemptEnd, CallFinal, daemon_id, utc_now
+from switchd.calls.retries import (AttemptEnd, AttemptStoreError, CallFinal, daemon_id,
+                                   utc_now)
 from switchd.routing.router import Decision, Refused
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,10 @@ def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
     return causes.should_failover(hangup_cause, sip_status)
 
 
+class _Capped(Exception):
+    """The daily cap refuses this attempt (the message is the client's)."""
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One carrier attempt of an originate, as FreeSWITCH reported it."""
@@ -259,22 +265,21 @@ class Originator:
         number = plan.number.e164
         now = self.clock()
         if self.attempts is not None:
-            cap = tenant.retry.daily_cap
-            if self.attempts.take_daily(tenant.name, number, now.date(), cap) is None:
+            try:
+                self._take_and_begin(request, tenant, number, now, call_uuid, origin,
+                                     attempt_no, scheduled_at)
+            except AttemptStoreError as exc:
+                # the cap cannot be enforced, the attempt not recorded: place nothing
+                self.caps.release(call_uuid)
+                log.error("originate refused: %s", exc, extra={"call_uuid": origin})
+                return self._refused(first, info, attempt_no, OriginateError(
+                    "cannot record the attempt: PostgreSQL unavailable", 503), outcome="failed")
+            except _Capped as capped:
                 self.caps.release(call_uuid)
                 decision.result, decision.reason = "refused", "originate: daily attempt cap"
                 self.record(decision)
-                message = (f"daily attempt cap reached: {cap} attempt(s) to {number} today "
-                           f"(UTC) for tenant {tenant.name} (retry.daily_cap)")
                 return self._refused(first, {**info, "destination": number}, attempt_no,
-                                     OriginateError(message, 429), outcome="capped")
-            if first:
-                self.attempts.begin(origin, 1, tenant=tenant.name, destination=number,
-                                    campaign=request.campaign, attempt_call_uuid=call_uuid,
-                                    scheduled_at=scheduled_at, started_at=now,
-                                    request=request.as_json(), daemon=self.daemon)
-            else:
-                self.attempts.placing(origin, attempt_no, call_uuid, number)
+                                     OriginateError(str(capped), 429), outcome="capped")
         decision.reason = "originate:" + decision.reason
         self.record(decision)
         call_vars = {"switchd_tenant": tenant.name, "switchd_route_id": decision.id,
@@ -306,7 +311,8 @@ class Originator:
             log.warning("originate failed before a result: %s", exc, extra={"call_uuid": call_uuid})
             error = OriginateError(f"originate failed: {exc}", 502)
             self._close(origin, attempt_no, info, AttemptEnd(
-                "failed", self.clock(), note=str(error), carriers_tried=len(attempts)))
+                "failed", self.clock(), note=str(error), carriers_tried=len(attempts)),
+                notify=not first)           # originate() raising is the caller's answer
             if first:
                 raise error from None
             return None
@@ -331,6 +337,21 @@ class Originator:
                 "attempt": attempt_no, "outcome": outcome, "final": retry_at is None,
                 "next_attempt_at": retry_at.isoformat() if retry_at else None}
 
+    def _take_and_begin(self, request, tenant, number: str, now, call_uuid: str, origin: str,
+                        attempt_no: int, scheduled_at) -> None:
+        """Count the attempt against the daily cap (raises _Capped) and record it placed."""
+        cap = tenant.retry.daily_cap
+        if self.attempts.take_daily(tenant.name, number, now.date(), cap) is None:
+            raise _Capped(f"daily attempt cap reached: {cap} attempt(s) to {number} today "
+                          f"(UTC) for tenant {tenant.name} (retry.daily_cap)")
+        if attempt_no == 1:
+            self.attempts.begin(origin, 1, tenant=tenant.name, destination=number,
+                                campaign=request.campaign, attempt_call_uuid=call_uuid,
+                                scheduled_at=scheduled_at, started_at=now,
+                                request=request.as_json(), daemon=self.daemon)
+        else:
+            self.attempts.placing(origin, attempt_no, call_uuid, number)
+
     def _refused(self, first: bool, info: dict, attempt_no: int, error: OriginateError,
                  outcome: str = "refused", request=None, policy=None):
         """A refusal before anything reached the switch: the first attempt answers the
@@ -343,23 +364,35 @@ class Originator:
         return None
 
     def _close(self, origin: str, attempt_no: int, info: dict, end: AttemptEnd, request=None,
-               policy=None, call: str | None = None):
+               policy=None, call: str | None = None, notify: bool = True):
         """Record how attempt `attempt_no` ended and what follows; the time of the next
-        attempt, or None (the call is final: the listeners hear it)."""
+        attempt, or None (the call is final: the listeners hear it, when `notify`)."""
         step = None
         if request is not None and policy is not None and self.attempts is not None:
             step = retry_table.next_step(policy, request.retry, attempt_no, end.outcome, origin)
         retry_at = (end.ended_at + timedelta(milliseconds=step.delay_ms)
                     if step is not None and step.action == "retry" else None)
         note = end.note or (step.reason if step is not None else "")
+        metrics.ORIGINATE_ATTEMPTS.labels(end.outcome).inc()
+        if retry_at is not None:
+            metrics.ORIGINATE_RETRIES.labels(end.outcome).inc()
         end = replace(end, final=retry_at is None, note=note)
         if self.attempts is not None:
-            self.attempts.finish(origin, attempt_no, end, retry_at)
+            try:
+                self.attempts.finish(origin, attempt_no, end, retry_at)
+            except AttemptStoreError as exc:
+                # the outcome stands; a retry that cannot be stored is not scheduled
+                log.error("%s (attempt %d of %s ended %s)", exc, attempt_no, origin,
+                          end.outcome, extra={"call_uuid": origin})
+                retry_at = None
+                end = replace(end, final=True)
         if retry_at is not None:
             log.info("originate %s: attempt %d %s; attempt %d at %s", origin, attempt_no,
                      end.outcome, attempt_no + 1, retry_at.isoformat(),
                      extra={"call_uuid": origin, "tenant": info["tenant"]})
             return retry_at
+        if not notify:
+            return None
         self._final(CallFinal(
             call_uuid=origin, tenant=info["tenant"], destination=info["destination"],
             campaign=info.get("campaign"), outcome=end.outcome,

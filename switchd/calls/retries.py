@@ -83,6 +83,10 @@ class AttemptEnd:
     note: str = ""
 
 
+class AttemptStoreError(RuntimeError):
+    """PostgreSQL could not record an attempt (one line, for the API answer and the log)."""
+
+
 class _Connections:
     """A few idle connections reused by greenlets (no pool package in the dependencies);
     a connection is handed to one greenlet at a time."""
@@ -93,11 +97,18 @@ class _Connections:
 
     @contextmanager
     def get(self):
-        conn = self.idle.pop() if self.idle else psycopg.connect(self.db_url, autocommit=True)
+        try:
+            conn = self.idle.pop() if self.idle else psycopg.connect(self.db_url,
+                                                                     autocommit=True)
+        except psycopg.Error as exc:
+            raise AttemptStoreError(f"originate attempts not recorded: {exc}") from exc
         try:
             yield conn
-        except BaseException:
+        except psycopg.Error as exc:
             conn.close()         # state unknown (failed transaction, lost connection)
+            raise AttemptStoreError(f"originate attempts not recorded: {exc}") from exc
+        except BaseException:
+            conn.close()
             raise
         if len(self.idle) < self.keep and not conn.closed:
             self.idle.append(conn)
