@@ -250,5 +250,5 @@ def test_switchd_originate_wait_prints_every_attempt_and_exits_by_outcome(start_
     result = handle.get(timeout=90)
     assert result.returncode == 0, (result.stdout, result.stderr)
     out = json.loads(result.stdout)
-    assert out["outcome"] == "answered" and out["carrier"] and out["duration_seconds"] is not None
+    assert out["outcome"] == "answered" and out["carrier"] and out["duration_seconds"] is not None, out
     assert out["cost"] is not None and len(out["attempts"]) == 1

@@ -81,7 +81,7 @@ def run_due(call, attempt):
 
 sim.set_gateway("budgetel_gw1", GatewayBehaviour(fail_cause="USER_BUSY", sip_status=486))
 first = daemon.originator.originate(OriginateRequest.from_json(
-    {"tenant": "acme", "destination": "02079460999",
+    {"tenant": "acme", "destination": "02079460999", "reference": "contact-17",
      "retry": {"max_attempts": 3, "on": ["busy"]}}))
 call = first["call_uuid"]
 say(phase="first", outcome=first["outcome"], final=first["final"],
@@ -134,9 +134,11 @@ def test_retries_follow_the_injected_clock_and_the_final_hook_fires_once(world_u
     assert final["call_uuid"] == call and final["outcome"] == "answered" and final["answered"]
     assert final["attempts"] == 3 and final["attempt_call_uuid"] == rows[2]["attempt_call_uuid"]
     assert final["carrier"] == "budgetel" and final["tenant"] == "acme"
+    assert final["reference"] == "contact-17" and final["destination"] == "+442079460999"
 
     permanent = phases["permanent"]
     assert permanent["outcome"] == "invalid_number" and permanent["final"] is True
     (final,) = permanent["finals"]           # heard before originate() returned
     assert final["outcome"] == "invalid_number" and final["attempts"] == 1
     assert final["sip_status"] == 404 and len(permanent["rows"]) == 1
+    assert final["reference"] is None

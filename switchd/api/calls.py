@@ -223,7 +223,7 @@ def create_call(live: Live):
 
 
 _ORIGINATE_FIELDS = ("tenant", "destination", "caller_id", "campaign", "app", "timeout_s",
-                     "retry")
+                     "retry", "reference")
 
 
 def _originate_field(message: str) -> str | None:

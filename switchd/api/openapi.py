@@ -130,7 +130,8 @@ def _schemas() -> dict:
             "tenant": {"type": "string"}, "destination": {"type": "string"},
             "caller_id": {"type": "string"}, "app": {"type": "string"},
             "timeout_s": {"type": "integer", "minimum": 1, "maximum": 300},
-            "campaign": {"type": "string"}, "retry": _ref("RetryAsk")}},
+            "campaign": {"type": "string"}, "retry": _ref("RetryAsk"),
+            "reference": {"type": "string", "maxLength": 64}}},
         **_retry_schemas(),
         "RoutingTest": {"type": "object", "required": ["number"], "properties": {
             "tenant": {"type": "string"}, "number": {"type": "string"}}},

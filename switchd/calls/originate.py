@@ -61,19 +61,20 @@ class OriginateRequest:
     app: str = "&park()"
     timeout_s: int = 60               # originate_timeout: ring time before giving up
     retry: retry_table.RetryAsk | None = None   # whole-call retries asked (docs/originate.md)
+    reference: str | None = None      # the caller's own id (a campaign's contact), in CallFinal
 
     @classmethod
     def from_json(cls, payload) -> "OriginateRequest":
         if not isinstance(payload, dict):
             raise OriginateError("body must be a JSON object")
         unknown = set(payload) - {"tenant", "destination", "caller_id", "campaign", "app",
-                                  "timeout_s", "retry"}
+                                  "timeout_s", "retry", "reference"}
         if unknown:
             raise OriginateError(f"unknown field(s): {', '.join(sorted(unknown))}")
         for key in ("tenant", "destination"):
             if not isinstance(payload.get(key), str) or not payload[key]:
                 raise OriginateError(f"{key}: required, a non-empty string")
-        for key in ("caller_id", "campaign", "app"):
+        for key in ("caller_id", "campaign", "app", "reference"):
             if key in payload and not isinstance(payload[key], str):
                 raise OriginateError(f"{key}: must be a string")
         # The door's rules are the renderer's (dialplan/validate.py): a value refused here
@@ -82,6 +83,8 @@ class OriginateRequest:
         _field("destination", _dialled, payload["destination"])
         if payload.get("campaign") is not None:
             _field("campaign", validate.name, payload["campaign"])
+        if payload.get("reference") is not None:
+            _field("reference", validate.name, payload["reference"])
         timeout = payload.get("timeout_s", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
             raise OriginateError("timeout_s: an integer from 1 to 300")
@@ -97,13 +100,13 @@ class OriginateRequest:
         except retry_table.RetryError as exc:
             raise OriginateError(str(exc)) from None
         return cls(payload["tenant"], payload["destination"], caller, payload.get("campaign"),
-                   app, timeout, ask)
+                   app, timeout, ask, payload.get("reference"))
 
     def as_json(self) -> dict:
         """The request as from_json reads it (stored with a pending retry)."""
         out = {"tenant": self.tenant, "destination": self.destination, "app": self.app,
                "timeout_s": self.timeout_s}
-        for key in ("caller_id", "campaign"):
+        for key in ("caller_id", "campaign", "reference"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.retry is not None:
@@ -223,7 +226,9 @@ class Originator:
             world = self.world()
             tenant, campaign = self._admit(world, request)
         except OriginateError as exc:
-            self._close(origin, attempt_no, row, AttemptEnd("refused", self.clock(), note=str(exc)))
+            info = {**row, "reference": (row.get("request") or {}).get("reference")}
+            self._close(origin, attempt_no, info, AttemptEnd("refused", self.clock(),
+                                                             note=str(exc)))
             return None
         return self._place(request, world, tenant, campaign, str(uuid.uuid4()), origin,
                            attempt_no, row["scheduled_at"])
@@ -244,7 +249,7 @@ class Originator:
         """One attempt of the call `origin` as the switch call `call_uuid`."""
         first = attempt_no == 1
         info = {"call_uuid": origin, "tenant": tenant.name, "destination": request.destination,
-                "campaign": request.campaign}
+                "campaign": request.campaign, "reference": request.reference}
         decision = Decision(id=str(uuid.uuid4()), call_uuid=call_uuid, tenant=tenant.name,
                             direction="outbound", destination=request.destination,
                             result="refused", reason="")
@@ -398,7 +403,7 @@ class Originator:
             campaign=info.get("campaign"), outcome=end.outcome,
             answered=end.outcome == retry_table.ANSWERED, attempts=attempt_no,
             attempt_call_uuid=call, carrier=end.carrier, cause=end.cause,
-            sip_status=end.sip_status, note=note))
+            sip_status=end.sip_status, note=note, reference=info.get("reference")))
         return None
 
     def _final(self, final: CallFinal) -> None:

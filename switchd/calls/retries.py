@@ -67,6 +67,7 @@ class CallFinal:
     cause: str | None
     sip_status: int | None
     note: str
+    reference: str | None = None   # the request's `reference` (e.g. a campaign's contact id)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from dialplan import retry
-from switchd.errors import UsageError
+from switchd.errors import CliError, UsageError
 from switchd.exitcodes import ExitCode
 
 POLL_S = 0.5
@@ -72,9 +72,14 @@ def _summary(config, request, call_uuid: str, attempts: list[dict]) -> dict | No
     last = attempts[-1]
     duration = cost = None
     if last["outcome"] == "answered" and last.get("attempt_call_uuid"):
-        call = request(config, f"/v1/calls/{last['attempt_call_uuid']}")
-        if call.get("state") != "ended":
-            return None
+        try:
+            call = request(config, f"/v1/calls/{last['attempt_call_uuid']}")
+        except CliError as exc:
+            if str(exc).startswith("404"):
+                return None       # between the live view and its CDR: a moment later
+            raise
+        if call.get("state") != "ended" or not call.get("ended_at"):
+            return None           # still up (or ending: the CDR is not written yet)
         duration = _duration(call)
         cost = call.get("cost")
     return {"call_uuid": call_uuid, "outcome": last["outcome"],
@@ -84,8 +89,13 @@ def _summary(config, request, call_uuid: str, attempts: list[dict]) -> dict | No
             "attempts": attempts}
 
 
+_SAID = {"answered": "answered", "busy": "busy", "no_answer": "no answer",
+         "declined": "declined", "invalid_number": "invalid number"}
+
+
 def _print(summary: dict) -> None:
-    head = f"{summary['outcome']} after {len(summary['attempts'])} attempt(s)"
+    said = _SAID.get(summary["outcome"], f"failed ({summary['outcome']})")
+    head = f"{said} after {len(summary['attempts'])} attempt(s)"
     if summary["carrier"]:
         head += f", carrier {summary['carrier']}"
     if summary["duration_seconds"] is not None:
