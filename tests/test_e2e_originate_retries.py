@@ -252,3 +252,18 @@ def test_switchd_originate_wait_prints_every_attempt_and_exits_by_outcome(start_
     out = json.loads(result.stdout)
     assert out["outcome"] == "answered" and out["carrier"] and out["duration_seconds"] is not None, out
     assert out["cost"] is not None and len(out["attempts"]) == 1
+
+
+def test_no_attempt_is_placed_when_it_cannot_be_recorded(switch, world_url):
+    sim, daemon = switch
+    with psycopg.connect(world_url) as conn:
+        conn.execute("ALTER TABLE originate_daily RENAME TO originate_daily_away")
+    status, body = _post(daemon, {"tenant": "acme", "destination": UK})
+    assert status == 503 and body["error"] == ("cannot record the attempt in PostgreSQL; "
+                                               "nothing was placed"), body
+    assert sim.calls == []
+    with psycopg.connect(world_url) as conn:
+        conn.execute("ALTER TABLE originate_daily_away RENAME TO originate_daily")
+    status, body = _post(daemon, {"tenant": "acme", "destination": UK})
+    assert status == 200 and body["answered"], body
+    sim.kill_call(body["call_uuid"])

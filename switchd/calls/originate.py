@@ -278,7 +278,8 @@ class Originator:
                 self.caps.release(call_uuid)
                 log.error("originate refused: %s", exc, extra={"call_uuid": origin})
                 return self._refused(first, info, attempt_no, OriginateError(
-                    "cannot record the attempt: PostgreSQL unavailable", 503), outcome="failed")
+                    "cannot record the attempt in PostgreSQL; nothing was placed", 503),
+                    outcome="failed")
             except _Capped as capped:
                 self.caps.release(call_uuid)
                 decision.result, decision.reason = "refused", "originate: daily attempt cap"
