@@ -198,7 +198,8 @@ class Daemon:
                                             timeout=cfg["webhooks.timeout"])
         self.api = build_app(self.db_url, Live(live_calls=self.live_calls, originate=self._originate,
                                                hangup=self.hangup, router=self.router,
-                                               reset_health=self.reset_health),
+                                               reset_health=self.reset_health,
+                                               cancel_retries=self.originator.cancel_retries),
                              admin_token=cfg["http.api_token"] or None, horizon_s=horizon)
         self.app.api = self.api                    # /v1 is served by switchd/api from here on
         self.esl = ESLSupervisor(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from datetime import timedelta
 
 import gevent
@@ -267,3 +269,33 @@ def test_no_attempt_is_placed_when_it_cannot_be_recorded(switch, world_url):
     status, body = _post(daemon, {"tenant": "acme", "destination": UK})
     assert status == 200 and body["answered"], body
     sim.kill_call(body["call_uuid"])
+
+
+def test_hanging_up_a_call_waiting_for_its_retry_cancels_the_retry(switch, world_url):
+    sim, daemon = switch
+    gateways = _gateways(sim, daemon)
+    sim.set_gateway(gateways[0], GatewayBehaviour(fail_cause="USER_BUSY", sip_status=486))
+    status, body = _post(daemon, {"tenant": "acme", "destination": UK,
+                                  "retry": {"max_attempts": 3}})       # retry in about 60 s
+    assert status == 200 and not body["final"], body
+    call = body["call_uuid"]
+    daemon.wait_until(lambda: daemon.get("/v1/calls")[1]["calls"] == [], what="no live call")
+    status, answer = _hangup(daemon, call)
+    assert status == 202 and answer == {"call_uuid": call, "hangup": "retries cancelled"}
+    rows = _attempts(world_url, call)
+    assert [(r["state"], r["outcome"], r["final"]) for r in rows] == [
+        ("done", "busy", False), ("done", "cancelled", True)]
+    assert rows[1]["note"] == "retry cancelled (hangup)" and rows[1]["started_at"] is None
+    assert _hangup(daemon, call)[0] == 404                      # nothing left to stop
+
+
+def _hangup(daemon, call_uuid):
+    def post():
+        request = urllib.request.Request(f"{daemon.base_url}/v1/calls/{call_uuid}/hangup",
+                                         data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+    return gevent.get_hub().threadpool.apply(post)

@@ -131,3 +131,23 @@ def test_the_daily_cap_counts_atomically_per_tenant_number_and_day(migrated_pg_u
     assert stores[0].daily_count("acme", "+15551230000", day) == 0
     for s in stores:
         s.close()
+
+
+def test_pending_retries_are_cancelled_by_call_or_campaign(store):
+    calls = [str(uuid.uuid4()) for _ in range(3)]
+    for call in calls:
+        _first(store, call, retry_at=T0 + timedelta(minutes=5))
+    with psycopg.connect(store.conns.db_url) as conn:
+        conn.execute("UPDATE originate_attempts SET campaign = 'spring' WHERE call_uuid = ANY(%s)",
+                     (calls[1:],))
+    with pytest.raises(ValueError):
+        store.cancel_pending(T0, "why")                      # never everything at once
+    assert [r["call_uuid"] for r in store.cancel_pending(T0, "hung up", call_uuid=calls[0])] == [
+        calls[0]]
+    gone = store.cancel_pending(T0, "campaign stopped", campaign="spring", tenant="acme")
+    assert sorted(r["call_uuid"] for r in gone) == sorted(calls[1:])
+    assert store.cancel_pending(T0, "again", campaign="spring") == []
+    last = store.attempts(calls[2])[1]
+    assert (last["state"], last["outcome"], last["final"], last["note"]) == (
+        "done", "cancelled", True, "campaign stopped")
+    assert store.claim_due(T0 + timedelta(hours=1), "d") == []

@@ -98,6 +98,13 @@ gone = daemon.originator.originate(OriginateRequest.from_json(
     {"tenant": "acme", "destination": "02079460998", "retry": {"max_attempts": 3}}))
 say(phase="permanent", outcome=gone["outcome"], final=gone["final"], finals=finals[before:],
     rows=rows(gone["call_uuid"]))
+sim.set_gateway("budgetel_gw1", GatewayBehaviour(fail_cause="USER_BUSY", sip_status=486))
+before = len(finals)
+waiting = daemon.originator.originate(OriginateRequest.from_json(
+    {"tenant": "acme", "destination": "02079460997", "reference": "c-9",
+     "retry": {"max_attempts": 3}}))
+cancelled = daemon.originator.cancel_retries(call_uuid=waiting["call_uuid"], why="stopped")
+say(phase="cancel", final=waiting["final"], cancelled=cancelled, finals=finals[before:])
 daemon.stop()
 sim.stop()
 """
@@ -142,3 +149,9 @@ def test_retries_follow_the_injected_clock_and_the_final_hook_fires_once(world_u
     assert final["outcome"] == "invalid_number" and final["attempts"] == 1
     assert final["sip_status"] == 404 and len(permanent["rows"]) == 1
     assert final["reference"] is None
+
+    cancel = phases["cancel"]
+    assert cancel["final"] is False and cancel["cancelled"] == 1
+    (final,) = cancel["finals"]
+    assert (final["outcome"], final["attempts"], final["reference"], final["note"]) == (
+        "cancelled", 1, "c-9", "stopped")

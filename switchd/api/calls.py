@@ -33,6 +33,7 @@ class Live:
     hangup: Callable[[str], bool] | None = None              # False: no such live call
     router: Any = None                                        # switchd.routing.router.Router
     reset_health: Callable[[str], None] | None = None
+    cancel_retries: Callable[..., int] | None = None          # Originator.cancel_retries
 
 
 def _need(live_member, what: str):
@@ -157,14 +158,20 @@ def get_call(live: Live):
     return handler
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _attempts(req: Request, call_uuid: str) -> list[dict]:
     """The originate attempts of the call (docs/originate.md); [] for a call not originated."""
-    try:
-        uuid_value = str(uuid.UUID(call_uuid))
-    except ValueError:
+    if not _is_uuid(call_uuid):
         return []
     with req.conn.cursor(row_factory=dict_row) as cur:
-        return list_attempts(cur, uuid_value)
+        return list_attempts(cur, str(uuid.UUID(call_uuid)))
 
 
 def hangup_call(live: Live):
@@ -174,6 +181,10 @@ def hangup_call(live: Live):
         call = next((c for c in rows if c["call_uuid"] == call_uuid
                      and (req.tenant is None or c.get("tenant") == req.tenant)), None)
         if call is None:
+            # not up: an originated call waiting for a retry is stopped by cancelling it
+            if live.cancel_retries is not None and _is_uuid(call_uuid) and live.cancel_retries(
+                    call_uuid=call_uuid, tenant=req.tenant, why="retry cancelled (hangup)"):
+                return 202, {"call_uuid": call_uuid, "hangup": "retries cancelled"}
             raise ApiError(404, f"no live call {call_uuid}", "call_uuid")
         if not _need(live.hangup, "hang up")(call_uuid):
             raise ApiError(502, f"FreeSWITCH did not hang up {call_uuid}")

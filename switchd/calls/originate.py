@@ -233,6 +233,24 @@ class Originator:
         return self._place(request, world, tenant, campaign, str(uuid.uuid4()), origin,
                            attempt_no, row["scheduled_at"])
 
+    def cancel_retries(self, *, call_uuid: str | None = None, campaign: str | None = None,
+                       tenant: str | None = None, why: str = "retry cancelled") -> int:
+        """Cancel the pending retries of a call or of a campaign (a campaign stopped); each
+        call so ended is final (the listeners hear `cancelled`). Returns how many. A retry
+        being placed at that moment is not stopped here: hang its call up."""
+        if self.attempts is None:
+            return 0
+        rows = self.attempts.cancel_pending(self.clock(), why, call_uuid=call_uuid,
+                                            campaign=campaign, tenant=tenant)
+        for row in rows:
+            metrics.ORIGINATE_ATTEMPTS.labels("cancelled").inc()
+            self._final(CallFinal(
+                call_uuid=row["call_uuid"], tenant=row["tenant"], destination=row["destination"],
+                campaign=row["campaign"], outcome=retry_table.CANCELLED, answered=False,
+                attempts=row["attempt"] - 1, attempt_call_uuid=None, carrier=None, cause=None,
+                sip_status=None, note=why, reference=(row["request"] or {}).get("reference")))
+        return len(rows)
+
     def _admit(self, world, request: OriginateRequest):
         tenant = world.tenants.get(request.tenant)
         if tenant is None or not tenant.enabled:

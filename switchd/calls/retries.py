@@ -209,6 +209,26 @@ class AttemptStore:
                 {"now": now, "daemon": daemon, "limit": limit})
             return cur.fetchall()
 
+    def cancel_pending(self, now: datetime, note: str, *, call_uuid: str | None = None,
+                       campaign: str | None = None, tenant: str | None = None) -> list[dict]:
+        """Pending retries (of one call, a campaign, and/or a tenant) closed 'cancelled',
+        final; a retry already claimed is not touched (its attempt runs; hang it up)."""
+        if call_uuid is None and campaign is None:
+            raise ValueError("cancel_pending: name a call or a campaign")
+        with self.conns.get() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                """UPDATE originate_attempts SET state = 'done', ended_at = %(now)s,
+                          outcome = 'cancelled', final = true, note = %(note)s
+                   WHERE state = 'pending'
+                     AND (%(call)s::uuid IS NULL OR call_uuid = %(call)s::uuid)
+                     AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
+                     AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+                   RETURNING call_uuid::text, attempt, tenant, destination, campaign,
+                             request""",
+                {"now": now, "note": note, "call": call_uuid, "campaign": campaign,
+                 "tenant": tenant})
+            return cur.fetchall()
+
     def close_interrupted(self, now: datetime) -> list[dict]:
         """'running' attempts whose daemon died while placing them → 'interrupted', final."""
         with self.conns.get() as conn, conn.cursor(row_factory=dict_row) as cur:
