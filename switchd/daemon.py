@@ -186,6 +186,7 @@ class Daemon:
         self.retries = RetryScheduler(self.attempt_store, self.originator.place_retry,
                                       ready=lambda: self.routing and self.esl.connected,
                                       daemon=self.originator.daemon)
+        self.retries.on_interrupted = self.originator.interrupted
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
         self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
         # Call events for applications (switchd/api/webhooks.py): the event greenlet only

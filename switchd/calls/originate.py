@@ -251,6 +251,17 @@ class Originator:
                 sip_status=None, note=why, reference=(row["request"] or {}).get("reference")))
         return len(rows)
 
+    def interrupted(self, row: dict) -> None:
+        """An attempt whose daemon stopped mid-way was closed (RetryScheduler): final."""
+        metrics.ORIGINATE_ATTEMPTS.labels("interrupted").inc()
+        self._final(CallFinal(
+            call_uuid=row["call_uuid"], tenant=row["tenant"], destination=row["destination"],
+            campaign=row["campaign"], outcome="interrupted", answered=False,
+            attempts=row["attempt"], attempt_call_uuid=row.get("attempt_call_uuid"),
+            carrier=None, cause=None, sip_status=None,
+            note="the daemon placing it stopped; not placed again",
+            reference=(row.get("request") or {}).get("reference")))
+
     def _admit(self, world, request: OriginateRequest):
         tenant = world.tenants.get(request.tenant)
         if tenant is None or not tenant.enabled:

@@ -238,7 +238,7 @@ class AttemptStore:
                           note = 'the daemon placing it stopped; not placed again'
                    WHERE state = 'running' AND started_at < %(before)s
                    RETURNING call_uuid::text, attempt, tenant, destination, campaign,
-                             attempt_call_uuid::text""",
+                             attempt_call_uuid::text, request""",
                 {"now": now, "before": now - INTERRUPTED_AFTER})
             return cur.fetchall()
 
