@@ -70,3 +70,33 @@ def test_the_api_reads_and_patches_the_retry_table(migrated_pg_url):
     policy = _world(migrated_pg_url).tenants["acme"].retry
     assert policy.base_s("congestion") == 10 and policy.daily_cap is None
     assert policy.base_s("busy") == 60           # a PATCH replaces the whole table
+
+
+def test_attempts_of_a_call_waiting_for_its_retry_are_its_tenants_only(world_url):
+    """GET /v1/calls/{id} of an originated call with no CDR yet: `pending` and its attempts
+    for its tenant; another tenant's key gets 404, as for any call not its own."""
+    import uuid
+    from datetime import datetime, timezone
+    from psycopg.types.json import Jsonb
+    from switchd.api import keys
+    app = build_app(world_url, admin_token=ADMIN)
+    assert call(app, "POST", "/v1/tenants", ADMIN, {"name": "beta"})[0] == 201
+    with psycopg.connect(world_url, autocommit=True) as conn:
+        acme, _ = keys.create(conn, tenant="acme")
+        beta, _ = keys.create(conn, tenant="beta")
+        call_uuid = str(uuid.uuid4())
+        now = datetime.now(timezone.utc)
+        conn.execute("""INSERT INTO originate_attempts (call_uuid, attempt, tenant, destination,
+                            state, scheduled_at, outcome, final, request, ended_at, started_at,
+                            attempt_call_uuid)
+                        VALUES (%s, 1, 'acme', '+442079460999', 'done', %s, 'busy', false, %s,
+                                %s, %s, %s),
+                               (%s, 2, 'acme', '+442079460999', 'pending', %s, NULL, false, %s,
+                                NULL, NULL, NULL)""",
+                     (call_uuid, now, Jsonb({}), now, now, call_uuid, call_uuid, now, Jsonb({})))
+    status, _, body = call(app, "GET", f"/v1/calls/{call_uuid}", acme)
+    assert status == 200 and body["state"] == "pending" and body["tenant"] == "acme", body
+    assert [(a["attempt"], a["state"]) for a in body["originate_attempts"]] == [
+        (1, "done"), (2, "pending")]
+    assert call(app, "GET", f"/v1/calls/{call_uuid}", beta)[0] == 404
+    assert call(app, "GET", f"/v1/calls/{uuid.uuid4()}", acme)[0] == 404
