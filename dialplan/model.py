@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from dialplan.retry import DEFAULT_POLICY, RetryPolicy
+
 
 @dataclass(frozen=True)
 class Gateway:
@@ -48,6 +50,7 @@ class Tenant:
     allowed_carriers: tuple[str, ...] = ()      # empty = all
     routing_mode: str = "cost"                  # 'cost' | 'priority'
     enabled: bool = True
+    retry: RetryPolicy = DEFAULT_POLICY         # originate retries (dialplan/retry.py)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import phonenumbers
 
+from dialplan import retry as _retry
+
 
 class Invalid(ValueError):
     """A value refused; the message says why (not where)."""
@@ -258,6 +260,16 @@ class Field:
 
 
 SECONDS = integer(1, 86400)
+
+
+def retry_policy(value) -> dict:
+    """A tenant's `retry` table (dialplan/retry.py): delays per outcome, backoff, daily cap."""
+    try:
+        return _retry.parse_policy(value)
+    except _retry.RetryError as exc:
+        raise Invalid(str(exc).removeprefix("retry.").removeprefix("retry: ")) from None
+
+
 TENANT = {
     "name": Field(name, required=True), "accountcode": Field(name, nullable=True),
     "domain": Field(hostname, nullable=True), "default_region": Field(region),
@@ -267,6 +279,7 @@ TENANT = {
     "blocked_prefixes": Field(list_of(prefix)), "max_rate_per_min": Field(RATE, nullable=True),
     "allowed_carriers": Field(list_of(name)),
     "routing_mode": Field(choice("cost", "priority")), "enabled": Field(boolean),
+    "retry": Field(retry_policy, nullable=True),
 }
 CARRIER = {
     "name": Field(name, required=True), "enabled": Field(boolean),

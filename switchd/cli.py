@@ -31,7 +31,8 @@ environment (each also a TOML key; see docs/configuration.md):
 
 exit status (the same for every command; docs/cli.md):
   0 ok, 1 failed at run time, 2 usage, 3 configuration, 4 input data,
-  5 unavailable dependency (PostgreSQL, the daemon), 130 interrupted, 143 terminated
+  5 unavailable dependency (PostgreSQL, the daemon), 130 interrupted, 143 terminated;
+  `originate --wait`: 6 busy or declined, 7 no answer, 8 invalid number, 9 still not final
 """
 
 # Commands that run gevent (monkey patching first); the others are plain one-shot programs.
@@ -170,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--campaign", metavar="NAME", help="campaign whose caps apply")
     p.add_argument("--app", default="&park()", help="FreeSWITCH application once answered (default &park())")
     p.add_argument("--timeout", type=int, default=60, metavar="S", help="ring time in seconds (default 60)")
+    p.add_argument("--max-attempts", type=int, default=1, metavar="N",
+                   help="attempts in all, retries included (1-10; default 1: no retry)")
+    p.add_argument("--retry-on", metavar="OUTCOMES",
+                   help="comma-separated outcomes to retry (default: all the retry table retries)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the final outcome (retries, and an answered call's end) and print it; "
+                   "exit 0 answered, 6 busy/declined, 7 no answer, 8 invalid number, 1 failed")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="S",
+                   help="with --wait: give up waiting after S seconds (exit 9)")
+    p.add_argument("--json", action="store_true", help="with --wait: print the outcome as JSON")
     p.set_defaults(handler="switchd.commands.admin:originate")
 
     p = sub.add_parser("calls", formatter_class=_formatter, help="list live calls of the running daemon",

@@ -45,6 +45,7 @@ from switchd.adapters.http.connections import HttpLimits
 from switchd.adapters.http.server import HttpApp, NotReady, serve
 from switchd.calls.originate import OriginateRequest, Originator
 from switchd.calls.policing import CapsGate, build_caps_backend
+from switchd.calls.retries import AttemptStore, RetryScheduler
 from switchd.calls.channels import parse_show_channels_json
 from switchd.calls.model import (CallAdopted, CallAnswered, CallEnded, CallRenamed, CallStarted,
                                  CarrierOutcome, LegEnded)
@@ -176,9 +177,17 @@ class Daemon:
                              health=self.health, caps=self.caps, spend=self.spend,
                              settings=_routing_settings(cfg),
                              record=lambda d: self.writer.submit_decision(d.as_row()))
+        # Originate attempts, the daily cap and scheduled retries live in PostgreSQL
+        # (switchd/calls/retries.py, docs/originate.md).
+        self.attempt_store = AttemptStore(self.db_url)
         self.originator = Originator(self.router, None, self.registry, self.caps,
                                      world=lambda: self.world,
-                                     record=lambda d: self.writer.submit_decision(d.as_row()))
+                                     record=lambda d: self.writer.submit_decision(d.as_row()),
+                                     attempts=self.attempt_store)
+        self.retries = RetryScheduler(self.attempt_store, self.originator.place_retry,
+                                      ready=lambda: self.routing and self.esl.connected,
+                                      daemon=self.originator.daemon)
+        self.retries.on_interrupted = self.originator.interrupted
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
         self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
         # Call events for applications (switchd/api/webhooks.py): the event greenlet only
@@ -191,7 +200,8 @@ class Daemon:
                                             timeout=cfg["webhooks.timeout"])
         self.api = build_app(self.db_url, Live(live_calls=self.live_calls, originate=self._originate,
                                                hangup=self.hangup, router=self.router,
-                                               reset_health=self.reset_health),
+                                               reset_health=self.reset_health,
+                                               cancel_retries=self.originator.cancel_retries),
                              admin_token=cfg["http.api_token"] or None, horizon_s=horizon)
         self.app.api = self.api                    # /v1 is served by switchd/api from here on
         self.esl = ESLSupervisor(
@@ -224,6 +234,7 @@ class Daemon:
         if self.spend_watch is not None:
             self._spawn(Periodic(cfg["spend_watch.interval"], self.spend_watch.check,
                                  "spend watch").run)
+        self._spawn(Periodic(0.5, self.retries.step, "originate retries").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
@@ -283,6 +294,9 @@ class Daemon:
                     pass
             except Exception as exc:    # shutdown boundary: the CDRs still get written
                 log.error("webhook outbox not drained at stop: %s", exc)
+        if getattr(self, "retries", None) is not None:
+            self.retries.drain(timeout=drain_timeout)     # retries being placed get their result
+            self.attempt_store.close()
         if getattr(self, "writer", None) is not None:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
@@ -650,6 +664,7 @@ class Daemon:
     def _api_housekeeping(self) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             webhooks.housekeeping(conn)
+        self.attempt_store.housekeeping(_now().date())
 
     def hangup(self, call_uuid: str) -> bool:
         """POST /v1/calls/{uuid}/hangup: uuid_kill the call's A-leg (FreeSWITCH then ends

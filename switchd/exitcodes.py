@@ -18,6 +18,10 @@ class ExitCode(IntEnum):
     CONFIG = 3         # the configuration is invalid (file or SWITCHD_* variable)
     INPUT = 4          # input data refused: provision file, rate CSV, request body
     UNAVAILABLE = 5    # a dependency cannot be reached: PostgreSQL, the daemon, embedded PostgreSQL
+    BUSY = 6           # originate --wait: the callee was busy or declined (every attempt)
+    NO_ANSWER = 7      # originate --wait: nobody answered
+    NUMBER_INVALID = 8  # originate --wait: the number does not exist (404/484/410)
+    NOT_FINAL = 9      # originate --wait --wait-timeout: no final outcome in time
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143   # SIGTERM
 

@@ -45,6 +45,11 @@ BILLED_SECONDS = _counter("switchd_billed_seconds_total", "Billed seconds by ten
                           ("tenant", "carrier"))
 COST = _counter("switchd_cost_total", "Rated cost (currency units) by tenant and carrier",
                 ("tenant", "carrier"))
+ORIGINATE_ATTEMPTS = _counter("switchd_originate_attempts_total",
+                              "Originate attempts by outcome (docs/originate.md)", ("outcome",))
+ORIGINATE_RETRIES = _counter("switchd_originate_retries_scheduled_total",
+                             "Retries of originated calls scheduled, by the outcome retried",
+                             ("outcome",))
 
 # --- routing -----------------------------------------------------------------------------
 ROUTING_SECONDS = Histogram(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from dialplan import validate
 
@@ -249,6 +250,8 @@ def _column(name: str, value):
         column, table = _REF[name]
         return column, sql.SQL("(SELECT id FROM {} WHERE name = %s)").format(
             sql.Identifier(table)), value
+    if isinstance(value, dict):          # a table value (tenants.retry) is stored as jsonb
+        value = Jsonb(value)
     return name, sql.SQL("%s"), value
 
 

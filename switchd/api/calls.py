@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -19,6 +20,7 @@ from dialplan import lcr, numbers, policy
 from dialplan.health import availability
 from dialplan.ratedeck import lookup_all
 from switchd.api.app import ApiError, Request, dumps
+from switchd.calls.retries import list_attempts
 
 UUID_CHARS = set("0123456789abcdefABCDEF-")
 
@@ -31,6 +33,7 @@ class Live:
     hangup: Callable[[str], bool] | None = None              # False: no such live call
     router: Any = None                                        # switchd.routing.router.Router
     reset_health: Callable[[str], None] | None = None
+    cancel_retries: Callable[..., int] | None = None          # Originator.cancel_retries
 
 
 def _need(live_member, what: str):
@@ -123,15 +126,27 @@ def get_call(live: Live):
         tenant = req.tenant
         for c in (live.live_calls() if live.live_calls else []):
             if c["call_uuid"] == call_uuid and (tenant is None or c.get("tenant") == tenant):
-                return {**c, "cost": None}
+                return {**c, "cost": None, "originate_attempts": _attempts(req, call_uuid)}
         with req.conn.cursor(row_factory=dict_row) as cur:
             cur.execute("""SELECT call_uuid, tenant, direction, caller, destination, started_at,
                                   answered_at, ended_at, hangup_cause, carrier, gateway,
                                   attempts, billed_seconds, cost, reconstructed
                            FROM calls WHERE call_uuid = %s""", (call_uuid,))
             row = cur.fetchone()
+            originated = _attempts(req, call_uuid)
+            if row is None and originated:
+                # an originate whose attempts made no CDR (yet): its attempts say where it is
+                cur.execute("SELECT tenant, destination FROM originate_attempts"
+                            " WHERE call_uuid = %s::uuid LIMIT 1", (call_uuid,))
+                owner = cur.fetchone()
+                if owner is not None and (tenant is None or owner["tenant"] == tenant):
+                    pending = any(a["state"] != "done" for a in originated)
+                    return {"call_uuid": call_uuid, **owner, "direction": "outbound",
+                            "state": "pending" if pending else "ended", "legs": [],
+                            "cost": None, "originate_attempts": originated}
             if row is None or (tenant is not None and row["tenant"] != tenant):
                 raise ApiError(404, f"no call {call_uuid}", "call_uuid")
+            row["originate_attempts"] = originated
             cur.execute("""SELECT leg_uuid, direction, carrier, gateway, started_at, answered_at,
                                   ended_at, hangup_cause, sip_status, billed_seconds,
                                   rate_per_min, connect_fee, increments, cost
@@ -143,6 +158,22 @@ def get_call(live: Live):
     return handler
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _attempts(req: Request, call_uuid: str) -> list[dict]:
+    """The originate attempts of the call (docs/originate.md); [] for a call not originated."""
+    if not _is_uuid(call_uuid):
+        return []
+    with req.conn.cursor(row_factory=dict_row) as cur:
+        return list_attempts(cur, str(uuid.UUID(call_uuid)))
+
+
 def hangup_call(live: Live):
     def handler(req: Request):
         call_uuid = _uuid(req)
@@ -150,6 +181,10 @@ def hangup_call(live: Live):
         call = next((c for c in rows if c["call_uuid"] == call_uuid
                      and (req.tenant is None or c.get("tenant") == req.tenant)), None)
         if call is None:
+            # not up: an originated call waiting for a retry is stopped by cancelling it
+            if live.cancel_retries is not None and _is_uuid(call_uuid) and live.cancel_retries(
+                    call_uuid=call_uuid, tenant=req.tenant, why="retry cancelled (hangup)"):
+                return 202, {"call_uuid": call_uuid, "hangup": "retries cancelled"}
             raise ApiError(404, f"no live call {call_uuid}", "call_uuid")
         if not _need(live.hangup, "hang up")(call_uuid):
             raise ApiError(502, f"FreeSWITCH did not hang up {call_uuid}")
@@ -198,14 +233,17 @@ def create_call(live: Live):
     return handler
 
 
-_ORIGINATE_FIELDS = ("tenant", "destination", "caller_id", "campaign", "app", "timeout_s")
+_ORIGINATE_FIELDS = ("tenant", "destination", "caller_id", "campaign", "app", "timeout_s",
+                     "retry", "reference")
 
 
 def _originate_field(message: str) -> str | None:
     """originate.py's messages start with the field ("timeout_s: ..."); name it."""
     head = message.split(":", 1)[0]
-    if head in _ORIGINATE_FIELDS:
+    if head in _ORIGINATE_FIELDS or head.startswith("retry"):
         return head
+    if message.startswith("daily attempt cap"):
+        return "destination"
     if message.startswith("unknown field(s): "):
         return message.removeprefix("unknown field(s): ").split(",")[0]
     if message.startswith("unknown or disabled tenant"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from dialplan import validate
+from dialplan import retry, validate
 
 
 def _props(section: str) -> dict:
@@ -130,7 +130,9 @@ def _schemas() -> dict:
             "tenant": {"type": "string"}, "destination": {"type": "string"},
             "caller_id": {"type": "string"}, "app": {"type": "string"},
             "timeout_s": {"type": "integer", "minimum": 1, "maximum": 300},
-            "campaign": {"type": "string"}}},
+            "campaign": {"type": "string"}, "retry": _ref("RetryAsk"),
+            "reference": {"type": "string", "maxLength": 64}}},
+        **_retry_schemas(),
         "RoutingTest": {"type": "object", "required": ["number"], "properties": {
             "tenant": {"type": "string"}, "number": {"type": "string"}}},
         "Webhook": {"type": "object", "required": ["url"], "properties": {
@@ -141,6 +143,60 @@ def _schemas() -> dict:
         "Gateway": gw, "GatewayPatch": _obj("gateways", required=False),
         "Did": _obj("dids"), "DidPatch": _obj("dids", required=False),
     }
+
+
+_ATTEMPT_OUTCOMES = list(retry.OUTCOMES) + ["refused", "capped", "failed", "interrupted"]
+
+
+def _retry_schemas() -> dict:
+    """The originate side of docs/originate.md: the request's retry, the answer, attempts."""
+    ts = {"type": ["string", "null"], "format": "date-time"}
+    nullable = lambda t: {"type": [t, "null"]}     # noqa: E731
+    return {
+        "RetryAsk": {"type": "object", "required": ["max_attempts"],
+                     "additionalProperties": False, "properties": {
+                         "max_attempts": {"type": "integer", "minimum": 1,
+                                          "maximum": retry.MAX_ATTEMPTS},
+                         "on": {"type": "array", "minItems": 1,
+                                "items": {"enum": list(retry.RETRYABLE)}}}},
+        "OriginateResult": {"type": "object", "required": [
+            "call_uuid", "result", "answered", "attempt", "outcome", "final"], "properties": {
+                "call_uuid": {"type": "string", "format": "uuid"},
+                "route_id": {"type": "string"}, "result": {"type": "string"},
+                "answered": {"type": "boolean"}, "destination": {"type": "string"},
+                "max_duration": {"type": "integer"},
+                "gateways": {"type": "array", "items": {"type": "string"}},
+                "attempts": {"type": "array", "items": {"type": "object"},
+                             "description": "the carrier legs of this first attempt"},
+                "attempt": {"type": "integer", "const": 1},
+                "outcome": {"enum": list(retry.OUTCOMES)}, "final": {"type": "boolean"},
+                "next_attempt_at": ts}},
+        "OriginateAttempt": {"type": "object", "required": [
+            "attempt", "state", "scheduled_at", "outcome", "final"], "properties": {
+                "attempt": {"type": "integer", "minimum": 1},
+                "attempt_call_uuid": {"type": ["string", "null"], "format": "uuid"},
+                "state": {"enum": ["pending", "running", "done"]},
+                "scheduled_at": {"type": "string", "format": "date-time"},
+                "started_at": ts, "ended_at": ts,
+                "outcome": {"enum": _ATTEMPT_OUTCOMES + [None]},
+                "cause": nullable("string"), "sip_status": nullable("integer"),
+                "carrier": nullable("string"), "gateway": nullable("string"),
+                "carriers_tried": nullable("integer"), "final": {"type": "boolean"},
+                "note": nullable("string")}},
+        "Call": {"type": "object", "required": ["call_uuid", "state"], "properties": {
+            "call_uuid": {"type": "string"}, "tenant": nullable("string"),
+            "state": {"type": "string"}, "direction": nullable("string"),
+            "destination": nullable("string"), "carrier": nullable("string"),
+            "attempts": {"type": ["integer", "null"],
+                         "description": "carrier legs tried (the CDR's count)"},
+            "cost": {"type": ["string", "number", "null"]},
+            "legs": {"type": ["array", "integer"]},
+            "originate_attempts": {"type": "array", "items": _ref("OriginateAttempt")}}},
+    }
+
+
+_RESPONSE_SCHEMAS = {("post", "/v1/calls"): "OriginateResult",
+                     ("get", "/v1/calls/{call_uuid}"): "Call"}
 
 
 def _operation(method, path, summary, body, status, desc) -> dict:
@@ -155,6 +211,9 @@ def _operation(method, path, summary, body, status, desc) -> dict:
     op = {"summary": summary, "operationId": f"{method}_{path}".replace("/", "_")
           .replace("{", "").replace("}", "").replace(".", "_"),
           "responses": {status: {"description": desc}, **_ERRORS}}
+    if (method, path) in _RESPONSE_SCHEMAS:
+        op["responses"][status]["content"] = {
+            "application/json": {"schema": _ref(_RESPONSE_SCHEMAS[method, path])}}
     if path == "/v1/openapi.json":
         op["security"] = []
     if params:

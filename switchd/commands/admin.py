@@ -106,9 +106,15 @@ def originate(config: Config, args) -> int:
     for key in ("caller_id", "campaign"):
         if getattr(args, key):
             payload[key] = getattr(args, key)
+    from switchd.commands import originate_wait
+    payload.update(originate_wait.retry_payload(args))
     result = _daemon_request(config, "/v1/calls", payload, timeout=args.timeout + 30)
+    if args.wait:
+        return originate_wait.wait(config, args, result, _daemon_request)
     print(f"{result['call_uuid']} {result['result']} via {', '.join(result['gateways'])} "
           f"(max {result['max_duration']}s)")
+    if result.get("next_attempt_at"):
+        print(f"{result['outcome']}: attempt {result['attempt'] + 1} at {result['next_attempt_at']}")
     return 0 if result.get("answered") else 1
 
 

@@ -54,3 +54,57 @@ def test_originate_stops_on_a_callees_603(realswitch, rs_daemon):
     assert (leg.cause, leg.sip_term_status) == ("CALL_REJECTED", 603)
     cdr = rs_daemon.wait_cdr(body["call_uuid"])
     assert cdr["answered_at"] is None and cdr["hangup_cause"] == "CALL_REJECTED"
+
+
+# --- retries of the whole call (docs/originate.md) --------------------------------------------
+RETRY_WORLD = world.WORLD_TOML.replace(
+    'max_call_seconds = 3600\n', 'max_call_seconds = 3600\nretry = { busy = 4, jitter_percent = 0 }\n', 1)
+
+
+def _attempt_rows(daemon, call_uuid):
+    return daemon.rows("SELECT attempt, state, outcome, cause, sip_status, gateway, final, note,"
+                       " scheduled_at, started_at, ended_at, attempt_call_uuid::text"
+                       " FROM originate_attempts WHERE call_uuid = %s ORDER BY attempt", call_uuid)
+
+
+def test_a_busy_callee_is_retried_after_the_backoff_and_answers(realswitch, make_rs_daemon):
+    from datetime import timedelta
+    daemon = make_rs_daemon(world_toml=RETRY_WORLD)
+    realswitch.carrier("gw_a").set_mode("486")
+    status, body = daemon.originate({"tenant": "acme", "destination": world.US_NUMBER,
+                                     "retry": {"max_attempts": 3, "on": ["busy"]}})
+    assert status == 200 and body["outcome"] == "busy" and body["final"] is False, body
+    # the callee's busy stops failover: one INVITE, to the first carrier only
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
+    realswitch.carrier("gw_a").set_mode("answer")        # the callee is free now
+    rows = daemon.wait_until(lambda: (lambda r: r if len(r) == 2 and r[1][1] == "done" else None)(
+        _attempt_rows(daemon, body["call_uuid"])), what="the retry's outcome")
+    (n1, _, out1, cause1, sip1, gw1, final1, _, _, _, ended1, call1), \
+        (n2, _, out2, _, _, gw2, final2, note2, due2, started2, _, call2) = rows
+    assert (out1, cause1, sip1, gw1, final1) == ("busy", "USER_BUSY", 486, "gw_a", False)
+    assert (out2, gw2, final2, note2) == ("answered", "gw_a", True, "answered")
+    assert due2 - ended1 == timedelta(seconds=4) and started2 >= due2      # the backoff
+    assert call1 == body["call_uuid"] != call2
+    invites = realswitch.carrier("gw_a").invite_log()
+    assert len(invites) == 2 and invites[0]["call_id"] != invites[1]["call_id"]
+    assert realswitch.invites() == {"gw_a": 2, "gw_b": 0, "gw_c": 0}
+    realswitch.api(f"uuid_kill {call2}")
+    busy_leg, answered_leg = _hangups(realswitch, [call1, call2])
+    assert (busy_leg.cause, busy_leg.sip_term_status) == ("USER_BUSY", 486)
+    assert answered_leg.billmsec > 0
+    cdr = daemon.wait_cdr(call2)
+    assert cdr["answered_at"] is not None and cdr["carrier"] == "alpha"
+
+
+def test_an_unallocated_number_is_never_retried(realswitch, make_rs_daemon):
+    daemon = make_rs_daemon(world_toml=RETRY_WORLD)
+    realswitch.carrier("gw_a").set_mode("404")
+    status, body = daemon.originate({"tenant": "acme", "destination": world.US_NUMBER,
+                                     "retry": {"max_attempts": 3}})
+    assert status == 200 and body["outcome"] == "invalid_number" and body["final"] is True, body
+    (row,) = _attempt_rows(daemon, body["call_uuid"])   # no pending row: nothing will follow
+    assert row[1:8] == ("done", "invalid_number", "UNALLOCATED_NUMBER", 404, "gw_a", True,
+                        "invalid_number: never retried")
+    (leg,) = _hangups(realswitch, [body["call_uuid"]])
+    assert (leg.cause, leg.sip_term_status) == ("UNALLOCATED_NUMBER", 404)
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}

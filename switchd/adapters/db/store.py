@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dialplan import validate
+from dialplan import retry, validate
 from dialplan.model import Campaign, Carrier, Did, Gateway, Tenant, World
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def load_world(conn: psycopg.Connection) -> World:
         cur.execute("""SELECT name, accountcode, domain, default_region, max_call_seconds,
                               max_concurrent, cps_limit, monthly_budget, allowed_countries,
                               allowed_prefixes, blocked_prefixes, max_rate_per_min,
-                              allowed_carriers, routing_mode, enabled
+                              allowed_carriers, routing_mode, enabled, retry
                        FROM tenants ORDER BY name""")
         tenants = {}
         for r in cur.fetchall():
@@ -54,6 +54,7 @@ def load_world(conn: psycopg.Connection) -> World:
                         "allowed_carriers"):
                 r[key] = tuple(r[key] or ())
             if _valid("tenants", r):
+                r["retry"] = retry.policy_from(r["retry"])
                 tenants[r["name"]] = Tenant(**r)
 
         cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled,
