@@ -409,7 +409,8 @@ class Daemon:
         if record.carrier and record.billed_seconds:
             metrics.BILLED_SECONDS.labels(record.tenant or "-", record.carrier).inc(record.billed_seconds)
             metrics.COST.labels(record.tenant or "-", record.carrier).inc(float(record.cost))
-        log.info("call ended: %s via %s, %ss billed, cost %s%s", record.hangup_cause,
+        # DEBUG: one line per call is the hot path; the CDR row has all of it.
+        log.debug("call ended: %s via %s, %ss billed, cost %s%s", record.hangup_cause,
                  record.carrier or "-", record.billed_seconds, record.cost,
                  " (reconstructed)" if record.reconstructed else "",
                  extra={"call_uuid": call.call_uuid, "tenant": record.tenant})

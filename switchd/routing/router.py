@@ -98,7 +98,9 @@ class Router:
         metrics.ROUTING_SECONDS.observe(decision.elapsed_us / 1e6)
         _requests_counter(decision.result if decision.result != "refused"
                           else f"refused_{decision.sip_code}").inc()
-        log.info("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
+        # DEBUG: one line per lookup is the hot path; the routing log (routing_decisions)
+        # keeps every decision.
+        log.debug("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
                  decision.destination, decision.result, decision.reason, decision.elapsed_us,
                  extra={"call_uuid": decision.call_uuid, "tenant": decision.tenant})
         self.record(decision)
