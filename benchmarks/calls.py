@@ -660,7 +660,7 @@ def main() -> None:
     ap.add_argument("--role", choices=("generator", "naive"))
     ap.add_argument("spec", nargs="?")
     ap.add_argument("--full", action="store_true", help="longer steps, finer search")
-    ap.add_argument("--start", type=float, default=200)
+    ap.add_argument("--start", type=float, default=100)
     ap.add_argument("--max-rate", type=float, default=3200)
     ap.add_argument("--seconds", type=float, default=None, help="length of a step")
     ap.add_argument("--hold", type=float, default=1.0, help="seconds a call stays answered")
@@ -688,7 +688,13 @@ def main() -> None:
             result = (profile_run if PROFILE[0] else measure)(url, workdir, args)
     log(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; controller on CPU 0, generator on CPU 1")
-    print(json.dumps(result))
+    # The last line: every figure, ending with the four the issue names.
+    last = {k: v for k, v in result.items()
+            if k not in ("calls_per_s", "cpu_ms_per_call", "baseline_cpu_ms_per_call", "ratio")}
+    for key in ("calls_per_s", "cpu_ms_per_call", "baseline_cpu_ms_per_call", "ratio"):
+        if key in result:
+            last[key] = result[key]
+    print(json.dumps(last))
 
 
 def profile_run(url: str, workdir: Path, args) -> dict:
@@ -738,10 +744,14 @@ def measure(url: str, workdir: Path, args) -> dict:
             if p.poll() is None:
                 p.kill()
         gen.close()
+    # What one core could carry if CPU were the only limit (1,000 ms / CPU ms per call):
+    # on a shared box the latency criteria can fail for want of the core, not of speed.
     return {"calls_per_s": ours, "cpu_ms_per_call": ours_at["cpu_ms_per_call"],
             "baseline_calls_per_s": base,
             "baseline_cpu_ms_per_call": base_at["cpu_ms_per_call"],
             "ratio": round(ours_at["cpu_ms_per_call"] / base_at["cpu_ms_per_call"], 2),
+            "cpu_bound_calls_per_s": round(1000 / max(ours_at["cpu_ms_per_call"], 1e-3)),
+            "baseline_cpu_bound_calls_per_s": round(1000 / max(base_at["cpu_ms_per_call"], 1e-3)),
             "compared_at_calls_per_s": common, "hold_s": args.hold,
             "p99_ms": ours_at["p99_ms"], "baseline_p99_ms": base_at["p99_ms"],
             "event_bytes_per_call": ours_at["event_bytes_per_call"]}
