@@ -237,6 +237,7 @@ def run_generator() -> None:
     gevent.spawn(writer)
     print(json.dumps({"esl_port": esl_port}), flush=True)
 
+    from switchd.sim.wire import fs_url_encode
     build = request_factory()
     destinations = _decks.valid_destinations(20000, 11)
     rng = random.Random(5)
@@ -303,7 +304,6 @@ def run_generator() -> None:
                                                 rng.getrandbits(48))
             b = a[:24] + "%012x" % rng.getrandbits(48)
             dest = destinations[(spec["offset"] + i) % len(destinations)]
-            from switchd.sim.wire import fs_url_encode
             subs = [(A_UUID, a.encode()), (B_UUID, b.encode()), (DEST, fs_url_encode(dest).encode())]
             calls.append((build(a, dest, accounts[i % len(accounts)]), subs, a,
                           rng.random() < 0.05))
@@ -399,9 +399,6 @@ def run_generator() -> None:
 
 
 # === the naive controller (its own process) =================================================
-FIXED_ANSWER = None     # set from the daemon's own answer for the same kind of call
-
-
 def run_naive(spec_path: str) -> None:
     from gevent import monkey
     monkey.patch_all()
@@ -585,7 +582,9 @@ def run_step(gen: Generator, pid: int, http_port: int, url: str, rate: float, se
 
     def poll():
         while not done.is_set():
-            samples.append((time.time(), count_stored(conn, table, key, started - 1)))
+            # Rows of this step only: its calls end (and the naive rows are stored) after
+            # it started, every row of the step before is in before it ends.
+            samples.append((time.time(), count_stored(conn, table, key, started)))
             time.sleep(0.2)
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()

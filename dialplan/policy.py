@@ -6,7 +6,7 @@ hangup cause and the reason token an operator sees in the routing log always agr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR
 
 from .model import Tenant
 from .numbers import Number
