@@ -78,7 +78,6 @@ class Router:
         self.settings = settings
         self.record = record
         self.clock = clock
-        self._accountcodes: tuple | None = None    # (World, len(tenants), {code: Tenant})
 
     # --- entry point ----------------------------------------------------------------------
     def route(self, form: dict) -> Decision:
@@ -161,27 +160,13 @@ class Router:
     def _find_tenant(self, world: World, key: str) -> Tenant | None:
         mode = self.settings["tenant_from"]
         if mode == "accountcode":
-            found = self._by_accountcode(world).get(key)
+            found = world.accountcode_index.get(key)
             if found is not None and world.tenants.get(found.name) is not found:
                 found = world.tenant_by_accountcode(key)     # the dict changed in place
             return found or world.tenants.get(key)
         if mode == "domain":
             return world.tenant_by_domain(key)
         return world.tenants.get(key)
-
-    def _by_accountcode(self, world: World) -> dict:
-        """{accountcode: tenant} for this World snapshot (what world.tenant_by_accountcode
-        finds, the first tenant with the code), built once per snapshot instead of a scan
-        of every tenant per lookup."""
-        cached = self._accountcodes
-        if cached is not None and cached[0] is world and cached[1] == len(world.tenants):
-            return cached[2]
-        index: dict = {}
-        for t in world.tenants.values():
-            if t.accountcode is not None:
-                index.setdefault(t.accountcode, t)
-        self._accountcodes = (world, len(world.tenants), index)
-        return index
 
     # --- inbound: DIDs ---------------------------------------------------------------------
     def _route_inbound(self, decision, world, context, dialled, form, did) -> Decision:
