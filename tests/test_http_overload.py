@@ -15,11 +15,54 @@ import pytest
 from conftest import E2E_PASSWORD
 from daemon_harness import DaemonProcess, metric, rows, wait_for
 
-pytestmark = pytest.mark.slow
-
 FLOOD = Path(__file__).with_name("http_flood.py")
 
 
+def _shed(endpoint: str) -> float:
+    from switchd import metrics
+    return metrics.REGISTRY.get_sample_value("switchd_http_requests_shed_total",
+                                            {"endpoint": endpoint}) or 0.0
+
+
+def test_in_flight_bound_refuses_at_once_and_never_health():
+    """InFlight with a limit of 1: while one request is inside the application, the next
+    lookup gets 503 without reaching it, and /healthz, /readyz and /metrics still do."""
+    import gevent
+    from gevent.event import Event
+    from switchd.adapters.http.connections import InFlight
+
+    inside, release, reached = Event(), Event(), []
+
+    def app(environ, start_response):
+        reached.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/fs/dialplan" and len(reached) == 1:
+            inside.set()
+            release.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    bounded = InFlight(app, 1)
+
+    def call(path):
+        status = []
+        body = bounded({"PATH_INFO": path}, lambda s, h: status.append(s))
+        return status[0], b"".join(body)
+
+    first = gevent.spawn(call, "/fs/dialplan")
+    assert inside.wait(5)
+    before = _shed("dialplan")
+    assert call("/fs/dialplan")[0].startswith("503")
+    assert _shed("dialplan") == before + 1
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert call(path) == ("200 OK", b"ok")
+    assert reached == ["/fs/dialplan", "/healthz", "/readyz", "/metrics"]
+    release.set()
+    assert first.get(timeout=5) == ("200 OK", b"ok")
+    assert call("/fs/dialplan") == ("200 OK", b"ok")          # a slot is free again
+    assert bounded.in_flight == 0
+
+
+@pytest.mark.slow
 def test_flood_is_shed_while_events_and_cdrs_flow(world_url, tmp_path):
     from switchd.sim import GatewayBehaviour, Simulator
     sim = Simulator(password=E2E_PASSWORD, seed=5, time_scale=50.0, heartbeat_interval=None,
