@@ -4,6 +4,7 @@ Nothing here knows where the data came from; tests build these by hand.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -80,6 +81,17 @@ class World:
 
     def tenant_by_accountcode(self, code: str) -> Tenant | None:
         return next((t for t in self.tenants.values() if t.accountcode == code), None)
+
+    @functools.cached_property
+    def accountcode_index(self) -> dict[str, Tenant]:
+        """{accountcode: tenant} (the first tenant with the code, as tenant_by_accountcode
+        finds it), built once per World: a reload builds a new World, so this is computed
+        when the world changes rather than as a scan per lookup."""
+        index: dict[str, Tenant] = {}
+        for t in self.tenants.values():
+            if t.accountcode is not None:
+                index.setdefault(t.accountcode, t)
+        return index
 
     def tenant_by_domain(self, domain: str) -> Tenant | None:
         return next((t for t in self.tenants.values() if t.domain == domain), None)

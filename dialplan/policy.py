@@ -5,9 +5,8 @@ hangup cause and the reason token an operator sees in the routing log always agr
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR
 
 from .model import Tenant
 from .numbers import Number
@@ -122,35 +121,9 @@ def max_duration(route_limit: int | None, tenant_limit: int, remaining_budget, r
 def decide_duration(route_limit: int | None, tenant_limit: int, remaining_budget,
                     rate) -> int | Refusal:
     """max_duration, or the Refusal when it leaves no time to talk."""
-    if remaining_budget is not None and type(remaining_budget) is Decimal:
-        # Every call of a budgeted tenant runs the Decimal budget arithmetic; its answer is
-        # a pure function of these numbers, so it is remembered (exact types and finite
-        # Decimals only: the answer depends on the values alone, never on their exponent).
-        try:
-            rpm, fee = rate.rate_per_min, rate.connect_fee
-            ini, sub = rate.initial_increment, rate.subsequent_increment
-        except AttributeError:
-            rpm = None
-        if (type(rpm) is Decimal and type(fee) is Decimal and type(ini) is int
-                and type(sub) is int and type(tenant_limit) is int
-                and (route_limit is None or type(route_limit) is int)
-                and rpm.is_finite() and fee.is_finite() and remaining_budget.is_finite()):
-            return _decide_cached(route_limit, tenant_limit, remaining_budget, rpm, fee, ini, sub)
+    # Not cached: the remaining budget moves with every hangup, so real traffic would
+    # never hit a cache keyed on it.
     return _decide_duration(route_limit, tenant_limit, remaining_budget, rate)
-
-
-@dataclass(frozen=True)
-class _RateView:
-    rate_per_min: Decimal
-    connect_fee: Decimal
-    initial_increment: int
-    subsequent_increment: int
-
-
-@functools.lru_cache(maxsize=16384)
-def _decide_cached(route_limit, tenant_limit, remaining_budget, rpm, fee, ini, sub):
-    return _decide_duration(route_limit, tenant_limit, remaining_budget,
-                            _RateView(rpm, fee, ini, sub))
 
 
 def _decide_duration(route_limit, tenant_limit, remaining_budget, rate) -> int | Refusal:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from itertools import islice
 from operator import lt
 from typing import Callable, Iterable
+
+from .rating import billed_seconds
 
 MAX_DIGITS = 16                       # longest prefix (and number) the deck keys encode
 _LEN_BITS = 5                         # len(prefix) in 1..16 fits in 5 bits
@@ -43,8 +45,35 @@ _BIG_DECK = 1 << 16
 
 
 @dataclass(frozen=True)
+class Tariff:
+    """One distinct (rate, connect fee, increments, description) of a deck, interned once
+    when the deck is built, with what routing and the dial string derive from it computed
+    then rather than per call: `order` (the LCR cost keys: what a one-minute call costs,
+    then the rate) and the texts of the channel variables of a carrier leg."""
+    rate_per_min: Decimal
+    connect_fee: Decimal
+    initial_increment: int
+    subsequent_increment: int
+    description: str | None
+    order: tuple[Decimal, Decimal]
+    rate_text: str                # switchd_rate
+    fee_text: str                 # switchd_connect_fee
+    increments_text: str          # switchd_increments, "initial/subsequent"
+
+    @classmethod
+    def of(cls, rate_per_min: Decimal, connect_fee: Decimal, initial_increment: int,
+           subsequent_increment: int, description: str | None = None) -> "Tariff":
+        billed = billed_seconds(60, initial_increment, subsequent_increment)
+        return cls(rate_per_min, connect_fee, initial_increment, subsequent_increment,
+                   description, (connect_fee + rate_per_min * billed / 60, rate_per_min),
+                   format(rate_per_min, "f"), format(connect_fee, "f"),
+                   f"{initial_increment}/{subsequent_increment}")
+
+
+@dataclass(frozen=True)
 class Rate:
-    """One deck row as routing and rating see it. Money is Decimal, per minute."""
+    """One deck row as routing and rating see it. Money is Decimal, per minute. `tariff`
+    is the deck's interned Tariff of the row (None for a Rate built by hand)."""
     prefix: str
     rate_per_min: Decimal
     connect_fee: Decimal
@@ -53,9 +82,16 @@ class Rate:
     effective_from: datetime | None
     effective_to: datetime | None
     description: str | None = None
+    tariff: Tariff | None = field(default=None, compare=False, repr=False)
 
     def effective_at(self, at: datetime) -> bool:
         return _covers(self.effective_from, self.effective_to, _aware(at))
+
+
+def _rate(t: Tariff, prefix: str, start: datetime | None = None,
+          end: datetime | None = None) -> Rate:
+    return Rate(prefix, t.rate_per_min, t.connect_fee, t.initial_increment,
+                t.subsequent_increment, start, end, t.description, t)
 
 
 def _aware(at: datetime) -> datetime:
@@ -68,21 +104,6 @@ def _covers(start: datetime | None, end: datetime | None, at: datetime) -> bool:
     # The window is half-open [start, end); None is open on that side — an open end never
     # expires (mod_lcr's sample schema wrote 2030-12-31 instead; DESIGN §11).
     return (start is None or start <= at) and (end is None or at < end)
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _make_rate(template: dict, prefix: str) -> Rate:
-    # Rate() through the frozen dataclass __init__ costs ~1.3 µs; filling the instance dict
-    # from a per-tariff template costs ~0.4 µs and yields an equal, equally frozen object.
-    # A lookup builds one Rate per carrier per call, so this is most of the LCR hot path.
-    rate = _new(Rate)
-    fields = template.copy()
-    fields["prefix"] = prefix
-    _set(rate, "__dict__", fields)
-    return rate
 
 
 def prefix_key(prefix: str | bytes) -> int:
@@ -109,15 +130,16 @@ def lookup_all(decks: Iterable["RateDeck"], digits: str, at: datetime) -> list[R
     """deck.lookup(digits, at) for each deck, parsing the number once (the LCR hot path).
 
     The match is inlined over each deck's `_hot` tuple rather than calling deck._match:
-    three method calls and their attribute loads were ~15% of an LCR lookup."""
+    three method calls and their attribute loads were ~15% of an LCR lookup. A match is
+    a Rate of the row's interned Tariff: nothing about the tariff is computed here."""
     if not (digits and digits.isascii() and digits.isdigit()):
         raise ValueError(f"number must be ASCII digits, got {digits!r}")
     digits = digits[:MAX_DIGITS]
     value = int(digits.ljust(MAX_DIGITS, "0"))
     probe = value * (_LEN_MASK + 1) + len(digits)
-    div, new, set_, rate_cls = _DIV, _new, _set, Rate
+    div = _DIV
     out = []
-    for keys, parents, slots, templates, heads, head_div, windows in [d._hot for d in decks]:
+    for keys, parents, slots, tariffs, heads, head_div, windows in [d._hot for d in decks]:
         head = value // head_div
         i = bisect_right(keys, probe, heads[head], heads[head + 1]) - 1
         rate = None
@@ -129,12 +151,9 @@ def lookup_all(decks: Iterable["RateDeck"], digits: str, at: datetime) -> list[R
             if value - (key >> _LEN_BITS) < div[length]:
                 tariff = slots[i]
                 if tariff >= 0:
-                    fields = templates[tariff].copy()
-                    fields["prefix"] = digits[:length]
-                    rate = new(rate_cls)
-                    set_(rate, "__dict__", fields)
+                    rate = _rate(tariffs[tariff], digits[:length])
                     break
-                rate = _window_rate(windows, templates, i, digits[:length], at)
+                rate = _window_rate(windows, tariffs, i, digits[:length], at)
                 if rate is not None:
                     break
             i = parents[i]
@@ -148,7 +167,7 @@ class RateDeck:
     __slots__ = ("carrier", "version", "_keys", "_parents", "_slots", "_templates",
                  "_windows", "_rows", "_heads", "_head_div", "_hot")
 
-    def __init__(self, keys: array, parents: array, slots: array, templates: list[dict],
+    def __init__(self, keys: array, parents: array, slots: array, templates: list[Tariff],
                  windows: dict[int, tuple], rows: int, carrier: str | None, version: object):
         self.carrier = carrier        # informational: which carrier's deck this is
         self.version = version        # informational: e.g. the rate_decks.id it came from
@@ -205,12 +224,7 @@ class RateDeck:
             if value - (key >> _LEN_BITS) < _DIV[length]:
                 tariff = slots[i]
                 if tariff >= 0:
-                    # _make_rate inlined: this is the hot path of every routing decision.
-                    fields = self._templates[tariff].copy()
-                    fields["prefix"] = digits[:length]
-                    rate = _new(Rate)
-                    _set(rate, "__dict__", fields)
-                    return rate
+                    return _rate(self._templates[tariff], digits[:length])
                 rate = self._window_rate(i, digits[:length], at)
                 if rate is not None:
                     return rate
@@ -227,14 +241,13 @@ class RateDeck:
             yield str((key >> _LEN_BITS) // _DIV[length]).zfill(length)
 
 
-def _window_rate(windows: dict, templates: list, i: int, prefix: str,
+def _window_rate(windows: dict, tariffs: list, i: int, prefix: str,
                  at: datetime) -> Rate | None:
     at = _aware(at)
     # Latest start first: a dated promotion inside an open base rate wins while it runs.
     for start, end, tariff in windows[i]:
         if _covers(start, end, at):
-            fields = dict(templates[tariff], effective_from=start, effective_to=end)
-            return _make_rate(fields, prefix)
+            return _rate(tariffs[tariff], prefix, start, end)
     return None
 
 
@@ -259,7 +272,7 @@ class RateDeckBuilder:
         self._parents = array("i")   # computed as sorted rows arrive (see _advance_parents)
         self._sorted = True
         self._last = -1
-        self._templates: list[dict] = []
+        self._templates: list[Tariff] = []
         self._tariff_ids: dict[tuple, int] = {}
         self._windowed: dict[int, list[tuple]] = {}   # key -> [(from, to, tariff)]
         self._rows = 0
@@ -283,11 +296,8 @@ class RateDeckBuilder:
             raise ValueError(f"rates must be finite and >= 0: {rate_per_min}, {connect_fee}")
         if initial_increment <= 0 or subsequent_increment <= 0:
             raise ValueError("billing increments must be > 0")
-        self._templates.append({
-            "prefix": None, "rate_per_min": rate_per_min, "connect_fee": connect_fee,
-            "initial_increment": int(initial_increment),
-            "subsequent_increment": int(subsequent_increment),
-            "effective_from": None, "effective_to": None, "description": description})
+        self._templates.append(Tariff.of(rate_per_min, connect_fee, int(initial_increment),
+                                         int(subsequent_increment), description))
         self._tariff_ids[ident] = len(self._templates) - 1
         return len(self._templates) - 1
 

@@ -398,42 +398,31 @@ def leg_for_route(route, number: str) -> BridgeLeg:
     })
 
 
-# --- the router's bridge answer, with the per-leg dial-string fragments remembered --------
-# A leg's text is "[leg vars]sofia/gateway/<gw>/" + number, and everything before the
-# number depends only on the gateway, the carrier and the tariff row the deck matched.
-# The fragment is computed (and checked) by the exact per-leg path the first time and
-# reused after that; only the number, which changes per call, is checked every time.
-# Keyed by the values leg_for_route reads; the two Decimals by identity (Decimal('0.010')
-# == Decimal('0.01') but they format differently), the entry holding them so an id() is
-# never reused while cached. Only exact str/int types are cached; bounded.
-_FRAGMENTS: dict[tuple, tuple] = {}
-_FRAGMENTS_MAX = 65536
-
-
+# --- the router's bridge answer: per-leg dial-string fragments from precomputed texts -----
+# A leg's text is "[leg vars]sofia/gateway/<gw>/" + number. For a Rate matched in a deck,
+# the texts of its tariff (switchd_rate, switchd_connect_fee, switchd_increments) were made
+# once when the deck was built (ratedeck.Tariff); the gateway's and carrier's come from the
+# world. So a fragment is one f-string per leg, checked as a whole; anything else (a Rate
+# built by hand, an unusual type, a value that fails the whole-text check) takes the exact
+# per-leg path, with its errors.
 def _fragment(route, number: str) -> str:
     """leg_for_route(route, number)'s dial text without the number (number checked valid
-    by the caller); the exact per-leg path, with its errors, on a miss."""
+    by the caller)."""
     gateway, carrier, rate = route.gateway, route.carrier, route.rate
-    gw, timeout, cname = gateway.name, gateway.leg_timeout, carrier.name
-    rpm, fee = rate.rate_per_min, rate.connect_fee
-    ini, sub, prefix = rate.initial_increment, rate.subsequent_increment, rate.prefix
-    # Exact types before any lookup: True == 1 (and a str subclass equals its text), so a
-    # bool leg_timeout must never find the entry of 1 — format_value refuses bools.
-    if not (type(gw) is str and type(cname) is str and type(prefix) is str
-            and (type(timeout) is int or type(timeout) is str) and type(ini) is int
-            and type(sub) is int and type(rpm) is Decimal and type(fee) is Decimal):
-        text = _dial_leg(leg_for_route(route, number))
-        return text[:len(text) - len(number)]
-    key = (gw, timeout, cname, id(rpm), id(fee), ini, sub, prefix)
-    hit = _FRAGMENTS.get(key)
-    if hit is not None and hit[0] is rpm and hit[1] is fee:
-        return hit[2]
+    tariff = getattr(rate, "tariff", None)
+    gw, timeout, cname, prefix = gateway.name, gateway.leg_timeout, carrier.name, rate.prefix
+    if (tariff is not None and type(timeout) is int and type(cname) is str
+            and type(prefix) is str and type(gw) is str
+            and rate.rate_per_min is tariff.rate_per_min and rate.connect_fee is tariff.connect_fee
+            and rate.initial_increment == tariff.initial_increment
+            and rate.subsequent_increment == tariff.subsequent_increment):
+        values = (f"leg_timeout={timeout},switchd_carrier={cname},"
+                  f"switchd_rate={tariff.rate_text},switchd_connect_fee={tariff.fee_text},"
+                  f"switchd_increments={tariff.increments_text},switchd_prefix={prefix}")
+        if _safe(cname + prefix) and _GATEWAY.fullmatch(gw) is not None:
+            return f"[{values}]sofia/gateway/{gw}/"
     text = _dial_leg(leg_for_route(route, number))
-    fragment = text[:len(text) - len(number)]
-    if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
-        _FRAGMENTS.clear()
-    _FRAGMENTS[key] = (rpm, fee, fragment)
-    return fragment
+    return text[:len(text) - len(number)]
 
 
 def render_routes(context: str, destination: str, call_vars: dict, routes: list,
@@ -441,7 +430,7 @@ def render_routes(context: str, destination: str, call_vars: dict, routes: list,
                   cause_on_answer: str = "ALLOTTED_TIMEOUT") -> str:
     """render_bridge(context, destination, call_vars,
     [leg_for_route(r, number) for r in routes], max_duration_s, cause_on_answer): the same
-    document, or the same exception, with the legs' fragments from _FRAGMENTS."""
+    document, or the same exception, with the legs' fragments from _fragment."""
     if (not routes or len(routes) > MAX_LEGS or type(number) is not str
             or _NUMBER.fullmatch(number) is None):
         return render_bridge(context, destination, call_vars,

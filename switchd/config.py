@@ -126,6 +126,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Open HTTP connections at most; beyond it a new connection gets an immediate 503 "
             "(counted in switchd_http_connections_refused_total). Keep it below the open-file "
             "limit (LimitNOFILE in the systemd unit).", check=_positive),
+    Setting("http", "max_in_flight", int, 64,
+            "Requests handled at once at most; beyond it a request gets an immediate 503 "
+            "(counted in switchd_http_requests_shed_total; mod_xml_curl then falls back to "
+            "the static dialplan), so an HTTP flood leaves the event reader and the CDR "
+            "writer their turn. /healthz, /readyz and /metrics are never refused.",
+            check=_positive),
     Setting("webhooks", "backoff_base", float, 2.0,
             "Seconds before the second try of a webhook delivery; doubles each try.",
             check=_positive),

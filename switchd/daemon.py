@@ -116,7 +116,8 @@ class Daemon:
                            cdr_credentials=cfg["cdr.credentials"] or None)
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"], HttpLimits(
             read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
-            max_connections=cfg["http.max_connections"]))
+            max_connections=cfg["http.max_connections"],
+            max_in_flight=cfg["http.max_in_flight"]))
         self.http_port = self.http_server.server_port
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < cfg["http.max_connections"] + 64:
@@ -430,7 +431,8 @@ class Daemon:
         if record.carrier and record.billed_seconds:
             metrics.BILLED_SECONDS.labels(record.tenant or "-", record.carrier).inc(record.billed_seconds)
             metrics.COST.labels(record.tenant or "-", record.carrier).inc(float(record.cost))
-        log.info("call ended: %s via %s, %ss billed, cost %s%s", record.hangup_cause,
+        # DEBUG: one line per call is the hot path; the CDR row has all of it.
+        log.debug("call ended: %s via %s, %ss billed, cost %s%s", record.hangup_cause,
                  record.carrier or "-", record.billed_seconds, record.cost,
                  " (reconstructed)" if record.reconstructed else "",
                  extra={"call_uuid": call.call_uuid, "tenant": record.tenant})

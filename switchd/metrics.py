@@ -145,6 +145,8 @@ HTTP_MAX_CONNECTIONS = _gauge("switchd_http_max_connections",
                               "http.max_connections: open connections beyond it are refused")
 HTTP_CONNECTIONS_REFUSED = _counter("switchd_http_connections_refused_total",
                                     "Connections refused with 503 at http.max_connections")
+HTTP_REQUESTS_SHED = _counter("switchd_http_requests_shed_total",
+                              "Requests refused with 503 at http.max_in_flight", ("endpoint",))
 HTTP_IDLE_TIMEOUTS = _counter("switchd_http_idle_timeouts_total",
                               "Connections closed after http.idle_timeout without a request")
 HTTP_CLIENT_ERRORS = _counter(

@@ -99,8 +99,6 @@ class CapsGate:
                 if len(self._scopes_cache) >= 4096:
                     self._scopes_cache.clear()
                 self._scopes_cache[key] = built
-        # The cached tuples themselves (immutable, of frozen scopes): LocalCaps remembers
-        # its per-tuple preparation (dedupe, keys, CPS windows) by their identity.
         admission = self.backend.acquire(call_uuid, built[0], built[1])
         if admission.admitted:
             if carrier is not None:

@@ -19,6 +19,7 @@ from dialplan import callerid, failover, lcr, numbers, policy, xml_answer
 from dialplan.model import Tenant, World
 from dialplan.ratedeck import lookup_all
 from switchd import metrics
+from switchd.routing import answers
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Decision:
     candidates: list = field(default_factory=list)
     chosen: list = field(default_factory=list)
     elapsed_us: int = 0
-    xml: str = ""
+    answer: object = None      # what FreeSWITCH is told (switchd/routing/answers.py)
+    xml: str = ""              # answers.render(answer), set by Router.route
 
     def as_row(self) -> dict:
         return {"id": self.id, "call_uuid": self.call_uuid, "tenant": self.tenant,
@@ -76,13 +78,12 @@ class Router:
         self.settings = settings
         self.record = record
         self.clock = clock
-        self._accountcodes: tuple | None = None    # (World, len(tenants), {code: Tenant})
 
     # --- entry point ----------------------------------------------------------------------
     def route(self, form: dict) -> Decision:
         started = time.perf_counter()
         try:
-            decision = self._decide(form)
+            decision = self._rendered(self._decide(form))
         except ValueError as exc:
             # A hostile or broken lookup (a value that cannot be put in a dial string or the
             # XML safely): refuse it rather than fail the request into FreeSWITCH's fallback.
@@ -91,14 +92,24 @@ class Router:
                                 result="refused", reason="")
             self._refuse(decision, "default", "", policy.refusal("bad_number"),
                          f"unusable lookup: {exc}")
+            decision = self._rendered(decision)
         decision.elapsed_us = int((time.perf_counter() - started) * 1_000_000)
         metrics.ROUTING_SECONDS.observe(decision.elapsed_us / 1e6)
         _requests_counter(decision.result if decision.result != "refused"
                           else f"refused_{decision.sip_code}").inc()
-        log.info("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
+        # DEBUG: one line per lookup is the hot path; the routing log (routing_decisions)
+        # keeps every decision.
+        log.debug("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
                  decision.destination, decision.result, decision.reason, decision.elapsed_us,
                  extra={"call_uuid": decision.call_uuid, "tenant": decision.tenant})
         self.record(decision)
+        return decision
+
+    @staticmethod
+    def _rendered(decision: Decision) -> Decision:
+        """The one place an answer becomes XML: every path of _decide only sets
+        decision.answer."""
+        decision.xml = answers.render(decision.answer)
         return decision
 
     def _decide(self, form: dict) -> Decision:
@@ -149,27 +160,13 @@ class Router:
     def _find_tenant(self, world: World, key: str) -> Tenant | None:
         mode = self.settings["tenant_from"]
         if mode == "accountcode":
-            found = self._by_accountcode(world).get(key)
+            found = world.accountcode_index.get(key)
             if found is not None and world.tenants.get(found.name) is not found:
                 found = world.tenant_by_accountcode(key)     # the dict changed in place
             return found or world.tenants.get(key)
         if mode == "domain":
             return world.tenant_by_domain(key)
         return world.tenants.get(key)
-
-    def _by_accountcode(self, world: World) -> dict:
-        """{accountcode: tenant} for this World snapshot (what world.tenant_by_accountcode
-        finds, the first tenant with the code), built once per snapshot instead of a scan
-        of every tenant per lookup."""
-        cached = self._accountcodes
-        if cached is not None and cached[0] is world and cached[1] == len(world.tenants):
-            return cached[2]
-        index: dict = {}
-        for t in world.tenants.values():
-            if t.accountcode is not None:
-                index.setdefault(t.accountcode, t)
-        self._accountcodes = (world, len(world.tenants), index)
-        return index
 
     # --- inbound: DIDs ---------------------------------------------------------------------
     def _route_inbound(self, decision, world, context, dialled, form, did) -> Decision:
@@ -202,7 +199,7 @@ class Router:
         elif did.destination_type == "sip_uri":
             profile = (did.profile or settings.get("sip_uri_profile")
                        or form.get("variable_sofia_profile_name") or _any_profile(world))
-        decision.xml = xml_answer.render_local(
+        decision.answer = answers.Local(
             context, dialled, call_vars, did.destination_type, target, max_s,
             profile=profile or "", extension_mode=mode,
             extension_context=settings.get("extension_context", "default"),
@@ -225,7 +222,7 @@ class Router:
         decision.direction = "inbound"
         decision.tenant = form.get("variable_switchd_tenant") or None
         decision.result, decision.reason = "routed", "did_extension_handoff"
-        decision.xml = xml_answer.render_not_found()
+        decision.answer = answers.NOT_FOUND
         return decision
 
     # --- outbound: LCR ---------------------------------------------------------------------
@@ -247,7 +244,7 @@ class Router:
                      "switchd_tried": _leg_name(first),
                      "effective_caller_id_name": name, "effective_caller_id_number": number}
         # One carrier per bridge; a failed attempt comes back to _continue (docs/routing.md).
-        decision.xml = xml_answer.render_attempt(
+        decision.answer = answers.Attempt(
             context, match_dialled, call_vars, first, plan.number.e164, plan.max_duration,
             transfer_to=_transfer_target(match_dialled, plan.number.e164))
         return decision
@@ -314,9 +311,8 @@ class Router:
                           "switchd_tried": " ".join(tried + [_leg_name(nxt)]),
                           "effective_caller_id_name": name,
                           "effective_caller_id_number": cid})
-        decision.xml = xml_answer.render_attempt(context, dialled, call_vars, nxt, number.e164,
-                                                 max_s, transfer_to=_transfer_target(dialled,
-                                                                                     number.e164))
+        decision.answer = answers.Attempt(context, dialled, call_vars, nxt, number.e164, max_s,
+                                          transfer_to=_transfer_target(dialled, number.e164))
         decision.result, decision.reason = "routed", f"failover: {what}"
         decision.chosen = [{"carrier": nxt.carrier.name, "gateway": nxt.gateway.name,
                             "prefix": nxt.rate.prefix, "rate": str(nxt.rate.rate_per_min),
@@ -394,8 +390,8 @@ class Router:
                          "switchd_direction": "outbound", "switchd_max_duration": str(tenant.max_call_seconds)}
             legs = [xml_answer.BridgeLeg(gateway=gateway, number=special.digits,
                                          vars={"switchd_carrier": "emergency"})]
-            decision.xml = xml_answer.render_bridge(context, dialled, call_vars, legs,
-                                                    tenant.max_call_seconds)
+            decision.answer = answers.Bridge(context, dialled, call_vars, legs,
+                                             tenant.max_call_seconds)
             decision.result, decision.reason = "routed", "emergency"
             return decision
         return self._refuse(decision, context, dialled, policy.refusal("special_number"),
@@ -413,7 +409,7 @@ class Router:
         call_vars.setdefault("switchd_direction", decision.direction)
         if decision.tenant:
             call_vars.setdefault("switchd_tenant", decision.tenant)
-        decision.xml = xml_answer.render_refusal(context, dialled, refusal, call_vars)
+        decision.answer = answers.Refuse(context, dialled, refusal, call_vars)
         return decision
 
 

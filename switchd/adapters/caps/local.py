@@ -51,7 +51,6 @@ class LocalCaps(CapsBackend):
         # a refresh is O(log n) and expiry never scans a whole scope.
         self._expiry: list[tuple[float, str]] = []
         self._cps: dict[str, _CpsLog] = {}
-        self._prep: dict[tuple[int, int], tuple] = {}
         metrics.CAPS_BACKEND_UP.labels(backend=self.name).set(1)
 
     # --- internals (lock held) ------------------------------------------------------------
@@ -146,23 +145,6 @@ class LocalCaps(CapsBackend):
         return Admission(False, scope, reason)
 
     # --- acquire's fast path --------------------------------------------------------------
-    def _prepared(self, scopes: tuple, cps: tuple):
-        """(scopes, cps, ((key, limit, scope), ...), ((key, window, allowance, cps), ...))
-        for these exact tuples: dedupe, the keys and the CPS windows worked out once per
-        pair of tuples (a caller such as CapsGate passes the same frozen tuples for every
-        call of a tenant/carrier), remembered by identity and bounded. Raises what dedupe
-        raises."""
-        key = (id(scopes), id(cps))
-        hit = self._prep.get(key)
-        if hit is not None and hit[0] is scopes and hit[1] is cps:
-            return hit
-        entries = tuple((s.key, s.limit, s) for s in dedupe(scopes))
-        rates = tuple((c.key, c.window, c.allowance, c) for c in dedupe(cps))
-        if len(self._prep) >= 1024:
-            self._prep.clear()
-        hit = self._prep[key] = (scopes, cps, entries, rates)
-        return hit
-
     def _acquire_new(self, uuid: str, entries: tuple, rates: tuple, now: float) -> Admission:
         """_apply(uuid, scopes, (), cps, now, 'acquire') for a call that holds no lease
         (lock held, expiry done): the same checks in the same order, the same writes."""
@@ -201,14 +183,15 @@ class LocalCaps(CapsBackend):
     # --- the contract ---------------------------------------------------------------------
     def acquire(self, call_uuid, scopes, cps=(), now=None) -> Admission:
         if type(scopes) is tuple and type(cps) is tuple:
-            prep = self._prepared(scopes, cps)
+            entries = tuple((s.key, s.limit, s) for s in dedupe(scopes))
+            rates = tuple((c.key, c.window, c.allowance, c) for c in dedupe(cps))
             with self._lock:
                 now = self._now(now)
                 expiry = self._expiry
                 if expiry and expiry[0][0] <= now:
                     self._expire(now)
                 if call_uuid not in self._calls:
-                    return self._acquire_new(call_uuid, prep[2], prep[3], now)
+                    return self._acquire_new(call_uuid, entries, rates, now)
                 return self._apply(call_uuid, scopes, (), cps, now, "acquire")
         with self._lock:
             return self._apply(call_uuid, scopes, (), cps, self._now(now), "acquire")

@@ -13,7 +13,14 @@ likes: a client that sends half a request would hold a socket and a greenlet for
   middle of its body (mod_xml_curl does when its own timeout fires) is one counted,
   one-line event instead of an exception inside a handler;
 * at most `max_connections` connections at once: the next one gets an immediate 503 and
-  is closed (counted), instead of queueing behind the others.
+  is closed (counted), instead of queueing behind the others;
+* at most `max_in_flight` requests handled at once (`InFlight`): a request beyond it gets
+  an immediate 503 (counted in switchd_http_requests_shed_total), so an HTTP flood cannot
+  take the turns of the ESL event reader and the CDR writer. Every admitted request
+  yields once before it runs, which is what makes the bound work: the dialplan handler
+  never waits on the network, so without that yield every ready connection would be
+  served back to back in one turn of the loop, however many there are. `/healthz`,
+  `/readyz` and `/metrics` are never shed.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ class HttpLimits:
     read_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 1000
+    max_in_flight: int = 64
 
 
 def _response(status: str) -> bytes:
@@ -197,6 +205,48 @@ def _peer(address) -> str:
     return str(address or "-")
 
 
+# Answered whatever the load: a supervisor or a balancer must see the process alive and
+# its readiness even while requests are being shed.
+_NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics"})
+_SHED_HEADERS = [("Content-Type", "text/plain"), ("Retry-After", "1")]
+
+
+class InFlight:
+    """WSGI middleware: at most `limit` requests in the application at once, beyond it an
+    immediate 503. mod_xml_curl takes a non-200 as a failed lookup: it logs "Received
+    HTTP error 503", returns no document, and FreeSWITCH falls through to the next binding
+    and then to the static dialplan (freeswitch-conf/dialplan: refuse, never route
+    unpoliced). mod_json_cdr retries a refused CDR, then keeps it in its error directory."""
+
+    def __init__(self, application, limit: int):
+        self.application = application
+        self.limit = limit
+        self.in_flight = 0
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path in _NEVER_SHED:
+            return self.application(environ, start_response)
+        if self.in_flight >= self.limit:
+            _shed_counter(path).inc()
+            start_response("503 Service Unavailable", _SHED_HEADERS)
+            return [b"overloaded: too many requests in flight, try again\n"]
+        self.in_flight += 1
+        try:
+            # The fair-queuing point: the request waits for its turn behind what is
+            # already ready (the event reader, the writers, requests admitted before it).
+            gevent.sleep(0)
+            return self.application(environ, start_response)
+        finally:
+            self.in_flight -= 1
+
+
+def _shed_counter(path: str):
+    kind = ("dialplan" if path in ("/fs/dialplan", "/dialplan") else "cdr" if path == "/fs/cdr"
+            else "api" if path.startswith("/v1/") else "other")
+    return metrics.HTTP_REQUESTS_SHED.labels(kind)
+
+
 class Server(WSGIServer):
     """WSGIServer with HttpLimits: a bounded number of connections, each with deadlines."""
 
@@ -204,7 +254,8 @@ class Server(WSGIServer):
     open_total = 0        # every Server of the process: switchd_http_connections reads it
 
     def __init__(self, listener, application, limits: HttpLimits, **kwargs):
-        super().__init__(listener, application, **kwargs)
+        self.in_flight = InFlight(application, limits.max_in_flight)
+        super().__init__(listener, self.in_flight, **kwargs)
         self.limits = limits
         self.open_connections = 0
         metrics.HTTP_MAX_CONNECTIONS.set(limits.max_connections)

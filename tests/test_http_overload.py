@@ -1,0 +1,115 @@
+"""Past capacity: a flood of dialplan lookups is refused fast (503, counted in
+switchd_http_requests_shed_total) while the ESL events and CDRs of real calls keep flowing,
+and /healthz and /readyz keep answering. The flood runs in its own process; `switchd run`
+is a subprocess with http.max_in_flight = 2, so the flood is far past it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import E2E_PASSWORD
+from daemon_harness import DaemonProcess, metric, rows, wait_for
+
+FLOOD = Path(__file__).with_name("http_flood.py")
+
+
+def _shed(endpoint: str) -> float:
+    from switchd import metrics
+    return metrics.REGISTRY.get_sample_value("switchd_http_requests_shed_total",
+                                            {"endpoint": endpoint}) or 0.0
+
+
+def test_in_flight_bound_refuses_at_once_and_never_health():
+    """InFlight with a limit of 1: while one request is inside the application, the next
+    lookup gets 503 without reaching it, and /healthz, /readyz and /metrics still do."""
+    import gevent
+    from gevent.event import Event
+    from switchd.adapters.http.connections import InFlight
+
+    inside, release, reached = Event(), Event(), []
+
+    def app(environ, start_response):
+        reached.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/fs/dialplan" and len(reached) == 1:
+            inside.set()
+            release.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    bounded = InFlight(app, 1)
+
+    def call(path):
+        status = []
+        body = bounded({"PATH_INFO": path}, lambda s, h: status.append(s))
+        return status[0], b"".join(body)
+
+    first = gevent.spawn(call, "/fs/dialplan")
+    assert inside.wait(5)
+    before = _shed("dialplan")
+    assert call("/fs/dialplan")[0].startswith("503")
+    assert _shed("dialplan") == before + 1
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert call(path) == ("200 OK", b"ok")
+    assert reached == ["/fs/dialplan", "/healthz", "/readyz", "/metrics"]
+    release.set()
+    assert first.get(timeout=5) == ("200 OK", b"ok")
+    assert call("/fs/dialplan") == ("200 OK", b"ok")          # a slot is free again
+    assert bounded.in_flight == 0
+
+
+@pytest.mark.slow
+def test_flood_is_shed_while_events_and_cdrs_flow(world_url, tmp_path):
+    from switchd.sim import GatewayBehaviour, Simulator
+    sim = Simulator(password=E2E_PASSWORD, seed=5, time_scale=50.0, heartbeat_interval=None,
+                    default_gateway=GatewayBehaviour(answer_delay_s=1.0))
+    _, esl_port = sim.start()
+    daemon = DaemonProcess(world_url, esl_port, E2E_PASSWORD, tmp_path,
+                           extra_env={"SWITCHD_HTTP_MAX_IN_FLIGHT": "2"})
+    flood = None
+    try:
+        daemon.start()
+        sim.dialplan_url = daemon.base_url + "/fs/dialplan"
+        events_before = metric(daemon, "switchd_esl_events_total", event="CHANNEL_HANGUP_COMPLETE")
+        flood = subprocess.Popen([sys.executable, str(FLOOD), str(daemon.http_port), "200"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert flood.stdout.readline().strip() == "flooding"
+        daemon.wait_until(lambda: metric(daemon, "switchd_http_requests_shed_total",
+                                         endpoint="dialplan") > 0 or None,
+                          what="the flood past http.max_in_flight is being shed")
+        # Health is answered through the flood, from the first request.
+        started = time.monotonic()
+        assert daemon.get("/healthz")[0] == 200
+        assert daemon.get("/readyz")[0] == 200
+        assert time.monotonic() - started < 5
+        # Real calls during the flood: each gets an answer (routed, or refused by the static
+        # fallback when its lookup was shed), and its events and CDR arrive all the same.
+        calls = [sim.place_call("+442079460000", accountcode="acme", hold_seconds=2.0)
+                 for _ in range(8)]
+        for call in calls:
+            assert call.done.wait(60), f"call {call.uuid} did not end"
+        uuids = [c.uuid for c in calls]
+        wait_for(lambda: len(rows(world_url, "SELECT call_uuid FROM calls WHERE call_uuid = "
+                                  "ANY(%s)", uuids)) == len(uuids) or None,
+                 30, "a CDR of every call placed during the flood", daemon)
+        wait_for(lambda: len(rows(world_url, "SELECT DISTINCT call_uuid FROM call_events "
+                                  "WHERE call_uuid = ANY(%s)", uuids)) == len(uuids) or None,
+                 30, "the events of every call placed during the flood", daemon)
+        assert (metric(daemon, "switchd_esl_events_total", event="CHANNEL_HANGUP_COMPLETE")
+                >= events_before + len(uuids))
+        flood.stdin.close()
+        counts = json.loads(flood.stdout.readline())
+        flood.wait(30)
+        flood = None
+        assert counts.get("503", 0) > 0 and counts.get("200", 0) > 0, counts
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+        rc = daemon.terminate()
+        sim.stop()
+    assert rc == 0, daemon.log()[-3000:]
