@@ -184,7 +184,7 @@ class Daemon:
         # originator; the event path only tells it that a campaign call ended.
         self.dialer = Dialer(self.db_url, self.originator.originate, world=lambda: self.world,
                              tenant_live=self._tenant_live,
-                             lease_s=cfg["campaigns.lease_seconds"],
+                             lease_s=cfg["dialer.lease_seconds"],
                              horizon_s=cfg["webhooks.give_up_after"])
         self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
         # Call events for applications (switchd/api/webhooks.py): the event greenlet only
