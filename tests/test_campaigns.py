@@ -161,10 +161,11 @@ def test_two_claimers_racing_never_claim_one_contact_twice(world_url):
     def claimer(node):
         with psycopg.connect(world_url, autocommit=True) as conn:
             while True:
-                contact = store.claim(conn, cid, node, ["Europe/London"], 100000, 30, 3600)
-                if contact is None:
+                claimed = store.claim(conn, cid, node, ["Europe/London"], 100000, 30, 3600,
+                                      most=7)
+                if not claimed:
                     return
-                got[node].append(contact["number"])
+                got[node] += [c["number"] for c in claimed]
     threads = [threading.Thread(target=claimer, args=(n,)) for n in got]
     for t in threads:
         t.start()
@@ -178,17 +179,19 @@ def test_two_claimers_racing_never_claim_one_contact_twice(world_url):
 def test_claims_follow_the_pace_and_the_concurrency_limit(world_url):
     cid = _campaign(world_url, pace="5", max_concurrent=3, n=10)
     with psycopg.connect(world_url, autocommit=True) as conn:
-        slots = []
-        for _ in range(3):
-            slots.append(store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 3600)["slot"])
-        assert store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 3600) is None   # 3 in flight
+        slots = [c["slot"] for c in store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 3600,
+                                                most=2)]
+        slots += [c["slot"] for c in store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 3600,
+                                                 most=5)]                   # only 1 more fits
+        assert len(slots) == 3
+        assert store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 3600) == []   # 3 in flight
         gaps = [(b - a).total_seconds() for a, b in zip(slots, slots[1:])]
         assert gaps == [0.2, 0.2]
         # the next slot is 0.2 s after the last: not claimed with a shorter lookahead
         first = rows(world_url, "SELECT id FROM campaign_contacts WHERE state = 'dialing' "
                                 "ORDER BY id LIMIT 1")[0][0]
         store.finish(conn, first, "n1", "answered", None, None, None)
-        assert store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 0.0) is None
+        assert store.claim(conn, cid, "n1", ["Europe/London"], 3, 30, 0.0) == []
 
 
 # --- the dialer with an injected clock and a stand-in originate -------------------------------------
@@ -298,9 +301,7 @@ def test_budget_refusal_pauses_and_leaves_the_contact_to_dial(world_url):
 def test_claims_of_a_dead_daemon_are_settled_never_redialled(world_url):
     cid = _campaign(world_url, name="dead", pace="1000", n=3)
     with psycopg.connect(world_url, autocommit=True) as conn:
-        a = store.claim(conn, cid, "dead-node", ["Europe/London"], 100, 0.2, 60)
-        b = store.claim(conn, cid, "dead-node", ["Europe/London"], 100, 0.2, 60)
-        c = store.claim(conn, cid, "dead-node", ["Europe/London"], 100, 0.2, 60)
+        a, b, c = store.claim(conn, cid, "dead-node", ["Europe/London"], 100, 0.2, 60, most=3)
         call_b = str(uuid.uuid4())
         store.mark_live(conn, c["id"], "dead-node", str(uuid.uuid4()))
         # b's originate reached the switch: its call record exists

@@ -141,16 +141,14 @@ class Dialer:
             open_zones = [z for z in self._zones[cid] if rules.window_open(hours, z, now)]
             if not open_zones:
                 continue
-            for _ in range(MAX_CLAIMS_PER_TICK):
-                room = rules.dial_room(None, 0, camp["tenant_max"],
-                                       self.tenant_live(camp["tenant"]) + len(self._before_dial))
-                if room <= 0:
-                    break
-                contact = store.claim(conn, cid, self.node, open_zones,
-                                      camp["max_concurrent"] or 1_000_000, self.lease_s,
-                                      LOOKAHEAD_S)
-                if contact is None:
-                    break
+            room = rules.dial_room(None, 0, camp["tenant_max"],
+                                   self.tenant_live(camp["tenant"]) + len(self._before_dial))
+            if room <= 0:
+                continue
+            claimed = store.claim(conn, cid, self.node, open_zones,
+                                  camp["max_concurrent"] or 1_000_000, self.lease_s,
+                                  LOOKAHEAD_S, most=min(room, MAX_CLAIMS_PER_TICK))
+            for contact in claimed:
                 self._before_dial.add(contact["id"])
                 self._inflight[contact["id"]] = gevent.spawn(self._dial, contact, camp)
 

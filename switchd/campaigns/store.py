@@ -233,50 +233,63 @@ def zone_keys(conn: psycopg.Connection, campaign_id: int) -> list[str]:
 
 
 def claim(conn: psycopg.Connection, campaign_id: int, node: str, open_zones: list[str],
-          limit: int, lease_s: float, lookahead_s: float) -> dict | None:
-    """Claim the next contact to dial and its slot in the pace, or None (not running, at
-    `limit` calls in flight, the next slot further than `lookahead_s` away, or no contact
-    in its calling hours). A contact on the tenant's do-not-call list is settled `dnc`
-    here, at dial time, and the next one is tried. Answers `delay_s`: when to dial."""
+          limit: int, lease_s: float, lookahead_s: float, most: int = 1) -> list[dict]:
+    """Claim the next contacts to dial, each with its slot in the pace: at most `most`,
+    never beyond `limit` calls in flight, only slots due within `lookahead_s`, only
+    contacts in their calling hours (`open_zones`); [] when the campaign is not running.
+    A contact on the tenant's do-not-call list is settled `dnc` here, at dial time. Each
+    answer carries `delay_s`: when to dial it."""
+    out: list[dict] = []
     with conn.transaction():
         camp = conn.execute(
             "SELECT c.state, c.pace_cps, c.next_dial_at, now(), c.tenant_id FROM campaigns c "
             "WHERE c.id = %s FOR UPDATE", (campaign_id,)).fetchone()
         if camp is None or camp[0] != "running" or not open_zones:
-            return None
+            return out
         _, pace, next_at, db_now, tenant_id = camp
         in_flight = conn.execute("SELECT count(*) FROM campaign_contacts WHERE campaign_id = %s "
                                  "AND state IN ('dialing', 'live')", (campaign_id,)).fetchone()[0]
-        if in_flight >= limit:
-            return None
-        slot, following = rules.next_slot(next_at, db_now, pace)
-        if (slot - db_now).total_seconds() > lookahead_s:
-            return None
-        while True:
+        slots = []
+        while len(slots) < min(most, limit - in_flight):
+            slot, following = rules.next_slot(next_at, db_now, pace)
+            if (slot - db_now).total_seconds() > lookahead_s:
+                break
+            slots.append(slot)
+            next_at = following
+        while slots:
             with conn.cursor(row_factory=dict_row) as cur:
-                row = cur.execute(
+                found = cur.execute(
                     """SELECT k.id, k.number, k.timezone, k.data,
                               EXISTS (SELECT 1 FROM dnc WHERE dnc.tenant_id = %s
                                       AND dnc.number = k.number) AS dnc
                        FROM campaign_contacts k
                        WHERE k.campaign_id = %s AND k.state = 'pending' AND k.timezone = ANY(%s)
-                       ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED""",
-                    (tenant_id, campaign_id, open_zones)).fetchone()
-            if row is None:
-                return None
-            if not row["dnc"]:
-                break
-            conn.execute("UPDATE campaign_contacts SET state = 'done', outcome = 'dnc', "
-                         "detail = 'on the do-not-call list at dial time', finished_at = now() "
-                         "WHERE id = %s", (row["id"],))
-        conn.execute("UPDATE campaign_contacts SET state = 'dialing', claimed_by = %s, "
-                     "claimed_at = %s, lease_until = %s + %s * interval '1 second', "
-                     "attempts = attempts + 1 WHERE id = %s",
-                     (node, slot, slot, lease_s, row["id"]))
-        conn.execute("UPDATE campaigns SET next_dial_at = %s WHERE id = %s",
-                     (following, campaign_id))
-    return {**row, "campaign_id": campaign_id, "slot": slot,
-            "delay_s": max(0.0, (slot - db_now).total_seconds())}
+                         AND k.id <> ALL(%s)
+                       ORDER BY k.id LIMIT %s FOR UPDATE SKIP LOCKED""",
+                    (tenant_id, campaign_id, open_zones, [c["id"] for c in out],
+                     len(slots))).fetchall()
+            blocked = [r["id"] for r in found if r["dnc"]]
+            if blocked:
+                conn.execute("UPDATE campaign_contacts SET state = 'done', outcome = 'dnc', "
+                             "detail = 'on the do-not-call list at dial time', "
+                             "finished_at = now() WHERE id = ANY(%s)", (blocked,))
+            for row in (r for r in found if not r["dnc"]):
+                slot = slots.pop(0)
+                out.append({**row, "campaign_id": campaign_id, "slot": slot,
+                            "delay_s": max(0.0, (slot - db_now).total_seconds())})
+            if not blocked:
+                break           # fewer pending contacts than slots, or all slots used
+        if out:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE campaign_contacts SET state = 'dialing', claimed_by = %s, "
+                    "claimed_at = %s, lease_until = %s + %s * interval '1 second', "
+                    "attempts = attempts + 1 WHERE id = %s",
+                    [(node, c["slot"], c["slot"], lease_s, c["id"]) for c in out])
+            following = rules.next_slot(out[-1]["slot"], out[-1]["slot"], pace)[1]
+            conn.execute("UPDATE campaigns SET next_dial_at = %s WHERE id = %s",
+                         (following, campaign_id))
+    return out
 
 
 def release(conn: psycopg.Connection, contact_id: int, node: str) -> None:
