@@ -221,3 +221,40 @@ def test_a_1000_contact_campaign_following_docs_api_md(world_url, nodes, tmp_pat
     status, _, body = request(daemon, "GET", f"/v1/campaigns/{name}", env["KEY"])
     assert body["state"] == "completed" and body["progress"]["done"] == 1000
     assert body["progress"]["outcomes"]["answered"] == 1000
+
+
+@pytest.mark.slow
+def test_low_answer_rate_on_the_switch_pauses_the_campaign(world_url, nodes, key):
+    (sim, daemon), = nodes(1)
+    sim.default_gateway = GatewayBehaviour(fail_cause="USER_BUSY", fail_delay_s=0.1)
+    _create(daemon, key, "busy", 30, pace_cps=10, max_concurrent=5, min_answer_rate=0.5,
+            answer_rate_window=6, start=True)
+    wait_for(lambda: campaign_state(world_url, "busy") == "paused", 30, "auto-pause", daemon)
+    status, _, body = request(daemon, "GET", "/v1/campaigns/busy", key)
+    assert body["state_reason"] == "answer rate 0.00 over the last 6 attempts is below 0.50"
+    assert body["progress"]["outcomes"]["busy"] >= 6
+    wait_for(lambda: rows(world_url, "SELECT count(*) FROM campaign_contacts "
+                                     "WHERE state IN ('dialing', 'live')")[0][0] == 0,
+             30, "calls in progress finished", daemon)
+    placed = len(originates(sim))
+    progress = request(daemon, "GET", "/v1/campaigns/busy", key)[2]["progress"]
+    assert placed < 30 and placed == progress["done"] == progress["outcomes"]["busy"]
+    assert progress["pending"] == 30 - placed
+
+
+@pytest.mark.slow
+def test_budget_refusal_pauses_the_campaign_with_the_reason(world_url, nodes, key):
+    (sim, daemon), = nodes(1)
+    # The operator (no http.api_token: requests without a key) lowers acme's budget.
+    status, _, body = request(daemon, "PATCH", "/v1/tenants/acme", None,
+                              {"monthly_budget": "0.000001"})
+    assert status == 200, body
+    _create(daemon, key, "broke", 5, pace_cps=5, start=True)
+    wait_for(lambda: campaign_state(world_url, "broke") == "paused", 30, "budget pause", daemon)
+    (reason,), = rows(world_url, "SELECT state_reason FROM campaigns WHERE name = 'broke'")
+    assert reason.startswith("budget: ")
+    assert originates(sim) == []
+    # contacts claimed with it go back too: all five wait, to be dialled after a resume
+    wait_for(lambda: rows(world_url, "SELECT state, count(*) FROM campaign_contacts "
+                                     "GROUP BY 1") == [("pending", 5)], 30,
+             "every contact pending again", daemon)

@@ -176,6 +176,10 @@ class Dialer:
         cid, contact_id = camp["id"], contact["id"]
         try:
             gevent.sleep(contact["delay_s"])
+            if not any(c["id"] == cid for c in self._campaigns):
+                # paused or stopped since the claim (as last read, every 0.25 s): not dialled
+                self._write(store.release, contact_id, self.node)
+                return
             self._before_dial.discard(contact_id)
             request = OriginateRequest(tenant=camp["tenant"], destination=contact["number"],
                                        caller_id=camp["caller_id"], campaign=camp["name"],
