@@ -322,3 +322,16 @@ def test_claims_of_a_dead_daemon_are_settled_never_redialled(world_url):
                lambda: rows(world_url, "SELECT state FROM campaigns WHERE id = %s", cid)
                == [("completed",)])
     assert originate.requests == []              # nobody dialled again
+
+
+def test_patch_changes_one_setting_and_keeps_the_rest(world):
+    app, acme = world["app"], world["acme"]
+    assert call(app, "POST", "/v1/campaigns", acme, {
+        "name": "p", "calling_hours": "09:00-18:00", "calling_days": "mon-fri"})[0] == 201
+    status, _, body = call(app, "PATCH", "/v1/campaigns/p", acme, {"calling_days": "sat,sun"})
+    assert status == 200 and body["calling_hours"] == "09:00-18:00"
+    assert body["calling_days"] == "sat,sun"
+    status, _, body = call(app, "PATCH", "/v1/campaigns/p", acme, {"pace_cps": "2.5"})
+    assert body["pace_cps"] == "2.500" and body["calling_days"] == "sat,sun"
+    status, _, body = call(app, "PATCH", "/v1/campaigns/p", acme, {"calling_hours": None})
+    assert body["calling_hours"] is None and body["calling_days"] == "sat,sun"

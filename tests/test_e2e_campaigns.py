@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from conftest import E2E_PASSWORD
-from daemon_harness import DaemonProcess, rows, wait_for
+from daemon_harness import DaemonProcess, metric, rows, wait_for
 from switchd.api import keys
 from switchd.sim import GatewayBehaviour, Simulator
 from test_e2e_api import request
@@ -221,6 +221,7 @@ def test_a_1000_contact_campaign_following_docs_api_md(world_url, nodes, tmp_pat
     status, _, body = request(daemon, "GET", f"/v1/campaigns/{name}", env["KEY"])
     assert body["state"] == "completed" and body["progress"]["done"] == 1000
     assert body["progress"]["outcomes"]["answered"] == 1000
+    assert metric(daemon, "switchd_campaign_contacts_total", outcome="answered") == 1000
 
 
 @pytest.mark.slow

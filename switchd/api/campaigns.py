@@ -102,11 +102,16 @@ def get_campaign(req: Request):
 
 @_errors
 def update_campaign(req: Request):
-    _campaign(req)                     # another tenant's: 404 before anything else
+    row = _campaign(req)               # another tenant's: 404 before anything else
     body = req.json()
     unknown = set(body) - set(spec.SETTINGS)
     if unknown:
         raise ApiError(400, "unknown key (name and tenant cannot change)", sorted(unknown)[0])
+    if ("calling_hours" in body) != ("calling_days" in body):
+        # hours and days are one rule: the one left out keeps its stored value
+        stored = store.public(row)
+        body = {"calling_hours": stored["calling_hours"], "calling_days": stored["calling_days"],
+                **body}
     return _view(req, store.update(req.conn, req.params["name"], req.tenant,
                                    spec.settings(body, partial=True)))
 

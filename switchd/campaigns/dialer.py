@@ -131,6 +131,7 @@ class Dialer:
             self._last["zones"] = mono
         known = self.world().campaigns
         now = self.now()
+        live: dict[str, int] = {}       # tenant -> live calls here, read once per step
         for camp in self._campaigns:
             cid = camp["id"]
             if camp["name"] not in known or self._backoff.get(cid, 0) > mono:
@@ -141,8 +142,10 @@ class Dialer:
             open_zones = [z for z in self._zones[cid] if rules.window_open(hours, z, now)]
             if not open_zones:
                 continue
+            if camp["tenant"] not in live:
+                live[camp["tenant"]] = self.tenant_live(camp["tenant"])
             room = rules.dial_room(None, 0, camp["tenant_max"],
-                                   self.tenant_live(camp["tenant"]) + len(self._before_dial))
+                                   live[camp["tenant"]] + len(self._before_dial))
             if room <= 0:
                 continue
             claimed = store.claim(conn, cid, self.node, open_zones,
@@ -236,6 +239,8 @@ class Dialer:
 
     def _write(self, func, *args) -> None:
         self._writes.append((func, args))
+        if func is store.finish:
+            metrics.CAMPAIGN_CONTACTS.labels(args[2]).inc()
 
     def _check_answer_rate(self, conn, campaign_id: int) -> None:
         camp = next((c for c in self._campaigns if c["id"] == campaign_id), None)
