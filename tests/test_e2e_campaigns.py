@@ -17,7 +17,7 @@ import pytest
 
 from conftest import E2E_PASSWORD
 from daemon_harness import DaemonProcess, metric, rows, wait_for
-from switchd.api import keys
+from switchd.api import keys, webhooks
 from switchd.sim import GatewayBehaviour, Simulator
 from test_e2e_api import request
 
@@ -149,6 +149,9 @@ def test_sigkill_mid_campaign_then_restart_dials_nobody_twice(world_url, nodes, 
         dialled = {n for n, o in outcomes.items() if o not in ("unknown", "refused", "dnc")}
         assert dialled <= set(placed)
         assert set(placed) - dialled <= {n for n, o in outcomes.items() if o == "unknown"}
+        settled = rows(world_url, "SELECT count(*) FROM campaign_contacts "
+                                  "WHERE detail LIKE 'daemon %% stopped %%'")[0][0]
+        assert settled >= 1          # the killed daemon's claims were settled, not re-dialled
     finally:
         assert restarted.terminate() == 0, restarted.log()[-3000:]
 
@@ -157,6 +160,8 @@ def test_sigkill_mid_campaign_then_restart_dials_nobody_twice(world_url, nodes, 
 def test_two_daemons_on_two_switches_share_one_campaign_without_duplicates(world_url, nodes,
                                                                           key):
     (sim_a, daemon_a), (sim_b, daemon_b) = nodes(2)
+    with psycopg.connect(world_url, autocommit=True) as conn:
+        webhooks.set_webhook(conn, "acme", "http://127.0.0.1:9/down")
     numbers = _create(daemon_a, key, "shared", 120, pace_cps=20, max_concurrent=40, start=True)
     wait_for(lambda: campaign_state(world_url, "shared") == "completed", 60,
              "campaign completed", daemon_a)
@@ -167,6 +172,10 @@ def test_two_daemons_on_two_switches_share_one_campaign_without_duplicates(world
     assert a > 10 and b > 10, (a, b)                 # both dialled
     rate = measured_rate([t for _, t in placed])    # the pace is the campaign's, not per node
     assert 20 * 0.85 <= rate <= 20 * 1.1, rate
+    # both daemons look for finished campaigns; the completion is announced once
+    assert rows(world_url, "SELECT event, call_uuid FROM webhook_outbox "
+                           "WHERE event LIKE 'campaign.%%'") == [("campaign.completed",
+                                                                 "campaign:shared")]
 
 
 # --- docs/api.md, followed as written ---------------------------------------------------------------
