@@ -298,10 +298,12 @@ def test_budget_refusal_pauses_and_leaves_the_contact_to_dial(world_url):
         ("pending", 3)]
 
 
-def test_claims_of_a_dead_daemon_are_settled_never_redialled(world_url):
-    cid = _campaign(world_url, name="dead", pace="1000", n=3)
+def test_claims_of_a_dead_daemon_are_settled_and_only_unsent_ones_dialled(world_url):
+    cid = _campaign(world_url, name="dead", pace="1000", n=4)
     with psycopg.connect(world_url, autocommit=True) as conn:
-        a, b, c = store.claim(conn, cid, "dead-node", ["Europe/London"], 100, 0.2, 60, most=3)
+        a, b, c, d = store.claim(conn, cid, "dead-node", ["Europe/London"], 100, 0.2, 60, most=4)
+        for sent in (a, b, c):
+            assert store.mark_sent(conn, sent["id"], "dead-node")
         call_b = str(uuid.uuid4())
         store.mark_live(conn, c["id"], "dead-node", str(uuid.uuid4()))
         # b's originate reached the switch: its call record exists
@@ -311,27 +313,22 @@ def test_claims_of_a_dead_daemon_are_settled_never_redialled(world_url):
         while conn.execute("SELECT count(*) FROM campaign_contacts WHERE lease_until >= now()"
                            ).fetchone()[0]:
             gevent.sleep(0.05)                   # the leases (0.2 s) run out
-        assert store.recover(conn) == 3
+        assert store.recover(conn) == 4
+        assert not store.mark_sent(conn, d["id"], "dead-node")    # no longer its claim
     got = {n: (o, u) for n, o, u in rows(world_url, "SELECT number, outcome, call_uuid "
                                                     "FROM campaign_contacts")}
-    assert got[a["number"]] == ("unknown", None)
+    assert got[a["number"]] == ("unknown", None)     # sent, no record: never again by itself
     assert got[b["number"]] == ("busy", call_b)
     assert got[c["number"]][0] == "answered"
+    assert got[d["number"]] == (None, None)          # never sent: pending again
     originate = FakeOriginate()
     _run_until(_dialer(world_url, originate, datetime.now(UTC), ["dead"]),
                lambda: rows(world_url, "SELECT state FROM campaigns WHERE id = %s", cid)
                == [("completed",)])
-    assert originate.requests == []              # nobody dialled again
-
-
-def test_patch_changes_one_setting_and_keeps_the_rest(world):
-    app, acme = world["app"], world["acme"]
-    assert call(app, "POST", "/v1/campaigns", acme, {
-        "name": "p", "calling_hours": "09:00-18:00", "calling_days": "mon-fri"})[0] == 201
-    status, _, body = call(app, "PATCH", "/v1/campaigns/p", acme, {"calling_days": "sat,sun"})
-    assert status == 200 and body["calling_hours"] == "09:00-18:00"
-    assert body["calling_days"] == "sat,sun"
-    status, _, body = call(app, "PATCH", "/v1/campaigns/p", acme, {"pace_cps": "2.5"})
-    assert body["pace_cps"] == "2.500" and body["calling_days"] == "sat,sun"
-    status, _, body = call(app, "PATCH", "/v1/campaigns/p", acme, {"calling_hours": None})
-    assert body["calling_hours"] is None and body["calling_days"] == "sat,sun"
+    assert [r.destination for r in originate.requests] == [d["number"]]
+    with psycopg.connect(world_url, autocommit=True) as conn:
+        assert store.requeue_unknown(conn, cid) == 1
+    assert rows(world_url, "SELECT state FROM campaign_contacts WHERE number = %s",
+                a["number"]) == [("pending",)]
+    assert rows(world_url, "SELECT state, state_reason FROM campaigns WHERE id = %s", cid) == [
+        ("paused", "1 unknown contact(s) requeued")]

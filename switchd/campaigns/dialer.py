@@ -18,6 +18,7 @@ from collections import deque
 from datetime import datetime, timezone
 
 import gevent
+import gevent.lock
 import psycopg
 from gevent.event import AsyncResult
 
@@ -52,6 +53,8 @@ class Dialer:
         self.tick_s = tick_s
         self.node = node or f"{socket.gethostname()}:{os.getpid()}"
         self._conn: psycopg.Connection | None = None
+        self._sent_conn: psycopg.Connection | None = None
+        self._sent_lock = gevent.lock.Semaphore()
         self._writes: deque = deque()       # (function, args) run in the dialer greenlet
         self._checks: set[int] = set()      # campaigns whose answer rate to look at
         self._inflight: dict[int, gevent.Greenlet] = {}   # contact id -> its greenlet
@@ -173,6 +176,8 @@ class Dialer:
             log.warning("campaign dialer: could not release claims at stop: %s", exc)
         finally:
             self._close()
+            if self._sent_conn is not None:
+                self._sent_conn.close()
 
     # --- one contact ---------------------------------------------------------------------------------
     def _dial(self, contact: dict, camp: dict) -> None:
@@ -183,6 +188,8 @@ class Dialer:
                 # paused or stopped since the claim (as last read, every 0.25 s): not dialled
                 self._write(store.release, contact_id, self.node)
                 return
+            if not self._mark_sent(contact_id):
+                return              # the claim is no longer ours (lease lost): never dial
             self._before_dial.discard(contact_id)
             request = OriginateRequest(tenant=camp["tenant"], destination=contact["number"],
                                        caller_id=camp["caller_id"], campaign=camp["name"],
@@ -221,6 +228,28 @@ class Dialer:
         finally:
             self._before_dial.discard(contact_id)
             self._inflight.pop(contact_id, None)
+
+    def _mark_sent(self, contact_id: int) -> bool:
+        """Commit `sent_at` before the originate, on a connection of its own (the dialer
+        greenlet's may be inside a claim transaction). Any doubt: do not dial, put it back."""
+        try:
+            with self._sent_lock:
+                if self._sent_conn is None or self._sent_conn.closed:
+                    self._sent_conn = psycopg.connect(self.db_url, autocommit=True,
+                                                      connect_timeout=5)
+                sent = store.mark_sent(self._sent_conn, contact_id, self.node)
+            if sent:
+                return True
+            log.warning("campaign contact %s: claim no longer ours; not dialled", contact_id)
+            return False
+        except psycopg.Error as exc:
+            log.warning("campaign contact %s not dialled: could not mark it sent: %s",
+                        contact_id, exc)
+            if self._sent_conn is not None:
+                self._sent_conn.close()
+            self._sent_conn = None
+            self._write(store.release, contact_id, self.node)
+            return False
 
     def _refused(self, contact_id: int, camp: dict, exc: OriginateError) -> None:
         """The originate was refused before a call: budget pauses the campaign; caps and

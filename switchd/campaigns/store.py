@@ -5,10 +5,13 @@ straight to done. Claims take the campaign row FOR UPDATE (the shared pace, `nex
 and the concurrency count are read and moved under it) and the contact FOR UPDATE SKIP
 LOCKED, so several daemons sharing the database never claim one contact twice.
 
-A claim whose daemon died (its lease ran out) is settled by `recover`, never re-dialled:
-a live contact was answered; a dialing contact is looked up in `calls` (same tenant and
-number, started after the claim) and takes that call's outcome, else `unknown`. Calling
-someone twice is worse than missing them once; `requeue_unknown` re-dials them on purpose.
+A daemon marks a claimed contact `sent_at` (committed) just before it sends the originate,
+and sends nothing if that mark finds the claim no longer its own. So when a daemon dies
+(its leases run out), `recover` knows: a claim never sent goes back to pending (nobody was
+called); a live contact was answered; a sent one is looked up in `calls` (same tenant and
+number, started after it was sent) and takes that call's outcome, else `unknown` and is
+never re-dialled by itself. Calling someone twice is worse than missing them once;
+`requeue_unknown` re-dials them on purpose.
 """
 from __future__ import annotations
 
@@ -181,11 +184,18 @@ def list_contacts(conn: psycopg.Connection, campaign_id: int, state: str | None 
 
 
 def requeue_unknown(conn: psycopg.Connection, campaign_id: int) -> int:
-    """Put contacts whose outcome is `unknown` back to pending: an operator's decision."""
-    cur = conn.execute("UPDATE campaign_contacts SET state = 'pending', outcome = NULL, "
-                       "detail = NULL, finished_at = NULL WHERE campaign_id = %s AND "
-                       "state = 'done' AND outcome = 'unknown'", (campaign_id,))
-    return cur.rowcount
+    """Put contacts whose outcome is `unknown` back to pending: an operator's decision. A
+    completed campaign becomes paused, to be resumed."""
+    with conn.transaction():
+        count = conn.execute("UPDATE campaign_contacts SET state = 'pending', outcome = NULL, "
+                             "detail = NULL, finished_at = NULL, sent_at = NULL, "
+                             "claimed_by = NULL WHERE campaign_id = %s AND state = 'done' "
+                             "AND outcome = 'unknown'", (campaign_id,)).rowcount
+        if count:
+            conn.execute("UPDATE campaigns SET state = 'paused', state_reason = %s, "
+                         "updated_at = now() WHERE id = %s AND state = 'completed'",
+                         (f"{count} unknown contact(s) requeued", campaign_id))
+    return count
 
 
 # --- do not call -----------------------------------------------------------------------------
@@ -295,8 +305,16 @@ def claim(conn: psycopg.Connection, campaign_id: int, node: str, open_zones: lis
 def release(conn: psycopg.Connection, contact_id: int, node: str) -> None:
     """Back to pending: the call was not placed (caps full, switch away, budget)."""
     conn.execute("UPDATE campaign_contacts SET state = 'pending', claimed_by = NULL, "
-                 "lease_until = NULL, attempts = greatest(attempts - 1, 0) "
+                 "lease_until = NULL, sent_at = NULL, attempts = greatest(attempts - 1, 0) "
                  "WHERE id = %s AND claimed_by = %s AND state = 'dialing'", (contact_id, node))
+
+
+def mark_sent(conn: psycopg.Connection, contact_id: int, node: str) -> bool:
+    """Just before the originate: True if the claim is still this node's (then the mark is
+    committed and a restart will not re-dial it); False: do not dial."""
+    return conn.execute("UPDATE campaign_contacts SET sent_at = now() WHERE id = %s AND "
+                        "claimed_by = %s AND state = 'dialing' AND sent_at IS NULL",
+                        (contact_id, node)).rowcount == 1
 
 
 def mark_live(conn: psycopg.Connection, contact_id: int, node: str, call_uuid: str) -> None:
@@ -328,12 +346,18 @@ def recover(conn: psycopg.Connection) -> int:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT k.id, k.number, k.state, k.claimed_at, k.claimed_by, k.call_uuid,
-                      t.name AS tenant
+                      k.sent_at, t.name AS tenant
                FROM campaign_contacts k JOIN campaigns c ON c.id = k.campaign_id
                JOIN tenants t ON t.id = c.tenant_id
                WHERE k.state IN ('dialing', 'live') AND k.lease_until < now()
                ORDER BY k.id LIMIT 500 FOR UPDATE OF k SKIP LOCKED""").fetchall()
         for row in rows:
+            if row["state"] == "dialing" and row["sent_at"] is None:
+                cur.execute("UPDATE campaign_contacts SET state = 'pending', claimed_by = NULL, "
+                            "lease_until = NULL, attempts = greatest(attempts - 1, 0) "
+                            "WHERE id = %s", (row["id"],))
+                settled += 1
+                continue            # claimed, never sent: nobody was called
             if row["state"] == "live":
                 call = cur.execute("SELECT hangup_cause FROM calls WHERE call_uuid = %s",
                                    (row["call_uuid"],)).fetchone()
@@ -347,7 +371,7 @@ def recover(conn: psycopg.Connection) -> int:
                          AND started_at >= %s - interval '10 seconds'
                        ORDER BY started_at LIMIT 1""",
                     (row["tenant"], row["number"], row["number"].lstrip("+"),
-                     row["claimed_at"])).fetchone()
+                     row["sent_at"])).fetchone()
                 if call is not None:
                     outcome = rules.outcome_of(call["answered_at"] is not None, call["hangup_cause"])
                     cause, call_uuid = call["hangup_cause"], call["call_uuid"]

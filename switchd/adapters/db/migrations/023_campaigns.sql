@@ -32,6 +32,7 @@ CREATE TABLE campaign_contacts (
     claimed_by   text,
     claimed_at   timestamptz,
     lease_until  timestamptz,
+    sent_at      timestamptz,                    -- set just before the originate is sent
     call_uuid    text,
     hangup_cause text,
     attempts     integer NOT NULL DEFAULT 0,
