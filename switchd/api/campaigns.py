@@ -3,7 +3,8 @@ only; every daemon's dialer reads campaign state from there, so a pause answered
 holds for every daemon's next claim."""
 from __future__ import annotations
 
-from dialplan import numbers
+from dialplan import numbers, validate
+from dialplan.campaigns import OUTCOMES
 from switchd.api.app import ApiError, Request, route
 from switchd.campaigns import spec, store
 
@@ -76,7 +77,6 @@ def create_campaign(horizon_s: float):
             raise ApiError(400, "required (the tenant the campaign belongs to)", "tenant")
         name = body.get("name")
         try:
-            from dialplan import validate
             validate.name(name)
         except validate.Invalid as exc:
             raise ApiError(400, str(exc), "name") from None
@@ -131,7 +131,6 @@ def list_contacts(req: Request):
     state, outcome = req.query.get("state"), req.query.get("outcome")
     if state is not None and state not in ("pending", "dialing", "live", "done"):
         raise ApiError(400, "one of pending, dialing, live, done", "state")
-    from dialplan.campaigns import OUTCOMES
     if outcome is not None and outcome not in OUTCOMES:
         raise ApiError(400, f"one of {', '.join(OUTCOMES)}", "outcome")
     limit = req.int_query("limit", 100, 1, 1000)
