@@ -75,7 +75,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from switchd.commands import api, inventory
+    from switchd.commands import api, campaigns, inventory
     parser = _Parser(prog="switchd", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=_formatter)
     parser.add_argument("--version", action="version", version=f"switchd {_version()}")
@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="switchd.commands.db:stop")
 
     api.register(sub, _formatter)       # keys, webhooks, route (docs/api.md)
+    campaigns.register(sub, _formatter)  # campaign, dnc (docs/campaigns.md)
 
     _add_common_options(parser)
     return parser

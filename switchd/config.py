@@ -142,6 +142,10 @@ SETTINGS: tuple[Setting, ...] = (
             "a replay re-sends it.", check=_positive),
     Setting("webhooks", "timeout", float, 10.0,
             "Seconds one webhook POST may take.", check=_positive),
+    Setting("dialer", "lease_seconds", float, 15.0,
+            "Seconds a daemon's claim on a campaign contact lasts unless renewed; after a "
+            "daemon dies, its claims are settled (never re-dialled) once this has passed.",
+            check=_positive),
     Setting("routing", "tenant_from", "choice:accountcode|domain|variable", "accountcode",
             "How a dialplan lookup names its tenant: variable_accountcode, the SIP domain, "
             "or the channel variable in routing.tenant_variable."),

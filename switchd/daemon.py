@@ -51,6 +51,7 @@ from switchd.calls.model import (CallAdopted, CallAnswered, CallEnded, CallRenam
                                  CarrierOutcome, LegEnded)
 from switchd.calls.reconcile import RESYNC_LAG_US
 from switchd.calls.registry import CallRegistry
+from switchd.campaigns.dialer import Dialer
 from switchd.routing.router import Router
 from switchd.watchers import Periodic, WorldReloader
 
@@ -190,6 +191,12 @@ class Daemon:
                                       daemon=self.originator.daemon)
         self.retries.on_interrupted = self.originator.interrupted
         self.originator.on_effects = lambda effects: [self._act(e) for e in effects]
+        # Campaigns (docs/campaigns.md): contacts claimed from PostgreSQL, dialled by the
+        # originator; the event path only tells it that a campaign call ended.
+        self.dialer = Dialer(self.db_url, self.originator.originate, world=lambda: self.world,
+                             tenant_live=self._tenant_live,
+                             lease_s=cfg["dialer.lease_seconds"],
+                             horizon_s=cfg["webhooks.give_up_after"])
         self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
         # Call events for applications (switchd/api/webhooks.py): the event greenlet only
         # appends to call_events; the outbox writer and the deliverer do the I/O.
@@ -229,6 +236,7 @@ class Daemon:
         self._spawn(self.reloader.run)
         self._spawn(lambda: self.outbox.run(self.stopping))
         self._spawn(lambda: self.deliverer.run(self.stopping))
+        self._spawn(lambda: self.dialer.run(self.stopping))
         self._spawn(Periodic(3600.0, self._api_housekeeping, "API housekeeping").run)
         # Hourly spend spikes and the month-end forecast (docs/reports.md).
         self.spend_watch = spend_watch.from_config(cfg, self.db_url, self.call_events)
@@ -404,6 +412,7 @@ class Daemon:
                                    effect.answered, _now())
         elif isinstance(effect, CallEnded):
             self._call_ended(effect.call, precision)
+            self.dialer.call_ended(effect.call)
         elif isinstance(effect, CallStarted):
             self.call_events.started(effect.call)
         elif isinstance(effect, CallAnswered):
@@ -684,6 +693,9 @@ class Daemon:
         from dialplan.health import CarrierHealth
         self.health._set(carrier, CarrierHealth(), _now())
         log.warning("carrier %s health reset by the API", carrier, extra={"carrier": carrier})
+
+    def _tenant_live(self, tenant: str) -> int:
+        return sum(1 for call in self.registry.live_calls() if call.tenant == tenant)
 
     def live_calls(self) -> list[dict]:
         if not self.routing:

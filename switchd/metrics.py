@@ -125,6 +125,10 @@ WEBHOOK_EVENTS_DROPPED = _counter("switchd_webhook_events_dropped_total",
 API_REQUESTS = _counter("switchd_api_requests_total",
                         "REST /v1 requests by HTTP status class.", ["status"])
 
+# --- campaigns (switchd/campaigns/dialer.py) ---
+CAMPAIGN_CONTACTS = _counter("switchd_campaign_contacts_total",
+                             "Campaign contacts this daemon settled, by outcome", ("outcome",))
+
 # --- billing truth (FreeSWITCH's CDRs, docs/storage.md) ----------------------------------
 SWITCH_CDRS = _counter("switchd_switch_cdrs_total",
                        "FreeSWITCH CDR deliveries (POST /fs/cdr, cdr import) by outcome: "

@@ -186,6 +186,8 @@ class ApiApp:
         raw = environ["wsgi.input"].read(length) if length else b""
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
                    if k.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):       # WSGI keeps it out of HTTP_*
+            headers["content-type"] = environ["CONTENT_TYPE"]
         req = Request(method, path, {k: unquote(v) for k, v in params.items()},
                       dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)),
                       headers, raw)

@@ -101,6 +101,29 @@ _OPS = [
     ("patch", "/v1/dids/{number}", "Change a DID's destination", _ref("DidPatch"), "200",
      "Updated"),
     ("delete", "/v1/dids/{number}", "Delete a DID", None, "204", "Deleted"),
+    ("get", "/v1/campaigns", "List campaigns with their progress", None, "200", "Campaigns"),
+    ("post", "/v1/campaigns", "Create a campaign (contacts may be included; start: true runs it)",
+     _ref("CampaignCreate"), "201", "The campaign and its progress"),
+    ("get", "/v1/campaigns/{name}", "One campaign: settings, state and progress", None, "200",
+     "The campaign"),
+    ("patch", "/v1/campaigns/{name}", "Change a campaign's pace, concurrency, hours ...",
+     _ref("CampaignSettings"), "200", "Updated"),
+    ("get", "/v1/campaigns/{name}/contacts", "Contacts with their state and outcome (paged)",
+     None, "200", "Contacts, next_cursor when there are more"),
+    ("post", "/v1/campaigns/{name}/contacts", "Add contacts: JSON {contacts: [...]} or a CSV "
+     "body (Content-Type: text/csv)", _ref("Contacts"), "201", "Counts added and duplicates"),
+    ("post", "/v1/campaigns/{name}/start", "Start dialling", _ref("Reason"), "200", "The campaign"),
+    ("post", "/v1/campaigns/{name}/pause", "Pause (calls in progress finish)", _ref("Reason"),
+     "200", "The campaign"),
+    ("post", "/v1/campaigns/{name}/resume", "Resume a paused campaign", _ref("Reason"), "200",
+     "The campaign"),
+    ("post", "/v1/campaigns/{name}/stop", "Stop for good (pending contacts are not dialled)",
+     _ref("Reason"), "200", "The campaign"),
+    ("get", "/v1/dnc", "The do-not-call list (a tenant key: its own)", None, "200", "Numbers"),
+    ("post", "/v1/dnc", "Add numbers to a tenant's do-not-call list", _ref("Dnc"), "201",
+     "Added"),
+    ("delete", "/v1/dnc/{number}", "Remove a number from the do-not-call list", None, "204",
+     "Removed"),
 ]
 
 _QUERY = {
@@ -110,6 +133,8 @@ _QUERY = {
     "/v1/keys": ["tenant"], "/v1/dids": ["tenant"],
     "/v1/carriers/{name}/rates/export": ["at", "deck_id"],
     "/v1/carriers/{name}/rates": ["effective_from"],
+    "/v1/campaigns": ["tenant"], "/v1/dnc": ["tenant"], "/v1/dnc/{number}": ["tenant"],
+    "/v1/campaigns/{name}/contacts": ["state", "outcome", "limit", "cursor"],
 }
 
 
@@ -138,6 +163,20 @@ def _schemas() -> dict:
         "Webhook": {"type": "object", "required": ["url"], "properties": {
             "url": {"type": "string", "format": "uri"}, "secret": {"type": "string"},
             "enabled": {"type": "boolean"}}},
+        "CampaignSettings": _campaign_settings(),
+        "CampaignCreate": {**_campaign_settings(), "required": ["name"], "properties": {
+            **_campaign_settings()["properties"], "name": {"type": "string"},
+            "tenant": {"type": "string"}, "start": {"type": "boolean"},
+            "contacts": {"type": "array", "items": _ref("Contact")}}},
+        "Contact": {"type": "object", "required": ["number"], "properties": {
+            "number": {"type": "string"}, "timezone": {"type": "string"}},
+            "additionalProperties": True},
+        "Contacts": {"type": "object", "required": ["contacts"], "properties": {
+            "contacts": {"type": "array", "items": _ref("Contact")}}},
+        "Reason": {"type": "object", "properties": {"reason": {"type": "string"}}},
+        "Dnc": {"type": "object", "required": ["numbers"], "properties": {
+            "tenant": {"type": "string"}, "note": {"type": "string"},
+            "numbers": {"type": "array", "items": {"type": "string"}}}},
         "Tenant": _obj("tenants"), "TenantPatch": _obj("tenants", required=False),
         "Carrier": carrier, "CarrierPatch": _obj("carriers", required=False),
         "Gateway": gw, "GatewayPatch": _obj("gateways", required=False),
@@ -199,6 +238,20 @@ _RESPONSE_SCHEMAS = {("post", "/v1/calls"): "OriginateResult",
                      ("get", "/v1/calls/{call_uuid}"): "Call"}
 
 
+def _campaign_settings() -> dict:
+    num = {"type": ["number", "string"]}
+    return {"type": "object", "additionalProperties": False, "properties": {
+        "pace_cps": {**num, "description": "calls per second (0.01-1000)"},
+        "max_concurrent": {"type": "integer", "minimum": 1},
+        "caller_id": {"type": "string"},
+        "timeout_s": {"type": "integer", "minimum": 1, "maximum": 300},
+        "calling_hours": {"type": ["string", "null"], "description": "HH:MM-HH:MM, local"},
+        "calling_days": {"type": "string", "description": "e.g. mon-fri"},
+        "default_timezone": {"type": "string"},
+        "min_answer_rate": {**num, "description": "0-1; below it the campaign pauses"},
+        "answer_rate_window": {"type": "integer", "minimum": 1}}}
+
+
 def _operation(method, path, summary, body, status, desc) -> dict:
     params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
               for n in __import__("re").findall(r"\{(\w+)\}", path)]
@@ -220,7 +273,10 @@ def _operation(method, path, summary, body, status, desc) -> dict:
         op["parameters"] = params
     if body is not None:
         ctype = "text/csv" if body == {"type": "string"} else "application/json"
-        op["requestBody"] = {"required": True, "content": {ctype: {"schema": body}}}
+        op["requestBody"] = {"required": body != _ref("Reason"),
+                             "content": {ctype: {"schema": body}}}
+        if path == "/v1/campaigns/{name}/contacts":
+            op["requestBody"]["content"]["text/csv"] = {"schema": {"type": "string"}}
     return op
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from switchd.api import calls, keys, openapi, resources, webhooks
+from switchd.api import calls, campaigns, keys, openapi, resources, webhooks
 from switchd.api.app import ApiApp, ApiError, Request, route
 from switchd.api.calls import Live
 
@@ -152,6 +152,7 @@ def build_routes(live: Live, horizon_s: float = 86400.0) -> list:
         route("GET", "/v1/dids/{number}", dids.get, "tenant"),
         route("PATCH", "/v1/dids/{number}", dids.update, "tenant"),
         route("DELETE", "/v1/dids/{number}", dids.delete, "admin"),
+        *campaigns.routes(horizon_s),
     ]
 
 
