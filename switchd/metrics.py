@@ -70,6 +70,14 @@ CAPS_FAIL_OPEN = _gauge("switchd_caps_fail_open",
 WATCHDOG_KILLS = _counter("switchd_watchdog_kills_total",
                           "Answered calls killed by switchd for outliving their max duration")
 BUDGET_USAGE = _gauge("switchd_budget_usage_ratio", "Month-to-date spend / budget", ("tenant",))
+BUDGET_RESERVED = _gauge("switchd_budget_reserved_ratio",
+                         "Month budget reserved by live calls / budget", ("tenant",))
+BUDGET_ALERTS = _counter("switchd_budget_alerts_total",
+                         "Budget thresholds (75, 90, 100 % of the month) crossed, each once "
+                         "per tenant and month", ("tenant", "threshold"))
+BUDGET_EXTENSIONS = _counter("switchd_budget_extensions_total",
+                             "Live calls whose budget-cut limit was moved on the switch when "
+                             "budget freed up, by result (extended, failed)", ("result",))
 
 # --- ESL ---------------------------------------------------------------------------------
 ESL_CONNECTED = _gauge("switchd_esl_connected", "1 while the ESL connection is up and authed")
