@@ -152,3 +152,4 @@ def test_racing_daemons_never_reserve_more_than_the_budget(redis_url):
     assert max(held for _, held in seen) > CEILING        # calls did run in parallel
     spent, held = witness(keys=keys)
     assert held == 0 and spent == sum(s["cost"] for s in stats) <= BUDGET
+    assert int(observer.get("{switchd}:budget:acme:2026-11:reserved") or 0) == 0   # running total

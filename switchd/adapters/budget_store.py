@@ -19,6 +19,7 @@ min(budget - spent - reserved_others, ceiling), run where it can be atomic.
 """
 from __future__ import annotations
 
+import heapq
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -63,62 +64,88 @@ class BudgetStore(ABC):
         pass
 
 
+class _Month:
+    """One tenant's month in process: holds, their running total, and a heap of lease
+    expiries (stale entries, from refreshes, are skipped when they surface)."""
+    __slots__ = ("holds", "total", "expiries", "spent")
+
+    def __init__(self, spent: int):
+        self.holds: dict[str, tuple[int, float]] = {}
+        self.total = 0
+        self.expiries: list[tuple[float, str]] = []
+        self.spent = spent
+
+    def put(self, call: str, amount: int, exp: float) -> None:
+        old = self.holds.get(call)
+        self.total += amount - (old[0] if old else 0)
+        self.holds[call] = (amount, exp)
+        heapq.heappush(self.expiries, (exp, call))
+
+    def drop(self, call: str) -> bool:
+        old = self.holds.pop(call, None)
+        if old is not None:
+            self.total -= old[0]
+        return old is not None
+
+
 class LocalBudgets(BudgetStore):
-    """The embedded default: one daemon, reservations in memory."""
+    """The embedded default: one daemon, reservations in memory. O(log n) per operation."""
 
     name = "local"
 
     def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.ttl = float(ttl)
         self._clock = clock
-        self._spent: dict[tuple[str, str], int] = {}
-        self._holds: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+        self._months: dict[tuple[str, str], _Month] = {}
 
-    def _live(self, tenant, month) -> dict[str, tuple[int, float]]:
-        holds = self._holds.setdefault((tenant, month), {})
-        now = self._clock()
-        for call in [c for c, (_, exp) in holds.items() if exp <= now]:
-            del holds[call]
-        return holds
-
-    def _spent_of(self, tenant, month, seed) -> int:
-        return self._spent.setdefault((tenant, month), int(seed))
+    def _month(self, tenant, month, seed) -> _Month:
+        m = self._months.get((tenant, month))
+        if m is None:
+            m = self._months[(tenant, month)] = _Month(int(seed))
+        now, heap = self._clock(), m.expiries
+        while heap and heap[0][0] <= now:
+            exp, call = heapq.heappop(heap)
+            held = m.holds.get(call)
+            if held is not None and held[1] == exp:      # not refreshed since: expired
+                m.drop(call)
+        return m
 
     def reserve(self, tenant, month, call, budget, seed, ceiling, grow=False):
-        holds = self._live(tenant, month)
-        spent = self._spent_of(tenant, month, seed)
-        others = sum(a for c, (a, _) in holds.items() if c != call)
-        granted = int(rules.grant(budget, spent, others, ceiling))
-        if grow and call in holds:
-            granted = max(granted, holds[call][0])
+        m = self._month(tenant, month, seed)
+        own = m.holds.get(call)
+        others = m.total - (own[0] if own else 0)
+        granted = int(rules.grant(budget, m.spent, others, ceiling))
+        if grow and own is not None:
+            granted = max(granted, own[0])
         if granted > 0:
-            holds[call] = (granted, self._clock() + self.ttl)
+            m.put(call, granted, self._clock() + self.ttl)
         else:
-            holds.pop(call, None)
-        return granted, spent, others
+            m.drop(call)
+        return granted, m.spent, others
 
     def settle(self, tenant, month, call, cost, seed):
-        self._live(tenant, month).pop(call, None)
-        before = self._spent_of(tenant, month, seed)
-        self._spent[(tenant, month)] = before + int(cost)
-        return before, before + int(cost)
+        m = self._month(tenant, month, seed)
+        m.drop(call)
+        before = m.spent
+        m.spent += int(cost)
+        return before, m.spent
 
     def release(self, tenant, month, call):
-        return self._live(tenant, month).pop(call, None) is not None
+        return self._month(tenant, month, 0).drop(call)
 
     def refresh(self, holds):
         lost = []
         exp = self._clock() + self.ttl
         for tenant, month, call, amount in holds:
-            live = self._live(tenant, month)
-            if call not in live:
+            m = self._month(tenant, month, 0)
+            if call not in m.holds:
                 lost.append(call)
-            live[call] = (int(amount), exp)
+            m.put(call, int(amount), exp)
         return lost
 
     def usage(self, tenant, month, seed):
-        holds = self._live(tenant, month)
-        return self._spent_of(tenant, month, seed), sum(a for a, _ in holds.values())
+        m = self._month(tenant, month, seed)
+        return m.spent, m.total
 
 
 _COMMON = r"""
@@ -128,10 +155,25 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function int(x) return string.format('%d', x) end
+-- A month's reservations: HASH call -> amount, ZSET call -> lease expiry, and their running
+-- total (so no operation sums every hold). A total without its hash (garbage-collected)
+-- is stale and starts again from 0.
+local function total_of(res, tot)
+  if redis.call('EXISTS', res) == 0 then redis.call('DEL', tot) return 0 end
+  return tonumber(redis.call('GET', tot) or '0')
+end
+local function unhold(res, exp, tot, call)
+  local old = redis.call('HGET', res, call)
+  if not old then return false end
+  redis.call('HDEL', res, call)
+  redis.call('ZREM', exp, call)
+  redis.call('DECRBY', tot, old)
+  return true
+end
 -- Reservations whose lease passed are dropped before anything is counted.
-local function purge(res, exp, now)
+local function purge(res, exp, tot, now)
   local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', string.format('%.6f', now))
-  for _, c in ipairs(dead) do redis.call('HDEL', res, c) end
+  for _, c in ipairs(dead) do unhold(res, exp, tot, c) end
   if #dead > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', string.format('%.6f', now)) end
 end
 local function spent_of(key, seed, keep)
@@ -140,79 +182,77 @@ local function spent_of(key, seed, keep)
   redis.call('SET', key, seed, 'EX', keep)
   return tonumber(seed)
 end
-local function others(res, call)
-  local total, kv = 0, redis.call('HGETALL', res)
-  for i = 1, #kv, 2 do
-    if kv[i] ~= call then total = total + tonumber(kv[i + 1]) end
-  end
-  return total
-end
-local function hold(res, exp, call, amount, until_, ttl)
+local function hold(res, exp, tot, call, amount, until_, ttl)
+  local old = tonumber(redis.call('HGET', res, call) or '0')
   redis.call('HSET', res, call, int(amount))
   redis.call('ZADD', exp, string.format('%.6f', until_), call)
+  redis.call('INCRBY', tot, int(amount - old))
   local gc = math.ceil((2 * ttl + 60) * 1000)
   redis.call('PEXPIRE', res, gc)
   redis.call('PEXPIRE', exp, gc)
+  redis.call('PEXPIRE', tot, gc)
 end
 """
 
-# KEYS: spent, holds, leases. ARGV: now, ttl, call, budget, seed, ceiling (-1: none),
+# KEYS: spent, holds, leases, total. ARGV: now, ttl, call, budget, seed, ceiling (-1: none),
 # grow ('1'/'0'), spent ttl -> {granted, spent, reserved by the others}
 _RESERVE = _COMMON + r"""
 local now, ttl, call = clock(), tonumber(ARGV[2]), ARGV[3]
 local budget, ceiling, grow = tonumber(ARGV[4]), tonumber(ARGV[6]), ARGV[7] == '1'
-purge(KEYS[2], KEYS[3], now)
+local total = total_of(KEYS[2], KEYS[4])
+purge(KEYS[2], KEYS[3], KEYS[4], now)
 local spent = spent_of(KEYS[1], ARGV[5], ARGV[8])
-local held = others(KEYS[2], call)
+local current = tonumber(redis.call('HGET', KEYS[2], call) or '0')
+local held = total_of(KEYS[2], KEYS[4]) - current
 local granted = budget - spent - held
 if ceiling >= 0 and ceiling < granted then granted = ceiling end
 if granted < 0 then granted = 0 end
-if grow then
-  local current = tonumber(redis.call('HGET', KEYS[2], call) or '0')
-  if current > granted then granted = current end
-end
+if grow and current > granted then granted = current end
 if granted > 0 then
-  hold(KEYS[2], KEYS[3], call, granted, now + ttl, ttl)
+  hold(KEYS[2], KEYS[3], KEYS[4], call, granted, now + ttl, ttl)
 else
-  redis.call('HDEL', KEYS[2], call)
-  redis.call('ZREM', KEYS[3], call)
+  unhold(KEYS[2], KEYS[3], KEYS[4], call)
 end
 return {int(granted), int(spent), int(held)}
 """
 
-# KEYS: spent, holds, leases. ARGV: now, call, cost, seed, spent ttl -> {before, after}
+# KEYS: spent, holds, leases, total. ARGV: now, call, cost, seed, spent ttl -> {before, after}
 _SETTLE = _COMMON + r"""
 local before = spent_of(KEYS[1], ARGV[4], ARGV[5])
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+total_of(KEYS[2], KEYS[4])
+unhold(KEYS[2], KEYS[3], KEYS[4], ARGV[2])
 local after = redis.call('INCRBY', KEYS[1], ARGV[3])
 return {int(before), int(after)}
 """
 
-# KEYS: holds, leases. ARGV: now, call -> 1 when it held a reservation
+# KEYS: spent, holds, leases, total. ARGV: now, call -> 1 when it held a reservation
 _RELEASE = _COMMON + r"""
-redis.call('ZREM', KEYS[2], ARGV[2])
-return redis.call('HDEL', KEYS[1], ARGV[2])
+total_of(KEYS[2], KEYS[4])
+if unhold(KEYS[2], KEYS[3], KEYS[4], ARGV[2]) then return 1 end
+return 0
 """
 
-# KEYS: (holds, leases) per hold. ARGV: now, ttl, then (call, amount) per hold -> lost calls
+# KEYS: (spent, holds, leases, total) per hold. ARGV: now, ttl, then (call, amount) per
+# hold -> lost calls
 _REFRESH = _COMMON + r"""
 local now, ttl = clock(), tonumber(ARGV[2])
 local lost = {}
-for i = 1, #KEYS, 2 do
-  local j = 3 + (i - 1)
+for i = 1, #KEYS, 4 do
+  local j = 3 + (i - 1) / 2
   local call, amount = ARGV[j], tonumber(ARGV[j + 1])
-  purge(KEYS[i], KEYS[i + 1], now)
-  if redis.call('HEXISTS', KEYS[i], call) == 0 then lost[#lost + 1] = call end
-  hold(KEYS[i], KEYS[i + 1], call, amount, now + ttl, ttl)
+  total_of(KEYS[i + 1], KEYS[i + 3])
+  purge(KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], now)
+  if redis.call('HEXISTS', KEYS[i + 1], call) == 0 then lost[#lost + 1] = call end
+  hold(KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], call, amount, now + ttl, ttl)
 end
 return lost
 """
 
-# KEYS: spent, holds, leases. ARGV: now, seed, spent ttl -> {spent, reserved}
+# KEYS: spent, holds, leases, total. ARGV: now, seed, spent ttl -> {spent, reserved}
 _USAGE = _COMMON + r"""
-purge(KEYS[2], KEYS[3], clock())
-return {int(spent_of(KEYS[1], ARGV[2], ARGV[3])), int(others(KEYS[2], ''))}
+total_of(KEYS[2], KEYS[4])
+purge(KEYS[2], KEYS[3], KEYS[4], clock())
+return {int(spent_of(KEYS[1], ARGV[2], ARGV[3])), int(total_of(KEYS[2], KEYS[4]))}
 """
 
 _BATCH = 200
@@ -225,6 +265,7 @@ class RedisBudgets(BudgetStore):
         <p>:budget:<tenant>:<month>:spent   STRING  micro-units
         <p>:budget:<tenant>:<month>:holds   HASH    call uuid -> micro-units
         <p>:budget:<tenant>:<month>:leases  ZSET    call uuid -> lease expiry
+        <p>:budget:<tenant>:<month>:reserved STRING the holds' running total
 
     Clock: Redis TIME (one clock for every daemon), or an injected one for tests. Lua
     numbers are doubles: amounts are exact up to 2^53 micro-units (9 x 10^9 currency units).
@@ -255,7 +296,7 @@ class RedisBudgets(BudgetStore):
 
     def _keys(self, tenant: str, month: str) -> list[str]:
         base = f"{self.prefix}:budget:{tenant}:{month}"
-        return [base + ":spent", base + ":holds", base + ":leases"]
+        return [base + ":spent", base + ":holds", base + ":leases", base + ":reserved"]
 
     def _now(self) -> str:
         return "" if self._clock is None else repr(float(self._clock()))
@@ -281,7 +322,7 @@ class RedisBudgets(BudgetStore):
         return int(out[0]), int(out[1])
 
     def release(self, tenant, month, call):
-        return bool(self._run("release", self._release, self._keys(tenant, month)[1:],
+        return bool(self._run("release", self._release, self._keys(tenant, month),
                               [self._now(), call]))
 
     def refresh(self, holds):
@@ -289,7 +330,7 @@ class RedisBudgets(BudgetStore):
         for i in range(0, len(holds), _BATCH):
             keys, args = [], [self._now(), repr(self.ttl)]
             for tenant, month, call, amount in holds[i:i + _BATCH]:
-                keys += self._keys(tenant, month)[1:]
+                keys += self._keys(tenant, month)
                 args += [call, int(amount)]
             lost += self._run("refresh", self._refresh, keys, args)
         return [c.decode() if isinstance(c, bytes) else c for c in lost]
