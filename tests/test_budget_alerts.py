@@ -45,3 +45,38 @@ def test_settlements_raise_each_threshold_once_in_the_month_a_call_started():
     assert book.seen[("acme", "2026-11")] == 1_050_000
     assert book.seen.get(("acme", "2026-12"), 0) == 0          # December starts untouched
     book.close()
+
+
+def test_redis_away_refuses_or_shares_what_this_daemon_knows(redis_url):
+    from dataclasses import dataclass
+
+    from dialplan.policy import Refusal
+    from switchd.adapters.budget_store import RedisBudgets
+
+    @dataclass(frozen=True)
+    class T:
+        name: str = "acme"
+        monthly_budget: Decimal = Decimal("1.00")
+        max_call_seconds: int = 600
+
+    @dataclass(frozen=True)
+    class R:
+        rate_per_min: Decimal = Decimal("0.06")
+        connect_fee: Decimal = Decimal(0)
+        initial_increment: int = 1
+        subsequent_increment: int = 1
+
+    dead = "redis://127.0.0.1:1/0"          # nothing listens on port 1
+    closed = BudgetBook(RedisBudgets.from_url(dead), {"acme": Decimal("1.00")})
+    refused = closed.reserve("c1", T(), R())
+    assert isinstance(refused, Refusal) and refused.reason == "caps_unavailable"
+    assert closed.holds == {}
+    opened = BudgetBook(RedisBudgets.from_url(dead), {"acme": Decimal("1.00")}, fail_open=True)
+    assert opened.reserve("c1", T(), R()) == Decimal("0.601000")   # 601 s at 0.001/s
+    assert opened.reserve("c2", T(), R()) == Decimal("0.399000")   # the rest, locally known
+    assert opened.reserve("c3", T(), R()) == Decimal(0)
+    # and a reachable Redis decides again
+    shared = BudgetBook(RedisBudgets.from_url(redis_url), {"acme": Decimal("1.00")})
+    assert shared.reserve("c1", T(), R()) == Decimal("0.601000")
+    for book in (closed, opened, shared):
+        book.close()
