@@ -77,3 +77,23 @@ def test_parallel_calls_share_the_budget_and_a_freed_share_extends_the_other(wor
     assert metric(daemon, "switchd_budget_extensions_total", result="extended") == 1
     # 0.027 of 0.04 is 67.5 %: no alert yet.
     assert rows(world_url, "SELECT count(*) FROM budget_alerts") == [(0,)]
+
+
+def test_a_top_up_extends_a_call_the_budget_cut(world_url, start_switch):
+    with psycopg.connect(world_url, autocommit=True) as conn:
+        conn.execute("UPDATE tenants SET max_call_seconds = 120, monthly_budget = 0.013 "
+                     "WHERE name = 'acme'")
+    sim, daemon = start_switch(world_url, time_scale=10.0)
+    call = sim.place_call("02079460001", accountcode="acme", hold_seconds=1000)
+    daemon.wait_until(lambda: call.route is not None and call.answered_leg, what="answer")
+    assert _max_duration(call) == 59                      # 0.013 buys 59 s at 0.009/min
+    with psycopg.connect(world_url, autocommit=True) as conn:   # the operator tops up
+        conn.execute("UPDATE tenants SET monthly_budget = 1 WHERE name = 'acme'")
+        conn.execute("SELECT pg_notify('switchd_world', 'top-up')")
+    assert call.wait(120)
+    told = [line for _, line in sim.api_log if call.uuid in line]
+    assert told[0] == f"sched_del {call.uuid}", told
+    moved = int(told[1].split()[1][1:])
+    assert told[1] == f"sched_hangup +{moved} {call.uuid} ALLOTTED_TIMEOUT" and moved > 59
+    assert call.hangup_cause == "ALLOTTED_TIMEOUT"
+    assert 119_000 <= call.billmsec <= 121_000, call.billmsec

@@ -151,6 +151,21 @@ class BudgetBook:
                                      self.monotonic())
         return amount
 
+    def preview(self, tenant, rate) -> Decimal | None:
+        """What a call routed now would reserve, without reserving (the routing dry run)."""
+        budget = self.budget_of(tenant)
+        if budget is None:
+            return None
+        month = rules.month_key(self.clock())
+        try:
+            spent, reserved = self.store.usage(tenant.name, month,
+                                               self.seen.get((tenant.name, month), 0))
+        except BudgetUnavailable:
+            return self.remaining(tenant)
+        ceiling = rules.to_micros(rules.ceiling_cost(rate, tenant.max_call_seconds), True)
+        return rules.from_micros(int(rules.grant(rules.to_micros(budget), spent, reserved,
+                                                 ceiling)))
+
     def release_now(self, call_uuid: str) -> None:
         """The routing decision that reserved was refused after all (routing path)."""
         hold = self.holds.pop(call_uuid, None)

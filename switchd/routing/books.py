@@ -133,6 +133,9 @@ class SpendBook:
     def release(self, call_uuid: str) -> None:
         pass
 
+    def preview(self, tenant, rate):
+        return self.remaining(tenant)
+
     def add(self, tenant: str | None, cost: Decimal, at: datetime) -> None:
         if not tenant or not cost:
             return
