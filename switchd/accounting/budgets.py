@@ -280,13 +280,23 @@ class BudgetBook:
         hold.amount = granted
         if new_seconds <= hold.seconds:
             return
-        n = rules.extension_seconds(new_seconds, live.now_us - live.answered_us)
-        if n is None or self.send is None:
+        if self.send is None:
             return
         from switchd.adapters.esl import commands
         try:
+            # Elapsed time in the switch's own clock (its answer time is in it), asked now:
+            # our estimate of its clock may be off by its skew or drift.
+            now_us = int(str(self.send(commands.strmicroepoch())).strip())
+        except Exception:   # an old switch, a garbled reply: our estimate of its clock
+            now_us = live.now_us
+        n = rules.extension_seconds(new_seconds, now_us - live.answered_us)
+        if n is None:
+            return
+        try:
             self.send(commands.sched_del(live.channel))
-            self.send(commands.sched_hangup(live.channel, n, "ALLOTTED_TIMEOUT"))
+            reply = str(self.send(commands.sched_hangup(live.channel, n, "ALLOTTED_TIMEOUT")))
+            if reply.startswith("-ERR"):
+                raise RuntimeError(reply.strip())
             self.send(commands.uuid_setvar(live.channel, "switchd_max_duration", new_seconds))
         except Exception as exc:    # the switch may be away: the old limit stands (watchdog)
             metrics.BUDGET_EXTENSIONS.labels("failed").inc()

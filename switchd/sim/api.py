@@ -154,6 +154,8 @@ def execute(sim, line: str) -> str:
     if cmd == "uuid_kill":
         ok = bool(args) and sim.kill_call(args[0], args[1] if len(args) > 1 else "NORMAL_CLEARING")
         return "+OK\n" if ok else NO_CHANNEL
+    if cmd == "strmicroepoch" and not args:
+        return str(sim.clock.now_us())
     if cmd == "sched_del":
         if not args:
             return "-ERR Invalid syntax\n"

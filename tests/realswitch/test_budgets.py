@@ -73,3 +73,5 @@ def test_a_call_ending_early_extends_the_other_on_the_switch(realswitch, tight):
     assert second[0].switchd["switchd_max_duration"] == "8"
     assert 7_000 <= b.billmsec <= 8_500, b.billmsec
     assert RATE_PER_S * (a.billsec + b.billsec) <= BUDGET, (a.billsec, b.billsec)
+    # the clock switchd asked the switch for, to count N from its answer time
+    assert realswitch.api("strmicroepoch").strip().isdigit()

@@ -158,6 +158,12 @@ def uuid_setvar(uuid: str, name: str, value: object) -> str:
                _word(value, f"value of {name}"))
 
 
+def strmicroepoch() -> str:
+    """``strmicroepoch``: the switch's clock now, in µs since the epoch (the clock its
+    events' times are in)."""
+    return api("strmicroepoch")
+
+
 def show_channels_json() -> str:
     return api("show", "channels", "as", "json")
 
