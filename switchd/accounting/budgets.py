@@ -202,9 +202,9 @@ class BudgetBook:
 
     def budget_changed(self, tenant: str, budget: Decimal | None) -> None:
         """A top-up (or cut) from provisioning: cut calls may be extended."""
-        before = self.budgets.get(tenant)
+        before = self.budgets.get(tenant, budget)
         self.budgets[tenant] = budget
-        if budget is not None and (before is None or budget > before):
+        if before is not None and (budget is None or budget > before):
             self._queue.put((self._extend_tenant, (tenant,)), keep=False)
 
     # --- periodic ------------------------------------------------------------------------
@@ -337,6 +337,11 @@ class BudgetBook:
             self._settle(tenant, month, call_uuid, cost, hold)
         for tenant in sorted({h.tenant for h in self.holds.values() if h.cut}):
             self._extend_tenant(tenant)     # frees by other daemons, top-ups elsewhere
+        month = rules.month_key(self.clock())
+        for tenant, budget in self.budgets.items():   # a new month starts at 0 here too
+            if budget:
+                spent = rules.from_micros(self.seen.get((tenant, month), 0))
+                metrics.BUDGET_USAGE.labels(tenant).set(float(spent / budget))
 
 
 # --- wiring (daemon) ----------------------------------------------------------------------------
