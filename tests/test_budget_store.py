@@ -153,3 +153,38 @@ def test_racing_daemons_never_reserve_more_than_the_budget(redis_url):
     spent, held = witness(keys=keys)
     assert held == 0 and spent == sum(s["cost"] for s in stats) <= BUDGET
     assert int(observer.get("{switchd}:budget:acme:2026-11:reserved") or 0) == 0   # running total
+
+
+def test_a_restarted_daemon_takes_over_its_running_calls_reservations(redis_url):
+    """The first run reserved for a call and died; the second run, finding the call up on
+    the switch, keeps its reservation alive past the old lease instead of letting others
+    take that money."""
+    import gevent
+
+    from switchd.accounting.budgets import BudgetBook
+    clock = Clock()
+    first = RedisBudgets(redis.Redis.from_url(redis_url), ttl=30, clock=clock)
+    assert first.reserve("acme", "2026-11", "up", 100, 0, 60)[0] == 60
+    assert first.reserve("acme", "2026-11", "gone", 100, 0, 60)[0] == 40
+    first.release("acme", "2026-11", "gone")
+    second = RedisBudgets(redis.Redis.from_url(redis_url), ttl=30, clock=clock)
+    assert second.adopt(["up", "gone", "never"]) == [("up", "acme", "2026-11", 60)]
+    restarted = BudgetBook(second, {"acme": None})
+    restarted.refresh({"up"})
+    with gevent.Timeout(10):
+        while "up" not in restarted.holds:
+            gevent.sleep(0.01)
+    clock.now += 20
+    restarted.refresh({"up"})
+    with gevent.Timeout(10):
+        while restarted.pending():
+            gevent.sleep(0.01)
+    clock.now += 20                       # past the first run's lease: still reserved
+    assert second.usage("acme", "2026-11", 0) == (0, 60)
+    assert second.reserve("acme", "2026-11", "new", 100, 0, 100)[0] == 40
+    restarted.call_ended("up", "acme", None, None)   # settled (cost 0) like any call
+    with gevent.Timeout(10):
+        while second.usage("acme", "2026-11", 0) != (0, 40):
+            gevent.sleep(0.01)
+    assert second.adopt(["up"]) == []
+    restarted.close()

@@ -89,6 +89,7 @@ class BudgetBook:
         self.clock, self.monotonic = clock, monotonic
         self.holds: dict[str, Hold] = {}
         self.unsettled: list[tuple] = []            # settlements the store refused; retried
+        self._looked_up: set[str] = set()           # live calls asked about once (adopt)
         # Hooks the daemon sets:
         self.on_alert: Callable[[Alert], None] = lambda alert: None
         self.live_call: Callable[[str], LiveCall | None] = lambda call_uuid: None
@@ -311,6 +312,25 @@ class BudgetBook:
         log.info("budget freed up: max duration %ss -> %ss (sched_hangup +%s)", old,
                  new_seconds, n, extra={"call_uuid": hold.call_uuid, "tenant": hold.tenant})
 
+    def _adopt(self, live: set) -> None:
+        """Calls up on the switch that this daemon holds no reservation for (it restarted,
+        or took them over): keep the reservation they already have in the store alive, so
+        the money they may still spend stays reserved. Their limit is already set on the
+        switch; they are settled when they end, never extended."""
+        self._looked_up &= live
+        unknown = [c for c in live if c not in self.holds and c not in self._looked_up]
+        if not unknown:
+            return
+        self._looked_up.update(unknown)
+        now = self.monotonic()
+        for call_uuid, tenant, month, amount in self.store.adopt(unknown):
+            if call_uuid not in self.holds:
+                self.holds[call_uuid] = Hold(call_uuid, tenant, month, amount, None, amount,
+                                             0, 0, False, now)
+                log.info("budget reservation of a running call taken over: %s",
+                         rules.from_micros(amount), extra={"call_uuid": call_uuid,
+                                                           "tenant": tenant})
+
     def _move(self, hold: Hold, old: str) -> None:
         try:
             self.store.release(hold.tenant, hold.month, old)
@@ -327,6 +347,7 @@ class BudgetBook:
                 del self.holds[call_uuid]
                 self._settle(hold.tenant, hold.month, call_uuid, 0, hold)
         try:
+            self._adopt(live)
             self.store.refresh([(h.tenant, h.month, c, h.amount) for c, h in self.holds.items()])
             retry, self.unsettled = self.unsettled, []
         except BudgetUnavailable as exc:

@@ -60,6 +60,12 @@ class BudgetStore(ABC):
     def usage(self, tenant: str, month: str, seed: int) -> tuple[int, int]:
         """(spent, reserved) of the tenant's month."""
 
+    def adopt(self, call_uuids: Iterable[str]) -> list[tuple[str, str, str, int]]:
+        """(call, tenant, month, amount) of the live reservations these calls hold: a
+        restarted daemon takes over its calls' reservations instead of letting them lapse.
+        In process there is nothing to find after a restart."""
+        return []
+
     def close(self) -> None:
         pass
 
@@ -155,6 +161,9 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function int(x) return string.format('%d', x) end
+-- call uuid -> '<month>|<tenant>' of its reservation: how a restarted daemon finds the
+-- reservations of the calls it adopts (set by each script before use).
+local OWNERS = nil
 -- A month's reservations: HASH call -> amount, ZSET call -> lease expiry, and their running
 -- total (so no operation sums every hold). A total without its hash (garbage-collected)
 -- is stale and starts again from 0.
@@ -168,6 +177,7 @@ local function unhold(res, exp, tot, call)
   redis.call('HDEL', res, call)
   redis.call('ZREM', exp, call)
   redis.call('DECRBY', tot, old)
+  redis.call('HDEL', OWNERS, call)
   return true
 end
 -- Reservations whose lease passed are dropped before anything is counted.
@@ -182,8 +192,9 @@ local function spent_of(key, seed, keep)
   redis.call('SET', key, seed, 'EX', keep)
   return tonumber(seed)
 end
-local function hold(res, exp, tot, call, amount, until_, ttl)
+local function hold(res, exp, tot, call, amount, until_, ttl, tag)
   local old = tonumber(redis.call('HGET', res, call) or '0')
+  redis.call('HSET', OWNERS, call, tag)
   redis.call('HSET', res, call, int(amount))
   redis.call('ZADD', exp, string.format('%.6f', until_), call)
   redis.call('INCRBY', tot, int(amount - old))
@@ -194,9 +205,10 @@ local function hold(res, exp, tot, call, amount, until_, ttl)
 end
 """
 
-# KEYS: spent, holds, leases, total. ARGV: now, ttl, call, budget, seed, ceiling (-1: none),
-# grow ('1'/'0'), spent ttl -> {granted, spent, reserved by the others}
+# KEYS: spent, holds, leases, total, owners. ARGV: now, ttl, call, budget, seed, ceiling
+# (-1: none), grow ('1'/'0'), spent ttl, owner tag -> {granted, spent, reserved by the others}
 _RESERVE = _COMMON + r"""
+OWNERS = KEYS[5]
 local now, ttl, call = clock(), tonumber(ARGV[2]), ARGV[3]
 local budget, ceiling, grow = tonumber(ARGV[4]), tonumber(ARGV[6]), ARGV[7] == '1'
 local total = total_of(KEYS[2], KEYS[4])
@@ -209,15 +221,17 @@ if ceiling >= 0 and ceiling < granted then granted = ceiling end
 if granted < 0 then granted = 0 end
 if grow and current > granted then granted = current end
 if granted > 0 then
-  hold(KEYS[2], KEYS[3], KEYS[4], call, granted, now + ttl, ttl)
+  hold(KEYS[2], KEYS[3], KEYS[4], call, granted, now + ttl, ttl, ARGV[9])
 else
   unhold(KEYS[2], KEYS[3], KEYS[4], call)
 end
 return {int(granted), int(spent), int(held)}
 """
 
-# KEYS: spent, holds, leases, total. ARGV: now, call, cost, seed, spent ttl -> {before, after}
+# KEYS: spent, holds, leases, total, owners. ARGV: now, call, cost, seed, spent ttl
+# -> {before, after}
 _SETTLE = _COMMON + r"""
+OWNERS = KEYS[5]
 local before = spent_of(KEYS[1], ARGV[4], ARGV[5])
 total_of(KEYS[2], KEYS[4])
 unhold(KEYS[2], KEYS[3], KEYS[4], ARGV[2])
@@ -225,31 +239,62 @@ local after = redis.call('INCRBY', KEYS[1], ARGV[3])
 return {int(before), int(after)}
 """
 
-# KEYS: spent, holds, leases, total. ARGV: now, call -> 1 when it held a reservation
+# KEYS: spent, holds, leases, total, owners. ARGV: now, call -> 1 when it held one
 _RELEASE = _COMMON + r"""
+OWNERS = KEYS[5]
 total_of(KEYS[2], KEYS[4])
 if unhold(KEYS[2], KEYS[3], KEYS[4], ARGV[2]) then return 1 end
 return 0
 """
 
-# KEYS: (spent, holds, leases, total) per hold. ARGV: now, ttl, then (call, amount) per
-# hold -> lost calls
+# KEYS: owners, then (spent, holds, leases, total) per hold. ARGV: now, ttl, then
+# (call, amount, owner tag) per hold -> lost calls
 _REFRESH = _COMMON + r"""
+OWNERS = KEYS[1]
 local now, ttl = clock(), tonumber(ARGV[2])
 local lost = {}
-for i = 1, #KEYS, 4 do
-  local j = 3 + (i - 1) / 2
+local g = 0
+for i = 2, #KEYS, 4 do
+  local j = 3 + 3 * g
+  g = g + 1
   local call, amount = ARGV[j], tonumber(ARGV[j + 1])
   total_of(KEYS[i + 1], KEYS[i + 3])
   purge(KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], now)
   if redis.call('HEXISTS', KEYS[i + 1], call) == 0 then lost[#lost + 1] = call end
-  hold(KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], call, amount, now + ttl, ttl)
+  hold(KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], call, amount, now + ttl, ttl, ARGV[j + 2])
 end
 return lost
 """
 
-# KEYS: spent, holds, leases, total. ARGV: now, seed, spent ttl -> {spent, reserved}
+# KEYS: owners. ARGV: now, key prefix, calls... -> {call, tag, amount, ...} for each call
+# that holds a live reservation (its month's keys derive from the tag, one hash tag).
+_ADOPT = _COMMON + r"""
+OWNERS = KEYS[1]
+local now, base = clock(), ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local call = ARGV[i]
+  local tag = redis.call('HGET', OWNERS, call)
+  if tag then
+    local month, tenant = string.sub(tag, 1, 7), string.sub(tag, 9)
+    local k = base .. tenant .. ':' .. month
+    local exp = redis.call('ZSCORE', k .. ':leases', call)
+    local amount = redis.call('HGET', k .. ':holds', call)
+    if exp and amount and tonumber(exp) > now then
+      out[#out + 1] = call
+      out[#out + 1] = tag
+      out[#out + 1] = amount
+    elseif not amount then
+      redis.call('HDEL', OWNERS, call)
+    end
+  end
+end
+return out
+"""
+
+# KEYS: spent, holds, leases, total, owners. ARGV: now, seed, spent ttl -> {spent, reserved}
 _USAGE = _COMMON + r"""
+OWNERS = KEYS[5]
 total_of(KEYS[2], KEYS[4])
 purge(KEYS[2], KEYS[3], KEYS[4], clock())
 return {int(spent_of(KEYS[1], ARGV[2], ARGV[3])), int(total_of(KEYS[2], KEYS[4]))}
@@ -283,7 +328,7 @@ class RedisBudgets(BudgetStore):
         self._clock = clock
         s = client.register_script
         self._reserve, self._settle, self._release = s(_RESERVE), s(_SETTLE), s(_RELEASE)
-        self._refresh, self._usage = s(_REFRESH), s(_USAGE)
+        self._refresh, self._usage, self._adopt = s(_REFRESH), s(_USAGE), s(_ADOPT)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs) -> "RedisBudgets":
@@ -298,6 +343,10 @@ class RedisBudgets(BudgetStore):
         base = f"{self.prefix}:budget:{tenant}:{month}"
         return [base + ":spent", base + ":holds", base + ":leases", base + ":reserved"]
 
+    @property
+    def _owners(self) -> str:
+        return f"{self.prefix}:budget:owners"
+
     def _now(self) -> str:
         return "" if self._clock is None else repr(float(self._clock()))
 
@@ -310,35 +359,46 @@ class RedisBudgets(BudgetStore):
             raise BudgetUnavailable(f"redis budget {what}: {exc}") from exc
 
     def reserve(self, tenant, month, call, budget, seed, ceiling, grow=False):
-        out = self._run("reserve", self._reserve, self._keys(tenant, month),
+        out = self._run("reserve", self._reserve, self._keys(tenant, month) + [self._owners],
                         [self._now(), repr(self.ttl), call, int(budget), int(seed),
                          -1 if ceiling is None else int(ceiling), "1" if grow else "0",
-                         SPENT_TTL_S])
+                         SPENT_TTL_S, f"{month}|{tenant}"])
         return tuple(int(x) for x in out)
 
     def settle(self, tenant, month, call, cost, seed):
-        out = self._run("settle", self._settle, self._keys(tenant, month),
+        out = self._run("settle", self._settle, self._keys(tenant, month) + [self._owners],
                         [self._now(), call, int(cost), int(seed), SPENT_TTL_S])
         return int(out[0]), int(out[1])
 
     def release(self, tenant, month, call):
-        return bool(self._run("release", self._release, self._keys(tenant, month),
+        return bool(self._run("release", self._release, self._keys(tenant, month) + [self._owners],
                               [self._now(), call]))
 
     def refresh(self, holds):
         holds, lost = list(holds), []
         for i in range(0, len(holds), _BATCH):
-            keys, args = [], [self._now(), repr(self.ttl)]
+            keys, args = [self._owners], [self._now(), repr(self.ttl)]
             for tenant, month, call, amount in holds[i:i + _BATCH]:
                 keys += self._keys(tenant, month)
-                args += [call, int(amount)]
+                args += [call, int(amount), f"{month}|{tenant}"]
             lost += self._run("refresh", self._refresh, keys, args)
         return [c.decode() if isinstance(c, bytes) else c for c in lost]
 
     def usage(self, tenant, month, seed):
-        out = self._run("usage", self._usage, self._keys(tenant, month),
+        out = self._run("usage", self._usage, self._keys(tenant, month) + [self._owners],
                         [self._now(), int(seed), SPENT_TTL_S])
         return int(out[0]), int(out[1])
+
+    def adopt(self, call_uuids):
+        calls, found = list(call_uuids), []
+        for i in range(0, len(calls), _BATCH):
+            out = self._run("adopt", self._adopt, [self._owners],
+                            [self._now(), f"{self.prefix}:budget:", *calls[i:i + _BATCH]])
+            out = [x.decode() if isinstance(x, bytes) else x for x in out]
+            for call, tag, amount in zip(out[::3], out[1::3], out[2::3]):
+                month, _, tenant = tag.partition("|")
+                found.append((call, tenant, month, int(amount)))
+        return found
 
     def close(self) -> None:
         self.client.close()
