@@ -23,6 +23,7 @@ budgets and costs), never as floats.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -30,7 +31,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from .policy import HANGUP_GUARD_S, budget_seconds
 from .rating import billed_seconds, to_decimal
 
-__all__ = ["THRESHOLDS", "MICRO", "to_micros", "from_micros", "ceiling_cost", "grant",
+__all__ = ["THRESHOLDS", "MICRO", "to_micros", "from_micros", "ceiling_cost", "ceiling_micros",
+           "grant", "grant_micros",
            "Share", "share", "grow", "thresholds_crossed", "extension_seconds", "month_of",
            "month_key"]
 
@@ -45,7 +47,28 @@ def to_micros(amount, round_up: bool = False) -> int:
 
 
 def from_micros(micros: int) -> Decimal:
-    return (Decimal(int(micros)) * MICRO).quantize(MICRO)
+    return Decimal(int(micros)).scaleb(-6)      # exact: 6 decimal places
+
+
+def ceiling_micros(rate, seconds: int) -> int:
+    """`ceiling_cost` in micro-units. Remembered by value (a routing decision per call
+    asks it; the answer depends only on these five numbers)."""
+    return _ceiling_micros(rate.rate_per_min, rate.connect_fee, rate.initial_increment,
+                           rate.subsequent_increment, int(seconds))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ceiling_micros(rate_per_min, connect_fee, initial, subsequent, seconds) -> int:
+    view = _Tariff(rate_per_min, connect_fee, initial, subsequent)
+    return to_micros(ceiling_cost(view, seconds), round_up=True)
+
+
+@dataclass(frozen=True)
+class _Tariff:
+    rate_per_min: Decimal
+    connect_fee: Decimal
+    initial_increment: int
+    subsequent_increment: int
 
 
 def ceiling_cost(rate, seconds: int, guard_s: int = HANGUP_GUARD_S) -> Decimal:
@@ -66,6 +89,14 @@ def grant(budget, spent, reserved_others, ceiling) -> Decimal:
     if ceiling is not None:
         available = min(available, to_decimal(ceiling, "ceiling"))
     return max(Decimal(0), available)
+
+
+def grant_micros(budget: int, spent: int, reserved_others: int, ceiling: int | None) -> int:
+    """`grant` in integer micro-units, as the stores (and the Redis script) apply it."""
+    available = budget - spent - reserved_others
+    if ceiling is not None and ceiling < available:
+        available = ceiling
+    return available if available > 0 else 0
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,15 @@ def test_micros_round_trip_and_month_of_start():
     late = datetime(2026, 11, 30, 23, 59, 59, tzinfo=timezone.utc)
     assert rules.month_key(late) == "2026-11"
     assert rules.month_of(late) == datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+@given(st.integers(0, 10**12), st.integers(0, 10**12), st.integers(0, 10**12),
+       st.none() | st.integers(0, 10**12))
+def test_the_integer_rule_is_the_decimal_rule(budget, spent, others, ceiling):
+    assert rules.grant_micros(budget, spent, others, ceiling) == \
+        rules.grant(budget, spent, others, ceiling)
+
+
+@given(rates, st.integers(min_value=0, max_value=7200))
+def test_ceiling_micros_is_the_ceiling_cost_in_micros(rate, limit):
+    assert rules.ceiling_micros(rate, limit) == rules.to_micros(rules.ceiling_cost(rate, limit))

@@ -88,6 +88,10 @@ class BudgetBook:
         self.fail_open = fail_open
         self.clock, self.monotonic = clock, monotonic
         self.holds: dict[str, Hold] = {}
+        self.cut: dict[str, Hold] = {}              # the holds whose limit the budget cut
+        self._month: tuple | None = None            # (from, until, 'YYYY-MM') of now
+        self._gauges: dict[tuple, object] = {}      # (metric, tenant) -> labelled child
+        self._micros: dict = {}                     # budget Decimal -> micro-units
         self.unsettled: list[tuple] = []            # settlements the store refused; retried
         self._looked_up: set[str] = set()           # live calls asked about once (adopt)
         # Hooks the daemon sets:
@@ -103,6 +107,15 @@ class BudgetBook:
     def month(self) -> datetime:
         return rules.month_of(self.clock())
 
+    def _month_key(self, now: datetime) -> str:
+        """'YYYY-MM' of `now`, recomputed only when a month boundary is passed."""
+        cached = self._month
+        if cached is None or not cached[0] <= now < cached[1]:
+            start = rules.month_of(now)
+            after = rules.month_of(start + timedelta(days=32))
+            cached = self._month = (start, after, f"{start:%Y-%m}")
+        return cached[2]
+
     def budget_of(self, tenant) -> Decimal | None:
         return self.budgets.get(tenant.name, tenant.monthly_budget)
 
@@ -112,7 +125,7 @@ class BudgetBook:
         budget = self.budget_of(tenant)
         if budget is None:
             return None
-        spent = self.seen.get((tenant.name, rules.month_key(self.clock())), 0)
+        spent = self.seen.get((tenant.name, self._month_key(self.clock())), 0)
         return budget - rules.from_micros(spent)
 
     def reserve(self, call_uuid: str, tenant, rate, now: datetime | None = None):
@@ -122,12 +135,12 @@ class BudgetBook:
         budget = self.budget_of(tenant)
         if budget is None:
             return None
-        month = rules.month_key(now or self.clock())
-        ceiling = rules.to_micros(rules.ceiling_cost(rate, tenant.max_call_seconds), True)
+        month = self._month_key(now or self.clock())
+        ceiling = rules.ceiling_micros(rate, tenant.max_call_seconds)
         key = (tenant.name, month)
         try:
             granted, spent, others = self.store.reserve(
-                tenant.name, month, call_uuid, rules.to_micros(budget),
+                tenant.name, month, call_uuid, self._micros_of(budget),
                 self.seen.get(key, 0), ceiling)
         except BudgetUnavailable as exc:
             if not self.fail_open:
@@ -137,19 +150,27 @@ class BudgetBook:
             spent = self.seen.get(key, 0)
             others = sum(h.amount for h in self.holds.values()
                          if h.tenant == tenant.name and h.month == month and h.call_uuid != call_uuid)
-            granted = int(rules.grant(rules.to_micros(budget), spent, others, ceiling))
-        self.seen[key] = max(self.seen.get(key, 0), spent)
+            granted = rules.grant_micros(self._micros_of(budget), spent, others, ceiling)
+        if spent > self.seen.get(key, 0):
+            self.seen[key] = spent
         amount = rules.from_micros(granted)
         if budget > 0:
-            metrics.BUDGET_RESERVED.labels(tenant.name).set(
-                float(rules.from_micros(others + granted) / budget))
+            self._gauge(metrics.BUDGET_RESERVED, tenant.name).set(
+                (others + granted) / self._micros_of(budget))
+        self.cut.pop(call_uuid, None)
         if granted <= 0:
             self.holds.pop(call_uuid, None)
             return amount
-        share = rules.share(amount, rate, tenant.max_call_seconds)
-        self.holds[call_uuid] = Hold(call_uuid, tenant.name, month, granted, rate, ceiling,
-                                     tenant.max_call_seconds, share.seconds, share.cut,
-                                     self.monotonic())
+        if granted >= ceiling:          # buys the tenant's whole limit by construction
+            seconds, cut = tenant.max_call_seconds, False
+        else:
+            share = rules.share(amount, rate, tenant.max_call_seconds)
+            seconds, cut = share.seconds, share.cut
+        hold = self.holds[call_uuid] = Hold(call_uuid, tenant.name, month, granted, rate,
+                                            ceiling, tenant.max_call_seconds, seconds, cut,
+                                            self.monotonic())
+        if cut:
+            self.cut[call_uuid] = hold
         return amount
 
     def preview(self, tenant, rate) -> Decimal | None:
@@ -167,9 +188,25 @@ class BudgetBook:
         return rules.from_micros(int(rules.grant(rules.to_micros(budget), spent, reserved,
                                                  ceiling)))
 
+    def _micros_of(self, budget: Decimal) -> int:
+        """A budget in micro-units, converted once per value (budgets change rarely)."""
+        found = self._micros.get(budget)
+        if found is None:
+            if len(self._micros) > 10_000:
+                self._micros.clear()
+            found = self._micros[budget] = rules.to_micros(budget)
+        return found
+
+    def _gauge(self, metric, tenant: str):
+        child = self._gauges.get((metric, tenant))
+        if child is None:
+            child = self._gauges[(metric, tenant)] = metric.labels(tenant)
+        return child
+
     def release_now(self, call_uuid: str) -> None:
         """The routing decision that reserved was refused after all (routing path)."""
         hold = self.holds.pop(call_uuid, None)
+        self.cut.pop(call_uuid, None)
         if hold is not None:
             try:
                 self.store.release(hold.tenant, hold.month, call_uuid)
@@ -183,9 +220,10 @@ class BudgetBook:
     def call_ended(self, call_uuid: str, tenant: str | None, cost: Decimal | None,
                    started_at: datetime | None) -> None:
         hold = self.holds.pop(call_uuid, None)
+        self.cut.pop(call_uuid, None)
         if hold is None and not (tenant and cost):
             return
-        month = hold.month if hold else rules.month_key(started_at or self.clock())
+        month = hold.month if hold else self._month_key(started_at or self.clock())
         self._queue.put((self._settle, (tenant or hold.tenant, month, call_uuid,
                                         rules.to_micros(cost or 0), hold)), keep=True)
 
@@ -199,6 +237,8 @@ class BudgetBook:
         if hold is not None:
             hold.call_uuid = new
             self.holds[new] = hold
+            if self.cut.pop(old, None) is not None:
+                self.cut[new] = hold
             self._queue.put((self._move, (hold, old)), keep=True)
 
     def budget_changed(self, tenant: str, budget: Decimal | None) -> None:
@@ -242,18 +282,18 @@ class BudgetBook:
         self.seen[key] = after
         budget = self.budgets.get(tenant)
         if budget:
-            if month == rules.month_key(self.clock()):
-                metrics.BUDGET_USAGE.labels(tenant).set(float(rules.from_micros(after) / budget))
-            bm = rules.to_micros(budget)
+            bm = self._micros_of(budget)
+            if month == self._month_key(self.clock()):
+                self._gauge(metrics.BUDGET_USAGE, tenant).set(after / bm)
             for threshold in rules.thresholds_crossed(before, after, bm):
                 self.on_alert(Alert(tenant, datetime.strptime(month, "%Y-%m").replace(
                     tzinfo=timezone.utc), threshold, rules.from_micros(after), budget,
                     self.clock()))
-        if hold is None or cost < hold.amount:
+        if self.cut and (hold is None or cost < hold.amount):
             self._extend_tenant(tenant)         # money came back: cut calls may grow
 
     def _extend_tenant(self, tenant: str) -> None:
-        cut = sorted((h for h in self.holds.values() if h.tenant == tenant and h.cut),
+        cut = sorted((h for h in self.cut.values() if h.tenant == tenant),
                      key=lambda h: h.created)
         for hold in cut:
             self._extend(hold)
@@ -307,6 +347,8 @@ class BudgetBook:
         old = hold.seconds
         hold.seconds = new_seconds
         hold.cut = new_seconds < hold.tenant_limit
+        if not hold.cut:
+            self.cut.pop(hold.call_uuid, None)
         self.on_extended(hold.call_uuid, new_seconds)
         metrics.BUDGET_EXTENSIONS.labels("extended").inc()
         log.info("budget freed up: max duration %ss -> %ss (sched_hangup +%s)", old,
@@ -345,6 +387,7 @@ class BudgetBook:
                 # Routed, but the switch never showed the call (refused downstream, a
                 # failed originate): give its money back.
                 del self.holds[call_uuid]
+                self.cut.pop(call_uuid, None)
                 self._settle(hold.tenant, hold.month, call_uuid, 0, hold)
         try:
             self._adopt(live)
@@ -356,9 +399,9 @@ class BudgetBook:
         for tenant, month, call_uuid, cost, hold in retry:
             self.seen[(tenant, month)] -= cost
             self._settle(tenant, month, call_uuid, cost, hold)
-        for tenant in sorted({h.tenant for h in self.holds.values() if h.cut}):
+        for tenant in sorted({h.tenant for h in self.cut.values()}):
             self._extend_tenant(tenant)     # frees by other daemons, top-ups elsewhere
-        month = rules.month_key(self.clock())
+        month = self._month_key(self.clock())
         for tenant, budget in self.budgets.items():   # a new month starts at 0 here too
             if budget:
                 spent = rules.from_micros(self.seen.get((tenant, month), 0))

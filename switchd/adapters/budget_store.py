@@ -120,7 +120,7 @@ class LocalBudgets(BudgetStore):
         m = self._month(tenant, month, seed)
         own = m.holds.get(call)
         others = m.total - (own[0] if own else 0)
-        granted = int(rules.grant(budget, m.spent, others, ceiling))
+        granted = rules.grant_micros(int(budget), m.spent, others, ceiling)
         if grow and own is not None:
             granted = max(granted, own[0])
         if granted > 0:
