@@ -212,6 +212,7 @@ class Daemon:
         self._spawn(Periodic(1.0, self._watchdog, "max-duration watchdog").run)
         self._spawn(Periodic(5.0, self._sweep, "registry sweep").run)
         self._spawn(Periodic(2.0, self._persist_health, "health persistence").run)
+        self._spawn(Periodic(60.0, self._budget_floor, "budget spend floor").run)
         # Reconcile against the switch now and then, not only after reconnects: FreeSWITCH
         # sometimes leaves stuck channels, and a lost hangup event would otherwise hold a slot.
         self._spawn(Periodic(60.0, self._periodic_resync, "periodic resync").run)
@@ -510,6 +511,18 @@ class Daemon:
         live = [call.call_uuid for call in self.registry.live_calls()]
         self.spend.refresh(live)
         self.caps.refresh(live)
+
+    def _budget_floor(self) -> None:
+        """Month spend from the CDRs in PostgreSQL: the shared spend catches up with
+        settlements lost in a crash and costs the switch's CDRs corrected upwards."""
+        try:
+            with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+                spent = budgets.month_spend(conn, _now())
+        except psycopg.Error as exc:
+            metrics.DB_ERRORS.labels("budget_floor").inc()
+            log.warning("budget spend floor: database unavailable: %s", exc)
+            return
+        self.spend.floor(spent)
 
     def _budget_live_call(self, call_uuid: str):
         """What a budget extension needs of a live call (budget worker greenlet)."""

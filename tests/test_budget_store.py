@@ -62,6 +62,14 @@ def test_settlement_frees_the_rest_and_a_cut_call_grows(store):
     assert store.settle("acme", "2026-11", "c9", 5, 0) == (15, 20)
 
 
+def test_the_spend_floor_from_postgresql_raises_never_lowers(store):
+    assert store.floor("acme", "2026-11", 30) == 30          # nothing yet: PostgreSQL's sum
+    store.settle("acme", "2026-11", "c1", 20, 0)             # settled here, CDR not written yet
+    assert store.floor("acme", "2026-11", 30) == 50          # behind: not lowered
+    assert store.floor("acme", "2026-11", 65) == 65          # a lost settlement caught up
+    assert store.usage("acme", "2026-11", 0) == (65, 0)
+
+
 def test_a_dead_daemons_reservations_expire_and_refresh_keeps_live_ones(store):
     store.reserve("acme", "2026-11", "dead", 100, 0, 70)
     store.reserve("acme", "2026-11", "live", 100, 0, 70)

@@ -254,10 +254,19 @@ class BudgetBook:
         reservation is never written back."""
         self._queue.put((self._refresh, (set(live_call_uuids),)), keep=False)
 
+    def floor(self, spent: dict) -> None:
+        """PostgreSQL's month spend per (tenant, 'YYYY-MM') (own greenlet, periodic):
+        the store's spend is raised to it where it is behind."""
+        self._queue.put((self._floor, (dict(spent),)), keep=False)
+
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def close(self) -> None:
+    def close(self, drain_timeout: float = 5.0) -> None:
+        """Stop the worker after it has applied what is queued (settlements above all:
+        a settlement lost here would be caught up only by the next floor)."""
+        self._queue.put((None, ()), keep=True)
+        self._worker.join(timeout=drain_timeout)
         self._worker.kill(timeout=2)
         self.store.close()
 
@@ -265,6 +274,8 @@ class BudgetBook:
     def _work(self) -> None:
         while True:
             func, args = self._queue.get()
+            if func is None:
+                return
             try:
                 func(*args)
             except Exception:   # greenlet boundary: one failed operation never stops the worker
@@ -353,6 +364,17 @@ class BudgetBook:
         metrics.BUDGET_EXTENSIONS.labels("extended").inc()
         log.info("budget freed up: max duration %ss -> %ss (sched_hangup +%s)", old,
                  new_seconds, n, extra={"call_uuid": hold.call_uuid, "tenant": hold.tenant})
+
+    def _floor(self, spent: dict) -> None:
+        for (tenant, month), amount in spent.items():
+            micros = rules.to_micros(amount)
+            try:
+                after = self.store.floor(tenant, month, micros)
+            except BudgetUnavailable as exc:
+                log.warning("budget spend floor skipped: %s", exc)
+                return
+            if after > self.seen.get((tenant, month), 0):
+                self.seen[(tenant, month)] = after
 
     def _adopt(self, live: set) -> None:
         """Calls up on the switch that this daemon holds no reservation for (it restarted,

@@ -60,6 +60,12 @@ class BudgetStore(ABC):
     def usage(self, tenant: str, month: str, seed: int) -> tuple[int, int]:
         """(spent, reserved) of the tenant's month."""
 
+    @abstractmethod
+    def floor(self, tenant: str, month: str, spent: int) -> int:
+        """Raise the month's spend to at least `spent` (PostgreSQL's sum of its CDRs, which
+        only grows): a settlement lost with a crashed daemon, or a cost the switch's own
+        CDR corrected upwards, catches up; spend is never lowered. Returns the spend."""
+
     def adopt(self, call_uuids: Iterable[str]) -> list[tuple[str, str, str, int]]:
         """(call, tenant, month, amount) of the live reservations these calls hold: a
         restarted daemon takes over its calls' reservations instead of letting them lapse.
@@ -152,6 +158,11 @@ class LocalBudgets(BudgetStore):
     def usage(self, tenant, month, seed):
         m = self._month(tenant, month, seed)
         return m.spent, m.total
+
+    def floor(self, tenant, month, spent):
+        m = self._month(tenant, month, spent)
+        m.spent = max(m.spent, int(spent))
+        return m.spent
 
 
 _COMMON = r"""
@@ -266,6 +277,16 @@ end
 return lost
 """
 
+# KEYS: spent. ARGV: now, floor, spent ttl -> spend after
+_FLOOR = _COMMON + r"""
+local s = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if s < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return ARGV[2]
+end
+return int(s)
+"""
+
 # KEYS: owners. ARGV: now, key prefix, calls... -> {call, tag, amount, ...} for each call
 # that holds a live reservation (its month's keys derive from the tag, one hash tag).
 _ADOPT = _COMMON + r"""
@@ -329,6 +350,7 @@ class RedisBudgets(BudgetStore):
         s = client.register_script
         self._reserve, self._settle, self._release = s(_RESERVE), s(_SETTLE), s(_RELEASE)
         self._refresh, self._usage, self._adopt = s(_REFRESH), s(_USAGE), s(_ADOPT)
+        self._floor = s(_FLOOR)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs) -> "RedisBudgets":
@@ -388,6 +410,10 @@ class RedisBudgets(BudgetStore):
         out = self._run("usage", self._usage, self._keys(tenant, month) + [self._owners],
                         [self._now(), int(seed), SPENT_TTL_S])
         return int(out[0]), int(out[1])
+
+    def floor(self, tenant, month, spent):
+        return int(self._run("floor", self._floor, self._keys(tenant, month)[:1],
+                             [self._now(), int(spent), SPENT_TTL_S]))
 
     def adopt(self, call_uuids):
         calls, found = list(call_uuids), []
