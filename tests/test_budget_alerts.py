@@ -80,3 +80,35 @@ def test_redis_away_refuses_or_shares_what_this_daemon_knows(redis_url):
     assert shared.reserve("c1", T(), R()) == Decimal("0.601000")
     for book in (closed, opened, shared):
         book.close()
+
+
+def test_a_call_routed_before_midnight_is_charged_to_that_month():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class T:
+        name: str = "acme"
+        monthly_budget: Decimal = Decimal("1.00")
+        max_call_seconds: int = 600
+
+    @dataclass(frozen=True)
+    class R:
+        rate_per_min: Decimal = Decimal("0.06")
+        connect_fee: Decimal = Decimal(0)
+        initial_increment: int = 1
+        subsequent_increment: int = 1
+
+    now = [datetime(2026, 11, 30, 23, 59, 30, tzinfo=timezone.utc)]
+    store = LocalBudgets()
+    book = BudgetBook(store, {"acme": Decimal("1.00")}, clock=lambda: now[0])
+    assert book.reserve("late", T(), R()) == Decimal("0.601000")
+    now[0] = datetime(2026, 12, 1, 0, 0, 30, tzinfo=timezone.utc)
+    # December starts with nothing spent or reserved
+    assert book.reserve("early", T(), R()) == Decimal("0.601000")
+    assert book.remaining(T()) == Decimal("1.00")
+    book.call_ended("late", "acme", Decimal("0.30"), started_at=None)
+    with gevent.Timeout(10):
+        while store.usage("acme", "2026-11", 0) != (300_000, 0):
+            gevent.sleep(0.01)
+    assert store.usage("acme", "2026-12", 0) == (0, 601_000)    # only December's own call
+    book.close()
