@@ -90,10 +90,11 @@ SETTINGS: tuple[Setting, ...] = (
             "PostgreSQL URL or libpq conninfo. Unset: an embedded PostgreSQL in data_dir.",
             secret=True, check=_pg_conninfo),
     Setting("redis", "url", str, None,
-            "Redis URL for cluster-wide caps. Unset: in-process caps (single node only).",
+            "Redis URL for cluster-wide caps and budget reservations. Unset: in-process (single node only).",
             secret=True, check=_url("redis", "rediss", "unix")),
     Setting("redis", "on_failure", "choice:fail_closed|fail_open", "fail_closed",
-            "Redis unreachable: fail_closed refuses new calls; fail_open uses this node's local caps."),
+            "Redis unreachable: fail_closed refuses new calls; fail_open uses this node's local caps "
+            "and the budget this node knows of."),
     Setting("esl", "host", str, "127.0.0.1", "FreeSWITCH event socket host."),
     Setting("esl", "port", int, 8021, "FreeSWITCH event socket port.", check=_port),
     Setting("esl", "password", str, SHIPPED_ESL_PASSWORD,

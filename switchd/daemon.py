@@ -29,7 +29,8 @@ from switchd.adapters import systemd
 from switchd.api import webhooks
 from switchd.api.calls import Live
 from switchd.api.routes import build_app
-from switchd.routing.books import HealthBook, SpendBook, month_start
+from switchd.routing.books import HealthBook
+from switchd.accounting import budgets
 from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.config import Config
 from switchd.adapters.db import store
@@ -147,7 +148,7 @@ class Daemon:
             self.world = store.load_world(conn)
             health = store.load_carrier_health(conn)
             now = _now()
-            spent = {t: store.month_spend(conn, t, month_start(now)) for t in self.world.tenants}
+            spent = budgets.month_spend(conn, now)
         self.starting = "loading rate decks"
         self.decks = DeckCache()
         # The reloader's first load (LISTEN first, so no import slips between) is the
@@ -159,8 +160,8 @@ class Daemon:
                                "is PostgreSQL reachable?")
         self.starting = "starting routing"
         self.health = HealthBook(_health_from_rows(health), cfg["routing.health_cooldown"])
-        self.spend = SpendBook({t.name: t.monthly_budget for t in self.world.tenants.values()},
-                               spent, month_start(now))
+        self.spend = budgets.build_book(cfg, {t.name: t.monthly_budget
+                                              for t in self.world.tenants.values()}, spent)
         self.caps = CapsGate(build_caps_backend(cfg), cfg)
         # A failover leg to a carrier at its channel cap must not proceed: FreeSWITCH then
         # tries the next gateway of the bridge.
@@ -197,6 +198,11 @@ class Daemon:
                              tenant_live=self._tenant_live,
                              lease_s=cfg["dialer.lease_seconds"],
                              horizon_s=cfg["webhooks.give_up_after"])
+        self.spend.on_alert = lambda alert: gevent.spawn(budgets.raise_alert, self.db_url,
+                                                         alert, self.call_events)
+        self.spend.live_call = self._budget_live_call
+        self.spend.send = lambda line: self.esl.api(_bare(line))
+        self.spend.on_extended = self.registry.set_max_duration
         self.app.cdr_ingest = self.cdr_ingest      # /fs/cdr answered 503 until now
         # Call events for applications (switchd/api/webhooks.py): the event greenlet only
         # appends to call_events; the outbox writer and the deliverer do the I/O.
@@ -225,6 +231,7 @@ class Daemon:
         self._spawn(Periodic(1.0, self._watchdog, "max-duration watchdog").run)
         self._spawn(Periodic(5.0, self._sweep, "registry sweep").run)
         self._spawn(Periodic(2.0, self._persist_health, "health persistence").run)
+        self._spawn(Periodic(60.0, self._budget_floor, "budget spend floor").run)
         # Reconcile against the switch now and then, not only after reconnects: FreeSWITCH
         # sometimes leaves stuck channels, and a lost hangup event would otherwise hold a slot.
         self._spawn(Periodic(cfg["esl.resync_interval"], self._periodic_resync,
@@ -310,6 +317,8 @@ class Daemon:
             self.writer.stop(flush=True, timeout=drain_timeout)
         if getattr(self, "caps", None) is not None:
             self.caps.close()
+        if getattr(self, "spend", None) is not None:
+            self.spend.close()
         if metrics.LIVE.source == self.metrics_state:
             metrics.LIVE.source = None
         if self._probe_conn is not None:
@@ -417,8 +426,10 @@ class Daemon:
             self.call_events.started(effect.call)
         elif isinstance(effect, CallAnswered):
             self.call_events.answered(effect.call, effect.leg)
+            self.spend.call_answered(effect.call.call_uuid)
         elif isinstance(effect, CallRenamed):
             self.caps.rename(effect.old, effect.new)
+            self.spend.renamed(effect.old, effect.new)
         elif isinstance(effect, CallAdopted):
             call = effect.call
             self.caps.adopt(call.call_uuid, self.world.tenants.get(call.tenant or ""),
@@ -434,7 +445,8 @@ class Daemon:
         self.call_events.ended(call, record)
         self.caps.release(call.call_uuid)
         self.killed_by_watchdog.discard(call.call_uuid)
-        self._add_spend(record)
+        # Queued: settling moves Redis, alerts and extensions (docs/budgets.md).
+        self.spend.call_ended(call.call_uuid, record.tenant, record.cost, record.started_at)
         result = "answered" if record.answered_at else "failed"
         metrics.CALLS.labels(record.direction, result, record.hangup_cause or "UNKNOWN").inc()
         if record.carrier and record.billed_seconds:
@@ -445,18 +457,6 @@ class Daemon:
                  record.carrier or "-", record.billed_seconds, record.cost,
                  " (reconstructed)" if record.reconstructed else "",
                  extra={"call_uuid": call.call_uuid, "tenant": record.tenant})
-
-    def _add_spend(self, record) -> None:
-        """Month-to-date spend, and the budget alerts (webhooks) the call's cost crosses."""
-        tenant, at = record.tenant, record.ended_at or _now()
-        same_month = self.spend.month == month_start(at)
-        before = self.spend.spent.get(tenant, 0) if tenant and same_month else 0
-        self.spend.add(tenant, record.cost, at)
-        if tenant and record.cost:
-            after, budget = self.spend.spent.get(tenant, 0), self.spend.budgets.get(tenant)
-            for threshold in webhooks.thresholds_crossed(before, after, budget):
-                self.call_events.budget_crossed(tenant, threshold, after, budget,
-                                                self.spend.month, at)
 
     def _on_gateway(self, event: GatewayEvent) -> None:
         self.health.gateway_event(event.gateway, event.kind, event.state, event.ping_status)
@@ -548,7 +548,28 @@ class Daemon:
 
     # --- periodic jobs -----------------------------------------------------------------------
     def _refresh_leases(self) -> None:
-        self.caps.refresh([call.call_uuid for call in self.registry.live_calls()])
+        live = [call.call_uuid for call in self.registry.live_calls()]
+        self.spend.refresh(live)
+        self.caps.refresh(live)
+
+    def _budget_floor(self) -> None:
+        """Month spend from the CDRs in PostgreSQL: the shared spend catches up with
+        settlements lost in a crash and costs the switch's CDRs corrected upwards."""
+        try:
+            with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+                spent = budgets.month_spend(conn, _now())
+        except psycopg.Error as exc:
+            metrics.DB_ERRORS.labels("budget_floor").inc()
+            log.warning("budget spend floor: database unavailable: %s", exc)
+            return
+        self.spend.floor(spent)
+
+    def _budget_live_call(self, call_uuid: str):
+        """What a budget extension needs of a live call (budget worker greenlet)."""
+        call = self.registry.get(call_uuid)
+        if call is None or call.state in ("ending", "ended"):
+            return None
+        return budgets.LiveCall(call.answered_us, _channel_to_kill(call), self.switch_now_us())
 
     def _watchdog(self) -> None:
         now_us = self.now_us()
@@ -637,7 +658,7 @@ class Daemon:
             world = store.load_world(conn)
         self.world = world
         for tenant in world.tenants.values():
-            self.spend.budgets[tenant.name] = tenant.monthly_budget
+            self.spend.budget_changed(tenant.name, tenant.monthly_budget)
         log.info("world reloaded: %d tenants, %d carriers, %d DIDs", len(world.tenants),
                  len(world.carriers), len(world.dids))
 

@@ -87,6 +87,14 @@ TENANT_MONTH_FORECAST = _gauge("switchd_tenant_month_forecast",
 SPEND_ALERTS = _counter("switchd_spend_alerts_total",
                         "Spend alerts raised (kind: spike, forecast), once per period",
                         ("tenant", "kind"))
+BUDGET_RESERVED = _gauge("switchd_budget_reserved_ratio",
+                         "Month budget reserved by live calls / budget", ("tenant",))
+BUDGET_ALERTS = _counter("switchd_budget_alerts_total",
+                         "Budget thresholds (75, 90, 100 % of the month) crossed, each once "
+                         "per tenant and month", ("tenant", "threshold"))
+BUDGET_EXTENSIONS = _counter("switchd_budget_extensions_total",
+                             "Live calls whose budget-cut limit was moved on the switch when "
+                             "budget freed up, by result (extended, failed)", ("result",))
 
 # --- ESL ---------------------------------------------------------------------------------
 ESL_CONNECTED = _gauge("switchd_esl_connected", "1 while the ESL connection is up and authed")

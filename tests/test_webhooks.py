@@ -228,8 +228,8 @@ def test_housekeeping_forgets_old_answers_and_finished_rows(hooked):
 
 
 @pytest.mark.parametrize("before,after,crossed", [
-    ("0", "79.99", []), ("79.99", "80", [80]), ("50", "100", [80, 100]),
-    ("80", "99", []), ("99", "150", [100]), ("150", "160", [])])
+    ("0", "74.99", []), ("74.99", "75", [75]), ("50", "100", [75, 90, 100]),
+    ("75", "89.99", []), ("89", "91", [90]), ("99", "150", [100]), ("150", "160", [])])
 def test_budget_thresholds_crossed(before, after, crossed):
     assert webhooks.thresholds_crossed(Decimal(before), Decimal(after), Decimal("100")) == crossed
     assert webhooks.thresholds_crossed(Decimal(before), Decimal(after), None) == []

@@ -373,7 +373,8 @@ def explain(router, tenant_name: str, dialled: str) -> dict:
                      for r in ranked.routes]
     if not ranked.routes:
         return {**out, "reason": "no carrier covers the number"}
-    max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, ranked.routes[0].rate)
+    share = router.spend.preview(tenant, ranked.routes[0].rate)    # what live calls left
+    max_s = policy.decide_duration(None, tenant.max_call_seconds, share, ranked.routes[0].rate)
     if isinstance(max_s, policy.Refusal):
         return {**out, "reason": max_s.reason, "detail": max_s.detail, "sip_code": max_s.sip_code}
     return {**out, "result": "routed", "reason": ranked.reason, "max_duration": max_s,

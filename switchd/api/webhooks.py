@@ -34,13 +34,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dialplan import budget as budget_rules
 from switchd import metrics
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("created", "ringing", "answered", "completed", "busy", "no-answer", "failed")
 FINAL = ("completed", "busy", "no-answer", "failed")
-BUDGET_THRESHOLDS = (80, 100)        # percent of the monthly budget
+BUDGET_THRESHOLDS = budget_rules.THRESHOLDS       # percent of the monthly budget: 75, 90, 100
 _BUDGET_NS = uuid.UUID("6d0f8a52-3c1e-4b7a-9d59-2f0c5b8e1a47")
 _SPEND_NS = uuid.UUID("b3c4e1f0-7a2d-4c59-8e16-5d0a9f3b2c71")
 _BUSY = {"USER_BUSY"}
@@ -59,9 +60,7 @@ def new_secret() -> str:
 
 def thresholds_crossed(before, after, budget) -> list[int]:
     """The BUDGET_THRESHOLDS (percent) that spend moving from `before` to `after` passes."""
-    if not budget:
-        return []
-    return [t for t in BUDGET_THRESHOLDS if before * 100 < budget * t <= after * 100]
+    return budget_rules.thresholds_crossed(before, after, budget, BUDGET_THRESHOLDS)
 
 
 def final_event(answered: bool, hangup_cause: str | None) -> str:

@@ -110,6 +110,17 @@ class CallRegistry(Reconciliation):
         leg = self._legs.get(uuid)
         return leg.snapshot() if leg else None
 
+    def set_max_duration(self, call_uuid: str, seconds: int) -> None:
+        """The call's limit was moved on the switch (a budget extension sets
+        `switchd_max_duration` there too): the watchdog follows the new one."""
+        call = self._calls.get(self._aliases.get(call_uuid, call_uuid))
+        if call is None:
+            return
+        for leg in call.legs:
+            if "switchd_max_duration" in leg.vars:
+                leg.vars["switchd_max_duration"] = str(seconds)
+        call.max_duration = seconds
+
     def answered_calls_over_limit(self, now_us: int, grace_s: int) -> list[Call]:
         """Answered calls past answer + max_duration + grace: the watchdog kills these."""
         return [c.snapshot() for c in self._calls.values()

@@ -125,6 +125,17 @@ class SpendBook:
             return None
         return budget - self.spent.get(tenant.name, Decimal(0))
 
+    def reserve(self, call_uuid: str, tenant, rate, now: datetime | None = None):
+        """This book reserves nothing: the call is given the whole remaining budget. The
+        daemon routes with switchd/accounting/budgets.py's BudgetBook, which reserves."""
+        return self.remaining(tenant)
+
+    def release(self, call_uuid: str) -> None:
+        pass
+
+    def preview(self, tenant, rate):
+        return self.remaining(tenant)
+
     def add(self, tenant: str | None, cost: Decimal, at: datetime) -> None:
         if not tenant or not cost:
             return

@@ -74,7 +74,7 @@ class Router:
         self.decks = decks            # returns {carrier name: RateDeck}
         self.health = health          # HealthBook: .get(carrier) -> CarrierHealth
         self.caps = caps              # CapsGate (switchd/calls/policing.py)
-        self.spend = spend            # SpendBook: .remaining(tenant) -> Decimal | None
+        self.spend = spend            # .remaining(tenant), .reserve(call, tenant, rate), .release
         self.settings = settings
         self.record = record
         self.clock = clock
@@ -297,9 +297,12 @@ class Router:
         if nxt is None:
             return self._refuse(decision, context, dialled, stop,
                                 f"failover exhausted: {what}", call_vars)
-        remaining = self.spend.remaining(tenant)
-        max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, nxt.rate)
+        # The call's reservation follows it to the next carrier's tariff (docs/budgets.md).
+        granted = self.spend.reserve(decision.call_uuid, tenant, nxt.rate)
+        max_s = granted if isinstance(granted, policy.Refusal) else \
+            policy.decide_duration(None, tenant.max_call_seconds, granted, nxt.rate)
         if isinstance(max_s, policy.Refusal):
+            self.spend.release(decision.call_uuid)
             return self._refuse(decision, context, dialled, max_s, max_s.detail, call_vars)
         name, cid = callerid.caller_id(form.get("variable_effective_caller_id_name")
                                        or form.get("Caller-Caller-ID-Name"),
@@ -359,9 +362,14 @@ class Router:
         if not admission.admitted:
             refusal = _cap_refusal(admission)
             raise Refused(refusal, refusal.detail)
-        max_s = policy.decide_duration(None, tenant.max_call_seconds, remaining, routes[0].rate)
+        # The call's share of the month (docs/budgets.md): live calls reserve, so parallel
+        # calls never each get the whole remaining budget.
+        granted = self.spend.reserve(decision.call_uuid, tenant, routes[0].rate, now)
+        max_s = granted if isinstance(granted, policy.Refusal) else \
+            policy.decide_duration(None, tenant.max_call_seconds, granted, routes[0].rate)
         if isinstance(max_s, policy.Refusal):
             self.caps.release_now(decision.call_uuid)
+            self.spend.release(decision.call_uuid)
             raise Refused(max_s, max_s.detail)
         decision.result, decision.reason = "routed", ranked.reason
         decision.chosen = [{"carrier": r.carrier.name, "gateway": r.gateway.name,

@@ -154,6 +154,12 @@ def execute(sim, line: str) -> str:
     if cmd == "uuid_kill":
         ok = bool(args) and sim.kill_call(args[0], args[1] if len(args) > 1 else "NORMAL_CLEARING")
         return "+OK\n" if ok else NO_CHANNEL
+    if cmd == "strmicroepoch" and not args:
+        return str(sim.clock.now_us())
+    if cmd == "sched_del":
+        if not args:
+            return "-ERR Invalid syntax\n"
+        return f"+OK Deleted: {sim.sched_del(args[0]) if not args[0].isdigit() else 0}\n"
     if cmd == "sched_hangup" and len(args) >= 2:
         ok = sim.sched_hangup(args[1], args[0], args[2] if len(args) > 2 else "ALLOTTED_TIMEOUT")
         return "+OK\n" if ok else NO_CHANNEL

@@ -60,6 +60,7 @@ class Simulator:
         self.player = Player(self)
         self.calls: list[SimCall] = []
         self.lookups: list[tuple[str, str, str]] = []    # (call uuid, route_source, reason)
+        self.api_log: list[tuple[int, str]] = []    # (simulated µs, `api` line) as received
         self._rng = random.Random(f"{seed}:core")
         self._boot = 0
         self._new_core()
@@ -205,6 +206,7 @@ class Simulator:
         return seeded_uuid(self._rng)
 
     def api(self, line: str) -> str:
+        self.api_log.append((self.clock.now_us(), line.strip()))
         if line.startswith("originate "):
             return self._originate(line[len("originate "):])
         return api.execute(self, line)
@@ -373,9 +375,22 @@ class Simulator:
             call.kill = (uuid, cause)
             call.poke()
         elif not call.ignore_sched:
-            call.sched_at_us, call.sched_cause = at, cause
+            # The scheduler keeps every task: a later sched_hangup does not move an earlier
+            # one (sched_del first does), so the earliest pending hangup fires.
+            if call.sched_at_us is None or at < call.sched_at_us:
+                call.sched_at_us, call.sched_cause = at, cause
             call.poke()
         return True
+
+    def sched_del(self, group: str) -> int:
+        """`sched_del <uuid>`: the call's pending scheduled hangup is dropped; returns the
+        number of tasks deleted (FreeSWITCH answers `+OK Deleted: N`)."""
+        call = self.call_of(group)
+        if call is None or call.sched_at_us is None:
+            return 0
+        call.sched_at_us = None
+        call.poke()
+        return 1
 
     def gateway_behaviour(self, name: str | None) -> GatewayBehaviour:
         return self.gateways.get(name or "", self.default_gateway)

@@ -142,6 +142,28 @@ def sched_hangup(uuid: str, seconds: int, cause: str = "ALLOTTED_TIMEOUT") -> st
     return api("sched_hangup", f"+{seconds}", _word(uuid, "UUID"), hangup_cause(cause))
 
 
+def sched_del(group: str) -> str:
+    """``sched_del <uuid>``: drop every task scheduled for the channel (its group is its
+    UUID), e.g. the scheduled hangup, before a later one replaces it. A second
+    ``sched_hangup`` alone would not move the first: both stay and the earlier fires."""
+    word = _word(group, "UUID")
+    if word.isdigit():
+        raise ValueError(f"sched_del group must not be all digits (that is a task id): {word!r}")
+    return api("sched_del", word)
+
+
+def uuid_setvar(uuid: str, name: str, value: object) -> str:
+    """``uuid_setvar <uuid> <name> <value>``."""
+    return api("uuid_setvar", _word(uuid, "UUID"), _word(name, "channel variable name"),
+               _word(value, f"value of {name}"))
+
+
+def strmicroepoch() -> str:
+    """``strmicroepoch``: the switch's clock now, in µs since the epoch (the clock its
+    events' times are in)."""
+    return api("strmicroepoch")
+
+
 def show_channels_json() -> str:
     return api("show", "channels", "as", "json")
 
