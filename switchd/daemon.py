@@ -34,6 +34,7 @@ from switchd.config import Config
 from switchd.adapters.db import store
 from switchd.adapters.db.cdr_writer import CdrWriter, EventRecord
 from switchd.adapters.db.migrate import apply_migrations
+from switchd.adapters.db import partitions
 from switchd.adapters.db.spool import Spool
 from switchd.routing.deck_loader import DeckCache, DeckReloader, cooperative_yield
 from switchd.adapters.esl import commands
@@ -140,6 +141,7 @@ class Daemon:
         apply_migrations(self.db_url)
         self.starting = "loading tenants, carriers and DIDs"
         with psycopg.connect(self.db_url) as conn:
+            partitions.ensure_ahead(conn)       # this month's and next month's, before any CDR
             self.world = store.load_world(conn)
             health = store.load_carrier_health(conn)
             now = _now()
@@ -217,6 +219,7 @@ class Daemon:
         self._spawn(lambda: self.outbox.run(self.stopping))
         self._spawn(lambda: self.deliverer.run(self.stopping))
         self._spawn(Periodic(3600.0, self._api_housekeeping, "API housekeeping").run)
+        self._spawn(Periodic(6 * 3600.0, self._ensure_partitions, "monthly partitions").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
@@ -339,9 +342,8 @@ class Daemon:
     def _record_event(self, event: ChannelEvent) -> None:
         if not event.core_uuid or not event.sequence:
             return
-        data = {k: v for k, v in (("cause", event.hangup_cause), ("gateway", event.gateway),
-                                  ("sip_status", event.sip_status), ("billmsec", event.billmsec))
-                if v is not None}
+        # Only what a timeline or a replay needs (docs/storage.md): the cause, gateway, SIP
+        # status and billmsec an event carries are the leg row's.
         try:
             at = datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc)
         except (ValueError, OverflowError, OSError):
@@ -352,7 +354,7 @@ class Daemon:
             at = _now()
         self.writer.submit_event(EventRecord(
             core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
-            call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
+            call_uuid=event.call_uuid, leg_uuid=event.uuid))
 
     def switch_now_us(self) -> int:
         """Our estimate of the switch's clock (its events' timestamps are in it)."""
@@ -631,6 +633,10 @@ class Daemon:
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
         return problems
+
+    def _ensure_partitions(self) -> None:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            partitions.ensure_ahead(conn)
 
     def _api_housekeeping(self) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as conn:

@@ -1,0 +1,286 @@
+"""One batch of CDR records into PostgreSQL, in one transaction: COPY, then set-based upserts.
+
+Each kind of record is COPYed into a session-local staging table (created once per
+connection, emptied at every commit), and moved into its table by one INSERT … SELECT …
+ON CONFLICT per kind: a few statements per batch instead of one per record, and the
+same upserts, so every rule of the row-by-row writer holds:
+
+* Superseding (calls, legs): a stored row is replaced only by a record carrying at least as
+  much information (``_CALL_RANK``, ``_LEG_RANK``); among equal ranks the last write wins.
+  A key that occurs several times in one batch is applied in rounds (its first
+  occurrence, then its second, …), in submission order, exactly as one statement per
+  record would.
+* Kinds are applied in this order within a batch: ESL calls, the switch's A-leg calls, its
+  B-leg calls, legs, the call money recomputed from the legs, events, decisions.
+
+Partitions (migration 020): ``calls`` and ``call_legs`` are partitioned by ``filed_month``,
+the month of the first record that named the call or leg, so the unique keys are
+(call_uuid, filed_month) and (leg_uuid, filed_month). A record cannot compute that month
+alone (a B-leg's CDR does not know when its A-leg started), so each upsert first looks the
+key up: an existing row keeps its month; a new call takes the month of legs already filed
+for it, a new leg the month of its call, and only a key seen nowhere takes the month of its
+own start (or end, or now). The look-up reads the partitions within a month either side of
+the batch's own times (a call lasts hours, not months). An advisory lock (``LOCK_KEY``),
+held to commit, makes "look up, then insert" atomic between writers (the CDR writer, the
+switch-CDR intake, several daemons).
+``call_events`` are partitioned by their own time ``at``: (core_uuid, event_seq, at).
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import date, datetime, timezone
+from operator import attrgetter
+from typing import Any, Callable, Iterable
+
+import psycopg
+
+from switchd.adapters.db import store
+from switchd.adapters.db.records import CallRecord, EventRecord, LegRecord, SwitchCallRecord
+
+# Taken by every batch, first, held to commit. Arbitrary constant: "switchd CDR keys".
+LOCK_KEY = 0x5157_1C4E
+
+_FAR_PAST, _FAR_FUTURE = date(1, 1, 1), date(9999, 12, 1)
+
+
+def month_of(at: datetime) -> date:
+    """The UTC month of an instant, as its first day (SQL: switchd_month)."""
+    at = at.astimezone(timezone.utc)
+    return date(at.year, at.month, 1)
+
+
+def add_months(month: date, n: int) -> date:
+    index = month.year * 12 + month.month - 1 + n
+    year, m = divmod(index, 12)
+    if year < 1:
+        return _FAR_PAST
+    if year > 9999:
+        return _FAR_FUTURE
+    return date(year, m + 1, 1)
+
+
+def _names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+CALL_COLS = _names(CallRecord)
+LEG_COLS = _names(LegRecord)
+EVENT_COLS = _names(EventRecord)
+SWITCH_COLS = [c for c in _names(SwitchCallRecord) if c != "from_a_leg"]
+DECISION_COLS = list(store.DECISION_COLUMNS)
+
+# Staging tables: the target's column types, no constraints (the real INSERT checks them),
+# plus `n`, the round of a key that occurs more than once in the batch.
+_STAGING = f"""
+SELECT pg_advisory_xact_lock({LOCK_KEY});
+SET LOCAL client_min_messages = warning;
+CREATE TEMP TABLE IF NOT EXISTS switchd_stage_calls ON COMMIT DELETE ROWS AS
+    SELECT {', '.join(CALL_COLS)}, 0 AS n FROM calls WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS switchd_stage_switch_calls ON COMMIT DELETE ROWS AS
+    SELECT {', '.join(SWITCH_COLS)}, true AS a_leg, 0 AS n FROM calls WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS switchd_stage_legs ON COMMIT DELETE ROWS AS
+    SELECT {', '.join(LEG_COLS)}, 0 AS n FROM call_legs WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS switchd_stage_events ON COMMIT DELETE ROWS AS
+    SELECT {', '.join(EVENT_COLS)} FROM call_events WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS switchd_stage_decisions ON COMMIT DELETE ROWS AS
+    SELECT {', '.join(DECISION_COLS)} FROM routing_decisions WITH NO DATA;
+"""
+
+# Known only from ESL's progress events: a later record that lacks them (FreeSWITCH's CDR)
+# keeps what is stored.
+_KEEP_WHEN_NULL = frozenset({"progress_at", "pdd_ms", "disposition"})
+_CALL_RANK = "(NOT {t}.reconstructed, {t}.ended_at IS NOT NULL, {t}.answered_at IS NOT NULL)"
+# FreeSWITCH's CDR outranks anything ESL said; a leg closed without its hangup
+# (provisional) outranks nothing it would replace.
+_LEG_RANK = ("({t}.cdr_source = 'switch', NOT {t}.provisional, {t}.ended_at IS NOT NULL, "
+             "{t}.answered_at IS NOT NULL)")
+
+# The month a key is filed under: where it already is, else where its kin are, else its own.
+_WINDOW = "filed_month BETWEEN %(lo)s AND %(hi)s"
+_OWN_MONTH = "switchd_month(COALESCE(s.started_at, s.ended_at, now()))"
+_CALL_MONTH = f"""COALESCE(
+    (SELECT k.filed_month FROM calls k WHERE k.call_uuid = s.call_uuid AND k.{_WINDOW} LIMIT 1),
+    (SELECT min(l.filed_month) FROM call_legs l WHERE l.call_uuid = s.call_uuid AND l.{_WINDOW}),
+    {_OWN_MONTH})"""
+_LEG_MONTH = f"""COALESCE(
+    (SELECT k.filed_month FROM call_legs k WHERE k.leg_uuid = s.leg_uuid AND k.{_WINDOW} LIMIT 1),
+    (SELECT c.filed_month FROM calls c WHERE c.call_uuid = s.call_uuid AND c.{_WINDOW} LIMIT 1),
+    {_OWN_MONTH})"""
+
+
+def _upsert(table: str, stage: str, cols: list[str], key: str, month: str, sets: list[str],
+            where: str = "", only: str = "") -> str:
+    cond = f"WHERE s.n = %(n)s{only}"
+    return (f"INSERT INTO {table} ({', '.join(cols)}, filed_month) "
+            f"SELECT {', '.join('s.' + c for c in cols)}, {month} FROM {stage} s {cond} "
+            f"ON CONFLICT ({key}, filed_month) DO UPDATE SET {', '.join(sets)}"
+            + (f" WHERE {where}" if where else ""))
+
+
+def _replace_sets(table: str, cols: list[str], key: str) -> list[str]:
+    return [f"{c} = COALESCE(EXCLUDED.{c}, {table}.{c})" if c in _KEEP_WHEN_NULL
+            else f"{c} = EXCLUDED.{c}" for c in cols if c != key]
+
+
+_UPSERT_CALL = _upsert(
+    "calls", "switchd_stage_calls", CALL_COLS, "call_uuid", _CALL_MONTH,
+    _replace_sets("calls", CALL_COLS, "call_uuid"),
+    f"{_CALL_RANK.format(t='EXCLUDED')} >= {_CALL_RANK.format(t='calls')}")
+_UPSERT_LEG = _upsert(
+    "call_legs", "switchd_stage_legs", LEG_COLS, "leg_uuid", _LEG_MONTH,
+    _replace_sets("call_legs", LEG_COLS, "leg_uuid"),
+    f"{_LEG_RANK.format(t='EXCLUDED')} >= {_LEG_RANK.format(t='call_legs')}")
+
+
+def _switch_call_sql(a_leg: bool) -> str:
+    """A-leg CDR: its values win over what is stored; B-leg CDR: it only fills gaps."""
+    facts = ("started_at", "ended_at", "hangup_cause", "caller", "destination")
+    sets = []
+    for c in SWITCH_COLS[1:]:
+        first, second = ("EXCLUDED", "calls") if a_leg and c in facts else ("calls", "EXCLUDED")
+        sets.append(f"{c} = COALESCE({first}.{c}, {second}.{c})")
+    if a_leg:
+        sets.append("reconstructed = false")
+    return _upsert("calls", "switchd_stage_switch_calls", SWITCH_COLS, "call_uuid",
+                   _CALL_MONTH, sets, only=f" AND s.a_leg = {str(a_leg).lower()}")
+
+
+_UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(False)}
+
+# A call's money and flags always come from its leg rows, whichever record came last, so
+# the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
+# legs are the rated ones (a carrier or gateway is known).
+RECOMPUTE_CALLS = f"""
+UPDATE calls c SET cost = s.cost, billed_seconds = s.billed, unrated = s.unrated,
+       provisional = s.provisional, cdr_source = s.source,
+       attempts = GREATEST(c.attempts, s.attempts),
+       carrier = COALESCE(s.carrier, c.carrier), gateway = COALESCE(s.gateway, c.gateway),
+       first_choice_carrier = COALESCE(c.first_choice_carrier, s.first_carrier),
+       answered_at = COALESCE(s.answered_at, c.answered_at)
+FROM (SELECT call_uuid,
+             COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
+             COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
+             bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
+             CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
+             count(*) FILTER (WHERE rated) AS attempts,
+             (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
+                 FILTER (WHERE rated))[1] AS carrier,
+             (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
+                 FILTER (WHERE rated))[1] AS gateway,
+             (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
+             min(answered_at) AS answered_at
+      FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
+            FROM call_legs WHERE call_uuid = ANY(%(uuids)s) AND {_WINDOW}) l
+      GROUP BY call_uuid) s
+WHERE c.call_uuid = s.call_uuid AND c.{_WINDOW}
+"""
+_INSERT_EVENTS = (f"INSERT INTO call_events ({', '.join(EVENT_COLS)}) "
+                  f"SELECT {', '.join(EVENT_COLS)} FROM switchd_stage_events "
+                  "ON CONFLICT (core_uuid, event_seq, at) DO NOTHING")
+_INSERT_DECISIONS = (
+    f"INSERT INTO routing_decisions ({', '.join(DECISION_COLS)}) "
+    f"SELECT {', '.join('COALESCE(created_at, now())' if c == 'created_at' else c for c in DECISION_COLS)} "
+    "FROM switchd_stage_decisions ON CONFLICT (id) DO NOTHING")
+
+_CALL_ROW = attrgetter(*CALL_COLS)
+_LEG_ROW = attrgetter(*LEG_COLS)
+_SWITCH_ROW = attrgetter(*SWITCH_COLS)
+_EVENT_HEAD = attrgetter(*[c for c in EVENT_COLS if c != "data"])
+assert EVENT_COLS[-1] == "data"
+
+
+def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, int]], int]:
+    """Each record with its round: how many earlier records of the batch share its key."""
+    seen: dict[Any, int] = {}
+    out = []
+    for rec in records:
+        k = key(rec)
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        out.append((rec, n))
+    return out, max(seen.values(), default=0)
+
+
+def _copy(cur: psycopg.Cursor, table: str, cols: Iterable[str], rows: Iterable[tuple]) -> None:
+    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _decision_row(row: dict) -> tuple:
+    unknown = set(row) - set(DECISION_COLS)
+    if unknown:
+        raise ValueError(f"routing decision: unknown keys {sorted(unknown)}")
+    return tuple(store.jsonb(row.get(c)) if c in ("candidates", "chosen")
+                 else (row.get(c) or 0) if c == "elapsed_us" else row.get(c)
+                 for c in DECISION_COLS)
+
+
+def _months(records: Iterable) -> tuple[set[date], bool]:
+    """Months of the records' own times (start, else end); whether one had neither."""
+    months, timeless = set(), False
+    for rec in records:
+        at = rec.started_at or rec.ended_at
+        if at is None:
+            timeless = True
+        else:
+            months.add(month_of(at))
+    return months, timeless
+
+
+def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
+    """Write one batch in one transaction; returns the number of call rows (CDRs) in it."""
+    by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
+                                "switch_call": []}
+    for kind, rec in items:
+        by_kind[kind].append(rec)
+    calls, legs, switch = by_kind["call"], by_kind["leg"], by_kind["switch_call"]
+    events, decisions = by_kind["event"], by_kind["decision"]
+    decision_rows = [_decision_row(d) for d in decisions]
+
+    keyed = calls + legs + switch
+    months, timeless = _months(keyed)
+    if timeless or not months:
+        window = {"lo": _FAR_PAST, "hi": _FAR_FUTURE}
+    else:
+        window = {"lo": add_months(min(months), -1), "hi": add_months(max(months), 1)}
+    if timeless:
+        now = month_of(datetime.now(timezone.utc))
+        months |= {now, add_months(now, 1)}      # now() in SQL: this month, or just after
+    months |= {month_of(e.at) for e in events}
+
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_STAGING)
+        if months:
+            cur.execute("SELECT switchd_ensure_month(m) FROM unnest(%s::date[]) AS m",
+                        (sorted(months),))
+        call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
+        if calls:
+            _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"],
+                  ((*_CALL_ROW(r), n) for r, n in call_rows))
+            for n in range(call_rounds):
+                cur.execute(_UPSERT_CALL, {**window, "n": n})
+        if switch:
+            switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
+            _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"],
+                  ((*_SWITCH_ROW(r), r.from_a_leg, n) for r, n in switch_rows))
+            for a_leg in (True, False):
+                for n in range(switch_rounds):
+                    cur.execute(_UPSERT_SWITCH_CALL[a_leg], {**window, "n": n})
+        if legs:
+            leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
+            _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"],
+                  ((*_LEG_ROW(r), n) for r, n in leg_rows))
+            for n in range(leg_rounds):
+                cur.execute(_UPSERT_LEG, {**window, "n": n})
+        if keyed:
+            touched = sorted({r.call_uuid for r in keyed})
+            cur.execute(RECOMPUTE_CALLS, {**window, "uuids": touched})
+        if events:
+            _copy(cur, "switchd_stage_events", EVENT_COLS,
+                  ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
+            cur.execute(_INSERT_EVENTS)
+        if decisions:
+            _copy(cur, "switchd_stage_decisions", DECISION_COLS, decision_rows)
+            cur.execute(_INSERT_DECISIONS)
+    return len(calls)
