@@ -1,6 +1,6 @@
 """One batch of CDR records into PostgreSQL, in one transaction: COPY, then set-based upserts.
 
-Each kind of record is COPYed into a session-local staging table (created once per
+Each kind of record is COPYed (binary) into a session-local staging table (created once per
 connection, emptied at every commit), and moved into its table by one INSERT … SELECT …
 ON CONFLICT per kind: a few statements per batch instead of one per record, and the
 same upserts, so every rule of the row-by-row writer holds:
@@ -27,7 +27,8 @@ switch-CDR intake, several daemons).
 """
 from __future__ import annotations
 
-from dataclasses import fields
+import uuid
+from dataclasses import fields, replace
 from datetime import date, datetime, timezone
 from operator import attrgetter
 from typing import Any, Callable, Iterable
@@ -37,7 +38,7 @@ import psycopg
 from switchd.adapters.db import store
 from switchd.adapters.db.records import CallRecord, EventRecord, LegRecord, SwitchCallRecord
 
-# Taken by every batch, first, held to commit. Arbitrary constant: "switchd CDR keys".
+# Taken by every batch once its rows are staged, held to commit. Arbitrary constant.
 LOCK_KEY = 0x5157_1C4E
 
 _FAR_PAST, _FAR_FUTURE = date(1, 1, 1), date(9999, 12, 1)
@@ -69,22 +70,46 @@ EVENT_COLS = _names(EventRecord)
 SWITCH_COLS = [c for c in _names(SwitchCallRecord) if c != "from_a_leg"]
 DECISION_COLS = list(store.DECISION_COLUMNS)
 
-# Staging tables: the target's column types, no constraints (the real INSERT checks them),
-# plus `n`, the round of a key that occurs more than once in the batch.
-_STAGING = f"""
-SELECT pg_advisory_xact_lock({LOCK_KEY});
-SET LOCAL client_min_messages = warning;
-CREATE TEMP TABLE IF NOT EXISTS switchd_stage_calls ON COMMIT DELETE ROWS AS
-    SELECT {', '.join(CALL_COLS)}, 0 AS n FROM calls WITH NO DATA;
-CREATE TEMP TABLE IF NOT EXISTS switchd_stage_switch_calls ON COMMIT DELETE ROWS AS
-    SELECT {', '.join(SWITCH_COLS)}, true AS a_leg, 0 AS n FROM calls WITH NO DATA;
-CREATE TEMP TABLE IF NOT EXISTS switchd_stage_legs ON COMMIT DELETE ROWS AS
-    SELECT {', '.join(LEG_COLS)}, 0 AS n FROM call_legs WITH NO DATA;
-CREATE TEMP TABLE IF NOT EXISTS switchd_stage_events ON COMMIT DELETE ROWS AS
-    SELECT {', '.join(EVENT_COLS)} FROM call_events WITH NO DATA;
-CREATE TEMP TABLE IF NOT EXISTS switchd_stage_decisions ON COMMIT DELETE ROWS AS
-    SELECT {', '.join(DECISION_COLS)} FROM routing_decisions WITH NO DATA;
-"""
+# Staging tables, one per kind, session-local and emptied at every commit. Their column
+# types are those of the Python values (text, bigint, numeric, timestamptz, boolean,
+# jsonb), so rows go in by binary COPY; the INSERT into the real table casts them (a
+# uuid from its text, an integer to its width) and checks every constraint. `n` is the
+# round of a key that occurs more than once in the batch.
+def _pg_type(annotation: str) -> str:
+    for name, pg in (("datetime", "timestamptz"), ("Decimal", "numeric"), ("bool", "boolean"),
+                     ("int", "bigint"), ("dict", "jsonb"), ("str", "text")):
+        if name in annotation:
+            return pg
+    raise TypeError(f"no staging type for {annotation!r}")
+
+
+def _types(cls, cols: list[str]) -> list[str]:
+    hints = {f.name: str(f.type) for f in fields(cls)}
+    return [_pg_type(hints[c]) for c in cols]
+
+
+CALL_TYPES = _types(CallRecord, CALL_COLS) + ["bigint"]
+SWITCH_TYPES = _types(SwitchCallRecord, SWITCH_COLS) + ["boolean", "bigint"]
+LEG_TYPES = _types(LegRecord, LEG_COLS) + ["bigint"]
+EVENT_TYPES = _types(EventRecord, EVENT_COLS)
+DECISION_TYPES = ["text", "timestamptz", "text", "text", "text", "text", "text", "text",
+                  "bigint", "jsonb", "jsonb", "bigint"]
+assert len(DECISION_TYPES) == len(DECISION_COLS)
+
+
+def _table(name: str, cols: list[str], types: list[str]) -> str:
+    defs = ", ".join(f"{c} {t}" for c, t in zip(cols, types))
+    return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({defs}) ON COMMIT DELETE ROWS;"
+
+
+_STAGING = "\n".join([
+    "SET LOCAL client_min_messages = warning;",
+    _table("switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES),
+    _table("switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES),
+    _table("switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES),
+    _table("switchd_stage_events", EVENT_COLS, EVENT_TYPES),
+    _table("switchd_stage_decisions", DECISION_COLS, DECISION_TYPES),
+])
 
 # Known only from ESL's progress events: a later record that lacks them (FreeSWITCH's CDR)
 # keeps what is stored.
@@ -108,11 +133,19 @@ _LEG_MONTH = f"""COALESCE(
     {_OWN_MONTH})"""
 
 
+# Staged as text, stored as uuid (a cast from text is never implicit).
+_CASTS = {"route_id": "::uuid", "id": "::uuid"}
+
+
+def _select(cols: list[str], prefix: str = "s.") -> str:
+    return ", ".join(prefix + c + _CASTS.get(c, "") for c in cols)
+
+
 def _upsert(table: str, stage: str, cols: list[str], key: str, month: str, sets: list[str],
             where: str = "", only: str = "") -> str:
     cond = f"WHERE s.n = %(n)s{only}"
     return (f"INSERT INTO {table} ({', '.join(cols)}, filed_month) "
-            f"SELECT {', '.join('s.' + c for c in cols)}, {month} FROM {stage} s {cond} "
+            f"SELECT {_select(cols)}, {month} FROM {stage} s {cond} "
             f"ON CONFLICT ({key}, filed_month) DO UPDATE SET {', '.join(sets)}"
             + (f" WHERE {where}" if where else ""))
 
@@ -149,7 +182,8 @@ _UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(Fal
 
 # A call's money and flags always come from its leg rows, whichever record came last, so
 # the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
-# legs are the rated ones (a carrier or gateway is known).
+# legs are the rated ones (a carrier or gateway is known). A call whose row already says
+# what its legs say is not rewritten (ESL's call record usually does).
 RECOMPUTE_CALLS = f"""
 UPDATE calls c SET cost = s.cost, billed_seconds = s.billed, unrated = s.unrated,
        provisional = s.provisional, cdr_source = s.source,
@@ -173,13 +207,19 @@ FROM (SELECT call_uuid,
             FROM call_legs WHERE call_uuid = ANY(%(uuids)s) AND {_WINDOW}) l
       GROUP BY call_uuid) s
 WHERE c.call_uuid = s.call_uuid AND c.{_WINDOW}
+  AND (c.cost, c.billed_seconds, c.unrated, c.provisional, c.cdr_source, c.attempts, c.carrier,
+       c.gateway, c.first_choice_carrier, c.answered_at)
+      IS DISTINCT FROM
+      (s.cost, s.billed, s.unrated, s.provisional, s.source, GREATEST(c.attempts, s.attempts),
+       COALESCE(s.carrier, c.carrier), COALESCE(s.gateway, c.gateway),
+       COALESCE(c.first_choice_carrier, s.first_carrier), COALESCE(s.answered_at, c.answered_at))
 """
 _INSERT_EVENTS = (f"INSERT INTO call_events ({', '.join(EVENT_COLS)}) "
                   f"SELECT {', '.join(EVENT_COLS)} FROM switchd_stage_events "
                   "ON CONFLICT (core_uuid, event_seq, at) DO NOTHING")
 _INSERT_DECISIONS = (
     f"INSERT INTO routing_decisions ({', '.join(DECISION_COLS)}) "
-    f"SELECT {', '.join('COALESCE(created_at, now())' if c == 'created_at' else c for c in DECISION_COLS)} "
+    f"SELECT {_select(DECISION_COLS, '').replace('created_at', 'COALESCE(created_at, now())')} "
     "FROM switchd_stage_decisions ON CONFLICT (id) DO NOTHING")
 
 _CALL_ROW = attrgetter(*CALL_COLS)
@@ -201,10 +241,17 @@ def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, i
     return out, max(seen.values(), default=0)
 
 
-def _copy(cur: psycopg.Cursor, table: str, cols: Iterable[str], rows: Iterable[tuple]) -> None:
-    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+def _copy(cur: psycopg.Cursor, table: str, cols: list[str], types: list[str],
+          rows: Iterable[tuple]) -> None:
+    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+def _text(value: Any) -> str | None:
+    """A uuid column's value as text (a record replayed from the spool holds a UUID)."""
+    return value if value is None or type(value) is str else str(value)
 
 
 def _decision_row(row: dict) -> tuple:
@@ -212,7 +259,8 @@ def _decision_row(row: dict) -> tuple:
     if unknown:
         raise ValueError(f"routing decision: unknown keys {sorted(unknown)}")
     return tuple(store.jsonb(row.get(c)) if c in ("candidates", "chosen")
-                 else (row.get(c) or 0) if c == "elapsed_us" else row.get(c)
+                 else (row.get(c) or 0) if c == "elapsed_us"
+                 else _text(row.get(c)) if c in ("id", "call_uuid") else row.get(c)
                  for c in DECISION_COLS)
 
 
@@ -251,36 +299,45 @@ def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
 
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_STAGING)
+        # The rows go in first (COPY needs no lock), then the keys are resolved and upserted
+        # under the lock, kinds in a fixed order.
+        call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
+        switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
+        leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
+        if calls:
+            _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES,
+                  ((*_CALL_ROW(r), n) if type(r.route_id) is not uuid.UUID
+                   else (*_CALL_ROW(replace(r, route_id=str(r.route_id))), n)
+                   for r, n in call_rows))
+        if switch:
+            _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES,
+                  ((*_SWITCH_ROW(r), r.from_a_leg, n) if type(r.route_id) is not uuid.UUID
+                   else (*_SWITCH_ROW(replace(r, route_id=str(r.route_id))), r.from_a_leg, n)
+                   for r, n in switch_rows))
+        if legs:
+            _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES,
+                  ((*_LEG_ROW(r), n) for r, n in leg_rows))
+        if events:
+            _copy(cur, "switchd_stage_events", EVENT_COLS, EVENT_TYPES,
+                  ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
+        if decisions:
+            _copy(cur, "switchd_stage_decisions", DECISION_COLS, DECISION_TYPES, decision_rows)
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         if months:
             cur.execute("SELECT switchd_ensure_month(m) FROM unnest(%s::date[]) AS m",
                         (sorted(months),))
-        call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
-        if calls:
-            _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"],
-                  ((*_CALL_ROW(r), n) for r, n in call_rows))
-            for n in range(call_rounds):
-                cur.execute(_UPSERT_CALL, {**window, "n": n})
-        if switch:
-            switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
-            _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"],
-                  ((*_SWITCH_ROW(r), r.from_a_leg, n) for r, n in switch_rows))
-            for a_leg in (True, False):
-                for n in range(switch_rounds):
-                    cur.execute(_UPSERT_SWITCH_CALL[a_leg], {**window, "n": n})
-        if legs:
-            leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
-            _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"],
-                  ((*_LEG_ROW(r), n) for r, n in leg_rows))
-            for n in range(leg_rounds):
-                cur.execute(_UPSERT_LEG, {**window, "n": n})
+        for n in range(call_rounds):
+            cur.execute(_UPSERT_CALL, {**window, "n": n})
+        for a_leg in (True, False):
+            for n in range(switch_rounds):
+                cur.execute(_UPSERT_SWITCH_CALL[a_leg], {**window, "n": n})
+        for n in range(leg_rounds):
+            cur.execute(_UPSERT_LEG, {**window, "n": n})
         if keyed:
             touched = sorted({r.call_uuid for r in keyed})
             cur.execute(RECOMPUTE_CALLS, {**window, "uuids": touched})
         if events:
-            _copy(cur, "switchd_stage_events", EVENT_COLS,
-                  ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
             cur.execute(_INSERT_EVENTS)
         if decisions:
-            _copy(cur, "switchd_stage_decisions", DECISION_COLS, decision_rows)
             cur.execute(_INSERT_DECISIONS)
     return len(calls)

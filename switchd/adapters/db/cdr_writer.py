@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import gevent
@@ -43,9 +43,14 @@ __all__ = ["CdrWriter", "CallRecord", "EventRecord", "LegRecord", "SwitchCallRec
            "write_batch"]
 
 
+_FIELDS = {kind: tuple(f.name for f in fields(cls)) for kind, cls in KINDS.items()}
+
+
 def _to_spool(item: tuple[str, Any]) -> dict:
     kind, rec = item
-    return {"kind": kind, "record": rec if kind == "decision" else asdict(rec)}
+    if kind == "decision":
+        return {"kind": kind, "record": rec}
+    return {"kind": kind, "record": {name: getattr(rec, name) for name in _FIELDS[kind]}}
 
 
 def _from_spool(entry: dict) -> tuple[str, Any]:
