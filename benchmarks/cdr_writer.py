@@ -1,6 +1,6 @@
 """CDRs persisted per second through the whole CDR writer, against one INSERT per CDR.
 
-    python benchmarks/cdr_writer.py            (~200k CDRs, well under 2 min)
+    python benchmarks/cdr_writer.py            (100k CDRs, about a minute)
     python benchmarks/cdr_writer.py --full     (1M CDRs)
     python benchmarks/cdr_writer.py --cdrs N
 
@@ -17,7 +17,8 @@ the daemon:
 - ``full_calls_per_s``: every record of such a call: the A-leg and the carrier leg, the
   call, 12 channel events and the routing decision (16 records per call);
 - ``baseline_cdrs_per_s``: the naive controller: one autocommitted ``INSERT INTO calls``
-  per CDR (the call row only, no leg, no upsert), same table, same run;
+  per CDR (the call row only, no leg, no upsert), same table, same run; half of them just
+  before the writer's run and half just after (the box is shared: both sides see its load);
 - ``replay_per_s``: CDRs (call row + leg) replayed from the spool by a fresh writer, as
   after a PostgreSQL outage: the spool files are written first (not timed), the time is
   from the writer's start to the spool being empty.
@@ -201,7 +202,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--full", action="store_true", help="1M CDRs")
     ap.add_argument("--cdrs", type=int, default=None, help="CDRs through the writer")
     args = ap.parse_args(argv)
-    n = args.cdrs or (1_000_000 if args.full else 200_000)
+    n = args.cdrs or (1_000_000 if args.full else 100_000)
     n_full = max(n // 10, 1000)
     n_base = max(n // 20, 1000)
     n_replay = max(n // 2, 1000)
@@ -213,11 +214,24 @@ def main(argv=None) -> dict:
         apply_migrations(url)
         log(f"generating {n:,} CDRs ...")
         items = call_records(n, "w", start)
+        base_items = call_records(n_base, "b", start)
+        half = len(base_items) // 2
+        # The box is shared: the baseline runs half before and half after the writer, so
+        # a change of load between phases weighs on both sides.
+        t_base = [baseline(url, base_items[:half])]
         log("through the writer ...")
         t = through_writer(url, tmp / "spool-w", items, n)
         result["cdrs_per_s"] = round(n / t)
         log(f"  {n:,} CDRs in {t:.2f}s: {n / t:,.0f}/s")
         del items
+        t_base.append(baseline(url, base_items[half:]))
+        result.update(baseline_cdrs=n_base, baseline_cdrs_per_s=round(n_base / sum(t_base)),
+                      baseline_before_per_s=round(n_base / 2 / t_base[0]),
+                      baseline_after_per_s=round(n_base / 2 / t_base[1]))
+        log(f"baseline: {n_base:,} INSERTs in {sum(t_base):.2f}s: {n_base / sum(t_base):,.0f}/s "
+            f"({result['baseline_before_per_s']:,}/s before the writer, "
+            f"{result['baseline_after_per_s']:,}/s after)")
+        del base_items
 
         items = call_records(n_full, "f", start, full=True)
         t = through_writer(url, tmp / "spool-f", items, n_full)
@@ -226,12 +240,6 @@ def main(argv=None) -> dict:
                       full_records_per_s=round(len(items) / t))
         log(f"  {n_full:,} full calls ({len(items):,} records) in {t:.2f}s: "
             f"{n_full / t:,.0f} calls/s")
-        del items
-
-        items = call_records(n_base, "b", start)
-        t = baseline(url, items)
-        result.update(baseline_cdrs=n_base, baseline_cdrs_per_s=round(n_base / t))
-        log(f"baseline: {n_base:,} INSERTs in {t:.2f}s: {n_base / t:,.0f}/s")
         del items
 
         items = call_records(n_replay, "r", start)

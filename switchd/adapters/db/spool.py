@@ -93,7 +93,7 @@ class Spool:
     """Append-only, fsync'd, rotated JSON-lines spool. Safe to share between greenlets."""
 
     def __init__(self, directory: str | os.PathLike, *, max_file_bytes: int = 8 << 20,
-                 replay_chunk: int = 500):
+                 replay_chunk: int = 2000):
         self.directory = Path(directory)
         self.max_file_bytes = max_file_bytes
         self.replay_chunk = replay_chunk
