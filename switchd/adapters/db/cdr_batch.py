@@ -104,6 +104,11 @@ def _table(name: str, cols: list[str], types: list[str]) -> str:
 
 _STAGING = "\n".join([
     "SET LOCAL client_min_messages = warning;",
+    # Every statement of a batch reaches the stored rows by key, a few per staged record:
+    # index probes in nested loops, whatever the planner's statistics of a month that is
+    # filling up say (a hash join over the month would read all of it, every batch).
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;",
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;",
     _table("switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES),
     _table("switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES),
     _table("switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES),
@@ -182,37 +187,36 @@ _UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(Fal
 
 # A call's money and flags always come from its leg rows, whichever record came last, so
 # the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
-# legs are the rated ones (a carrier or gateway is known). A call whose row already says
-# what its legs say is not rewritten (ESL's call record usually does).
+# legs are the rated ones (a carrier or gateway is known).
+_LEG_MONEY = f"""SELECT count(*) AS legs,
+       COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
+       COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
+       bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
+       CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
+       count(*) FILTER (WHERE rated) AS attempts,
+       (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
+           FILTER (WHERE rated))[1] AS carrier,
+       (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
+           FILTER (WHERE rated))[1] AS gateway,
+       (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
+       min(answered_at) AS answered_at
+FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
+      FROM call_legs l WHERE l.call_uuid = c.call_uuid AND l.{_WINDOW}) l"""
+_MONEY_COLS = ("cost, billed_seconds, unrated, provisional, cdr_source, attempts, carrier, "
+               "gateway, first_choice_carrier, answered_at")
+_MONEY_NEW = ("a.cost, a.billed, a.unrated, a.provisional, a.source, "
+              "GREATEST(c.attempts, a.attempts), COALESCE(a.carrier, c.carrier), "
+              "COALESCE(a.gateway, c.gateway), COALESCE(c.first_choice_carrier, a.first_carrier), "
+              "COALESCE(a.answered_at, c.answered_at)")
+# Each touched call is reached through its key and its legs through call_legs' call_uuid
+# index (no join a planner could turn into a scan of the month); a call whose row already
+# says what its legs say is not rewritten (ESL's call record usually does).
 RECOMPUTE_CALLS = f"""
-UPDATE calls c SET cost = s.cost, billed_seconds = s.billed, unrated = s.unrated,
-       provisional = s.provisional, cdr_source = s.source,
-       attempts = GREATEST(c.attempts, s.attempts),
-       carrier = COALESCE(s.carrier, c.carrier), gateway = COALESCE(s.gateway, c.gateway),
-       first_choice_carrier = COALESCE(c.first_choice_carrier, s.first_carrier),
-       answered_at = COALESCE(s.answered_at, c.answered_at)
-FROM (SELECT call_uuid,
-             COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
-             COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
-             bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
-             CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
-             count(*) FILTER (WHERE rated) AS attempts,
-             (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
-                 FILTER (WHERE rated))[1] AS carrier,
-             (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
-                 FILTER (WHERE rated))[1] AS gateway,
-             (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
-             min(answered_at) AS answered_at
-      FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
-            FROM call_legs WHERE call_uuid = ANY(%(uuids)s) AND {_WINDOW}) l
-      GROUP BY call_uuid) s
-WHERE c.call_uuid = s.call_uuid AND c.{_WINDOW}
-  AND (c.cost, c.billed_seconds, c.unrated, c.provisional, c.cdr_source, c.attempts, c.carrier,
-       c.gateway, c.first_choice_carrier, c.answered_at)
-      IS DISTINCT FROM
-      (s.cost, s.billed, s.unrated, s.provisional, s.source, GREATEST(c.attempts, s.attempts),
-       COALESCE(s.carrier, c.carrier), COALESCE(s.gateway, c.gateway),
-       COALESCE(c.first_choice_carrier, s.first_carrier), COALESCE(s.answered_at, c.answered_at))
+UPDATE calls c SET ({_MONEY_COLS}) = (SELECT {_MONEY_NEW} FROM ({_LEG_MONEY}) a)
+WHERE c.call_uuid = ANY(%(uuids)s) AND c.{_WINDOW}
+  AND EXISTS (SELECT 1 FROM ({_LEG_MONEY}) a
+              WHERE a.legs > 0 AND ({', '.join('c.' + x for x in _MONEY_COLS.split(', '))})
+                                   IS DISTINCT FROM ({_MONEY_NEW}))
 """
 _INSERT_EVENTS = (f"INSERT INTO call_events ({', '.join(EVENT_COLS)}) "
                   f"SELECT {', '.join(EVENT_COLS)} FROM switchd_stage_events "

@@ -116,10 +116,15 @@ class CdrWriter:
                 log.error("CDR queue full and spool unwritable; holding record in memory: %s",
                           exc)
                 self._overflow.append(item)
-        CDR_QUEUE_DEPTH.set(self._queue.qsize() + len(self._overflow))
+
+    def depth(self) -> int:
+        """Records waiting to be written (switchd_cdr_queue_depth, read at each scrape)."""
+        return self._queue.qsize() + len(self._overflow)
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> "CdrWriter":
+        # The gauge is read when scraped, not set on every submit (the event path's cost).
+        CDR_QUEUE_DEPTH.set_function(self.depth)
         self._stopping = False
         self._greenlet = gevent.spawn(self._run)
         return self
@@ -142,7 +147,7 @@ class CdrWriter:
         if leftover:
             self.spool.append([_to_spool(i) for i in leftover])
             self.spooled += len(leftover)
-        CDR_QUEUE_DEPTH.set(0)
+        CDR_QUEUE_DEPTH.set_function(lambda: 0)
         self._close()
         self.spool.close()
 
@@ -207,7 +212,6 @@ class CdrWriter:
         except Empty:
             pass
         self._inflight = batch
-        CDR_QUEUE_DEPTH.set(self._queue.qsize() + len(self._overflow))
         return batch
 
     def _drain_all(self) -> list[tuple[str, Any]]:
