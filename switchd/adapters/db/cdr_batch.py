@@ -115,6 +115,10 @@ _STAGING = "\n".join([
     _table("switchd_stage_events", EVENT_COLS, EVENT_TYPES),
     _table("switchd_stage_decisions", DECISION_COLS, DECISION_TYPES),
 ])
+# A caller's own transaction (a connection not in autocommit) gets its planner back.
+_UNSET = "; ".join(f"SET LOCAL {name} TO DEFAULT" for name in (
+    "enable_hashjoin", "enable_mergejoin", "enable_seqscan", "enable_bitmapscan",
+    "client_min_messages"))
 
 # Known only from ESL's progress events: a later record that lacks them (FreeSWITCH's CDR)
 # keeps what is stored.
@@ -344,4 +348,5 @@ def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
             cur.execute(_INSERT_EVENTS)
         if decisions:
             cur.execute(_INSERT_DECISIONS)
+        cur.execute(_UNSET)
     return len(calls)
