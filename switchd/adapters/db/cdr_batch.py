@@ -24,6 +24,10 @@ the batch's own times (a call lasts hours, not months). An advisory lock (``LOCK
 held to commit, makes "look up, then insert" atomic between writers (the CDR writer, the
 switch-CDR intake, several daemons).
 ``call_events`` are partitioned by their own time ``at``: (core_uuid, event_seq, at).
+
+Every statement reaches stored rows by key (index probes per staged record); the batch
+turns the planner's hash and merge joins and its scans off, so a month partition whose
+statistics lag behind its growth is never read whole.
 """
 from __future__ import annotations
 
