@@ -9,10 +9,8 @@ import threading
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
-import pytest
 
 from switchd.adapters.db import partitions
 from switchd.adapters.db.cdr_batch import LOCK_KEY, write_batch
