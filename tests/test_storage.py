@@ -278,3 +278,17 @@ def test_prune_cli_dry_run_only_and_bad_age(migrated_pg_url, monkeypatch, capsys
     assert "--older-than '90 days'" in capsys.readouterr().err
     assert main(["prune", "--older-than", "90d", "--only", "calls"]) == 2
     assert "choose from cdrs, events, decisions" in capsys.readouterr().err
+
+
+def test_a_direct_insert_without_filed_month_is_filed_this_month(migrated_pg_url):
+    """SQL written by hand (scripts, other tools) need not know the partition key."""
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO calls (call_uuid, direction, started_at) "
+                     "VALUES ('hand', 'inbound', '2020-01-01 00:00:00+00')")
+        conn.execute("INSERT INTO call_legs (leg_uuid, call_uuid, direction) "
+                     "VALUES ('hand', 'hand', 'inbound')")
+        this = conn.execute("SELECT switchd_month(now())").fetchone()[0]
+        assert conn.execute("SELECT filed_month FROM calls WHERE call_uuid = 'hand'"
+                            ).fetchone()[0] == this
+        assert conn.execute("SELECT filed_month FROM call_legs WHERE leg_uuid = 'hand'"
+                            ).fetchone()[0] == this

@@ -46,8 +46,9 @@ ALTER TABLE calls RENAME TO calls_v1;
 ALTER TABLE calls_v1 RENAME CONSTRAINT calls_pkey TO calls_v1_pkey;
 DROP INDEX calls_tenant_ended_idx, calls_carrier_ended_idx, calls_open_money_idx;
 
+-- filed_month's default serves direct SQL inserts (the writer always sets it): this month.
 CREATE TABLE calls (LIKE calls_v1 INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
-                    filed_month date NOT NULL)
+                    filed_month date NOT NULL DEFAULT switchd_month(now()))
     PARTITION BY RANGE (filed_month);
 ALTER TABLE calls ADD CONSTRAINT calls_pkey PRIMARY KEY (call_uuid, filed_month);
 -- reports: a tenant's or a carrier's calls over a period
@@ -61,7 +62,7 @@ ALTER TABLE call_legs_v1 RENAME CONSTRAINT call_legs_pkey TO call_legs_v1_pkey;
 DROP INDEX call_legs_call_idx;
 
 CREATE TABLE call_legs (LIKE call_legs_v1 INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
-                        filed_month date NOT NULL)
+                        filed_month date NOT NULL DEFAULT switchd_month(now()))
     PARTITION BY RANGE (filed_month);
 ALTER TABLE call_legs ADD CONSTRAINT call_legs_pkey PRIMARY KEY (leg_uuid, filed_month);
 CREATE INDEX call_legs_call_idx ON call_legs (call_uuid);
