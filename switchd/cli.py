@@ -160,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave stored files where they are")
     p.set_defaults(handler="switchd.commands.cdr:cdr_import")
 
+    p = sub.add_parser("prune", formatter_class=_formatter, help="remove old call data",
+                       description="Remove calls, legs, call events and routing decisions older than a\n"
+                       "cutoff: whole months are dropped (calls, legs and events are partitioned\n"
+                       "by month), rows older than the cutoff in the month that straddles it are\n"
+                       "deleted in chunks. Safe while the daemon runs (docs/operations.md).")
+    p.add_argument("--older-than", required=True, metavar="AGE",
+                   help="age of the data to remove: hours, days or weeks, e.g. 90d, 12h, 2w")
+    p.add_argument("--only", metavar="WHAT",
+                   help="comma-separated: cdrs (calls and legs), events, decisions (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed, change nothing")
+    p.set_defaults(handler="switchd.commands.prune:prune")
+
     p = sub.add_parser("originate", formatter_class=_formatter, help="place an outbound call",
                        description="Ask the running daemon to place a call (POST /v1/calls): caps and\n"
                        "budget are checked, carriers chosen by LCR, then FreeSWITCH originates\n"

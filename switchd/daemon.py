@@ -36,6 +36,7 @@ from switchd.config import Config
 from switchd.adapters.db import store
 from switchd.adapters.db.cdr_writer import CdrWriter, EventRecord
 from switchd.adapters.db.migrate import apply_migrations
+from switchd.adapters.db import partitions
 from switchd.adapters.db.spool import Spool
 from switchd.routing.deck_loader import DeckCache, DeckReloader, cooperative_yield
 from switchd.adapters.esl import commands
@@ -145,6 +146,7 @@ class Daemon:
         apply_migrations(self.db_url)
         self.starting = "loading tenants, carriers and DIDs"
         with psycopg.connect(self.db_url) as conn:
+            partitions.ensure_ahead(conn)       # this month's and next month's, before any CDR
             self.world = store.load_world(conn)
             health = store.load_carrier_health(conn)
             now = _now()
@@ -251,6 +253,7 @@ class Daemon:
             self._spawn(Periodic(cfg["spend_watch.interval"], self.spend_watch.check,
                                  "spend watch").run)
         self._spawn(Periodic(0.5, self.retries.step, "originate retries").run)
+        self._spawn(Periodic(6 * 3600.0, self._ensure_partitions, "monthly partitions").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
@@ -378,9 +381,8 @@ class Daemon:
     def _record_event(self, event: ChannelEvent) -> None:
         if not event.core_uuid or not event.sequence:
             return
-        data = {k: v for k, v in (("cause", event.hangup_cause), ("gateway", event.gateway),
-                                  ("sip_status", event.sip_status), ("billmsec", event.billmsec))
-                if v is not None}
+        # Only what a timeline or a replay needs (docs/storage.md): the cause, gateway, SIP
+        # status and billmsec an event carries are the leg row's.
         try:
             at = datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc)
         except (ValueError, OverflowError, OSError):
@@ -391,7 +393,7 @@ class Daemon:
             at = _now()
         self.writer.submit_event(EventRecord(
             core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
-            call_uuid=event.call_uuid, leg_uuid=event.uuid, data=data))
+            call_uuid=event.call_uuid, leg_uuid=event.uuid))
 
     def switch_now_us(self) -> int:
         """Our estimate of the switch's clock (its events' timestamps are in it)."""
@@ -692,6 +694,10 @@ class Daemon:
         if caps.get("mode") == "refusing" or caps.get("admitting") is False:
             problems["caps"] = f"caps backend unavailable ({caps.get('last_error') or 'down'}); refusing new calls"
         return problems
+
+    def _ensure_partitions(self) -> None:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            partitions.ensure_ahead(conn)
 
     def _api_housekeeping(self) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as conn:

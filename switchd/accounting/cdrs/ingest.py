@@ -2,15 +2,15 @@
 
 `CdrIngest.store(body)` is what `POST /fs/cdr` and `switchd cdr import` call. It returns
 only once the record is durable: committed to PostgreSQL (one transaction: the leg, the
-call, the call's money recomputed from all its legs, cdr_writer.write_batch), or, when
+call, the call's money recomputed from all its legs, cdr_batch.write_batch), or, when
 PostgreSQL cannot be reached, appended and fsync'd to the writer's spool (replayed by the
 CDR writer once the database is back). Anything else raises, so the HTTP answer is not
 2xx and FreeSWITCH retries (then writes its error directory, which `switchd cdr import`
 replays).
 
 Merging with ESL is by leg UUID, in the database: the switch's leg row outranks ESL's
-(cdr_writer._UPSERT_LEG), and the call's cost, billed seconds, provisional and unrated
-flags are recomputed from its leg rows on every write (cdr_writer.RECOMPUTE_CALLS). So any
+(cdr_batch._UPSERT_LEG), and the call's cost, billed seconds, provisional and unrated
+flags are recomputed from its leg rows on every write (cdr_batch.RECOMPUTE_CALLS). So any
 number of deliveries, in any order relative to ESL's hangup, give one call row and one row
 per leg.
 """

@@ -1,250 +1,61 @@
-"""CDR writer: bounded in-memory queue → batched upserts into PostgreSQL, durable spool.
+"""CDR writer: bounded in-memory queue → batched writes into PostgreSQL, durable spool.
 
 The event greenlet only ever calls ``submit_*``: a ``put_nowait`` on a bounded queue, never
 the network (STYLE.md §6). When the queue is full the record goes straight to the local
 spool (an fsync'd append), so nothing is dropped. One writer greenlet drains the queue in
-batches, one transaction per batch. Any PostgreSQL error sends the batch to the spool; the
-writer then reconnects with jittered backoff (forever) and, once connected, replays the spool
-before writing anything newer. Every write is idempotent by primary key (call_uuid,
-leg_uuid, (core_uuid, event_seq), decision id), so a replay that repeats rows already
-committed changes nothing.
+batches (up to ``batch_size`` records, whatever is queued), one transaction per batch:
+COPY into staging tables, then one upsert per kind (cdr_batch.write_batch). Any
+PostgreSQL error sends the batch to the spool; the writer then reconnects with jittered
+backoff (forever) and, once connected, replays the spool before writing anything newer.
+Every write is idempotent by key (a call's and a leg's UUID, an event's (core_uuid,
+event_seq), a decision's id), so a replay that repeats rows already committed changes
+nothing.
 
 Superseding rule for calls and legs (ON CONFLICT DO UPDATE ... WHERE): a stored row is
 replaced only by a record carrying at least as much information, ranked by
-(not reconstructed, has ended_at, has answered_at) for calls and (has ended_at, has
-answered_at) for legs. So a real CDR replaces a reconstructed one (built after a restart
-from ``show channels``), a final CDR replaces an interim one, and neither is ever
-overwritten by a poorer record arriving late (e.g. from a spool replay). Among records of
-equal rank the last write wins.
+(not reconstructed, has ended_at, has answered_at) for calls and (from the switch's CDR,
+not provisional, has ended_at, has answered_at) for legs. So a real CDR replaces a
+reconstructed one (built after a restart from ``show channels``), a final CDR replaces an
+interim one, and neither is ever overwritten by a poorer record arriving late (e.g. from a
+spool replay). Among records of equal rank the last write wins.
 """
 from __future__ import annotations
 
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
-from decimal import Decimal
+from dataclasses import fields
 from typing import Any
 
 import gevent
 import psycopg
 from gevent.queue import Empty, Full, Queue
 
-from switchd.adapters.db import store
+from switchd.adapters.db.cdr_batch import write_batch
+from switchd.adapters.db.records import (KINDS, CallRecord, EventRecord, LegRecord,
+                                         SwitchCallRecord)
 from switchd.adapters.db.spool import Spool, SpoolError
 from switchd.metrics import CDR_QUEUE_DEPTH, CDRS_WRITTEN, DB_ERRORS
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One row of ``calls``: the CDR of a call, keyed by the A-leg (or originated) UUID."""
-    call_uuid: str
-    direction: str
-    tenant: str | None = None
-    route_id: str | None = None            # routing_decisions.id
-    caller: str | None = None
-    destination: str | None = None
-    started_at: datetime | None = None
-    answered_at: datetime | None = None
-    ended_at: datetime | None = None
-    hangup_cause: str | None = None
-    carrier: str | None = None             # the carrier that carried (or last tried) it
-    gateway: str | None = None
-    first_choice_carrier: str | None = None
-    attempts: int = 0
-    billed_seconds: int = 0
-    cost: Decimal = Decimal("0")
-    reconstructed: bool = False            # rebuilt after a restart, not seen end to end
-    pdd_ms: int | None = None              # of the leg that carried (or last tried) it
-    disposition: str | None = None         # dialplan.causes.disposition of that leg
+__all__ = ["CdrWriter", "CallRecord", "EventRecord", "LegRecord", "SwitchCallRecord",
+           "write_batch"]
 
 
-@dataclass(frozen=True)
-class LegRecord:
-    """One row of ``call_legs``: a carrier (or A-) leg, rated on its own."""
-    leg_uuid: str
-    call_uuid: str
-    direction: str
-    carrier: str | None = None
-    gateway: str | None = None
-    started_at: datetime | None = None
-    answered_at: datetime | None = None
-    ended_at: datetime | None = None
-    hangup_cause: str | None = None
-    sip_status: int | None = None
-    billmsec: int = 0
-    billed_seconds: int = 0
-    rate_per_min: Decimal | None = None
-    connect_fee: Decimal | None = None
-    increments: str | None = None          # 'initial/subsequent', e.g. '60/6'
-    cost: Decimal | None = Decimal("0")    # None exactly when unrated
-    billsec: int | None = None             # FreeSWITCH's billsec, when known
-    cdr_source: str = "esl"                # 'esl' | 'switch' (FreeSWITCH's own CDR)
-    provisional: bool = False              # closed without its hangup: estimated
-    unrated: bool = False                  # answered but could not be rated
-    progress_at: datetime | None = None    # first CHANNEL_PROGRESS / _MEDIA (ringing, early media)
-    pdd_ms: int | None = None              # start → progress (or answer, if none came first)
-    disposition: str | None = None         # dialplan.causes.disposition
-
-
-@dataclass(frozen=True)
-class SwitchCallRecord:
-    """What FreeSWITCH's CDR of one leg says about its call (upserted into ``calls``).
-
-    An A-leg's CDR (``from_a_leg``) is the authority on the call's times and cause; a
-    B-leg's only fills what is still unknown, so deliveries in any order give one row."""
-    call_uuid: str
-    direction: str
-    from_a_leg: bool
-    tenant: str | None = None
-    route_id: str | None = None
-    caller: str | None = None
-    destination: str | None = None
-    started_at: datetime | None = None
-    answered_at: datetime | None = None
-    ended_at: datetime | None = None
-    hangup_cause: str | None = None
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One row of ``call_events``; (core_uuid, event_seq) makes replays idempotent."""
-    core_uuid: str
-    event_seq: int
-    name: str
-    at: datetime
-    call_uuid: str | None = None
-    leg_uuid: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-_KINDS = {"call": CallRecord, "leg": LegRecord, "event": EventRecord,
-          "switch_call": SwitchCallRecord}
-_KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
-
-
-def _columns(cls) -> list[str]:
-    return [f.name for f in fields(cls)]
-
-
-# Known only from ESL's progress events: a later record that lacks them (FreeSWITCH's CDR)
-# keeps what is stored.
-_KEEP_WHEN_NULL = frozenset({"progress_at", "pdd_ms", "disposition"})
-
-
-def _upsert_sql(table: str, cls, key: str, rank_new: str, rank_old: str) -> str:
-    cols = _columns(cls)
-    updates = ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, {table}.{c})" if c in _KEEP_WHEN_NULL
-                        else f"{c} = EXCLUDED.{c}" for c in cols if c != key)
-    return (f"INSERT INTO {table} ({', '.join(cols)}) "
-            f"VALUES ({', '.join(f'%({c})s' for c in cols)}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {rank_new} >= {rank_old}")
-
-
-# Static SQL built once from the dataclass fields (identifiers only, no values).
-_UPSERT_CALL = _upsert_sql(
-    "calls", CallRecord, "call_uuid",
-    "(NOT EXCLUDED.reconstructed, EXCLUDED.ended_at IS NOT NULL, EXCLUDED.answered_at IS NOT NULL)",
-    "(NOT calls.reconstructed, calls.ended_at IS NOT NULL, calls.answered_at IS NOT NULL)")
-# FreeSWITCH's CDR outranks anything ESL said; a leg closed without its hangup
-# (provisional) outranks nothing it would replace.
-_UPSERT_LEG = _upsert_sql(
-    "call_legs", LegRecord, "leg_uuid",
-    "(EXCLUDED.cdr_source = 'switch', NOT EXCLUDED.provisional, "
-    "EXCLUDED.ended_at IS NOT NULL, EXCLUDED.answered_at IS NOT NULL)",
-    "(call_legs.cdr_source = 'switch', NOT call_legs.provisional, "
-    "call_legs.ended_at IS NOT NULL, call_legs.answered_at IS NOT NULL)")
-
-
-def _switch_call_sql(a_leg: bool) -> str:
-    """A-leg CDR: its values win over what is stored; B-leg CDR: it only fills gaps."""
-    cols = ["call_uuid", "direction", "tenant", "route_id", "caller", "destination",
-            "started_at", "answered_at", "ended_at", "hangup_cause"]
-    facts = ("started_at", "ended_at", "hangup_cause", "caller", "destination")
-    sets = []
-    for c in cols[1:]:
-        first, second = ("EXCLUDED", "calls") if a_leg and c in facts else ("calls", "EXCLUDED")
-        sets.append(f"{c} = COALESCE({first}.{c}, {second}.{c})")
-    if a_leg:
-        sets.append("reconstructed = false")
-    return (f"INSERT INTO calls ({', '.join(cols)}) "
-            f"VALUES ({', '.join(f'%({c})s' for c in cols)}) "
-            f"ON CONFLICT (call_uuid) DO UPDATE SET {', '.join(sets)}")
-
-
-_UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(False)}
-
-# A call's money and flags always come from its leg rows, whichever record came last, so
-# the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
-# legs are the rated ones (a carrier or gateway is known).
-RECOMPUTE_CALLS = """
-UPDATE calls c SET cost = s.cost, billed_seconds = s.billed, unrated = s.unrated,
-       provisional = s.provisional, cdr_source = s.source,
-       attempts = GREATEST(c.attempts, s.attempts),
-       carrier = COALESCE(s.carrier, c.carrier), gateway = COALESCE(s.gateway, c.gateway),
-       first_choice_carrier = COALESCE(c.first_choice_carrier, s.first_carrier),
-       answered_at = COALESCE(s.answered_at, c.answered_at)
-FROM (SELECT call_uuid,
-             COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
-             COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
-             bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
-             CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
-             count(*) FILTER (WHERE rated) AS attempts,
-             (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
-                 FILTER (WHERE rated))[1] AS carrier,
-             (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
-                 FILTER (WHERE rated))[1] AS gateway,
-             (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
-             min(answered_at) AS answered_at
-      FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
-            FROM call_legs WHERE call_uuid = ANY(%(uuids)s)) l
-      GROUP BY call_uuid) s
-WHERE c.call_uuid = s.call_uuid
-"""
-_INSERT_EVENT = (f"INSERT INTO call_events ({', '.join(_columns(EventRecord))}) "
-                 f"VALUES ({', '.join(f'%({c})s' for c in _columns(EventRecord))}) "
-                 "ON CONFLICT (core_uuid, event_seq) DO NOTHING")
+_FIELDS = {kind: tuple(f.name for f in fields(cls)) for kind, cls in KINDS.items()}
 
 
 def _to_spool(item: tuple[str, Any]) -> dict:
     kind, rec = item
-    return {"kind": kind, "record": rec if kind == "decision" else asdict(rec)}
+    if kind == "decision":
+        return {"kind": kind, "record": rec}
+    return {"kind": kind, "record": {name: getattr(rec, name) for name in _FIELDS[kind]}}
 
 
 def _from_spool(entry: dict) -> tuple[str, Any]:
     kind, rec = entry["kind"], entry["record"]
-    return kind, (rec if kind == "decision" else _KINDS[kind](**rec))
-
-
-def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
-    """Write one batch in one transaction; returns the number of call rows (CDRs) in it."""
-    by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
-                                "switch_call": []}
-    for kind, rec in items:
-        by_kind[kind].append(rec)
-    with conn.transaction(), conn.cursor() as cur:
-        # executemany runs in pipeline mode: one round trip per batch, not per row.
-        if by_kind["call"]:
-            cur.executemany(_UPSERT_CALL, [asdict(r) for r in by_kind["call"]])
-        for a_leg in (True, False):
-            rows = [asdict(r) for r in by_kind["switch_call"] if r.from_a_leg is a_leg]
-            if rows:
-                cur.executemany(_UPSERT_SWITCH_CALL[a_leg], rows)
-        if by_kind["leg"]:
-            cur.executemany(_UPSERT_LEG, [asdict(r) for r in by_kind["leg"]])
-        touched = sorted({r.call_uuid for k in ("call", "leg", "switch_call")
-                          for r in by_kind[k]})
-        if touched:
-            cur.execute(RECOMPUTE_CALLS, {"uuids": touched})
-        if by_kind["event"]:
-            cur.executemany(_INSERT_EVENT, [
-                {**asdict(r), "data": store.jsonb(r.data or {})} for r in by_kind["event"]])
-        if by_kind["decision"]:
-            store.insert_routing_decisions(conn, by_kind["decision"])
-    return len(by_kind["call"])
+    return kind, (rec if kind == "decision" else KINDS[kind](**rec))
 
 
 # Errors meaning "the database is not reachable now": spool and retry later. Anything else
@@ -253,7 +64,7 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class CdrWriter:
-    def __init__(self, url: str, batch_size: int = 200, flush_interval: float = 0.5,
+    def __init__(self, url: str, batch_size: int = 2000, flush_interval: float = 0.5,
                  queue_max: int = 100_000, spool: Spool | None = None, *,
                  connect_timeout: int = 5, backoff_max: float = 30.0):
         if spool is None:
@@ -305,10 +116,15 @@ class CdrWriter:
                 log.error("CDR queue full and spool unwritable; holding record in memory: %s",
                           exc)
                 self._overflow.append(item)
-        CDR_QUEUE_DEPTH.set(self._queue.qsize() + len(self._overflow))
+
+    def depth(self) -> int:
+        """Records waiting to be written (switchd_cdr_queue_depth, read at each scrape)."""
+        return self._queue.qsize() + len(self._overflow)
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> "CdrWriter":
+        # The gauge is read when scraped, not set on every submit (the event path's cost).
+        CDR_QUEUE_DEPTH.set_function(self.depth)
         self._stopping = False
         self._greenlet = gevent.spawn(self._run)
         return self
@@ -331,7 +147,7 @@ class CdrWriter:
         if leftover:
             self.spool.append([_to_spool(i) for i in leftover])
             self.spooled += len(leftover)
-        CDR_QUEUE_DEPTH.set(0)
+        CDR_QUEUE_DEPTH.set_function(lambda: 0)
         self._close()
         self.spool.close()
 
@@ -396,7 +212,6 @@ class CdrWriter:
         except Empty:
             pass
         self._inflight = batch
-        CDR_QUEUE_DEPTH.set(self._queue.qsize() + len(self._overflow))
         return batch
 
     def _drain_all(self) -> list[tuple[str, Any]]:

@@ -59,30 +59,27 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1:
-            (tag, raw), = value.items()
-            if tag == _DECIMAL:
-                return Decimal(raw)
-            if tag == _DATETIME:
-                return datetime.fromisoformat(raw)
-            if tag == _DATE:
-                return date.fromisoformat(raw)
-            if tag == _UUID:
-                return uuid.UUID(raw)
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
 def dumps(record: Any) -> str:
     return json.dumps(_encode(record), separators=(",", ":"), ensure_ascii=False)
 
 
+def _tagged(obj: dict) -> Any:
+    """json.loads' object_hook: a one-key dict with a tag is the value it stands for."""
+    if len(obj) == 1:
+        (tag, raw), = obj.items()
+        if tag == _DECIMAL:
+            return Decimal(raw)
+        if tag == _DATETIME:
+            return datetime.fromisoformat(raw)
+        if tag == _DATE:
+            return date.fromisoformat(raw)
+        if tag == _UUID:
+            return uuid.UUID(raw)
+    return obj
+
+
 def loads(line: str) -> Any:
-    return _decode(json.loads(line))
+    return json.loads(line, object_hook=_tagged)
 
 
 @dataclass
@@ -96,7 +93,7 @@ class Spool:
     """Append-only, fsync'd, rotated JSON-lines spool. Safe to share between greenlets."""
 
     def __init__(self, directory: str | os.PathLike, *, max_file_bytes: int = 8 << 20,
-                 replay_chunk: int = 500):
+                 replay_chunk: int = 2000):
         self.directory = Path(directory)
         self.max_file_bytes = max_file_bytes
         self.replay_chunk = replay_chunk

@@ -1,0 +1,262 @@
+"""CDRs persisted per second through the whole CDR writer, against one INSERT per CDR.
+
+    python benchmarks/cdr_writer.py            (100k CDRs, about a minute)
+    python benchmarks/cdr_writer.py --full     (1M CDRs)
+    python benchmarks/cdr_writer.py --cdrs N
+
+PostgreSQL: SWITCHD_TEST_DATABASE_URL if set (a scratch database is created and dropped),
+else an embedded server in a temporary directory; the schema is every migration (calls,
+call_legs and call_events partitioned by month). Measured, in one run, under gevent as in
+the daemon:
+
+- ``cdrs_per_s``: a CDR is what the daemon submits when an outbound call ends: its call
+  row (CallRecord) and its carrier leg (LegRecord), rated, with distinct UUIDs, tenants
+  and carriers. Timed from the first ``submit_*`` to the moment the writer has committed
+  the last call row (``CdrWriter.written``), default settings (batches of up to 2,000
+  records: COPY into staging tables, then one upsert per kind);
+- ``full_calls_per_s``: every record of such a call: the A-leg and the carrier leg, the
+  call, 12 channel events and the routing decision (16 records per call);
+- ``baseline_cdrs_per_s``: the naive controller: one autocommitted ``INSERT INTO calls``
+  per CDR (the call row only, no leg, no upsert), same table, same run; half of them just
+  before the writer's run and half just after (the box is shared: both sides see its load);
+- ``replay_per_s``: CDRs (call row + leg) replayed from the spool by a fresh writer, as
+  after a PostgreSQL outage: the spool files are written first (not timed), the time is
+  from the writer's start to the spool being empty.
+
+The last stdout line is one JSON object.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+from decimal import Decimal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+import psycopg  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from switchd.adapters.db.cdr_batch import month_of  # noqa: E402
+from switchd.adapters.db.cdr_writer import CdrWriter, _to_spool  # noqa: E402
+from switchd.adapters.db.migrate import apply_migrations  # noqa: E402
+from switchd.adapters.db.records import CallRecord, EventRecord, LegRecord  # noqa: E402
+from switchd.adapters.db.spool import Spool  # noqa: E402
+
+CARRIERS = ("budgetel", "globex", "primo")
+TENANTS = ("acme", "bench1", "bench2", "bench3", "bench4")
+EVENTS = ("CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
+          "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    import platform
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} x {model}, Python {platform.python_version()}"
+
+
+@contextmanager
+def database(workdir: Path):
+    """A scratch database URL: on SWITCHD_TEST_DATABASE_URL's server, or embedded."""
+    external = os.environ.get("SWITCHD_TEST_DATABASE_URL")
+    if not external:
+        from switchd.adapters.db.embedded import start_embedded_postgres
+        yield start_embedded_postgres(workdir, database="cdr_bench", cleanup="delete")
+        return
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    name = "cdr_bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(external, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(**{**conninfo_to_dict(external), "dbname": name})
+    finally:
+        with psycopg.connect(external, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
+
+
+def call_records(n: int, tag: str, start: datetime, full: bool = False) -> list[tuple]:
+    """n calls as the daemon would submit them; ``full``: with the A-leg, 12 events and
+    the routing decision. Distinct UUIDs, calls spread over the last hours."""
+    items = []
+    seq = 0
+    for i in range(n):
+        a, b = f"{tag}-{i:09d}-a", f"{tag}-{i:09d}-b"
+        t0 = start + timedelta(milliseconds=37 * i)
+        answered, ended = t0 + timedelta(seconds=4), t0 + timedelta(seconds=4 + i % 300)
+        billed = 60 + (i % 300 - 1) // 6 * 6 if i % 300 > 60 else 60
+        carrier, tenant = CARRIERS[i % 3], TENANTS[i % 5]
+        cost = (Decimal(i % 97) / 1000 + Decimal("0.0125")) * billed / 60
+        cost = cost.quantize(Decimal("0.000001"))
+        if full:
+            items.append(("decision", {"id": uuid.uuid4(), "created_at": t0, "call_uuid": a,
+                                       "tenant": tenant, "direction": "outbound",
+                                       "destination": f"+4420794{i:07d}"[:13],
+                                       "result": "routed", "reason": "lcr",
+                                       "candidates": [{"carrier": carrier, "rate": "0.0125"}],
+                                       "chosen": [carrier], "elapsed_us": 90}))
+            for leg in (a, b):
+                for name in EVENTS:
+                    seq += 1
+                    items.append(("event", EventRecord(core_uuid=tag, event_seq=seq, name=name,
+                                                       at=t0, call_uuid=a, leg_uuid=leg)))
+            items.append(("leg", LegRecord(leg_uuid=a, call_uuid=a, direction="inbound",
+                                           started_at=t0, answered_at=answered, ended_at=ended,
+                                           hangup_cause="NORMAL_CLEARING")))
+        items.append(("leg", LegRecord(
+            leg_uuid=b, call_uuid=a, direction="outbound", carrier=carrier,
+            gateway=f"{carrier}-gw1", started_at=t0, answered_at=answered, ended_at=ended,
+            hangup_cause="NORMAL_CLEARING", sip_status=200, billmsec=(ended - answered).seconds * 1000,
+            billed_seconds=billed, rate_per_min=Decimal("0.0125") + Decimal(i % 97) / 1000,
+            connect_fee=Decimal(0), increments="60/6", cost=cost, billsec=(ended - answered).seconds,
+            progress_at=t0 + timedelta(seconds=1), pdd_ms=1000, disposition="answered")))
+        items.append(("call", CallRecord(
+            call_uuid=a, direction="outbound", tenant=tenant, caller="+15551230000",
+            destination=f"+4420794{i:07d}"[:13], started_at=t0, answered_at=answered,
+            ended_at=ended, hangup_cause="NORMAL_CLEARING", carrier=carrier,
+            gateway=f"{carrier}-gw1", first_choice_carrier=carrier, attempts=1,
+            billed_seconds=billed, cost=cost, pdd_ms=1000, disposition="answered")))
+    return items
+
+
+def submit(writer: CdrWriter, items: list[tuple]) -> None:
+    by_kind = {"call": writer.submit_call, "leg": writer.submit_leg,
+               "event": writer.submit_event, "decision": writer.submit_decision}
+    for n, (kind, rec) in enumerate(items):
+        by_kind[kind](rec)
+        if n % 1000 == 999:
+            gevent.sleep(0)      # the producer is the event greenlet: it yields too
+
+
+def through_writer(url: str, spool_dir: Path, items: list[tuple], calls: int) -> float:
+    writer = CdrWriter(url, spool=Spool(spool_dir), queue_max=len(items) + 1).start()
+    started = time.perf_counter()
+    submit(writer, items)
+    while writer.written < calls:
+        gevent.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    writer.stop()
+    assert writer.spooled == 0 and writer.rejected == 0, (writer.spooled, writer.rejected)
+    return elapsed
+
+
+def baseline(url: str, items: list[tuple]) -> float:
+    """One autocommitted INSERT per CDR: the call row, nothing else."""
+    cols = ["call_uuid", "direction", "tenant", "caller", "destination", "started_at",
+            "answered_at", "ended_at", "hangup_cause", "carrier", "gateway",
+            "first_choice_carrier", "attempts", "billed_seconds", "cost", "filed_month"]
+    query = (f"INSERT INTO calls ({', '.join(cols)}) "
+             f"VALUES ({', '.join(['%s'] * len(cols))})")
+    rows = [tuple(getattr(rec, c) for c in cols[:-1]) + (month_of(rec.started_at),)
+            for kind, rec in items if kind == "call"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        for row in rows:
+            conn.execute(query, row)
+        return time.perf_counter() - started
+
+
+def replay(url: str, spool_dir: Path, items: list[tuple], calls: int) -> float:
+    spool = Spool(spool_dir)
+    for start in range(0, len(items), 2000):        # as a writer spools its batches
+        spool.append([_to_spool(i) for i in items[start:start + 2000]])
+    spool.close()
+    writer = CdrWriter(url, spool=Spool(spool_dir))
+    started = time.perf_counter()
+    writer.start()
+    while writer.spool.records or writer.written < calls:
+        gevent.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    writer.stop()
+    return elapsed
+
+
+def count(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="1M CDRs")
+    ap.add_argument("--cdrs", type=int, default=None, help="CDRs through the writer")
+    args = ap.parse_args(argv)
+    n = args.cdrs or (1_000_000 if args.full else 100_000)
+    n_full = max(n // 10, 1000)
+    n_base = max(n // 20, 1000)
+    n_replay = max(n // 2, 1000)
+    start = datetime.now(timezone.utc) - timedelta(hours=3)
+    result: dict = {"benchmark": "cdr_writer", "cdrs": n}
+    with tempfile.TemporaryDirectory(prefix="switchd-cdrw-") as tmp, \
+            database(Path(tmp)) as url:
+        tmp = Path(tmp)
+        apply_migrations(url)
+        log(f"generating {n:,} CDRs ...")
+        items = call_records(n, "w", start)
+        base_items = call_records(n_base, "b", start)
+        half = len(base_items) // 2
+        # The box is shared: the baseline runs half before and half after the writer, so
+        # a change of load between phases weighs on both sides.
+        t_base = [baseline(url, base_items[:half])]
+        log("through the writer ...")
+        t = through_writer(url, tmp / "spool-w", items, n)
+        result["cdrs_per_s"] = round(n / t)
+        log(f"  {n:,} CDRs in {t:.2f}s: {n / t:,.0f}/s")
+        del items
+        t_base.append(baseline(url, base_items[half:]))
+        result.update(baseline_cdrs=n_base, baseline_cdrs_per_s=round(n_base / sum(t_base)),
+                      baseline_before_per_s=round(n_base / 2 / t_base[0]),
+                      baseline_after_per_s=round(n_base / 2 / t_base[1]))
+        log(f"baseline: {n_base:,} INSERTs in {sum(t_base):.2f}s: {n_base / sum(t_base):,.0f}/s "
+            f"({result['baseline_before_per_s']:,}/s before the writer, "
+            f"{result['baseline_after_per_s']:,}/s after)")
+        del base_items
+
+        items = call_records(n_full, "f", start, full=True)
+        t = through_writer(url, tmp / "spool-f", items, n_full)
+        result.update(full_calls=n_full, full_records=len(items),
+                      full_calls_per_s=round(n_full / t),
+                      full_records_per_s=round(len(items) / t))
+        log(f"  {n_full:,} full calls ({len(items):,} records) in {t:.2f}s: "
+            f"{n_full / t:,.0f} calls/s")
+        del items
+
+        items = call_records(n_replay, "r", start)
+        t = replay(url, tmp / "spool-r", items, n_replay)
+        result.update(replay_cdrs=n_replay, replay_per_s=round(n_replay / t))
+        log(f"replay: {n_replay:,} CDRs from the spool in {t:.2f}s: {n_replay / t:,.0f}/s")
+        del items
+
+        stored = count(url, "calls")
+        expected = n + n_full + n_base + n_replay
+        assert stored == expected, (stored, expected)
+        assert count(url, "call_legs") == n + 2 * n_full + n_replay
+    result["ratio"] = round(result["cdrs_per_s"] / result["baseline_cdrs_per_s"], 1)
+    result["machine"] = machine()
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

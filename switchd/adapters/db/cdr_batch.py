@@ -1,0 +1,356 @@
+"""One batch of CDR records into PostgreSQL, in one transaction: COPY, then set-based upserts.
+
+Each kind of record is COPYed (binary) into a session-local staging table (created once per
+connection, emptied at every commit), and moved into its table by one INSERT … SELECT …
+ON CONFLICT per kind: a few statements per batch instead of one per record, and the
+same upserts, so every rule of the row-by-row writer holds:
+
+* Superseding (calls, legs): a stored row is replaced only by a record carrying at least as
+  much information (``_CALL_RANK``, ``_LEG_RANK``); among equal ranks the last write wins.
+  A key that occurs several times in one batch is applied in rounds (its first
+  occurrence, then its second, …), in submission order, exactly as one statement per
+  record would.
+* Kinds are applied in this order within a batch: ESL calls, the switch's A-leg calls, its
+  B-leg calls, legs, the call money recomputed from the legs, events, decisions.
+
+Partitions (migration 020): ``calls`` and ``call_legs`` are partitioned by ``filed_month``,
+the month of the first record that named the call or leg, so the unique keys are
+(call_uuid, filed_month) and (leg_uuid, filed_month). A record cannot compute that month
+alone (a B-leg's CDR does not know when its A-leg started), so each upsert first looks the
+key up: an existing row keeps its month; a new call takes the month of legs already filed
+for it, a new leg the month of its call, and only a key seen nowhere takes the month of its
+own start (or end, or now). The look-up reads the partitions within a month either side of
+the batch's own times (a call lasts hours, not months). An advisory lock (``LOCK_KEY``),
+held to commit, makes "look up, then insert" atomic between writers (the CDR writer, the
+switch-CDR intake, several daemons).
+``call_events`` are partitioned by their own time ``at``: (core_uuid, event_seq, at).
+
+Every statement reaches stored rows by key (index probes per staged record); the batch
+turns the planner's hash and merge joins and its scans off, so a month partition whose
+statistics lag behind its growth is never read whole.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import fields, replace
+from datetime import date, datetime, timezone
+from operator import attrgetter
+from typing import Any, Callable, Iterable
+
+import psycopg
+
+from switchd.adapters.db import store
+from switchd.adapters.db.records import CallRecord, EventRecord, LegRecord, SwitchCallRecord
+
+# Taken by every batch once its rows are staged, held to commit. Arbitrary constant.
+LOCK_KEY = 0x5157_1C4E
+
+_FAR_PAST, _FAR_FUTURE = date(1, 1, 1), date(9999, 12, 1)
+
+
+def month_of(at: datetime) -> date:
+    """The UTC month of an instant, as its first day (SQL: switchd_month)."""
+    at = at.astimezone(timezone.utc)
+    return date(at.year, at.month, 1)
+
+
+def add_months(month: date, n: int) -> date:
+    index = month.year * 12 + month.month - 1 + n
+    year, m = divmod(index, 12)
+    if year < 1:
+        return _FAR_PAST
+    if year > 9999:
+        return _FAR_FUTURE
+    return date(year, m + 1, 1)
+
+
+def _names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+CALL_COLS = _names(CallRecord)
+LEG_COLS = _names(LegRecord)
+EVENT_COLS = _names(EventRecord)
+SWITCH_COLS = [c for c in _names(SwitchCallRecord) if c != "from_a_leg"]
+DECISION_COLS = list(store.DECISION_COLUMNS)
+
+# Staging tables, one per kind, session-local and emptied at every commit. Their column
+# types are those of the Python values (text, bigint, numeric, timestamptz, boolean,
+# jsonb), so rows go in by binary COPY; the INSERT into the real table casts them (a
+# uuid from its text, an integer to its width) and checks every constraint. `n` is the
+# round of a key that occurs more than once in the batch.
+def _pg_type(annotation: str) -> str:
+    for name, pg in (("datetime", "timestamptz"), ("Decimal", "numeric"), ("bool", "boolean"),
+                     ("int", "bigint"), ("dict", "jsonb"), ("str", "text")):
+        if name in annotation:
+            return pg
+    raise TypeError(f"no staging type for {annotation!r}")
+
+
+def _types(cls, cols: list[str]) -> list[str]:
+    hints = {f.name: str(f.type) for f in fields(cls)}
+    return [_pg_type(hints[c]) for c in cols]
+
+
+CALL_TYPES = _types(CallRecord, CALL_COLS) + ["bigint"]
+SWITCH_TYPES = _types(SwitchCallRecord, SWITCH_COLS) + ["boolean", "bigint"]
+LEG_TYPES = _types(LegRecord, LEG_COLS) + ["bigint"]
+EVENT_TYPES = _types(EventRecord, EVENT_COLS)
+DECISION_TYPES = ["text", "timestamptz", "text", "text", "text", "text", "text", "text",
+                  "bigint", "jsonb", "jsonb", "bigint"]
+assert len(DECISION_TYPES) == len(DECISION_COLS)
+
+
+def _table(name: str, cols: list[str], types: list[str]) -> str:
+    defs = ", ".join(f"{c} {t}" for c, t in zip(cols, types))
+    return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({defs}) ON COMMIT DELETE ROWS;"
+
+
+_STAGING = "\n".join([
+    "SET LOCAL client_min_messages = warning;",
+    # Every statement of a batch reaches the stored rows by key, a few per staged record:
+    # index probes in nested loops, whatever the planner's statistics of a month that is
+    # filling up say (a hash join over the month would read all of it, every batch).
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;",
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;",
+    _table("switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES),
+    _table("switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES),
+    _table("switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES),
+    _table("switchd_stage_events", EVENT_COLS, EVENT_TYPES),
+    _table("switchd_stage_decisions", DECISION_COLS, DECISION_TYPES),
+])
+# A caller's own transaction (a connection not in autocommit) gets its planner back.
+_UNSET = "; ".join(f"SET LOCAL {name} TO DEFAULT" for name in (
+    "enable_hashjoin", "enable_mergejoin", "enable_seqscan", "enable_bitmapscan",
+    "client_min_messages"))
+
+# Known only from ESL's progress events: a later record that lacks them (FreeSWITCH's CDR)
+# keeps what is stored.
+_KEEP_WHEN_NULL = frozenset({"progress_at", "pdd_ms", "disposition"})
+_CALL_RANK = "(NOT {t}.reconstructed, {t}.ended_at IS NOT NULL, {t}.answered_at IS NOT NULL)"
+# FreeSWITCH's CDR outranks anything ESL said; a leg closed without its hangup
+# (provisional) outranks nothing it would replace.
+_LEG_RANK = ("({t}.cdr_source = 'switch', NOT {t}.provisional, {t}.ended_at IS NOT NULL, "
+             "{t}.answered_at IS NOT NULL)")
+
+# The month a key is filed under: where it already is, else where its kin are, else its own.
+_WINDOW = "filed_month BETWEEN %(lo)s AND %(hi)s"
+_OWN_MONTH = "switchd_month(COALESCE(s.started_at, s.ended_at, now()))"
+_CALL_MONTH = f"""COALESCE(
+    (SELECT k.filed_month FROM calls k WHERE k.call_uuid = s.call_uuid AND k.{_WINDOW} LIMIT 1),
+    (SELECT min(l.filed_month) FROM call_legs l WHERE l.call_uuid = s.call_uuid AND l.{_WINDOW}),
+    {_OWN_MONTH})"""
+_LEG_MONTH = f"""COALESCE(
+    (SELECT k.filed_month FROM call_legs k WHERE k.leg_uuid = s.leg_uuid AND k.{_WINDOW} LIMIT 1),
+    (SELECT c.filed_month FROM calls c WHERE c.call_uuid = s.call_uuid AND c.{_WINDOW} LIMIT 1),
+    {_OWN_MONTH})"""
+
+
+# Staged as text, stored as uuid (a cast from text is never implicit).
+_CASTS = {"route_id": "::uuid", "id": "::uuid"}
+
+
+def _select(cols: list[str], prefix: str = "s.") -> str:
+    return ", ".join(prefix + c + _CASTS.get(c, "") for c in cols)
+
+
+def _upsert(table: str, stage: str, cols: list[str], key: str, month: str, sets: list[str],
+            where: str = "", only: str = "") -> str:
+    cond = f"WHERE s.n = %(n)s{only}"
+    return (f"INSERT INTO {table} ({', '.join(cols)}, filed_month) "
+            f"SELECT {_select(cols)}, {month} FROM {stage} s {cond} "
+            f"ON CONFLICT ({key}, filed_month) DO UPDATE SET {', '.join(sets)}"
+            + (f" WHERE {where}" if where else ""))
+
+
+def _replace_sets(table: str, cols: list[str], key: str) -> list[str]:
+    return [f"{c} = COALESCE(EXCLUDED.{c}, {table}.{c})" if c in _KEEP_WHEN_NULL
+            else f"{c} = EXCLUDED.{c}" for c in cols if c != key]
+
+
+_UPSERT_CALL = _upsert(
+    "calls", "switchd_stage_calls", CALL_COLS, "call_uuid", _CALL_MONTH,
+    _replace_sets("calls", CALL_COLS, "call_uuid"),
+    f"{_CALL_RANK.format(t='EXCLUDED')} >= {_CALL_RANK.format(t='calls')}")
+_UPSERT_LEG = _upsert(
+    "call_legs", "switchd_stage_legs", LEG_COLS, "leg_uuid", _LEG_MONTH,
+    _replace_sets("call_legs", LEG_COLS, "leg_uuid"),
+    f"{_LEG_RANK.format(t='EXCLUDED')} >= {_LEG_RANK.format(t='call_legs')}")
+
+
+def _switch_call_sql(a_leg: bool) -> str:
+    """A-leg CDR: its values win over what is stored; B-leg CDR: it only fills gaps."""
+    facts = ("started_at", "ended_at", "hangup_cause", "caller", "destination")
+    sets = []
+    for c in SWITCH_COLS[1:]:
+        first, second = ("EXCLUDED", "calls") if a_leg and c in facts else ("calls", "EXCLUDED")
+        sets.append(f"{c} = COALESCE({first}.{c}, {second}.{c})")
+    if a_leg:
+        sets.append("reconstructed = false")
+    return _upsert("calls", "switchd_stage_switch_calls", SWITCH_COLS, "call_uuid",
+                   _CALL_MONTH, sets, only=f" AND s.a_leg = {str(a_leg).lower()}")
+
+
+_UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(False)}
+
+# A call's money and flags always come from its leg rows, whichever record came last, so
+# the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
+# legs are the rated ones (a carrier or gateway is known).
+_LEG_MONEY = f"""SELECT count(*) AS legs,
+       COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
+       COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
+       bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
+       CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
+       count(*) FILTER (WHERE rated) AS attempts,
+       (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
+           FILTER (WHERE rated))[1] AS carrier,
+       (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
+           FILTER (WHERE rated))[1] AS gateway,
+       (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
+       min(answered_at) AS answered_at
+FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
+      FROM call_legs l WHERE l.call_uuid = c.call_uuid AND l.{_WINDOW}) l"""
+_MONEY_COLS = ("cost, billed_seconds, unrated, provisional, cdr_source, attempts, carrier, "
+               "gateway, first_choice_carrier, answered_at")
+_MONEY_NEW = ("a.cost, a.billed, a.unrated, a.provisional, a.source, "
+              "GREATEST(c.attempts, a.attempts), COALESCE(a.carrier, c.carrier), "
+              "COALESCE(a.gateway, c.gateway), COALESCE(c.first_choice_carrier, a.first_carrier), "
+              "COALESCE(a.answered_at, c.answered_at)")
+# Each touched call is reached through its key and its legs through call_legs' call_uuid
+# index (no join a planner could turn into a scan of the month); a call whose row already
+# says what its legs say is not rewritten (ESL's call record usually does).
+RECOMPUTE_CALLS = f"""
+UPDATE calls c SET ({_MONEY_COLS}) = (SELECT {_MONEY_NEW} FROM ({_LEG_MONEY}) a)
+WHERE c.call_uuid = ANY(%(uuids)s) AND c.{_WINDOW}
+  AND EXISTS (SELECT 1 FROM ({_LEG_MONEY}) a
+              WHERE a.legs > 0 AND ({', '.join('c.' + x for x in _MONEY_COLS.split(', '))})
+                                   IS DISTINCT FROM ({_MONEY_NEW}))
+"""
+_INSERT_EVENTS = (f"INSERT INTO call_events ({', '.join(EVENT_COLS)}) "
+                  f"SELECT {', '.join(EVENT_COLS)} FROM switchd_stage_events "
+                  "ON CONFLICT (core_uuid, event_seq, at) DO NOTHING")
+_INSERT_DECISIONS = (
+    f"INSERT INTO routing_decisions ({', '.join(DECISION_COLS)}) "
+    f"SELECT {_select(DECISION_COLS, '').replace('created_at', 'COALESCE(created_at, now())')} "
+    "FROM switchd_stage_decisions ON CONFLICT (id) DO NOTHING")
+
+_CALL_ROW = attrgetter(*CALL_COLS)
+_LEG_ROW = attrgetter(*LEG_COLS)
+_SWITCH_ROW = attrgetter(*SWITCH_COLS)
+_EVENT_HEAD = attrgetter(*[c for c in EVENT_COLS if c != "data"])
+assert EVENT_COLS[-1] == "data"
+
+
+def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, int]], int]:
+    """Each record with its round: how many earlier records of the batch share its key."""
+    seen: dict[Any, int] = {}
+    out = []
+    for rec in records:
+        k = key(rec)
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        out.append((rec, n))
+    return out, max(seen.values(), default=0)
+
+
+def _copy(cur: psycopg.Cursor, table: str, cols: list[str], types: list[str],
+          rows: Iterable[tuple]) -> None:
+    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
+def _text(value: Any) -> str | None:
+    """A uuid column's value as text (a record replayed from the spool holds a UUID)."""
+    return value if value is None or type(value) is str else str(value)
+
+
+def _decision_row(row: dict) -> tuple:
+    unknown = set(row) - set(DECISION_COLS)
+    if unknown:
+        raise ValueError(f"routing decision: unknown keys {sorted(unknown)}")
+    return tuple(store.jsonb(row.get(c)) if c in ("candidates", "chosen")
+                 else (row.get(c) or 0) if c == "elapsed_us"
+                 else _text(row.get(c)) if c in ("id", "call_uuid") else row.get(c)
+                 for c in DECISION_COLS)
+
+
+def _months(records: Iterable) -> tuple[set[date], bool]:
+    """Months of the records' own times (start, else end); whether one had neither."""
+    months, timeless = set(), False
+    for rec in records:
+        at = rec.started_at or rec.ended_at
+        if at is None:
+            timeless = True
+        else:
+            months.add(month_of(at))
+    return months, timeless
+
+
+def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
+    """Write one batch in one transaction; returns the number of call rows (CDRs) in it."""
+    by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
+                                "switch_call": []}
+    for kind, rec in items:
+        by_kind[kind].append(rec)
+    calls, legs, switch = by_kind["call"], by_kind["leg"], by_kind["switch_call"]
+    events, decisions = by_kind["event"], by_kind["decision"]
+    decision_rows = [_decision_row(d) for d in decisions]
+
+    keyed = calls + legs + switch
+    months, timeless = _months(keyed)
+    if timeless or not months:
+        window = {"lo": _FAR_PAST, "hi": _FAR_FUTURE}
+    else:
+        window = {"lo": add_months(min(months), -1), "hi": add_months(max(months), 1)}
+    if timeless:
+        now = month_of(datetime.now(timezone.utc))
+        months |= {now, add_months(now, 1)}      # now() in SQL: this month, or just after
+    months |= {month_of(e.at) for e in events}
+
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_STAGING)
+        # The rows go in first (COPY needs no lock), then the keys are resolved and upserted
+        # under the lock, kinds in a fixed order.
+        call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
+        switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
+        leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
+        if calls:
+            _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES,
+                  ((*_CALL_ROW(r), n) if type(r.route_id) is not uuid.UUID
+                   else (*_CALL_ROW(replace(r, route_id=str(r.route_id))), n)
+                   for r, n in call_rows))
+        if switch:
+            _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES,
+                  ((*_SWITCH_ROW(r), r.from_a_leg, n) if type(r.route_id) is not uuid.UUID
+                   else (*_SWITCH_ROW(replace(r, route_id=str(r.route_id))), r.from_a_leg, n)
+                   for r, n in switch_rows))
+        if legs:
+            _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES,
+                  ((*_LEG_ROW(r), n) for r, n in leg_rows))
+        if events:
+            _copy(cur, "switchd_stage_events", EVENT_COLS, EVENT_TYPES,
+                  ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
+        if decisions:
+            _copy(cur, "switchd_stage_decisions", DECISION_COLS, DECISION_TYPES, decision_rows)
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        if months:
+            cur.execute("SELECT switchd_ensure_month(m) FROM unnest(%s::date[]) AS m",
+                        (sorted(months),))
+        for n in range(call_rounds):
+            cur.execute(_UPSERT_CALL, {**window, "n": n})
+        for a_leg in (True, False):
+            for n in range(switch_rounds):
+                cur.execute(_UPSERT_SWITCH_CALL[a_leg], {**window, "n": n})
+        for n in range(leg_rounds):
+            cur.execute(_UPSERT_LEG, {**window, "n": n})
+        if keyed:
+            touched = sorted({r.call_uuid for r in keyed})
+            cur.execute(RECOMPUTE_CALLS, {**window, "uuids": touched})
+        if events:
+            cur.execute(_INSERT_EVENTS)
+        if decisions:
+            cur.execute(_INSERT_DECISIONS)
+        cur.execute(_UNSET)
+    return len(calls)
