@@ -31,12 +31,10 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from datetime import datetime, timedelta, timezone  # noqa: E402
 from decimal import Decimal  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -47,6 +45,7 @@ import psycopg  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _env import machine, scratch_database  # noqa: E402
 from switchd.adapters.db.cdr_batch import month_of  # noqa: E402
 from switchd.adapters.db.cdr_writer import CdrWriter, _to_spool  # noqa: E402
 from switchd.adapters.db.migrate import apply_migrations  # noqa: E402
@@ -61,39 +60,6 @@ EVENTS = ("CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_ANSWER", "CHANNEL_BRIDG
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    import platform
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} x {model}, Python {platform.python_version()}"
-
-
-@contextmanager
-def database(workdir: Path):
-    """A scratch database URL: on SWITCHD_TEST_DATABASE_URL's server, or embedded."""
-    external = os.environ.get("SWITCHD_TEST_DATABASE_URL")
-    if not external:
-        from switchd.adapters.db.embedded import start_embedded_postgres
-        yield start_embedded_postgres(workdir, database="cdr_bench", cleanup="delete")
-        return
-    from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-    name = "cdr_bench_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(external, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(**{**conninfo_to_dict(external), "dbname": name})
-    finally:
-        with psycopg.connect(external, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
 
 
 def call_records(n: int, tag: str, start: datetime, full: bool = False) -> list[tuple]:
@@ -209,7 +175,7 @@ def main(argv=None) -> dict:
     start = datetime.now(timezone.utc) - timedelta(hours=3)
     result: dict = {"benchmark": "cdr_writer", "cdrs": n}
     with tempfile.TemporaryDirectory(prefix="switchd-cdrw-") as tmp, \
-            database(Path(tmp)) as url:
+            scratch_database(Path(tmp), "cdr_bench") as url:
         tmp = Path(tmp)
         apply_migrations(url)
         log(f"generating {n:,} CDRs ...")

@@ -45,7 +45,6 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +55,7 @@ sys.path.insert(0, str(HERE))
 import psycopg  # noqa: E402
 
 import _decks  # noqa: E402
+from _env import machine, scratch_database  # noqa: E402
 from dialplan.ratedeck import lookup_all  # noqa: E402
 from switchd.adapters.db.migrate import apply_migrations  # noqa: E402
 from switchd.routing.deck_loader import load_all_decks  # noqa: E402
@@ -70,27 +70,6 @@ EXTRA_TENANTS = 4
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-@contextmanager
-def database(workdir: Path):
-    """A scratch database URL: on SWITCHD_TEST_DATABASE_URL's server, or embedded."""
-    external = os.environ.get("SWITCHD_TEST_DATABASE_URL")
-    if not external:
-        from switchd.adapters.db.embedded import start_embedded_postgres
-        yield start_embedded_postgres(workdir, database="lcr_bench", cleanup="delete")
-        return
-    from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-    name = "lcr_bench_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(external, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(**{**conninfo_to_dict(external), "dbname": name})
-    finally:
-        with psycopg.connect(external, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
 
 
 def setup_world(url: str, workdir: Path) -> None:
@@ -439,18 +418,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def machine() -> str:
-    import platform
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} x {model}, Python {platform.python_version()}"
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="more numbers, longer SQL run")
@@ -467,7 +434,8 @@ def main(argv=None) -> dict:
     at = datetime.now(timezone.utc)
     result: dict = {"benchmark": "lcr", "cold_decisions_per_s": None, "carriers": len(CARRIERS),
                     "prefixes_per_carrier": args.prefixes}
-    with tempfile.TemporaryDirectory(prefix="switchd-lcr-") as tmp, database(Path(tmp)) as url:
+    with tempfile.TemporaryDirectory(prefix="switchd-lcr-") as tmp, \
+            scratch_database(Path(tmp), "lcr_bench") as url:
         setup_world(url, Path(tmp))
         result.update(import_decks(url, Path(tmp), args.prefixes))
         decks, figures = measure_deck_load(url)
