@@ -193,7 +193,8 @@ def test_migration_converts_existing_rows(pg_url, tmp_path):
         conn.execute("""INSERT INTO call_events (core_uuid, event_seq, call_uuid, leg_uuid,
                         name, at, data) VALUES ('core', 1, 'c1', 'l1', 'CHANNEL_CREATE',
                         '2025-01-31 23:59:59+00', '{"cause": "x"}')""")
-    assert apply_migrations(pg_url) == ["020"]
+    later = sorted(path.name[:3] for path in migrations_dir().glob("*.sql") if path.name >= "020")
+    assert apply_migrations(pg_url) == later and later[0] == "020"
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT call_uuid, tableoid::regclass::text, cost FROM calls "
                             "ORDER BY 1").fetchall()[0] == ("c1", "calls_2025_01",
