@@ -19,6 +19,7 @@ from conftest import E2E_PASSWORD
 from daemon_harness import DaemonProcess, metric, rows, wait_for
 from switchd.api import keys, webhooks
 from switchd.sim import GatewayBehaviour, Simulator
+from api_helpers import Receiver, helper_port
 from test_e2e_api import request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,6 +195,51 @@ def _doc_steps() -> list[str]:
     return steps
 
 
+def _doc_webhook_step() -> str:
+    """The doc's command that sets the tenant's webhook (the first of its Webhooks block)."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    block = text.split("## Webhooks", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    command = ""
+    for line in filter(str.strip, block.splitlines()):
+        command += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            return command.strip()
+    raise AssertionError("no command in docs/api.md's Webhooks block")
+
+
+def _event_stream_is_signed_and_complete(deliveries, secret, calls: int, name: str,
+                                         url: str) -> None:
+    """What an application receives: every delivery signed (checked with the doc's own
+    verify), and per call events numbered 1..n, `created` first, exactly one final event."""
+    from test_webhooks import doc_verify
+    verify = doc_verify()
+    assert all(verify(secret, d["headers"]["Switchd-Signature"], d["body"]) for d in deliveries)
+    events = {}
+    for d in deliveries:                      # at least once: deduplicate on event_id
+        event = json.loads(d["body"])
+        events[event["event_id"]] = event
+    per_call: dict[str, list[dict]] = {}
+    for event in events.values():
+        if event["event"] in ("created", "ringing", "answered", "completed", "busy",
+                              "no-answer", "failed"):
+            per_call.setdefault(event["call_uuid"], []).append(event)
+    assert len(per_call) == calls
+    finals = ("completed", "busy", "no-answer", "failed")
+    for call_uuid, got in per_call.items():
+        got.sort(key=lambda e: e["sequence"])
+        assert [e["sequence"] for e in got] == list(range(1, len(got) + 1)), got
+        assert got[0]["event"] == "created" and got[-1]["event"] == "completed", got
+        assert sum(e["event"] in finals for e in got) == 1, got
+    # the final event carries the call's CDR: its billed seconds and cost
+    cdrs = {c: (billed, str(cost)) for c, billed, cost in rows(
+        url, "SELECT call_uuid, billed_seconds, cost FROM calls WHERE call_uuid = ANY(%s)",
+        list(per_call))}
+    assert {c: (got[-1]["data"]["duration_seconds"], got[-1]["data"]["cost"])
+            for c, got in per_call.items()} == cdrs
+    assert any(e["event"] == "campaign.completed" and name in json.dumps(e)
+               for e in events.values())
+
+
 @pytest.mark.slow
 def test_a_1000_contact_campaign_following_docs_api_md(world_url, nodes, tmp_path):
     (sim, daemon), = nodes(1, sessions_per_second=None)
@@ -211,6 +257,10 @@ def test_a_1000_contact_campaign_following_docs_api_md(world_url, nodes, tmp_pat
     # "Create keys with the CLI" — the doc's own command, then its campaign steps.
     env["KEY"] = sh(f"{sys.executable} -m switchd.cli keys create --tenant acme").strip()
     env["API"] = daemon.base_url
+    # "Webhooks": the doc's command, pointed at this test's receiver; its answer holds the secret.
+    receiver = Receiver(helper_port(4)).up()
+    secret = json.loads(sh(_doc_webhook_step().replace("https://app.example/hooks/switchd",
+                                                       receiver.url)))["secret"]
     (tmp_path / "contacts.csv").write_text(
         "number,first_name\n" + "".join(f"+4420794{60000 + i},n{i}\n" for i in range(1000)))
     steps = _doc_steps()
@@ -231,6 +281,16 @@ def test_a_1000_contact_campaign_following_docs_api_md(world_url, nodes, tmp_pat
     assert body["state"] == "completed" and body["progress"]["done"] == 1000
     assert body["progress"]["outcomes"]["answered"] == 1000
     assert metric(daemon, "switchd_campaign_contacts_total", outcome="answered") == 1000
+    try:
+        finals = lambda: sum(b'"event": "completed"' in d["body"] or
+                             b'"event":"completed"' in d["body"] for d in receiver.received)
+        wait_for(lambda: finals() >= 1000 and any(b"campaign.completed" in d["body"]
+                                                  for d in receiver.received),
+                 180, "every call's final event at the tenant's webhook", daemon)
+        _event_stream_is_signed_and_complete(list(receiver.received), secret, 1000, name,
+                                             world_url)
+    finally:
+        receiver.down()
 
 
 @pytest.mark.slow

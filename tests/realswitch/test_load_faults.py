@@ -1,5 +1,6 @@
-"""Money under load on the real switch: the periodic resync at 20 calls/s, and switchd
-SIGKILLed and restarted while 10 calls/s keep coming.
+"""Money under load on the real switch: the periodic resync at 20 calls/s, switchd
+SIGKILLed and restarted while 10 calls/s keep coming, and PostgreSQL unreachable under
+20 calls/s.
 
 The oracle is FreeSWITCH itself: the CHANNEL_HANGUP_COMPLETE events the harness's own ESL
 listener saw. Every call it carried (an inbound A-leg) must end with exactly one `calls`
@@ -22,6 +23,7 @@ from daemon_harness import metric
 from . import world
 from .backends import RsDaemon
 from .common import poll
+from .pgproxy import PgProxy
 from .test_lcr import expected_cost
 
 pytestmark = [pytest.mark.realswitch, pytest.mark.slow]
@@ -133,3 +135,39 @@ def test_switchd_sigkilled_under_10_calls_a_second_loses_no_call(realswitch, mak
     _no_call_left(second, realswitch)
     print(f"\nSIGKILL under 10 calls/s: {load.answered} answered, {load.rejected} refused, "
           f"{len(written)} CDR(s) from the error directory, total {total}")
+
+
+def test_postgresql_down_under_20_calls_a_second_loses_no_cdr(realswitch, rs_world_url,
+                                                              tmp_path):
+    """PostgreSQL unreachable while calls come and go: routing goes on from memory, CDRs
+    (switchd's and the switch's) are fsync'd to the spool and written once it is back."""
+    proxy = PgProxy(rs_world_url).start()
+    rs = RsDaemon.start(realswitch, proxy.url, tmp_path / "daemon", None, True)
+    try:
+        handle = realswitch.load_async(FRANCE, rate=20, count=400, hold_ms=2000)
+        rs.wait_until(lambda: metric(rs.process, "switchd_calls_total") >= 20 or None,
+                      what="calls flowing through switchd")
+        proxy.cut()
+        ended_before = sum(1 for h in realswitch.hangups() if h.direction == "inbound")
+        # down until 200 more calls have ended on the switch (about 10 s at 20/s)
+        poll(lambda: sum(1 for h in realswitch.hangups() if h.direction == "inbound")
+             >= ended_before + 200, 60, "200 calls ending while PostgreSQL is down", 0.2)
+        # switchd saw it (and stayed ready: it routes from memory, CDRs go to the spool)
+        rs.wait_until(lambda: metric(rs.process, "switchd_database_up") == 0 or None,
+                      what="switchd_database_up 0")
+        assert rs.process.get("/readyz")[0] == 200
+        proxy.restore()
+        load = handle.wait()
+        assert load.answered + sum(load.rejected.values()) == 400 and load.answered >= 200, load
+        a_legs, carrier = poll(lambda: realswitch.channel_count() == 0 and (
+            lambda a, c: len(c) == load.answered and (a, c))(*_carried(realswitch)), 30,
+            "every channel hung up, each answered carrier leg's hangup seen")
+        total = _assert_every_call_billed_once_from_the_switch(rs, realswitch, a_legs, carrier)
+        _no_call_left(rs, realswitch)
+        print(f"\nPostgreSQL down under 20 calls/s: {load.answered} answered, refused "
+              f"{load.rejected}, total {total}")
+    finally:
+        if proxy.is_cut:
+            proxy.restore()
+        assert rs.process.terminate() == 0, rs.process.log()[-3000:]
+        proxy.stop()
