@@ -676,10 +676,10 @@ def main() -> None:
     args.max_steps = 12 if args.full else 6
     if args.full:
         args.prefixes = max(args.prefixes, 200000)
-    from lcr import database
+    from _env import scratch_database
     with tempfile.TemporaryDirectory(prefix="switchd-calls-") as tmp:
         workdir = Path(tmp)
-        with database(workdir) as url:
+        with scratch_database(workdir, "calls_bench") as url:
             t = time.perf_counter()
             setup(url, workdir, args.prefixes)
             log(f"world and {len(CARRIERS)} decks of {args.prefixes} prefixes in "
