@@ -56,6 +56,23 @@ def test_originate_stops_on_a_callees_603(realswitch, rs_daemon):
     assert cdr["answered_at"] is None and cdr["hangup_cause"] == "CALL_REJECTED"
 
 
+def test_originate_with_every_carrier_failing_tries_each_once_and_fails(realswitch, rs_daemon):
+    for gateway in ("gw_a", "gw_b", "gw_c"):
+        realswitch.carrier(gateway).set_mode("503")
+    status, body = rs_daemon.originate({"tenant": "acme", "destination": world.US_NUMBER})
+    assert status == 200 and body["answered"] is False, body
+    assert [a["gateway"] for a in body["attempts"]] == ["gw_a", "gw_b", "gw_c"]
+    assert (body["outcome"], body["final"]) == ("congestion", True)    # 503; no retry asked
+    uuids = [a["leg_uuid"] for a in body["attempts"]]
+    assert uuids[0] == body["call_uuid"] and len(set(uuids)) == 3
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 1}
+    legs = _hangups(realswitch, uuids)
+    assert [(h.gateway, h.sip_term_status, h.billmsec) for h in legs] == [
+        ("gw_a", 503, 0), ("gw_b", 503, 0), ("gw_c", 503, 0)]
+    cdr = rs_daemon.wait_cdr(body["call_uuid"])
+    assert cdr["answered_at"] is None and cdr["attempts"] == 3 and cdr["cost"] in (0, None)
+
+
 # --- retries of the whole call (docs/originate.md) --------------------------------------------
 RETRY_WORLD = world.WORLD_TOML.replace(
     'max_call_seconds = 3600\n', 'max_call_seconds = 3600\nretry = { busy = 4, jitter_percent = 0 }\n', 1)
