@@ -195,6 +195,7 @@ def build_router(url: str, decks: dict):
     router and its CapsGate (the caller releases each call, standing in for the hangup)."""
     from collections import deque
 
+    from switchd.accounting.budgets import month_spend
     from switchd.routing.books import HealthBook, SpendBook, month_start
     from switchd.adapters.caps.local import LocalCaps
     from switchd.config import load_config
@@ -208,7 +209,8 @@ def build_router(url: str, decks: dict):
         world = store.load_world(conn)
         health = store.load_carrier_health(conn)
         now = datetime.now(timezone.utc)
-        spent = {t: store.month_spend(conn, t, month_start(now)) for t in world.tenants}
+        month = f"{now:%Y-%m}"
+        spent = {t: v for (t, m), v in month_spend(conn, now).items() if m == month}
     caps = CapsGate(LocalCaps(ttl=cfg["caps.lease_seconds"]), cfg)
     # The daemon's record hands d.as_row() to the CDR writer's queue; the writer's database
     # work runs on its own greenlet, so the request path pays as_row() and an append.

@@ -68,16 +68,21 @@ def test_routing_decisions_batch_idempotent(conn):
         store.insert_routing_decisions(conn, [{"id": uuid.uuid4(), "bogus": 1}])
 
 
-def test_month_spend_is_decimal_and_bounded_by_month(conn):
+def test_month_spend_is_decimal_and_charged_to_the_month_each_call_started(conn):
+    from switchd.accounting.budgets import month_spend
     write_batch(conn, [
         ("call", _call("a", "alpha", "alpha", cost="1.100000")),
         ("call", _call("b", "alpha", "alpha", cost="2.200001")),
         ("call", _call("c", "alpha", "alpha", cost="9", start=T0 + timedelta(days=30))),
         ("call", _call("d", "alpha", "alpha", cost="5", tenant="other")),
+        # started on the last evening of March, ended in April: March's money
+        ("call", _call("e", "alpha", "alpha", cost="0.5", talk=3600,
+                       start=datetime(2025, 3, 31, 23, 30, tzinfo=timezone.utc))),
     ])
-    spend = store.month_spend(conn, "acme", datetime(2025, 3, 1, tzinfo=timezone.utc))
-    assert spend == Decimal("3.300001") and isinstance(spend, Decimal)
-    assert store.month_spend(conn, "ghost", datetime(2025, 3, 1, tzinfo=timezone.utc)) == 0
+    spend = month_spend(conn, datetime(2025, 4, 15, tzinfo=timezone.utc))
+    assert spend == {("acme", "2025-03"): Decimal("3.800001"), ("acme", "2025-04"): Decimal("9"),
+                     ("other", "2025-03"): Decimal("5")}
+    assert all(isinstance(v, Decimal) for v in spend.values())
 
 
 def test_summary_shape(conn):

@@ -148,15 +148,6 @@ def insert_routing_decisions(conn: psycopg.Connection, rows: Iterable[Mapping[st
 
 
 # --- spend and summaries -----------------------------------------------------------------
-def month_spend(conn: psycopg.Connection, tenant: str, month_start: datetime) -> Decimal:
-    """Cost of the tenant's calls that ended in the month starting at ``month_start``."""
-    row = conn.execute(
-        """SELECT COALESCE(sum(cost), 0) FROM calls
-           WHERE tenant = %s AND ended_at >= %s AND ended_at < %s::timestamptz + interval '1 month'""",
-        (tenant, month_start, month_start)).fetchone()
-    return Decimal(row[0])
-
-
 def summary(conn: psycopg.Connection, since: datetime | None = None) -> dict[str, Any]:
     """The ``switchd demo --json`` object (DESIGN.md §10), read back from PostgreSQL.
 
