@@ -160,7 +160,25 @@ def test_any_order_and_any_number_of_deliveries_give_one_cdr(migrated_pg_url, tm
             assert call[0][:5] == (Decimal("0.015000"), 60, "switch", False, False), order
             assert call[0][8] == "NORMAL_CLEARING", order
             assert {l[4] for l in legs} == {"switch"}, order
+            assert conn.execute("SELECT direction FROM calls WHERE call_uuid = %s",
+                                (a,)).fetchone()[0] == "outbound", order     # the A-leg's
     ingest.close()
+
+
+def test_the_a_legs_cdr_names_the_direction_even_after_the_carrier_legs(migrated_pg_url,
+                                                                        tmp_path):
+    """A DID call (switchd_direction=inbound): its carrier leg's CDR, alone, can only say
+    outbound; the A-leg's CDR arriving after it puts the call's direction right."""
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    inbound = A_BODY.replace(b'"switchd_direction":"outbound"', b'"switchd_direction":"inbound"')
+    assert inbound != A_BODY
+    ingest.store(_renamed(B_BODY, a, b))
+    ingest.store(_renamed(inbound, a, b))
+    ingest.close()
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert conn.execute("SELECT direction FROM calls WHERE call_uuid = %s",
+                            (a,)).fetchone()[0] == "inbound"
 
 
 def test_esl_provisional_call_until_the_switch_settles_it(migrated_pg_url, tmp_path):

@@ -180,7 +180,8 @@ _UPSERT_LEG = _upsert(
 
 def _switch_call_sql(a_leg: bool) -> str:
     """A-leg CDR: its values win over what is stored; B-leg CDR: it only fills gaps."""
-    facts = ("started_at", "ended_at", "hangup_cause", "caller", "destination")
+    # direction too: a carrier leg's CDR, when it came first, could only guess "outbound"
+    facts = ("direction", "started_at", "ended_at", "hangup_cause", "caller", "destination")
     sets = []
     for c in SWITCH_COLS[1:]:
         first, second = ("EXCLUDED", "calls") if a_leg and c in facts else ("calls", "EXCLUDED")
