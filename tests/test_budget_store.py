@@ -2,14 +2,12 @@
 over-reservation when several daemons (processes) race for one tenant's last money."""
 from __future__ import annotations
 
-import multiprocessing
-import random
-import threading
 import time
 
 import pytest
 import redis
 
+from racing import Tally, hammer, race
 from switchd.adapters.budget_store import LocalBudgets, RedisBudgets
 
 
@@ -91,39 +89,21 @@ PROCESSES, THREADS, SECONDS = 3, 4, 2.0
 
 def _daemon(url: str, name: str, seed: int, results) -> None:
     store = RedisBudgets.from_url(url, ttl=60, timeout=2.0)
-    stats = {"granted": 0, "refused": 0, "cost": 0, "errors": 0}
-    lock = threading.Lock()
-    deadline = time.monotonic() + SECONDS
+    tally = Tally("granted", "refused", "cost")
 
-    def run(tid: int) -> None:
-        rng = random.Random(seed * 100 + tid)
-        n = 0
-        while time.monotonic() < deadline:
-            call = f"{name}-{tid}-{n}"
-            n += 1
-            try:
-                granted, _, _ = store.reserve("acme", "2026-11", call, BUDGET, 0, CEILING)
-                if not granted:
-                    with lock:
-                        stats["refused"] += 1
-                    time.sleep(0.001)
-                    continue
-                time.sleep(rng.uniform(0, 0.005))
-                cost = rng.randint(0, granted)         # a call never costs more than its share
-                store.settle("acme", "2026-11", call, cost, 0)
-                with lock:
-                    stats["granted"] += 1
-                    stats["cost"] += cost
-            except Exception:   # counted; the parent asserts there were none
-                with lock:
-                    stats["errors"] += 1
+    def attempt(call: str, rng) -> None:
+        granted, _, _ = store.reserve("acme", "2026-11", call, BUDGET, 0, CEILING)
+        if not granted:
+            tally.add("refused")
+            time.sleep(0.001)
+            return
+        time.sleep(rng.uniform(0, 0.005))
+        cost = rng.randint(0, granted)         # a call never costs more than its share
+        store.settle("acme", "2026-11", call, cost, 0)
+        tally.add("granted")
+        tally.add("cost", cost)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    results.put(stats)
+    hammer(name, seed, THREADS, SECONDS, tally, attempt, results)
 
 
 # Read spent and every reservation in one atomic step: the witness does not use our code.
@@ -137,23 +117,11 @@ return {tonumber(redis.call('GET', KEYS[1]) or '0'), total}
 
 @pytest.mark.slow
 def test_racing_daemons_never_reserve_more_than_the_budget(redis_url):
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_daemon, args=(redis_url, f"d{i}", i, results))
-             for i in range(PROCESSES)]
-    for p in procs:
-        p.start()
     observer = redis.Redis.from_url(redis_url)
     witness = observer.register_script(_WITNESS)
     keys = ["{switchd}:budget:acme:2026-11:spent", "{switchd}:budget:acme:2026-11:holds"]
-    seen = []
-    while any(p.is_alive() for p in procs):
-        seen.append(tuple(witness(keys=keys)))
-        time.sleep(0.002)
-    stats = [results.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join(10)
-        assert p.exitcode == 0
+    stats, seen = race(_daemon, [(redis_url, f"d{i}", i) for i in range(PROCESSES)],
+                       lambda: tuple(witness(keys=keys)))
     assert sum(s["errors"] for s in stats) == 0
     assert sum(s["refused"] for s in stats) > 50          # the budget really ran out
     assert max(spent + held for spent, held in seen) <= BUDGET

@@ -9,14 +9,12 @@ Neither may ever exceed the cap, and nothing may be held at the end.
 """
 from __future__ import annotations
 
-import multiprocessing
-import random
-import threading
 import time
 
 import pytest
 import redis
 
+from racing import Tally, hammer, race
 from switchd.adapters.caps import Scope
 from switchd.adapters.caps.redis_backend import RedisCaps
 
@@ -33,63 +31,32 @@ def _worker(url: str, node: str, seed: int, results) -> None:
     caps = RedisCaps.from_url(url, node_id=node, timeout=2.0)
     witness = redis.Redis.from_url(url)
     scope = [Scope("global", "all", 50), Scope("carrier", "tiny", CAP)]
-    stats = {"admitted": 0, "refused": 0, "peak": 0, "errors": 0}
-    lock = threading.Lock()
-    deadline = time.monotonic() + SECONDS
+    tally = Tally("admitted", "refused", "peak")
 
-    def run(tid: int) -> None:
-        rng = random.Random(seed * 100 + tid)
-        n = 0
-        while time.monotonic() < deadline:
-            call = f"{node}-{tid}-{n}"
-            n += 1
-            try:
-                admission = caps.acquire(call, scope)
-                if not admission.admitted:
-                    with lock:
-                        stats["refused"] += 1
-                    continue
-                holding = witness.incr(WITNESS)
-                with lock:
-                    stats["admitted"] += 1
-                    stats["peak"] = max(stats["peak"], holding)
-                time.sleep(rng.uniform(0, 0.01))
-                witness.decr(WITNESS)
-                first = caps.release(call)
-                # Duplicate hangups happen (DESIGN.md §11): the second must change nothing.
-                if rng.random() < 0.2:
-                    first = first and not caps.release(call)
-                if not first:
-                    raise AssertionError(f"release of {call} was not exactly-once")
-            except Exception:  # counted and asserted on by the parent
-                with lock:
-                    stats["errors"] += 1
+    def attempt(call: str, rng) -> None:
+        if not caps.acquire(call, scope).admitted:
+            tally.add("refused")
+            return
+        holding = witness.incr(WITNESS)
+        tally.add("admitted")
+        tally.peak("peak", holding)
+        time.sleep(rng.uniform(0, 0.01))
+        witness.decr(WITNESS)
+        first = caps.release(call)
+        # Duplicate hangups happen (DESIGN.md §11): the second must change nothing.
+        if rng.random() < 0.2:
+            first = first and not caps.release(call)
+        if not first:
+            raise AssertionError(f"release of {call} was not exactly-once")
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    results.put(stats)
+    hammer(node, seed, THREADS, SECONDS, tally, attempt, results)
 
 
 def test_no_over_admission_across_processes(redis_url):
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(redis_url, f"node-{i}", i, results))
-             for i in range(PROCESSES)]
-    for p in procs:
-        p.start()
     observer = redis.Redis.from_url(redis_url)
     slots = "{switchd}:slots:carrier:tiny"
-    observed = []
-    while any(p.is_alive() for p in procs):
-        observed.append(observer.zcard(slots))
-        time.sleep(0.002)
-    stats = [results.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join(10)
-        assert p.exitcode == 0
+    stats, observed = race(_worker, [(redis_url, f"node-{i}", i) for i in range(PROCESSES)],
+                           lambda: observer.zcard(slots))
 
     assert sum(s["errors"] for s in stats) == 0
     assert sum(s["admitted"] for s in stats) > 100  # the cap was really contended
