@@ -73,7 +73,7 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class CdrWriter:
-    def __init__(self, url: str, batch_size: int = 8000, flush_interval: float = 0.5,
+    def __init__(self, url: str, batch_size: int = 2000, flush_interval: float = 0.5,
                  queue_max: int = 100_000, spool: Spool | None = None, *,
                  connect_timeout: int = 5, backoff_max: float = 30.0):
         if spool is None:
