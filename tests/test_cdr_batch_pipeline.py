@@ -160,3 +160,27 @@ def test_stop_mid_pipeline_leaves_every_record_stored_or_spooled(migrated_pg_url
     replayer.stop()
     with psycopg.connect(migrated_pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 1000
+
+
+def test_poison_records_are_found_by_halves(migrated_pg_url, tmp_path, monkeypatch):
+    """Two bad records among 200: both parked, the 198 others stored, in far fewer
+    transactions than one per record."""
+    from switchd.adapters.db import cdr_writer
+    transactions = []
+
+    def counted(conn, items):                 # the real write, counted
+        transactions.append(len(items))
+        return write_batch(conn, items)
+
+    monkeypatch.setattr(cdr_writer, "write_batch", counted)
+    writer = CdrWriter(migrated_pg_url, batch_size=200, flush_interval=0.05,
+                       spool=Spool.in_data_dir(tmp_path))
+    for i in range(200):
+        writer.submit_call(a_call(f"p-{i}", direction=None if i in (17, 150) else "outbound"))
+    writer.start()
+    writer.stop()
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 198
+    assert writer.rejected == 2 and writer.written == 198
+    assert 4 <= len(transactions) < 40      # one per record would be 200
+    assert sorted(transactions)[:2] == [1, 1]   # each poison record alone, at the end

@@ -73,7 +73,7 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class CdrWriter:
-    def __init__(self, url: str, batch_size: int = 2000, flush_interval: float = 0.5,
+    def __init__(self, url: str, batch_size: int = 8000, flush_interval: float = 0.5,
                  queue_max: int = 100_000, spool: Spool | None = None, *,
                  connect_timeout: int = 5, backoff_max: float = 30.0):
         if spool is None:
@@ -253,12 +253,18 @@ class CdrWriter:
             self._spool_batch(batch)
             return
         except psycopg.Error as exc:
-            # Refused at COPY (a value its column cannot hold): one by one, in order.
-            conn.execute("ROLLBACK")
-            if self._settle():
-                self._write_alone(conn, batch, exc)
-            else:
+            # Refused at COPY (a value its column cannot hold): by halves, in order.
+            if not self._settle():
                 self._spool_batch(batch)
+                return
+            try:
+                conn.execute("ROLLBACK")
+                self._write_alone(conn, batch, exc)
+            except _OUTAGE as outage:
+                self._db_failed("write", outage)
+                self._spool_batch(batch)
+                return
+            self._inflight = []
             return
         if not self._settle():
             # The batch before it went to the spool: this one follows it there.
@@ -271,7 +277,7 @@ class CdrWriter:
     def _apply(self, conn: psycopg.Connection, staged: cdr_batch.StagedBatch,
                batch: list[tuple[str, Any]]) -> Exception | None:
         """The applying greenlet: the locked part and the commit. Returns what failed it
-        (an outage, or a bug), for _settle; a batch refused as data is written one by one."""
+        (an outage, or a bug), for _settle; a batch refused as data is written by halves."""
         try:
             try:
                 n = cdr_batch.apply(conn, staged)
@@ -322,7 +328,7 @@ class CdrWriter:
 
     def _commit(self, items: list[tuple[str, Any]]) -> None:
         """One transaction for the records (a spool replay); if PostgreSQL refuses the data
-        itself, they are written one by one."""
+        itself, they are written by halves."""
         try:
             n = write_batch(self._conn, items)
         except _OUTAGE:
@@ -334,20 +340,29 @@ class CdrWriter:
 
     def _write_alone(self, conn: psycopg.Connection, items: list[tuple[str, Any]],
                      refusal: psycopg.Error) -> None:
-        """Find the records PostgreSQL refuses one by one and park them, so one poison
-        record never blocks the rest."""
+        """Find the records PostgreSQL refuses and park them, so one poison record never
+        blocks the rest: the batch is written by halves, in order, and a refused half is
+        halved again (a few transactions per poison record, not one per record)."""
         DB_ERRORS.labels(operation="reject").inc()
-        log.error("CDR batch refused by PostgreSQL (%s); retrying record by record", refusal)
-        n = 0
-        for item in items:
+        log.error("CDR batch refused by PostgreSQL (%s); retrying by halves", refusal)
+        self._write_halves(conn, items)
+
+    def _write_halves(self, conn: psycopg.Connection, items: list[tuple[str, Any]]) -> None:
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            if not part:
+                continue
             try:
-                n += write_batch(conn, [item])
+                self._count(write_batch(conn, part))
             except _OUTAGE:
                 raise
-            except psycopg.Error as one:
-                self.spool.reject([_to_spool(item)], f"{type(one).__name__}: {one}".strip())
-                self.rejected += 1
-        self._count(n)
+            except psycopg.Error as exc:
+                if len(part) > 1:
+                    self._write_halves(conn, part)
+                else:
+                    self.spool.reject([_to_spool(part[0])],
+                                      f"{type(exc).__name__}: {exc}".strip())
+                    self.rejected += 1
 
     def _count(self, n: int) -> None:
         self.written += n
@@ -391,9 +406,9 @@ class CdrWriter:
     def _ensure_connected(self) -> bool:
         if all(c is not None and not c.closed for c in (self._conn, self._other)):
             return True
+        self._settle()          # a batch applying on the one still open finishes first
         if time.monotonic() < self._next_attempt:
             return False
-        self._settle()
         self._close()
         try:
             self._conn, self._other = self._connect(), self._connect()
