@@ -183,17 +183,21 @@ _UPSERT_LEG = _upsert(
 
 # A key's first round (most keys have only one) resolves its month once and then either
 # inserts a new row (no ON CONFLICT: under the lock, a key the look-up did not find within
-# the window cannot be there) or updates the stored row under the superseding rank, which
-# is what the upsert does, for less work. The statement returns the keys' calls the
-# money check needs (FRESH_CALLS, REFILED_LEGS in apply()).
-_STORED_CALL = f"(SELECT k.filed_month FROM calls k WHERE k.call_uuid = s.call_uuid AND k.{_WINDOW} LIMIT 1)"
-_KIN_OF_CALL = f"(SELECT min(l.filed_month) FROM call_legs l WHERE l.call_uuid = t.call_uuid AND l.{_WINDOW})"
-_STORED_LEG = f"(SELECT k.filed_month FROM call_legs k WHERE k.leg_uuid = s.leg_uuid AND k.{_WINDOW} LIMIT 1)"
-_KIN_OF_LEG = f"(SELECT c.filed_month FROM calls c WHERE c.call_uuid = t.call_uuid AND c.{_WINDOW} LIMIT 1)"
+# the window cannot be there) or updates the stored row under the superseding rank: what
+# the upsert does, for less work. Each statement returns the calls whose money must be
+# recomputed whatever their records say (see apply()): usually none.
+_STORED_CALL = ("(SELECT k.filed_month FROM calls k "
+                f"WHERE k.call_uuid = s.call_uuid AND k.{_WINDOW} LIMIT 1)")
+_KIN_OF_CALL = ("(SELECT min(l.filed_month) FROM call_legs l "
+                f"WHERE l.call_uuid = t.call_uuid AND l.{_WINDOW})")
+_STORED_LEG = ("(SELECT k.filed_month FROM call_legs k "
+               f"WHERE k.leg_uuid = s.leg_uuid AND k.{_WINDOW} LIMIT 1)")
+_KIN_OF_LEG = ("(SELECT c.filed_month FROM calls c "
+               f"WHERE c.call_uuid = t.call_uuid AND c.{_WINDOW} LIMIT 1)")
 
 
 def _first_round(table: str, stage: str, cols: list[str], key: str, stored: str, kin: str,
-                 sets: list[str], rank_ok: str, returning: str) -> str:
+                 sets: list[str], rank_ok: str, unsettled: str) -> str:
     staged = ", ".join(f"s.{c}{_CASTS.get(c, '')} AS {c}" for c in cols)
     month = "COALESCE(r.kin, switchd_month(COALESCE(r.started_at, r.ended_at, now())))"
     return f"""WITH r AS MATERIALIZED (
@@ -204,15 +208,16 @@ new AS (INSERT INTO {table} ({', '.join(cols)}, filed_month)
 old AS (UPDATE {table} SET {', '.join(x.replace('EXCLUDED.', 'r.') for x in sets)} FROM r
         WHERE r.stored IS NOT NULL AND {table}.{key} = r.{key}
           AND {table}.filed_month = r.stored AND {rank_ok.replace('EXCLUDED', 'r')})
-SELECT DISTINCT r.call_uuid FROM r WHERE {returning}"""
+SELECT DISTINCT r.call_uuid FROM r WHERE {unsettled}"""
 
 
-# Calls filed now with no leg filed before them, and calls with a leg that was stored.
+# Calls stored before, or with a leg stored before: the legs in the batch are not all.
 _FIRST_CALLS = _first_round(
     "calls", "switchd_stage_calls", CALL_COLS, "call_uuid", _STORED_CALL, _KIN_OF_CALL,
     _replace_sets("calls", CALL_COLS, "call_uuid"),
     f"{_CALL_RANK.format(t='EXCLUDED')} >= {_CALL_RANK.format(t='calls')}",
-    "r.stored IS NULL AND r.kin IS NULL")
+    "r.stored IS NOT NULL OR r.kin IS NOT NULL")
+# Calls with a staged leg that was stored before: that leg row may not be what is staged.
 _FIRST_LEGS = _first_round(
     "call_legs", "switchd_stage_legs", LEG_COLS, "leg_uuid", _STORED_LEG, _KIN_OF_LEG,
     _replace_sets("call_legs", LEG_COLS, "leg_uuid"),
@@ -515,13 +520,15 @@ def apply(conn: psycopg.Connection, staged: StagedBatch) -> int:
             first_legs.execute(_FIRST_LEGS, window)
         for n in range(1, staged.leg_rounds):
             cur.execute(_UPSERT_LEG, {**window, "n": n})
-        # Calls inserted now with no leg of theirs stored before; calls one of whose
-        # staged legs was stored already. (Fetching waits for the results.)
-        fresh = {row[0] for row in first_calls.fetchall()} if staged.call_rounds else set()
-        refiled = {row[0] for row in first_legs.fetchall()} if staged.leg_rounds else set()
         # A new call whose legs are all new, and whose record already says what they
         # say, needs no recompute: the statement would read its legs to change nothing.
-        skip = (staged.settled & fresh) - refiled
+        # The first-round statements name the calls that are not new or whose legs are
+        # not (fetching waits for the results; every settled call was in a first round).
+        unsettled = set()
+        for done, rounds in ((first_calls, staged.call_rounds), (first_legs, staged.leg_rounds)):
+            if rounds:
+                unsettled.update(row[0] for row in done.fetchall())
+        skip = staged.settled - unsettled
         recompute = [u for u in staged.touched if u not in skip]
         if recompute:
             cur.execute(RECOMPUTE_CALLS, {**window, "uuids": recompute})
