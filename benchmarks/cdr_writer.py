@@ -12,8 +12,9 @@ the daemon:
 - ``cdrs_per_s``: a CDR is what the daemon submits when an outbound call ends: its call
   row (CallRecord) and its carrier leg (LegRecord), rated, with distinct UUIDs, tenants
   and carriers. Timed from the first ``submit_*`` to the moment the writer has committed
-  the last call row (``CdrWriter.written``), default settings (batches of up to 2,000
-  records: COPY into staging tables, then one upsert per kind);
+  the last call row (``CdrWriter.written``), default settings (batches of up to 8,000
+  records on two connections in turn: COPY into staging tables, then, under the lock,
+  one statement per kind and the money recompute where it can change something);
 - ``full_calls_per_s``: every record of such a call: the A-leg and the carrier leg, the
   call, 12 channel events and the routing decision (16 records per call);
 - ``baseline_cdrs_per_s``: the naive controller: one autocommitted ``INSERT INTO calls``
