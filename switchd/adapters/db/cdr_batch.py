@@ -32,11 +32,13 @@ statistics lag behind its growth is never read whole.
 from __future__ import annotations
 
 import uuid
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from operator import attrgetter
 from typing import Any, Callable, Iterable
 
+import gevent
 import psycopg
 
 from switchd.adapters.db import store
@@ -46,6 +48,7 @@ from switchd.adapters.db.records import CallRecord, EventRecord, LegRecord, Swit
 LOCK_KEY = 0x5157_1C4E
 
 _FAR_PAST, _FAR_FUTURE = date(1, 1, 1), date(9999, 12, 1)
+_MICRO = Decimal("0.000001")
 
 
 def month_of(at: datetime) -> date:
@@ -178,6 +181,50 @@ _UPSERT_LEG = _upsert(
     f"{_LEG_RANK.format(t='EXCLUDED')} >= {_LEG_RANK.format(t='call_legs')}")
 
 
+# A key's first round (most keys have only one) resolves its month once and then either
+# inserts a new row (no ON CONFLICT: under the lock, a key the look-up did not find within
+# the window cannot be there) or updates the stored row under the superseding rank: what
+# the upsert does, for less work. Each statement returns the calls whose money must be
+# recomputed whatever their records say (see apply()): usually none.
+_STORED_CALL = ("(SELECT k.filed_month FROM calls k "
+                f"WHERE k.call_uuid = s.call_uuid AND k.{_WINDOW} LIMIT 1)")
+_KIN_OF_CALL = ("(SELECT min(l.filed_month) FROM call_legs l "
+                f"WHERE l.call_uuid = t.call_uuid AND l.{_WINDOW})")
+_STORED_LEG = ("(SELECT k.filed_month FROM call_legs k "
+               f"WHERE k.leg_uuid = s.leg_uuid AND k.{_WINDOW} LIMIT 1)")
+_KIN_OF_LEG = ("(SELECT c.filed_month FROM calls c "
+               f"WHERE c.call_uuid = t.call_uuid AND c.{_WINDOW} LIMIT 1)")
+
+
+def _first_round(table: str, stage: str, cols: list[str], key: str, stored: str, kin: str,
+                 sets: list[str], rank_ok: str, unsettled: str) -> str:
+    staged = ", ".join(f"s.{c}{_CASTS.get(c, '')} AS {c}" for c in cols)
+    month = "COALESCE(r.kin, switchd_month(COALESCE(r.started_at, r.ended_at, now())))"
+    return f"""WITH r AS MATERIALIZED (
+    SELECT t.*, CASE WHEN t.stored IS NULL THEN {kin} END AS kin
+    FROM (SELECT {staged}, {stored} AS stored FROM {stage} s WHERE s.n = 0 OFFSET 0) t),
+new AS (INSERT INTO {table} ({', '.join(cols)}, filed_month)
+        SELECT {', '.join('r.' + c for c in cols)}, {month} FROM r WHERE r.stored IS NULL),
+old AS (UPDATE {table} SET {', '.join(x.replace('EXCLUDED.', 'r.') for x in sets)} FROM r
+        WHERE r.stored IS NOT NULL AND {table}.{key} = r.{key}
+          AND {table}.filed_month = r.stored AND {rank_ok.replace('EXCLUDED', 'r')})
+SELECT DISTINCT r.call_uuid FROM r WHERE {unsettled}"""
+
+
+# Calls stored before, or with a leg stored before: the legs in the batch are not all.
+_FIRST_CALLS = _first_round(
+    "calls", "switchd_stage_calls", CALL_COLS, "call_uuid", _STORED_CALL, _KIN_OF_CALL,
+    _replace_sets("calls", CALL_COLS, "call_uuid"),
+    f"{_CALL_RANK.format(t='EXCLUDED')} >= {_CALL_RANK.format(t='calls')}",
+    "r.stored IS NOT NULL OR r.kin IS NOT NULL")
+# Calls with a staged leg that was stored before: that leg row may not be what is staged.
+_FIRST_LEGS = _first_round(
+    "call_legs", "switchd_stage_legs", LEG_COLS, "leg_uuid", _STORED_LEG, _KIN_OF_LEG,
+    _replace_sets("call_legs", LEG_COLS, "leg_uuid"),
+    f"{_LEG_RANK.format(t='EXCLUDED')} >= {_LEG_RANK.format(t='call_legs')}",
+    "r.stored IS NOT NULL")
+
+
 def _switch_call_sql(a_leg: bool) -> str:
     """A-leg CDR: its values win over what is stored; B-leg CDR: it only fills gaps."""
     # direction too: a carrier leg's CDR, when it came first, could only guess "outbound"
@@ -242,6 +289,75 @@ _EVENT_HEAD = attrgetter(*[c for c in EVENT_COLS if c != "data"])
 assert EVENT_COLS[-1] == "data"
 
 
+def _db_money(amount: Decimal | None) -> Decimal | None:
+    """An amount as numeric(…, 6) stores it (half away from zero), or None if it is not
+    a plain finite amount."""
+    if amount is None or not amount.is_finite():
+        return None
+    try:
+        return amount.quantize(_MICRO, rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        return None
+
+
+def money_settled(call: CallRecord, legs: list[LegRecord]) -> bool:
+    """Whether RECOMPUTE_CALLS would leave this call's row as the record wrote it, when the
+    call is new and `legs` are all its legs (none stored before, each written once in the
+    batch). Conservative: anything it does not follow exactly means "recompute"."""
+    if not legs:
+        return True                      # no leg rows: the recompute changes nothing
+    rated = billed = 0
+    cost = Decimal(0)
+    carrier = gateway = answered = None
+    from_esl = False
+    for leg in legs:
+        if leg.unrated or leg.provisional:
+            return False                 # the new call row says neither
+        from_esl = from_esl or leg.cdr_source != "switch"
+        if leg.answered_at is not None:
+            if leg.answered_at.tzinfo is None:
+                return False
+            answered = leg.answered_at if answered is None else min(answered, leg.answered_at)
+        if leg.carrier is None and leg.gateway is None:
+            continue                     # not a carrier leg: not rated
+        if rated and (leg.carrier != carrier or leg.gateway != gateway):
+            return False                 # which carrier wins depends on times: let SQL say
+        carrier, gateway = leg.carrier, leg.gateway
+        rated += 1
+        billed += leg.billed_seconds
+        if leg.cost is not None:
+            amount = _db_money(leg.cost)
+            if amount is None:
+                return False
+            cost += amount
+    if answered is not None:             # COALESCE(first answer of the legs, the call's)
+        if call.answered_at is None or call.answered_at.tzinfo is None \
+                or call.answered_at != answered:
+            return False
+    return (from_esl                     # the new row says 'esl'
+            and _db_money(call.cost) == cost
+            and call.billed_seconds == billed
+            and rated <= call.attempts
+            and (carrier is None or carrier == call.carrier)
+            and (gateway is None or gateway == call.gateway)
+            and (call.first_choice_carrier is not None or carrier is None))
+
+
+def _settled_calls(call_rows: list[tuple[CallRecord, int]],
+                   leg_rows: list[tuple[LegRecord, int]], switch: list) -> set[str]:
+    """The calls of the batch money_settled() vouches for: written once, not named by a
+    switch CDR, with legs written once each (round 0 only)."""
+    unsure = {r.call_uuid for r in switch}
+    unsure.update(rec.call_uuid for rec, n in call_rows if n)
+    unsure.update(rec.call_uuid for rec, n in leg_rows if n)
+    by_call: dict[str, list[LegRecord]] = {rec.call_uuid: [] for rec, _ in call_rows}
+    for leg, _ in leg_rows:
+        if leg.call_uuid in by_call:
+            by_call[leg.call_uuid].append(leg)
+    return {rec.call_uuid for rec, _ in call_rows
+            if rec.call_uuid not in unsure and money_settled(rec, by_call[rec.call_uuid])}
+
+
 def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, int]], int]:
     """Each record with its round: how many earlier records of the batch share its key."""
     seen: dict[Any, int] = {}
@@ -254,12 +370,20 @@ def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, i
     return out, max(seen.values(), default=0)
 
 
+# Rows formatted between two yields to the other greenlets: formatting a batch takes
+# tens of milliseconds, and the greenlet applying the previous batch (or the event
+# greenlet) must not wait that long to send its next statement.
+_YIELD_EVERY = 500
+
+
 def _copy(cur: psycopg.Cursor, table: str, cols: list[str], types: list[str],
           rows: Iterable[tuple]) -> None:
     with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
-        for row in rows:
+        for i, row in enumerate(rows, 1):
             copy.write_row(row)
+            if i % _YIELD_EVERY == 0:
+                gevent.sleep(0)
 
 
 def _text(value: Any) -> str | None:
@@ -279,18 +403,50 @@ def _decision_row(row: dict) -> tuple:
 
 def _months(records: Iterable) -> tuple[set[date], bool]:
     """Months of the records' own times (start, else end); whether one had neither."""
-    months, timeless = set(), False
-    for rec in records:
-        at = rec.started_at or rec.ended_at
-        if at is None:
-            timeless = True
-        else:
-            months.add(month_of(at))
-    return months, timeless
+    times = [rec.started_at or rec.ended_at for rec in records]
+    timeless = None in times
+    if timeless:
+        times = [at for at in times if at is not None]
+    if not times:
+        return set(), timeless
+    try:
+        first, last = month_of(min(times)), month_of(max(times))
+    except TypeError:                    # naive and aware times mixed: one by one
+        return {month_of(at) for at in times}, timeless
+    if first == last:                    # the usual batch: one month, no per-record work
+        return {first}, timeless
+    return {month_of(at) for at in times}, timeless
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch whose rows are in the session's staging tables (its transaction open), with
+    what the locked part needs: the month window, the rounds per kind, the touched calls."""
+    calls: int                      # call records (CDRs) in the batch
+    window: dict[str, date]         # the months the look-ups read (lo, hi)
+    months: list[date]              # the partitions the batch may write to
+    call_rounds: int
+    switch_rounds: int
+    leg_rounds: int
+    touched: list[str]              # calls whose money is recomputed from their legs
+    settled: frozenset[str]         # ... unless new and vouched for (money_settled)
+    events: bool
+    decisions: bool
 
 
 def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
     """Write one batch in one transaction; returns the number of call rows (CDRs) in it."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            staged = stage(cur, items)
+        n = apply(conn, staged)
+        conn.execute(_UNSET)     # a caller's own transaction gets its planner back
+        return n
+
+
+def stage(cur: psycopg.Cursor, items: list[tuple[str, Any]]) -> StagedBatch:
+    """COPY the batch into the staging tables, inside the caller's transaction. Takes no
+    lock: a writer stages its next batch while another transaction applies the previous."""
     by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
                                 "switch_call": []}
     for kind, rec in items:
@@ -310,48 +466,74 @@ def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
         months |= {now, add_months(now, 1)}      # now() in SQL: this month, or just after
     months |= {month_of(e.at) for e in events}
 
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(_STAGING)
-        # The rows go in first (COPY needs no lock), then the keys are resolved and upserted
-        # under the lock, kinds in a fixed order.
-        call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
-        switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
-        leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
-        if calls:
-            _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES,
-                  ((*_CALL_ROW(r), n) if type(r.route_id) is not uuid.UUID
-                   else (*_CALL_ROW(replace(r, route_id=str(r.route_id))), n)
-                   for r, n in call_rows))
-        if switch:
-            _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES,
-                  ((*_SWITCH_ROW(r), r.from_a_leg, n) if type(r.route_id) is not uuid.UUID
-                   else (*_SWITCH_ROW(replace(r, route_id=str(r.route_id))), r.from_a_leg, n)
-                   for r, n in switch_rows))
-        if legs:
-            _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES,
-                  ((*_LEG_ROW(r), n) for r, n in leg_rows))
-        if events:
-            _copy(cur, "switchd_stage_events", EVENT_COLS, EVENT_TYPES,
-                  ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
-        if decisions:
-            _copy(cur, "switchd_stage_decisions", DECISION_COLS, DECISION_TYPES, decision_rows)
+    cur.execute(_STAGING)
+    call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
+    switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
+    leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
+    if calls:
+        _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES,
+              ((*_CALL_ROW(r), n) if type(r.route_id) is not uuid.UUID
+               else (*_CALL_ROW(replace(r, route_id=str(r.route_id))), n)
+               for r, n in call_rows))
+    if switch:
+        _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES,
+              ((*_SWITCH_ROW(r), r.from_a_leg, n) if type(r.route_id) is not uuid.UUID
+               else (*_SWITCH_ROW(replace(r, route_id=str(r.route_id))), r.from_a_leg, n)
+               for r, n in switch_rows))
+    if legs:
+        _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES,
+              ((*_LEG_ROW(r), n) for r, n in leg_rows))
+    if events:
+        _copy(cur, "switchd_stage_events", EVENT_COLS, EVENT_TYPES,
+              ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
+    if decisions:
+        _copy(cur, "switchd_stage_decisions", DECISION_COLS, DECISION_TYPES, decision_rows)
+    settled = _settled_calls(call_rows, leg_rows, switch)
+    return StagedBatch(calls=len(calls), window=window, months=sorted(months),
+                       call_rounds=call_rounds, switch_rounds=switch_rounds,
+                       leg_rounds=leg_rounds, touched=sorted({r.call_uuid for r in keyed}),
+                       settled=frozenset(settled),
+                       events=bool(events), decisions=bool(decisions))
+
+
+def apply(conn: psycopg.Connection, staged: StagedBatch) -> int:
+    """Move the staged rows into their tables under the lock, kinds in a fixed order (in
+    the same transaction as stage(); the caller commits). Returns the call rows (CDRs).
+
+    Pipeline mode, two round trips: the statements up to the legs, then, knowing which
+    calls are new, the money recompute and the rest."""
+    window = staged.window
+    with conn.pipeline(), conn.cursor() as cur, conn.cursor() as first_calls, \
+            conn.cursor() as first_legs:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-        if months:
+        if staged.months:
             cur.execute("SELECT switchd_ensure_month(m) FROM unnest(%s::date[]) AS m",
-                        (sorted(months),))
-        for n in range(call_rounds):
+                        (staged.months,))
+        if staged.call_rounds:
+            first_calls.execute(_FIRST_CALLS, window)
+        for n in range(1, staged.call_rounds):
             cur.execute(_UPSERT_CALL, {**window, "n": n})
         for a_leg in (True, False):
-            for n in range(switch_rounds):
+            for n in range(staged.switch_rounds):
                 cur.execute(_UPSERT_SWITCH_CALL[a_leg], {**window, "n": n})
-        for n in range(leg_rounds):
+        if staged.leg_rounds:
+            first_legs.execute(_FIRST_LEGS, window)
+        for n in range(1, staged.leg_rounds):
             cur.execute(_UPSERT_LEG, {**window, "n": n})
-        if keyed:
-            touched = sorted({r.call_uuid for r in keyed})
-            cur.execute(RECOMPUTE_CALLS, {**window, "uuids": touched})
-        if events:
+        # A new call whose legs are all new, and whose record already says what they
+        # say, needs no recompute: the statement would read its legs to change nothing.
+        # The first-round statements name the calls that are not new or whose legs are
+        # not (fetching waits for the results; every settled call was in a first round).
+        unsettled = set()
+        for done, rounds in ((first_calls, staged.call_rounds), (first_legs, staged.leg_rounds)):
+            if rounds:
+                unsettled.update(row[0] for row in done.fetchall())
+        skip = staged.settled - unsettled
+        recompute = [u for u in staged.touched if u not in skip]
+        if recompute:
+            cur.execute(RECOMPUTE_CALLS, {**window, "uuids": recompute})
+        if staged.events:
             cur.execute(_INSERT_EVENTS)
-        if decisions:
+        if staged.decisions:
             cur.execute(_INSERT_DECISIONS)
-        cur.execute(_UNSET)
-    return len(calls)
+    return staged.calls

@@ -4,8 +4,16 @@ The event greenlet only ever calls ``submit_*``: a ``put_nowait`` on a bounded q
 the network (STYLE.md §6). When the queue is full the record goes straight to the local
 spool (an fsync'd append), so nothing is dropped. One writer greenlet drains the queue in
 batches (up to ``batch_size`` records, whatever is queued), one transaction per batch:
-COPY into staging tables, then one upsert per kind (cdr_batch.write_batch). Any
-PostgreSQL error sends the batch to the spool; the writer then reconnects with jittered
+COPY into staging tables (cdr_batch.stage), then, under the batch lock, one upsert per
+kind (cdr_batch.apply).
+
+Two connections work in turn so the writer's process and PostgreSQL run at the same time
+(one core each): while batch N is applied on one (a greenlet waiting for the server), the
+writer formats and COPYs batch N+1 on the other. Batch N+1 is applied only once batch N
+has committed, so batches reach the tables in submission order, exactly as one at a time.
+
+Any PostgreSQL outage sends the batch to the spool (after the batch before it, which is
+applied or spooled first); the writer then reconnects with jittered
 backoff (forever) and, once connected, replays the spool before writing anything newer.
 Every write is idempotent by key (a call's and a leg's UUID, an event's (core_uuid,
 event_seq), a decision's id), so a replay that repeats rows already committed changes
@@ -31,6 +39,7 @@ import gevent
 import psycopg
 from gevent.queue import Empty, Full, Queue
 
+from switchd.adapters.db import cdr_batch
 from switchd.adapters.db.cdr_batch import write_batch
 from switchd.adapters.db.records import (KINDS, CallRecord, EventRecord, LegRecord,
                                          SwitchCallRecord)
@@ -64,7 +73,7 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class CdrWriter:
-    def __init__(self, url: str, batch_size: int = 2000, flush_interval: float = 0.5,
+    def __init__(self, url: str, batch_size: int = 8000, flush_interval: float = 0.5,
                  queue_max: int = 100_000, spool: Spool | None = None, *,
                  connect_timeout: int = 5, backoff_max: float = 30.0):
         if spool is None:
@@ -79,10 +88,15 @@ class CdrWriter:
         # Last resort when the queue is full AND the spool disk fails: memory, unbounded,
         # loudly logged. Losing a CDR is worse than growing.
         self._overflow: list[tuple[str, Any]] = []
+        # Two connections used in turn (see the module docstring); `_conn` is the one the
+        # next batch is staged on, `_other` the one the previous batch may be applying on.
         self._conn: psycopg.Connection | None = None
+        self._other: psycopg.Connection | None = None
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
-        self._inflight: list[tuple[str, Any]] = []
+        self._inflight: list[tuple[str, Any]] = []       # the batch in the writer's hands
+        self._applying: gevent.Greenlet | None = None    # applying the previous batch
+        self._applying_batch: list[tuple[str, Any]] = []
         self._failures = 0
         self._next_attempt = 0.0
         self.last_error: str | None = None
@@ -142,7 +156,7 @@ class CdrWriter:
             if not self._greenlet.dead:
                 self._greenlet.kill(block=True, timeout=2)
             self._greenlet = None
-        leftover = self._inflight + self._drain_all()
+        leftover = self._unapplied(timeout if flush else 0) + self._inflight + self._drain_all()
         self._inflight = []
         if leftover:
             self.spool.append([_to_spool(i) for i in leftover])
@@ -153,7 +167,7 @@ class CdrWriter:
 
     def stats(self) -> dict[str, Any]:
         """For /readyz: ready when CDRs can be stored now or at least spooled durably."""
-        db_ok = self._conn is not None and not self._conn.closed
+        db_ok = all(c is not None and not c.closed for c in (self._conn, self._other))
         spool_ok = self.spool.writable()
         return {"can_store": db_ok or spool_ok, "db_connected": db_ok,
                 "spool_writable": spool_ok,
@@ -172,6 +186,7 @@ class CdrWriter:
             except Exception:   # greenlet boundary: a bug must not silently stop CDR writing
                 DB_ERRORS.labels(operation="writer").inc()
                 log.exception("CDR writer: unexpected error; spooling the batch in hand")
+                self._settle()
                 self._close()
                 try:
                     self._spool_batch(self._inflight)
@@ -180,12 +195,15 @@ class CdrWriter:
                     log.error("CDR writer: dropping unserialisable records: %r", self._inflight)
                     self._inflight = []
                 gevent.sleep(self.flush_interval)
+        self._settle()
         if self._conn is not None and self.spool.records:
             self._replay()   # SIGTERM: leave as little as possible in the spool
 
     def _step(self) -> bool:
         """One batch: write it, or spool it. True when shutdown should end the loop now."""
         batch = self._take_batch()
+        if not batch or self.spool.records or not self._ensure_connected():
+            self._settle()      # idle, replaying or away: the previous batch finishes first
         if self._ensure_connected():
             # Older spooled records go first, so a later record is never overtaken.
             if self.spool.records and not self._replay():
@@ -223,33 +241,130 @@ class CdrWriter:
                 return items
 
     def _write(self, batch: list[tuple[str, Any]]) -> None:
+        """Stage the batch while the previous one is applied; then apply it in a greenlet."""
+        conn = self._conn
         try:
-            self._commit(batch)
+            conn.execute("BEGIN")
+            with conn.cursor() as cur:
+                staged = cdr_batch.stage(cur, batch)
         except _OUTAGE as exc:
+            self._settle()
             self._db_failed("write", exc)
             self._spool_batch(batch)
             return
-        self._inflight = []
+        except psycopg.Error as exc:
+            # Refused at COPY (a value its column cannot hold): by halves, in order.
+            if not self._settle():
+                self._spool_batch(batch)
+                return
+            try:
+                conn.execute("ROLLBACK")
+                self._write_alone(conn, batch, exc)
+            except _OUTAGE as outage:
+                self._db_failed("write", outage)
+                self._spool_batch(batch)
+                return
+            self._inflight = []
+            return
+        if not self._settle():
+            # The batch before it went to the spool: this one follows it there.
+            self._spool_batch(batch)
+            return
+        self._applying_batch, self._inflight = batch, []
+        self._applying = gevent.spawn(self._apply, conn, staged, batch)
+        self._conn, self._other = self._other, conn
+
+    def _apply(self, conn: psycopg.Connection, staged: cdr_batch.StagedBatch,
+               batch: list[tuple[str, Any]]) -> Exception | None:
+        """The applying greenlet: the locked part and the commit. Returns what failed it
+        (an outage, or a bug), for _settle; a batch refused as data is written by halves."""
+        try:
+            try:
+                n = cdr_batch.apply(conn, staged)
+                conn.execute("COMMIT")
+            except _OUTAGE:
+                raise
+            except psycopg.Error as exc:
+                conn.execute("ROLLBACK")
+                self._write_alone(conn, batch, exc)
+                return None
+        except Exception as exc:    # handed to the writer greenlet, which spools the batch
+            return exc
+        self._count(n)
+        return None
+
+    def _settle(self) -> bool:
+        """Wait for the batch being applied. False when it failed: it is spooled (before
+        anything newer) and the connections are closed."""
+        if self._applying is None:
+            return True
+        self._applying.join()
+        failure, self._applying = self._applying.value, None
+        if failure is None:
+            self._applying_batch = []
+            return True
+        if isinstance(failure, _OUTAGE):
+            self._db_failed("write", failure)
+        else:
+            DB_ERRORS.labels(operation="writer").inc()
+            log.error("CDR writer: unexpected error applying a batch; spooling it",
+                      exc_info=failure)
+            self._close()
+        self._spool_batch(self._applying_batch)
+        self._applying_batch = []
+        return False
+
+    def _unapplied(self, timeout: float) -> list[tuple[str, Any]]:
+        """At stop: the batch being applied, unless it commits within the timeout."""
+        if self._applying is not None:
+            self._applying.join(timeout)
+            if not self._applying.dead:
+                self._applying.kill(block=True, timeout=2)
+            if self._applying.successful() and self._applying.value is None:
+                self._applying_batch = []          # committed
+            self._applying = None
+        batch, self._applying_batch = self._applying_batch, []
+        return batch
 
     def _commit(self, items: list[tuple[str, Any]]) -> None:
-        """One transaction for the batch; if PostgreSQL refuses the data itself, find the
-        bad records one by one and park them, so one poison record never blocks the rest."""
+        """One transaction for the records (a spool replay); if PostgreSQL refuses the data
+        itself, they are written by halves."""
         try:
             n = write_batch(self._conn, items)
         except _OUTAGE:
             raise
         except psycopg.Error as exc:
-            DB_ERRORS.labels(operation="reject").inc()
-            log.error("CDR batch refused by PostgreSQL (%s); retrying record by record", exc)
-            n = 0
-            for item in items:
-                try:
-                    n += write_batch(self._conn, [item])
-                except _OUTAGE:
-                    raise
-                except psycopg.Error as one:
-                    self.spool.reject([_to_spool(item)], f"{type(one).__name__}: {one}".strip())
+            self._write_alone(self._conn, items, exc)
+            return
+        self._count(n)
+
+    def _write_alone(self, conn: psycopg.Connection, items: list[tuple[str, Any]],
+                     refusal: psycopg.Error) -> None:
+        """Find the records PostgreSQL refuses and park them, so one poison record never
+        blocks the rest: the batch is written by halves, in order, and a refused half is
+        halved again (a few transactions per poison record, not one per record)."""
+        DB_ERRORS.labels(operation="reject").inc()
+        log.error("CDR batch refused by PostgreSQL (%s); retrying by halves", refusal)
+        self._write_halves(conn, items)
+
+    def _write_halves(self, conn: psycopg.Connection, items: list[tuple[str, Any]]) -> None:
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            if not part:
+                continue
+            try:
+                self._count(write_batch(conn, part))
+            except _OUTAGE:
+                raise
+            except psycopg.Error as exc:
+                if len(part) > 1:
+                    self._write_halves(conn, part)
+                else:
+                    self.spool.reject([_to_spool(part[0])],
+                                      f"{type(exc).__name__}: {exc}".strip())
                     self.rejected += 1
+
+    def _count(self, n: int) -> None:
         self.written += n
         CDRS_WRITTEN.inc(n)
 
@@ -271,7 +386,10 @@ class CdrWriter:
         so stop() can still spool them)."""
         if not items:
             return
-        self._inflight = items
+        # Held until the spool has them: stop() spools what the writer still holds.
+        held_as_applying = items is self._applying_batch
+        if not held_as_applying:
+            self._inflight = items
         while True:
             try:
                 self.spool.append([_to_spool(i) for i in items])
@@ -280,19 +398,20 @@ class CdrWriter:
                 self.last_error = str(exc)
                 log.error("cannot spool %d records, retrying: %s", len(items), exc)
                 gevent.sleep(1.0)
-        self._inflight = []
+        if not held_as_applying:
+            self._inflight = []
         self.spooled += len(items)
 
     # --- connection management ----------------------------------------------------------
     def _ensure_connected(self) -> bool:
-        if self._conn is not None and not self._conn.closed:
+        if all(c is not None and not c.closed for c in (self._conn, self._other)):
             return True
+        self._settle()          # a batch applying on the one still open finishes first
         if time.monotonic() < self._next_attempt:
             return False
+        self._close()
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True,
-                                         connect_timeout=self.connect_timeout,
-                                         application_name="switchd-cdr-writer")
+            self._conn, self._other = self._connect(), self._connect()
         except psycopg.Error as exc:
             self._db_failed("connect", exc)
             return False
@@ -313,10 +432,15 @@ class CdrWriter:
                     operation, self.last_error, delay)
         self._close()
 
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout,
+                               application_name="switchd-cdr-writer")
+
     def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass   # closing a connection that is already broken
-            self._conn = None
+        for conn in (self._conn, self._other):
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass   # closing a connection that is already broken
+        self._conn = self._other = None

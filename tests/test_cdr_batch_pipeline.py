@@ -1,0 +1,186 @@
+"""The CDR writer's fast paths keep its rules, against a real PostgreSQL: the money
+recompute is skipped only for new calls whose record already says what their new legs say
+(cdr_batch.money_settled), and batches staged on the second connection are applied in
+submission order."""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import gevent
+import psycopg
+import pytest
+
+from switchd.adapters.db import cdr_batch
+from switchd.adapters.db.cdr_batch import money_settled, write_batch
+from switchd.adapters.db.cdr_writer import CallRecord, CdrWriter, LegRecord
+from switchd.adapters.db.spool import Spool
+
+T0 = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
+
+
+def a_call(uuid: str, **kw) -> CallRecord:
+    base = dict(call_uuid=uuid, direction="outbound", tenant="acme", started_at=T0,
+                answered_at=T0 + timedelta(seconds=3), ended_at=T0 + timedelta(seconds=63),
+                hangup_cause="NORMAL_CLEARING", carrier="alpha", gateway="alpha-gw",
+                first_choice_carrier="alpha", attempts=1, billed_seconds=60,
+                cost=Decimal("0.012500"))
+    base.update(kw)
+    return CallRecord(**base)
+
+
+def a_leg(uuid: str, n: int = 0, **kw) -> LegRecord:
+    base = dict(leg_uuid=f"{uuid}-b{n}", call_uuid=uuid, direction="outbound",
+                carrier="alpha", gateway="alpha-gw", started_at=T0 + timedelta(seconds=1),
+                answered_at=T0 + timedelta(seconds=3), ended_at=T0 + timedelta(seconds=63),
+                billmsec=60000, billed_seconds=60, rate_per_min=Decimal("0.0125"),
+                connect_fee=Decimal(0), increments="60/60", cost=Decimal("0.012500"))
+    base.update(kw)
+    return LegRecord(**base)
+
+
+# --- the pure check ------------------------------------------------------------------------
+def test_money_settled_when_the_record_says_what_its_legs_say():
+    assert money_settled(a_call("c"), [a_leg("c")])
+    assert money_settled(a_call("c"), [])                              # no legs: nothing to do
+    # an A-leg (no carrier, not rated) beside the carrier leg
+    assert money_settled(a_call("c"), [a_leg("c"), a_leg("c", 1, carrier=None, gateway=None,
+                                                         cost=Decimal(0))])
+
+
+@pytest.mark.parametrize("call_kw, leg_kw", [
+    ({"cost": Decimal("0.0126")}, {}),                                 # cost differs
+    ({"billed_seconds": 66}, {}),
+    ({"carrier": "beta"}, {}),                                         # the leg's carrier wins
+    ({"gateway": None}, {}),
+    ({"first_choice_carrier": None}, {}),                              # filled from the legs
+    ({"attempts": 0}, {}),                                             # GREATEST with the legs
+    ({"answered_at": T0 + timedelta(seconds=4)}, {}),                  # first answer wins
+    ({"answered_at": None}, {}),
+    ({}, {"unrated": True, "cost": None}),
+    ({}, {"provisional": True}),
+    ({}, {"cdr_source": "switch"}),                                    # the call becomes 'switch'
+    ({}, {"answered_at": datetime(2025, 3, 10, 12, 0, 3)}),            # naive: not followed
+    # each amount is stored rounded to 6 places: 2 x 0.0000005 -> 0.000002, not 0.000001
+    ({"cost": Decimal("0.000001")}, {"cost": Decimal("0.0000005")}),
+])
+def test_money_settled_refuses_what_the_recompute_would_change(call_kw, leg_kw):
+    legs = [a_leg("c", 0, **leg_kw)]
+    if call_kw.get("cost") == Decimal("0.000001"):
+        legs.append(a_leg("c", 1, **leg_kw))
+    assert not money_settled(a_call("c", **call_kw), legs)
+
+
+def test_two_carriers_are_left_to_sql():
+    legs = [a_leg("c", 0, carrier="beta", answered_at=None, cost=Decimal(0),
+                  billed_seconds=0), a_leg("c", 1)]
+    assert not money_settled(a_call("c", attempts=2), legs)
+
+
+# --- against the database --------------------------------------------------------------------
+def _cases():
+    """Calls with their legs, agreeing or not in every way the recompute looks at."""
+    call_variants = [{}, {"cost": Decimal("0.5")}, {"carrier": None}, {"attempts": 3},
+                     {"answered_at": None}, {"first_choice_carrier": None},
+                     {"cost": Decimal("0.0125004")}]
+    leg_variants = [[{}], [{}, {"carrier": None, "gateway": None, "cost": Decimal(0)}],
+                    [{"cost": Decimal("0.0125004")}], [{"provisional": True}],
+                    [{"cdr_source": "switch"}], [{"unrated": True, "cost": None}],
+                    [{"carrier": "beta", "answered_at": None, "cost": Decimal(0),
+                      "billed_seconds": 0}, {}], []]
+    for i, (ck, lks) in enumerate(itertools.product(call_variants, leg_variants)):
+        uuid = f"case-{i}"
+        yield a_call(uuid, **ck), [a_leg(uuid, n, **lk) for n, lk in enumerate(lks)]
+
+
+def test_every_skipped_recompute_would_have_changed_nothing(migrated_pg_url):
+    """Whatever the batch skipped, running the recompute afterwards changes no row: the
+    call's money is its legs' whether or not the batch recomputed it."""
+    cases = list(_cases())
+    skipped = sum(money_settled(c, legs) for c, legs in cases)
+    assert 0 < skipped < len(cases)
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        write_batch(conn, [item for c, legs in cases
+                           for item in [("call", c)] + [("leg", leg) for leg in legs]])
+        with conn.transaction():
+            cur = conn.execute(cdr_batch.RECOMPUTE_CALLS,
+                               {"lo": cdr_batch._FAR_PAST, "hi": cdr_batch._FAR_FUTURE,
+                                "uuids": [c.call_uuid for c, _ in cases]})
+            assert cur.rowcount == 0
+
+
+def test_a_skip_needs_the_legs_to_be_new(migrated_pg_url):
+    """A call whose leg was stored before its record arrives is recomputed from that leg,
+    even if the record agrees with the legs of its own batch."""
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        write_batch(conn, [("leg", a_leg("late", 1, cost=Decimal("0.100000")))])
+        write_batch(conn, [("call", a_call("late")), ("leg", a_leg("late"))])
+        # and a call whose leg's key was stored: the stored leg counts, not the record
+        write_batch(conn, [("leg", a_leg("again", cost=Decimal("0.200000"),
+                                         cdr_source="switch"))])
+        write_batch(conn, [("call", a_call("again")), ("leg", a_leg("again"))])
+        rows = dict(conn.execute("SELECT call_uuid, cost FROM calls").fetchall())
+    assert rows == {"late": Decimal("0.112500"), "again": Decimal("0.200000")}
+
+
+def test_batches_are_applied_in_submission_order(migrated_pg_url, tmp_path):
+    """Records of equal rank: the last one submitted wins, though each batch is staged
+    while the one before it is still being applied."""
+    writer = CdrWriter(migrated_pg_url, batch_size=2, flush_interval=0.05,
+                       spool=Spool.in_data_dir(tmp_path))
+    for i in range(40):                     # queued first: batches of 2, in this order
+        writer.submit_call(a_call("same", hangup_cause=f"CAUSE_{i}"))
+        writer.submit_call(a_call(f"filler-{i}"))
+    writer.start()
+    writer.stop()
+    assert writer.written == 80 and writer.spooled == 0
+    with psycopg.connect(migrated_pg_url) as conn:
+        cause = conn.execute("SELECT hangup_cause FROM calls WHERE call_uuid = 'same'"
+                             ).fetchone()[0]
+    assert cause == "CAUSE_39"
+
+
+def test_stop_mid_pipeline_leaves_every_record_stored_or_spooled(migrated_pg_url, tmp_path):
+    writer = CdrWriter(migrated_pg_url, batch_size=50, flush_interval=0.05,
+                       spool=Spool.in_data_dir(tmp_path)).start()
+    for i in range(1000):
+        writer.submit_call(replace(a_call(f"s-{i}"), tenant=f"t{i % 3}"))
+    writer.stop(timeout=0.05)               # may cut it short: what is not stored is spooled
+    with psycopg.connect(migrated_pg_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+    assert stored + writer.spool.records >= 1000 and stored <= 1000
+    replayer = CdrWriter(migrated_pg_url, flush_interval=0.05,
+                         spool=Spool.in_data_dir(tmp_path)).start()
+    deadline = time.monotonic() + 10
+    while replayer.spool.records and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    replayer.stop()
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 1000
+
+
+def test_poison_records_are_found_by_halves(migrated_pg_url, tmp_path, monkeypatch):
+    """Two bad records among 200: both parked, the 198 others stored, in far fewer
+    transactions than one per record."""
+    from switchd.adapters.db import cdr_writer
+    transactions = []
+
+    def counted(conn, items):                 # the real write, counted
+        transactions.append(len(items))
+        return write_batch(conn, items)
+
+    monkeypatch.setattr(cdr_writer, "write_batch", counted)
+    writer = CdrWriter(migrated_pg_url, batch_size=200, flush_interval=0.05,
+                       spool=Spool.in_data_dir(tmp_path))
+    for i in range(200):
+        writer.submit_call(a_call(f"p-{i}", direction=None if i in (17, 150) else "outbound"))
+    writer.start()
+    writer.stop()
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 198
+    assert writer.rejected == 2 and writer.written == 198
+    assert 4 <= len(transactions) < 40      # one per record would be 200
+    assert sorted(transactions)[:2] == [1, 1]   # each poison record alone, at the end
