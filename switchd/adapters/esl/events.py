@@ -124,13 +124,9 @@ def _first(*stamps: int) -> int:
     return min((t for t in stamps if t), default=0)
 
 
-def _channel(name: str, h: dict[str, str], switchd_vars: dict[str, str] | None = None
-             ) -> ChannelEvent:
-    """`switchd_vars`: the `variable_switchd_*` values without the prefix, when the caller
-    has them already; else taken from `h`."""
+def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
     uuid = h.get("Unique-ID", "")
-    if switchd_vars is None:
-        switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
+    switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
     if name == "CHANNEL_UUID" and h.get("Old-Unique-ID"):
         switchd_vars[OLD_UUID_VAR] = h["Old-Unique-ID"]
     return ChannelEvent(
@@ -220,8 +216,7 @@ def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
             j = text.find("\n", i)
             old = text[i:] if j < 0 else text[i:j]
             h["Old-Unique-ID"] = _unquote_many([old])[0] if "%" in old else old
-    return _channel(name, h, {k[9:]: v for k, v in h.items()
-                              if k.startswith("variable_switchd_")})
+    return _channel(name, h)
 
 
 def to_typed(headers: dict[str, str]) -> TypedEvent | None:
