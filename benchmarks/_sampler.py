@@ -5,6 +5,8 @@ its times mislead. This samples instead: every millisecond of CPU time (ITIMER_P
 signal handler records the running Python stack, whichever greenlet it belongs to. At
 exit OUT gets the stacks with their sample counts (one "a;b;c N" line each, the format
 flame-graph tools read) and OUT.top the functions by self and by inclusive samples.
+SIGUSR1 discards what was sampled so far (start-up, warm-up): the profile is then of the
+steady state alone.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ def _sample(signum, frame):
         names.append(f"{code.co_filename.rsplit('/', 2)[-1]}:{code.co_name}")
         frame = frame.f_back
     stacks[";".join(reversed(names))] += 1
+
+
+def _reset(signum, frame):
+    stacks.clear()
 
 
 def _dump():
@@ -50,6 +56,7 @@ def _dump():
 
 atexit.register(_dump)
 signal.signal(signal.SIGPROF, _sample)
+signal.signal(signal.SIGUSR1, _reset)
 signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
 if sys.argv[2] != "-m":
     raise SystemExit("usage: _sampler.py OUT -m module [args...]")

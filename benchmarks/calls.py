@@ -697,11 +697,16 @@ def main() -> None:
 
 
 def profile_run(url: str, workdir: Path, args) -> dict:
-    """One step at --start with switchd sampled; the profile is written at its exit."""
+    """One step at --start with switchd sampled; the profile is written at its exit. A
+    warm-up step first, then SIGUSR1 discards its samples and start-up's: steady state only."""
+    import signal
     gen = Generator()
     proc, port = start_switchd(url, workdir, gen.esl_port)
     try:
-        res = run_step(gen, proc.pid, port, url, args.start, args.seconds, args.hold, False, 0)
+        warm = run_step(gen, proc.pid, port, url, args.start, 2.0, args.hold, False, 0)
+        os.kill(proc.pid, signal.SIGUSR1)
+        res = run_step(gen, proc.pid, port, url, args.start, args.seconds, args.hold, False,
+                       warm["calls"])
     finally:
         proc.terminate()
         proc.wait(60)

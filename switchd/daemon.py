@@ -98,6 +98,8 @@ class Daemon:
         self.http_server = None
         self.http_port: int | None = None
         self.killed_by_watchdog: set[str] = set()
+        # Leg UUID -> (the ended leg, its LegRecord), for the call's CDR; emptied at call end.
+        self._rated_legs: dict[str, tuple] = {}
         self.resynced = False
         self.starting: str | None = "starting"    # what /readyz says is still starting
         self.routing = False                      # lookups and originate are served
@@ -408,10 +410,22 @@ class Daemon:
     def _rate_leg(self, leg, precision: int):
         return billing.rate_leg(leg, precision, self._rounding_of, self._reprice)
 
+    def _leg_record(self, leg, precision: int):
+        """The leg's record from its LegEnded when the leg is unchanged since (the usual
+        case: nothing after HANGUP_COMPLETE changes a leg), else rated now."""
+        rated = self._rated_legs.get(leg.uuid)
+        if rated is not None and rated[0] == leg:
+            return rated[1]
+        return self._rate_leg(leg, precision)
+
     def _act(self, effect) -> None:
         precision = self.config["rating.precision"]
         if isinstance(effect, LegEnded):
             record = self._rate_leg(effect.leg, precision)
+            if effect.call.state != "ended":
+                # The call's CDR needs this leg's record again at its end: kept with the
+                # leg it was rated from (used only if the leg is still the same then).
+                self._rated_legs[effect.leg.uuid] = (effect.leg, record)
             if record.unrated:
                 billing.count_unrated("esl", "answered carrier leg without a usable tariff",
                                       record.leg_uuid, record.call_uuid)
@@ -438,7 +452,9 @@ class Daemon:
                             self.world.carriers.get(call.carrier or ""))
 
     def _call_ended(self, call, precision: int) -> None:
-        legs = [self._rate_leg(leg, precision) for leg in call.legs if not leg.placeholder]
+        legs = [self._leg_record(leg, precision) for leg in call.legs if not leg.placeholder]
+        for leg in call.legs:
+            self._rated_legs.pop(leg.uuid, None)
         record = billing.call_record(call, legs, ended_us=self.now_us())
         if call.reconstructed:
             for leg in legs:     # reconstructed legs never got their own LegEnded

@@ -143,3 +143,25 @@ def test_never_crashes_on_garbage(raw):
     except (InvalidNumber, SpecialNumber):
         return
     assert n.e164.startswith("+") and n.digits.isdigit()
+
+
+_CALLING_CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.one_of(st.sampled_from(EXAMPLES).map(lambda e: phonenumbers.format_number(
+                     e[1], phonenumbers.PhoneNumberFormat.E164)[:-3]),
+                 st.sampled_from(_CALLING_CODES).map(lambda cc: f"+{cc}")),
+       st.text(alphabet="0123456789", min_size=0, max_size=12),
+       st.sampled_from(REGIONS + [None]))
+def test_validity_from_region_and_type_equals_is_valid_number(head, tail, region):
+    """numbers._valid (the region and type worked out once) against phonenumbers' own
+    is_valid_number, on numbers near valid ones and on any digits after a calling code."""
+    from dialplan.numbers import _valid
+    try:
+        parsed = phonenumbers.parse(head + tail, region)
+    except phonenumbers.NumberParseException:
+        return
+    where = phonenumbers.region_code_for_number(parsed)
+    kind = phonenumbers.number_type(parsed)
+    assert _valid(parsed, where, kind) == phonenumbers.is_valid_number(parsed)

@@ -378,3 +378,31 @@ def test_an_attempt_after_one_that_made_no_channel_is_keyed_by_the_call_uuid():
     assert ended.call.call_uuid == "c0ffee00-0000-4000-8000-000000000011"
     assert [l.uuid for l in ended.call.legs] == [second[0].uuid] and ended.call.answered_us
     assert len(reg) == 0
+
+
+def test_snapshots_carry_every_field_and_copy_the_mutable_ones():
+    """Leg.snapshot and Call.snapshot spell their fields out (the hot path): a field added
+    to the dataclass and forgotten there would come back as its default."""
+    from dataclasses import fields
+    from switchd.calls.model import Call, Leg
+
+    def filled(cls, **given):
+        values = {f.name: given.get(f.name, object()) for f in fields(cls)}
+        return cls(**values), values
+
+    leg, leg_values = filled(Leg, vars={"switchd_tenant": "acme"})
+    snap = leg.snapshot()
+    for name, value in leg_values.items():
+        if name == "vars":
+            assert snap.vars == value and snap.vars is not value
+        else:
+            assert getattr(snap, name) is value, name
+    call, call_values = filled(Call, legs=[leg], aliases=["old"])
+    csnap = call.snapshot()
+    for name, value in call_values.items():
+        if name == "legs":
+            assert csnap.legs == [leg] and csnap.legs[0] is not leg
+        elif name == "aliases":
+            assert csnap.aliases == ["old"] and csnap.aliases is not value
+        else:
+            assert getattr(csnap, name) is value, name

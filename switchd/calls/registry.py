@@ -358,9 +358,13 @@ class CallRegistry(Reconciliation):
             if self._call_step(call, "answer") and call.state == "answered":
                 effects.append(CallAnswered(call.snapshot(), leg.snapshot()))
         if new == "complete":
-            effects.append(LegEnded(leg.snapshot(), call.snapshot()))
+            # One snapshot of the call; the leg's is the one inside it (snapshots are read
+            # only, so the two effects share it).
+            snapshot = call.snapshot()
+            ended = next(l for l in snapshot.legs if l.uuid == leg.uuid)
+            effects.append(LegEnded(ended, snapshot))
             if leg.carrier and leg.direction == "outbound" and not leg.reconstructed:
-                effects.append(CarrierOutcome(leg.carrier, leg.snapshot(), bool(leg.answered_us),
+                effects.append(CarrierOutcome(leg.carrier, ended, bool(leg.answered_us),
                                               leg.hangup_cause, leg.sip_status))
             if not late:
                 effects += self._maybe_end(call)
