@@ -78,16 +78,21 @@ class RsDaemon:
     def rows(self, query: str, *args) -> list[tuple]:
         return rows(self.db_url, query, *args)
 
-    def originate(self, payload: dict) -> tuple[int, dict]:
-        """POST /v1/calls (answered once FreeSWITCH has a result): (status, JSON body)."""
-        request = urllib.request.Request(self.process.base_url + "/v1/calls",
-                                         data=json.dumps(payload).encode(),
+    def api(self, method: str, path: str, body: dict | None = None,
+            timeout: float = 30) -> tuple[int, dict]:
+        """One request to switchd's HTTP API: (status, JSON body), errors included."""
+        request = urllib.request.Request(self.process.base_url + path, method=method,
+                                         data=json.dumps(body).encode() if body else None,
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
             return exc.code, json.load(exc)
+
+    def originate(self, payload: dict) -> tuple[int, dict]:
+        """POST /v1/calls (answered once FreeSWITCH has a result): (status, JSON body)."""
+        return self.api("POST", "/v1/calls", payload, timeout=60)
 
     def cdr(self, call_uuid: str) -> dict | None:
         found = self.rows(f"SELECT {', '.join(CDR_COLUMNS)} FROM calls WHERE call_uuid = %s",

@@ -8,10 +8,7 @@ FreeSWITCH cuts each call) then four UK numbers (alpha, gw_a, set to answer 486 
 """
 from __future__ import annotations
 
-import json
 import math
-import urllib.error
-import urllib.request
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -24,17 +21,6 @@ pytestmark = pytest.mark.realswitch
 FRANCE = [f"+3314268530{i}" for i in range(4)]
 UK = [f"+4420794601{i:02d}" for i in range(4)]
 PACE, MAX_CONCURRENT = 2, 3
-
-
-def _api(daemon, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(daemon.process.base_url + path, method=method,
-                                     data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
 
 
 def _peak_overlap(spans: list[tuple[int, int]]) -> int:
@@ -59,17 +45,17 @@ def _cost(carrier: str, prefix: str, billsec: int) -> Decimal:
 
 def test_a_campaign_dials_each_contact_once_at_its_pace_within_its_cap(realswitch, rs_daemon):
     realswitch.carrier("gw_a").set_mode("486")
-    status, body = _api(rs_daemon, "POST", "/v1/campaigns", {
+    status, body = rs_daemon.api("POST", "/v1/campaigns", {
         "name": "rs-spring", "tenant": "brief", "pace_cps": PACE,
         "max_concurrent": MAX_CONCURRENT, "timeout_s": 5,
         "contacts": [{"number": n} for n in FRANCE + UK], "start": True})
     assert status == 201, body
 
     def finished():
-        status, body = _api(rs_daemon, "GET", "/v1/campaigns/rs-spring")
+        status, body = rs_daemon.api("GET", "/v1/campaigns/rs-spring")
         return body if body.get("state") == "completed" else None
     poll(finished, 60, "the campaign to complete")
-    _, listing = _api(rs_daemon, "GET", "/v1/campaigns/rs-spring/contacts?limit=100")
+    _, listing = rs_daemon.api("GET", "/v1/campaigns/rs-spring/contacts?limit=100")
     contacts = {c["number"]: c for c in listing["contacts"]}
     assert set(contacts) == set(FRANCE + UK)
 
