@@ -170,6 +170,17 @@ _CHANNEL_VARIABLES = ("sip_gateway_name", "hangup_cause", "sip_term_status", "bi
                       "billsec", "origination_uuid")
 _LINE_KEYS = tuple(("\n" + name + ": ", name) for name in _CHANNEL_HEADERS)
 _OLD_UUID_LINE = "\nOld-Unique-ID: "
+
+
+def _line_value(text: str, key: str) -> str | None:
+    """The raw value on the line starting with ``key`` ("\nName: "), or None."""
+    i = text.find(key)
+    if i < 0:
+        return None
+    i += len(key)
+    j = text.find("\n", i)
+    return text[i:] if j < 0 else text[i:j]
+
 # A variable's name ends at the line's first ": " (the lazy `.*?`), as in the full parse;
 # `.` stops at the end of the line.
 _VARIABLE_LINE = re.compile(r"\nvariable_(switchd_.*?|"
@@ -191,11 +202,9 @@ def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
     text = "\n" + (body if end < 0 else body[:end]).decode("utf-8", "replace")
     h: dict[str, str] = {}
     for key, name in _LINE_KEYS:
-        i = text.find(key)
-        if i >= 0:
-            i += len(key)
-            j = text.find("\n", i)
-            h[name] = text[i:] if j < 0 else text[i:j]
+        value = _line_value(text, key)
+        if value is not None:
+            h[name] = value
     for name, value in _VARIABLE_LINE.findall(text):
         h.setdefault("variable_" + name, value)
     name = h.get("Event-Name")
@@ -210,11 +219,8 @@ def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
             return None
     if name == "CHANNEL_UUID":
         # Read only for a rename (_channel): absent elsewhere, its search scanned it all.
-        i = text.find(_OLD_UUID_LINE)
-        if i >= 0:
-            i += len(_OLD_UUID_LINE)
-            j = text.find("\n", i)
-            old = text[i:] if j < 0 else text[i:j]
+        old = _line_value(text, _OLD_UUID_LINE)
+        if old is not None:
             h["Old-Unique-ID"] = _unquote_many([old])[0] if "%" in old else old
     return _channel(name, h)
 
