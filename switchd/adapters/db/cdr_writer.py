@@ -202,9 +202,13 @@ class CdrWriter:
     def _step(self) -> bool:
         """One batch: write it, or spool it. True when shutdown should end the loop now."""
         batch = self._take_batch()
-        if not batch or self.spool.records or not self._ensure_connected():
-            self._settle()      # idle, replaying or away: the previous batch finishes first
-        if self._ensure_connected():
+        connected = self._ensure_connected()
+        if not batch or self.spool.records or not connected:
+            # Idle, replaying or away: the previous batch finishes first. If it failed, the
+            # connections were closed, so look again before writing.
+            if not self._settle():
+                connected = self._ensure_connected()
+        if connected:
             # Older spooled records go first, so a later record is never overtaken.
             if self.spool.records and not self._replay():
                 self._spool_batch(batch)
