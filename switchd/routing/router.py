@@ -12,7 +12,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Callable
 
 from dialplan import callerid, failover, lcr, numbers, policy, xml_answer

@@ -33,7 +33,7 @@ from switchd import metrics
 from switchd.accounting.cdrs.json_cdr import CdrFormatError, SwitchLeg, parse
 from switchd.adapters.db.cdr_writer import (LegRecord, SwitchCallRecord, _OUTAGE, _to_spool,
                                    write_batch)
-from switchd.adapters.db.spool import Spool, SpoolError
+from switchd.adapters.db.spool import Spool
 
 
 
