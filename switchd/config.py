@@ -128,10 +128,17 @@ SETTINGS: tuple[Setting, ...] = (
             "(counted in switchd_http_connections_refused_total). Keep it below the open-file "
             "limit (LimitNOFILE in the systemd unit).", check=_positive),
     Setting("http", "max_in_flight", int, 64,
-            "Requests handled at once at most; beyond it a request gets an immediate 503 "
-            "(counted in switchd_http_requests_shed_total; mod_xml_curl then falls back to "
-            "the static dialplan), so an HTTP flood leaves the event reader and the CDR "
-            "writer their turn. /healthz, /readyz and /metrics are never refused.",
+            "Requests of one kind (dialplan lookups, API requests, the rest) handled at once "
+            "at most; beyond it a request gets an immediate 503 (counted in "
+            "switchd_http_requests_shed_total; mod_xml_curl then falls back to the static "
+            "dialplan), so an HTTP flood leaves the event reader and the CDR writer their "
+            "turn, and one kind never takes another's. /healthz, /readyz and /metrics are "
+            "never refused.", check=_positive),
+    Setting("http", "max_cdr_in_flight", int, 512,
+            "FreeSWITCH CDR posts (POST /fs/cdr) handled at once at most; beyond it an "
+            "immediate 503 and mod_json_cdr retries, then writes its error directory. Higher "
+            "than http.max_in_flight: a post mostly waits for the group commit that makes it "
+            "durable, which costs no CPU, and each one shed is a file to import.",
             check=_positive),
     Setting("webhooks", "backoff_base", float, 2.0,
             "Seconds before the second try of a webhook delivery; doubles each try.",

@@ -122,7 +122,8 @@ class Daemon:
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"], HttpLimits(
             read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
             max_connections=cfg["http.max_connections"],
-            max_in_flight=cfg["http.max_in_flight"]))
+            max_in_flight=cfg["http.max_in_flight"],
+            max_cdr_in_flight=cfg["http.max_cdr_in_flight"]))
         self.http_port = self.http_server.server_port
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < cfg["http.max_connections"] + 64:
