@@ -188,6 +188,12 @@ SETTINGS: tuple[Setting, ...] = (
             "user:password FreeSWITCH's mod_json_cdr sends (its `cred`, Basic auth) to POST "
             "/fs/cdr. Empty: no check, so keep http.host on loopback.", secret=True,
             check=lambda v: None if not v or ":" in v else "must look like user:password"),
+    Setting("cdr", "commit_timeout", float, 5.0,
+            "Seconds a FreeSWITCH CDR post may wait for PostgreSQL to commit it (a lock, an "
+            "overloaded server) before it is fsync'd to the spool instead and acknowledged. "
+            "mod_json_cdr has no timeout of its own: it holds the channel, counted against "
+            "FreeSWITCH's max-sessions, until the post is answered. 0 = no limit.",
+            check=lambda v: None if v >= 0 else "must be 0 or more"),
     Setting("cdr", "encoded_values", bool, False,
             "Whether json_cdr.conf has encode-values=true (variable values URL-encoded); "
             "the shipped config sets it false."),

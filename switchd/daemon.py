@@ -179,7 +179,8 @@ class Daemon:
         self.cdr_ingest = CdrIngest(self.db_url, self.writer.spool,
                                     precision=cfg["rating.precision"],
                                     rounding_of=self._rounding_of, reprice=self._reprice,
-                                    encoded_values=cfg["cdr.encoded_values"])
+                                    encoded_values=cfg["cdr.encoded_values"],
+                                    commit_timeout=cfg["cdr.commit_timeout"])
         self.registry = CallRegistry()
         self.router = Router(world=lambda: self.world, decks=lambda: self.decks.decks,
                              health=self.health, caps=self.caps, spend=self.spend,

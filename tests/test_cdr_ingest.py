@@ -196,6 +196,32 @@ def test_a_group_spools_together_when_postgresql_is_down(tmp_path):
     assert spool.records == 8          # each CDR: its call record and its leg
 
 
+def test_a_commit_slower_than_the_timeout_is_spooled_and_acknowledged(migrated_pg_url,
+                                                                       tmp_path):
+    """call_legs locked by another transaction: the post is not held until the lock goes
+    (FreeSWITCH would hold the channel); past cdr.commit_timeout it is spooled, answered,
+    and the writer's replay stores it once the lock is gone."""
+    spool = Spool(tmp_path / "spool")
+    ingest = CdrIngest(migrated_pg_url, spool, commit_timeout=0.5)
+    with psycopg.connect(migrated_pg_url) as blocker:
+        blocker.execute("LOCK TABLE call_legs IN EXCLUSIVE MODE")
+        assert ingest.store(B_BODY).where == "spool"
+        assert spool.records == 2
+        blocker.rollback()
+    assert ingest.store(A_BODY).where == "database"       # a fresh connection, in time
+    writer = CdrWriter(migrated_pg_url, spool=spool, flush_interval=0.05).start()
+    try:
+        import gevent
+        with gevent.Timeout(20):
+            while spool.records:
+                gevent.sleep(0.05)
+    finally:
+        writer.stop()
+    call, legs = _rows(migrated_pg_url, A_UUID)
+    assert call[0][:3] == (Decimal("0.015000"), 60, "switch") and len(legs) == 2
+    ingest.close()
+
+
 def _esl_records(a, b, provisional=False):
     t = datetime.fromtimestamp(1796061611, tz=timezone.utc)
     cost = Decimal("0.999000")            # deliberately wrong: the switch's CDR must win

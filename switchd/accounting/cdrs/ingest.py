@@ -138,7 +138,7 @@ class CdrIngest:
     def __init__(self, db_url: str, spool: Spool | None, *, precision: int = 6,
                  rounding_of: Callable[[str | None], str] | None = None,
                  reprice: billing.Repricer | None = None, encoded_values: bool = False,
-                 connect_timeout: int = 3):
+                 connect_timeout: int = 3, commit_timeout: float = 0):
         self.db_url = db_url
         self.spool = spool
         self.precision = precision
@@ -146,6 +146,10 @@ class CdrIngest:
         self.reprice = reprice
         self.encoded_values = encoded_values
         self.connect_timeout = connect_timeout
+        # A commit slower than this is cancelled and the group spooled instead: FreeSWITCH
+        # holds each channel until its post is answered. Without a spool (`cdr import`) it
+        # waits: the file stays where it is either way.
+        self.commit_timeout = commit_timeout if spool is not None else 0
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()      # gevent-patched under the daemon
         self._waiting: deque[_Pending] = deque()   # append/popleft are atomic across threads
@@ -177,7 +181,8 @@ class CdrIngest:
         except _OUTAGE as exc:
             self._close()
             metrics.DB_ERRORS.labels("switch_cdr").inc()
-            log.warning("switch CDR %s: PostgreSQL unavailable (%s); spooling",
+            log.warning("switch CDR %s: PostgreSQL unavailable or slower than "
+                        "cdr.commit_timeout (%s); spooling",
                         ", ".join(p.uuid for p in group), str(exc).strip())
             self._spool(group, exc)
         except Exception as exc:
@@ -206,9 +211,12 @@ class CdrIngest:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            options = (f"-c statement_timeout={int(self.commit_timeout * 1000)}"
+                       if self.commit_timeout else "")
             self._conn = psycopg.connect(self.db_url, autocommit=True,
                                          connect_timeout=self.connect_timeout,
-                                         application_name="switchd-cdr-ingest")
+                                         application_name="switchd-cdr-ingest",
+                                         options=options)
         return self._conn
 
     def _close(self) -> None:
