@@ -128,10 +128,17 @@ SETTINGS: tuple[Setting, ...] = (
             "(counted in switchd_http_connections_refused_total). Keep it below the open-file "
             "limit (LimitNOFILE in the systemd unit).", check=_positive),
     Setting("http", "max_in_flight", int, 64,
-            "Requests handled at once at most; beyond it a request gets an immediate 503 "
-            "(counted in switchd_http_requests_shed_total; mod_xml_curl then falls back to "
-            "the static dialplan), so an HTTP flood leaves the event reader and the CDR "
-            "writer their turn. /healthz, /readyz and /metrics are never refused.",
+            "Requests of one kind (dialplan lookups, API requests, the rest) handled at once "
+            "at most; beyond it a request gets an immediate 503 (counted in "
+            "switchd_http_requests_shed_total; mod_xml_curl then falls back to the static "
+            "dialplan), so an HTTP flood leaves the event reader and the CDR writer their "
+            "turn, and one kind never takes another's. /healthz, /readyz and /metrics are "
+            "never refused.", check=_positive),
+    Setting("http", "max_cdr_in_flight", int, 512,
+            "FreeSWITCH CDR posts (POST /fs/cdr) handled at once at most; beyond it an "
+            "immediate 503 and mod_json_cdr retries, then writes its error directory. Higher "
+            "than http.max_in_flight: a post mostly waits for the group commit that makes it "
+            "durable, which costs no CPU, and each one shed is a file to import.",
             check=_positive),
     Setting("webhooks", "backoff_base", float, 2.0,
             "Seconds before the second try of a webhook delivery; doubles each try.",
@@ -181,6 +188,12 @@ SETTINGS: tuple[Setting, ...] = (
             "user:password FreeSWITCH's mod_json_cdr sends (its `cred`, Basic auth) to POST "
             "/fs/cdr. Empty: no check, so keep http.host on loopback.", secret=True,
             check=lambda v: None if not v or ":" in v else "must look like user:password"),
+    Setting("cdr", "commit_timeout", float, 5.0,
+            "Seconds a FreeSWITCH CDR post may wait for PostgreSQL to commit it (a lock, an "
+            "overloaded server) before it is fsync'd to the spool instead and acknowledged. "
+            "mod_json_cdr has no timeout of its own: it holds the channel, counted against "
+            "FreeSWITCH's max-sessions, until the post is answered. 0 = no limit.",
+            check=lambda v: None if v >= 0 else "must be 0 or more"),
     Setting("cdr", "encoded_values", bool, False,
             "Whether json_cdr.conf has encode-values=true (variable values URL-encoded); "
             "the shipped config sets it false."),

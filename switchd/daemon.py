@@ -122,7 +122,8 @@ class Daemon:
         self.http_server = serve(self.app, cfg["http.host"], cfg["http.port"], HttpLimits(
             read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
             max_connections=cfg["http.max_connections"],
-            max_in_flight=cfg["http.max_in_flight"]))
+            max_in_flight=cfg["http.max_in_flight"],
+            max_cdr_in_flight=cfg["http.max_cdr_in_flight"]))
         self.http_port = self.http_server.server_port
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < cfg["http.max_connections"] + 64:
@@ -178,7 +179,8 @@ class Daemon:
         self.cdr_ingest = CdrIngest(self.db_url, self.writer.spool,
                                     precision=cfg["rating.precision"],
                                     rounding_of=self._rounding_of, reprice=self._reprice,
-                                    encoded_values=cfg["cdr.encoded_values"])
+                                    encoded_values=cfg["cdr.encoded_values"],
+                                    commit_timeout=cfg["cdr.commit_timeout"])
         self.registry = CallRegistry()
         self.router = Router(world=lambda: self.world, decks=lambda: self.decks.decks,
                              health=self.health, caps=self.caps, spend=self.spend,

@@ -47,6 +47,8 @@ class DaemonProcess:
         env.update(extra_env or {})
         self.env = env
         self.proc: subprocess.Popen | None = None
+        # What runs `-m switchd.cli run`: a benchmark puts a profiler script after python.
+        self.python = [sys.executable]
 
     @property
     def base_url(self) -> str:
@@ -54,7 +56,7 @@ class DaemonProcess:
 
     def start(self, ready_timeout: float = 30.0, require_ready: bool = True) -> "DaemonProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "switchd.cli", "run"], env=self.env,
+        self.proc = subprocess.Popen([*self.python, "-m", "switchd.cli", "run"], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout
         path = "/readyz" if require_ready else "/healthz"

@@ -11,6 +11,8 @@ import base64
 import io
 import itertools
 import json
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -121,6 +123,102 @@ def test_stored_cdr_is_rated_from_the_switchs_billsec(migrated_pg_url, tmp_path)
     assert [l[:5] for l in legs] == [
         (A_UUID, Decimal("0.000000"), 0, 3, "switch"),
         (B_UUID, Decimal("0.015000"), 60, 3, "switch")]
+    ingest.close()
+
+
+def _store_while_held(ingest, bodies):
+    """Post `bodies` from threads while the ingest's lock is held (a commit in progress),
+    then let go; each thread's outcome, in order: Stored or the exception it raised."""
+    outcomes: list = [None] * len(bodies)
+
+    def post(i, body):
+        try:
+            outcomes[i] = ingest.store(body)
+        except Exception as exc:   # noqa: BLE001 - the outcome under test
+            outcomes[i] = exc
+
+    with ingest._lock:
+        threads = [threading.Thread(target=post, args=(i, b)) for i, b in enumerate(bodies)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(ingest._waiting) < len(bodies):      # every post queued behind the lock
+            assert time.monotonic() < deadline, "the posts never queued"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(20)
+    return outcomes
+
+
+def _xmins(url, legs) -> list[str]:
+    """The transaction that wrote each leg row (PostgreSQL's xmin)."""
+    with psycopg.connect(url) as conn:
+        return [conn.execute("SELECT xmin::text FROM call_legs WHERE leg_uuid = %s",
+                             (leg,)).fetchone()[0] for leg in legs]
+
+
+def test_cdrs_posted_during_a_commit_are_committed_together(migrated_pg_url, tmp_path):
+    """Group commit: ten CDRs posted while another commit holds the connection are all
+    durable in one transaction (one xmin), each rated as if alone."""
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    calls = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(10)]
+    outcomes = _store_while_held(ingest, [_renamed(B_BODY, a, b) for a, b in calls])
+    assert [o.where for o in outcomes] == ["database"] * 10
+    assert [o.cost for o in outcomes] == [Decimal("0.015000")] * 10
+    assert len(set(_xmins(migrated_pg_url, [b for _, b in calls]))) == 1
+    ingest.close()
+
+
+def test_a_cdr_postgresql_refuses_fails_its_own_post_only(migrated_pg_url, tmp_path):
+    """One CDR of a group holds a SIP status no integer column takes: its post fails (so
+    FreeSWITCH keeps it), the others are stored."""
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    calls = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(5)]
+    bodies = [_renamed(B_BODY, a, b) for a, b in calls]
+    poisoned = json.loads(bodies[2])
+    poisoned["variables"]["sip_term_status"] = "99999999999"
+    bodies[2] = json.dumps(poisoned).encode()
+    outcomes = _store_while_held(ingest, bodies)
+    assert isinstance(outcomes[2], psycopg.Error)
+    assert [o.where for i, o in enumerate(outcomes) if i != 2] == ["database"] * 4
+    with psycopg.connect(migrated_pg_url) as conn:
+        stored = {r[0] for r in conn.execute("SELECT leg_uuid FROM call_legs").fetchall()}
+    assert stored == {b for i, (_, b) in enumerate(calls) if i != 2}
+    ingest.close()
+
+
+def test_a_group_spools_together_when_postgresql_is_down(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    ingest = CdrIngest(DEAD_DB, spool)
+    calls = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(4)]
+    outcomes = _store_while_held(ingest, [_renamed(B_BODY, a, b) for a, b in calls])
+    assert [o.where for o in outcomes] == ["spool"] * 4
+    assert spool.records == 8          # each CDR: its call record and its leg
+
+
+def test_a_commit_slower_than_the_timeout_is_spooled_and_acknowledged(migrated_pg_url,
+                                                                       tmp_path):
+    """call_legs locked by another transaction: the post is not held until the lock goes
+    (FreeSWITCH would hold the channel); past cdr.commit_timeout it is spooled, answered,
+    and the writer's replay stores it once the lock is gone."""
+    spool = Spool(tmp_path / "spool")
+    ingest = CdrIngest(migrated_pg_url, spool, commit_timeout=0.5)
+    with psycopg.connect(migrated_pg_url) as blocker:
+        blocker.execute("LOCK TABLE call_legs IN EXCLUSIVE MODE")
+        assert ingest.store(B_BODY).where == "spool"
+        assert spool.records == 2
+        blocker.rollback()
+    assert ingest.store(A_BODY).where == "database"       # a fresh connection, in time
+    writer = CdrWriter(migrated_pg_url, spool=spool, flush_interval=0.05).start()
+    try:
+        import gevent
+        with gevent.Timeout(20):
+            while spool.records:
+                gevent.sleep(0.05)
+    finally:
+        writer.stop()
+    call, legs = _rows(migrated_pg_url, A_UUID)
+    assert call[0][:3] == (Decimal("0.015000"), 60, "switch") and len(legs) == 2
     ingest.close()
 
 

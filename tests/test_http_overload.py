@@ -59,7 +59,40 @@ def test_in_flight_bound_refuses_at_once_and_never_health():
     release.set()
     assert first.get(timeout=5) == ("200 OK", b"ok")
     assert call("/fs/dialplan") == ("200 OK", b"ok")          # a slot is free again
-    assert bounded.in_flight == 0
+    assert bounded.in_flight["dialplan"] == 0
+
+
+def test_cdr_posts_waiting_never_take_a_dialplan_lookups_turn():
+    """Each kind has its own bound: with CDR posts filling theirs (PostgreSQL slow), the
+    next post is shed and a dialplan lookup still runs."""
+    import gevent
+    from gevent.event import Event
+    from switchd.adapters.http.connections import InFlight
+
+    inside, release = Event(), Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/fs/cdr":
+            inside.set()
+            release.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    bounded = InFlight(app, 1)
+
+    def call(path):
+        status = []
+        body = bounded({"PATH_INFO": path}, lambda s, h: status.append(s))
+        return status[0], b"".join(body)
+
+    post = gevent.spawn(call, "/fs/cdr")
+    assert inside.wait(5)
+    before = _shed("cdr"), _shed("dialplan")
+    assert call("/fs/cdr")[0].startswith("503")
+    assert call("/fs/dialplan") == ("200 OK", b"ok")
+    assert (_shed("cdr"), _shed("dialplan")) == (before[0] + 1, before[1])
+    release.set()
+    assert post.get(timeout=5) == ("200 OK", b"ok")
 
 
 @pytest.mark.slow

@@ -64,7 +64,8 @@ class RsDaemon:
 
     @classmethod
     def start(cls, switch: fsharness.RealSwitch, db_url: str, data_dir: Path,
-              extra_env: dict | None, require_ready: bool) -> "RsDaemon":
+              extra_env: dict | None, require_ready: bool,
+              python: list[str] | None = None) -> "RsDaemon":
         data_dir.mkdir(parents=True, exist_ok=True)
         port = switch.plan.http
         env = {**TENANT_ENV, "SWITCHD_HTTP_PORT": str(port), **(extra_env or {})}
@@ -72,6 +73,7 @@ class RsDaemon:
                                 extra_env=env)
         process.http_port = port               # the port the switch's xml_curl posts to
         process.log_path = data_dir / "switchd.log"
+        process.python = python or process.python
         process.start(require_ready=require_ready)
         return cls(process, db_url)
 

@@ -44,6 +44,8 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
 - `switch.set_cdr_url(url)`: mod_json_cdr on (every leg's CDR POSTed to `url`, e.g.
   `f"http://127.0.0.1:{switch.plan.http}/fs/cdr"`, the daemon's port) or off (None); the
   reset returns to the session's URL (the daemon's `/fs/cdr`). `switch.plan` holds every port (`esl`, `sip`, `http`, RTP range).
+  `switch.sessions_per_second` (100) is FreeSWITCH's throttle, written at the next start
+  (a call is two sessions; benchmarks/realswitch_calls.py raises it).
 
 `rs_world_url` → a migrated PostgreSQL database (fixture `migrated_pg_url`) provisioned with
 tests/realswitch/world.py: tenants `acme` and `brief` (max 3 s), carriers alpha/bravo/charlie

@@ -104,7 +104,7 @@ def _p(name: str, value) -> str:
 
 
 def render(plan: PortPlan, *, esl_password: str, dialplan_url: str, cdr_url: str | None = None,
-           loglevel: str = "info") -> str:
+           loglevel: str = "info", sessions_per_second: int = 100) -> str:
     """The whole FreeSWITCH configuration (one freeswitch.xml)."""
     modules = ["mod_logfile", "mod_event_socket", "mod_xml_curl", "mod_commands", "mod_dptools",
                "mod_dialplan_xml", "mod_sofia"]
@@ -138,7 +138,7 @@ def render(plan: PortPlan, *, esl_password: str, dialplan_url: str, cdr_url: str
     <configuration name="switch.conf">
       <settings>
         {_p("max-sessions", 1000)}
-        {_p("sessions-per-second", 100)}
+        {_p("sessions-per-second", sessions_per_second)}
         {_p("loglevel", loglevel)}
         {_p("colorize-console", "false")}
         {_p("dump-cores", "no")}

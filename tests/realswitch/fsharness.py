@@ -69,6 +69,7 @@ class RealSwitch:
         self.dialplan_url = f"http://127.0.0.1:{self.plan.http}/fs/dialplan"
         self.cdr_url = cdr_url
         self.default_cdr_url = cdr_url   # what reset() returns to (the session's choice)
+        self.sessions_per_second = 100   # FreeSWITCH's throttle (a call is 2 sessions)
         self.fs_dir = self.run_dir / "fs"
         self.carriers = {name: Carrier(name, ports, self.sipp, self.run_dir)
                          for name, ports in self.plan.carriers.items()}
@@ -129,7 +130,7 @@ class RealSwitch:
     def _write_config(self) -> None:
         (self.fs_dir / "conf" / "freeswitch.xml").write_text(fsconfig.render(
             self.plan, esl_password=self.esl_password, dialplan_url=self.dialplan_url,
-            cdr_url=self.cdr_url))
+            cdr_url=self.cdr_url, sessions_per_second=self.sessions_per_second))
 
     def _esl_answers(self) -> bool:
         try:

@@ -1,6 +1,6 @@
 """Money under load on the real switch: the periodic resync at 20 calls/s, switchd
-SIGKILLed and restarted while 10 calls/s keep coming, and PostgreSQL unreachable under
-20 calls/s.
+SIGKILLed and restarted while 10 calls/s keep coming, PostgreSQL unreachable under
+20 calls/s, and CDR posts stuck behind a locked table while calls keep being routed.
 
 The oracle is FreeSWITCH itself: the CHANNEL_HANGUP_COMPLETE events the harness's own ESL
 listener saw. Every call it carried (an inbound A-leg) must end with exactly one `calls`
@@ -16,6 +16,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from daemon_harness import metric
@@ -171,3 +172,28 @@ def test_postgresql_down_under_20_calls_a_second_loses_no_cdr(realswitch, rs_wor
             proxy.restore()
         assert rs.process.terminate() == 0, rs.process.log()[-3000:]
         proxy.stop()
+
+
+def test_cdr_posts_stuck_on_postgresql_never_cost_a_call_its_route(realswitch, make_rs_daemon):
+    """The call tables locked while 20 calls come and go: every leg's CDR post waits for its
+    commit, far more posts than http.max_in_flight (2 here), yet every dialplan lookup is
+    answered and every call carried. FreeSWITCH holds a channel (and its hangup-complete
+    event) until its post is answered: past cdr.commit_timeout the posts are spooled and
+    answered, so the switch lets every channel go while the lock still holds; once it goes,
+    every CDR settles from the spool."""
+    rs = make_rs_daemon(extra_env={"SWITCHD_HTTP_MAX_IN_FLIGHT": "2",
+                                   "SWITCHD_CDR_COMMIT_TIMEOUT": "2"})
+    with psycopg.connect(rs.db_url) as blocker:
+        blocker.execute("LOCK TABLE call_legs IN EXCLUSIVE MODE")     # writers wait
+        load = realswitch.load_async(FRANCE, rate=5, count=20, hold_ms=500).wait()
+        a_legs, carrier = poll(lambda: realswitch.channel_count() == 0 and (
+            lambda a, c: len(a) == len(c) == 20 and (a, c))(*_carried(realswitch)), 60,
+            "every channel let go by the switch, its CDR answered, while the lock holds")
+        assert rs.rows("SELECT count(*) FROM call_legs") == [(0,)]     # nothing committed
+        blocker.rollback()
+    assert load.answered == 20, load
+    assert metric(rs.process, "switchd_http_requests_shed_total", endpoint="dialplan") == 0
+    assert metric(rs.process, "switchd_switch_cdrs_total", outcome="spooled") == 40
+    _assert_every_call_billed_once_from_the_switch(rs, realswitch, a_legs, carrier)
+    assert not list((realswitch.fs_dir / "log" / "json_cdr").glob("*.cdr.json"))
+    _no_call_left(rs, realswitch)

@@ -1,8 +1,9 @@
 """FreeSWITCH's CDR of a leg → rated leg row + call row, made durable before we say so.
 
 `CdrIngest.store(body)` is what `POST /fs/cdr` and `switchd cdr import` call. It returns
-only once the record is durable: committed to PostgreSQL (one transaction: the leg, the
-call, the call's money recomputed from all its legs, cdr_batch.write_batch), or, when
+only once the record is durable: committed to PostgreSQL (the leg, the call, the call's
+money recomputed from all its legs, cdr_batch.write_batch; one transaction for every CDR
+waiting at that moment, see CdrIngest), or, when
 PostgreSQL cannot be reached, appended and fsync'd to the writer's spool (replayed by the
 CDR writer once the database is back). Anything else raises, so the HTTP answer is not
 2xx and FreeSWITCH retries (then writes its error directory, which `switchd cdr import`
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -114,13 +116,29 @@ def _uuid_or_none(text: str | None) -> str | None:
         return None
 
 
+class _Pending:
+    """One CDR's records waiting for the transaction that makes them durable."""
+    __slots__ = ("items", "uuid", "where", "error")
+
+    def __init__(self, items: list, uuid: str):
+        self.items, self.uuid = items, uuid
+        self.where: str | None = None          # 'database' | 'spool' once durable
+        self.error: BaseException | None = None
+
+
 class CdrIngest:
-    """Durable intake of FreeSWITCH CDRs (thread- and greenlet-safe: one connection, locked)."""
+    """Durable intake of FreeSWITCH CDRs (thread- and greenlet-safe: one connection, locked).
+
+    Group commit: FreeSWITCH posts each leg's CDR as the leg ends, so at a high call rate
+    many posts wait at once. Whoever holds the lock writes every CDR that is waiting in one
+    transaction and then tells each of them it is durable; a post that arrived alone is one
+    transaction as before. A batch PostgreSQL refuses as data is written again one CDR at a
+    time, so a bad record fails its own post only."""
 
     def __init__(self, db_url: str, spool: Spool | None, *, precision: int = 6,
                  rounding_of: Callable[[str | None], str] | None = None,
                  reprice: billing.Repricer | None = None, encoded_values: bool = False,
-                 connect_timeout: int = 3):
+                 connect_timeout: int = 3, commit_timeout: float = 0):
         self.db_url = db_url
         self.spool = spool
         self.precision = precision
@@ -128,8 +146,13 @@ class CdrIngest:
         self.reprice = reprice
         self.encoded_values = encoded_values
         self.connect_timeout = connect_timeout
+        # A commit slower than this is cancelled and the group spooled instead: FreeSWITCH
+        # holds each channel until its post is answered. Without a spool (`cdr import`) it
+        # waits: the file stays where it is either way.
+        self.commit_timeout = commit_timeout if spool is not None else 0
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()      # gevent-patched under the daemon
+        self._waiting: deque[_Pending] = deque()   # append/popleft are atomic across threads
 
     def store(self, body: bytes) -> Stored:
         """Parse, rate, make durable. CdrFormatError for a record we cannot read;
@@ -137,28 +160,63 @@ class CdrIngest:
         leg = parse(body, self.encoded_values)
         leg_rec, call_rec = to_records(leg, precision=self.precision,
                                        rounding_of=self.rounding_of, reprice=self.reprice)
-        items = [("switch_call", call_rec), ("leg", leg_rec)]
+        pending = _Pending([("switch_call", call_rec), ("leg", leg_rec)], leg.uuid)
+        self._waiting.append(pending)
         with self._lock:
-            try:
-                write_batch(self._connection(), items)
-                where = "database"
-            except _OUTAGE as exc:
-                self._close()
-                metrics.DB_ERRORS.labels("switch_cdr").inc()
-                log.warning("switch CDR %s: PostgreSQL unavailable (%s); spooling", leg.uuid,
-                            str(exc).strip())
-                if self.spool is None:      # `cdr import`: the source file stays instead
-                    raise
-                self.spool.append([_to_spool(i) for i in items])     # fsync'd, or SpoolError
-                where = "spool"
-        metrics.SWITCH_CDRS.labels("stored" if where == "database" else "spooled").inc()
-        return Stored(leg.uuid, leg.call_uuid, where, leg_rec.cost)
+            if pending.where is None and pending.error is None:
+                # Not written by the previous holder: write it with all that waits now.
+                group = []
+                while self._waiting:
+                    group.append(self._waiting.popleft())
+                self._make_durable(group)
+        if pending.error is not None:
+            raise pending.error
+        metrics.SWITCH_CDRS.labels("stored" if pending.where == "database" else "spooled").inc()
+        return Stored(leg.uuid, leg.call_uuid, pending.where, leg_rec.cost)
+
+    def _make_durable(self, group: list[_Pending]) -> None:
+        """Under the lock: every CDR of the group committed or spooled, or its error set."""
+        try:
+            write_batch(self._connection(), [item for p in group for item in p.items])
+        except _OUTAGE as exc:
+            self._close()
+            metrics.DB_ERRORS.labels("switch_cdr").inc()
+            log.warning("switch CDR %s: PostgreSQL unavailable or slower than "
+                        "cdr.commit_timeout (%s); spooling",
+                        ", ".join(p.uuid for p in group), str(exc).strip())
+            self._spool(group, exc)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for pending in group:       # find the one PostgreSQL refuses: each alone
+                self._make_durable([pending])
+        else:
+            for pending in group:
+                pending.where = "database"
+
+    def _spool(self, group: list[_Pending], outage: Exception) -> None:
+        if self.spool is None:          # `cdr import`: the source file stays instead
+            for pending in group:
+                pending.error = outage
+            return
+        try:
+            self.spool.append([_to_spool(i) for p in group for i in p.items])  # fsync'd
+        except Exception as exc:        # SpoolError: neither took it
+            for pending in group:
+                pending.error = exc
+            return
+        for pending in group:
+            pending.where = "spool"
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            options = (f"-c statement_timeout={int(self.commit_timeout * 1000)}"
+                       if self.commit_timeout else "")
             self._conn = psycopg.connect(self.db_url, autocommit=True,
                                          connect_timeout=self.connect_timeout,
-                                         application_name="switchd-cdr-ingest")
+                                         application_name="switchd-cdr-ingest",
+                                         options=options)
         return self._conn
 
     def _close(self) -> None:

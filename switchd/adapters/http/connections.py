@@ -14,7 +14,9 @@ likes: a client that sends half a request would hold a socket and a greenlet for
   one-line event instead of an exception inside a handler;
 * at most `max_connections` connections at once: the next one gets an immediate 503 and
   is closed (counted), instead of queueing behind the others;
-* at most `max_in_flight` requests handled at once (`InFlight`): a request beyond it gets
+* at most `max_in_flight` requests of each kind (dialplan lookups, API requests, the
+  rest; FreeSWITCH's CDR posts `max_cdr_in_flight`) handled at once (`InFlight`): a
+  request beyond it gets
   an immediate 503 (counted in switchd_http_requests_shed_total), so an HTTP flood cannot
   take the turns of the ESL event reader and the CDR writer. Every admitted request
   yields once before it runs, which is what makes the bound work: the dialplan handler
@@ -44,7 +46,8 @@ class HttpLimits:
     read_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 1000
-    max_in_flight: int = 64
+    max_in_flight: int = 64          # per kind of request
+    max_cdr_in_flight: int = 512     # FreeSWITCH's CDR posts: they mostly wait on a commit
 
 
 def _response(status: str) -> bytes:
@@ -211,40 +214,49 @@ _NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics"})
 _SHED_HEADERS = [("Content-Type", "text/plain"), ("Retry-After", "1")]
 
 
-class InFlight:
-    """WSGI middleware: at most `limit` requests in the application at once, beyond it an
-    immediate 503. mod_xml_curl takes a non-200 as a failed lookup: it logs "Received
-    HTTP error 503", returns no document, and FreeSWITCH falls through to the next binding
-    and then to the static dialplan (freeswitch-conf/dialplan: refuse, never route
-    unpoliced). mod_json_cdr retries a refused CDR, then keeps it in its error directory."""
+def request_kind(path: str) -> str:
+    """What a request is, for its in-flight bound and the shed counter's label."""
+    if path in ("/fs/dialplan", "/dialplan"):
+        return "dialplan"
+    if path == "/fs/cdr":
+        return "cdr"
+    return "api" if path.startswith("/v1/") else "other"
 
-    def __init__(self, application, limit: int):
+
+class InFlight:
+    """WSGI middleware: at most `limit` requests of each kind (dialplan lookups, API
+    requests, the rest; switch CDR posts `cdr_limit`) in the application at once, beyond it
+    an immediate 503. Each kind has its own bound so that one cannot take another's turns:
+    CDR posts waiting on PostgreSQL, or an API client's burst, never get a dialplan lookup
+    shed. CDR posts get a higher bound: one waiting for its group commit costs no CPU.
+    mod_xml_curl takes a non-200 as a failed lookup: it logs "Received HTTP error 503",
+    returns no document, and FreeSWITCH falls through to the next binding and then to the
+    static dialplan (freeswitch-conf/dialplan: refuse, never route unpoliced). mod_json_cdr
+    retries a refused CDR, then keeps it in its error directory."""
+
+    def __init__(self, application, limit: int, cdr_limit: int | None = None):
         self.application = application
-        self.limit = limit
-        self.in_flight = 0
+        self.limits = {"dialplan": limit, "cdr": cdr_limit or limit, "api": limit,
+                       "other": limit}
+        self.in_flight = dict.fromkeys(self.limits, 0)
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path in _NEVER_SHED:
             return self.application(environ, start_response)
-        if self.in_flight >= self.limit:
-            _shed_counter(path).inc()
+        kind = request_kind(path)
+        if self.in_flight[kind] >= self.limits[kind]:
+            metrics.HTTP_REQUESTS_SHED.labels(kind).inc()
             start_response("503 Service Unavailable", _SHED_HEADERS)
             return [b"overloaded: too many requests in flight, try again\n"]
-        self.in_flight += 1
+        self.in_flight[kind] += 1
         try:
             # The fair-queuing point: the request waits for its turn behind what is
             # already ready (the event reader, the writers, requests admitted before it).
             gevent.sleep(0)
             return self.application(environ, start_response)
         finally:
-            self.in_flight -= 1
-
-
-def _shed_counter(path: str):
-    kind = ("dialplan" if path in ("/fs/dialplan", "/dialplan") else "cdr" if path == "/fs/cdr"
-            else "api" if path.startswith("/v1/") else "other")
-    return metrics.HTTP_REQUESTS_SHED.labels(kind)
+            self.in_flight[kind] -= 1
 
 
 class Server(WSGIServer):
@@ -254,7 +266,7 @@ class Server(WSGIServer):
     open_total = 0        # every Server of the process: switchd_http_connections reads it
 
     def __init__(self, listener, application, limits: HttpLimits, **kwargs):
-        self.in_flight = InFlight(application, limits.max_in_flight)
+        self.in_flight = InFlight(application, limits.max_in_flight, limits.max_cdr_in_flight)
         super().__init__(listener, self.in_flight, **kwargs)
         self.limits = limits
         self.open_connections = 0
