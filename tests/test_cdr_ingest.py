@@ -24,7 +24,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switchd.accounting.cdrs import http as cdr_http
 from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.accounting.cdrs.json_cdr import CdrFormatError, decode_body, parse
 from switchd.adapters.db.cdr_writer import CallRecord, CdrWriter, LegRecord
@@ -196,6 +195,18 @@ def test_a_group_spools_together_when_postgresql_is_down(tmp_path):
     assert spool.records == 8          # each CDR: its call record and its leg
 
 
+def _replay(url: str, spool: Spool) -> None:
+    """What the daemon's CDR writer does with the spool once PostgreSQL is back."""
+    import gevent
+    writer = CdrWriter(url, spool=spool, flush_interval=0.05).start()
+    try:
+        with gevent.Timeout(20):
+            while spool.records:
+                gevent.sleep(0.05)
+    finally:
+        writer.stop()
+
+
 def test_a_commit_slower_than_the_timeout_is_spooled_and_acknowledged(migrated_pg_url,
                                                                        tmp_path):
     """call_legs locked by another transaction: the post is not held until the lock goes
@@ -209,14 +220,7 @@ def test_a_commit_slower_than_the_timeout_is_spooled_and_acknowledged(migrated_p
         assert spool.records == 2
         blocker.rollback()
     assert ingest.store(A_BODY).where == "database"       # a fresh connection, in time
-    writer = CdrWriter(migrated_pg_url, spool=spool, flush_interval=0.05).start()
-    try:
-        import gevent
-        with gevent.Timeout(20):
-            while spool.records:
-                gevent.sleep(0.05)
-    finally:
-        writer.stop()
+    _replay(migrated_pg_url, spool)
     call, legs = _rows(migrated_pg_url, A_UUID)
     assert call[0][:3] == (Decimal("0.015000"), 60, "switch") and len(legs) == 2
     ingest.close()
@@ -324,14 +328,7 @@ def test_database_down_spools_durably_and_the_writer_replays(migrated_pg_url, tm
     assert ingest.store(B_BODY).where == "spool"
     assert ingest.store(A_BODY).where == "spool"
     assert spool.records == 4
-    writer = CdrWriter(migrated_pg_url, spool=spool, flush_interval=0.05).start()
-    try:
-        import gevent
-        with gevent.Timeout(20):
-            while spool.records:
-                gevent.sleep(0.05)
-    finally:
-        writer.stop()
+    _replay(migrated_pg_url, spool)
     call, legs = _rows(migrated_pg_url, A_UUID)
     assert call[0][:3] == (Decimal("0.015000"), 60, "switch") and len(legs) == 2
 

@@ -24,10 +24,10 @@ def _shed(endpoint: str) -> float:
                                             {"endpoint": endpoint}) or 0.0
 
 
-def test_in_flight_bound_refuses_at_once_and_never_health():
-    """InFlight with a limit of 1: while one request is inside the application, the next
-    lookup gets 503 without reaching it, and /healthz, /readyz and /metrics still do."""
-    import gevent
+def _holding(held_path: str):
+    """InFlight with a limit of 1 over an app that holds the first request to `held_path`
+    until `release` is set: (bounded, call, inside, release, reached), where
+    call(path) -> (status, body) goes through the middleware as the server would."""
     from gevent.event import Event
     from switchd.adapters.http.connections import InFlight
 
@@ -35,7 +35,7 @@ def test_in_flight_bound_refuses_at_once_and_never_health():
 
     def app(environ, start_response):
         reached.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/fs/dialplan" and len(reached) == 1:
+        if environ["PATH_INFO"] == held_path and not inside.is_set():
             inside.set()
             release.wait(5)
         start_response("200 OK", [])
@@ -47,6 +47,14 @@ def test_in_flight_bound_refuses_at_once_and_never_health():
         status = []
         body = bounded({"PATH_INFO": path}, lambda s, h: status.append(s))
         return status[0], b"".join(body)
+    return bounded, call, inside, release, reached
+
+
+def test_in_flight_bound_refuses_at_once_and_never_health():
+    """InFlight with a limit of 1: while one request is inside the application, the next
+    lookup gets 503 without reaching it, and /healthz, /readyz and /metrics still do."""
+    import gevent
+    bounded, call, inside, release, reached = _holding("/fs/dialplan")
 
     first = gevent.spawn(call, "/fs/dialplan")
     assert inside.wait(5)
@@ -66,24 +74,7 @@ def test_cdr_posts_waiting_never_take_a_dialplan_lookups_turn():
     """Each kind has its own bound: with CDR posts filling theirs (PostgreSQL slow), the
     next post is shed and a dialplan lookup still runs."""
     import gevent
-    from gevent.event import Event
-    from switchd.adapters.http.connections import InFlight
-
-    inside, release = Event(), Event()
-
-    def app(environ, start_response):
-        if environ["PATH_INFO"] == "/fs/cdr":
-            inside.set()
-            release.wait(5)
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    bounded = InFlight(app, 1)
-
-    def call(path):
-        status = []
-        body = bounded({"PATH_INFO": path}, lambda s, h: status.append(s))
-        return status[0], b"".join(body)
+    _, call, inside, release, _ = _holding("/fs/cdr")
 
     post = gevent.spawn(call, "/fs/cdr")
     assert inside.wait(5)
