@@ -172,7 +172,8 @@ class Daemon:
         # tries the next gateway of the bridge.
         self.caps.on_refused_leg = lambda call_uuid, leg_uuid: gevent.spawn(
             self._kill, call_uuid, leg_uuid, "NORMAL_CIRCUIT_CONGESTION")
-        self.writer = CdrWriter(self.db_url, spool=Spool(cfg.data_dir / "spool")).start()
+        self.writer = CdrWriter(self.db_url, spool=Spool(cfg.data_dir / "spool"),
+                                gather=cfg["cdr.gather_ms"] / 1000).start()
         self._reprice = billing.deck_repricer(lambda: self.decks.decks)
         # FreeSWITCH's own CDRs (POST /fs/cdr): durable before acknowledged; when PostgreSQL
         # is away they share the writer's spool, which the writer replays.

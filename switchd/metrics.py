@@ -15,7 +15,7 @@ from typing import Callable
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info,
                                PlatformCollector, ProcessCollector, disable_created_metrics)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # A `_created` series per counter and histogram doubles the series count and no dashboard
 # or alert of ours reads it.
@@ -34,6 +34,31 @@ def _counter(name, doc, labels=()):
 
 def _gauge(name, doc, labels=()):
     return Gauge(name, doc, labels, registry=REGISTRY)
+
+
+class Tally:
+    """A counter with one label for the hottest path (several increments per call):
+    counted in plain ints, exposed as a counter when scraped, with the name, label and
+    type a prometheus_client Counter would have. An increment is a dict update without
+    a lock: every increment and every scrape runs in the daemon's one thread, and a
+    greenlet switch never happens inside either."""
+
+    def __init__(self, name: str, doc: str, label: str):
+        self.name, self.doc, self.label = name.removesuffix("_total"), doc, label
+        self.counts: dict[str, int] = {}
+        REGISTRY.register(self)
+
+    def inc(self, value: str, amount: int = 1) -> None:
+        self.counts[value] = self.counts.get(value, 0) + amount
+
+    def describe(self):
+        return [CounterMetricFamily(self.name, self.doc, labels=[self.label])]
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for value, count in sorted(self.counts.items()):
+            family.add_metric([value], count)
+        return [family]
 
 
 # --- calls -------------------------------------------------------------------------------
@@ -100,7 +125,7 @@ BUDGET_EXTENSIONS = _counter("switchd_budget_extensions_total",
 ESL_CONNECTED = _gauge("switchd_esl_connected", "1 while the ESL connection is up and authed")
 ESL_RECONNECTS = _counter("switchd_esl_reconnects_total", "ESL (re)connection attempts",
                           ("result",))
-ESL_EVENTS = _counter("switchd_esl_events_total", "ESL events received", ("event",))
+ESL_EVENTS = Tally("switchd_esl_events_total", "ESL events received", "event")   # 9 a call
 ESL_HANDLER_ERRORS = _counter("switchd_esl_handler_errors_total",
                               "Exceptions raised while handling an ESL event", ("event",))
 ESL_EVENTS_DROPPED = _counter("switchd_esl_events_dropped_total",

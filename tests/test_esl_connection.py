@@ -530,6 +530,42 @@ def test_unparseable_event_is_dropped_and_counted_not_fatal(servers):
     conn.close()
 
 
+def _exposed(name: str, **labels) -> float:
+    """A sample as a scrape shows it (the text exposition of switchd's registry)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from switchd.metrics import REGISTRY
+    for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_events_received_are_counted_by_name_in_the_scrape(servers):
+    """switchd_esl_events_total is counted without a lock on the reader's path and exposed
+    as a counter at scrape time: what a scrape shows moves with the events read."""
+    frames = [plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"c{i}"})
+              for i in range(3)]
+    frames.append(plain_event({"Event-Name": "CHANNEL_STATE", "Unique-ID": "s"}))
+    frames.append(plain_event({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": "5"}))
+    created = _exposed("switchd_esl_events_total", event="CHANNEL_CREATE")
+    other = _exposed("switchd_esl_events_total", event="other")
+    rec = Recorder()
+    conn = connect(servers(scripted(*frames, reply("+OK"), then_close=False)), rec)
+    conn.send("event plain CHANNEL_CREATE HEARTBEAT")
+    assert [rec.events.get(timeout=2).uuid for _ in range(3)] == ["c0", "c1", "c2"]
+    assert rec.events.get(timeout=2) == HeartbeatEvent(timestamp_us=5)
+    assert _exposed("switchd_esl_events_total", event="CHANNEL_CREATE") == created + 3
+    assert _exposed("switchd_esl_events_total", event="other") == other + 1
+    from prometheus_client import generate_latest
+
+    from switchd.metrics import REGISTRY
+    assert "# TYPE switchd_esl_events_total counter" in generate_latest(REGISTRY).decode()
+    conn.close()
+
+
 # --- bgapi jobs ------------------------------------------------------------------------------
 def test_bgapi_returns_job_uuid_and_tracker_resolves(servers):
     server = servers()

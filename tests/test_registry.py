@@ -53,7 +53,9 @@ def test_a_simple_call():
     assert call.hangup_cause == "NORMAL_CLEARING" and call.direction == "outbound"
     assert call.destination == "1001" and call.answered_us > 0 and not call.reconstructed
     [out] = of(eff, CarrierOutcome)
-    assert (out.carrier, out.answered, out.hangup_cause) == ("carrier_a", True, "NORMAL_CLEARING")
+    # The carrier's success is told at its answer, before the leg ends (no cause yet).
+    assert (out.carrier, out.answered, out.hangup_cause) == ("carrier_a", True, None)
+    assert eff.index(out) < eff.index(of(eff, LegEnded)[0])
     assert eff.index(ended) == len(eff) - 1
     b_leg = of(eff, LegEnded)[0].leg
     assert b_leg.billmsec == 1040 and b_leg.call_uuid == A_A
@@ -115,8 +117,9 @@ def test_originated_single_leg_calls(letter, answered, cause, sip, carrier):
     assert ended.call.direction == "outbound" and ended.call.attempts == 1
     assert len(of(eff, LegEnded)) == 1
     [out] = of(eff, CarrierOutcome)
+    # An answered attempt is told at its answer (no cause yet), a failed one at its end.
     assert (out.carrier, out.answered, out.hangup_cause, out.sip_status) == \
-        (carrier, answered, cause, sip)
+        (carrier, answered, None if answered else cause, sip)
     assert len(of(eff, CallAnswered)) == int(answered)
 
 
@@ -152,7 +155,7 @@ def test_a_leg_completing_before_b_leg_waits_for_it():
     assert of(eff, CallEnded) == [] and len(reg) == 1
     assert reg.get(A_A).state == "ending"
     eff = reg.apply(b_done)
-    assert [type(e) for e in eff] == [LegEnded, CarrierOutcome, CallEnded]
+    assert [type(e) for e in eff] == [LegEnded, CallEnded]   # success told at the answer
     assert len(reg) == 0
 
 
@@ -166,7 +169,7 @@ def test_hangup_complete_alone_is_enough():
 def test_unknown_leg_first_seen_answering_is_created():
     ev = next(e for e in channel_events("d") if e.name == "CHANNEL_ANSWER")
     reg, eff = run([ev])
-    assert [type(e) for e in eff] == [CallStarted, CallAnswered]
+    assert [type(e) for e in eff] == [CallStarted, CarrierOutcome, CallAnswered]
     assert reg.leg(ev.uuid).state == "answered"
 
 
@@ -406,3 +409,40 @@ def test_snapshots_carry_every_field_and_copy_the_mutable_ones():
             assert csnap.aliases == ["old"] and csnap.aliases is not value
         else:
             assert getattr(csnap, name) is value, name
+
+
+def _as_call(events, n: int):
+    """A capture's events as the n-th of many calls: every leg UUID made distinct."""
+    def u(value):
+        return f"{value[:-6]}{n:06d}" if value else value
+    return [replace(e, uuid=u(e.uuid), call_uuid=u(e.call_uuid),
+                    other_leg_uuid=u(e.other_leg_uuid)) for e in events]
+
+
+def test_a_carriers_answers_count_while_their_calls_are_up():
+    """A carrier answering calls while some of its other attempts fail is not failing ten
+    times in a row: its success is told at the answer, not when the call ends (a minute
+    later, or ten). Ten calls answered by carrier_a (capture a, still up), each followed by
+    an attempt carrier_a rejects with 503 (capture b): carrier_a stays routable."""
+    from datetime import datetime, timezone
+
+    from switchd.routing.books import HealthBook
+    answered = channel_events("a")
+    up_to_answer = [e for e in answered if e.name not in ("CHANNEL_HANGUP",
+                                                          "CHANNEL_HANGUP_COMPLETE")]
+    hangups = [e for e in answered if e not in up_to_answer]
+    book, reg = HealthBook(), CallRegistry()
+    now = datetime(2025, 3, 10, 12, tzinfo=timezone.utc)
+
+    def feed(events):
+        for o in of(run(events, reg)[1], CarrierOutcome):
+            book.record_leg(o.carrier, o.hangup_cause, o.sip_status, o.answered, now)
+
+    for n in range(10):
+        feed(_as_call(up_to_answer, n))
+        feed(_as_call(channel_events("b"), 100 + n))
+    assert book.get("carrier_a").disabled_at is None
+    assert book.get("carrier_a").consecutive_failures == 1
+    feed(e for n in range(10) for e in _as_call(hangups, n))
+    assert book.get("carrier_a").disabled_at is None
+    assert len(reg) == 0

@@ -45,8 +45,9 @@ def hooked(world_url):
     receiver.down()
 
 
-def events_for(call_uuid: str, tenant: str = "acme") -> list[dict]:
-    """What CallEvents queues for one answered call, fed as the daemon feeds it."""
+def events_for(call_uuid: str, tenant: str = "acme", ev=None) -> list[dict]:
+    """What CallEvents queues for one answered call, fed as the daemon feeds it (into
+    `ev` and left queued there when given)."""
     @dataclass
     class Call:
         call_uuid: str
@@ -76,15 +77,35 @@ def events_for(call_uuid: str, tenant: str = "acme") -> list[dict]:
         billed_seconds: int = 60
         cost: Decimal = Decimal("0.009000")
 
-    ev = webhooks.CallEvents()
+    given = ev is not None
+    ev = ev if given else webhooks.CallEvents()
+    queued = len(ev.queue)
     ev.started(Call(call_uuid, None))                  # tenant not known yet: held
-    assert not ev.queue
+    assert len(ev.queue) == queued
     ev.learn_tenant(call_uuid, tenant)
     ev.progress(call_uuid, tenant, 1_700_000_001_000_000)
     ev.progress(call_uuid, tenant, 1_700_000_001_500_000)   # once per call
     ev.answered(Call(call_uuid, tenant), Leg())
     ev.ended(Call(call_uuid, tenant), Record(tenant))
-    return ev.take(100)
+    return [] if given else ev.take(100)
+
+
+def test_outbox_writes_only_the_events_of_tenants_with_a_webhook(hooked):
+    """The events of a tenant without a webhook are discarded unbuilt; the others are
+    written with their own numbering."""
+    url, _, _ = hooked
+    ev = webhooks.CallEvents()
+    for call_uuid, tenant in (("c-1", "acme"), ("c-2", "nobody"), ("c-3", "acme")):
+        events_for(call_uuid, tenant, ev)
+    assert len(ev.queue) == 12
+    assert webhooks.Outbox(url, ev, 3600).step() == 8
+    assert not ev.queue
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT call_uuid, call_seq, event, tenant FROM webhook_outbox "
+                            "ORDER BY id").fetchall()
+    assert [(c, n) for c, n, _, _ in rows] == [("c-1", n) for n in range(1, 5)] + \
+        [("c-3", n) for n in range(1, 5)]
+    assert {t for *_, t in rows} == {"acme"}
 
 
 def test_call_events_are_numbered_and_final_carries_duration_and_cost():

@@ -87,7 +87,12 @@ def _known(call) -> dict:
 class CallEvents:
     """Turns registry effects into application events; O(1) per event, no I/O. The queue
     is bounded: when the writer cannot keep up, new events are dropped and counted (the
-    CDR stays the record; a replay re-sends what was written)."""
+    CDR stays the record; a replay re-sends what was written).
+
+    A call event is queued as a plain tuple (tenant, call UUID, sequence, name, time,
+    data); its event id and ISO time are made by `take`, and only for the tenants the
+    outbox writes (those with an enabled webhook, as PostgreSQL says at write time): the
+    events of every other tenant's calls are never built into documents."""
 
     def __init__(self, max_queued: int = 50_000):
         self.queue: deque = deque()
@@ -130,9 +135,7 @@ class CallEvents:
             if len(self.queue) >= self.max_queued:
                 metrics.WEBHOOK_EVENTS_DROPPED.inc()
                 continue
-            self.queue.append({"event_id": str(uuid.uuid4()), "tenant": st["tenant"],
-                               "call_uuid": call_uuid, "sequence": st["seq"], "event": name,
-                               "occurred_at": _iso(at), "data": payload})
+            self.queue.append((st["tenant"], call_uuid, st["seq"], name, at, payload))
         st["pending"] = []
 
     def started(self, call) -> None:
@@ -206,32 +209,50 @@ class CallEvents:
                            "event": f"spend.{kind}", "occurred_at": at.isoformat(),
                            "data": data})
 
-    def take(self, limit: int) -> list[dict]:
+    def take(self, limit: int, keep: Callable[[str], bool] | None = None) -> list[dict]:
+        """Up to `limit` events, oldest first, as documents. With `keep`, the events of
+        tenants it refuses are discarded on the way, unbuilt and not counted in `limit`."""
         out = []
-        while self.queue and len(out) < limit:
-            out.append(self.queue.popleft())
+        queue = self.queue
+        while queue and len(out) < limit:
+            item = queue.popleft()
+            if type(item) is dict:                  # an alert, built when raised
+                if keep is None or keep(item["tenant"]):
+                    out.append(item)
+                continue
+            tenant, call_uuid, seq, name, at, payload = item
+            if keep is None or keep(tenant):
+                out.append({"event_id": str(uuid.uuid4()), "tenant": tenant,
+                            "call_uuid": call_uuid, "sequence": seq, "event": name,
+                            "occurred_at": _iso(at), "data": payload})
         return out
 
 
 # --- outbox writer ------------------------------------------------------------------------------
+def hooked_tenants(conn: psycopg.Connection) -> frozenset[str]:
+    """The tenants that have an enabled webhook."""
+    return frozenset(row[0] for row in conn.execute(
+        "SELECT t.name FROM webhooks w JOIN tenants t ON t.id = w.tenant_id WHERE w.enabled"))
+
+
 def write_events(conn: psycopg.Connection, events: list[dict], horizon_s: float) -> int:
     """Insert the events of tenants that have an enabled webhook; returns rows written."""
     if not events:
         return 0
-    tenants = sorted({e["tenant"] for e in events})
     with conn.transaction():
-        hooked = {row[0] for row in conn.execute(
-            """SELECT t.name FROM webhooks w JOIN tenants t ON t.id = w.tenant_id
-               WHERE w.enabled AND t.name = ANY(%s)""", (tenants,))}
-        rows = [e for e in events if e["tenant"] in hooked]
-        if rows:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO webhook_outbox (event_id, tenant, call_uuid, call_seq, event,
-                                                   occurred_at, body, give_up_at)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, now() + %s * interval '1 second')""",
-                    [(e["event_id"], e["tenant"], e["call_uuid"], e["sequence"], e["event"],
-                      e["occurred_at"], Jsonb(e), horizon_s) for e in rows])
+        hooked = hooked_tenants(conn)
+        return _insert(conn, [e for e in events if e["tenant"] in hooked], horizon_s)
+
+
+def _insert(conn: psycopg.Connection, rows: list[dict], horizon_s: float) -> int:
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO webhook_outbox (event_id, tenant, call_uuid, call_seq, event,
+                                               occurred_at, body, give_up_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, now() + %s * interval '1 second')""",
+                [(e["event_id"], e["tenant"], e["call_uuid"], e["sequence"], e["event"],
+                  e["occurred_at"], Jsonb(e), horizon_s) for e in rows])
     return len(rows)
 
 
@@ -246,17 +267,22 @@ class Outbox:
         self._held: list[dict] = []
 
     def step(self) -> int:
-        batch = self._held or self.events.take(self.batch)
-        if not batch:
+        if not self._held and not self.events.queue:
             return 0
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self.db_url, autocommit=True)
-            written = write_events(self._conn, batch, self.horizon_s)
+            if not self._held:
+                # Only the events of tenants with a webhook are built (CallEvents.take).
+                hooked = hooked_tenants(self._conn)
+                self._held = self.events.take(self.batch, keep=hooked.__contains__)
+            with self._conn.transaction():
+                written = _insert(self._conn, self._held, self.horizon_s)
         except psycopg.Error as exc:
-            # Keep the batch and try again: PostgreSQL being away must not lose events.
-            self._held = batch
-            log.warning("webhook outbox: cannot write %d event(s): %s", len(batch),
+            # Keep the batch (or the queue) and try again: PostgreSQL being away must not
+            # lose events; a held batch keeps its event ids.
+            log.warning("webhook outbox: cannot write %d event(s): %s",
+                        len(self._held) or len(self.events.queue),
                         str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
             if self._conn is not None:
                 self._conn.close()

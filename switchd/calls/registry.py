@@ -174,6 +174,7 @@ class CallRegistry(Reconciliation):
         if late:
             self.counters["late"] += 1
         old = leg.state
+        answered_before = leg.answered_us
         leg.last_event_us = max(leg.last_event_us, ev.timestamp_us)
         if old != "complete":         # nothing after HANGUP_COMPLETE overrides what it said
             self._absorb(leg, ev)
@@ -181,9 +182,20 @@ class CallRegistry(Reconciliation):
         if new in ("hungup", "complete") and not leg.hangup_us:
             leg.hangup_us = ev.timestamp_us
         self._refresh(call)
+        if not answered_before and leg.answered_us and self._carrier_leg(leg):
+            # The carrier's success is its answer: told now, not at the end of the call,
+            # so a carrier's failures are never counted "consecutive" across answers
+            # whose calls are still up.
+            effects.append(CarrierOutcome(leg.carrier, leg.snapshot(), True,
+                                          leg.hangup_cause, leg.sip_status))
         if new != old:
             effects += self._leg_changed(call, leg, old, new, late)
         return effects
+
+    @staticmethod
+    def _carrier_leg(leg: Leg) -> bool:
+        """A leg whose outcome moves its carrier's health."""
+        return bool(leg.carrier) and leg.direction == "outbound" and not leg.reconstructed
 
     def _settle(self, call: Call, leg: Leg, ev: ChannelEvent) -> list[Effect]:
         """The real HANGUP_COMPLETE of a leg we closed without it (resync, sweep): its
@@ -363,8 +375,9 @@ class CallRegistry(Reconciliation):
             snapshot = call.snapshot()
             ended = next(l for l in snapshot.legs if l.uuid == leg.uuid)
             effects.append(LegEnded(ended, snapshot))
-            if leg.carrier and leg.direction == "outbound" and not leg.reconstructed:
-                effects.append(CarrierOutcome(leg.carrier, ended, bool(leg.answered_us),
+            if not leg.answered_us and self._carrier_leg(leg):
+                # An unanswered attempt (an answered one was told at its answer).
+                effects.append(CarrierOutcome(leg.carrier, ended, False,
                                               leg.hangup_cause, leg.sip_status))
             if not late:
                 effects += self._maybe_end(call)

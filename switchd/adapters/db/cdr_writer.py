@@ -37,6 +37,7 @@ from typing import Any
 
 import gevent
 import psycopg
+from gevent.event import Event
 from gevent.queue import Empty, Full, Queue
 
 from switchd.adapters.db import cdr_batch
@@ -75,12 +76,20 @@ _OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError)
 class CdrWriter:
     def __init__(self, url: str, batch_size: int = 8000, flush_interval: float = 0.5,
                  queue_max: int = 100_000, spool: Spool | None = None, *,
-                 connect_timeout: int = 5, backoff_max: float = 30.0):
+                 connect_timeout: int = 5, backoff_max: float = 30.0, gather: float = 0.1):
         if spool is None:
             raise ValueError("CdrWriter needs a Spool: records must never be dropped")
         self.url = url
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        # Seconds the writer waits, once it holds a record, for more to join its batch
+        # (cdr.gather_ms): a batch's own cost (statements, round trips, the commit) is
+        # then shared by many records instead of the few queued at one instant. It wakes
+        # at once when a full batch is queued (`_submit` sets `_batch_full` once the queue
+        # holds `_full_at` records) or when stop() is called.
+        self.gather = gather
+        self._batch_full = Event()
+        self._full_at = 0           # queue depth that completes the batch gathering; 0: none
         self.spool = spool
         self.connect_timeout = connect_timeout
         self.backoff_max = backoff_max
@@ -120,6 +129,8 @@ class CdrWriter:
     def _submit(self, item: tuple[str, Any]) -> None:
         try:
             self._queue.put_nowait(item)
+            if self._full_at and self._queue.qsize() >= self._full_at:
+                self._batch_full.set()
         except Full:
             # Overflow is durable too: an fsync'd local append, no network.
             try:
@@ -151,6 +162,7 @@ class CdrWriter:
         in the spool (SpoolError if the disk refuses even that).
         """
         self._stopping = True
+        self._batch_full.set()      # a gathering writer writes what it holds now
         if self._greenlet is not None:
             self._greenlet.join(timeout if flush else 0)
             if not self._greenlet.dead:
@@ -224,11 +236,28 @@ class CdrWriter:
         return False
 
     def _take_batch(self) -> list[tuple[str, Any]]:
+        """The next batch: up to batch_size records, waiting up to flush_interval for the
+        first; then up to `gather` seconds for more, unless the batch is full or the
+        writer is stopping (a record waits at most `gather` in the writer's hands before
+        its batch is written)."""
         batch, self._overflow = self._overflow[:self.batch_size], self._overflow[self.batch_size:]
         try:
             if not batch:
                 batch.append(self._queue.get(timeout=self.flush_interval)
                              if not self._stopping else self._queue.get_nowait())
+        except Empty:
+            self._inflight = batch
+            return batch
+        self._inflight = batch      # held while gathering: stop() spools it if need be
+        missing = self.batch_size - len(batch)
+        if self.gather > 0 and not self._stopping and self._queue.qsize() < missing:
+            self._batch_full.clear()
+            self._full_at = missing
+            try:
+                self._batch_full.wait(self.gather)
+            finally:
+                self._full_at = 0
+        try:
             while len(batch) < self.batch_size:
                 batch.append(self._queue.get_nowait())
         except Empty:

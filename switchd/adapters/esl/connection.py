@@ -152,7 +152,6 @@ class ESLConnection(InboundESL):
         self._open = False
         self._torn_down = False
         self._dropped = 0
-        self._event_counters: dict[str, object] = {}
         self.sock = None
         self.last_frame_at = 0.0          # time.monotonic() of the last frame received
         self.close_reason: str | None = None
@@ -409,10 +408,7 @@ class ESLConnection(InboundESL):
                           self._events.maxsize, self._dropped, _label_of(event))
 
     def _count(self, label: str) -> None:
-        counter = self._event_counters.get(label)
-        if counter is None:
-            counter = self._event_counters[label] = ESL_EVENTS.labels(label)
-        counter.inc()
+        ESL_EVENTS.inc(label)
 
     def process_events(self) -> None:
         """Dispatcher greenlet: a slow or failing handler never blocks the reader."""
