@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Callable, Iterable
 
@@ -385,10 +386,12 @@ def _settled_calls(call_rows: list[tuple[CallRecord, int]],
 
 def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, int]], int]:
     """Each record with its round: how many earlier records of the batch share its key."""
+    keys = list(map(key, records))
+    if len(set(keys)) == len(keys):      # the usual batch: every key once, all round 0
+        return list(zip(records, repeat(0))), min(len(keys), 1)
     seen: dict[Any, int] = {}
     out = []
-    for rec in records:
-        k = key(rec)
+    for rec, k in zip(records, keys):
         n = seen.get(k, 0)
         seen[k] = n + 1
         out.append((rec, n))

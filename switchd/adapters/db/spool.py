@@ -63,18 +63,17 @@ def dumps(record: Any) -> str:
     return json.dumps(_encode(record), separators=(",", ":"), ensure_ascii=False)
 
 
+_DECODE = {_DECIMAL: Decimal, _DATETIME: datetime.fromisoformat, _DATE: date.fromisoformat,
+           _UUID: uuid.UUID}
+
+
 def _tagged(obj: dict) -> Any:
     """json.loads' object_hook: a one-key dict with a tag is the value it stands for."""
     if len(obj) == 1:
-        (tag, raw), = obj.items()
-        if tag == _DECIMAL:
-            return Decimal(raw)
-        if tag == _DATETIME:
-            return datetime.fromisoformat(raw)
-        if tag == _DATE:
-            return date.fromisoformat(raw)
-        if tag == _UUID:
-            return uuid.UUID(raw)
+        for tag, raw in obj.items():
+            decode = _DECODE.get(tag)
+            if decode is not None:
+                return decode(raw)
     return obj
 
 
