@@ -375,8 +375,9 @@ class CdrWriter:
     def _replay(self) -> bool:
         """Replay the spool oldest first; False (and backoff) when the database fails."""
         try:
+            # In transactions of a batch's size, like the writer's own.
             result = self.spool.replay(lambda entries: self._commit(
-                [_from_spool(e) for e in entries]))
+                [_from_spool(e) for e in entries]), chunk=self.batch_size)
         except _OUTAGE as exc:
             self._db_failed("replay", exc)
             return False

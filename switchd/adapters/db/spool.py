@@ -203,8 +203,10 @@ class Spool:
         return len(lines)
 
     # --- replay -------------------------------------------------------------------------
-    def replay(self, callback: Callable[[list[Any]], None]) -> ReplayResult:
-        """Hand every spooled record to ``callback`` in chunks, oldest first.
+    def replay(self, callback: Callable[[list[Any]], None],
+               chunk: int | None = None) -> ReplayResult:
+        """Hand every spooled record to ``callback`` in chunks (of ``chunk`` records, by
+        default ``replay_chunk``), oldest first.
 
         A file is deleted once the callback returned for all of its chunks. If the callback
         raises, the exception propagates and that file (and the newer ones) stay for the
@@ -217,8 +219,9 @@ class Spool:
         for path in files:
             records, skipped = self._read(path)
             result.skipped.extend(skipped)
-            for start in range(0, len(records), self.replay_chunk):
-                callback(records[start:start + self.replay_chunk])
+            size = chunk or self.replay_chunk
+            for start in range(0, len(records), size):
+                callback(records[start:start + size])
             path.unlink()
             result.files += 1
             result.records += len(records)
