@@ -284,8 +284,7 @@ class CdrWriter:
         (an outage, or a bug), for _settle; a batch refused as data is written by halves."""
         try:
             try:
-                n = cdr_batch.apply(conn, staged)
-                conn.execute("COMMIT")
+                n = cdr_batch.apply(conn, staged, commit=True)
             except _OUTAGE:
                 raise
             except psycopg.Error as exc:
