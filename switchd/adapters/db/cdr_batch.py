@@ -25,9 +25,11 @@ held to commit, makes "look up, then insert" atomic between writers (the CDR wri
 switch-CDR intake, several daemons).
 ``call_events`` are partitioned by their own time ``at``: (core_uuid, event_seq, at).
 
-Every statement reaches stored rows by key (index probes per staged record); the batch
-turns the planner's hash and merge joins and its scans off, so a month partition whose
-statistics lag behind its growth is never read whole.
+Every statement reaches stored rows by key: index probes per staged record, or, for the
+first round's month look-up, one index walk per partition through the batch's sorted keys
+(``key = ANY(array)`` on a primary key it leads). The batch turns the planner's hash and
+merge joins and its scans off, so a month partition whose statistics lag behind its
+growth is never read whole.
 """
 from __future__ import annotations
 
