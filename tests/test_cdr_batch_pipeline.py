@@ -184,3 +184,33 @@ def test_poison_records_are_found_by_halves(migrated_pg_url, tmp_path, monkeypat
     assert writer.rejected == 2 and writer.written == 198
     assert 4 <= len(transactions) < 40      # one per record would be 200
     assert sorted(transactions)[:2] == [1, 1]   # each poison record alone, at the end
+
+
+def test_month_look_up_walks_the_keys_index_whatever_the_statistics(migrated_pg_url):
+    """The first round's look-up reaches stored rows through the keys' index, also in the
+    plan PostgreSQL keeps for the prepared statement, on a month that filled up since it
+    was last analysed (an array of keys read as a filter would compare every row of the
+    month with every key)."""
+    stored = [f"plan-{i}" for i in range(3000)]
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        write_batch(conn, [item for u in stored
+                           for item in (("call", a_call(u)), ("leg", a_leg(u)))])
+        batch = [item for u in stored[:300] + [f"plan-new-{i}" for i in range(300)]
+                 for item in (("call", a_call(u)), ("leg", a_leg(u)))]
+        with conn.transaction():
+            with conn.cursor() as cur:
+                staged = cdr_batch.stage(cur, batch)
+            conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            for name in ("_FIRST_CALLS", "_FIRST_LEGS"):
+                sql = getattr(cdr_batch, name).replace("%(lo)s", "$1::date") \
+                    .replace("%(hi)s", "$2::date")
+                conn.execute(f"PREPARE look_up AS {sql}")
+                lo, hi = staged.window["lo"], staged.window["hi"]
+                plan = "\n".join(r[0] for r in conn.execute(
+                    f"EXPLAIN EXECUTE look_up('{lo}', '{hi}')").fetchall())
+                conn.execute("DEALLOCATE look_up")
+                assert "Seq Scan on call" not in plan, plan
+                assert "_uuid = ANY" not in "\n".join(
+                    line for line in plan.splitlines() if "Filter:" in line), plan
+                assert "uuid = ANY" in plan, plan
+            raise psycopg.Rollback()

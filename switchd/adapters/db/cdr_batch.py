@@ -25,9 +25,11 @@ held to commit, makes "look up, then insert" atomic between writers (the CDR wri
 switch-CDR intake, several daemons).
 ``call_events`` are partitioned by their own time ``at``: (core_uuid, event_seq, at).
 
-Every statement reaches stored rows by key (index probes per staged record); the batch
-turns the planner's hash and merge joins and its scans off, so a month partition whose
-statistics lag behind its growth is never read whole.
+Every statement reaches stored rows by key: index probes per staged record, or, for the
+first round's month look-up, one index walk per partition through the batch's sorted keys
+(``key = ANY(array)`` on a primary key it leads). The batch turns the planner's hash and
+merge joins and its scans off, so a month partition whose statistics lag behind its
+growth is never read whole.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import uuid
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Callable, Iterable
 
@@ -184,25 +187,48 @@ _UPSERT_LEG = _upsert(
 # A key's first round (most keys have only one) resolves its month once and then either
 # inserts a new row (no ON CONFLICT: under the lock, a key the look-up did not find within
 # the window cannot be there) or updates the stored row under the superseding rank: what
-# the upsert does, for less work. Each statement returns the calls whose money must be
+# the upsert does, for less work. The look-up is set-based where the key leads the
+# table's primary key: the batch's keys go into one sorted array, and each partition of
+# the window is read once with `key = ANY(array)` (one walk of the index through the keys
+# in order) instead of one probe per staged row and partition. A call's legs are found
+# through call_legs' call_uuid index one key at a time (as an array there, a planner that
+# cannot know the array's length may prefer reading the whole month's primary key).
+# What the look-ups find (usually nothing) becomes one jsonb object, key -> month, that
+# each staged row reads by its key: no join for a planner to get wrong, whatever it
+# believes of the batch's size. Each statement returns the calls whose money must be
 # recomputed whatever their records say (see apply()): usually none.
-_STORED_CALL = ("(SELECT k.filed_month FROM calls k "
-                f"WHERE k.call_uuid = s.call_uuid AND k.{_WINDOW} LIMIT 1)")
-_KIN_OF_CALL = ("(SELECT min(l.filed_month) FROM call_legs l "
-                f"WHERE l.call_uuid = t.call_uuid AND l.{_WINDOW})")
-_STORED_LEG = ("(SELECT k.filed_month FROM call_legs k "
-               f"WHERE k.leg_uuid = s.leg_uuid AND k.{_WINDOW} LIMIT 1)")
-_KIN_OF_LEG = ("(SELECT c.filed_month FROM calls c "
-               f"WHERE c.call_uuid = t.call_uuid AND c.{_WINDOW} LIMIT 1)")
+def _months_of(table: str, key: str, keys: str) -> str:
+    """{key: month} of the keys in the array `keys` stored in `table` within the window
+    (the earliest month, should a key be in two). `key` must lead the table's primary key."""
+    return (f"(SELECT COALESCE(jsonb_object_agg(f.{key}, f.month), '{{}}') FROM "
+            f"(SELECT {key}, min(filed_month) AS month FROM {table} "
+            f"WHERE {key} = ANY(({keys})::text[]) AND {_WINDOW} GROUP BY {key}) f)")
 
 
-def _first_round(table: str, stage: str, cols: list[str], key: str, stored: str, kin: str,
-                 sets: list[str], rank_ok: str, unsettled: str) -> str:
+def _months_by_probe(table: str, key: str, keys: str) -> str:
+    """The same, one index probe per key (for a key that does not lead the primary key)."""
+    return (f"(SELECT COALESCE(jsonb_object_agg(k.x, m.month), '{{}}') "
+            f"FROM unnest(({keys})::text[]) AS k(x), LATERAL (SELECT min(filed_month) AS month "
+            f"FROM {table} f WHERE f.{key} = k.x AND f.{_WINDOW}) m WHERE m.month IS NOT NULL)")
+
+
+def _first_round(table: str, stage: str, cols: list[str], key: str, kin_table: str,
+                 kin_key: str, kin_leads: bool, sets: list[str], rank_ok: str,
+                 unsettled: str) -> str:
+    kin_months = _months_of if kin_leads else _months_by_probe
     staged = ", ".join(f"s.{c}{_CASTS.get(c, '')} AS {c}" for c in cols)
     month = "COALESCE(r.kin, switchd_month(COALESCE(r.started_at, r.ended_at, now())))"
-    return f"""WITH r AS MATERIALIZED (
-    SELECT t.*, CASE WHEN t.stored IS NULL THEN {kin} END AS kin
-    FROM (SELECT {staged}, {stored} AS stored FROM {stage} s WHERE s.n = 0 OFFSET 0) t),
+    return f"""WITH keys AS MATERIALIZED (
+    SELECT array_agg({key} ORDER BY {key}) AS own,
+           array_agg(DISTINCT {kin_key} ORDER BY {kin_key}) AS kin
+    FROM {stage} WHERE n = 0),
+found AS MATERIALIZED (
+    SELECT {_months_of(table, key, "SELECT own FROM keys")} AS stored,
+           {kin_months(kin_table, kin_key, "SELECT kin FROM keys")} AS kin),
+r AS MATERIALIZED (
+    SELECT t.*, CASE WHEN t.stored IS NULL THEN (f.kin ->> t.{kin_key})::date END AS kin
+    FROM (SELECT {staged}, (f.stored ->> s.{key})::date AS stored
+          FROM {stage} s, found f WHERE s.n = 0) t, found f),
 new AS (INSERT INTO {table} ({', '.join(cols)}, filed_month)
         SELECT {', '.join('r.' + c for c in cols)}, {month} FROM r WHERE r.stored IS NULL),
 old AS (UPDATE {table} SET {', '.join(x.replace('EXCLUDED.', 'r.') for x in sets)} FROM r
@@ -211,15 +237,17 @@ old AS (UPDATE {table} SET {', '.join(x.replace('EXCLUDED.', 'r.') for x in sets
 SELECT DISTINCT r.call_uuid FROM r WHERE {unsettled}"""
 
 
-# Calls stored before, or with a leg stored before: the legs in the batch are not all.
+# A new call takes the month of legs already filed for it; calls stored before, or with a
+# leg stored before, must be recomputed: the legs in the batch are not all.
 _FIRST_CALLS = _first_round(
-    "calls", "switchd_stage_calls", CALL_COLS, "call_uuid", _STORED_CALL, _KIN_OF_CALL,
+    "calls", "switchd_stage_calls", CALL_COLS, "call_uuid", "call_legs", "call_uuid", False,
     _replace_sets("calls", CALL_COLS, "call_uuid"),
     f"{_CALL_RANK.format(t='EXCLUDED')} >= {_CALL_RANK.format(t='calls')}",
     "r.stored IS NOT NULL OR r.kin IS NOT NULL")
-# Calls with a staged leg that was stored before: that leg row may not be what is staged.
+# A new leg takes the month of its call; calls with a staged leg that was stored before
+# must be recomputed: that leg row may not be what is staged.
 _FIRST_LEGS = _first_round(
-    "call_legs", "switchd_stage_legs", LEG_COLS, "leg_uuid", _STORED_LEG, _KIN_OF_LEG,
+    "call_legs", "switchd_stage_legs", LEG_COLS, "leg_uuid", "calls", "call_uuid", True,
     _replace_sets("call_legs", LEG_COLS, "leg_uuid"),
     f"{_LEG_RANK.format(t='EXCLUDED')} >= {_LEG_RANK.format(t='call_legs')}",
     "r.stored IS NOT NULL")
@@ -360,10 +388,12 @@ def _settled_calls(call_rows: list[tuple[CallRecord, int]],
 
 def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, int]], int]:
     """Each record with its round: how many earlier records of the batch share its key."""
+    keys = list(map(key, records))
+    if len(set(keys)) == len(keys):      # the usual batch: every key once, all round 0
+        return list(zip(records, repeat(0))), min(len(keys), 1)
     seen: dict[Any, int] = {}
     out = []
-    for rec in records:
-        k = key(rec)
+    for rec, k in zip(records, keys):
         n = seen.get(k, 0)
         seen[k] = n + 1
         out.append((rec, n))
@@ -496,9 +526,10 @@ def stage(cur: psycopg.Cursor, items: list[tuple[str, Any]]) -> StagedBatch:
                        events=bool(events), decisions=bool(decisions))
 
 
-def apply(conn: psycopg.Connection, staged: StagedBatch) -> int:
+def apply(conn: psycopg.Connection, staged: StagedBatch, *, commit: bool = False) -> int:
     """Move the staged rows into their tables under the lock, kinds in a fixed order (in
-    the same transaction as stage(); the caller commits). Returns the call rows (CDRs).
+    the same transaction as stage(); the caller commits, or with ``commit`` the COMMIT is
+    the pipeline's last statement: one round trip less). Returns the call rows (CDRs).
 
     Pipeline mode, two round trips: the statements up to the legs, then, knowing which
     calls are new, the money recompute and the rest."""
@@ -536,4 +567,6 @@ def apply(conn: psycopg.Connection, staged: StagedBatch) -> int:
             cur.execute(_INSERT_EVENTS)
         if staged.decisions:
             cur.execute(_INSERT_DECISIONS)
+        if commit:
+            cur.execute("COMMIT")
     return staged.calls

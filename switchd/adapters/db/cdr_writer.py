@@ -313,8 +313,7 @@ class CdrWriter:
         (an outage, or a bug), for _settle; a batch refused as data is written by halves."""
         try:
             try:
-                n = cdr_batch.apply(conn, staged)
-                conn.execute("COMMIT")
+                n = cdr_batch.apply(conn, staged, commit=True)
             except _OUTAGE:
                 raise
             except psycopg.Error as exc:
@@ -404,8 +403,9 @@ class CdrWriter:
     def _replay(self) -> bool:
         """Replay the spool oldest first; False (and backoff) when the database fails."""
         try:
+            # In transactions of a batch's size, like the writer's own.
             result = self.spool.replay(lambda entries: self._commit(
-                [_from_spool(e) for e in entries]))
+                [_from_spool(e) for e in entries]), chunk=self.batch_size)
         except _OUTAGE as exc:
             self._db_failed("replay", exc)
             return False

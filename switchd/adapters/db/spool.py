@@ -63,18 +63,17 @@ def dumps(record: Any) -> str:
     return json.dumps(_encode(record), separators=(",", ":"), ensure_ascii=False)
 
 
+_DECODE = {_DECIMAL: Decimal, _DATETIME: datetime.fromisoformat, _DATE: date.fromisoformat,
+           _UUID: uuid.UUID}
+
+
 def _tagged(obj: dict) -> Any:
     """json.loads' object_hook: a one-key dict with a tag is the value it stands for."""
     if len(obj) == 1:
-        (tag, raw), = obj.items()
-        if tag == _DECIMAL:
-            return Decimal(raw)
-        if tag == _DATETIME:
-            return datetime.fromisoformat(raw)
-        if tag == _DATE:
-            return date.fromisoformat(raw)
-        if tag == _UUID:
-            return uuid.UUID(raw)
+        for tag, raw in obj.items():
+            decode = _DECODE.get(tag)
+            if decode is not None:
+                return decode(raw)
     return obj
 
 
@@ -204,8 +203,10 @@ class Spool:
         return len(lines)
 
     # --- replay -------------------------------------------------------------------------
-    def replay(self, callback: Callable[[list[Any]], None]) -> ReplayResult:
-        """Hand every spooled record to ``callback`` in chunks, oldest first.
+    def replay(self, callback: Callable[[list[Any]], None],
+               chunk: int | None = None) -> ReplayResult:
+        """Hand every spooled record to ``callback`` in chunks (of ``chunk`` records, by
+        default ``replay_chunk``), oldest first.
 
         A file is deleted once the callback returned for all of its chunks. If the callback
         raises, the exception propagates and that file (and the newer ones) stay for the
@@ -218,8 +219,9 @@ class Spool:
         for path in files:
             records, skipped = self._read(path)
             result.skipped.extend(skipped)
-            for start in range(0, len(records), self.replay_chunk):
-                callback(records[start:start + self.replay_chunk])
+            size = chunk or self.replay_chunk
+            for start in range(0, len(records), size):
+                callback(records[start:start + size])
             path.unlink()
             result.files += 1
             result.records += len(records)
