@@ -134,6 +134,17 @@ def _record(c: CarrierCandidate, state: str) -> dict:
     }
 
 
+def no_route_reason(considered: list[dict]) -> str:
+    """Why a decision found no route, for people: when some carrier has a rate for the
+    number, each such carrier and the rule that passed it over (every carrier disabled
+    for its health reads very differently from a number nobody sells)."""
+    passed = [f"{r['carrier']}: {r['skipped']}" for r in considered
+              if r["skipped"] not in (None, "no_rate")]
+    if not passed:
+        return "no carrier covers the number"
+    return "no carrier can take the number (" + ", ".join(passed) + ")"
+
+
 def rank(candidates: list[CarrierCandidate], tenant: Tenant, now: datetime,
          max_routes: int = MAX_ROUTES, cooldown_s: float = 60,
          probe_first: bool = False) -> RankResult:

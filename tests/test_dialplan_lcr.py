@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dialplan.health import CarrierHealth
-from dialplan.lcr import CarrierCandidate, rank
+from dialplan.lcr import CarrierCandidate, no_route_reason, rank
 from dialplan.model import Carrier, Gateway, Tenant
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -83,6 +83,18 @@ def test_skip_rules(candidate, tenant, why):
     res = rank([candidate], tenant, NOW)
     assert res.routes == [] and res.reason == "no_route"
     assert res.considered[0]["skipped"] == why and res.considered[0]["position"] is None
+
+
+def test_no_route_reason_names_each_carrier_passed_over():
+    every_carrier_unhealthy = rank([cand("a", "0.01", health=CarrierHealth(50, 10, NOW)),
+                                    cand("b", None),
+                                    cand("c", "0.02", down_gateways=frozenset({"c_gw0"}))],
+                                   T, NOW)
+    assert no_route_reason(every_carrier_unhealthy.considered) == \
+        "no carrier can take the number (a: unhealthy, c: no_gateway)"
+    nobody_sells_it = rank([cand("a", None), cand("b", None)], T, NOW)
+    assert no_route_reason(nobody_sells_it.considered) == "no carrier covers the number"
+    assert no_route_reason([]) == "no carrier covers the number"
 
 
 def test_rate_equal_to_max_is_allowed():

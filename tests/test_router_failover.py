@@ -245,3 +245,17 @@ def test_a_continuation_for_an_unknown_tenant_is_refused_cleanly(setup):
     decision = router.route(nxt)
     assert decision.result == "refused" and ("respond", "403 Forbidden") in _actions(decision.xml)
     assert decision.destination == "+442079460123"
+
+
+def test_a_refusal_with_every_carrier_unhealthy_says_so(setup):
+    """Ten carrier failures each disable all three carriers: the refused decision names
+    them and the rule, not a number nobody sells."""
+    router, decisions, health, _ = setup
+    now = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    for _ in range(10):
+        for carrier in ("alpha", "beta", "gamma"):
+            health.record_leg(carrier, "NORMAL_TEMPORARY_FAILURE", 503, answered=False, now=now)
+    _first(router)
+    assert decisions[-1].result == "refused"
+    assert decisions[-1].reason == ("no carrier can take the number "
+                                    "(alpha: unhealthy, beta: unhealthy, gamma: unhealthy)")

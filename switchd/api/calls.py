@@ -372,7 +372,7 @@ def explain(router, tenant_name: str, dialled: str) -> dict:
                       "increments": f"{r.rate.initial_increment}/{r.rate.subsequent_increment}"}
                      for r in ranked.routes]
     if not ranked.routes:
-        return {**out, "reason": "no carrier covers the number"}
+        return {**out, "reason": lcr.no_route_reason(ranked.considered)}
     share = router.spend.preview(tenant, ranked.routes[0].rate)    # what live calls left
     max_s = policy.decide_duration(None, tenant.max_call_seconds, share, ranked.routes[0].rate)
     if isinstance(max_s, policy.Refusal):

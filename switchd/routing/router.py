@@ -355,7 +355,7 @@ class Router:
         ranked = self._rank(world, tenant, number, now)
         decision.candidates = ranked.considered
         if not ranked.routes:
-            raise Refused(policy.refusal("no_route"), "no carrier covers the number")
+            raise Refused(policy.refusal("no_route"), lcr.no_route_reason(ranked.considered))
         routes, admission = self._admit_first_available(decision.call_uuid, tenant,
                                                         ranked.routes, campaign)
         if not admission.admitted:
