@@ -3,7 +3,8 @@ table (docs/routing.md §4a). The US number is covered by alpha (gw_a), bravo (g
 charlie (gw_c) in that order; gw_a answers as the row says, and the carriers' own INVITE
 counts (sipp traces) say who was tried. Health afterwards: only carrier-side failures are
 charged (switchd_failovers_total counts exactly those; the gauge and the carriers table
-show the score)."""
+show the score). And a carrier answering on its second gateway while its first refuses
+keeps its calls: its answers count when they happen."""
 from __future__ import annotations
 
 import re
@@ -181,3 +182,42 @@ def test_the_operator_table_is_followed(realswitch, make_rs_daemon, tmp_path):
     # 486 is still the callee's answer: moving on does not start charging alpha for it;
     # the 480 is alpha's own failure whatever the operator does with it.
     rs.wait_until(lambda: _health(rs, "alpha") == 95, what="alpha charged once (480)")
+
+
+# alpha owns two gateways: gw_a (first) and gw_b, moved from bravo; bravo is left without.
+ALPHA_TWO_GATEWAYS = world.WORLD_TOML.replace('''  [[carriers.gateways]]
+  name = "gw_b"
+  profile = "callers"
+  leg_timeout = 5
+''', "").replace('''  name = "gw_a"
+  profile = "callers"
+  leg_timeout = 5
+''', '''  name = "gw_a"
+  profile = "callers"
+  leg_timeout = 5
+  [[carriers.gateways]]
+  name = "gw_b"
+  profile = "callers"
+  leg_timeout = 5
+''', 1)
+
+
+@pytest.mark.slow
+def test_a_carriers_answers_count_while_their_calls_are_up(realswitch, make_rs_daemon):
+    """Twelve calls, each refused by alpha's first gateway and answered by its second, all
+    still up when the tenth refusal comes: every answer counts as alpha's success when it
+    happens, so ten refusals are never ten in a row and alpha keeps every call. (Counted
+    at the hangup instead, the answers came too late: alpha was disabled after the tenth
+    refusal and the last calls went to charlie: gw_a 10, gw_b 9, gw_c 3.)"""
+    rs = make_rs_daemon(world_toml=ALPHA_TWO_GATEWAYS)
+    assert rs.rows("SELECT g.name, c.name FROM gateways g JOIN carriers c ON c.id = g.carrier_id"
+                   " ORDER BY g.name") == [("gw_a", "alpha"), ("gw_b", "alpha"),
+                                           ("gw_c", "charlie")]
+    realswitch.carrier("gw_a").set_mode("503")
+    number, carrier, _ = world.DESTINATIONS[0]                   # UK: alpha is cheapest
+    assert carrier == "alpha"
+    load = realswitch.load_async(number, rate=2, count=12, hold_ms=12000).wait()
+    assert load.answered == 12, load
+    assert realswitch.invites() == {"gw_a": 12, "gw_b": 12, "gw_c": 0}
+    assert metric(rs.process, "switchd_carrier_up", carrier="alpha") == 1
+    assert rs.rows("SELECT disabled_at FROM carriers WHERE name = 'alpha'") == [(None,)]
