@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from switchd.adapters.db.cdr_writer import CdrWriter
 from switchd.adapters.db.spool import Spool
-from tests.test_cdr_writer import call, count, wait_for
+from test_cdr_writer import call, count, wait_for
 
 LONG = 60.0     # a gather no test could wait out: only a wake-up ends it
 
