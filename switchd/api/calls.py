@@ -353,16 +353,7 @@ def explain(router, tenant_name: str, dialled: str) -> dict:
     remaining = router.spend.remaining(tenant)
     if remaining is not None and remaining <= 0:
         return {**out, "reason": "monthly budget exhausted"}
-    now = router.clock()
-    decks = router.decks()
-    carriers = list(world.carriers.values())
-    with_deck = [(c, decks[c.name]) for c in carriers if c.name in decks]
-    rates = dict(zip([c.name for c, _ in with_deck],
-                     lookup_all([d for _, d in with_deck], number.digits, now)))
-    candidates = [lcr.candidate(c, rates.get(c.name), router.health.get(c.name),
-                                router.health.down_gateways) for c in carriers]
-    ranked = lcr.rank(candidates, tenant, now, max_routes=router.settings["max_routes"],
-                      cooldown_s=router.settings["health_cooldown"])
+    ranked = router.rank(world, tenant, number, router.clock())
     considered = sorted(ranked.considered, key=lambda r: (r["position"] is None,
                                                          r["position"] or 0, r["carrier"]))
     out["carriers"] = considered

@@ -290,7 +290,7 @@ class Router:
                                 call_vars)
         decision.destination = number.e164
         now = self.clock()
-        ranked = self._rank(world, tenant, number, now)
+        ranked = self.rank(world, tenant, number, now)
         decision.candidates = ranked.considered
         nxt = next((r for r in ranked.routes if _leg_name(r) not in tried), None)
         if nxt is None:
@@ -321,7 +321,9 @@ class Router:
                             "attempt": attempt + 1, "after": verdict.key}]
         return decision
 
-    def _rank(self, world, tenant, number, now):
+    def rank(self, world, tenant, number, now) -> lcr.RankResult:
+        """The carriers for a number, ranked (dialplan/lcr.py), from the decks, health and
+        gateways as they are now; also what the API's route preview shows."""
         decks = self.decks()
         carriers = list(world.carriers.values())
         # One parse of the number for every deck (ratedeck.lookup_all); carriers without
@@ -352,7 +354,7 @@ class Router:
         if remaining is not None and remaining <= 0:
             raise Refused(policy.refusal("budget_exhausted"), "monthly budget exhausted")
         now = self.clock()
-        ranked = self._rank(world, tenant, number, now)
+        ranked = self.rank(world, tenant, number, now)
         decision.candidates = ranked.considered
         if not ranked.routes:
             raise Refused(policy.refusal("no_route"), lcr.no_route_reason(ranked.considered))
