@@ -36,8 +36,11 @@ def test_ring_out_is_no_answer_and_pdd_comes_from_progress(realswitch, rs_daemon
     assert status == 200
     assert 'switchd_carrier_health{carrier="alpha"} 95' not in text
     assert metric(rs_daemon.process, "switchd_carrier_health", carrier="alpha") in (0, 100)
-    (call,) = rs_daemon.rows("SELECT disposition, carrier FROM calls WHERE call_uuid = %s",
-                             legs[0].uuid)
+    # FreeSWITCH's CDR may file the call first; ESL's record, the one with the call's
+    # disposition, follows within the CDR writer's gather time.
+    (call,) = rs_daemon.wait_until(lambda: rs_daemon.rows(
+        "SELECT disposition, carrier FROM calls WHERE call_uuid = %s AND disposition IS NOT NULL",
+        legs[0].uuid), what="ESL's record of the call")
     assert call == ("answered", "bravo")
 
 
