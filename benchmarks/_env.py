@@ -11,6 +11,13 @@ from pathlib import Path
 import psycopg
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (/proc/<pid>/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     model = "?"
     try:

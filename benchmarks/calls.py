@@ -59,7 +59,6 @@ sys.path.insert(0, str(HERE))
 PASSWORD = "BenchCon"
 CARRIERS = ("budgetel", "globex", "primo")
 TENANTS = ("acme", "bench1", "bench2", "bench3")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
@@ -437,10 +436,6 @@ def run_naive(spec_path: str) -> None:
 
 
 # === the orchestrator ======================================================================
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
 
 def setup(url: str, workdir: Path, prefixes: int) -> None:
     from switchd.adapters.db.migrate import apply_migrations
@@ -570,6 +565,7 @@ def run_step(gen: Generator, pid: int, http_port: int, url: str, rate: float, se
     """One step at `rate`; CDRs counted by the rows stored since the step began."""
     import threading
     import psycopg
+    from _env import cpu_seconds
     conn = psycopg.connect(url, autocommit=True)
     if naive:
         table, key, per_call = "naive_cdrs", "stored_at", 2       # a row per leg
@@ -756,7 +752,8 @@ def measure(url: str, workdir: Path, args) -> dict:
                 f"{step['routed']}/{step['calls']}, p99 {step['p99_ms']} ms")
     # What one core could carry if CPU were the only limit (1,000 ms / CPU ms per call):
     # on a shared box the latency criteria can fail for want of the core, not of speed.
-    return {"compared_steps_ok": ours_at["ok"] and base_at["ok"],"calls_per_s": ours, "cpu_ms_per_call": ours_at["cpu_ms_per_call"],
+    return {"compared_steps_ok": ours_at["ok"] and base_at["ok"],
+            "calls_per_s": ours, "cpu_ms_per_call": ours_at["cpu_ms_per_call"],
             "baseline_calls_per_s": base,
             "baseline_cpu_ms_per_call": base_at["cpu_ms_per_call"],
             "ratio": round(ours_at["cpu_ms_per_call"] / base_at["cpu_ms_per_call"], 2),

@@ -57,19 +57,11 @@ sys.path.insert(0, str(HERE))
 FRANCE = "+33142685300"        # bravo answers (tests/realswitch/world.py)
 HOLD_MS = 2000
 ROUTING = "switchd_routing_decision_seconds"
-TICK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "rs-bench"
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far (/proc/<pid>/stat, fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def scrape(base_url: str) -> dict[tuple, float]:
@@ -143,6 +135,7 @@ class ReadyzProbe:
 
 def run_step(switch, daemon, rate: int, seconds: int) -> dict:
     """One step at `rate` calls/s; see the module docstring for what it measures."""
+    from _env import cpu_seconds
     switch.reset()
     count = rate * seconds
     known = {h.uuid for h in switch.hangups()}
