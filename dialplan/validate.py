@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import phonenumbers
 
+from dialplan import rating
 from dialplan import retry as _retry
 
 
@@ -259,7 +260,7 @@ class Field:
     nullable: bool = False     # "" in a provision file clears it (NULL: no limit / unset)
 
 
-SECONDS = integer(1, 86400)
+INCREMENT = integer(1, rating.MAX_INCREMENT)   # what rating bills by
 
 
 def retry_policy(value) -> dict:
@@ -285,7 +286,7 @@ CARRIER = {
     "name": Field(name, required=True), "enabled": Field(boolean),
     "priority": Field(integer(-INT32_MAX)), "max_channels": Field(integer(0), nullable=True),
     "cps_limit": Field(CPS, nullable=True),
-    "default_initial_increment": Field(SECONDS), "default_subsequent_increment": Field(SECONDS),
+    "default_initial_increment": Field(INCREMENT), "default_subsequent_increment": Field(INCREMENT),
     # billed seconds: FreeSWITCH's billsec, or whole started seconds of billmsec by agreement
     "billing_rounding": Field(choice("billsec", "ceil_ms")),
 }

@@ -124,6 +124,9 @@ name = "c"
   name = "gw1"
   profile = "ext,ernal"
   leg_timeout = 100000
+[[carriers]]
+name = "d"
+default_initial_increment = 7200
 [[campaigns]]
 name = "camp|1"
 tenant = "t"
@@ -132,6 +135,9 @@ tenant = "t"
     assert any("carriers[0].gateways[0].leg_timeout: 100000 is out of range 1..3600" in e
                for e in errors)
     assert any("campaigns[0].name: 'camp|1' may only" in e for e in errors)
+    # an increment rating cannot bill: refused here, not at the deck's load
+    assert any("carriers[1].default_initial_increment: 7200 is out of range 1..3600" in e
+               for e in errors)
 
 
 def test_partial_file_keeps_what_it_leaves_out(migrated_pg_url, tmp_path):

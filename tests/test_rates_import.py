@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from switchd.admin.rates_import import RatesImportError, import_rates
+from switchd.routing.deck_loader import load_deck
 
 HEADER = "prefix,rate_per_min,connect_fee,initial_increment,subsequent_increment," \
          "effective_from,effective_to,description\n"
@@ -142,3 +143,18 @@ def test_readers_see_old_deck_until_commit(db, tmp_path):
             import_rates(conn, write(tmp_path, HEADER + "44,0.2\n", "v2.csv"), "acme")
             assert [r[1] for r in rates(db)] == [Decimal("0.1")]   # other session: old deck
         assert [r[1] for r in rates(db)] == [Decimal("0.2")]
+
+
+def test_an_increment_rating_cannot_bill_is_refused_at_the_door(db, tmp_path):
+    """Increments beyond an hour are refused with the line, not stored to fail the deck's
+    load for every call of the carrier."""
+    path = write(tmp_path, HEADER + "1,0.01,0,60,60\n44,0.01,0,7200,60\n")
+    with pytest.raises(RatesImportError, match=r"deck\.csv:3: initial_increment '7200' is not "
+                                               r"a whole number of seconds 1\.\.3600"):
+        import_rates(db, path, "acme")
+    assert rates(db) == []
+    path = write(tmp_path, HEADER + "44,0.01,0,3600,3600\n")
+    import_rates(db, path, "acme")
+    with psycopg.connect(db) as conn:
+        deck = load_deck(conn, "acme")
+    assert deck.lookup("4420", datetime.now(timezone.utc)).initial_increment == 3600

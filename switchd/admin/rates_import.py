@@ -18,7 +18,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import psycopg
 
-from dialplan import validate
+from dialplan import rating, validate
 
 NOTIFY_CHANNEL = "switchd_rates"
 _MAX_DIGITS = 16
@@ -274,8 +274,9 @@ class _RowParser:
         text = fields[index].strip() if index is not None else ""
         if not text:
             return self.defaults[default_slot]
-        if not (text.isascii() and text.isdigit() and 0 < int(text) <= 86400):
-            raise self.fail(line, f"{name} {text!r} is not a whole number of seconds 1..86400")
+        if not (text.isascii() and text.isdigit() and 0 < int(text) <= rating.MAX_INCREMENT):
+            raise self.fail(line, f"{name} {text!r} is not a whole number of seconds "
+                                  f"1..{rating.MAX_INCREMENT}")
         return str(int(text))
 
     def when(self, fields, index, name, line) -> datetime | None:
