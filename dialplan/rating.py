@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 __all__ = ["billed_seconds", "answered_seconds", "leg_cost", "rate_leg", "parse_increments",
            "to_decimal", "MAX_INCREMENT", "Tariff", "Rated", "rate", "talk_seconds",
-           "tariff_at", "ROUNDING_MODES", "BILLSEC", "CEIL_MS"]
+           "tariff_at", "ROUNDING_MODES", "BILLSEC", "CEIL_MS", "MAX_BILLED_SECONDS", "MAX_COST"]
 
 # How an answered leg's talk time becomes whole seconds (a carrier agreement chooses):
 BILLSEC = "billsec"     # FreeSWITCH's own billsec (end_epoch - answer_epoch): the default
@@ -25,6 +25,11 @@ ROUNDING_MODES = (BILLSEC, CEIL_MS)
 
 # No carrier bills in increments longer than an hour; a bigger number is a typo in a deck.
 MAX_INCREMENT = 3600
+
+# What the ledger holds (billed_seconds integer, cost numeric(18,6)): a leg beyond it is
+# unrated and counted, never truncated and never a write PostgreSQL refuses.
+MAX_BILLED_SECONDS = 2**31 - 1
+MAX_COST = Decimal("999999999999.999999")
 
 # Enough digits that no intermediate product is rounded by the context before we round
 # once ourselves (the default context has 28 significant digits).
@@ -213,4 +218,7 @@ def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
         raise ValueError("rate_per_min and connect_fee must not be negative")
     billed = billed_seconds(talk, tariff.initial, tariff.subsequent)
     exact = _CTX.add(fee, _CTX.divide(_CTX.multiply(rate_, Decimal(billed)), Decimal(60)))
-    return Rated(billed, exact.quantize(quantum, rounding=ROUND_HALF_UP, context=_CTX))
+    cost = exact.quantize(quantum, rounding=ROUND_HALF_UP, context=_CTX)
+    if billed > MAX_BILLED_SECONDS or cost > MAX_COST:
+        return Rated(0, None, f"{billed} s costing {cost} is beyond what the ledger holds")
+    return Rated(billed, cost)

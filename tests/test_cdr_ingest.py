@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from switchd.accounting.cdrs.ingest import CdrIngest
@@ -86,6 +86,15 @@ def test_error_directory_files_are_the_json_with_a_newline():
     (b"", "not valid JSON"), (b"{not json", "not valid JSON"), (b"[]", "variables"),
     (b'{"variables": {}}', "uuid"), (b"cdr=!!!", "JSON"),
     (b'{"variables": {"uuid": "x", "billsec": "3s"}}', "billsec"),
+    # integers the ledger's columns cannot hold, or that are no time or SIP status
+    (b'{"variables": {"uuid": "x", "sip_term_status": "99999999999"}}',
+     r"sip_term_status is out of range \(100\.\.699\)"),
+    (b'{"variables": {"uuid": "x", "sip_term_status": "0"}}', "sip_term_status"),
+    (b'{"variables": {"uuid": "x", "billsec": "2147483648"}}', "billsec is out of range"),
+    (b'{"variables": {"uuid": "x", "billsec": "-1"}}', "billsec is out of range"),
+    (b'{"variables": {"uuid": "x", "answer_uepoch": "-1700000000000000"}}', "answer_uepoch"),
+    (b'{"variables": {"uuid": "x", "end_uepoch": "253402300800000000"}}', "end_uepoch"),
+    (b'{"variables": {"uuid": "x", "progress_media_uepoch": "1e30"}}', "progress_media_uepoch"),
 ])
 def test_bad_bodies_are_refused_with_a_reason(body, why):
     with pytest.raises(CdrFormatError, match=why):
@@ -169,14 +178,15 @@ def test_cdrs_posted_during_a_commit_are_committed_together(migrated_pg_url, tmp
 
 
 def test_a_cdr_postgresql_refuses_fails_its_own_post_only(migrated_pg_url, tmp_path):
-    """One CDR of a group holds a SIP status no integer column takes: its post fails (so
-    FreeSWITCH keeps it), the others are stored."""
+    """One CDR of a group is one PostgreSQL refuses (here a constraint an operator added;
+    what the door can see it refuses itself): its post fails, so FreeSWITCH keeps it, and
+    the others are stored."""
     ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
     calls = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(5)]
     bodies = [_renamed(B_BODY, a, b) for a, b in calls]
-    poisoned = json.loads(bodies[2])
-    poisoned["variables"]["sip_term_status"] = "99999999999"
-    bodies[2] = json.dumps(poisoned).encode()
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE call_legs ADD CONSTRAINT refuse_one "
+                     f"CHECK (leg_uuid <> '{calls[2][1]}')")
     outcomes = _store_while_held(ingest, bodies)
     assert isinstance(outcomes[2], psycopg.Error)
     assert [o.where for i, o in enumerate(outcomes) if i != 2] == ["database"] * 4
@@ -370,6 +380,42 @@ def test_endpoint_answers_200_only_once_durable(migrated_pg_url, tmp_path):
     assert _rows(migrated_pg_url, A_UUID)[1][0][0] == B_UUID
 
 
+def test_endpoint_refuses_what_the_ledger_cannot_hold_and_stores_nothing(migrated_pg_url,
+                                                                        tmp_path):
+    """A SIP status no column takes is a 400 naming the variable, before PostgreSQL sees it;
+    the next good CDR is stored as usual."""
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    app = HttpApp(cdr_ingest=ingest)
+    data = json.loads(B_BODY)
+    data["variables"]["sip_term_status"] = "99999999999"
+    status, out = _wsgi(app, json.dumps(data).encode())
+    assert status == 400 and "sip_term_status is out of range" in json.loads(out)["error"]
+    assert _rows(migrated_pg_url, A_UUID) == ([], [])
+    assert not list((tmp_path / "spool").glob("*"))
+    assert _wsgi(app, B_BODY)[0] == 200
+
+
+def test_a_nul_in_a_text_field_does_not_cost_the_cdr(migrated_pg_url, tmp_path):
+    # JSON's \u0000 decodes to a character no PostgreSQL text column takes.
+    data = json.loads(B_BODY)
+    data["variables"]["hangup_cause"] = "NORMAL\u0000CLEARING"
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    assert ingest.store(json.dumps(data).encode()).where == "database"
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert conn.execute("SELECT hangup_cause FROM call_legs WHERE leg_uuid = %s",
+                            (B_UUID,)).fetchone() == ("NORMAL\ufffdCLEARING",)
+
+
+def test_a_tariff_the_ledger_cannot_hold_leaves_the_leg_unrated(migrated_pg_url, tmp_path):
+    data = json.loads(B_BODY)
+    data["variables"]["switchd_rate"] = "1000000"       # rate_per_min is numeric(12,6)
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    assert ingest.store(json.dumps(data).encode()).cost is None
+    with psycopg.connect(migrated_pg_url) as conn:
+        assert conn.execute("SELECT cost, unrated, rate_per_min FROM call_legs WHERE "
+                            "leg_uuid = %s", (B_UUID,)).fetchone() == (None, True, None)
+
+
 def test_endpoint_answers_503_when_nothing_could_keep_it(tmp_path):
     app = HttpApp(cdr_ingest=CdrIngest(DEAD_DB, _broken_spool(tmp_path)))
     assert _wsgi(app, B_BODY)[0] == 503
@@ -431,3 +477,36 @@ def test_a_caller_name_that_is_not_utf8_does_not_cost_the_cdr():
     assert body != B_BODY
     leg = parse(body)
     assert (leg.uuid, leg.billsec, leg.billmsec) == (B_UUID, 3, 2340)
+
+
+_INTS = st.one_of(st.integers(-2**70, 2**70), st.sampled_from(
+    [0, 1, 99, 100, 699, 700, 2**31 - 1, 2**31, 2**63 - 1, 2**63,
+     253_402_300_799_999_999, 253_402_300_800_000_000, 1_764_547_200_000_000]))
+_FIGURES = ("sip_term_status", "billsec", "billmsec", "start_uepoch", "answer_uepoch",
+            "progress_uepoch", "progress_media_uepoch", "end_uepoch")
+_TEXTS = ("hangup_cause", "sip_gateway_name", "switchd_carrier", "switchd_tenant",
+          "switchd_route_id", "switchd_rate", "switchd_connect_fee", "switchd_increments",
+          "switchd_direction", "direction")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(figures=st.dictionaries(st.sampled_from(_FIGURES), _INTS.map(str)),
+       texts=st.dictionaries(st.sampled_from(_TEXTS), st.text(max_size=30)))
+def test_whatever_the_door_lets_in_postgresql_stores(migrated_pg_url, tmp_path, figures,
+                                                     texts):
+    """The door's checks are the ledger's: a CDR that parses is stored (never a 500 from a
+    value PostgreSQL refuses); one that does not is refused naming what is wrong."""
+    data = json.loads(_renamed(B_BODY, str(uuid.uuid4()), str(uuid.uuid4())))
+    data["variables"].update(figures, **texts)
+    body = json.dumps(data).encode()
+    try:
+        parse(body)
+    except CdrFormatError as exc:
+        assert any(name in str(exc) for name in _FIGURES), exc
+        return
+    ingest = CdrIngest(migrated_pg_url, None)      # no spool: an outage would raise
+    try:
+        assert ingest.store(body).where == "database"
+    finally:
+        ingest.close()

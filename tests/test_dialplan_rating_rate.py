@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dialplan.rating import BILLSEC, CEIL_MS, Tariff, rate, tariff_at, talk_seconds
+from dialplan.rating import (BILLSEC, CEIL_MS, MAX_BILLED_SECONDS, Tariff, rate, tariff_at,
+                             talk_seconds)
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 INCREMENTS = [(60, 60), (60, 6), (30, 6), (6, 6), (1, 1)]
@@ -131,3 +132,20 @@ def test_tariff_at_picks_the_latest_start_not_after_answer(starts, at_offset):
 def test_floats_are_refused():
     with pytest.raises(TypeError):
         rate(answered=True, billsec=1, billmsec=None, tariffs=[Tariff(0.1)])
+
+
+def test_a_leg_beyond_what_the_ledger_holds_is_unrated_never_truncated():
+    # billed_seconds is an integer column, cost numeric(18,6): past either, the leg is
+    # flagged unrated (and counted by the caller) instead of failing its write.
+    huge_talk = rate(answered=True, billsec=MAX_BILLED_SECONDS, billmsec=None,
+                     tariffs=[_t("0.01", "0", (60, 60))])
+    assert (huge_talk.cost, huge_talk.billed_seconds) == (None, 0)
+    assert "beyond what the ledger holds" in huge_talk.unrated_reason
+    dear = rate(answered=True, billsec=3600, billmsec=None, tariffs=[_t("999999.999999", "0")])
+    assert dear.cost == Decimal("59999999.999940")          # within: rated as usual
+    too_dear = rate(answered=True, billsec=3600 * 24 * 365 * 50, billmsec=None,
+                    tariffs=[_t("999999.999999", "0")])
+    assert too_dear.cost is None and too_dear.unrated_reason
+    at_the_edge = rate(answered=True, billsec=MAX_BILLED_SECONDS - 59, billmsec=None,
+                       tariffs=[_t("0", "0", (60, 60))])
+    assert at_the_edge.billed_seconds == MAX_BILLED_SECONDS - 7 and at_the_edge.cost == 0

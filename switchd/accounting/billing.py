@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Mapping
 
-from dialplan import rating
+from dialplan import rating, validate
 from switchd import metrics
 from dialplan.causes import disposition
 from switchd.adapters.db.cdr_writer import CallRecord, LegRecord
@@ -43,11 +43,10 @@ def route_tariff(vars_: dict, what: str = "leg") -> rating.Tariff | None:
     if not vars_.get("switchd_rate"):
         return None
     try:
-        rate = Decimal(vars_["switchd_rate"])
-        fee = Decimal(vars_.get("switchd_connect_fee") or "0")
+        # What a deck row can hold (numeric(12,6)), as the leg row stores it.
+        rate = validate.RATE(vars_["switchd_rate"])
+        fee = validate.RATE(vars_.get("switchd_connect_fee") or "0")
         initial, subsequent = rating.parse_increments(vars_.get("switchd_increments") or "60/60")
-        if not (rate.is_finite() and fee.is_finite()) or rate < 0 or fee < 0:
-            raise ValueError("rate and connect fee must be finite and not negative")
     except (InvalidOperation, ValueError) as exc:
         log.error("%s carries an unreadable tariff %r: %s; left unrated", what,
                   {k: v for k, v in vars_.items() if k.startswith("switchd_")}, exc)
@@ -156,12 +155,16 @@ def pdd_ms(leg) -> int | None:
     return pdd_between(leg.created_us, getattr(leg, "progress_us", 0), leg.answered_us)
 
 
+_INT4 = 2**31 - 1     # pdd_ms is an integer column
+
+
 def pdd_between(start_us: int, progress_us: int, answered_us: int) -> int | None:
     """pdd_ms from the three times (µs epochs, 0 = none); the switch's CDR uses it too."""
     first = progress_us or answered_us
     if not start_us or not first or first < start_us:
         return None
-    return (first - start_us) // 1000
+    pdd_ms = (first - start_us) // 1000
+    return pdd_ms if pdd_ms <= _INT4 else None     # weeks of "dialling" are no PDD
 
 
 def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> CallRecord:

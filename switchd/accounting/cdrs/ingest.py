@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable
 
@@ -52,13 +52,13 @@ class Stored:
     cost: Decimal | None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _at(us: int) -> datetime | None:
-    if not us:
-        return None
-    try:
-        return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None
+    """A µs epoch as a time (exact: no float); 0 is "never". json_cdr.parse has checked
+    the range, so an answered leg always keeps its answer time."""
+    return _EPOCH + timedelta(microseconds=us) if us else None
 
 
 def to_records(leg: SwitchLeg, *, precision: int = 6,

@@ -24,10 +24,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_plus
 
 MAX_CDR_BYTES = 1 << 20     # a real leg's CDR is ~10 KB
+# A JSON \u0000 escape, not one whose backslash is itself escaped ("\\u0000" is text).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class CdrFormatError(ValueError):
@@ -75,7 +78,8 @@ def decode_body(body: bytes) -> dict:
         # FreeSWITCH copies a caller's bytes into the JSON as they came (a display name
         # that is not UTF-8 stays so): such a CDR is still the call's money, so the
         # stray bytes become U+FFFD instead of costing the record.
-        data = json.loads(text.decode("utf-8", errors="replace"))
+        # The same for a NUL (JSON's \u0000), which no PostgreSQL text column can hold.
+        data = json.loads(_NUL_ESCAPE.sub(r"\1\\ufffd", text.decode("utf-8", errors="replace")))
     except ValueError as exc:
         raise CdrFormatError(f"CDR is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("variables"), dict):
@@ -83,13 +87,32 @@ def decode_body(body: bytes) -> dict:
     return data
 
 
+# What each integer variable may hold: what FreeSWITCH produces and the ledger's columns
+# take. A value outside is refused here, naming the variable (400, FreeSWITCH keeps the
+# record), instead of failing in PostgreSQL, which would say nothing useful and, when the
+# value is a time, could not even tell an answered leg from an unanswered one.
+_INT4 = 2**31 - 1
+_MAX_UEPOCH = 253_402_300_799_999_999       # 9999-12-31T23:59:59.999999Z, the last datetime
+_RANGES = {
+    "sip_term_status": (100, 699),           # a SIP final status (RFC 3261 §7.2)
+    "billsec": (0, _INT4), "billmsec": (0, 2**63 - 1),
+    "start_uepoch": (0, _MAX_UEPOCH), "answer_uepoch": (0, _MAX_UEPOCH),
+    "progress_uepoch": (0, _MAX_UEPOCH), "progress_media_uepoch": (0, _MAX_UEPOCH),
+    "end_uepoch": (0, _MAX_UEPOCH),
+}
+
+
 def _int(v, name: str) -> int | None:
     if v in (None, ""):
         return None
     try:
-        return int(v)
+        n = int(v)
     except (TypeError, ValueError):
         raise CdrFormatError(f"variable {name} is not an integer: {v!r}") from None
+    low, high = _RANGES[name]
+    if not low <= n <= high:
+        raise CdrFormatError(f"variable {name} is out of range ({low}..{high}): {v!r}")
+    return n
 
 
 def parse(body: bytes, encoded_values: bool = False) -> SwitchLeg:
