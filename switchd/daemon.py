@@ -363,7 +363,8 @@ class Daemon:
                 self.call_events.learn_tenant(
                     event.call_uuid or event.uuid, tenant,
                     {"direction": event.vars.get("switchd_direction"),
-                     "caller": event.caller_number, "destination": event.destination_number})
+                     "caller": event.caller_number, "destination": event.destination_number},
+                    event.vars)
             effects = self.registry.apply(event)
             if event.name == "CHANNEL_CREATE" and event.vars.get("switchd_carrier"):
                 carrier = self.world.carriers.get(event.vars["switchd_carrier"])

@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from api_helpers import Receiver, helper_port
 from daemon_harness import metric
 from dialplan.retry import delay_ms, jitter_unit, policy_from
-from switchd.api import openapi
+from switchd.api import openapi, webhooks
 from switchd.sim import GatewayBehaviour
 from test_e2e_originate import _post
 
@@ -137,6 +138,16 @@ def test_unallocated_number_is_never_retried(switch, world_url):
 def test_busy_retried_on_the_computed_schedule_then_answered(start_switch, world_url):
     policy = {"busy": 2, "factor": 2, "jitter_percent": 25}
     _set_retry(world_url, policy)
+    receiver = Receiver(helper_port(5)).up()
+    with psycopg.connect(world_url, autocommit=True) as conn:
+        webhooks.set_webhook(conn, "acme", receiver.url)
+    try:
+        _busy_retried_then_answered(start_switch, world_url, policy, receiver)
+    finally:
+        receiver.down()
+
+
+def _busy_retried_then_answered(start_switch, world_url, policy, receiver):
     sim, daemon = start_switch(world_url)
     gateways = _gateways(sim, daemon)
     sim.set_gateway(gateways[0], GatewayBehaviour(fail_cause="USER_BUSY", sip_status=486))
@@ -159,6 +170,19 @@ def test_busy_retried_on_the_computed_schedule_then_answered(start_switch, world
     _conforms(got, "Call")
     _conforms(body, "OriginateResult")
     sim.kill_call(str(rows[2]["attempt_call_uuid"]))
+    # Each attempt is a switch call with events of its own; every event names the call
+    # the API answered and the attempt, so the application can follow its retries.
+    attempts = {str(r["attempt_call_uuid"]): r["attempt"] for r in rows}
+    finals = {"busy", "completed"}
+    events = daemon.wait_until(lambda: (lambda got: got if sum(
+        e["event"] in finals and e["call_uuid"] in attempts for e in got) == 3 else None)(
+        [json.loads(d["body"]) for d in receiver.received]), what="each attempt's final event")
+    mine = [e for e in events if e["call_uuid"] in attempts]
+    assert {(e["origin_call_uuid"], e["attempt"]) for e in mine} == {(call, 1), (call, 2),
+                                                                      (call, 3)}
+    assert all(attempts[e["call_uuid"]] == e["attempt"] for e in mine)
+    assert sorted((e["attempt"], e["event"]) for e in mine if e["event"] in finals) == [
+        (1, "busy"), (2, "busy"), (3, "completed")]
 
 
 def test_daily_cap_refuses_clearly_and_holds_across_a_restart(start_switch, world_url):

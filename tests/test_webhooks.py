@@ -58,6 +58,8 @@ def events_for(call_uuid: str, tenant: str = "acme", ev=None) -> list[dict]:
         started_us: int = 1_700_000_000_000_000
         answered_us: int = 1_700_000_002_000_000
         ended_us: int = 1_700_000_062_000_000
+        origin_call: str | None = None
+        attempt: int | None = None
 
     @dataclass
     class Leg:

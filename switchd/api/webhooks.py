@@ -103,14 +103,17 @@ class CallEvents:
         st = self._calls.get(call_uuid)
         if st is None:
             st = self._calls[call_uuid] = {"seq": 0, "tenant": None, "rang": False,
-                                           "pending": []}
+                                           "pending": [], "origin": None}
         return st
 
     def _emit(self, call_uuid: str, tenant: str | None, name: str, at_us: int, data: dict,
-              known: dict | None = None):
+              known: dict | None = None, call=None):
         st = self._state(call_uuid)
         if tenant and not st["tenant"]:
             st["tenant"] = tenant
+        if call is not None and call.origin_call and st["origin"] is None:
+            # an attempt of an originated call: the id POST /v1/calls answered, and which
+            st["origin"] = (call.origin_call, call.attempt)
         self._complete(st, known)
         st["pending"].append((name, at_us, data))
         self._flush(call_uuid, st)
@@ -135,13 +138,14 @@ class CallEvents:
             if len(self.queue) >= self.max_queued:
                 metrics.WEBHOOK_EVENTS_DROPPED.inc()
                 continue
-            self.queue.append((st["tenant"], call_uuid, st["seq"], name, at, payload))
+            self.queue.append((st["tenant"], call_uuid, st["seq"], name, at, payload,
+                               st["origin"]))
         st["pending"] = []
 
     def started(self, call) -> None:
         self._emit(call.call_uuid, call.tenant, "created", call.started_us,
                    {"direction": call.direction, "caller": call.caller or None,
-                    "destination": call.destination or None})
+                    "destination": call.destination or None}, call=call)
 
     def progress(self, call_uuid: str, tenant: str | None, at_us: int) -> None:
         st = self._calls.get(call_uuid)
@@ -155,10 +159,17 @@ class CallEvents:
         st = self._calls.get(call_uuid)
         return st is not None and st["tenant"] is None
 
-    def learn_tenant(self, call_uuid: str, tenant: str | None, known: dict | None = None) -> None:
+    def learn_tenant(self, call_uuid: str, tenant: str | None, known: dict | None = None,
+                     switchd_vars: dict | None = None) -> None:
+        """The held events' tenant (and, for an originate attempt, its origin) from the
+        first event that names it: the `created` of a new channel precedes its variables."""
         st = self._calls.get(call_uuid)
         if st is not None and tenant and not st["tenant"]:
             st["tenant"] = tenant
+            origin = (switchd_vars or {}).get("switchd_origin_call")
+            if origin and st["origin"] is None:
+                attempt = switchd_vars.get("switchd_attempt") or ""
+                st["origin"] = (origin, int(attempt) if attempt.isdigit() else None)
             self._complete(st, known)
             self._flush(call_uuid, st)
 
@@ -166,7 +177,7 @@ class CallEvents:
         st = self._state(call.call_uuid)
         st["rang"] = True
         self._emit(call.call_uuid, call.tenant, "answered", call.answered_us or leg.answered_us,
-                   {"carrier": leg.carrier, "gateway": leg.gateway}, _known(call))
+                   {"carrier": leg.carrier, "gateway": leg.gateway}, _known(call), call)
 
     def ended(self, call, record) -> None:
         """`record`: the CallRecord billing made (duration and cost are the CDR's)."""
@@ -177,7 +188,8 @@ class CallEvents:
             data["duration_seconds"] = record.billed_seconds
             data["cost"] = str(record.cost)
         at = int(record.ended_at.timestamp() * 1e6) if record.ended_at else call.ended_us
-        self._emit(call.call_uuid, record.tenant or call.tenant, name, at, data, _known(call))
+        self._emit(call.call_uuid, record.tenant or call.tenant, name, at, data, _known(call),
+                   call)
         self._calls.pop(call.call_uuid, None)
 
     def budget_crossed(self, tenant: str, threshold: int, spent, budget, month: datetime,
@@ -220,11 +232,14 @@ class CallEvents:
                 if keep is None or keep(item["tenant"]):
                     out.append(item)
                 continue
-            tenant, call_uuid, seq, name, at, payload = item
+            tenant, call_uuid, seq, name, at, payload, origin = item
             if keep is None or keep(tenant):
-                out.append({"event_id": str(uuid.uuid4()), "tenant": tenant,
-                            "call_uuid": call_uuid, "sequence": seq, "event": name,
-                            "occurred_at": _iso(at), "data": payload})
+                doc = {"event_id": str(uuid.uuid4()), "tenant": tenant,
+                       "call_uuid": call_uuid, "sequence": seq, "event": name,
+                       "occurred_at": _iso(at), "data": payload}
+                if origin is not None:
+                    doc["origin_call_uuid"], doc["attempt"] = origin
+                out.append(doc)
         return out
 
 

@@ -72,6 +72,10 @@ class Call:
     # Placed by our originate, one `bgapi originate` per carrier attempt, each attempt its
     # own leg UUID (the first one is the call UUID): no A-leg waits for the others.
     originated: bool = False
+    # An originated call's id as POST /v1/calls answered it (the first attempt's UUID) and
+    # this attempt's number: a retry is a switch call of its own.
+    origin_call: str | None = None
+    attempt: int | None = None
 
     @property
     def a_leg(self) -> Leg | None:
@@ -91,7 +95,8 @@ class Call:
                     destination=self.destination, carrier=self.carrier, gateway=self.gateway,
                     attempts=self.attempts, first_choice_carrier=self.first_choice_carrier,
                     reconstructed=self.reconstructed, aliases=list(self.aliases),
-                    originated=self.originated)
+                    originated=self.originated, origin_call=self.origin_call,
+                    attempt=self.attempt)
 
 
 # --- effects: what the daemon acts on --------------------------------------------------

@@ -321,7 +321,9 @@ class Originator:
                      "switchd_max_duration": plan.max_duration, "switchd_direction": "outbound",
                      # every attempt is a channel of its own with no originator: the
                      # switch's CDR of each finds the call by this
-                     "switchd_call_uuid": call_uuid}
+                     "switchd_call_uuid": call_uuid,
+                     # webhook events of every attempt name the call the API answered
+                     "switchd_origin_call": origin, "switchd_attempt": attempt_no}
         if campaign is not None:
             call_vars["switchd_campaign"] = campaign.name
         if request.caller_id:

@@ -332,6 +332,8 @@ class CallRegistry(Reconciliation):
         call.tenant = merged.get("switchd_tenant", call.tenant)
         call.route_id = merged.get("switchd_route_id", call.route_id)
         call.campaign = merged.get("switchd_campaign", call.campaign)
+        call.origin_call = merged.get("switchd_origin_call", call.origin_call)
+        call.attempt = _int_or_none(merged.get("switchd_attempt")) or call.attempt
         call.max_duration = _int_or_none(merged.get("switchd_max_duration")) or call.max_duration
         carrier_legs = [l for l in call.legs if l.carrier and l.direction == "outbound"]
         call.attempts = len(carrier_legs)

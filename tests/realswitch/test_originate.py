@@ -84,9 +84,32 @@ def _attempt_rows(daemon, call_uuid):
                        " FROM originate_attempts WHERE call_uuid = %s ORDER BY attempt", call_uuid)
 
 
+def _receiver():
+    """A webhook receiver on a port the OS picks (the run's range is the switch's)."""
+    import socket
+    from api_helpers import Receiver
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return Receiver(port).up()
+
+
 def test_a_busy_callee_is_retried_after_the_backoff_and_answers(realswitch, make_rs_daemon):
+    receiver = _receiver()
+    try:
+        _busy_then_answered(realswitch, make_rs_daemon, receiver)
+    finally:
+        receiver.down()
+
+
+def _busy_then_answered(realswitch, make_rs_daemon, receiver):
+    import json
     from datetime import timedelta
+    import psycopg
+    from switchd.api import webhooks
     daemon = make_rs_daemon(world_toml=RETRY_WORLD)
+    with psycopg.connect(daemon.db_url, autocommit=True) as conn:
+        webhooks.set_webhook(conn, "acme", receiver.url)
     realswitch.carrier("gw_a").set_mode("486")
     status, body = daemon.originate({"tenant": "acme", "destination": world.US_NUMBER,
                                      "retry": {"max_attempts": 3, "on": ["busy"]}})
@@ -111,6 +134,16 @@ def test_a_busy_callee_is_retried_after_the_backoff_and_answers(realswitch, make
     assert answered_leg.billmsec > 0
     cdr = daemon.wait_cdr(call2)
     assert cdr["answered_at"] is not None and cdr["carrier"] == "alpha"
+    # Each attempt's webhook events name the call POST /v1/calls answered, and the attempt.
+    def finals():
+        got = [json.loads(d["body"]) for d in receiver.received]
+        ends = [e for e in got if e["event"] in ("busy", "completed")]
+        return got if len(ends) == 2 else None
+    events = poll(finals, 20, "both attempts' final webhook events")
+    assert sorted((e["call_uuid"], e["event"], e["origin_call_uuid"], e["attempt"])
+                  for e in events if e["event"] in ("busy", "completed")) == sorted(
+        [(call1, "busy", call1, 1), (call2, "completed", call1, 2)])
+    assert {(e["origin_call_uuid"], e["attempt"]) for e in events} == {(call1, 1), (call1, 2)}
 
 
 def test_an_unallocated_number_is_never_retried(realswitch, make_rs_daemon):
