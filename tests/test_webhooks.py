@@ -59,7 +59,7 @@ def events_for(call_uuid: str, tenant: str = "acme", ev=None) -> list[dict]:
         answered_us: int = 1_700_000_002_000_000
         ended_us: int = 1_700_000_062_000_000
         origin_call: str | None = None
-        attempt: int | None = None
+        origin_attempt: int | None = None
 
     @dataclass
     class Leg:

@@ -113,7 +113,7 @@ class CallEvents:
             st["tenant"] = tenant
         if call is not None and call.origin_call and st["origin"] is None:
             # an attempt of an originated call: the id POST /v1/calls answered, and which
-            st["origin"] = (call.origin_call, call.attempt)
+            st["origin"] = (call.origin_call, call.origin_attempt)
         self._complete(st, known)
         st["pending"].append((name, at_us, data))
         self._flush(call_uuid, st)
@@ -168,7 +168,7 @@ class CallEvents:
             st["tenant"] = tenant
             origin = (switchd_vars or {}).get("switchd_origin_call")
             if origin and st["origin"] is None:
-                attempt = switchd_vars.get("switchd_attempt") or ""
+                attempt = switchd_vars.get("switchd_origin_attempt") or ""
                 st["origin"] = (origin, int(attempt) if attempt.isdigit() else None)
             self._complete(st, known)
             self._flush(call_uuid, st)

@@ -75,7 +75,7 @@ class Call:
     # An originated call's id as POST /v1/calls answered it (the first attempt's UUID) and
     # this attempt's number: a retry is a switch call of its own.
     origin_call: str | None = None
-    attempt: int | None = None
+    origin_attempt: int | None = None
 
     @property
     def a_leg(self) -> Leg | None:
@@ -96,7 +96,7 @@ class Call:
                     attempts=self.attempts, first_choice_carrier=self.first_choice_carrier,
                     reconstructed=self.reconstructed, aliases=list(self.aliases),
                     originated=self.originated, origin_call=self.origin_call,
-                    attempt=self.attempt)
+                    origin_attempt=self.origin_attempt)
 
 
 # --- effects: what the daemon acts on --------------------------------------------------

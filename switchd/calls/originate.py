@@ -323,7 +323,7 @@ class Originator:
                      # switch's CDR of each finds the call by this
                      "switchd_call_uuid": call_uuid,
                      # webhook events of every attempt name the call the API answered
-                     "switchd_origin_call": origin, "switchd_attempt": attempt_no}
+                     "switchd_origin_call": origin, "switchd_origin_attempt": attempt_no}
         if campaign is not None:
             call_vars["switchd_campaign"] = campaign.name
         if request.caller_id:

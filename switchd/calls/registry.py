@@ -333,7 +333,8 @@ class CallRegistry(Reconciliation):
         call.route_id = merged.get("switchd_route_id", call.route_id)
         call.campaign = merged.get("switchd_campaign", call.campaign)
         call.origin_call = merged.get("switchd_origin_call", call.origin_call)
-        call.attempt = _int_or_none(merged.get("switchd_attempt")) or call.attempt
+        call.origin_attempt = (_int_or_none(merged.get("switchd_origin_attempt"))
+                              or call.origin_attempt)
         call.max_duration = _int_or_none(merged.get("switchd_max_duration")) or call.max_duration
         carrier_legs = [l for l in call.legs if l.carrier and l.direction == "outbound"]
         call.attempts = len(carrier_legs)
