@@ -259,3 +259,46 @@ def test_a_refusal_with_every_carrier_unhealthy_says_so(setup):
     assert decisions[-1].result == "refused"
     assert decisions[-1].reason == ("no carrier can take the number "
                                     "(alpha: unhealthy, beta: unhealthy, gamma: unhealthy)")
+
+
+def _full(name: str, limit: int = 1):
+    """A world where carrier `name` has `limit` channels, all taken by other calls."""
+    def make(setup):
+        router, decisions, health, backend = setup
+        world = router.world()
+        carrier = world.carriers[name]
+        world.carriers[name] = Carrier(name=carrier.name, gateways=carrier.gateways,
+                                       max_channels=limit)
+        for n in range(limit):
+            assert backend.acquire(f"other-{n}", [Scope("carrier", name, limit)])
+        return router, decisions, backend
+    return make
+
+
+def test_a_full_carrier_is_passed_over_before_it_is_dialled(setup):
+    """The continuation moves the call's carrier slot to the next carrier before answering
+    its bridge: beta is full, so gamma's bridge comes back, the call holds gamma's slot and
+    never beta's, and the routing log says beta was full."""
+    router, decisions, backend = _full("beta")(setup)
+    form, first = _first(router)
+    assert backend.count(Scope("carrier", "alpha")) == 1
+    decision = router.route(_after(form, first, "CALL_REJECTED", "sip:403"))
+    bridges = [d for a, d in _actions(decision.xml) if a == "bridge"]
+    assert len(bridges) == 1 and "sofia/gateway/gw_gamma/" in bridges[0]
+    assert _vars(_actions(decision.xml))["switchd_tried"] == "alpha/gw_alpha gamma/gw_gamma"
+    assert decision.reason.endswith("; full: beta") and decision.result == "routed"
+    assert [backend.count(Scope("carrier", c)) for c in ("alpha", "beta", "gamma")] == [0, 1, 1]
+
+
+def test_every_untried_carrier_full_ends_the_call_503_congestion(setup):
+    router, decisions, backend = _full("beta")(setup)
+    _full("gamma")((router, decisions, None, backend))
+    form, first = _first(router)
+    decision = router.route(_after(form, first, "CALL_REJECTED", "sip:403"))
+    actions = _actions(decision.xml)
+    assert not [d for a, d in actions if a == "bridge"]
+    assert decision.result == "refused" and decision.sip_code == 503
+    assert ("respond", "503 Service Unavailable") in actions
+    assert ("hangup", "NORMAL_CIRCUIT_CONGESTION") in actions
+    assert decision.reason.endswith("; full: beta, gamma")
+    assert backend.count(Scope("carrier", "alpha")) == 1    # still held: nothing moved

@@ -108,6 +108,23 @@ class CapsGate:
             metrics.CAP_REJECTIONS.labels(kind).inc()
         return admission
 
+    def move_to_carrier(self, call_uuid: str, carrier) -> Admission:
+        """A failover continuation, on the routing path: move the call's carrier slot to
+        `carrier` before FreeSWITCH dials it, so a full carrier is never dialled. (Moved only
+        when the leg starts, the leg can answer before the kill reaches it: on FreeSWITCH a
+        carrier answering at once was up for 20 ms beyond its cap.) Admitted unchanged when
+        this daemon knows of no carrier slot for the call or it already holds this one."""
+        held = self.carrier_of_call.get(call_uuid)
+        if held is None or held == carrier.name:
+            return Admission(True)
+        admission = self.backend.swap_carrier(call_uuid, Scope("carrier", held),
+                                              _carrier_scope(carrier))
+        if admission.admitted:
+            self.carrier_of_call[call_uuid] = carrier.name
+        elif admission.refused_scope is not None:
+            metrics.CAP_REJECTIONS.labels(admission.refused_scope.kind).inc()
+        return admission
+
     def release_now(self, call_uuid: str) -> None:
         self.carrier_of_call.pop(call_uuid, None)
         self.backend.release(call_uuid)

@@ -252,8 +252,9 @@ class Router:
     def _continue(self, decision, world, context, dialled, form) -> Decision:
         """FreeSWITCH transferred the call back after attempt N failed: follow the failover
         table (dialplan/failover.py) to the next carrier's bridge or to the caller's answer.
-        The call keeps its caps slots; the carrier slot moves when the new leg starts
-        (switchd/calls/policing.py, CapsGate.leg_started)."""
+        The call keeps its caps slots; its carrier slot moves to the next carrier here,
+        before FreeSWITCH dials it, and a full carrier is passed over like a tried one
+        (switchd/calls/policing.py, CapsGate.move_to_carrier)."""
         route_id = form["variable_switchd_route_id"]
         decision.id = _uuid4()
         decision.direction = form.get("variable_switchd_direction") or "outbound"
@@ -292,7 +293,24 @@ class Router:
         now = self.clock()
         ranked = self.rank(world, tenant, number, now)
         decision.candidates = ranked.considered
-        nxt = next((r for r in ranked.routes if _leg_name(r) not in tried), None)
+        nxt, full = None, []
+        for route in ranked.routes:
+            if _leg_name(route) in tried or route.carrier.name in full:
+                continue
+            moved = self.caps.move_to_carrier(decision.call_uuid, route.carrier)
+            scope = moved.refused_scope
+            if not moved.admitted and scope is not None and scope.kind == "carrier":
+                full.append(route.carrier.name)
+                continue
+            # Admitted, or the backend could not say (unavailable, the lease gone): the
+            # leg's start moves the slot then, as for any leg (CapsGate.leg_started).
+            nxt = route
+            break
+        if nxt is None and full:
+            congested = policy.refusal("carriers_full", f"{what}; full: {', '.join(full)}")
+            return self._refuse(decision, context, dialled, congested,
+                                f"failover exhausted: {what}; full: {', '.join(full)}",
+                                call_vars)
         if nxt is None:
             return self._refuse(decision, context, dialled, stop,
                                 f"failover exhausted: {what}", call_vars)
@@ -315,7 +333,8 @@ class Router:
                           "effective_caller_id_number": cid})
         decision.answer = answers.Attempt(context, dialled, call_vars, nxt, number.e164, max_s,
                                           transfer_to=_transfer_target(dialled, number.e164))
-        decision.result, decision.reason = "routed", f"failover: {what}"
+        decision.result, decision.reason = "routed", f"failover: {what}" + (
+            f"; full: {', '.join(full)}" if full else "")
         decision.chosen = [{"carrier": nxt.carrier.name, "gateway": nxt.gateway.name,
                             "prefix": nxt.rate.prefix, "rate": str(nxt.rate.rate_per_min),
                             "attempt": attempt + 1, "after": verdict.key}]
