@@ -332,7 +332,9 @@ class Originator:
         attempts: list[Attempt] = []
         self.registry.expect_originate(call_uuid, decision.id)
         try:
-            for index, leg in enumerate(legs):
+            for index, (route, leg) in enumerate(zip(plan.routes, legs)):
+                if index and self._carrier_full(call_uuid, route.carrier, tenant.name):
+                    continue
                 leg_uuid = call_uuid if index == 0 else str(uuid.uuid4())
                 attempt = self._attempt(leg_uuid, call_vars, leg, request, plan.max_duration)
                 attempts.append(attempt)
@@ -373,6 +375,18 @@ class Originator:
                 "attempts": [asdict(a) for a in attempts],
                 "attempt": attempt_no, "outcome": outcome, "final": retry_at is None,
                 "next_attempt_at": retry_at.isoformat() if retry_at else None}
+
+    def _carrier_full(self, call_uuid: str, carrier, tenant: str) -> bool:
+        """Before an attempt on another carrier: move the call's carrier slot to it, so a
+        full carrier is never dialled (a leg killed once it exists may already have
+        answered). True when it is full: that attempt is skipped."""
+        moved = self.caps.move_to_carrier(call_uuid, carrier)
+        scope = moved.refused_scope
+        if moved.admitted or scope is None or scope.kind != "carrier":
+            return False
+        log.info("originate attempt via %s skipped: %s", carrier.name, moved.reason,
+                 extra={"call_uuid": call_uuid, "tenant": tenant})
+        return True
 
     def _take_and_begin(self, request, tenant, number: str, now, call_uuid: str, origin: str,
                         attempt_no: int, scheduled_at) -> None:

@@ -92,3 +92,23 @@ def test_a_failover_leg_to_a_full_carrier_never_answers(realswitch, make_rs_daem
         "SELECT reason FROM routing_decisions WHERE result = 'routed'"))
     assert rs.rows("SELECT carrier FROM calls WHERE answered_at IS NOT NULL ORDER BY started_at") \
         == [("bravo",), ("charlie",)]
+
+
+def test_an_originate_attempt_on_a_full_carrier_is_skipped(realswitch, make_rs_daemon):
+    """The same for originate, one `bgapi originate` per carrier: alpha refuses (503), bravo
+    is full with a routed call, so the originate's second attempt goes to charlie and
+    bravo is never dialled for it."""
+    rs = make_rs_daemon(world_toml=_capped(10, bravo=1))
+    realswitch.carrier("gw_a").set_mode("503")
+    held = realswitch.call_async(world.US_NUMBER, hold_ms=8000)
+    poll(lambda: any(e.get("variable_sip_gateway_name") == "gw_b"
+                     for e in realswitch.events("CHANNEL_ANSWER")), 15, "bravo answering")
+    status, body = rs.originate({"tenant": "acme", "destination": world.US_NUMBER})
+    assert status == 200 and body["answered"], body
+    assert [a["gateway"] for a in body["attempts"]] == ["gw_a", "gw_c"]
+    assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 1}
+    realswitch.api(f"uuid_kill {body['attempts'][-1]['leg_uuid']}")
+    assert held.wait().answered
+    poll(lambda: (len(_answered_intervals(realswitch, "gw_b")),
+                  len(_answered_intervals(realswitch, "gw_c"))) == (1, 1) or None, 20,
+         "both calls' carrier legs hung up")
