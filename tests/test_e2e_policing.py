@@ -404,7 +404,7 @@ def test_failover_to_a_full_carrier_passes_it_over(migrated_pg_url, tmp_path, re
     assert got[second.uuid][1] == "primo" and got[second.uuid][2] is not None
     assert rows(url, "SELECT count(*) FROM call_legs WHERE call_uuid = %s AND carrier = 'globex'",
                 second.uuid) == [(0,)]
-    assert any(r[0].endswith("; full: globex") for r in rows(
+    assert any(r[0].endswith("; passed over: globex (cap reached)") for r in rows(
         url, "SELECT reason FROM routing_decisions WHERE call_uuid = %s", second.uuid))
     wait_for(lambda: live_count(redis_url) == 0, 10, "every slot released", daemon)
 

@@ -286,7 +286,7 @@ def test_a_full_carrier_is_passed_over_before_it_is_dialled(setup):
     bridges = [d for a, d in _actions(decision.xml) if a == "bridge"]
     assert len(bridges) == 1 and "sofia/gateway/gw_gamma/" in bridges[0]
     assert _vars(_actions(decision.xml))["switchd_tried"] == "alpha/gw_alpha gamma/gw_gamma"
-    assert decision.reason.endswith("; full: beta") and decision.result == "routed"
+    assert decision.reason.endswith("; passed over: beta (cap reached)") and decision.result == "routed"
     assert [backend.count(Scope("carrier", c)) for c in ("alpha", "beta", "gamma")] == [0, 1, 1]
 
 
@@ -300,5 +300,21 @@ def test_every_untried_carrier_full_ends_the_call_503_congestion(setup):
     assert decision.result == "refused" and decision.sip_code == 503
     assert ("respond", "503 Service Unavailable") in actions
     assert ("hangup", "NORMAL_CIRCUIT_CONGESTION") in actions
-    assert decision.reason.endswith("; full: beta, gamma")
+    assert decision.reason.endswith(
+        "; passed over: beta (cap reached), gamma (cap reached)")
     assert backend.count(Scope("carrier", "alpha")) == 1    # still held: nothing moved
+
+
+def test_a_carrier_at_its_calls_per_second_is_passed_over_too(setup):
+    """A failover is a new INVITE to the next carrier: it counts against that carrier's
+    cps_limit, and a carrier at it is passed over like a full one."""
+    router, decisions, _, backend = setup
+    world = router.world()
+    beta = world.carriers["beta"]
+    world.carriers["beta"] = Carrier(name="beta", gateways=beta.gateways, cps_limit=Decimal(1))
+    from switchd.adapters.caps.base import CpsScope
+    assert backend.acquire("other", [Scope("global", "x")], [CpsScope("carrier", "beta", Decimal(1))])
+    form, first = _first(router)
+    decision = router.route(_after(form, first, "CALL_REJECTED", "sip:403"))
+    assert decision.chosen[0]["carrier"] == "gamma" and decision.reason.endswith(
+        "; passed over: beta (cps limit reached)")

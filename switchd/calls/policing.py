@@ -117,8 +117,11 @@ class CapsGate:
         held = self.carrier_of_call.get(call_uuid)
         if held is None or held == carrier.name:
             return Admission(True)
+        # A failover is a new INVITE to that carrier: its calls-per-second count it too.
+        cps = ((CpsScope("carrier", carrier.name, carrier.cps_limit),) if carrier.cps_limit
+               else ())
         admission = self.backend.swap_carrier(call_uuid, Scope("carrier", held),
-                                              _carrier_scope(carrier))
+                                              _carrier_scope(carrier), cps)
         if admission.admitted:
             self.carrier_of_call[call_uuid] = carrier.name
         elif admission.refused_scope is not None:

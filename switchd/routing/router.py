@@ -293,24 +293,25 @@ class Router:
         now = self.clock()
         ranked = self.rank(world, tenant, number, now)
         decision.candidates = ranked.considered
-        nxt, full = None, []
+        nxt, full, passed_over = None, set(), []    # carriers at a cap; how each was
         for route in ranked.routes:
             if _leg_name(route) in tried or route.carrier.name in full:
                 continue
             moved = self.caps.move_to_carrier(decision.call_uuid, route.carrier)
             scope = moved.refused_scope
             if not moved.admitted and scope is not None and scope.kind == "carrier":
-                full.append(route.carrier.name)
+                full.add(route.carrier.name)
+                passed_over.append(f"{route.carrier.name} ({moved.reason})")
                 continue
             # Admitted, or the backend could not say (unavailable, the lease gone): the
             # leg's start moves the slot then, as for any leg (CapsGate.leg_started).
             nxt = route
             break
-        if nxt is None and full:
-            congested = policy.refusal("carriers_full", f"{what}; full: {', '.join(full)}")
-            return self._refuse(decision, context, dialled, congested,
-                                f"failover exhausted: {what}; full: {', '.join(full)}",
-                                call_vars)
+        if nxt is None and passed_over:
+            why = f"{what}; passed over: {', '.join(passed_over)}"
+            return self._refuse(decision, context, dialled,
+                                policy.refusal("carriers_full", why),
+                                f"failover exhausted: {why}", call_vars)
         if nxt is None:
             return self._refuse(decision, context, dialled, stop,
                                 f"failover exhausted: {what}", call_vars)
@@ -334,7 +335,7 @@ class Router:
         decision.answer = answers.Attempt(context, dialled, call_vars, nxt, number.e164, max_s,
                                           transfer_to=_transfer_target(dialled, number.e164))
         decision.result, decision.reason = "routed", f"failover: {what}" + (
-            f"; full: {', '.join(full)}" if full else "")
+            f"; passed over: {', '.join(passed_over)}" if passed_over else "")
         decision.chosen = [{"carrier": nxt.carrier.name, "gateway": nxt.gateway.name,
                             "prefix": nxt.rate.prefix, "rate": str(nxt.rate.rate_per_min),
                             "attempt": attempt + 1, "after": verdict.key}]

@@ -88,7 +88,7 @@ def test_a_failover_leg_to_a_full_carrier_never_answers(realswitch, make_rs_daem
     assert _peak(_answered_intervals(realswitch, "gw_b")) == 1
     assert len(_answered_intervals(realswitch, "gw_c")) == 1
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 1}   # bravo never dialled twice
-    assert any(reason.endswith("; full: bravo") for (reason,) in rs.rows(
+    assert any(reason.endswith("; passed over: bravo (cap reached)") for (reason,) in rs.rows(
         "SELECT reason FROM routing_decisions WHERE result = 'routed'"))
     assert rs.rows("SELECT carrier FROM calls WHERE answered_at IS NOT NULL ORDER BY started_at") \
         == [("bravo",), ("charlie",)]
