@@ -180,6 +180,7 @@ class RealSwitch:
         if self.cdr_url != self.default_cdr_url:
             self.set_cdr_url(self.default_cdr_url)
         self.api("hupall NORMAL_CLEARING")
+        self.api(f"fsctl sps {self.sessions_per_second}")     # a test may have lowered it
         poll(lambda: self.channel_count() == 0, timeout, "no channels left on the switch", 0.1)
         for carrier in self.carriers.values():
             carrier.set_mode("answer")
