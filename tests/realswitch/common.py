@@ -28,3 +28,14 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def peak_overlap(spans: list[tuple[int, int]]) -> int:
+    """Most intervals open at one instant (an end before a start at the same time)."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
+                   key=lambda e: (e[0], e[1]))
+    peak = open_now = 0
+    for _, step in edges:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak

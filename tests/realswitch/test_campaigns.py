@@ -14,24 +14,13 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from . import world
-from .common import poll
+from .common import peak_overlap, poll
 
 pytestmark = pytest.mark.realswitch
 
 FRANCE = [f"+3314268530{i}" for i in range(4)]
 UK = [f"+4420794601{i:02d}" for i in range(4)]
 PACE, MAX_CONCURRENT = 2, 3
-
-
-def _peak_overlap(spans: list[tuple[int, int]]) -> int:
-    """Most intervals open at one instant (an end before a start at the same time)."""
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
-                   key=lambda e: (e[0], e[1]))
-    peak = open_now = 0
-    for _, step in edges:
-        open_now += step
-        peak = max(peak, open_now)
-    return peak
 
 
 def _cost(carrier: str, prefix: str, billsec: int) -> Decimal:
@@ -90,8 +79,8 @@ def test_a_campaign_dials_each_contact_once_at_its_pace_within_its_cap(realswitc
     # Pace and cap, on FreeSWITCH's clock: channel creation and hangup times (µs).
     spans = [(int(h.headers["Caller-Channel-Created-Time"]),
               int(h.headers["Caller-Channel-Hangup-Time"])) for h in hangups.values()]
-    assert _peak_overlap(spans) <= MAX_CONCURRENT
-    assert _peak_overlap(spans) == MAX_CONCURRENT        # the cap was reached: it held something
+    assert peak_overlap(spans) <= MAX_CONCURRENT
+    assert peak_overlap(spans) == MAX_CONCURRENT        # the cap was reached: it held something
     starts = sorted(start for start, _ in spans)
     for i in range(len(starts) - PACE):
         # never more than PACE calls begun within one second (a little slack for the switch)

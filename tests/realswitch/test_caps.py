@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from . import world
-from .common import poll
+from .common import peak_overlap, poll
 
 pytestmark = pytest.mark.realswitch
 
@@ -38,17 +38,6 @@ def _answered_intervals(switch, gateway: str | None = None) -> list[tuple[int, i
     return found
 
 
-def _peak(intervals: list[tuple[int, int]]) -> int:
-    """The most intervals open at one instant (an end before a start at the same µs)."""
-    edges = sorted([(a, 1) for a, _ in intervals] + [(e, -1) for _, e in intervals],
-                   key=lambda edge: (edge[0], edge[1]))
-    peak = up = 0
-    for _, step in edges:
-        up += step
-        peak = max(peak, up)
-    return peak
-
-
 def test_tenant_and_first_choice_carrier_caps_hold_on_the_switch(realswitch, make_rs_daemon):
     """acme may have 3 calls up, alpha 2 channels. Four calls to the US number (alpha, then
     bravo, charlie) at once: two go to alpha, the third to bravo (alpha full), the fourth is
@@ -60,8 +49,8 @@ def test_tenant_and_first_choice_carrier_caps_hold_on_the_switch(realswitch, mak
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 0}
     caller_legs = poll(lambda: (lambda got: got if len(got) == 3 else None)(
         _answered_intervals(realswitch)), 20, "the three answered calls' hangups")
-    assert _peak(caller_legs) == 3
-    assert _peak(_answered_intervals(realswitch, "gw_a")) == 2
+    assert peak_overlap(caller_legs) == 3
+    assert peak_overlap(_answered_intervals(realswitch, "gw_a")) == 2
     refused = rs.rows("SELECT reason, sip_code FROM routing_decisions WHERE result = 'refused'")
     assert len(refused) == 1 and refused[0][1] == 503 and refused[0][0].startswith("cap reached")
     # every slot came back with FreeSWITCH's hangups: a fresh call takes alpha again
@@ -85,7 +74,7 @@ def test_a_failover_leg_to_a_full_carrier_never_answers(realswitch, make_rs_daem
     assert first.wait().answered
     assert second.answered, second
     poll(lambda: len(_answered_intervals(realswitch)) == 2 or None, 20, "both calls' hangups")
-    assert _peak(_answered_intervals(realswitch, "gw_b")) == 1
+    assert peak_overlap(_answered_intervals(realswitch, "gw_b")) == 1
     assert len(_answered_intervals(realswitch, "gw_c")) == 1
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 1}   # bravo never dialled twice
     assert any(reason.endswith("; passed over: bravo (cap reached)") for (reason,) in rs.rows(
