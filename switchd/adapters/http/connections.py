@@ -129,6 +129,12 @@ class Handler(WSGIHandler):
             self._stop_timer()
             raise
 
+    def log_request(self):
+        """pywsgi formats an access-log line per request even for `log=None`, to write it
+        nowhere: formatted only when there is a log."""
+        if self.server.access_log:
+            super().log_request()
+
     def MessageClass(self, fp, *args):
         """pywsgi's request headers, without the email parser when they are plain
         (headers.py: the same message, a test holds the two equal)."""
@@ -274,6 +280,7 @@ class Server(WSGIServer):
     def __init__(self, listener, application, limits: HttpLimits, **kwargs):
         self.in_flight = InFlight(application, limits.max_in_flight, limits.max_cdr_in_flight)
         super().__init__(listener, self.in_flight, **kwargs)
+        self.access_log = kwargs.get("log", "default") is not None
         self.limits = limits
         self.open_connections = 0
         metrics.HTTP_MAX_CONNECTIONS.set(limits.max_connections)
