@@ -20,7 +20,7 @@ import gevent
 import psycopg
 from gevent.event import Event
 
-from dialplan import rating
+from dialplan import numbers, rating
 from dialplan.failover import FailoverTable
 from switchd.accounting import billing
 from switchd.accounting import spend_watch
@@ -163,6 +163,8 @@ class Daemon:
         if not self.deck_reloader.loaded.wait(DECK_LOAD_TIMEOUT_S):
             raise DaemonStartError(f"rate decks not loaded within {DECK_LOAD_TIMEOUT_S}s; "
                                "is PostgreSQL reachable?")
+        self.starting = "compiling number patterns"
+        numbers.compile_type_patterns()     # once, not on each region's first call
         self.starting = "starting routing"
         self.health = HealthBook(_health_from_rows(health), cfg["routing.health_cooldown"])
         self.spend = budgets.build_book(cfg, {t.name: t.monthly_budget

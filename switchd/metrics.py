@@ -10,12 +10,14 @@ never drift from what routing sees.
 """
 import platform
 import time
+from bisect import bisect_left
 from importlib import metadata
 from typing import Callable
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info,
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Info,
                                PlatformCollector, ProcessCollector, disable_created_metrics)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 # A `_created` series per counter and histogram doubles the series count and no dashboard
 # or alert of ours reads it.
@@ -61,15 +63,107 @@ class Tally:
         return [family]
 
 
+class Cell:
+    """One labelled value of a Family: what `labels(...)` returns."""
+    __slots__ = ("value", "counter")
+
+    def __init__(self, counter: bool):
+        self.value = 0.0
+        self.counter = counter
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0 and self.counter:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        if self.counter:
+            raise ValueError("a counter cannot be set")
+        self.value = float(value)
+
+
+class Family:
+    """A labelled counter or gauge moved on the per-call paths (a finished call, a carrier's
+    health, a tenant's budget): the Tally pattern with any number of labels and
+    prometheus_client's `labels(...).inc()` / `.set()` shape. Values are plain floats
+    (no lock: updates and scrapes all run in the daemon's one thread, and no greenlet
+    switch happens inside either); a scrape exposes them with the name, labels and type
+    a prometheus_client metric would have."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], kind: str = "counter",
+                 registry: CollectorRegistry = REGISTRY):
+        self.kind = kind
+        self.name = name.removesuffix("_total") if kind == "counter" else name
+        self.doc, self.labelnames = doc, tuple(labels)
+        self._cells: dict[tuple, Cell] = {}        # label values as given → cell
+        self._exposed: dict[tuple[str, ...], Cell] = {}   # label values as strings
+        registry.register(self)
+
+    def labels(self, *values, **named) -> Cell:
+        if named:
+            values = tuple(named[label] for label in self.labelnames)
+        cell = self._cells.get(values)
+        if cell is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
+            key = tuple(str(v) for v in values)
+            cell = self._exposed.get(key)
+            if cell is None:
+                cell = self._exposed[key] = Cell(self.kind == "counter")
+            self._cells[values] = cell
+        return cell
+
+    def _family(self):
+        factory = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return factory(self.name, self.doc, labels=list(self.labelnames))
+
+    def describe(self):
+        return [self._family()]
+
+    def collect(self):
+        family = self._family()
+        for values, cell in self._exposed.items():      # first labelled first, as theirs
+            family.add_metric(list(values), cell.value)
+        return [family]
+
+
+class LockFreeHistogram:
+    """A histogram without labels observed once a call (the routing decision's time): plain
+    counts per bucket, exposed as prometheus_client's Histogram would be (same name,
+    buckets and samples). No lock, for the reason Family gives."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry = REGISTRY):
+        self.name, self.doc = name, doc
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)     # the last: above every bound (+Inf)
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.doc)]
+
+    def collect(self):
+        buckets, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        return [HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum)]
+
+
 # --- calls -------------------------------------------------------------------------------
-CALLS = _counter("switchd_calls_total", "Finished calls by direction, result and hangup cause",
-                 ("direction", "result", "cause"))
+CALLS = Family("switchd_calls_total", "Finished calls by direction, result and hangup cause",
+               ("direction", "result", "cause"))
 LIVE_CALLS = _gauge("switchd_live_calls", "Calls currently up, by tenant and carrier",
                     ("tenant", "carrier"))
-BILLED_SECONDS = _counter("switchd_billed_seconds_total", "Billed seconds by tenant and carrier",
-                          ("tenant", "carrier"))
-COST = _counter("switchd_cost_total", "Rated cost (currency units) by tenant and carrier",
-                ("tenant", "carrier"))
+BILLED_SECONDS = Family("switchd_billed_seconds_total", "Billed seconds by tenant and carrier",
+                        ("tenant", "carrier"))
+COST = Family("switchd_cost_total", "Rated cost (currency units) by tenant and carrier",
+              ("tenant", "carrier"))
 ORIGINATE_ATTEMPTS = _counter("switchd_originate_attempts_total",
                               "Originate attempts by outcome (docs/originate.md)", ("outcome",))
 ORIGINATE_RETRIES = _counter("switchd_originate_retries_scheduled_total",
@@ -77,15 +171,15 @@ ORIGINATE_RETRIES = _counter("switchd_originate_retries_scheduled_total",
                              ("outcome",))
 
 # --- routing -----------------------------------------------------------------------------
-ROUTING_SECONDS = Histogram(
+ROUTING_SECONDS = LockFreeHistogram(
     "switchd_routing_decision_seconds", "Time to take one routing decision",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
-    registry=REGISTRY)
-DIALPLAN_REQUESTS = _counter("switchd_dialplan_requests_total",
-                             "mod_xml_curl dialplan lookups by outcome", ("outcome",))
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
+DIALPLAN_REQUESTS = Family("switchd_dialplan_requests_total",
+                           "mod_xml_curl dialplan lookups by outcome", ("outcome",))
 UNKNOWN_TENANT = _counter("switchd_unknown_tenant_total",
                           "Dialplan lookups refused because no tenant matched")
-CARRIER_HEALTH = _gauge("switchd_carrier_health", "Carrier health score 0..100", ("carrier",))
+CARRIER_HEALTH = Family("switchd_carrier_health", "Carrier health score 0..100", ("carrier",),
+                        "gauge")
 # switchd_carrier_up: computed at scrape time by LIVE (below), from health and gateways.
 FAILOVERS = _counter("switchd_failovers_total", "Legs that failed over to the next gateway",
                      ("carrier",))
@@ -99,7 +193,8 @@ CAPS_FAIL_OPEN = _gauge("switchd_caps_fail_open",
                         "1 while Redis is unreachable and local caps stand in for it")
 WATCHDOG_KILLS = _counter("switchd_watchdog_kills_total",
                           "Answered calls killed by switchd for outliving their max duration")
-BUDGET_USAGE = _gauge("switchd_budget_usage_ratio", "Month-to-date spend / budget", ("tenant",))
+BUDGET_USAGE = Family("switchd_budget_usage_ratio", "Month-to-date spend / budget", ("tenant",),
+                      "gauge")
 # Spend guards (switchd/accounting/spend_watch.py, docs/reports.md).
 TENANT_HOUR_SPEND = _gauge("switchd_tenant_hour_spend",
                            "Cost of the tenant's calls that ended in this clock hour", ("tenant",))
@@ -112,8 +207,8 @@ TENANT_MONTH_FORECAST = _gauge("switchd_tenant_month_forecast",
 SPEND_ALERTS = _counter("switchd_spend_alerts_total",
                         "Spend alerts raised (kind: spike, forecast), once per period",
                         ("tenant", "kind"))
-BUDGET_RESERVED = _gauge("switchd_budget_reserved_ratio",
-                         "Month budget reserved by live calls / budget", ("tenant",))
+BUDGET_RESERVED = Family("switchd_budget_reserved_ratio",
+                         "Month budget reserved by live calls / budget", ("tenant",), "gauge")
 BUDGET_ALERTS = _counter("switchd_budget_alerts_total",
                          "Budget thresholds (75, 90, 100 % of the month) crossed, each once "
                          "per tenant and month", ("tenant", "threshold"))

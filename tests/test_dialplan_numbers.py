@@ -165,3 +165,38 @@ def test_validity_from_region_and_type_equals_is_valid_number(head, tail, region
     where = phonenumbers.region_code_for_number(parsed)
     kind = phonenumbers.number_type(parsed)
     assert _valid(parsed, where, kind) == phonenumbers.is_valid_number(parsed)
+
+
+def test_start_up_compiles_every_type_pattern_routing_matches(monkeypatch):
+    """compile_type_patterns covers every national-number pattern `number_type` matches:
+    normalising each region's example numbers matches none outside type_patterns() (a
+    missing description would leave its patterns to each region's first call)."""
+    import phonenumbers
+    from phonenumbers import phonenumberutil, re_util
+
+    from dialplan import numbers
+    covered = numbers.type_patterns()
+    assert numbers.compile_type_patterns() == len(covered) > 1000
+    assert covered <= set(re_util._COMPILED_PATTERNS)
+    matched = set()
+    real = phonenumberutil._match_national_number
+
+    def recording(number, desc, allow_prefix_match):
+        if desc is not None and desc.national_number_pattern:
+            matched.add(desc.national_number_pattern)
+        return real(number, desc, allow_prefix_match)
+    monkeypatch.setattr(phonenumberutil, "_match_national_number", recording)
+    routed = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            try:
+                numbers._normalise(e164, "GB", True)
+                routed += 1
+            except numbers.NumberError:
+                pass
+    assert routed > 300 and len(matched) > 500
+    assert matched <= covered

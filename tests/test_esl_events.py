@@ -260,3 +260,10 @@ def test_first_of_duplicate_headers_wins_as_in_freeswitch():
     body = b"Event-Name: CHANNEL_CREATE\nUnique-ID: first\nUnique-ID: second\n\n"
     assert parse_event_plain(body)["Unique-ID"] == "first"
     assert channel_event_from_plain(body).uuid == "first"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-10, 10), st.integers(-10, 10))
+def test_first_timestamp_is_the_earliest_non_zero_of_the_two(a, b):
+    from switchd.adapters.esl.events import _first
+    assert _first(a, b) == min((t for t in (a, b) if t), default=0)

@@ -446,3 +446,73 @@ def test_a_carriers_answers_count_while_their_calls_are_up():
     feed(e for n in range(10) for e in _as_call(hangups, n))
     assert book.get("carrier_a").disabled_at is None
     assert len(reg) == 0
+
+
+# --- the call's derived fields ------------------------------------------------------------
+from switchd.calls.model import Call, Leg  # noqa: E402
+
+
+def _reference_refresh(call: Call, awaiting: set[str]) -> dict:
+    """The derived fields written plainly: A-leg by lookup, variables merged leg by leg
+    (the A-leg's last), the carrier legs, winner and first answer each by its own scan."""
+    legs = sorted(call.legs, key=lambda l: (l.created_us == 0, l.created_us))
+    a = next((l for l in legs if l.uuid == call.call_uuid), None)
+    merged = {}
+    for l in legs:
+        if l is not a:
+            merged.update(l.vars)
+    out = {"caller": call.caller, "destination": call.destination, "started_us": call.started_us,
+           "ended_us": call.ended_us, "hangup_cause": call.hangup_cause}
+    if a is not None:
+        merged.update(a.vars)
+        out.update(caller=a.caller or call.caller, destination=a.destination or call.destination,
+                   started_us=a.created_us or call.started_us, ended_us=a.hangup_us,
+                   hangup_cause=a.hangup_cause)
+    out["started_us"] = out["started_us"] or min((l.created_us for l in legs if l.created_us),
+                                                 default=0)
+    carrier_legs = [l for l in legs if l.carrier and l.direction == "outbound"]
+    winner = next((l for l in carrier_legs if l.answered_us), None)
+    out.update(tenant=merged.get("switchd_tenant", call.tenant),
+               route_id=merged.get("switchd_route_id", call.route_id),
+               attempts=len(carrier_legs),
+               first_choice_carrier=carrier_legs[0].carrier if carrier_legs else None,
+               carrier=winner.carrier if winner else None,
+               gateway=winner.gateway if winner else None,
+               answered_us=min((l.answered_us for l in legs if l.answered_us), default=0),
+               legs=[l.uuid for l in legs])
+    if call.originated or (call.call_uuid in awaiting and a is not None
+                           and a.direction == "outbound"):
+        last = winner or (carrier_legs[-1] if carrier_legs else None)
+        if last is not None:
+            out.update(ended_us=last.hangup_us, hangup_cause=last.hangup_cause)
+    out["direction"] = merged.get("switchd_direction") or (
+        "outbound" if carrier_legs or (a and a.direction == "outbound" and not a.placeholder)
+        else "inbound")
+    return out
+
+
+_LEG = st.builds(
+    Leg, uuid=st.sampled_from(["c", "x", "y", "z"]), call_uuid=st.just("c"),
+    direction=st.sampled_from(["inbound", "outbound"]),
+    gateway=st.sampled_from([None, "gw1", "gw2"]), carrier=st.sampled_from([None, "k1", "k2"]),
+    created_us=st.sampled_from([0, 1, 2, 3]), answered_us=st.sampled_from([0, 5, 4, 6]),
+    hangup_us=st.sampled_from([0, 9, 8]), hangup_cause=st.sampled_from([None, "NORMAL_CLEARING"]),
+    vars=st.dictionaries(st.sampled_from(["switchd_tenant", "switchd_route_id",
+                                          "switchd_direction", "other"]),
+                         st.sampled_from(["", "t1", "t2", "outbound"]), max_size=3),
+    caller=st.sampled_from(["", "100"]), placeholder=st.booleans())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_LEG, max_size=4), st.booleans(), st.booleans())
+def test_derived_fields_equal_a_plain_recomputation(legs, originated, awaited):
+    call = Call(call_uuid="c", legs=list(legs), originated=originated, tenant="before",
+                caller="kept", started_us=0)
+    reg = CallRegistry()
+    if awaited:
+        reg._awaiting.add("c")
+    expected = _reference_refresh(call, reg._awaiting)
+    reg._refresh(call)
+    got = {key: getattr(call, key) for key in expected if key != "legs"}
+    got["legs"] = [l.uuid for l in call.legs]
+    assert got == expected

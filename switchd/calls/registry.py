@@ -74,6 +74,11 @@ CALL_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 
+def _creation_order(leg: Leg) -> tuple[bool, int]:
+    """Legs by creation time, unknown times (0) last."""
+    return leg.created_us == 0, leg.created_us
+
+
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -314,13 +319,27 @@ class CallRegistry(Reconciliation):
         leg.destination = ev.destination_number or leg.destination
 
     def _refresh(self, call: Call) -> None:
-        """Recompute the call's derived fields from its legs."""
-        call.legs.sort(key=lambda l: (l.created_us == 0, l.created_us))   # stable
-        a = call.a_leg
+        """Recompute the call's derived fields from its legs (after every event: one pass
+        over the legs for the A-leg, the carrier legs, the winner and the first answer)."""
+        legs = call.legs
+        if len(legs) > 1:
+            legs.sort(key=_creation_order)          # stable
+        a = None
         merged: dict[str, str] = {}
-        for l in call.legs:
-            if l is not a:
+        carrier_legs: list[Leg] = []
+        winner = None
+        answered_us = 0
+        for l in legs:
+            if a is None and l.uuid == call.call_uuid:
+                a = l
+            else:
                 merged.update(l.vars)
+            if l.answered_us and (not answered_us or l.answered_us < answered_us):
+                answered_us = l.answered_us
+            if l.carrier and l.direction == "outbound":
+                carrier_legs.append(l)
+                if winner is None and l.answered_us:
+                    winner = l
         if a is not None:
             merged.update(a.vars)     # call-wide variables are set on the A-leg
             call.caller = a.caller or call.caller
@@ -328,7 +347,7 @@ class CallRegistry(Reconciliation):
             call.started_us = a.created_us or call.started_us
             call.ended_us, call.hangup_cause = a.hangup_us, a.hangup_cause
         call.started_us = call.started_us or min(
-            (l.created_us for l in call.legs if l.created_us), default=0)
+            (l.created_us for l in legs if l.created_us), default=0)
         call.tenant = merged.get("switchd_tenant", call.tenant)
         call.route_id = merged.get("switchd_route_id", call.route_id)
         call.campaign = merged.get("switchd_campaign", call.campaign)
@@ -336,13 +355,11 @@ class CallRegistry(Reconciliation):
         call.origin_attempt = (_int_or_none(merged.get("switchd_origin_attempt"))
                               or call.origin_attempt)
         call.max_duration = _int_or_none(merged.get("switchd_max_duration")) or call.max_duration
-        carrier_legs = [l for l in call.legs if l.carrier and l.direction == "outbound"]
         call.attempts = len(carrier_legs)
         call.first_choice_carrier = carrier_legs[0].carrier if carrier_legs else None
-        winner = next((l for l in carrier_legs if l.answered_us), None)
         call.carrier = winner.carrier if winner else None
         call.gateway = winner.gateway if winner else None
-        call.answered_us = min((l.answered_us for l in call.legs if l.answered_us), default=0)
+        call.answered_us = answered_us
         if call.originated or (call.call_uuid in self._awaiting and a is not None
                                and a.direction == "outbound"):
             call.originated = True

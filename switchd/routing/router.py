@@ -442,17 +442,10 @@ class Router:
         return decision
 
 
-_COUNTERS: dict[str, tuple] = {}
-
-
 def _requests_counter(label: str):
-    """metrics.DIALPLAN_REQUESTS.labels(label), remembered (labels() takes a lock and
-    validates on every call); re-fetched if the metric object is replaced."""
-    metric = metrics.DIALPLAN_REQUESTS
-    hit = _COUNTERS.get(label)
-    if hit is None or hit[0] is not metric:
-        hit = _COUNTERS[label] = (metric, metric.labels(label))
-    return hit[1]
+    """metrics.DIALPLAN_REQUESTS.labels(label): a lock-free Family, read at each use so a
+    test that replaces the metric sees its own."""
+    return metrics.DIALPLAN_REQUESTS.labels(label)
 
 
 def _cap_refusal(admission) -> "policy.Refusal":

@@ -119,38 +119,44 @@ def _opt_int(value: str | None) -> int | None:
         return None
 
 
-def _first(*stamps: int) -> int:
-    """The earliest non-zero timestamp (0 when none is set)."""
-    return min((t for t in stamps if t), default=0)
+def _first(a: int, b: int) -> int:
+    """The earlier non-zero timestamp of two (0 when neither is set)."""
+    return (a if a < b else b) if a and b else a or b
 
 
-def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
-    uuid = h.get("Unique-ID", "")
-    switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
-    if name == "CHANNEL_UUID" and h.get("Old-Unique-ID"):
+def _channel(name: str, h: dict[str, str],
+             switchd_vars: dict[str, str] | None = None) -> ChannelEvent:
+    """The typed event from decoded headers; `switchd_vars` (the `switchd_*` variables
+    without their "variable_" prefix) when the caller has collected them, else read
+    from `h`."""
+    get = h.get
+    uuid = get("Unique-ID", "")
+    if switchd_vars is None:
+        switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
+    if name == "CHANNEL_UUID" and get("Old-Unique-ID"):
         switchd_vars[OLD_UUID_VAR] = h["Old-Unique-ID"]
     return ChannelEvent(
         name=name,
         uuid=uuid,
-        call_uuid=h.get("Channel-Call-UUID") or uuid,
-        other_leg_uuid=h.get("Other-Leg-Unique-ID") or None,
-        direction=h.get("Call-Direction") or "inbound",
-        timestamp_us=_int(h.get("Event-Date-Timestamp")),
-        sequence=_int(h.get("Event-Sequence")),
-        core_uuid=h.get("Core-UUID", ""),
-        caller_number=h.get("Caller-Caller-ID-Number", ""),
-        destination_number=h.get("Caller-Destination-Number", ""),
-        gateway=h.get("variable_sip_gateway_name") or None,
-        created_us=_int(h.get("Caller-Channel-Created-Time")),
-        answered_us=_int(h.get("Caller-Channel-Answered-Time")),
-        progress_us=_first(_int(h.get("Caller-Channel-Progress-Time")),
-                           _int(h.get("Caller-Channel-Progress-Media-Time"))),
-        hangup_us=_int(h.get("Caller-Channel-Hangup-Time")),
-        hangup_cause=h.get("Hangup-Cause") or h.get("variable_hangup_cause") or None,
-        sip_status=_opt_int(h.get("variable_sip_term_status")),
-        billmsec=_opt_int(h.get("variable_billmsec")),
-        billsec=_opt_int(h.get("variable_billsec")),
-        origination_uuid=h.get("variable_origination_uuid") or None,
+        call_uuid=get("Channel-Call-UUID") or uuid,
+        other_leg_uuid=get("Other-Leg-Unique-ID") or None,
+        direction=get("Call-Direction") or "inbound",
+        timestamp_us=_int(get("Event-Date-Timestamp")),
+        sequence=_int(get("Event-Sequence")),
+        core_uuid=get("Core-UUID", ""),
+        caller_number=get("Caller-Caller-ID-Number", ""),
+        destination_number=get("Caller-Destination-Number", ""),
+        gateway=get("variable_sip_gateway_name") or None,
+        created_us=_int(get("Caller-Channel-Created-Time")),
+        answered_us=_int(get("Caller-Channel-Answered-Time")),
+        progress_us=_first(_int(get("Caller-Channel-Progress-Time")),
+                           _int(get("Caller-Channel-Progress-Media-Time"))),
+        hangup_us=_int(get("Caller-Channel-Hangup-Time")),
+        hangup_cause=get("Hangup-Cause") or get("variable_hangup_cause") or None,
+        sip_status=_opt_int(get("variable_sip_term_status")),
+        billmsec=_opt_int(get("variable_billmsec")),
+        billsec=_opt_int(get("variable_billsec")),
+        origination_uuid=get("variable_origination_uuid") or None,
         vars=switchd_vars,
     )
 
@@ -158,7 +164,8 @@ def _channel(name: str, h: dict[str, str]) -> ChannelEvent:
 # Every header _channel reads: the channel's own headers, each found by one search for
 # its line ("\nName: "), and the channel variables it reads, all found by one regex pass
 # over the "\nvariable_" lines (~150 of an event's ~200 lines, and its last ~70 % of
-# bytes: one search per variable there cost a scan of most of the event each).
+# bytes: one search per variable there cost a scan of most of the event each). The pass
+# starts at the first "\nvariable_" line: no variable line can come before it.
 _CHANNEL_HEADERS = (
     "Event-Name", "Unique-ID", "Channel-Call-UUID", "Other-Leg-Unique-ID", "Call-Direction",
     "Event-Date-Timestamp", "Event-Sequence", "Core-UUID", "Caller-Caller-ID-Number",
@@ -170,6 +177,9 @@ _CHANNEL_VARIABLES = ("sip_gateway_name", "hangup_cause", "sip_term_status", "bi
                       "billsec", "origination_uuid")
 _LINE_KEYS = tuple(("\n" + name + ": ", name) for name in _CHANNEL_HEADERS)
 _OLD_UUID_LINE = "\nOld-Unique-ID: "
+# The end of the header block: a compiled search, faster than bytes.find for a two-byte
+# needle whose first byte ends every line.
+_BLANK_LINE = re.compile(b"\n\n")
 
 
 def _line_value(text: str, key: str) -> str | None:
@@ -182,9 +192,10 @@ def _line_value(text: str, key: str) -> str | None:
     return text[i:] if j < 0 else text[i:j]
 
 # A variable's name ends at the line's first ": " (the lazy `.*?`), as in the full parse;
-# `.` stops at the end of the line.
-_VARIABLE_LINE = re.compile(r"\nvariable_(switchd_.*?|"
-                            + "|".join(_CHANNEL_VARIABLES) + r"): (.*)")
+# `.` stops at the end of the line. Group 1: a `switchd_*` variable's name, group 2 one
+# of _CHANNEL_VARIABLES.
+_VARIABLE_LINE = re.compile(r"\nvariable_(?:(switchd_.*?)|("
+                            + "|".join(_CHANNEL_VARIABLES) + r")): (.*)")
 
 
 def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
@@ -198,22 +209,29 @@ def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
     (the caller then takes the full path). A nested body is not read: channel events have
     none.
     """
-    end = body.find(b"\n\n")
-    text = "\n" + (body if end < 0 else body[:end]).decode("utf-8", "replace")
+    blank = _BLANK_LINE.search(body)
+    text = "\n" + (body if blank is None else body[:blank.start()]).decode("utf-8", "replace")
     h: dict[str, str] = {}
     for key, name in _LINE_KEYS:
         value = _line_value(text, key)
         if value is not None:
             h[name] = value
-    for name, value in _VARIABLE_LINE.findall(text):
-        h.setdefault("variable_" + name, value)
+    switchd_vars: dict[str, str] = {}
+    first = text.find("\nvariable_")
+    if first >= 0:
+        for switchd, known, value in _VARIABLE_LINE.findall(text, first):
+            if switchd:
+                switchd_vars.setdefault(switchd, value)
+            else:
+                h.setdefault("variable_" + known, value)
     name = h.get("Event-Name")
     if name not in CHANNEL_EVENTS or not h.get("Unique-ID"):
         return None
-    encoded = [n for n, v in h.items() if "%" in v]
+    encoded = [(h, n) for n, v in h.items() if "%" in v]
+    encoded += [(switchd_vars, n) for n, v in switchd_vars.items() if "%" in v]
     if encoded:
-        for n, value in zip(encoded, _unquote_many([h[n] for n in encoded])):
-            h[n] = value
+        for (where, n), value in zip(encoded, _unquote_many([w[n] for w, n in encoded])):
+            where[n] = value
         name = h["Event-Name"]
         if name not in CHANNEL_EVENTS or not h.get("Unique-ID"):
             return None
@@ -222,7 +240,7 @@ def channel_event_from_plain(body: bytes) -> ChannelEvent | None:
         old = _line_value(text, _OLD_UUID_LINE)
         if old is not None:
             h["Old-Unique-ID"] = _unquote_many([old])[0] if "%" in old else old
-    return _channel(name, h)
+    return _channel(name, h, switchd_vars)
 
 
 def to_typed(headers: dict[str, str]) -> TypedEvent | None:

@@ -35,6 +35,7 @@ import gevent
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from switchd import metrics
+from switchd.adapters.http.headers import read_headers
 
 log = logging.getLogger("switchd.adapters.http")
 
@@ -127,6 +128,17 @@ class Handler(WSGIHandler):
         except BaseException:
             self._stop_timer()
             raise
+
+    def log_request(self):
+        """pywsgi formats an access-log line per request even for `log=None`, to write it
+        nowhere: formatted only when there is a log."""
+        if self.server.access_log:
+            super().log_request()
+
+    def MessageClass(self, fp, *args):
+        """pywsgi's request headers, without the email parser when they are plain
+        (headers.py: the same message, a test holds the two equal)."""
+        return read_headers(fp)
 
     def read_request(self, raw_requestline):
         self._phase = "the headers"
@@ -268,6 +280,7 @@ class Server(WSGIServer):
     def __init__(self, listener, application, limits: HttpLimits, **kwargs):
         self.in_flight = InFlight(application, limits.max_in_flight, limits.max_cdr_in_flight)
         super().__init__(listener, self.in_flight, **kwargs)
+        self.access_log = kwargs.get("log", "default") is not None
         self.limits = limits
         self.open_connections = 0
         metrics.HTTP_MAX_CONNECTIONS.set(limits.max_connections)
