@@ -12,7 +12,7 @@ the daemon:
 - ``cdrs_per_s``: a CDR is what the daemon submits when an outbound call ends: its call
   row (CallRecord) and its carrier leg (LegRecord), rated, with distinct UUIDs, tenants
   and carriers. Timed from the first ``submit_*`` to the moment the writer has committed
-  the last call row (``CdrWriter.written``), default settings (batches of up to 8,000
+  the last call row (``CdrWriter.written``), default settings (batches of up to 16,000
   records on two connections in turn: COPY into staging tables, then, under the lock,
   one statement per kind and the money recompute where it can change something);
   ``process_cpu_us_per_cdr``: this process's CPU (user + system) meanwhile, per CDR: the
