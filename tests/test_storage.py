@@ -293,3 +293,44 @@ def test_a_direct_insert_without_filed_month_is_filed_this_month(migrated_pg_url
                             ).fetchone()[0] == this
         assert conn.execute("SELECT filed_month FROM call_legs WHERE leg_uuid = 'hand'"
                             ).fetchone()[0] == this
+
+
+def test_legs_of_a_period_are_read_through_the_ended_at_index(migrated_pg_url):
+    """`switchd rerate --carrier` and the carrier report select legs by when they ended:
+    over one hour of a month of legs, PostgreSQL reads that hour's pages through the BRIN
+    index on ended_at (migration 024), not the month, and finds exactly that hour's legs."""
+    from psycopg import sql
+
+    from switchd.accounting import reports
+    month = datetime(2025, 3, 1, tzinfo=UTC)
+    items = []
+    for i in range(20_000):                  # a month of legs, stored as their calls end
+        ended = month + timedelta(minutes=2 * i)
+        carrier = ("alpha", "beta", "gamma")[i % 3]
+        items += [("leg", LegRecord(leg_uuid=f"bl-{i}", call_uuid=f"bc-{i}",
+                                    direction="outbound", carrier=carrier, gateway="gw",
+                                    started_at=ended - timedelta(seconds=90),
+                                    answered_at=ended - timedelta(seconds=80), ended_at=ended,
+                                    billed_seconds=80, cost=Decimal("0.080000"))),
+                  ("call", CallRecord(call_uuid=f"bc-{i}", direction="outbound", tenant="acme",
+                                      started_at=ended - timedelta(seconds=90), ended_at=ended,
+                                      carrier=carrier, attempts=1))]
+    since = month + timedelta(days=12)
+    until = since + timedelta(hours=1)
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        for start in range(0, len(items), 8000):
+            write_batch(conn, items[start:start + 8000])
+        conn.execute("VACUUM ANALYZE call_legs")
+        rerate = sql.SQL(reports._PRICED_LEGS).format(
+            key=sql.SQL(reports._LEG_KEYS["carrier"]), anchor=sql.Identifier("l"),
+            tenant=sql.SQL(""), carrier=sql.SQL("AND l.carrier = %(carrier)s"))
+        legs_report = sql.SQL(reports._LEGS).format(join=sql.SQL(""), tenant=sql.SQL(""))
+        # the hour's 30 legs: alpha's 10 to rerate; one report row per carrier, of 10 legs
+        for query, found in ((rerate, [10]), (legs_report, [10, 10, 10])):
+            params = {"since": since, "until": until, "carrier": "alpha"}
+            plan = "\n".join(r[0] for r in conn.execute(
+                sql.SQL("EXPLAIN ANALYZE ") + query, params).fetchall())
+            assert "Seq Scan on call_legs_2025_03" not in plan, plan     # the month
+            assert "Bitmap Index Scan on call_legs_2025_03_ended_at_idx" in plan, plan
+            rows = conn.execute(query, params).fetchall()
+            assert ([len(rows)] if query is rerate else [r[5] for r in rows]) == found

@@ -39,13 +39,14 @@ from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from itertools import repeat
 from operator import attrgetter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import gevent
 import psycopg
 
 from switchd.adapters.db import store
-from switchd.adapters.db.records import CallRecord, EventRecord, LegRecord, SwitchCallRecord
+from switchd.adapters.db.records import (KIND_OF, CallRecord, EventRecord, LegRecord,
+                                         SwitchCallRecord)
 
 # Taken by every batch once its rows are staged, held to commit. Arbitrary constant.
 LOCK_KEY = 0x5157_1C4E
@@ -81,12 +82,14 @@ SWITCH_COLS = [c for c in _names(SwitchCallRecord) if c != "from_a_leg"]
 DECISION_COLS = list(store.DECISION_COLUMNS)
 
 # Staging tables, one per kind, session-local and emptied at every commit. Their column
-# types are those of the Python values (text, bigint, numeric, timestamptz, boolean,
-# jsonb), so rows go in by binary COPY; the INSERT into the real table casts them (a
-# uuid from its text, an integer to its width) and checks every constraint. `n` is the
-# round of a key that occurs more than once in the batch.
+# types are those of the Python values (text, bigint, timestamptz, boolean, jsonb), so
+# rows go in by binary COPY; the INSERT into the real table casts them (a uuid from its
+# text, an integer to its width) and checks every constraint. `n` is the round of a key
+# that occurs more than once in the batch. Amounts (Decimal) are staged as their text and
+# cast to numeric by the INSERT: the same value exactly, and formatting a Decimal in
+# binary numeric costs the writer about five times its str().
 def _pg_type(annotation: str) -> str:
-    for name, pg in (("datetime", "timestamptz"), ("Decimal", "numeric"), ("bool", "boolean"),
+    for name, pg in (("datetime", "timestamptz"), ("Decimal", "text"), ("bool", "boolean"),
                      ("int", "bigint"), ("dict", "jsonb"), ("str", "text")):
         if name in annotation:
             return pg
@@ -96,6 +99,16 @@ def _pg_type(annotation: str) -> str:
 def _types(cls, cols: list[str]) -> list[str]:
     hints = {f.name: str(f.type) for f in fields(cls)}
     return [_pg_type(hints[c]) for c in cols]
+
+
+def _amounts(cls) -> list[str]:
+    return [f.name for f in fields(cls) if "Decimal" in str(f.type)]
+
+
+def _amounts_last(cls, cols: list[str]) -> list[str]:
+    """The COPY's column order: the amounts (formatted apart, see _copy_rows) last."""
+    amounts = _amounts(cls)
+    return [c for c in cols if c not in amounts] + [c for c in cols if c in amounts]
 
 
 CALL_TYPES = _types(CallRecord, CALL_COLS) + ["bigint"]
@@ -152,8 +165,10 @@ _LEG_MONTH = f"""COALESCE(
     {_OWN_MONTH})"""
 
 
-# Staged as text, stored as uuid (a cast from text is never implicit).
-_CASTS = {"route_id": "::uuid", "id": "::uuid"}
+# Staged as text, stored as uuid or numeric (a cast from text is never implicit).
+_CASTS = {"route_id": "::uuid", "id": "::uuid"} | {
+    c: "::numeric" for cls in (CallRecord, LegRecord, SwitchCallRecord, EventRecord)
+    for c in _amounts(cls)}
 
 
 def _select(cols: list[str], prefix: str = "s.") -> str:
@@ -310,8 +325,22 @@ _INSERT_DECISIONS = (
     f"SELECT {_select(DECISION_COLS, '').replace('created_at', 'COALESCE(created_at, now())')} "
     "FROM switchd_stage_decisions ON CONFLICT (id) DO NOTHING")
 
-_CALL_ROW = attrgetter(*CALL_COLS)
-_LEG_ROW = attrgetter(*LEG_COLS)
+# Call and leg rows: the columns other than amounts in one attrgetter, then the amounts
+# as text (_copy_rows).
+_CALL_COPY_COLS = _amounts_last(CallRecord, CALL_COLS) + ["n"]
+_LEG_COPY_COLS = _amounts_last(LegRecord, LEG_COLS) + ["n"]
+def _values(names: list[str]) -> Callable[[Any], tuple]:
+    """A record's values of these attributes, as a tuple (also of one)."""
+    get = attrgetter(*names)
+    return get if len(names) > 1 else lambda rec: (get(rec),)
+
+
+_CALL_PLAIN = _values([c for c in CALL_COLS if c not in _amounts(CallRecord)])
+_LEG_PLAIN = _values([c for c in LEG_COLS if c not in _amounts(LegRecord)])
+_CALL_AMOUNTS = _values(_amounts(CallRecord))
+_LEG_AMOUNTS = _values(_amounts(LegRecord))
+_CALL_COPY_TYPES = _types(CallRecord, _CALL_COPY_COLS[:-1]) + ["bigint"]
+_LEG_COPY_TYPES = _types(LegRecord, _LEG_COPY_COLS[:-1]) + ["bigint"]
 _SWITCH_ROW = attrgetter(*SWITCH_COLS)
 _EVENT_HEAD = attrgetter(*[c for c in EVENT_COLS if c != "data"])
 assert EVENT_COLS[-1] == "data"
@@ -328,7 +357,7 @@ def _db_money(amount: Decimal | None) -> Decimal | None:
         return None
 
 
-def money_settled(call: CallRecord, legs: list[LegRecord]) -> bool:
+def money_settled(call: CallRecord, legs: Sequence[LegRecord]) -> bool:
     """Whether RECOMPUTE_CALLS would leave this call's row as the record wrote it, when the
     call is new and `legs` are all its legs (none stored before, each written once in the
     batch). Conservative: anything it does not follow exactly means "recompute"."""
@@ -371,32 +400,52 @@ def money_settled(call: CallRecord, legs: list[LegRecord]) -> bool:
             and (call.first_choice_carrier is not None or carrier is None))
 
 
-def _settled_calls(call_rows: list[tuple[CallRecord, int]],
-                   leg_rows: list[tuple[LegRecord, int]], switch: list) -> set[str]:
+def _settled_calls(calls: list[CallRecord], call_rounds: list[int] | None,
+                   legs: list[LegRecord], leg_rounds: list[int] | None,
+                   switch: list) -> set[str]:
     """The calls of the batch money_settled() vouches for: written once, not named by a
-    switch CDR, with legs written once each (round 0 only)."""
+    switch CDR, with legs written once each (round 0 only).
+
+    Builds no container per call that outlives its own check: what a batch holds while
+    it is formatted survives the collector's young generations, and what survives them is
+    walked again by every full collection (with every record queued)."""
     unsure = {r.call_uuid for r in switch}
-    unsure.update(rec.call_uuid for rec, n in call_rows if n)
-    unsure.update(rec.call_uuid for rec, n in leg_rows if n)
-    by_call: dict[str, list[LegRecord]] = {rec.call_uuid: [] for rec, _ in call_rows}
-    for leg, _ in leg_rows:
-        if leg.call_uuid in by_call:
-            by_call[leg.call_uuid].append(leg)
-    return {rec.call_uuid for rec, _ in call_rows
-            if rec.call_uuid not in unsure and money_settled(rec, by_call[rec.call_uuid])}
+    for records, rounds in ((calls, call_rounds), (legs, leg_rounds)):
+        if rounds is not None:
+            unsure.update(rec.call_uuid for rec, n in zip(records, rounds) if n)
+    first_leg: dict[str, LegRecord] = {}
+    more_legs: dict[str, list[LegRecord]] = {}       # calls with several legs only
+    for leg in legs:
+        if leg.call_uuid in first_leg:
+            more_legs.setdefault(leg.call_uuid, []).append(leg)
+        else:
+            first_leg[leg.call_uuid] = leg
+    return {rec.call_uuid for rec in calls
+            if rec.call_uuid not in unsure
+            and money_settled(rec, _legs_of(rec.call_uuid, first_leg, more_legs))}
 
 
-def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[tuple[Any, int]], int]:
-    """Each record with its round: how many earlier records of the batch share its key."""
+def _legs_of(call_uuid: str, first_leg: dict, more_legs: dict) -> tuple:
+    first = first_leg.get(call_uuid)
+    if first is None:
+        return ()
+    more = more_legs.get(call_uuid)
+    return (first,) if more is None else (first, *more)
+
+
+def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[int] | None, int]:
+    """Each record's round (how many earlier records of the batch share its key), in
+    the records' order, and the number of rounds. None for the usual batch, every key
+    once: all round 0."""
     keys = list(map(key, records))
-    if len(set(keys)) == len(keys):      # the usual batch: every key once, all round 0
-        return list(zip(records, repeat(0))), min(len(keys), 1)
+    if len(set(keys)) == len(keys):
+        return None, min(len(keys), 1)
     seen: dict[Any, int] = {}
     out = []
-    for rec, k in zip(records, keys):
+    for k in keys:
         n = seen.get(k, 0)
         seen[k] = n + 1
-        out.append((rec, n))
+        out.append(n)
     return out, max(seen.values(), default=0)
 
 
@@ -414,6 +463,10 @@ def _copy(cur: psycopg.Cursor, table: str, cols: list[str], types: list[str],
             copy.write_row(row)
             if i % _YIELD_EVERY == 0:
                 gevent.sleep(0)
+
+
+def _amount_text(value: Decimal | None) -> str | None:
+    return value if value is None else str(value)
 
 
 def _text(value: Any) -> str | None:
@@ -465,22 +518,38 @@ class StagedBatch:
 
 
 def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
-    """Write one batch in one transaction; returns the number of call rows (CDRs) in it."""
+    """Write one batch of (kind, record) pairs in one transaction; returns the number of
+    call rows (CDRs) in it."""
+    return write_records(conn, [rec for _, rec in items])
+
+
+def write_records(conn: psycopg.Connection, records: list) -> int:
+    """write_batch() of records bare (each one's kind is its type, records.KIND_OF)."""
     with conn.transaction():
         with conn.cursor() as cur:
-            staged = stage(cur, items)
+            staged = stage_records(cur, records)
         n = apply(conn, staged)
         conn.execute(_UNSET)     # a caller's own transaction gets its planner back
         return n
 
 
 def stage(cur: psycopg.Cursor, items: list[tuple[str, Any]]) -> StagedBatch:
-    """COPY the batch into the staging tables, inside the caller's transaction. Takes no
-    lock: a writer stages its next batch while another transaction applies the previous."""
+    """COPY a batch of (kind, record) pairs into the staging tables, inside the caller's
+    transaction. Takes no lock: a writer stages its next batch while another transaction
+    applies the previous."""
+    return stage_records(cur, [rec for _, rec in items])
+
+
+def stage_records(cur: psycopg.Cursor, records: list) -> StagedBatch:
+    """stage() of records bare (each one's kind is its type, records.KIND_OF)."""
     by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
                                 "switch_call": []}
-    for kind, rec in items:
-        by_kind[kind].append(rec)
+    for rec in records:
+        try:
+            by_kind[KIND_OF[type(rec)]].append(rec)
+        except KeyError:
+            raise TypeError(f"CDR writer: not a record it stores: {type(rec).__name__}") \
+                from None
     calls, legs, switch = by_kind["call"], by_kind["leg"], by_kind["switch_call"]
     events, decisions = by_kind["event"], by_kind["decision"]
     decision_rows = [_decision_row(d) for d in decisions]
@@ -497,28 +566,32 @@ def stage(cur: psycopg.Cursor, items: list[tuple[str, Any]]) -> StagedBatch:
     months |= {month_of(e.at) for e in events}
 
     cur.execute(_STAGING)
-    call_rows, call_rounds = _rounds(calls, attrgetter("call_uuid"))
-    switch_rows, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
-    leg_rows, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
+    # Rounds as lists of ints (None: all 0), not (record, round) pairs: see _settled_calls.
+    call_ns, call_rounds = _rounds(calls, attrgetter("call_uuid"))
+    switch_ns, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
+    leg_ns, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
     if calls:
-        _copy(cur, "switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES,
-              ((*_CALL_ROW(r), n) if type(r.route_id) is not uuid.UUID
-               else (*_CALL_ROW(replace(r, route_id=str(r.route_id))), n)
-               for r, n in call_rows))
+        _copy(cur, "switchd_stage_calls", _CALL_COPY_COLS, _CALL_COPY_TYPES,
+              ((*_CALL_PLAIN(r), *map(_amount_text, _CALL_AMOUNTS(r)), n)
+               if type(r.route_id) is not uuid.UUID else
+               (*_CALL_PLAIN(replace(r, route_id=str(r.route_id))),
+                *map(_amount_text, _CALL_AMOUNTS(r)), n)
+               for r, n in zip(calls, call_ns or repeat(0))))
     if switch:
         _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES,
               ((*_SWITCH_ROW(r), r.from_a_leg, n) if type(r.route_id) is not uuid.UUID
                else (*_SWITCH_ROW(replace(r, route_id=str(r.route_id))), r.from_a_leg, n)
-               for r, n in switch_rows))
+               for r, n in zip(switch, switch_ns or repeat(0))))
     if legs:
-        _copy(cur, "switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES,
-              ((*_LEG_ROW(r), n) for r, n in leg_rows))
+        _copy(cur, "switchd_stage_legs", _LEG_COPY_COLS, _LEG_COPY_TYPES,
+              ((*_LEG_PLAIN(r), *map(_amount_text, _LEG_AMOUNTS(r)), n)
+               for r, n in zip(legs, leg_ns or repeat(0))))
     if events:
         _copy(cur, "switchd_stage_events", EVENT_COLS, EVENT_TYPES,
               ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
     if decisions:
         _copy(cur, "switchd_stage_decisions", DECISION_COLS, DECISION_TYPES, decision_rows)
-    settled = _settled_calls(call_rows, leg_rows, switch)
+    settled = _settled_calls(calls, call_ns, legs, leg_ns, switch)
     return StagedBatch(calls=len(calls), window=window, months=sorted(months),
                        call_rounds=call_rounds, switch_rounds=switch_rounds,
                        leg_rounds=leg_rounds, touched=sorted({r.call_uuid for r in keyed}),

@@ -92,6 +92,9 @@ class EventRecord:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-# The kind names the writer's queue and spool use for each record type.
+# The kind names the spool and write_batch's (kind, record) pairs use for each record type.
 KINDS = {"call": CallRecord, "leg": LegRecord, "event": EventRecord,
          "switch_call": SwitchCallRecord}
+# A record's kind from its type (a routing decision is a dict): the writer's queue holds
+# records bare, so queueing one allocates nothing.
+KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()} | {dict: "decision"}
