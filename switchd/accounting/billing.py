@@ -155,16 +155,14 @@ def pdd_ms(leg) -> int | None:
     return pdd_between(leg.created_us, getattr(leg, "progress_us", 0), leg.answered_us)
 
 
-_INT4 = 2**31 - 1     # pdd_ms is an integer column
-
-
 def pdd_between(start_us: int, progress_us: int, answered_us: int) -> int | None:
     """pdd_ms from the three times (µs epochs, 0 = none); the switch's CDR uses it too."""
     first = progress_us or answered_us
     if not start_us or not first or first < start_us:
         return None
     pdd_ms = (first - start_us) // 1000
-    return pdd_ms if pdd_ms <= _INT4 else None     # weeks of "dialling" are no PDD
+    # pdd_ms is an integer column; weeks of "dialling" are no PDD
+    return pdd_ms if pdd_ms <= validate.INT32_MAX else None
 
 
 def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> CallRecord:

@@ -381,8 +381,7 @@ class Originator:
         full carrier is never dialled (a leg killed once it exists may already have
         answered). True when it is full: that attempt is skipped."""
         moved = self.caps.move_to_carrier(call_uuid, carrier)
-        scope = moved.refused_scope
-        if moved.admitted or scope is None or scope.kind != "carrier":
+        if not moved.carrier_refused:
             return False
         log.info("originate attempt via %s skipped: %s", carrier.name, moved.reason,
                  extra={"call_uuid": call_uuid, "tenant": tenant})

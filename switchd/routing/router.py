@@ -298,8 +298,7 @@ class Router:
             if _leg_name(route) in tried or route.carrier.name in full:
                 continue
             moved = self.caps.move_to_carrier(decision.call_uuid, route.carrier)
-            scope = moved.refused_scope
-            if not moved.admitted and scope is not None and scope.kind == "carrier":
+            if moved.carrier_refused:
                 full.add(route.carrier.name)
                 passed_over.append(f"{route.carrier.name} ({moved.reason})")
                 continue
@@ -404,10 +403,9 @@ class Router:
         while True:
             first = routes[0]
             admission = self.caps.admit(call_uuid, tenant, carrier=first.carrier, campaign=campaign)
-            refused = admission.refused_scope
-            if admission.admitted or refused is None or refused.kind != "carrier":
+            if not admission.carrier_refused:
                 return routes, admission
-            remaining = [r for r in routes if r.carrier.name != refused.name]
+            remaining = [r for r in routes if r.carrier.name != admission.refused_scope.name]
             if not remaining:
                 return routes, admission
             routes = remaining

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_plus
 
+from dialplan import validate
+
 MAX_CDR_BYTES = 1 << 20     # a real leg's CDR is ~10 KB
 # A JSON \u0000 escape, not one whose backslash is itself escaped ("\\u0000" is text).
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
@@ -91,11 +93,10 @@ def decode_body(body: bytes) -> dict:
 # take. A value outside is refused here, naming the variable (400, FreeSWITCH keeps the
 # record), instead of failing in PostgreSQL, which would say nothing useful and, when the
 # value is a time, could not even tell an answered leg from an unanswered one.
-_INT4 = 2**31 - 1
 _MAX_UEPOCH = 253_402_300_799_999_999       # 9999-12-31T23:59:59.999999Z, the last datetime
 _RANGES = {
     "sip_term_status": (100, 699),           # a SIP final status (RFC 3261 §7.2)
-    "billsec": (0, _INT4), "billmsec": (0, 2**63 - 1),
+    "billsec": (0, validate.INT32_MAX), "billmsec": (0, 2**63 - 1),
     "start_uepoch": (0, _MAX_UEPOCH), "answer_uepoch": (0, _MAX_UEPOCH),
     "progress_uepoch": (0, _MAX_UEPOCH), "progress_media_uepoch": (0, _MAX_UEPOCH),
     "end_uepoch": (0, _MAX_UEPOCH),

@@ -96,6 +96,13 @@ class Admission:
     def __bool__(self) -> bool:
         return self.admitted
 
+    @property
+    def carrier_refused(self) -> bool:
+        """Refused by a carrier's own limit (channels or calls per second): another
+        carrier may still take the call."""
+        return (not self.admitted and self.refused_scope is not None
+                and self.refused_scope.kind == "carrier")
+
 
 # Reasons, shared by every backend so callers and logs can rely on them.
 ADMITTED = "admitted"
