@@ -46,11 +46,14 @@ def test_healthz_answers_while_the_decks_load_and_readyz_names_the_phase(world_u
                      "loading rate decks" else None)(daemon.get("/readyz")),
             what="/readyz naming the deck load")
         assert status == 503 and body["status"] == "not ready"
-        # The daemon really is held at the deck load, not past it.
-        waiting = rows(world_url, "SELECT count(*) FROM pg_locks l JOIN pg_class c "
-                                  "ON c.oid = l.relation WHERE c.relname = 'rate_decks' "
-                                  "AND NOT l.granted")
-        assert waiting[0][0] >= 1
+        # The daemon really is held at the deck load, not past it: its query waits on the
+        # lock (it names the phase just before it sends the query, so wait for the query).
+        daemon.wait_until(
+            lambda: rows(world_url, "SELECT count(*) FROM pg_locks l JOIN pg_class c "
+                                    "ON c.oid = l.relation WHERE c.relname = 'rate_decks' "
+                                    "AND NOT l.granted")[0][0] >= 1,
+            what="the deck load waiting on the lock")
+        assert daemon.get("/readyz")[1]["problems"]["startup"] == "loading rate decks"
         assert daemon.get("/healthz") == (200, {"status": "ok"})
         assert _post_dialplan(daemon) == 503
         assert daemon.get("/v1/calls") == (200, {"calls": []})

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from . import fsconfig
@@ -22,6 +24,28 @@ MODES = ("answer", "ring", "down", *map(str, REJECT_REASONS))
 FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 421,
                423, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 491, 500, 501, 502, 503,
                504, 505, 513, 600, 603, 604, 606, 608)
+
+
+# A restart closes the carrier's port for a moment; FreeSWITCH's gateway ping landing then
+# fails, marks the gateway DOWN (ping-max 1) and takes the carrier out of routing until the
+# next ping. So a running carrier restarts only this soon after a ping it answered.
+RESTART_AFTER_PING_S = 3.0
+_PING = re.compile(r"-{20,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)\n"
+                   r"UDP message received[^\n]*\n\nOPTIONS ")
+
+
+def last_ping(message_file: Path) -> float | None:
+    """When the last OPTIONS ping reached this sipp (epoch seconds; sipp writes local time)."""
+    try:
+        text = message_file.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    found = None
+    for found in _PING.finditer(text):
+        pass
+    if found is None:
+        return None
+    return datetime.strptime(" ".join(found.group(1).split()), "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
 def sipp_command(sipp: str, ports: fsconfig.SippPorts) -> list[str]:
@@ -76,6 +100,8 @@ class Carrier:
             raise ValueError(f"carrier mode {mode!r}: one of {', '.join(MODES)}")
         if mode == self.mode and (mode == "down" or self.alive()):
             return
+        if self.alive():
+            self._wait_for_a_fresh_ping()
         self.stop()
         self.mode = mode
         if mode == "down":
@@ -100,6 +126,17 @@ class Carrier:
         if self.proc.poll() is not None:
             raise HarnessError(f"sipp carrier {self.name} exited {self.proc.returncode} "
                                f"(see {self.dir}/stderr.log)")
+
+    def _wait_for_a_fresh_ping(self) -> None:
+        messages = self.dir / f"messages-{self.starts}.log"
+        last = last_ping(messages)
+        if last is None or time.time() - last < RESTART_AFTER_PING_S:
+            return                          # not pinged (yet), or the next ping is seconds away
+        try:
+            poll(lambda: (last_ping(messages) or 0) > last, fsconfig.GATEWAY_PING_S + 2,
+                 f"a gateway ping to carrier {self.name}")
+        except HarnessError:
+            pass                            # FreeSWITCH stopped pinging: no ping to dodge
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
