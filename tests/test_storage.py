@@ -334,3 +334,41 @@ def test_legs_of_a_period_are_read_through_the_ended_at_index(migrated_pg_url):
             assert "Bitmap Index Scan on call_legs_2025_03_ended_at_idx" in plan, plan
             rows = conn.execute(query, params).fetchall()
             assert ([len(rows)] if query is rerate else [r[5] for r in rows]) == found
+
+
+def test_calls_of_a_period_are_read_through_the_ended_at_index(migrated_pg_url):
+    """The tenant and day reports and the spend watch select calls by when they ended: over
+    one hour of a month of calls, PostgreSQL reads that hour's pages through the BRIN index
+    on calls.ended_at (migration 025), not the month, and finds exactly that hour's calls."""
+    from psycopg import sql
+
+    from switchd.accounting import reports, spend_watch
+    month = datetime(2025, 4, 1, tzinfo=UTC)
+    items = []
+    for i in range(20_000):                  # a month of calls, stored as they end
+        ended = month + timedelta(minutes=2 * i)
+        items.append(("call", CallRecord(call_uuid=f"pc-{i}", direction="outbound",
+                                         tenant=("acme", "globex")[i % 2],
+                                         started_at=ended - timedelta(seconds=90),
+                                         answered_at=ended - timedelta(seconds=80),
+                                         ended_at=ended, carrier="alpha", attempts=1,
+                                         billed_seconds=80, cost=Decimal("0.080000"))))
+    since = month + timedelta(days=12)
+    until = since + timedelta(hours=1)
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        for start in range(0, len(items), 8000):
+            write_batch(conn, items[start:start + 8000])
+        conn.execute("VACUUM ANALYZE calls")
+        by_tenant = sql.SQL(reports._CALLS).format(key=sql.SQL(reports._CALL_KEYS["tenant"]),
+                                                   tenant=sql.SQL(""))
+        params = {"since": since, "until": until, "hour": since, "now": until,
+                  "month": month, "next_month": month + timedelta(days=30)}
+        # the hour's 30 calls: 15 a tenant, in the report and in the spend watch's sum
+        for query, counted in ((by_tenant, lambda rows: sorted(r[5] for r in rows)),
+                               (sql.SQL(spend_watch._NOW),
+                                lambda rows: sorted(round(r[1] / Decimal("0.08")) for r in rows))):
+            plan = "\n".join(r[0] for r in conn.execute(
+                sql.SQL("EXPLAIN ANALYZE ") + query, params).fetchall())
+            assert "Seq Scan on calls_2025_04" not in plan, plan        # the month
+            assert "Bitmap Index Scan on calls_2025_04_ended_at_idx" in plan, plan
+            assert counted(conn.execute(query, params).fetchall()) == [15, 15]
