@@ -295,6 +295,13 @@ def test_a_direct_insert_without_filed_month_is_filed_this_month(migrated_pg_url
                             ).fetchone()[0] == this
 
 
+def _store_a_month(conn, items: list, table: str) -> None:
+    """Write a month of records in the writer's batches, then let the planner see them."""
+    for start in range(0, len(items), 8000):
+        write_batch(conn, items[start:start + 8000])
+    conn.execute(f"VACUUM ANALYZE {table}")
+
+
 def test_legs_of_a_period_are_read_through_the_ended_at_index(migrated_pg_url):
     """`switchd rerate --carrier` and the carrier report select legs by when they ended:
     over one hour of a month of legs, PostgreSQL reads that hour's pages through the BRIN
@@ -318,9 +325,7 @@ def test_legs_of_a_period_are_read_through_the_ended_at_index(migrated_pg_url):
     since = month + timedelta(days=12)
     until = since + timedelta(hours=1)
     with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
-        for start in range(0, len(items), 8000):
-            write_batch(conn, items[start:start + 8000])
-        conn.execute("VACUUM ANALYZE call_legs")
+        _store_a_month(conn, items, "call_legs")
         rerate = sql.SQL(reports._PRICED_LEGS).format(
             key=sql.SQL(reports._LEG_KEYS["carrier"]), anchor=sql.Identifier("l"),
             tenant=sql.SQL(""), carrier=sql.SQL("AND l.carrier = %(carrier)s"))
@@ -356,9 +361,7 @@ def test_calls_of_a_period_are_read_through_the_ended_at_index(migrated_pg_url):
     since = month + timedelta(days=12)
     until = since + timedelta(hours=1)
     with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
-        for start in range(0, len(items), 8000):
-            write_batch(conn, items[start:start + 8000])
-        conn.execute("VACUUM ANALYZE calls")
+        _store_a_month(conn, items, "calls")
         by_tenant = sql.SQL(reports._CALLS).format(key=sql.SQL(reports._CALL_KEYS["tenant"]),
                                                    tenant=sql.SQL(""))
         params = {"since": since, "until": until, "hour": since, "now": until,
