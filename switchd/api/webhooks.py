@@ -36,6 +36,7 @@ from psycopg.types.json import Jsonb
 
 from dialplan import budget as budget_rules
 from switchd import metrics
+from switchd.calls.model import origin_of
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,8 @@ class CallEvents:
         st = self._calls.get(call_uuid)
         if st is not None and tenant and not st["tenant"]:
             st["tenant"] = tenant
-            origin = (switchd_vars or {}).get("switchd_origin_call")
-            if origin and st["origin"] is None:
-                attempt = switchd_vars.get("switchd_origin_attempt") or ""
-                st["origin"] = (origin, int(attempt) if attempt.isdigit() else None)
+            if st["origin"] is None:
+                st["origin"] = origin_of(switchd_vars or {})
             self._complete(st, known)
             self._flush(call_uuid, st)
 

@@ -99,6 +99,16 @@ class Call:
                     origin_attempt=self.origin_attempt)
 
 
+def origin_of(variables: dict[str, str]) -> tuple[str, int | None] | None:
+    """An originate attempt's (call id POST /v1/calls answered, attempt number) from its
+    `switchd_*` channel variables; None for a call switchd did not originate."""
+    origin = variables.get("switchd_origin_call")
+    if not origin:
+        return None
+    attempt = variables.get("switchd_origin_attempt") or ""
+    return origin, int(attempt) if attempt.isdigit() else None
+
+
 # --- effects: what the daemon acts on --------------------------------------------------
 @dataclass(frozen=True)
 class CallStarted:

@@ -114,17 +114,13 @@ class CapsGate:
         when the leg starts, the leg can answer before the kill reaches it: on FreeSWITCH a
         carrier answering at once was up for 20 ms beyond its cap.) Admitted unchanged when
         this daemon knows of no carrier slot for the call or it already holds this one."""
-        held = self.carrier_of_call.get(call_uuid)
-        if held is None or held == carrier.name:
-            return Admission(True)
         # A failover is a new INVITE to that carrier: its calls-per-second count it too.
         cps = ((CpsScope("carrier", carrier.name, carrier.cps_limit),) if carrier.cps_limit
                else ())
-        admission = self.backend.swap_carrier(call_uuid, Scope("carrier", held),
-                                              _carrier_scope(carrier), cps)
-        if admission.admitted:
-            self.carrier_of_call[call_uuid] = carrier.name
-        elif admission.refused_scope is not None:
+        admission = self._swap(call_uuid, carrier, cps)
+        if admission is None:
+            return Admission(True)
+        if not admission.admitted and admission.refused_scope is not None:
             metrics.CAP_REJECTIONS.labels(admission.refused_scope.kind).inc()
         return admission
 
@@ -193,16 +189,21 @@ class CapsGate:
             except Exception:   # greenlet boundary: one failed operation never stops the worker
                 log.exception("caps operation %s failed", func.__name__)
 
-    def _leg_started(self, call_uuid, carrier, leg_uuid) -> None:
+    def _swap(self, call_uuid: str, carrier, cps: tuple = ()) -> Admission | None:
+        """Move the call's carrier slot to `carrier`; None when this daemon knows of no
+        carrier slot for the call or it already holds this one."""
         held = self.carrier_of_call.get(call_uuid)
         if held is None or held == carrier.name:
-            return
+            return None
         admission = self.backend.swap_carrier(call_uuid, Scope("carrier", held),
-                                              _carrier_scope(carrier))
+                                              _carrier_scope(carrier), cps)
         if admission.admitted:
             self.carrier_of_call[call_uuid] = carrier.name
-            return
-        if admission.reason == "call not held":
+        return admission
+
+    def _leg_started(self, call_uuid, carrier, leg_uuid) -> None:
+        admission = self._swap(call_uuid, carrier)
+        if admission is None or admission.admitted or admission.reason == "call not held":
             return
         metrics.CAP_REJECTIONS.labels("carrier").inc()
         log.warning("failover leg to %s refused: %s", carrier.name, admission.reason,

@@ -26,7 +26,7 @@ from collections import Counter, OrderedDict
 
 from switchd.adapters.esl.events import ChannelEvent
 from switchd.calls.model import (Call, CallAnswered, CallEnded, CallRenamed, CallStarted,
-                                 CarrierOutcome, Effect, Leg, LegEnded)
+                                 CarrierOutcome, Effect, Leg, LegEnded, origin_of)
 from switchd.calls.reconcile import Reconciliation
 
 log = logging.getLogger(__name__)
@@ -351,9 +351,9 @@ class CallRegistry(Reconciliation):
         call.tenant = merged.get("switchd_tenant", call.tenant)
         call.route_id = merged.get("switchd_route_id", call.route_id)
         call.campaign = merged.get("switchd_campaign", call.campaign)
-        call.origin_call = merged.get("switchd_origin_call", call.origin_call)
-        call.origin_attempt = (_int_or_none(merged.get("switchd_origin_attempt"))
-                              or call.origin_attempt)
+        origin = origin_of(merged)
+        if origin is not None:
+            call.origin_call, call.origin_attempt = origin[0], origin[1] or call.origin_attempt
         call.max_duration = _int_or_none(merged.get("switchd_max_duration")) or call.max_duration
         call.attempts = len(carrier_legs)
         call.first_choice_carrier = carrier_legs[0].carrier if carrier_legs else None

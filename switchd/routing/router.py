@@ -94,8 +94,8 @@ class Router:
             decision = self._rendered(decision)
         decision.elapsed_us = int((time.perf_counter() - started) * 1_000_000)
         metrics.ROUTING_SECONDS.observe(decision.elapsed_us / 1e6)
-        _requests_counter(decision.result if decision.result != "refused"
-                          else f"refused_{decision.sip_code}").inc()
+        metrics.DIALPLAN_REQUESTS.labels(decision.result if decision.result != "refused"
+                                         else f"refused_{decision.sip_code}").inc()
         # DEBUG: one line per lookup is the hot path; the routing log (routing_decisions)
         # keeps every decision.
         log.debug("route %s: %s %s -> %s (%s) in %dus", decision.direction, decision.tenant,
@@ -306,13 +306,11 @@ class Router:
             # leg's start moves the slot then, as for any leg (CapsGate.leg_started).
             nxt = route
             break
-        if nxt is None and passed_over:
-            why = f"{what}; passed over: {', '.join(passed_over)}"
-            return self._refuse(decision, context, dialled,
-                                policy.refusal("carriers_full", why),
-                                f"failover exhausted: {why}", call_vars)
+        if passed_over:
+            what += f"; passed over: {', '.join(passed_over)}"
         if nxt is None:
-            return self._refuse(decision, context, dialled, stop,
+            refusal = policy.refusal("carriers_full", what) if passed_over else stop
+            return self._refuse(decision, context, dialled, refusal,
                                 f"failover exhausted: {what}", call_vars)
         # The call's reservation follows it to the next carrier's tariff (docs/budgets.md).
         granted = self.spend.reserve(decision.call_uuid, tenant, nxt.rate)
@@ -333,8 +331,7 @@ class Router:
                           "effective_caller_id_number": cid})
         decision.answer = answers.Attempt(context, dialled, call_vars, nxt, number.e164, max_s,
                                           transfer_to=_transfer_target(dialled, number.e164))
-        decision.result, decision.reason = "routed", f"failover: {what}" + (
-            f"; passed over: {', '.join(passed_over)}" if passed_over else "")
+        decision.result, decision.reason = "routed", f"failover: {what}"
         decision.chosen = [{"carrier": nxt.carrier.name, "gateway": nxt.gateway.name,
                             "prefix": nxt.rate.prefix, "rate": str(nxt.rate.rate_per_min),
                             "attempt": attempt + 1, "after": verdict.key}]
@@ -438,12 +435,6 @@ class Router:
             call_vars.setdefault("switchd_tenant", decision.tenant)
         decision.answer = answers.Refuse(context, dialled, refusal, call_vars)
         return decision
-
-
-def _requests_counter(label: str):
-    """metrics.DIALPLAN_REQUESTS.labels(label): a lock-free Family, read at each use so a
-    test that replaces the metric sees its own."""
-    return metrics.DIALPLAN_REQUESTS.labels(label)
 
 
 def _cap_refusal(admission) -> "policy.Refusal":
