@@ -79,8 +79,11 @@ def test_a_failover_leg_to_a_full_carrier_never_answers(realswitch, make_rs_daem
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 1}   # bravo never dialled twice
     assert any(reason.endswith("; passed over: bravo (cap reached)") for (reason,) in rs.rows(
         "SELECT reason FROM routing_decisions WHERE result = 'routed'"))
-    assert rs.rows("SELECT carrier FROM calls WHERE answered_at IS NOT NULL ORDER BY started_at") \
-        == [("bravo",), ("charlie",)]
+    # the CDRs are written after the hangups the switch reported: wait for both
+    carriers = rs.wait_until(lambda: (lambda found: found if len(found) == 2 else None)(rs.rows(
+        "SELECT carrier FROM calls WHERE answered_at IS NOT NULL ORDER BY started_at")),
+        what="both answered calls' CDRs")
+    assert carriers == [("bravo",), ("charlie",)]
 
 
 def test_an_originate_attempt_on_a_full_carrier_is_skipped(realswitch, make_rs_daemon):
