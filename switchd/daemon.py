@@ -26,6 +26,7 @@ from switchd.accounting import billing
 from switchd.accounting import spend_watch
 from switchd import metrics
 from switchd.adapters import systemd
+from switchd.adapters.db import green
 from switchd.api import webhooks
 from switchd.api.calls import Live
 from switchd.api.routes import build_app
@@ -148,7 +149,7 @@ class Daemon:
         self.starting = "applying database migrations"
         apply_migrations(self.db_url)
         self.starting = "loading tenants, carriers and DIDs"
-        with psycopg.connect(self.db_url) as conn:
+        with green.connect(self.db_url) as conn:
             partitions.ensure_ahead(conn)       # this month's and next month's, before any CDR
             self.world = store.load_world(conn)
             health = store.load_carrier_health(conn)
@@ -580,7 +581,7 @@ class Daemon:
         """Month spend from the CDRs in PostgreSQL: the shared spend catches up with
         settlements lost in a crash and costs the switch's CDRs corrected upwards."""
         try:
-            with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+            with green.connect(self.db_url, connect_timeout=5) as conn:
                 spent = budgets.month_spend(conn, _now())
         except psycopg.Error as exc:
             metrics.DB_ERRORS.labels("budget_floor").inc()
@@ -642,7 +643,7 @@ class Daemon:
         if not dirty:
             return
         try:
-            with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+            with green.connect(self.db_url, connect_timeout=5) as conn:
                 for name, state in dirty.items():
                     store.save_carrier_health(conn, name, state.score, state.consecutive_failures,
                                               state.disabled_at)
@@ -656,7 +657,7 @@ class Daemon:
         """switchd_database_up and switchd_redis_up: a query and a PING, off the event path."""
         try:
             if self._probe_conn is None or self._probe_conn.closed:
-                self._probe_conn = psycopg.connect(self.db_url, connect_timeout=3, autocommit=True)
+                self._probe_conn = green.connect(self.db_url, connect_timeout=3, autocommit=True)
             self._probe_conn.execute("SELECT 1")
             up = True
         except psycopg.Error as exc:
@@ -678,7 +679,7 @@ class Daemon:
 
     # --- reloads -------------------------------------------------------------------------------
     def _reload_world(self) -> None:
-        with psycopg.connect(self.db_url, connect_timeout=5) as conn:
+        with green.connect(self.db_url, connect_timeout=5) as conn:
             world = store.load_world(conn)
         self.world = world
         for tenant in world.tenants.values():
@@ -718,11 +719,11 @@ class Daemon:
         return problems
 
     def _ensure_partitions(self) -> None:
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with green.connect(self.db_url, autocommit=True) as conn:
             partitions.ensure_ahead(conn)
 
     def _api_housekeeping(self) -> None:
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with green.connect(self.db_url, autocommit=True) as conn:
             webhooks.housekeeping(conn)
         self.attempt_store.housekeeping(_now().date())
 

@@ -10,6 +10,7 @@ from gevent.event import Event
 import psycopg
 
 from switchd import metrics
+from switchd.adapters.db import green
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class WorldReloader:
         first = True
         while True:
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                with green.connect(self.url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute("LISTEN switchd_world")
                     if not first:
                         self._safely(self.on_world)

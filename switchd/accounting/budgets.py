@@ -30,6 +30,7 @@ from dialplan import budget as rules
 from dialplan import policy
 from switchd import metrics
 from switchd.adapters.budget_store import BudgetStore, BudgetUnavailable
+from switchd.adapters.db import green
 from switchd.lossless_queue import LosslessQueue
 
 log = logging.getLogger(__name__)
@@ -463,7 +464,7 @@ def raise_alert(db_url: str, alert: Alert, call_events, tries: int = 3) -> bool:
     first = True
     for attempt in range(tries):
         try:
-            with psycopg.connect(db_url, connect_timeout=5, autocommit=True) as conn:
+            with green.connect(db_url, connect_timeout=5, autocommit=True) as conn:
                 first = conn.execute(
                     """INSERT INTO budget_alerts (tenant, month, threshold, spent, budget, crossed_at)
                        VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1""",

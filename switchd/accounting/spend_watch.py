@@ -20,6 +20,7 @@ import psycopg
 
 from dialplan import spend
 from switchd import metrics
+from switchd.adapters.db import green
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SpendWatch:
                   "base_from": hour - timedelta(hours=self.baseline_hours)}
         zero = (Decimal(0), Decimal(0))
         raised = []
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with green.connect(self.db_url, autocommit=True) as conn:
             if self._past is None or self._past[0] != hour:
                 self._past = (hour, {t: (b, m) for t, b, m in conn.execute(_PAST, params)})
             past = self._past[1]

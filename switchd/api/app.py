@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote
 import psycopg
 
 from switchd import metrics
+from switchd.adapters.db import green
 from switchd.api import keys as keys_mod
 from switchd.api.limits import TokenBuckets
 
@@ -193,7 +194,7 @@ class ApiApp:
                       headers, raw)
         if r.who == "public":
             return _result(r.handler(req))
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with green.connect(self.db_url, autocommit=True) as conn:
             req.conn = conn
             req.key = self._authenticate(conn, headers.get("authorization", ""))
             if r.who == "admin" and not req.admin:

@@ -36,6 +36,7 @@ from psycopg.types.json import Jsonb
 
 from dialplan import budget as budget_rules
 from switchd import metrics
+from switchd.adapters.db import green
 from switchd.calls.model import origin_of
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ class Outbox:
             return 0
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.db_url, autocommit=True)
+                self._conn = green.connect(self.db_url, autocommit=True)
             if not self._held:
                 # Only the events of tenants with a webhook are built (CallEvents.take).
                 hooked = hooked_tenants(self._conn)
@@ -358,7 +359,7 @@ class Deliverer:
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.db_url, autocommit=True)
+            self._conn = green.connect(self.db_url, autocommit=True)
         return self._conn
 
     def claim(self) -> list[dict]:

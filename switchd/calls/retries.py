@@ -29,6 +29,8 @@ from gevent.lock import BoundedSemaphore
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from switchd.adapters.db import green
+
 log = logging.getLogger(__name__)
 
 # A 'running' attempt older than this belongs to a daemon that died while placing it: it is
@@ -103,8 +105,8 @@ class _Connections:
     def get(self):
         with self.slots:
             try:
-                conn = self.idle.pop() if self.idle else psycopg.connect(self.db_url,
-                                                                         autocommit=True)
+                conn = self.idle.pop() if self.idle else green.connect(self.db_url,
+                                                                       autocommit=True)
             except psycopg.Error as exc:
                 raise AttemptStoreError(f"originate attempts not recorded: {exc}") from exc
             try:

@@ -24,6 +24,7 @@ from gevent.event import AsyncResult
 
 from dialplan import campaigns as rules
 from switchd import metrics
+from switchd.adapters.db import green
 from switchd.calls.originate import OriginateError, OriginateRequest
 from switchd.campaigns import store
 
@@ -97,7 +98,7 @@ class Dialer:
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.db_url, autocommit=True, connect_timeout=5)
+            self._conn = green.connect(self.db_url, autocommit=True, connect_timeout=5)
         return self._conn
 
     def _close(self) -> None:
@@ -235,7 +236,7 @@ class Dialer:
         try:
             with self._sent_lock:
                 if self._sent_conn is None or self._sent_conn.closed:
-                    self._sent_conn = psycopg.connect(self.db_url, autocommit=True,
+                    self._sent_conn = green.connect(self.db_url, autocommit=True,
                                                       connect_timeout=5)
                 sent = store.mark_sent(self._sent_conn, contact_id, self.node)
             if sent:

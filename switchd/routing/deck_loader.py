@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Mapping
 import psycopg
 
 from dialplan.ratedeck import RateDeck, RateDeckBuilder
+from switchd.adapters.db import green
 from switchd.admin.rates_import import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ class DeckReloader:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True) as listen:
+                with green.connect(self.url, autocommit=True) as listen:
                     listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.reload_all()
                     self.loaded.set()
@@ -394,7 +395,7 @@ class DeckReloader:
 
     def _query_conn(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url)
+            self._conn = green.connect(self.url)
         return self._conn
 
     def _close_query_conn(self) -> None:

@@ -33,6 +33,7 @@ from dialplan.causes import disposition
 from switchd.accounting import billing
 from switchd import metrics
 from switchd.accounting.cdrs.json_cdr import CdrFormatError, SwitchLeg, parse
+from switchd.adapters.db import green
 from switchd.adapters.db.cdr_writer import (LegRecord, SwitchCallRecord, _OUTAGE, _to_spool,
                                    write_batch)
 from switchd.adapters.db.spool import Spool
@@ -213,10 +214,10 @@ class CdrIngest:
         if self._conn is None or self._conn.closed:
             options = (f"-c statement_timeout={int(self.commit_timeout * 1000)}"
                        if self.commit_timeout else "")
-            self._conn = psycopg.connect(self.db_url, autocommit=True,
-                                         connect_timeout=self.connect_timeout,
-                                         application_name="switchd-cdr-ingest",
-                                         options=options)
+            self._conn = green.connect(self.db_url, autocommit=True,
+                                       connect_timeout=self.connect_timeout,
+                                       application_name="switchd-cdr-ingest",
+                                       options=options)
         return self._conn
 
     def _close(self) -> None:

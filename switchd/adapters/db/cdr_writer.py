@@ -41,6 +41,7 @@ from gevent.event import Event
 from gevent.queue import Empty, Full, Queue
 
 from switchd.adapters.db import cdr_batch
+from switchd.adapters.db import green
 from switchd.adapters.db.cdr_batch import write_batch
 from switchd.adapters.db.records import (KIND_OF, KINDS, CallRecord, EventRecord, LegRecord,
                                          SwitchCallRecord)
@@ -492,8 +493,8 @@ class CdrWriter:
         self._close()
 
     def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout,
-                               application_name="switchd-cdr-writer")
+        return green.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout,
+                             application_name="switchd-cdr-writer")
 
     def _close(self) -> None:
         for conn in (self._conn, self._other):
