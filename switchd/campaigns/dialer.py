@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LOOKAHEAD_S = 0.5          # claim a contact when its slot is at most this far away
 MAX_CLAIMS_PER_TICK = 50
 CAPS_BACKOFF_S = 1.0       # after a cap refusal or a switch away, this campaign waits
+CAMPAIGNS_POLL_S = 0.25    # how often the running campaigns are read again
 ENDED_KEPT = 10_000        # ends of campaign calls nobody here waits for (bounded)
 
 
@@ -92,9 +93,17 @@ class Dialer:
                     self._close()
                     stopping.wait(1.0)
                     continue
-                stopping.wait(self.tick_s)
+                stopping.wait(self.tick_s if self._busy() else self._until_campaigns_read())
         finally:
             self._shutdown()
+
+    def _busy(self) -> bool:
+        """Whether a tick may find work before the next read of the campaigns: with none
+        running and nothing claimed or to write, it cannot."""
+        return bool(self._campaigns or self._inflight or self._writes or self._checks)
+
+    def _until_campaigns_read(self) -> float:
+        return max(self._last["campaigns"] + CAMPAIGNS_POLL_S - time.monotonic(), self.tick_s)
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -127,7 +136,7 @@ class Dialer:
             for name in store.complete_finished(conn, self.horizon_s):
                 log.info("campaign %s completed", name)
             self._last["recover"] = mono
-        if mono - self._last["campaigns"] >= 0.25:
+        if mono - self._last["campaigns"] >= CAMPAIGNS_POLL_S:
             self._campaigns = store.running(conn)
             self._last["campaigns"] = mono
         refresh_zones = mono - self._last["zones"] >= 2.0
@@ -237,7 +246,7 @@ class Dialer:
             with self._sent_lock:
                 if self._sent_conn is None or self._sent_conn.closed:
                     self._sent_conn = green.connect(self.db_url, autocommit=True,
-                                                      connect_timeout=5)
+                                                    connect_timeout=5)
                 sent = store.mark_sent(self._sent_conn, contact_id, self.node)
             if sent:
                 return True
