@@ -490,15 +490,19 @@ def _months(records: Iterable) -> tuple[set[date], bool]:
     timeless = None in times
     if timeless:
         times = [at for at in times if at is not None]
+    return _months_of_times(times), timeless
+
+
+def _months_of_times(times: list[datetime]) -> set[date]:
     if not times:
-        return set(), timeless
+        return set()
     try:
         first, last = month_of(min(times)), month_of(max(times))
     except TypeError:                    # naive and aware times mixed: one by one
-        return {month_of(at) for at in times}, timeless
+        return {month_of(at) for at in times}
     if first == last:                    # the usual batch: one month, no per-record work
-        return {first}, timeless
-    return {month_of(at) for at in times}, timeless
+        return {first}
+    return {month_of(at) for at in times}
 
 
 @dataclass(frozen=True)
@@ -563,7 +567,7 @@ def stage_records(cur: psycopg.Cursor, records: list) -> StagedBatch:
     if timeless:
         now = month_of(datetime.now(timezone.utc))
         months |= {now, add_months(now, 1)}      # now() in SQL: this month, or just after
-    months |= {month_of(e.at) for e in events}
+    months |= _months_of_times([e.at for e in events])
 
     cur.execute(_STAGING)
     # Rounds as lists of ints (None: all 0), not (record, round) pairs: see _settled_calls.
