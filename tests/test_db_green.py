@@ -4,6 +4,7 @@ and end with an error, not a hang, when the server drops the connection."""
 from __future__ import annotations
 
 import gevent
+import gevent.socket
 import psycopg
 import pytest
 from psycopg.waiting import Ready
@@ -95,3 +96,23 @@ def test_a_connection_the_server_drops_mid_wait_raises(pg_url):
         gevent.spawn_later(0.2, admin.execute, "SELECT pg_terminate_backend(%s)", (pid,))
         with gevent.Timeout(10), pytest.raises(psycopg.OperationalError):
             conn.execute("SELECT pg_sleep(5)")
+
+
+def test_a_zero_timeout_wait_polls_a_socket_numbered_past_select_s_limit(pg_url):
+    import os
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if min(soft, hard) < 1200:
+        pytest.skip(f"needs 1200 open files, the limit is {soft}")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]   # push the next fd past 1024
+    try:
+        with green.connect(pg_url, autocommit=True) as listen, \
+                psycopg.connect(pg_url, autocommit=True) as talk:
+            assert listen.fileno() >= 1024
+            listen.execute("LISTEN green_test")
+            talk.execute("NOTIFY green_test, 'far'")
+            gevent.socket.wait_read(listen.fileno(), timeout=5)     # it has arrived
+            assert [n.payload for n in listen.notifies(timeout=0)] == ["far"]
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -18,17 +18,29 @@ from typing import Any
 
 import gevent
 import psycopg
+from gevent.monkey import get_original
 from psycopg.waiting import Ready, Wait
 
 # libev's event bits are selectors' (READ 1, WRITE 2), as are psycopg's Wait and Ready.
 _READY = {Wait.R: Ready.R, Wait.W: Ready.W, Wait.RW: Ready.RW}
 
 
+# The system's poll(), even in a patched process: asked with a timeout of 0 it never blocks,
+# and unlike select() it takes any file descriptor number.
+_poll = get_original("select", "poll")
+
+
 def _ready_now(fileno: int, state: Wait) -> Ready:
     """The socket's readiness for `state` at this instant, without waiting."""
-    readable, writable, _ = select.select([fileno] if state & Wait.R else [],
-                                          [fileno] if state & Wait.W else [], [], 0)
-    return Ready((Ready.R if readable else 0) | (Ready.W if writable else 0))
+    poller = _poll()
+    poller.register(fileno, (select.POLLIN if state & Wait.R else 0)
+                    | (select.POLLOUT if state & Wait.W else 0))
+    events = poller.poll(0)
+    revents = events[0][1] if events else 0
+    if revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+        return _READY[state]        # let psycopg's generator meet the error itself
+    return Ready((Ready.R if revents & select.POLLIN else 0)
+                 | (Ready.W if revents & select.POLLOUT else 0))
 
 
 def hub_wait(gen, fileno: int, timeout: float | None = None):
