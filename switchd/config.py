@@ -202,6 +202,13 @@ SETTINGS: tuple[Setting, ...] = (
             "batch (sooner when a full batch is queued or at stop): fewer, larger batches, "
             "less CPU per CDR; a CDR reaches PostgreSQL at most this much later. 0 = no wait.",
             check=lambda v: None if 0 <= v <= 1000 else "must be between 0 and 1000"),
+    Setting("cdr", "post_gather_ms", int, 20,
+            "Milliseconds a FreeSWITCH CDR post that would be committed alone waits for a "
+            "second one to share its transaction (a bridged call's two legs post together); "
+            "the wait ends when one arrives. FreeSWITCH holds the leg's hangup-complete "
+            "event until the post is answered, so a lone leg's end is seen at most this much "
+            "later. 0 = no wait.",
+            check=lambda v: None if 0 <= v <= 1000 else "must be between 0 and 1000"),
     Setting("caps", "global_max_calls", int, 0,
             "Most concurrent calls in the global scope: this switch with in-process caps, "
             "every daemon sharing the Redis otherwise. 0 = no global cap.",

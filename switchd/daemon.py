@@ -184,7 +184,8 @@ class Daemon:
                                     precision=cfg["rating.precision"],
                                     rounding_of=self._rounding_of, reprice=self._reprice,
                                     encoded_values=cfg["cdr.encoded_values"],
-                                    commit_timeout=cfg["cdr.commit_timeout"])
+                                    commit_timeout=cfg["cdr.commit_timeout"],
+                                    gather=cfg["cdr.post_gather_ms"] / 1000)
         self.registry = CallRegistry()
         self.router = Router(world=lambda: self.world, decks=lambda: self.decks.decks,
                              health=self.health, caps=self.caps, spend=self.spend,

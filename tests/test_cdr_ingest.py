@@ -177,6 +177,42 @@ def test_cdrs_posted_during_a_commit_are_committed_together(migrated_pg_url, tmp
     ingest.close()
 
 
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_lone_post_waits_for_the_other_legs_and_they_commit_together(migrated_pg_url,
+                                                                       tmp_path):
+    """cdr.post_gather_ms: the B-leg's post, alone, waits for company; the A-leg's post
+    ends the wait at once (the gather is a minute: only its arrival can end it within the
+    join) and both legs are committed in one transaction."""
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"), gather=60)
+    outcome: list = []
+    first = threading.Thread(target=lambda: outcome.append(ingest.store(B_BODY)))
+    first.start()
+    _until(lambda: ingest._lock.locked() and len(ingest._waiting) == 1,
+           "the B-leg's post never started gathering")
+    second = threading.Thread(target=lambda: outcome.append(ingest.store(A_BODY)))
+    second.start()
+    for post in (first, second):
+        post.join(20)
+        assert not post.is_alive(), "the A-leg's post did not end the B-leg's wait"
+    assert [o.where for o in outcome] == ["database"] * 2
+    assert len(set(_xmins(migrated_pg_url, [A_UUID, B_UUID]))) == 1
+    ingest.close()
+
+
+def test_a_post_that_gets_no_company_is_committed_after_the_gather(migrated_pg_url, tmp_path):
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"), gather=0.05)
+    assert ingest.store(B_BODY).where == "database"
+    assert ingest.store(A_BODY).where == "database"
+    assert len(set(_xmins(migrated_pg_url, [A_UUID, B_UUID]))) == 2
+    ingest.close()
+
+
 def test_a_cdr_postgresql_refuses_fails_its_own_post_only(migrated_pg_url, tmp_path):
     """One CDR of a group is one PostgreSQL refuses (here a constraint an operator added;
     what the door can see it refuses itself): its post fails, so FreeSWITCH keeps it, and

@@ -132,14 +132,18 @@ class CdrIngest:
 
     Group commit: FreeSWITCH posts each leg's CDR as the leg ends, so at a high call rate
     many posts wait at once. Whoever holds the lock writes every CDR that is waiting in one
-    transaction and then tells each of them it is durable; a post that arrived alone is one
-    transaction as before. A batch PostgreSQL refuses as data is written again one CDR at a
-    time, so a bad record fails its own post only."""
+    transaction and then tells each of them it is durable. A post that would be written
+    alone first waits up to `gather` seconds for company (cdr.post_gather_ms): a bridged
+    call's two legs end together and post within milliseconds of each other, so they
+    share one transaction instead of paying one each (a transaction's statements, round
+    trips and commit cost far more than its two rows); the wait ends as soon as a second
+    post arrives. A batch PostgreSQL refuses as data is written again one CDR at a time,
+    so a bad record fails its own post only."""
 
     def __init__(self, db_url: str, spool: Spool | None, *, precision: int = 6,
                  rounding_of: Callable[[str | None], str] | None = None,
                  reprice: billing.Repricer | None = None, encoded_values: bool = False,
-                 connect_timeout: int = 3, commit_timeout: float = 0):
+                 connect_timeout: int = 3, commit_timeout: float = 0, gather: float = 0):
         self.db_url = db_url
         self.spool = spool
         self.precision = precision
@@ -154,6 +158,10 @@ class CdrIngest:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()      # gevent-patched under the daemon
         self._waiting: deque[_Pending] = deque()   # append/popleft are atomic across threads
+        # FreeSWITCH holds the leg's CHANNEL_HANGUP_COMPLETE until its post is answered, so
+        # this is also how much later, at most, a lone leg's end reaches the registry.
+        self.gather = gather
+        self._company = threading.Event()           # set when a second post is waiting
 
     def store(self, body: bytes) -> Stored:
         """Parse, rate, make durable. CdrFormatError for a record we cannot read;
@@ -163,9 +171,12 @@ class CdrIngest:
                                        rounding_of=self.rounding_of, reprice=self.reprice)
         pending = _Pending([("switch_call", call_rec), ("leg", leg_rec)], leg.uuid)
         self._waiting.append(pending)
+        if len(self._waiting) > 1:
+            self._company.set()
         with self._lock:
             if pending.where is None and pending.error is None:
                 # Not written by the previous holder: write it with all that waits now.
+                self._gather_company()
                 group = []
                 while self._waiting:
                     group.append(self._waiting.popleft())
@@ -174,6 +185,16 @@ class CdrIngest:
             raise pending.error
         metrics.SWITCH_CDRS.labels("stored" if pending.where == "database" else "spooled").inc()
         return Stored(leg.uuid, leg.call_uuid, pending.where, leg_rec.cost)
+
+    def _gather_company(self) -> None:
+        """Under the lock, holding a post that would be written alone: wait up to `gather`
+        for a second one (cleared first, then looked at again, so a post that arrives in
+        between is not missed)."""
+        if self.gather <= 0 or len(self._waiting) > 1:
+            return
+        self._company.clear()
+        if len(self._waiting) == 1:
+            self._company.wait(self.gather)
 
     def _make_durable(self, group: list[_Pending]) -> None:
         """Under the lock: every CDR of the group committed or spooled, or its error set."""
