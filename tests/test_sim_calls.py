@@ -1,11 +1,13 @@
 """Calls played by the simulator, compared with the captured scenarios a–f."""
 from __future__ import annotations
 
+import gevent.event
 import pytest
+from gevent.pywsgi import WSGIServer
 
 from test_sim_helpers import (DialplanServer, RawClient, bridge_xml, capture_events,
                          captured_dialplan_fields, captured_dialplan_xml, event_pairs)
-from switchd.sim import GatewayBehaviour, Simulator
+from switchd.sim import CdrSink, GatewayBehaviour, Simulator
 
 SUBSCRIBED = {"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HANGUP",
               "CHANNEL_HANGUP_COMPLETE"}
@@ -151,6 +153,49 @@ def test_uuid_kill_ends_a_live_call(world):
     assert body == b"+OK\n"
     assert call.wait(5) and call.hangup_cause == "MANAGER_REQUEST"
     assert client.command("api show channels as json")[1] == b'{"row_count": 0}\n'
+
+
+class HeldCdrSink:
+    """A mod_json_cdr endpoint that answers no post until released."""
+
+    def __init__(self, expected: int):
+        self.posts: list[str] = []
+        self.all_posted, self.release = gevent.event.Event(), gevent.event.Event()
+        self.expected = expected
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/fs/cdr"
+
+    def app(self, environ, start_response):
+        environ["wsgi.input"].read()
+        self.posts.append(environ["QUERY_STRING"])
+        if len(self.posts) >= self.expected:
+            self.all_posted.set()
+        self.release.wait()
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+
+def test_hangup_complete_waits_for_the_legs_cdr_post_as_in_freeswitch(world):
+    """FreeSWITCH fires a leg's CHANNEL_HANGUP_COMPLETE after its reporting state, in which
+    mod_json_cdr posts the CDR (switch_core_state_machine.c): until the post is answered
+    the event is not sent and the channel is still listed."""
+    sim, dp, client = world(bridge_xml("sofia/gateway/carrier_a/1001", sched=None),
+                            heartbeat_interval=0.05)
+    sink = HeldCdrSink(expected=2)
+    sim.set_cdr_sink(CdrSink(sink.url, retries=0))
+    call = sim.place_call("1001", caller="sipp", hold_seconds=1.0)
+    assert call.wait(5) and sink.all_posted.wait(5)
+    beats = sum(e["Event-Name"] == "HEARTBEAT" for e in client.events)
+    # A heartbeat fired after both posts began: any event fired before it has been read.
+    assert client.wait_for(lambda evs: sum(e["Event-Name"] == "HEARTBEAT" for e in evs) > beats)
+    names = [e["Event-Name"] for e in client.events]
+    assert names.count("CHANNEL_HANGUP") == 2 and "CHANNEL_HANGUP_COMPLETE" not in names
+    assert {leg.uuid for leg in sim.live_legs()} == {call.uuid, call.legs[0].uuid}
+    sink.release.set()
+    assert _done(client, 2) and sim.cdr_poster.wait_idle(5)
+    assert sim.live_legs() == []
+    sink.server.stop()
 
 
 @pytest.mark.parametrize("status,xml", [("500 Internal Server Error", "oops"),

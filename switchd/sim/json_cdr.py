@@ -16,6 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
 import gevent
@@ -84,10 +85,18 @@ class CdrPoster:
         self.dropped: list[str] = []        # every attempt failed and no err_dir
         self._group = gevent.pool.Group()
 
-    def submit(self, headers: list[tuple[str, str | None]]) -> None:
+    def submit(self, headers: list[tuple[str, str | None]],
+               then: Callable[[], None] | None = None) -> None:
+        """Post the leg's CDR in the background; `then` runs once the post is settled
+        (answered, written to err_dir or dropped): the leg's HANGUP_COMPLETE."""
         data = record(headers, self.switchname)
         uuid = data["variables"].get("uuid", "")
-        self._group.spawn(self._deliver, uuid, json.dumps(data).encode())
+        self._group.spawn(self._post, uuid, json.dumps(data).encode(), then)
+
+    def _post(self, uuid: str, body: bytes, then: Callable[[], None] | None) -> None:
+        self._deliver(uuid, body)
+        if then is not None:
+            then()
 
     def _deliver(self, uuid: str, body: bytes) -> None:
         head = list(_HEAD)

@@ -66,6 +66,9 @@ class Simulator:
         self._new_core()
         self._pool = gevent.pool.Group()
         self._legs: dict[str, tuple[SimLeg, SimCall]] = {}
+        # Legs whose CDR post is under way (mod_json_cdr): uuid -> whether the call has let
+        # go of the leg meanwhile (unregister), so it leaves the channels once reported.
+        self._reporting: dict[str, bool] = {}
         self.sessions_since_startup = 0
         # switch.conf.xml `sessions-per-second` (default 30); None = no limit.
         self.sessions_per_second = sessions_per_second
@@ -138,6 +141,7 @@ class Simulator:
                 call.result = "lost"
                 call.done.set()
         self._legs.clear()
+        self._reporting.clear()
 
     # -- ESL plumbing -----------------------------------------------------------------
     def next_seq(self) -> int:
@@ -145,15 +149,37 @@ class Simulator:
         return self._seq
 
     def emit(self, headers: list[tuple[str, str]], body: str | None = None) -> None:
-        """Stamp Event-Sequence, serialize once and hand the frame to every subscriber."""
-        seq = str(self.next_seq())
-        headers = [(k, seq if k == "Event-Sequence" else v) for k, v in headers]
+        """Stamp Event-Sequence, serialize once and hand the frame to every subscriber.
+
+        With mod_json_cdr loaded, a leg's CHANNEL_HANGUP_COMPLETE waits for its CDR post,
+        as in FreeSWITCH: the post runs in the channel's reporting state and the event is
+        fired after it (switch_core_state_machine.c), once the post is answered, written
+        to the error directory or given up. A switch that dies meanwhile sends neither."""
         name = next(v for k, v in headers if k == "Event-Name")
+        if name == "CHANNEL_HANGUP_COMPLETE" and self.cdr_poster is not None:
+            uuid = next(v for k, v in headers if k == "Unique-ID")
+            self._reporting[uuid] = False
+            self.cdr_poster.submit(headers, then=lambda: self._reported(uuid, headers, body))
+            return
+        self._broadcast(name, headers, body)
+
+    def _reported(self, uuid: str, headers: list[tuple[str, str]], body: str | None) -> None:
+        """The leg's CDR post is settled: its HANGUP_COMPLETE goes out, and a leg the call
+        has already let go of leaves `show channels` only now (FreeSWITCH destroys the
+        channel after its reporting state). Not after a restart: the event went down with
+        the switch's connections."""
+        if uuid not in self._reporting:
+            return
+        self._broadcast("CHANNEL_HANGUP_COMPLETE", headers, body)
+        if self._reporting.pop(uuid):
+            self._legs.pop(uuid, None)
+
+    def _broadcast(self, name: str, headers: list[tuple[str, str]], body: str | None) -> None:
+        seq = str(self.next_seq())      # stamped when fired, as FreeSWITCH does
+        headers = [(k, seq if k == "Event-Sequence" else v) for k, v in headers]
         subclass = next((v for k, v in headers if k == "Event-Subclass"), None)
         frame = wire.event_frame(wire.serialize_event(headers, body))
         self.server.broadcast_event(name, subclass, frame)
-        if name == "CHANNEL_HANGUP_COMPLETE" and self.cdr_poster is not None:
-            self.cdr_poster.submit(headers)
 
     def _base(self, key: str, ts_us: int | None = None) -> list[tuple[str, str]]:
         over = {"Core-UUID": self.core_uuid, "FreeSWITCH-Hostname": self.hostname,
@@ -338,6 +364,9 @@ class Simulator:
         self.peak = max(self.peak, len(self._legs))
 
     def unregister(self, leg: SimLeg) -> None:
+        if leg.uuid in self._reporting:
+            self._reporting[leg.uuid] = True        # gone once its CDR post is settled
+            return
         self._legs.pop(leg.uuid, None)
 
     def leg(self, uuid: str) -> SimLeg | None:
