@@ -28,7 +28,8 @@ carrier, answers each; the caller hangs up after 2 s). Measured per step:
   reported to the moment the last of those rows was there;
 - ``readyz_max_ms``: the slowest answer to ``GET /readyz``, asked every 100 ms during the
   step; ``routing_p99_ms``: the p99 of ``switchd_routing_decision_seconds`` over the step
-  (the histogram bucket it falls in).
+  (the histogram bucket it falls in); ``esl_events_per_call``: the ESL events switchd
+  received over the step (``switchd_esl_events_total``), per call carried.
 
 The last stdout line is one JSON object: the highest step that routed every call and stored
 every CDR (``calls_per_s``, its ``switchd_cpu_ms_per_call``, ``freeswitch_cpu_ms_per_call``,
@@ -170,6 +171,9 @@ def run_step(switch, daemon, rate: int, seconds: int) -> dict:
                                     "switchd_dialplan_requests_total"),
         "http_shed": counted(metrics_before, metrics_after,
                              "switchd_http_requests_shed_total"),
+        "esl_events_per_call": round(sum(counted(metrics_before, metrics_after,
+                                                 "switchd_esl_events_total").values())
+                                     / max(carried, 1), 1),
     }
     step["ratio"] = round(step["switchd_cpu_ms_per_call"]
                           / max(step["freeswitch_cpu_ms_per_call"], 1e-9), 3)
