@@ -187,10 +187,10 @@ class CdrIngest:
         return Stored(leg.uuid, leg.call_uuid, pending.where, leg_rec.cost)
 
     def _gather_company(self) -> None:
-        """Under the lock, holding a post that would be written alone: wait up to `gather`
-        for a second one (cleared first, then looked at again, so a post that arrives in
-        between is not missed)."""
-        if self.gather <= 0 or len(self._waiting) > 1:
+        """Under the lock: if the post in hand would be written alone, wait up to `gather`
+        for a second one (the event is cleared before the queue is looked at, so a post
+        that arrives in between is not missed)."""
+        if self.gather <= 0:
             return
         self._company.clear()
         if len(self._waiting) == 1:
