@@ -12,7 +12,6 @@ import io
 import itertools
 import json
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -24,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon_harness import wait_for
 from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.accounting.cdrs.json_cdr import CdrFormatError, decode_body, parse
 from switchd.adapters.db.cdr_writer import CallRecord, CdrWriter, LegRecord
@@ -149,10 +149,8 @@ def _store_while_held(ingest, bodies):
         threads = [threading.Thread(target=post, args=(i, b)) for i, b in enumerate(bodies)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
-        while len(ingest._waiting) < len(bodies):      # every post queued behind the lock
-            assert time.monotonic() < deadline, "the posts never queued"
-            time.sleep(0.01)
+        wait_for(lambda: len(ingest._waiting) >= len(bodies), 20,
+                 "every post to queue behind the lock")
     for t in threads:
         t.join(20)
     return outcomes
@@ -177,13 +175,6 @@ def test_cdrs_posted_during_a_commit_are_committed_together(migrated_pg_url, tmp
     ingest.close()
 
 
-def _until(condition, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_a_lone_post_waits_for_the_other_legs_and_they_commit_together(migrated_pg_url,
                                                                        tmp_path):
     """cdr.post_gather_ms: the B-leg's post, alone, waits for company; the A-leg's post
@@ -193,8 +184,8 @@ def test_a_lone_post_waits_for_the_other_legs_and_they_commit_together(migrated_
     outcome: list = []
     first = threading.Thread(target=lambda: outcome.append(ingest.store(B_BODY)))
     first.start()
-    _until(lambda: ingest._lock.locked() and len(ingest._waiting) == 1,
-           "the B-leg's post never started gathering")
+    wait_for(lambda: ingest._lock.locked() and len(ingest._waiting) == 1, 20,
+             "the B-leg's post to start gathering")
     second = threading.Thread(target=lambda: outcome.append(ingest.store(A_BODY)))
     second.start()
     for post in (first, second):
