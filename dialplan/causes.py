@@ -25,7 +25,8 @@ import functools
 from dataclasses import dataclass
 
 __all__ = ["Outcome", "Rule", "CAUSE_RULES", "SIP_RULES", "classify", "should_failover",
-           "rule_for", "no_failover_causes", "FREESWITCH_CAUSES", "disposition"]
+           "rule_for", "no_failover_causes", "FREESWITCH_CAUSES", "disposition",
+           "session_refused"]
 
 
 class Outcome(str, enum.Enum):
@@ -150,6 +151,17 @@ def classify(hangup_cause: str | None, sip_status: int | None, answered: bool) -
 def should_failover(hangup_cause: str | None, sip_status: int | None = None) -> bool:
     """Should the next route be tried after an unanswered leg ended like this?"""
     return rule_for(hangup_cause, sip_status, answered=False).failover
+
+
+def session_refused(hangup_cause: str | None, sip_status: int | None,
+                    channel_made: bool) -> bool:
+    """Did FreeSWITCH refuse to start the leg at all? switch_core_session_request_uuid
+    refuses a session over the sessions-per-second throttle ("Throttle Error!"), over
+    max-sessions ("Over Session Limit!") or with a UUID in use; sofia then fails the leg
+    DESTINATION_OUT_OF_ORDER, with no channel (so no events) and no INVITE (so no SIP
+    status). Every carrier would have been refused alike."""
+    return (_norm(hangup_cause) == "DESTINATION_OUT_OF_ORDER" and sip_status is None
+            and not channel_made)
 
 
 _RING_OUT = frozenset({"NO_ANSWER", "ALLOTTED_TIMEOUT", "PROGRESS_TIMEOUT"})

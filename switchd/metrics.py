@@ -169,6 +169,10 @@ ORIGINATE_ATTEMPTS = _counter("switchd_originate_attempts_total",
 ORIGINATE_RETRIES = _counter("switchd_originate_retries_scheduled_total",
                              "Retries of originated calls scheduled, by the outcome retried",
                              ("outcome",))
+ORIGINATE_SESSIONS_REFUSED = _counter(
+    "switchd_originate_sessions_refused_total",
+    "Originate legs FreeSWITCH refused to start (sessions-per-second, max-sessions), "
+    "placed once more on the same carrier")
 
 # --- routing -----------------------------------------------------------------------------
 ROUTING_SECONDS = LockFreeHistogram(

@@ -12,6 +12,7 @@ import gevent
 import psycopg
 import pytest
 
+from daemon_harness import metric
 from switchd.sim import GatewayBehaviour
 
 pytestmark = pytest.mark.slow
@@ -141,3 +142,41 @@ def test_originate_stops_on_603(switch, world_url):
     assert body["result"].startswith("-ERR CALL_REJECTED")
     row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
     assert row[1] is False and row[5] == "CALL_REJECTED"
+
+
+def test_a_leg_the_switch_refuses_to_start_is_placed_again_on_the_same_carrier(switch, world_url):
+    """FreeSWITCH's sessions-per-second throttle (or max-sessions) refuses the session:
+    DESTINATION_OUT_OF_ORDER, no channel, no INVITE. Every carrier would be refused alike,
+    so the cheapest carrier gets the call once more, and no carrier's health moves."""
+    sim, daemon = switch
+    gateways = _order(sim, daemon)
+    sim.refuse_sessions(1)
+    status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    assert status == 200 and body["answered"] is True, body
+    attempts = body["attempts"]
+    assert [a["gateway"] for a in attempts] == [gateways[0], gateways[0]]
+    assert attempts[0]["result"] == "-ERR DESTINATION_OUT_OF_ORDER"
+    assert (attempts[0]["hangup_cause"], attempts[0]["sip_status"]) == (
+        "DESTINATION_OUT_OF_ORDER", None)
+    assert attempts[0]["leg_uuid"] == body["call_uuid"] != attempts[1]["leg_uuid"]
+    assert sim.throttled == 1
+    assert metric(daemon, "switchd_originate_sessions_refused_total") == 1
+    sim.kill_call(attempts[1]["leg_uuid"])
+    row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
+    assert row[0] == "budgetel" and row[1] is True and row[2] > 0
+    # the refused attempt is not the carrier's failure (a failure would take 5 points)
+    assert metric(daemon, "switchd_carrier_health", carrier="budgetel") == 100
+
+
+def test_a_leg_refused_twice_by_the_switch_fails_over(switch):
+    """Once more, not for ever: refused again (or a gateway whose config sofia refuses),
+    the next carrier is tried as for any failover cause."""
+    sim, daemon = switch
+    gateways = _order(sim, daemon)
+    sim.refuse_sessions(2)
+    status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    assert status == 200 and body["answered"] is True, body
+    assert [a["gateway"] for a in body["attempts"]] == [gateways[0], gateways[0], gateways[1]]
+    assert [a["hangup_cause"] for a in body["attempts"][:2]] == ["DESTINATION_OUT_OF_ORDER"] * 2
+    assert metric(daemon, "switchd_originate_sessions_refused_total") == 1
+    sim.kill_call(body["attempts"][-1]["leg_uuid"])

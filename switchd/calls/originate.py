@@ -22,6 +22,7 @@ import re
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
+from time import monotonic
 
 import gevent
 from gevent.event import AsyncResult
@@ -144,6 +145,13 @@ def _var(key: str, value) -> str:
 # (which carries sip_term_status). FreeSWITCH fires it as the channel is destroyed, around
 # the time the originate returns; an attempt that made no channel never sends one.
 ATTEMPT_END_WAIT_S = 2.0
+
+# A leg FreeSWITCH refused to start (causes.session_refused: its sessions-per-second
+# throttle, max-sessions) is placed once more on the same carrier rather than on a dearer
+# one: every carrier would have been refused alike. Not before this long after the refused
+# attempt was placed (its refusal is immediate): FreeSWITCH refills its sessions-per-second
+# budget every second. The wait for the attempt's hangup event has usually covered it.
+SESSION_REFUSED_PAUSE_S = 1.0
 
 
 def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
@@ -335,12 +343,8 @@ class Originator:
             for index, (route, leg) in enumerate(zip(plan.routes, legs)):
                 if index and self._carrier_full(call_uuid, route.carrier, tenant.name):
                     continue
-                leg_uuid = call_uuid if index == 0 else str(uuid.uuid4())
-                attempt = self._attempt(leg_uuid, call_vars, leg, request, plan.max_duration)
-                attempts.append(attempt)
-                log.info("originate attempt %d/%d via %s: %s (cause %s, SIP %s)", index + 1,
-                         len(legs), leg.gateway, attempt.result, attempt.hangup_cause,
-                         attempt.sip_status, extra={"call_uuid": call_uuid, "tenant": tenant.name})
+                attempt = self._on_carrier(call_uuid, call_vars, leg, request, plan.max_duration,
+                                           attempts, f"{index + 1}/{len(legs)}", tenant.name)
                 if attempt.answered or not should_try_next(attempt.hangup_cause,
                                                            attempt.sip_status):
                     break
@@ -459,7 +463,33 @@ class Originator:
                 log.exception("final-outcome listener %r failed", callback,
                               extra={"call_uuid": final.call_uuid})
 
-    def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:
+    def _on_carrier(self, call_uuid: str, call_vars: dict, leg, request, max_s: int,
+                    attempts: list[Attempt], route_no: str, tenant: str) -> Attempt:
+        """Place the call on one route (appending to `attempts`), and once more when the
+        switch refused to start the leg (SESSION_REFUSED_PAUSE_S); the last attempt."""
+        for tries_left in (1, 0):
+            # the first attempt's UUID is the call's (the caps key); later ones fresh
+            leg_uuid = str(uuid.uuid4()) if attempts else call_uuid
+            placed_at = monotonic()
+            attempt, channel_made = self._attempt(leg_uuid, call_vars, leg, request, max_s)
+            attempts.append(attempt)
+            log.info("originate attempt %d (route %s) via %s: %s (cause %s, SIP %s)",
+                     len(attempts), route_no, leg.gateway, attempt.result, attempt.hangup_cause,
+                     attempt.sip_status, extra={"call_uuid": call_uuid, "tenant": tenant})
+            if attempt.answered or not tries_left or not causes.session_refused(
+                    attempt.hangup_cause, attempt.sip_status, channel_made):
+                return attempt
+            metrics.ORIGINATE_SESSIONS_REFUSED.inc()
+            log.warning("FreeSWITCH refused to start the leg (sessions-per-second or "
+                        "max-sessions, see its log: 'Throttle Error!'); placing it once more "
+                        "via %s", leg.gateway, extra={"call_uuid": call_uuid, "tenant": tenant})
+            gevent.sleep(max(0.0, placed_at + SESSION_REFUSED_PAUSE_S - monotonic()))
+        return attempt
+
+    def _attempt(self, leg_uuid: str, call_vars: dict, leg, request,
+                 max_s: int) -> tuple[Attempt, bool]:
+        """One `bgapi originate`: the attempt, and whether FreeSWITCH made a channel for it
+        (its hangup event came)."""
         ended = self._ends[leg_uuid] = AsyncResult()
         try:
             line = originate_string(leg_uuid, call_vars, leg, request.app, max_s,
@@ -468,7 +498,7 @@ class Originator:
             body = result.body.strip()
             carrier = leg.vars.get("switchd_carrier")
             if result.ok:
-                return Attempt(leg_uuid, carrier, leg.gateway, body, True)
+                return Attempt(leg_uuid, carrier, leg.gateway, body, True), True
             words = body.removeprefix("-ERR").split() if body.startswith("-ERR") else []
             cause = words[0] if words else None
             try:
@@ -478,7 +508,7 @@ class Originator:
             if final is not None:
                 cause = final.hangup_cause or cause
             return Attempt(leg_uuid, carrier, leg.gateway, body, False, cause,
-                           final.sip_status if final is not None else None)
+                           final.sip_status if final is not None else None), final is not None
         finally:
             self._ends.pop(leg_uuid, None)
 

@@ -74,6 +74,7 @@ class Simulator:
         self.sessions_per_second = sessions_per_second
         self._sps_second = -1
         self._sps_left = 0
+        self._refuse_next = 0       # refuse_sessions(): that many refused, whatever the time
         self.throttled = 0
         self.peak = 0
         self._started_mono = time.monotonic()
@@ -309,10 +310,19 @@ class Simulator:
         call = self._new_call("originate", legs[0].number if legs else "", "0000000000", None, uuid)
         return self.player.run_originate(call, arg)
 
+    def refuse_sessions(self, count: int) -> None:
+        """The next `count` new sessions are refused as the throttle refuses them (a test's
+        way to hit it at a known moment: the per-second budget depends on the clock)."""
+        self._refuse_next = count
+
     def take_session(self, t_us: int) -> bool:
         """switch_core_session_request_uuid()'s throttle: `--sps <= 0` refuses, and the
         budget is refilled to sessions-per-second every (simulated) second, so at most
         sessions_per_second - 1 sessions start in one second (FreeSWITCH's own off-by-one)."""
+        if self._refuse_next > 0:
+            self._refuse_next -= 1
+            self.throttled += 1
+            return False
         if self.sessions_per_second is None:
             return True
         second = t_us // 1_000_000
