@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 __all__ = ["Outcome", "Rule", "CAUSE_RULES", "SIP_RULES", "classify", "should_failover",
            "rule_for", "no_failover_causes", "FREESWITCH_CAUSES", "disposition",
-           "session_refused"]
+           "switch_refused"]
 
 
 class Outcome(str, enum.Enum):
@@ -153,15 +153,13 @@ def should_failover(hangup_cause: str | None, sip_status: int | None = None) -> 
     return rule_for(hangup_cause, sip_status, answered=False).failover
 
 
-def session_refused(hangup_cause: str | None, sip_status: int | None,
-                    channel_made: bool) -> bool:
-    """Did FreeSWITCH refuse to start the leg at all? switch_core_session_request_uuid
-    refuses a session over the sessions-per-second throttle ("Throttle Error!"), over
-    max-sessions ("Over Session Limit!") or with a UUID in use; sofia then fails the leg
-    DESTINATION_OUT_OF_ORDER, with no channel (so no events) and no INVITE (so no SIP
-    status). Every carrier would have been refused alike."""
-    return (_norm(hangup_cause) == "DESTINATION_OUT_OF_ORDER" and sip_status is None
-            and not channel_made)
+def switch_refused(hangup_cause: str | None, sip_status: int | None) -> bool:
+    """Did our own switch fail the leg before any SIP answer? DESTINATION_OUT_OF_ORDER
+    without a status: switch_core_session_request_uuid refusing a session over the
+    sessions-per-second throttle ("Throttle Error!") or max-sessions ("Over Session
+    Limit!"), or sofia finding no free RTP port or failing to build the INVITE. The
+    commonest are congestion of the moment, which every carrier would have met alike."""
+    return _norm(hangup_cause) == "DESTINATION_OUT_OF_ORDER" and sip_status is None
 
 
 _RING_OUT = frozenset({"NO_ANSWER", "ALLOTTED_TIMEOUT", "PROGRESS_TIMEOUT"})

@@ -30,9 +30,11 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from dialplan import causes
+
 __all__ = ["DEFAULT_TABLE", "FailoverTable", "Verdict", "TableError", "parse_table",
            "attempt_key", "decide", "blame", "parse_proto_cause", "caller_code", "cause_for_code",
-           "NAMED_CONDITIONS"]
+           "NAMED_CONDITIONS", "route_to_repeat"]
 
 NEXT, STOP = "next", "stop"
 CARRIER, CALLEE, NOBODY, SUCCESS = "carrier", "callee", "nobody", "success"
@@ -177,6 +179,18 @@ def decide(table: FailoverTable, hangup_cause: str | None, sip_status: int | Non
     cause = (hangup_cause or "").strip().upper()
     return Verdict(key=key, action=table.action(key), blame=_blame_of(keys, cause),
                    sip_code=_status(sip_status) if keys[0] not in ("not_sent",) else None)
+
+
+def route_to_repeat(tried: list[str], placed_again: list[str], hangup_cause: str | None,
+                    sip_status: int | None) -> str | None:
+    """The route to place once more before any other: the last one tried, when our own
+    switch failed its leg (causes.switch_refused: its sessions-per-second throttle,
+    max-sessions, RTP ports; every carrier would meet that alike) and it has not been
+    placed again already. None: carry on down the ranking."""
+    if tried and tried[-1] not in placed_again \
+            and causes.switch_refused(hangup_cause, sip_status):
+        return tried[-1]
+    return None
 
 
 def blame(hangup_cause: str | None, sip_status: int | None, answered: bool) -> str:

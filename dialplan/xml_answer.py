@@ -463,9 +463,11 @@ _UNSETS = tuple(("unset", name) for name in ATTEMPT_OUTCOME_VARS)
 
 def render_attempt(context: str, destination: str, call_vars: dict, route, number: str,
                    max_duration_s: int, transfer_to: str,
-                   cause_on_answer: str = "ALLOTTED_TIMEOUT") -> str:
+                   cause_on_answer: str = "ALLOTTED_TIMEOUT", pause_ms: int = 0) -> str:
     """Answer for one carrier attempt: call variables, one bridge to `route`, and on
     failure `transfer <transfer_to> XML <context>` so FreeSWITCH asks switchd what next.
+    `pause_ms`: a `sleep` before the bridge (a leg placed again after the switch's own
+    refusal waits for its throttle to refill).
 
     call_vars must carry switchd_route_id and switchd_attempt (the continuation's keys)."""
     if "switchd_route_id" not in call_vars or "switchd_attempt" not in call_vars:
@@ -476,6 +478,10 @@ def render_attempt(context: str, destination: str, call_vars: dict, route, numbe
     ctx = _name(context, _CONTEXT, "context")
     actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
     actions += _UNSETS
+    if pause_ms:
+        if type(pause_ms) is not int or not 0 < pause_ms <= 10_000:
+            raise ValueError(f"invalid pause before the bridge: {pause_ms!r} ms")
+        actions.append(("sleep", str(pause_ms)))
     actions += [
         ("bridge", _fragment(route, number) + number),
         ("transfer", f"{target} XML {ctx}"),

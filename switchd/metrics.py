@@ -169,10 +169,11 @@ ORIGINATE_ATTEMPTS = _counter("switchd_originate_attempts_total",
 ORIGINATE_RETRIES = _counter("switchd_originate_retries_scheduled_total",
                              "Retries of originated calls scheduled, by the outcome retried",
                              ("outcome",))
-ORIGINATE_SESSIONS_REFUSED = _counter(
-    "switchd_originate_sessions_refused_total",
-    "Originate legs FreeSWITCH refused to start (sessions-per-second, max-sessions), "
-    "placed once more on the same carrier")
+SWITCH_REFUSED_LEGS = _counter(
+    "switchd_switch_refused_legs_total",
+    "Carrier legs our own FreeSWITCH failed before any SIP answer (DESTINATION_OUT_OF_ORDER: "
+    "sessions-per-second, max-sessions, RTP ports), placed once more on the same carrier",
+    ("path",))
 
 # --- routing -----------------------------------------------------------------------------
 ROUTING_SECONDS = LockFreeHistogram(

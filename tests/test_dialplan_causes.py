@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from dialplan.causes import (CAUSE_RULES, FREESWITCH_CAUSES, SIP_RULES, Outcome, classify,
-                             no_failover_causes, rule_for, session_refused, should_failover)
+                             no_failover_causes, rule_for, should_failover, switch_refused)
 
 C, E, L, S = Outcome.CARRIER_FAILURE, Outcome.CALLEE, Outcome.LOCAL, Outcome.SUCCESS
 
@@ -153,14 +153,13 @@ def test_ring_out_is_no_carrier_failure_and_no_failover():
     assert should_failover("ALLOTTED_TIMEOUT", 487) is False
 
 
-@pytest.mark.parametrize("cause, sip, channel_made, refused", [
-    ("DESTINATION_OUT_OF_ORDER", None, False, True),    # throttle / max-sessions: no session
-    ("destination_out_of_order", None, False, True),
-    ("DESTINATION_OUT_OF_ORDER", None, True, False),    # a channel existed: sofia ended it
-    ("DESTINATION_OUT_OF_ORDER", 502, False, False),    # a SIP answer: it left the switch
-    ("NORMAL_TEMPORARY_FAILURE", None, False, False),
-    (None, None, False, False),
+@pytest.mark.parametrize("cause, sip, refused", [
+    ("DESTINATION_OUT_OF_ORDER", None, True),     # throttle, max-sessions, RTP ports
+    ("destination_out_of_order", None, True),
+    ("DESTINATION_OUT_OF_ORDER", 502, False),     # a SIP answer: it left the switch
+    ("NORMAL_TEMPORARY_FAILURE", None, False),
+    ("GATEWAY_DOWN", None, False),                # that carrier's, not every carrier's
+    (None, None, False),
 ])
-def test_session_refused_is_the_switch_refusing_to_start_the_leg(cause, sip, channel_made,
-                                                                 refused):
-    assert session_refused(cause, sip, channel_made) is refused
+def test_switch_refused_is_our_switch_failing_the_leg_before_any_answer(cause, sip, refused):
+    assert switch_refused(cause, sip) is refused

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dialplan import callerid, failover
-from dialplan.failover import DEFAULT_TABLE, FailoverTable, TableError, decide, parse_table
+from dialplan.failover import (DEFAULT_TABLE, FailoverTable, TableError, decide, parse_table,
+                              route_to_repeat)
 
 TABLE = FailoverTable()
 
@@ -156,3 +157,16 @@ def test_check_config_prints_the_effective_table(tmp_path, capsys):
                for line in out), out
     assert any(line.split("#")[0].split() == ["failover.486", "=", '"stop"'] and "default" in line
                for line in out)
+
+
+@pytest.mark.parametrize("tried, again, cause, sip, expected", [
+    (["a/gw_a"], [], "DESTINATION_OUT_OF_ORDER", None, "a/gw_a"),
+    (["a/gw_a"], ["a/gw_a"], "DESTINATION_OUT_OF_ORDER", None, None),    # once only
+    (["a/gw_a", "b/gw_b"], ["a/gw_a"], "DESTINATION_OUT_OF_ORDER", None, "b/gw_b"),
+    (["a/gw_a"], [], "DESTINATION_OUT_OF_ORDER", 502, None),             # it left the switch
+    (["a/gw_a"], [], "GATEWAY_DOWN", None, None),                        # that carrier's
+    ([], [], "DESTINATION_OUT_OF_ORDER", None, None),
+])
+def test_route_to_repeat_is_the_last_route_our_switch_failed_once(tried, again, cause, sip,
+                                                                  expected):
+    assert route_to_repeat(tried, again, cause, sip) == expected

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from dialplan.lcr import RouteChoice
 from dialplan.model import Carrier, Gateway
 from dialplan.policy import REFUSALS, refusal
-from dialplan.xml_answer import (BridgeLeg, check_value, leg_for_route, render_bridge, render_local,
-                                 render_not_found, render_refusal)
+from dialplan.xml_answer import (BridgeLeg, check_value, leg_for_route, render_attempt,
+                                 render_bridge, render_local, render_not_found, render_refusal)
 
 CALL = {"switchd_tenant": "acme", "switchd_route_id": "3ea30e5f-6258-4225-b4a4-31cbc0030d47",
         "switchd_direction": "outbound"}
@@ -77,6 +77,34 @@ def test_leg_for_route_vars():
     bridge = [d for a, d in acts if a == "bridge"][0]
     assert bridge == ("[leg_timeout=25,switchd_carrier=a,switchd_rate=0.0120,switchd_connect_fee=0,"
                       "switchd_increments=60/6,switchd_prefix=4420]sofia/gateway/carrier_a/+442079460000")
+
+
+def _route():
+    class Rate:
+        prefix, rate_per_min, connect_fee = "4420", Decimal("0.0120"), Decimal("0")
+        initial_increment, subsequent_increment = 60, 6
+    gw = Gateway("carrier_a", "a", leg_timeout=25)
+    return RouteChoice(Carrier("a", (gw,)), gw, Rate())
+
+
+def test_an_attempt_placed_again_sleeps_just_before_its_bridge():
+    call = {**CALL, "switchd_attempt": "2"}
+    acts = actions(render_attempt("public", "02079460000", call, _route(), "+442079460000", 60,
+                                  "02079460000", pause_ms=1000))
+    apps = [a for a, _ in acts]
+    assert apps[apps.index("bridge") - 1:apps.index("bridge") + 2] == ["sleep", "bridge",
+                                                                       "transfer"]
+    assert ("sleep", "1000") in acts
+    plain = actions(render_attempt("public", "02079460000", call, _route(), "+442079460000", 60,
+                                   "02079460000"))
+    assert "sleep" not in [a for a, _ in plain]
+
+
+@pytest.mark.parametrize("pause", [-1, 10_001, True, 1.5, "1000"])
+def test_a_pause_before_the_bridge_is_a_sane_number_of_ms(pause):
+    with pytest.raises(ValueError, match="pause"):
+        render_attempt("public", "1003", {**CALL, "switchd_attempt": "2"}, _route(),
+                       "+442079460000", 60, "1003", pause_ms=pause)
 
 
 @pytest.mark.parametrize("n", [0, -5, True, 1.5, "30"])

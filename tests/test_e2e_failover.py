@@ -27,7 +27,6 @@ NEXT_ROWS = [
     # `unreachable` (no SIP answer, a carrier-side cause) is not played by the simulator
     # (its carriers answer the SIP code sofia maps a cause back to); see the unit tests.
     ("GATEWAY_DOWN", None, "not_sent", False),           # nothing sent, nothing answered
-    ("DESTINATION_OUT_OF_ORDER", None, "not_sent", False),
 ]
 STOP_ROWS = [
     ("USER_BUSY", 486), ("USER_BUSY", 600), ("CALL_REJECTED", 603),
@@ -62,6 +61,43 @@ def test_carrier_side_rows_go_to_the_next_carrier(switch, world_url, cause, sip,
     assert steps[0][0] == "routed" and f"-> {key}: next" in steps[0][1], steps
     # the CDR is written after the leg's outcome reached the health book
     assert metric(daemon, "switchd_failovers_total", carrier="budgetel") == (1 if charged else 0)
+
+
+@pytest.mark.slow
+def test_a_bridge_leg_the_switch_throttled_goes_to_the_same_carrier_a_second_later(
+        switch, world_url):
+    """FreeSWITCH's sessions-per-second throttle refuses the carrier leg's session (the
+    caller's own started): no channel, DESTINATION_OUT_OF_ORDER. The cheapest carrier
+    gets the call once more after a pause, not the next one at once."""
+    sim, daemon = switch
+    sim.refuse_sessions(1, skip=1)
+    call = sim.place_call("02079460555", accountcode="acme", hold_seconds=20)
+    assert call.wait(30) and call.result == "answered", (call.result, call.causes)
+    assert sim.throttled == 1
+    assert [leg.gateway for leg in call.legs] == [FIRST]     # the refused leg made none
+    carrier, first, attempts, answered = _cdr(daemon, world_url, call.uuid)
+    assert (carrier, first, attempts, answered) == ("budgetel", "budgetel", 1, True)
+    step = daemon.wait_until(lambda: [d for d in _decisions(world_url, call.uuid)
+                                      if d[1].startswith("failover")] or None,
+                             what="the failover step in the routing log")
+    assert "-> not_sent: next; our switch failed the leg: budgetel/budgetel_gw1 once more" \
+        in step[0][1], step
+    assert metric(daemon, "switchd_switch_refused_legs_total", path="dialplan") == 1
+    assert metric(daemon, "switchd_failovers_total", carrier="budgetel") == 0
+
+
+@pytest.mark.slow
+def test_a_leg_our_switch_fails_twice_goes_to_the_next_carrier(switch, world_url):
+    """DESTINATION_OUT_OF_ORDER without a SIP answer every time on the cheapest gateway
+    (sofia cannot place it): once more there, then the next carrier; nobody is charged."""
+    sim, daemon = switch
+    sim.set_gateway(FIRST, GatewayBehaviour(fail_cause="DESTINATION_OUT_OF_ORDER"))
+    call = sim.place_call("02079460556", accountcode="acme", hold_seconds=20)
+    assert call.wait(30) and call.result == "answered", (call.result, call.causes)
+    assert [leg.gateway for leg in call.legs] == [FIRST, FIRST, NEXT]
+    carrier, first, attempts, answered = _cdr(daemon, world_url, call.uuid)
+    assert (carrier, first, attempts, answered) == ("globex", "budgetel", 3, True)
+    assert metric(daemon, "switchd_failovers_total", carrier="budgetel") == 0
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def test_a_leg_the_switch_refuses_to_start_is_placed_again_on_the_same_carrier(s
         "DESTINATION_OUT_OF_ORDER", None)
     assert attempts[0]["leg_uuid"] == body["call_uuid"] != attempts[1]["leg_uuid"]
     assert sim.throttled == 1
-    assert metric(daemon, "switchd_originate_sessions_refused_total") == 1
+    assert metric(daemon, "switchd_switch_refused_legs_total", path="originate") == 1
     sim.kill_call(attempts[1]["leg_uuid"])
     row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
     assert row[0] == "budgetel" and row[1] is True and row[2] > 0
@@ -178,5 +178,5 @@ def test_a_leg_refused_twice_by_the_switch_fails_over(switch):
     assert status == 200 and body["answered"] is True, body
     assert [a["gateway"] for a in body["attempts"]] == [gateways[0], gateways[0], gateways[1]]
     assert [a["hangup_cause"] for a in body["attempts"][:2]] == ["DESTINATION_OUT_OF_ORDER"] * 2
-    assert metric(daemon, "switchd_originate_sessions_refused_total") == 1
+    assert metric(daemon, "switchd_switch_refused_legs_total", path="originate") == 1
     sim.kill_call(body["attempts"][-1]["leg_uuid"])

@@ -101,7 +101,8 @@ def test_first_answer_is_one_carrier_then_transfer_back(setup):
 @pytest.mark.parametrize("cause, proto, code", [
     ("CALL_REJECTED", "sip:403", None), ("NO_USER_RESPONSE", "sip:480", None),
     ("NORMAL_TEMPORARY_FAILURE", "sip:503", None), ("ALLOTTED_TIMEOUT", None, None),
-    ("RECOVERY_ON_TIMER_EXPIRE", None, None), ("DESTINATION_OUT_OF_ORDER", None, None),
+    ("RECOVERY_ON_TIMER_EXPIRE", None, None), ("DESTINATION_OUT_OF_ORDER", "sip:502", None),
+    ("GATEWAY_DOWN", None, None),
     ("NORMAL_UNSPECIFIED", "sip:900", None), ("CALL_REJECTED", None, 401),
 ])
 def test_carrier_side_failures_go_to_the_next_carrier(setup, cause, proto, code):
@@ -139,6 +140,46 @@ def test_callee_answers_stop_and_the_caller_hears_the_code(setup, cause, proto, 
     assert ("respond", heard) in actions
     assert decision.result == "refused" and decision.reason.startswith("failover stop:")
     assert decision.sip_code == int(heard.split()[0])
+
+
+def test_a_leg_our_switch_failed_is_placed_again_on_the_same_route_after_a_pause(setup):
+    """DESTINATION_OUT_OF_ORDER with no SIP answer: FreeSWITCH itself failed the leg (its
+    sessions-per-second throttle, max-sessions, RTP ports). The same route gets it once
+    more, a second later, instead of the next carrier at once."""
+    router, decisions, health, backend = setup
+    form, first = _first(router)
+    decision = router.route(_after(form, first, "DESTINATION_OUT_OF_ORDER"))
+    actions = _actions(decision.xml)
+    apps = [a for a, _ in actions]
+    assert apps.index("sleep") == apps.index("bridge") - 1
+    assert ("sleep", "1000") in actions
+    assert "sofia/gateway/gw_alpha/+442079460123" in [d for a, d in actions if a == "bridge"][0]
+    v = _vars(actions)
+    assert v["switchd_attempt"] == "2" and v["switchd_tried"] == "alpha/gw_alpha"
+    assert v["switchd_placed_again"] == "alpha/gw_alpha"
+    assert decision.chosen[0]["carrier"] == "alpha" and decision.result == "routed"
+    assert "our switch failed the leg: alpha/gw_alpha once more in 1000 ms" in decision.reason
+    assert backend.count(Scope("global", "all")) == 1
+
+    # failed the same way again: the next carrier, at once
+    again = _after(_after(form, first, "DESTINATION_OUT_OF_ORDER"), decision,
+                   "DESTINATION_OUT_OF_ORDER")
+    third = router.route(again)
+    actions = _actions(third.xml)
+    assert "sleep" not in [a for a, _ in actions]
+    assert "gw_beta" in [d for a, d in actions if a == "bridge"][0]
+    assert _vars(actions)["switchd_tried"] == "alpha/gw_alpha beta/gw_beta"
+
+
+def test_a_leg_placed_again_is_not_one_of_the_calls_routes(setup):
+    router, _, _, _ = setup
+    router.settings["max_routes"] = 1
+    form, first = _first(router)
+    again = router.route(_after(form, first, "DESTINATION_OUT_OF_ORDER"))
+    assert "gw_alpha" in [d for a, d in _actions(again.xml) if a == "bridge"][0]
+    last = router.route(_after(_after(form, first, "DESTINATION_OUT_OF_ORDER"), again,
+                               "NORMAL_TEMPORARY_FAILURE", "sip:503"))
+    assert last.reason.startswith("failover exhausted: attempt 2 via alpha/gw_alpha")
 
 
 def test_stale_proto_cause_is_not_read_when_cleared(setup):

@@ -146,9 +146,9 @@ def _var(key: str, value) -> str:
 # the time the originate returns; an attempt that made no channel never sends one.
 ATTEMPT_END_WAIT_S = 2.0
 
-# A leg FreeSWITCH refused to start (causes.session_refused: its sessions-per-second
-# throttle, max-sessions) is placed once more on the same carrier rather than on a dearer
-# one: every carrier would have been refused alike. Not before this long after the refused
+# A leg our own switch failed before any SIP answer (causes.switch_refused: its
+# sessions-per-second throttle, max-sessions, no RTP port) is placed once more on the same
+# carrier rather than on a dearer one: every carrier would have met it alike. Not before this long after the refused
 # attempt was placed (its refusal is immediate): FreeSWITCH refills its sessions-per-second
 # budget every second. The wait for the attempt's hangup event has usually covered it.
 SESSION_REFUSED_PAUSE_S = 1.0
@@ -465,31 +465,28 @@ class Originator:
 
     def _on_carrier(self, call_uuid: str, call_vars: dict, leg, request, max_s: int,
                     attempts: list[Attempt], route_no: str, tenant: str) -> Attempt:
-        """Place the call on one route (appending to `attempts`), and once more when the
-        switch refused to start the leg (SESSION_REFUSED_PAUSE_S); the last attempt."""
+        """Place the call on one route (appending to `attempts`), and once more when our own
+        switch failed the leg (SESSION_REFUSED_PAUSE_S); the last attempt."""
         for tries_left in (1, 0):
             # the first attempt's UUID is the call's (the caps key); later ones fresh
             leg_uuid = str(uuid.uuid4()) if attempts else call_uuid
             placed_at = monotonic()
-            attempt, channel_made = self._attempt(leg_uuid, call_vars, leg, request, max_s)
+            attempt = self._attempt(leg_uuid, call_vars, leg, request, max_s)
             attempts.append(attempt)
             log.info("originate attempt %d (route %s) via %s: %s (cause %s, SIP %s)",
                      len(attempts), route_no, leg.gateway, attempt.result, attempt.hangup_cause,
                      attempt.sip_status, extra={"call_uuid": call_uuid, "tenant": tenant})
-            if attempt.answered or not tries_left or not causes.session_refused(
-                    attempt.hangup_cause, attempt.sip_status, channel_made):
+            if attempt.answered or not tries_left or not causes.switch_refused(
+                    attempt.hangup_cause, attempt.sip_status):
                 return attempt
-            metrics.ORIGINATE_SESSIONS_REFUSED.inc()
-            log.warning("FreeSWITCH refused to start the leg (sessions-per-second or "
-                        "max-sessions, see its log: 'Throttle Error!'); placing it once more "
-                        "via %s", leg.gateway, extra={"call_uuid": call_uuid, "tenant": tenant})
+            metrics.SWITCH_REFUSED_LEGS.labels("originate").inc()
+            log.warning("FreeSWITCH failed the leg itself (DESTINATION_OUT_OF_ORDER, no SIP "
+                        "answer: its log says why, e.g. 'Throttle Error!'); placing it once "
+                        "more via %s", leg.gateway, extra={"call_uuid": call_uuid, "tenant": tenant})
             gevent.sleep(max(0.0, placed_at + SESSION_REFUSED_PAUSE_S - monotonic()))
         return attempt
 
-    def _attempt(self, leg_uuid: str, call_vars: dict, leg, request,
-                 max_s: int) -> tuple[Attempt, bool]:
-        """One `bgapi originate`: the attempt, and whether FreeSWITCH made a channel for it
-        (its hangup event came)."""
+    def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:
         ended = self._ends[leg_uuid] = AsyncResult()
         try:
             line = originate_string(leg_uuid, call_vars, leg, request.app, max_s,
@@ -498,7 +495,7 @@ class Originator:
             body = result.body.strip()
             carrier = leg.vars.get("switchd_carrier")
             if result.ok:
-                return Attempt(leg_uuid, carrier, leg.gateway, body, True), True
+                return Attempt(leg_uuid, carrier, leg.gateway, body, True)
             words = body.removeprefix("-ERR").split() if body.startswith("-ERR") else []
             cause = words[0] if words else None
             try:
@@ -508,7 +505,7 @@ class Originator:
             if final is not None:
                 cause = final.hangup_cause or cause
             return Attempt(leg_uuid, carrier, leg.gateway, body, False, cause,
-                           final.sip_status if final is not None else None), final is not None
+                           final.sip_status if final is not None else None)
         finally:
             self._ends.pop(leg_uuid, None)
 

@@ -22,6 +22,7 @@ class Attempt:
     number: str                 # E.164 dialled on the gateway
     max_duration: int
     transfer_to: str
+    pause_ms: int = 0           # a sleep before the bridge (a leg placed again)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def render(answer) -> str:
     if kind is Attempt:
         return xml_answer.render_attempt(answer.context, answer.destination, answer.call_vars,
                                          answer.route, answer.number, answer.max_duration,
-                                         transfer_to=answer.transfer_to)
+                                         transfer_to=answer.transfer_to,
+                                         pause_ms=answer.pause_ms)
     if kind is Refuse:
         return xml_answer.render_refusal(answer.context, answer.destination, answer.refusal,
                                          answer.call_vars)

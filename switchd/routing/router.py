@@ -280,7 +280,13 @@ class Router:
         if verdict.action == failover.STOP:
             return self._refuse(decision, context, dialled, stop, f"failover stop: {what}",
                                 call_vars)
-        if tenant is None or attempt >= self.settings["max_routes"]:
+        # A leg our own switch failed: the same route once more, after
+        # SWITCH_REFUSED_PAUSE_MS, rather than a dearer one at once (which the same
+        # throttle would most likely refuse too). Not one of the call's max_routes.
+        placed_again = (form.get("variable_switchd_placed_again") or "").split()
+        again = failover.route_to_repeat(tried, placed_again, cause, sip)
+        routes_left = attempt - len(placed_again) < self.settings["max_routes"]
+        if tenant is None or (again is None and not routes_left):
             return self._refuse(decision, context, dialled, stop,
                                 f"failover exhausted: {what}", call_vars)
         e164 = form.get("variable_switchd_e164") or ""
@@ -293,9 +299,14 @@ class Router:
         now = self.clock()
         ranked = self.rank(world, tenant, number, now)
         decision.candidates = ranked.considered
+        ranked_routes = ranked.routes
+        if again is not None:      # first, if it is still ranked (healthy, covering)
+            ranked_routes = [r for r in ranked.routes if _leg_name(r) == again] + \
+                [r for r in ranked.routes if _leg_name(r) != again]
         nxt, full, passed_over = None, set(), []    # carriers at a cap; how each was
-        for route in ranked.routes:
-            if _leg_name(route) in tried or route.carrier.name in full:
+        for route in ranked_routes:
+            if _leg_name(route) != again and (_leg_name(route) in tried or not routes_left
+                                              or route.carrier.name in full):
                 continue
             moved = self.caps.move_to_carrier(decision.call_uuid, route.carrier)
             if moved.carrier_refused:
@@ -308,6 +319,11 @@ class Router:
             break
         if passed_over:
             what += f"; passed over: {', '.join(passed_over)}"
+        pause_ms = 0
+        if nxt is not None and _leg_name(nxt) == again:
+            pause_ms = SWITCH_REFUSED_PAUSE_MS
+            call_vars["switchd_placed_again"] = " ".join(placed_again + [again])
+            what += f"; our switch failed the leg: {again} once more in {pause_ms} ms"
         if nxt is None:
             refusal = policy.refusal("carriers_full", what) if passed_over else stop
             return self._refuse(decision, context, dialled, refusal,
@@ -326,11 +342,15 @@ class Router:
         call_vars.update({"switchd_tenant": tenant.name, "switchd_max_duration": str(max_s),
                           "switchd_direction": decision.direction,
                           "switchd_attempt": str(attempt + 1), "switchd_e164": number.e164,
-                          "switchd_tried": " ".join(tried + [_leg_name(nxt)]),
+                          "switchd_tried": " ".join(tried if pause_ms
+                                                    else tried + [_leg_name(nxt)]),
                           "effective_caller_id_name": name,
                           "effective_caller_id_number": cid})
         decision.answer = answers.Attempt(context, dialled, call_vars, nxt, number.e164, max_s,
-                                          transfer_to=_transfer_target(dialled, number.e164))
+                                          transfer_to=_transfer_target(dialled, number.e164),
+                                          pause_ms=pause_ms)
+        if pause_ms:
+            metrics.SWITCH_REFUSED_LEGS.labels("dialplan").inc()
         decision.result, decision.reason = "routed", f"failover: {what}"
         decision.chosen = [{"carrier": nxt.carrier.name, "gateway": nxt.gateway.name,
                             "prefix": nxt.rate.prefix, "rate": str(nxt.rate.rate_per_min),
@@ -467,6 +487,10 @@ def _safe_uuid(form: dict) -> str:
 
 
 HANDOFF_VAR = "switchd_did_extension"
+
+# How long a leg our own switch failed (causes.switch_refused) waits before it is placed
+# once more: FreeSWITCH refills its sessions-per-second budget every second.
+SWITCH_REFUSED_PAUSE_MS = 1000
 
 
 def _leg_name(route) -> str:

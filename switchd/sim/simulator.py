@@ -74,7 +74,8 @@ class Simulator:
         self.sessions_per_second = sessions_per_second
         self._sps_second = -1
         self._sps_left = 0
-        self._refuse_next = 0       # refuse_sessions(): that many refused, whatever the time
+        self._refuse_next = 0       # refuse_sessions(): that many refused, whatever the time,
+        self._refuse_after = 0      # once this many more have started
         self.throttled = 0
         self.peak = 0
         self._started_mono = time.monotonic()
@@ -310,16 +311,20 @@ class Simulator:
         call = self._new_call("originate", legs[0].number if legs else "", "0000000000", None, uuid)
         return self.player.run_originate(call, arg)
 
-    def refuse_sessions(self, count: int) -> None:
-        """The next `count` new sessions are refused as the throttle refuses them (a test's
-        way to hit it at a known moment: the per-second budget depends on the clock)."""
-        self._refuse_next = count
+    def refuse_sessions(self, count: int, skip: int = 0) -> None:
+        """The `count` new sessions after the next `skip` are refused as the throttle
+        refuses them (a test's way to hit it at a known moment: the per-second budget
+        depends on the clock). skip=1 lets a caller's own session start and refuses its
+        bridge leg."""
+        self._refuse_next, self._refuse_after = count, skip
 
     def take_session(self, t_us: int) -> bool:
         """switch_core_session_request_uuid()'s throttle: `--sps <= 0` refuses, and the
         budget is refilled to sessions-per-second every (simulated) second, so at most
         sessions_per_second - 1 sessions start in one second (FreeSWITCH's own off-by-one)."""
-        if self._refuse_next > 0:
+        if self._refuse_after > 0:
+            self._refuse_after -= 1
+        elif self._refuse_next > 0:
             self._refuse_next -= 1
             self.throttled += 1
             return False

@@ -70,3 +70,43 @@ def test_a_leg_the_switch_throttles_is_placed_again_on_the_cheapest_carrier(real
     assert rs_daemon.rows("SELECT name, health, consecutive_failures FROM carriers "
                           "ORDER BY name") == [("alpha", 100, 0), ("bravo", 100, 0),
                                                ("charlie", 100, 0)]
+
+
+def test_a_callers_carrier_leg_the_switch_throttles_goes_to_the_cheapest_a_second_later(
+        realswitch, rs_daemon):
+    """With `fsctl sps 2` (one new session a second) a caller's call takes the second's
+    session, and its carrier leg, asked for milliseconds later, is refused ("Throttle
+    Error!": no channel, DESTINATION_OUT_OF_ORDER). switchd's continuation answers a 1 s
+    sleep and the same gateway, which then gets its session: the call is answered on
+    alpha, no dearer carrier is dialled. Read from FreeSWITCH's hangup events (their
+    creation times) and the carriers' INVITE counts."""
+    assert "+OK" in realswitch.api("fsctl sps 2")
+    placed = 0                      # calls that reached a carrier (one INVITE each)
+    for _ in range(10):
+        result = realswitch.call(world.US_NUMBER, headers={"X-Tenant": "acme"}, hold_ms=500)
+        legs = realswitch.wait_call(result)
+        if not legs:                # the caller's own session fell in a spent second
+            continue
+        a, *carriers = legs
+        assert result.code == 200, (result, legs)     # every carrier throttled in turn
+        assert len(carriers) == 1, legs
+        placed += 1
+        if _created_us(carriers[0]) - _created_us(a) >= 1_000_000:
+            break                   # the carrier leg came a second later: it was throttled
+    else:
+        pytest.fail("FreeSWITCH never throttled a carrier leg in 10 calls")
+    assert carriers[0].gateway == "gw_a" and carriers[0].billmsec > 0
+    assert realswitch.invites() == {"gw_a": placed, "gw_b": 0, "gw_c": 0}
+    rs_daemon.wait_until(lambda: any(
+        "our switch failed the leg: alpha/gw_a once more in 1000 ms" in reason
+        for reason, in rs_daemon.rows("SELECT reason FROM routing_decisions "
+                                      "WHERE call_uuid = %s", a.uuid)),
+        what="the continuation's step in the routing log")
+    cdr = rs_daemon.wait_cdr(a.uuid)
+    assert (cdr["carrier"], cdr["first_choice_carrier"]) == ("alpha", "alpha")
+    assert rs_daemon.rows("SELECT name, health FROM carriers ORDER BY name") == [
+        ("alpha", 100), ("bravo", 100), ("charlie", 100)]
+
+
+def _created_us(leg) -> int:
+    return int(leg.headers["Caller-Channel-Created-Time"])
