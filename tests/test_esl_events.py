@@ -256,6 +256,22 @@ def test_batched_url_decoding_equals_unquote(values):
     assert _unquote_many(values) == [unquote(v, errors="replace") for v in values]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["", "\n", "\n\n"]), st.sampled_from(sorted(CHANNEL_EVENTS)),
+       st.lists(st.one_of(st.tuples(_NAMES, _VALUES).map(": ".join), st.just("")),
+                max_size=12),
+       st.sampled_from(["", "\n", "\n\n"]))
+def test_fast_path_ends_the_header_block_where_the_full_parse_does(lead, name, lines, end):
+    # Empty lines anywhere (each ends the header block), empty lines before the first, a
+    # body without its final blank line.
+    body = (lead + "\n".join([f"Event-Name: {name}", "Unique-ID: u"] + lines) + end).encode()
+    try:
+        full = to_typed(parse_event_plain(body))
+    except ESLEventError:
+        return
+    assert channel_event_from_plain(body) == (full if isinstance(full, ChannelEvent) else None)
+
+
 def test_first_of_duplicate_headers_wins_as_in_freeswitch():
     body = b"Event-Name: CHANNEL_CREATE\nUnique-ID: first\nUnique-ID: second\n\n"
     assert parse_event_plain(body)["Unique-ID"] == "first"
