@@ -272,3 +272,21 @@ def test_callee_hangup_continues_the_dialplan_unless_hangup_after_bridge(world, 
     assert call.wait(5) and call.result == "answered"
     assert len(dp.requests) == lookups
     assert call.hangup_cause == ("NORMAL_CLEARING" if after_bridge else "USER_BUSY")
+
+
+def test_sleep_waits_its_milliseconds_before_the_next_application(world):
+    # real time: at a faster scale the lookup's own round trip is simulated seconds
+    sim, dp, client = world(doc(act("sleep", "1000") + act("bridge", "sofia/gateway/gw_a/1")),
+                            time_scale=1)
+    call = sim.place_call("1", hold_seconds=0.01)
+    assert call.wait(10) and call.result == "answered"
+    assert call.legs[0].created_us - call.a_leg.created_us >= 1_000_000
+
+
+def test_a_caller_killed_while_sleeping_is_hung_up_and_never_bridged(world):
+    sim, dp, client = world(doc(act("sleep", "600000") + act("bridge", "sofia/gateway/gw_a/1")))
+    call = sim.place_call("1", hold_seconds=1)
+    assert client.wait_for(lambda evs: any(e["Event-Name"] == "CHANNEL_CREATE" for e in evs))
+    assert sim.kill_call(call.uuid, "MANAGER_REQUEST")
+    assert call.wait(5)
+    assert call.a_leg.cause == "MANAGER_REQUEST" and call.legs == []

@@ -25,7 +25,7 @@ A_NAME = "sofia/local/{caller}@127.0.0.1:5060"
 ORIGINATE_TIMEOUT_S = 60.0  # switch_ivr_originate.c: timelimit_sec when originate_timeout is unset
 MAX_FORWARDS = 70           # switch_ivr_session_transfer(): forwardval default
 # Applications that do nothing the simulator shows (no media, no logs).
-_QUIET_APPS = frozenset({"log", "info", "pre_answer", "ring_ready", "sleep",
+_QUIET_APPS = frozenset({"log", "info", "pre_answer", "ring_ready",
                          "playback", "set_profile_var", "event", "hash", "limit", "db",
                          "park", "echo", "endless_playback", "export_vars", "multiset"})
 # Variables a failed bridge leaves on the caller (cleared when no bridge ever ran).
@@ -235,6 +235,15 @@ class Player:
                 if when <= t:
                     self._end_alone(call, a, t, cause)
                 call.sched_at_us, call.sched_cause = when, cause
+            elif app == "sleep":
+                # mod_dptools: the channel waits `data` ms (not a number: no wait); a
+                # uuid_kill meanwhile hangs it up
+                until = t + (int(data) * 1000 if data.strip().isdigit() else 0)
+                while not call.kill and self.clock.now_us() < until - 1:
+                    self.wait(call, until)
+                if call.kill:
+                    self._end_alone(call, a, self.clock.now_us(), C.str2cause(call.kill[1]))
+                t = until
             elif app == "answer":
                 self._answer(call, a, t)
             elif app == "park":
