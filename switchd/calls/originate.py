@@ -148,10 +148,11 @@ ATTEMPT_END_WAIT_S = 2.0
 
 # A leg our own switch failed before any SIP answer (causes.switch_refused: its
 # sessions-per-second throttle, max-sessions, no RTP port) is placed once more on the same
-# carrier rather than on a dearer one: every carrier would have met it alike. Not before this long after the refused
-# attempt was placed (its refusal is immediate): FreeSWITCH refills its sessions-per-second
-# budget every second. The wait for the attempt's hangup event has usually covered it.
-SESSION_REFUSED_PAUSE_S = 1.0
+# carrier rather than on a dearer one: every carrier would have met it alike. Not before
+# this long after the failed attempt was placed (such a failure is immediate): FreeSWITCH
+# refills its sessions-per-second budget every second. The wait for the attempt's hangup
+# event has usually covered it.
+SWITCH_REFUSED_PAUSE_S = 1.0
 
 
 def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
@@ -466,7 +467,7 @@ class Originator:
     def _on_carrier(self, call_uuid: str, call_vars: dict, leg, request, max_s: int,
                     attempts: list[Attempt], route_no: str, tenant: str) -> Attempt:
         """Place the call on one route (appending to `attempts`), and once more when our own
-        switch failed the leg (SESSION_REFUSED_PAUSE_S); the last attempt."""
+        switch failed the leg (SWITCH_REFUSED_PAUSE_S); the last attempt."""
         for tries_left in (1, 0):
             # the first attempt's UUID is the call's (the caps key); later ones fresh
             leg_uuid = str(uuid.uuid4()) if attempts else call_uuid
@@ -482,8 +483,9 @@ class Originator:
             metrics.SWITCH_REFUSED_LEGS.labels("originate").inc()
             log.warning("FreeSWITCH failed the leg itself (DESTINATION_OUT_OF_ORDER, no SIP "
                         "answer: its log says why, e.g. 'Throttle Error!'); placing it once "
-                        "more via %s", leg.gateway, extra={"call_uuid": call_uuid, "tenant": tenant})
-            gevent.sleep(max(0.0, placed_at + SESSION_REFUSED_PAUSE_S - monotonic()))
+                        "more via %s", leg.gateway,
+                        extra={"call_uuid": call_uuid, "tenant": tenant})
+            gevent.sleep(max(0.0, placed_at + SWITCH_REFUSED_PAUSE_S - monotonic()))
         return attempt
 
     def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:
