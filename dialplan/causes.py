@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 __all__ = ["Outcome", "Rule", "CAUSE_RULES", "SIP_RULES", "classify", "should_failover",
            "rule_for", "no_failover_causes", "FREESWITCH_CAUSES", "disposition",
-           "switch_refused"]
+           "switch_refused", "SWITCH_REFUSED_PAUSE_MS"]
 
 
 class Outcome(str, enum.Enum):
@@ -160,6 +160,12 @@ def switch_refused(hangup_cause: str | None, sip_status: int | None) -> bool:
     Limit!"), or sofia finding no free RTP port or failing to build the INVITE. The
     commonest are congestion of the moment, which every carrier would have met alike."""
     return _norm(hangup_cause) == "DESTINATION_OUT_OF_ORDER" and sip_status is None
+
+
+# How long a leg our own switch failed waits before it is placed once more on the same
+# carrier (originate and the dialplan continuation alike): FreeSWITCH refills its
+# sessions-per-second budget every second.
+SWITCH_REFUSED_PAUSE_MS = 1000
 
 
 _RING_OUT = frozenset({"NO_ANSWER", "ALLOTTED_TIMEOUT", "PROGRESS_TIMEOUT"})

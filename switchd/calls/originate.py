@@ -146,14 +146,6 @@ def _var(key: str, value) -> str:
 # the time the originate returns; an attempt that made no channel never sends one.
 ATTEMPT_END_WAIT_S = 2.0
 
-# A leg our own switch failed before any SIP answer (causes.switch_refused: its
-# sessions-per-second throttle, max-sessions, no RTP port) is placed once more on the same
-# carrier rather than on a dearer one: every carrier would have met it alike. Not before
-# this long after the failed attempt was placed (such a failure is immediate): FreeSWITCH
-# refills its sessions-per-second budget every second. The wait for the attempt's hangup
-# event has usually covered it.
-SWITCH_REFUSED_PAUSE_S = 1.0
-
 
 def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
     """After an unanswered attempt: place the next carrier's, or stop? The one place an
@@ -466,8 +458,13 @@ class Originator:
 
     def _on_carrier(self, call_uuid: str, call_vars: dict, leg, request, max_s: int,
                     attempts: list[Attempt], route_no: str, tenant: str) -> Attempt:
-        """Place the call on one route (appending to `attempts`), and once more when our own
-        switch failed the leg (SWITCH_REFUSED_PAUSE_S); the last attempt."""
+        """Place the call on one route (appending to `attempts`); the last attempt.
+
+        A leg our own switch failed before any SIP answer (causes.switch_refused: its
+        sessions-per-second throttle, max-sessions, no RTP port) is placed once more on the
+        same carrier rather than on a dearer one: every carrier would have met it alike.
+        Not before causes.SWITCH_REFUSED_PAUSE_MS after the failed attempt was placed (such
+        a failure is immediate); the wait for its hangup event has usually covered it."""
         for tries_left in (1, 0):
             # the first attempt's UUID is the call's (the caps key); later ones fresh
             leg_uuid = str(uuid.uuid4()) if attempts else call_uuid
@@ -485,7 +482,8 @@ class Originator:
                         "answer: its log says why, e.g. 'Throttle Error!'); placing it once "
                         "more via %s", leg.gateway,
                         extra={"call_uuid": call_uuid, "tenant": tenant})
-            gevent.sleep(max(0.0, placed_at + SWITCH_REFUSED_PAUSE_S - monotonic()))
+            pause_s = causes.SWITCH_REFUSED_PAUSE_MS / 1000
+            gevent.sleep(max(0.0, placed_at + pause_s - monotonic()))
         return attempt
 
     def _attempt(self, leg_uuid: str, call_vars: dict, leg, request, max_s: int) -> Attempt:

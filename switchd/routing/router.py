@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from dialplan import callerid, failover, lcr, numbers, policy, xml_answer
+from dialplan import callerid, causes, failover, lcr, numbers, policy, xml_answer
 from dialplan.model import Tenant, World
 from dialplan.ratedeck import lookup_all
 from switchd import metrics
@@ -281,7 +281,7 @@ class Router:
             return self._refuse(decision, context, dialled, stop, f"failover stop: {what}",
                                 call_vars)
         # A leg our own switch failed: the same route once more, after
-        # SWITCH_REFUSED_PAUSE_MS, rather than a dearer one at once (which the same
+        # causes.SWITCH_REFUSED_PAUSE_MS, rather than a dearer one at once (which the same
         # throttle would most likely refuse too). Not one of the call's max_routes.
         placed_again = (form.get("variable_switchd_placed_again") or "").split()
         again = failover.route_to_repeat(tried, placed_again, cause, sip)
@@ -299,14 +299,13 @@ class Router:
         now = self.clock()
         ranked = self.rank(world, tenant, number, now)
         decision.candidates = ranked.considered
-        ranked_routes = ranked.routes
-        if again is not None:      # first, if it is still ranked (healthy, covering)
-            ranked_routes = [r for r in ranked.routes if _leg_name(r) == again] + \
-                [r for r in ranked.routes if _leg_name(r) != again]
+        # The route to repeat first, if it is still ranked (healthy, covering), then the
+        # untried ones while the call has routes left.
+        repeat = [r for r in ranked.routes if _leg_name(r) == again]
+        untried = [r for r in ranked.routes if _leg_name(r) not in tried] if routes_left else []
         nxt, full, passed_over = None, set(), []    # carriers at a cap; how each was
-        for route in ranked_routes:
-            if _leg_name(route) != again and (_leg_name(route) in tried or not routes_left
-                                              or route.carrier.name in full):
+        for route in repeat + untried:
+            if route.carrier.name in full:
                 continue
             moved = self.caps.move_to_carrier(decision.call_uuid, route.carrier)
             if moved.carrier_refused:
@@ -321,7 +320,7 @@ class Router:
             what += f"; passed over: {', '.join(passed_over)}"
         pause_ms = 0
         if nxt is not None and _leg_name(nxt) == again:
-            pause_ms = SWITCH_REFUSED_PAUSE_MS
+            pause_ms = causes.SWITCH_REFUSED_PAUSE_MS
             call_vars["switchd_placed_again"] = " ".join(placed_again + [again])
             what += f"; our switch failed the leg: {again} once more in {pause_ms} ms"
         if nxt is None:
@@ -487,10 +486,6 @@ def _safe_uuid(form: dict) -> str:
 
 
 HANDOFF_VAR = "switchd_did_extension"
-
-# How long a leg our own switch failed (causes.switch_refused) waits before it is placed
-# once more: FreeSWITCH refills its sessions-per-second budget every second.
-SWITCH_REFUSED_PAUSE_MS = 1000
 
 
 def _leg_name(route) -> str:
