@@ -33,7 +33,7 @@ from typing import Mapping
 from dialplan import causes
 
 __all__ = ["DEFAULT_TABLE", "FailoverTable", "Verdict", "TableError", "parse_table",
-           "attempt_key", "decide", "blame", "parse_proto_cause", "caller_code", "cause_for_code",
+           "attempt_key", "decide", "blame", "originate_fails_over", "parse_proto_cause", "caller_code", "cause_for_code",
            "NAMED_CONDITIONS", "route_to_repeat"]
 
 NEXT, STOP = "next", "stop"
@@ -179,6 +179,22 @@ def decide(table: FailoverTable, hangup_cause: str | None, sip_status: int | Non
     cause = (hangup_cause or "").strip().upper()
     return Verdict(key=key, action=table.action(key), blame=_blame_of(keys, cause),
                    sip_code=_status(sip_status) if keys[0] not in ("not_sent",) else None)
+
+
+def originate_fails_over(table: FailoverTable, hangup_cause: str | None,
+                         sip_status: int | None) -> bool:
+    """Should an originated call's attempt that ended unanswered like this go on to the next
+    carrier? The operator's own `[failover]` rows decide where one matches (a `"403" =
+    "stop"` stops originated calls as it stops routed ones). Elsewhere the originate's
+    defaults, causes.should_failover, which differ from DEFAULT_TABLE where an originate
+    knows less or more than a bridge: a ring-out ends the attempt (originate_timeout is
+    the callee's whole ringing time, not one carrier's `leg_timeout`), and an attempt
+    whose hangup event never came (no SIP status) is judged by its cause alone, so a
+    USER_BUSY is not taken for an unreachable carrier."""
+    verdict = decide(table, hangup_cause, sip_status)
+    if verdict.key in table.overrides:
+        return verdict.action == NEXT
+    return causes.should_failover(hangup_cause, sip_status)
 
 
 def route_to_repeat(tried: list[str], placed_again: list[str], hangup_cause: str | None,

@@ -100,12 +100,12 @@ def start_switch(tmp_path):
     from switchd.sim import GatewayBehaviour, Simulator
     started = []
 
-    def start(db_url, *, seed=11, time_scale=50.0, answer_delay_s=1.0):
+    def start(db_url, *, seed=11, time_scale=50.0, answer_delay_s=1.0, extra_env=None):
         sim = Simulator(password=E2E_PASSWORD, seed=seed, time_scale=time_scale,
                         heartbeat_interval=None,
                         default_gateway=GatewayBehaviour(answer_delay_s=answer_delay_s))
         _, port = sim.start()
-        daemon = DaemonProcess(db_url, port, E2E_PASSWORD, tmp_path)
+        daemon = DaemonProcess(db_url, port, E2E_PASSWORD, tmp_path, extra_env=extra_env)
         started.append((sim, daemon))
         daemon.start()
         sim.dialplan_url = daemon.base_url + "/fs/dialplan"

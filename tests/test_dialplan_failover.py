@@ -170,3 +170,40 @@ def test_check_config_prints_the_effective_table(tmp_path, capsys):
 def test_route_to_repeat_is_the_last_route_our_switch_failed_once(tried, again, cause, sip,
                                                                   expected):
     assert route_to_repeat(tried, again, cause, sip) == expected
+
+
+# --- originated calls (switchd/calls/originate.py) -----------------------------------------
+# Outcomes FreeSWITCH reports for an originate attempt, with and without the SIP status its
+# hangup event carries (None: the event did not come, or the leg never reached the wire).
+ORIGINATE_OUTCOMES = [(cause, sip) for cause, sip in ROWS] + [
+    ("USER_BUSY", None), ("CALL_REJECTED", None), ("NO_ANSWER", None),
+    ("GATEWAY_DOWN", None), ("DESTINATION_OUT_OF_ORDER", None), ("NORMAL_CLEARING", None)]
+
+
+@pytest.mark.parametrize("cause,sip", ORIGINATE_OUTCOMES)
+def test_without_overrides_an_originate_keeps_its_own_defaults(cause, sip):
+    from dialplan import causes
+    assert failover.originate_fails_over(TABLE, cause, sip) is causes.should_failover(cause, sip)
+
+
+def test_an_originate_rings_out_and_stops_where_a_bridge_goes_on():
+    assert decide(TABLE, "ALLOTTED_TIMEOUT", None).action == "next"
+    assert failover.originate_fails_over(TABLE, "ALLOTTED_TIMEOUT", None) is False
+    # a busy callee whose hangup event never came is not an unreachable carrier
+    assert failover.originate_fails_over(TABLE, "USER_BUSY", None) is False
+
+
+@pytest.mark.parametrize("overrides,cause,sip,go_on", [
+    ({"403": "stop"}, "CALL_REJECTED", 403, False),
+    ({"403": "stop"}, "NORMAL_TEMPORARY_FAILURE", 503, True),      # other rows untouched
+    ({"486": "next"}, "USER_BUSY", 486, True),
+    ({"5xx": "stop"}, "NORMAL_TEMPORARY_FAILURE", 503, False),
+    ({"4xx": "stop"}, "CALL_REJECTED", 403, True),                 # the 403 row beats its class
+    ({"timeout": "next"}, "ALLOTTED_TIMEOUT", None, True),
+    ({"not_sent": "stop"}, "GATEWAY_DOWN", None, False),
+])
+def test_the_operators_rows_decide_an_originate_as_they_decide_a_bridge(overrides, cause, sip,
+                                                                         go_on):
+    table = parse_table(overrides)
+    assert failover.originate_fails_over(table, cause, sip) is go_on
+    assert (decide(table, cause, sip).action == "next") is go_on

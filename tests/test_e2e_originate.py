@@ -144,6 +144,21 @@ def test_originate_stops_on_603(switch, world_url):
     assert row[1] is False and row[5] == "CALL_REJECTED"
 
 
+def test_the_operators_failover_rows_decide_an_originate(start_switch, world_url, tmp_path):
+    """`[failover]` "403" = "stop": an originated call whose carrier answers 403 stops there,
+    as a routed call would (docs/routing.md §4a)."""
+    config = tmp_path / "switchd.toml"
+    config.write_text('[failover]\n"403" = "stop"\n')
+    sim, daemon = start_switch(world_url, extra_env={"SWITCHD_CONFIG": str(config)})
+    gateways = _order(sim, daemon)
+    sim.set_gateway(gateways[0], GatewayBehaviour(fail_cause="CALL_REJECTED", sip_status=403))
+    status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    assert status == 200 and body["answered"] is False, body
+    assert [(a["gateway"], a["sip_status"]) for a in body["attempts"]] == [(gateways[0], 403)]
+    row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
+    assert row[1] is False and row[5] == "CALL_REJECTED"
+
+
 def test_a_leg_the_switch_refuses_to_start_is_placed_again_on_the_same_carrier(switch, world_url):
     """FreeSWITCH's sessions-per-second throttle (or max-sessions) refuses the session:
     DESTINATION_OUT_OF_ORDER, no channel, no INVITE. Every carrier would be refused alike,

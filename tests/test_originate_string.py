@@ -25,3 +25,9 @@ def test_origination_uuid_is_per_leg_never_call_wide():
     ("GATEWAY_DOWN", None, True)])
 def test_should_try_next(cause, sip, go_on):
     assert should_try_next(cause, sip) is go_on
+
+
+def test_should_try_next_follows_the_operators_failover_rows():
+    from dialplan.failover import parse_table
+    assert should_try_next("CALL_REJECTED", 403, parse_table({"403": "stop"})) is False
+    assert should_try_next("USER_BUSY", 486, parse_table({"486": "next"})) is True

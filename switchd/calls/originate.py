@@ -27,7 +27,7 @@ from time import monotonic
 import gevent
 from gevent.event import AsyncResult
 
-from dialplan import causes, numbers, validate, xml_answer
+from dialplan import causes, failover, numbers, validate, xml_answer
 from dialplan import retry as retry_table
 from switchd import metrics
 from switchd.adapters.esl.commands import hangup_cause
@@ -147,10 +147,13 @@ def _var(key: str, value) -> str:
 ATTEMPT_END_WAIT_S = 2.0
 
 
-def should_try_next(hangup_cause: str | None, sip_status: int | None) -> bool:
+def should_try_next(hangup_cause: str | None, sip_status: int | None,
+                    table: failover.FailoverTable | None = None) -> bool:
     """After an unanswered attempt: place the next carrier's, or stop? The one place an
-    originate decides it (dialplan.causes' table: 403/5xx/timeouts on, 486/603/404 stop)."""
-    return causes.should_failover(hangup_cause, sip_status)
+    originate decides it: the operator's `[failover]` rows where one matches, else the
+    originate's defaults (403/5xx/unreachable on; 486/603/404, a ring-out stop)."""
+    return failover.originate_fails_over(table or failover.FailoverTable(), hangup_cause,
+                                         sip_status)
 
 
 class _Capped(Exception):
@@ -338,8 +341,9 @@ class Originator:
                     continue
                 attempt = self._on_carrier(call_uuid, call_vars, leg, request, plan.max_duration,
                                            attempts, f"{index + 1}/{len(legs)}", tenant.name)
-                if attempt.answered or not should_try_next(attempt.hangup_cause,
-                                                           attempt.sip_status):
+                if attempt.answered or not should_try_next(
+                        attempt.hangup_cause, attempt.sip_status,
+                        self.router.settings.get("failover")):
                     break
         except Exception as exc:    # not connected, timeout, refused: the slots must go back
             self._finished(call_uuid)

@@ -56,6 +56,33 @@ def test_originate_stops_on_a_callees_603(realswitch, rs_daemon):
     assert cdr["answered_at"] is None and cdr["hangup_cause"] == "CALL_REJECTED"
 
 
+@pytest.mark.slow
+def test_originate_follows_the_operators_failover_rows(realswitch, make_rs_daemon, tmp_path):
+    """`[failover]` "403" = "stop", "486" = "next": an originated call stops at the carrier's
+    403 and moves on from a busy callee, as a routed call would."""
+    config = tmp_path / "switchd.toml"
+    config.write_text('[failover]\n"403" = "stop"\n"486" = "next"\n')
+    rs = make_rs_daemon(extra_env={"SWITCHD_CONFIG": str(config)})
+    realswitch.carrier("gw_a").set_mode("403")
+    status, body = rs.originate({"tenant": "acme", "destination": world.US_NUMBER})
+    assert status == 200 and body["answered"] is False, body
+    assert [a["gateway"] for a in body["attempts"]] == ["gw_a"]
+    (leg,) = _hangups(realswitch, [body["call_uuid"]])
+    assert (leg.cause, leg.sip_term_status) == ("CALL_REJECTED", 403)
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
+
+    realswitch.carrier("gw_a").set_mode("486")
+    status, body = rs.originate({"tenant": "acme", "destination": world.US_NUMBER})
+    assert status == 200 and body["answered"] is True, body
+    uuids = [a["leg_uuid"] for a in body["attempts"]]
+    assert [a["gateway"] for a in body["attempts"]] == ["gw_a", "gw_b"]
+    assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 0}
+    realswitch.api(f"uuid_kill {uuids[1]}")
+    busy, answered = _hangups(realswitch, uuids)
+    assert (busy.cause, busy.sip_term_status) == ("USER_BUSY", 486)
+    assert answered.gateway == "gw_b" and answered.billmsec > 0
+
+
 def test_originate_with_every_carrier_failing_tries_each_once_and_fails(realswitch, rs_daemon):
     for gateway in ("gw_a", "gw_b", "gw_c"):
         realswitch.carrier(gateway).set_mode("503")
