@@ -18,8 +18,10 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
 (`RealSwitch(cdr_url=...)`; when that fails, to `<run dir>/fs/log/json_cdr/`).
 
 - `switch.carrier("gw_a").set_mode(mode)`: `answer` (200, waits for BYE), `ring` (180,
-  never answers; CANCEL → 487), `down` (sipp stopped: port unreachable, the gateway's pings
-  fail), or a final code: 401 403 404 407 408 480 484 486 500 503 600 603.
+  never answers; CANCEL → 487), `early` (183 with SDP, never answers; CANCEL → 487),
+  `hangup` (200, then its own BYE 1.5 s after the ACK), `down` (sipp stopped: port
+  unreachable, the gateway's pings fail), or a final code: 401 403 404 407 408 480 484 486
+  500 503 600 603.
   `.invites()` → INVITEs it received since the reset (one per Call-ID, from sipp's
   `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
   `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.
@@ -28,7 +30,8 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   when answered), `call_id` (the caller's SIP Call-ID), `progress_after`, `answered_after`,
   `duration` (answer → BYE, seconds), `ended_by` ('caller' | 'switch'), `bye_reason`.
   `from_header` (str or bytes, written byte for byte, no `[`, `]` or line breaks) replaces
-  the whole From value for hostile caller IDs. `tenant` goes out as an `X-Tenant` header
+  the whole From value for hostile caller IDs. `cancel_after_ms=N`: the caller gives up,
+  CANCELling N ms after the first 180/183 (code 487). `tenant` goes out as an `X-Tenant` header
   (None: none, as for a call to a DID); `headers` adds others. `call_async(...)` returns a handle whose
   `.wait()` gives the result (up to 8 callers at once).
 - `switch.api(cmd)` → FreeSWITCH's text for an API command (own ESL connection).

@@ -19,7 +19,10 @@ REJECT_REASONS = {
     600: "Busy Everywhere", 603: "Decline",
     487: "Request Terminated", 502: "Bad Gateway",     # failover table rows (test_failover.py)
 }
-MODES = ("answer", "ring", "down", *map(str, REJECT_REASONS))
+# Modes played by a scenario file of their own (scenarios/uas-MODE.xml): `early` is 183
+# with SDP and never an answer, `hangup` answers and sends its own BYE 1.5 s later.
+SCENARIO_MODES = ("answer", "ring", "early", "hangup")
+MODES = (*SCENARIO_MODES, "down", *map(str, REJECT_REASONS))
 # Final answers a caller may get (each needs its own optional <recv> in sipp).
 FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 421,
                423, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 491, 500, 501, 502, 503,
@@ -108,7 +111,7 @@ class Carrier:
             return
         self.starts += 1
         cmd = sipp_command(self.sipp, self.ports)
-        if mode in ("answer", "ring"):
+        if mode in SCENARIO_MODES:
             cmd += ["-sf", str(SCENARIOS / f"uas-{mode}.xml")]
         else:
             scenario = self.dir / f"uas-{mode}.xml"
@@ -273,8 +276,12 @@ def _first_call_id(message_file: Path) -> str:
     return m.group(1) if m else ""
 
 
-def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int) -> bytes:
-    template = (SCENARIOS / "uac-call.xml").read_bytes()
+def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int,
+                 cancel_after_ms: int | None = None) -> bytes:
+    """The caller's scenario: uac-call.xml, or with `cancel_after_ms` uac-cancel.xml (the
+    caller CANCELs that long after the first 180/183)."""
+    template = (SCENARIOS / ("uac-call.xml" if cancel_after_ms is None
+                             else "uac-cancel.xml")).read_bytes()
     for bad in (b"\r", b"\n", b"[", b"]"):
         if bad in from_value or any(bad in h for h in extra_headers):
             raise ValueError(f"From/extra headers may not hold {bad!r} (sipp would read it)")
@@ -285,6 +292,7 @@ def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int) ->
     extra = b"".join(b"      " + h + b"\n" for h in extra_headers)
     return (template.replace(b"@FROM@", from_value).replace(b"@EXTRA@", extra)
             .replace(b"@HOLD_MS@", str(int(hold_ms)).encode())
+            .replace(b"@CANCEL_MS@", str(int(cancel_after_ms or 0)).encode())
             .replace(b"@FINALS@", finals))
 
 
