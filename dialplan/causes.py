@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 __all__ = ["Outcome", "Rule", "CAUSE_RULES", "SIP_RULES", "classify", "should_failover",
            "rule_for", "no_failover_causes", "FREESWITCH_CAUSES", "disposition",
-           "switch_refused", "SWITCH_REFUSED_PAUSE_MS"]
+           "switch_refused", "SWITCH_REFUSED_PAUSE_MS", "call_disposition"]
 
 
 class Outcome(str, enum.Enum):
@@ -185,6 +185,17 @@ def disposition(hangup_cause: str | None, sip_status: int | None, answered: bool
     if cause in ("ORIGINATOR_CANCEL", "LOSE_RACE"):
         return "cancelled"
     return rule_for(hangup_cause, sip_status, False).outcome.value.replace("success", "answered")
+
+
+def call_disposition(carrier_leg: str | None, tried: bool, caller_cause: str | None) -> str | None:
+    """A call's disposition, for its CDR: that of the carrier leg that carried (or last
+    tried) it. A call no carrier was dialled for has none, unless its caller gave up first
+    (its own leg ended ORIGINATOR_CANCEL: a CANCEL while switchd routed it or before
+    FreeSWITCH dialled): `cancelled`, as when the CANCEL comes while a carrier rings. Any
+    other call without a carrier leg was refused, and its routing log says why."""
+    if tried:
+        return carrier_leg
+    return "cancelled" if _norm(caller_cause) == "ORIGINATOR_CANCEL" else None
 
 
 @functools.cache

@@ -163,3 +163,18 @@ def test_ring_out_is_no_carrier_failure_and_no_failover():
 ])
 def test_switch_refused_is_our_switch_failing_the_leg_before_any_answer(cause, sip, refused):
     assert switch_refused(cause, sip) is refused
+
+
+@pytest.mark.parametrize("carrier_leg, tried, caller_cause, expected", [
+    ("cancelled", True, "ORIGINATOR_CANCEL", "cancelled"),    # CANCEL while a carrier rang
+    ("answered", True, "NORMAL_CLEARING", "answered"),
+    ("carrier_failure", True, "NORMAL_TEMPORARY_FAILURE", "carrier_failure"),
+    (None, True, "ORIGINATOR_CANCEL", None),                   # the leg's own (none stored)
+    (None, False, "ORIGINATOR_CANCEL", "cancelled"),           # CANCEL before any carrier
+    (None, False, "originator_cancel", "cancelled"),
+    (None, False, "NORMAL_CIRCUIT_CONGESTION", None),          # refused: the routing log says
+    (None, False, None, None),
+])
+def test_call_disposition(carrier_leg, tried, caller_cause, expected):
+    from dialplan.causes import call_disposition
+    assert call_disposition(carrier_leg, tried, caller_cause) == expected

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 from dialplan import rating, validate
 from switchd import metrics
-from dialplan.causes import disposition
+from dialplan.causes import call_disposition, disposition
 from switchd.adapters.db.cdr_writer import CallRecord, LegRecord
 
 log = logging.getLogger(__name__)
@@ -194,4 +194,5 @@ def call_record(call, legs: list[LegRecord], ended_us: int | None = None) -> Cal
         cost=sum((leg.cost for leg in carrier_legs if leg.cost is not None), Decimal(0)),
         reconstructed=bool(call.reconstructed) or any(leg.provisional for leg in legs),
         pdd_ms=last.pdd_ms if last else None,
-        disposition=last.disposition if last else None)
+        disposition=call_disposition(last.disposition if last else None, bool(last),
+                                     a_leg.hangup_cause if a_leg else None))
