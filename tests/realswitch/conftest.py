@@ -31,7 +31,8 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   `duration` (answer → BYE, seconds), `ended_by` ('caller' | 'switch'), `bye_reason`.
   `from_header` (str or bytes, written byte for byte, no `[`, `]` or line breaks) replaces
   the whole From value for hostile caller IDs. `cancel_after_ms=N`: the caller gives up,
-  CANCELling N ms after the first 180/183 (code 487). `tenant` goes out as an `X-Tenant` header
+  CANCELling N ms after the first 180/183 (code 487), or after the switch's 100 Trying
+  with `cancel_from="trying"`. `tenant` goes out as an `X-Tenant` header
   (None: none, as for a call to a DID); `headers` adds others. `call_async(...)` returns a handle whose
   `.wait()` gives the result (up to 8 callers at once).
 - `switch.api(cmd)` → FreeSWITCH's text for an API command (own ESL connection).

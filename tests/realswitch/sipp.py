@@ -277,9 +277,12 @@ def _first_call_id(message_file: Path) -> str:
 
 
 def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int,
-                 cancel_after_ms: int | None = None) -> bytes:
+                 cancel_after_ms: int | None = None, cancel_from: str = "progress") -> bytes:
     """The caller's scenario: uac-call.xml, or with `cancel_after_ms` uac-cancel.xml (the
-    caller CANCELs that long after the first 180/183)."""
+    caller CANCELs that long after the first 180/183, or with cancel_from="trying" after
+    the switch's 100 Trying)."""
+    if cancel_from not in ("progress", "trying"):
+        raise ValueError(f"cancel_from {cancel_from!r}: 'progress' or 'trying'")
     template = (SCENARIOS / ("uac-call.xml" if cancel_after_ms is None
                              else "uac-cancel.xml")).read_bytes()
     for bad in (b"\r", b"\n", b"[", b"]"):
@@ -293,6 +296,7 @@ def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int,
     return (template.replace(b"@FROM@", from_value).replace(b"@EXTRA@", extra)
             .replace(b"@HOLD_MS@", str(int(hold_ms)).encode())
             .replace(b"@CANCEL_MS@", str(int(cancel_after_ms or 0)).encode())
+            .replace(b"@ON_TRYING@", b"progress" if cancel_from == "trying" else b"wait")
             .replace(b"@FINALS@", finals))
 
 

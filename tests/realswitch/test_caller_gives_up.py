@@ -38,12 +38,17 @@ PROGRESS = {"ring": ("CHANNEL_PROGRESS", "Caller-Channel-Progress-Time"),
             "early": ("CHANNEL_PROGRESS_MEDIA", "Caller-Channel-Progress-Media-Time")}
 
 
-def _one_of_each_cap() -> str:
-    """acme may have one call up, alpha one channel (with SWITCHD_CAPS_GLOBAL_MAX_CALLS=1:
-    one call on the platform): a slot the cancelled call kept would refuse the next."""
+ONE_CALL = {"SWITCHD_CAPS_GLOBAL_MAX_CALLS": "1"}
+
+
+def _one_of_each_cap(*carriers: str) -> str:
+    """acme may have one call up, each of `carriers` (alpha by default) one channel (with
+    ONE_CALL: one call on the platform): a slot a cancelled call kept would refuse the next."""
     toml = world.WORLD_TOML.replace('max_call_seconds = 3600\n',
                                     'max_call_seconds = 3600\nmax_concurrent = 1\n', 1)
-    return toml.replace('name = "alpha"\n', 'name = "alpha"\nmax_channels = 1\n', 1)
+    for carrier in carriers or ("alpha",):
+        toml = toml.replace(f'name = "{carrier}"\n', f'name = "{carrier}"\nmax_channels = 1\n', 1)
+    return toml
 
 
 def _health(rs, carrier: str) -> int:
@@ -53,10 +58,15 @@ def _health(rs, carrier: str) -> int:
 def _settled(rs, call_uuid: str):
     """The call's row once both records are in: the switch's CDRs (cdr_source 'switch':
     every leg from mod_json_cdr) and ESL's (the disposition), in whichever order."""
-    return rs.wait_until(lambda: rs.cdr(call_uuid) and rs.rows(
-        "SELECT disposition, cdr_source, provisional, unrated, pdd_ms FROM calls "
-        "WHERE call_uuid = %s AND cdr_source = 'switch' AND disposition IS NOT NULL",
-        call_uuid), what=f"the switch's CDRs and ESL's record of {call_uuid}")[0]
+    query = ("SELECT disposition, cdr_source, provisional, unrated, pdd_ms FROM calls "
+             "WHERE call_uuid = %s")
+    try:
+        return rs.wait_until(lambda: [r for r in rs.rows(query, call_uuid)
+                                      if r[1] == "switch" and r[0] is not None],
+                             what=f"the switch's CDRs and ESL's record of {call_uuid}")[0]
+    except AssertionError as exc:
+        raise AssertionError(f"(disposition, cdr_source, provisional, unrated, pdd_ms) of "
+                             f"{call_uuid}: {rs.rows(query, call_uuid)}\n{exc}") from None
 
 
 def _legs(rs, call_uuid: str) -> dict[str, dict]:
@@ -70,8 +80,7 @@ def _legs(rs, call_uuid: str) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ring", "early"])
 def test_the_caller_cancels_while_the_carrier_rings(realswitch, make_rs_daemon, mode):
-    rs = make_rs_daemon(extra_env={"SWITCHD_CAPS_GLOBAL_MAX_CALLS": "1"},
-                        world_toml=_one_of_each_cap())
+    rs = make_rs_daemon(extra_env=ONE_CALL, world_toml=_one_of_each_cap())
     before = {c: _health(rs, c) for c in world.GATEWAY_OF}
     realswitch.carrier("gw_a").set_mode(mode)
     result = realswitch.call(world.US_NUMBER, cancel_after_ms=CANCEL_AFTER_MS)
@@ -127,6 +136,81 @@ def test_the_caller_cancels_while_the_carrier_rings(realswitch, make_rs_daemon, 
     assert again.answered, again
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 0, "gw_c": 0}
     assert metric(rs.process, "switchd_cap_rejections_total") == 0
+
+
+@pytest.mark.slow
+def test_the_caller_cancels_while_the_second_carrier_rings(realswitch, make_rs_daemon):
+    """alpha refuses (503), the call fails over to bravo, which rings, and the caller gives
+    up: alpha is charged for its own 503 only, bravo for nothing, and the carrier slot the
+    failover moved to bravo comes back."""
+    rs = make_rs_daemon(extra_env=ONE_CALL, world_toml=_one_of_each_cap("alpha", "bravo"))
+    realswitch.carrier("gw_a").set_mode("503")
+    realswitch.carrier("gw_b").set_mode("ring")
+    result = realswitch.call(world.US_NUMBER, cancel_after_ms=CANCEL_AFTER_MS)
+    assert result.code == 487 and result.progress_after is not None, result
+    a, *carriers = realswitch.wait_call(result)
+    assert [(b.gateway, b.cause, b.sip_term_status) for b in carriers] == [
+        ("gw_a", "NORMAL_TEMPORARY_FAILURE", 503), ("gw_b", "ORIGINATOR_CANCEL", None)]
+    assert (a.cause, a.sip_term_status) == ("ORIGINATOR_CANCEL", 487)
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 0}
+
+    disposition, source, provisional, unrated, _ = _settled(rs, a.uuid)
+    assert (disposition, source, provisional, unrated) == ("cancelled", "switch", False, False)
+    cdr = rs.cdr(a.uuid)
+    assert (cdr["carrier"], cdr["first_choice_carrier"], cdr["attempts"]) == ("bravo", "alpha", 2)
+    assert (cdr["answered_at"], cdr["cost"]) == (None, Decimal("0"))
+    legs = _legs(rs, a.uuid)
+    assert {leg["carrier"]: leg["disposition"] for leg in legs.values() if leg["carrier"]} == \
+        {"alpha": "carrier_failure", "bravo": "cancelled"}
+    assert metric(rs.process, "switchd_failovers_total", carrier="alpha") == 1
+    assert metric(rs.process, "switchd_failovers_total", carrier="bravo") == 0
+    rs.wait_until(lambda: _health(rs, "alpha") == 95, what="alpha's health 95 (its 503)")
+    assert (_health(rs, "bravo"), _health(rs, "charlie")) == (100, 100)
+
+    # bravo's slot came back: the next call fails over to bravo again and is answered there.
+    realswitch.carrier("gw_b").set_mode("answer")
+    again = realswitch.call(world.US_NUMBER, hold_ms=300)
+    assert again.answered, again
+    assert realswitch.invites() == {"gw_a": 2, "gw_b": 2, "gw_c": 0}
+    assert metric(rs.process, "switchd_cap_rejections_total") == 0
+
+
+@pytest.mark.slow
+def test_the_caller_cancels_before_any_carrier_is_dialled(realswitch, make_rs_daemon):
+    """A CANCEL right after the switch's 100 Trying races FreeSWITCH's routing: either the
+    carrier leg exists and is CANCELled (as above) or FreeSWITCH never dials it and only
+    the caller's leg ends, ORIGINATOR_CANCEL 487. Calls are placed until FreeSWITCH shows
+    the second (at most 30; it came in about one call in three here), each of them checked
+    on the way; with one slot per scope, a slot any of them kept would refuse the next (503)."""
+    rs = make_rs_daemon(extra_env=ONE_CALL, world_toml=_one_of_each_cap())
+    realswitch.carrier("gw_a").set_mode("ring")
+    for _ in range(30):
+        invited = realswitch.invites()["gw_a"]
+        result = realswitch.call(world.US_NUMBER, cancel_after_ms=0, cancel_from="trying")
+        assert result.code == 487, result
+        a, *carriers = realswitch.wait_call(result)
+        assert (a.cause, a.sip_term_status) == ("ORIGINATOR_CANCEL", 487)
+        assert [(b.gateway, b.cause) for b in carriers] in ([], [("gw_a", "ORIGINATOR_CANCEL")])
+        counts = realswitch.invites()
+        assert (counts["gw_b"], counts["gw_c"]) == (0, 0)
+        assert counts["gw_a"] - invited <= len(carriers)
+
+        disposition, source, provisional, unrated, _ = _settled(rs, a.uuid)
+        assert (disposition, source, provisional, unrated) == \
+            ("cancelled", "switch", False, False)
+        cdr = rs.cdr(a.uuid)
+        assert (cdr["answered_at"], cdr["cost"], cdr["attempts"]) == \
+            (None, Decimal("0"), len(carriers))
+        assert cdr["carrier"] == ("alpha" if carriers else None)
+        if not carriers:
+            assert counts["gw_a"] == invited             # nobody was dialled for it
+            break
+    else:
+        pytest.fail("FreeSWITCH had dialled the carrier before each of 30 CANCELs")
+    assert metric(rs.process, "switchd_cap_rejections_total") == 0
+    assert metric(rs.process, "switchd_failovers_total") == 0
+    assert {c: _health(rs, c) for c in world.GATEWAY_OF} == \
+        {"alpha": 100, "bravo": 100, "charlie": 100}
 
 
 def _lower_bravo(realswitch, rs) -> None:
