@@ -8,7 +8,10 @@ What the switch does (its own CHANNEL_HANGUP_COMPLETE events, read here first):
   ORIGINATOR_CANCEL, billsec 0; the caller's leg has sip_term_status 487
   (sip_hangup_disposition recv_cancel), the carrier's leg none (send_cancel: the 487 it
   got answered our own CANCEL). Early media sets the legs' progress_media time, ringing
-  their progress time.
+  their progress time. After a failover the same holds for the second carrier's leg.
+- The caller CANCELs right after the switch's 100 Trying: a race with the bridge. Often
+  FreeSWITCH never dials anyone: only the caller's leg ends, ORIGINATOR_CANCEL 487, and
+  the routing log holds the decision switchd made for it.
 - Answered, then the caller's BYE at once (hold 1 ms), or the carrier's BYE 1.5 s after its
   answer: both legs NORMAL_CLEARING with billsec = end_epoch - answer_epoch (whole
   seconds: 40 ms of talk is billsec 0, 1.52 s is billsec 1 or 2); the leg that received
@@ -16,7 +19,7 @@ What the switch does (its own CHANNEL_HANGUP_COMPLETE events, read here first):
 
 switchd must agree: one CDR per call, merged with the switch's own (mod_json_cdr) with no
 provisional leg left; a cancelled call costs 0 (rated, not unrated), is filed `cancelled`
-and charges no carrier; every caps slot comes back; an answered call is billed on
+(dialled or not) and charges no carrier; every caps slot comes back; an answered call is billed on
 FreeSWITCH's billsec by the tariff (world.py) and counts as the carrier's success.
 """
 from __future__ import annotations
@@ -36,8 +39,7 @@ CANCEL_AFTER_MS = 500
 # What the carrier leg's progress event is, per carrier mode: (event, time header).
 PROGRESS = {"ring": ("CHANNEL_PROGRESS", "Caller-Channel-Progress-Time"),
             "early": ("CHANNEL_PROGRESS_MEDIA", "Caller-Channel-Progress-Media-Time")}
-
-
+# With _one_of_each_cap: one call on the platform.
 ONE_CALL = {"SWITCHD_CAPS_GLOBAL_MAX_CALLS": "1"}
 
 
