@@ -304,3 +304,29 @@ def test_heartbeat_and_gateway_state(world):
     body = next(b for b, e in zip(client.event_bodies, client.events) if e["Event-Name"] == "CUSTOM")
     assert body.startswith(b"Event-Subclass: sofia%3A%3Agateway_state\nEvent-Name: CUSTOM\n")
     assert b"\nGateway: carrier_a\nState: NOREG\nPing-Status: DOWN\nPhrase: Service%20Unavailable\nStatus: 503\n\n" in body
+
+
+def test_a_caller_who_cancels_while_the_carrier_rings_ends_as_on_the_real_switch(world):
+    """What FreeSWITCH 1.10.12 did (tests/realswitch/test_caller_gives_up.py): both legs
+    ORIGINATOR_CANCEL, billsec 0; the caller's leg 487 (`recv_cancel`), the carrier's leg
+    with no SIP status at all (`send_cancel`: the 487 it got answered our own CANCEL)."""
+    ringing = GatewayBehaviour(answer_delay_s=30, progress_delay_s=0.05)
+    sim, dp, client = world(bridge_xml("sofia/gateway/carrier_a/1003"),
+                            gateways={"carrier_a": ringing}, time_scale=100)
+    call = sim.place_call("1003", caller="sipp", hold_seconds=5)
+    with gevent.Timeout(5):
+        while not (call.legs and call.legs[0].progress_us):     # the carrier rings
+            gevent.sleep(0.001)
+    assert sim.cancel_call(call.uuid)
+    assert call.wait(5) and _done(client, 2)
+    hc = {e["Unique-ID"]: e for e in client.events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
+    a, b = hc[call.uuid], hc[call.legs[0].uuid]
+    assert (a["Hangup-Cause"], a["variable_sip_term_status"],
+            a["variable_proto_specific_hangup_cause"], a["variable_sip_hangup_disposition"]) == \
+        ("ORIGINATOR_CANCEL", "487", "sip:487", "recv_cancel")
+    assert (b["Hangup-Cause"], b["variable_sip_hangup_disposition"]) == \
+        ("ORIGINATOR_CANCEL", "send_cancel")
+    assert "variable_sip_term_status" not in b and "variable_proto_specific_hangup_cause" not in b
+    assert a["variable_billsec"] == b["variable_billsec"] == "0"
+    assert int(b["variable_progress_uepoch"]) > 0 and b["variable_answer_uepoch"] == "0"
+    assert call.result == "failed" and call.hangup_cause == "ORIGINATOR_CANCEL"

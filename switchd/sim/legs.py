@@ -78,6 +78,7 @@ class SimLeg:
     cause: str | None = None
     sip_status: int | None = None
     proto_cause: bool = True          # sip_status came from the far end (not our CANCEL)
+    hangup_disposition: str | None = None   # sip_hangup_disposition, when not the template's
 
     @property
     def live(self) -> bool:
@@ -146,6 +147,8 @@ def hangup_fields(leg: SimLeg) -> dict[str, str | None]:
         for name in ("variable_sip_term_status", "variable_proto_specific_hangup_cause",
                      "variable_sip_invite_failure_status", "variable_sip_invite_failure_phrase"):
             out[name] = None
+    if leg.hangup_disposition is not None:
+        out["variable_sip_hangup_disposition"] = leg.hangup_disposition
     if sip is not None:
         out["variable_sip_term_status"] = str(sip)
         out["variable_proto_specific_hangup_cause"] = f"sip:{sip}" if leg.proto_cause else None

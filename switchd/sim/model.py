@@ -71,6 +71,7 @@ class SimCall:
     sched_at_us: int | None = None     # pending sched_hangup (simulated time)
     sched_cause: str = "ALLOTTED_TIMEOUT"
     kill: tuple[str, str] | None = None    # (leg uuid, cause) from uuid_kill
+    caller_cancelled: bool = False     # the kill is the caller's own CANCEL (cancel_call)
     set_vars: list[tuple[str, str]] = field(default_factory=list)   # A-leg, set by the dialplan
     exports: list[tuple[str, str]] = field(default_factory=list)    # exported to bridge legs
     lookups: list[tuple[str, str, str]] = field(default_factory=list)  # (dest, context, source)

@@ -366,8 +366,11 @@ class Player:
                     call.kill = None
                     self._fail_leg(call, b, a, t, proto=False)
                     continue
+                # The caller went (its CANCEL, or a kill): FreeSWITCH CANCELs the leg. The
+                # carrier's 487 answers that CANCEL after the leg is gone: no SIP status
+                # (verified on FreeSWITCH 1.10.12, tests/realswitch/test_caller_gives_up.py).
                 cause = b.cause = "ORIGINATOR_CANCEL"
-                b.sip_status = 487
+                b.sip_status, b.hangup_disposition = None, "send_cancel"
                 self._fail_leg(call, b, a, t, proto=False)
                 break
             t = t_next
@@ -458,6 +461,8 @@ class Player:
         """The A-leg hangs up without a bridged partner (refused, no route, every leg
         failed, hangup app) and the dialplan stops (CallOver)."""
         a.cause = cause
+        if call.caller_cancelled:
+            a.hangup_disposition = "recv_cancel"      # answered 487 (hangup_sip below)
         if sip is None:
             ps = self.getvar(call, a, "last_bridge_proto_specific_hangup_cause") or ""
             ignore = C.true(self.getvar(call, a, "sip_ignore_remote_cause"))

@@ -408,6 +408,19 @@ class Simulator:
         call.poke()
         return True
 
+    def cancel_call(self, uuid: str) -> bool:
+        """The caller gives up before the answer: its CANCEL. As FreeSWITCH 1.10.12 does
+        (tests/realswitch/test_caller_gives_up.py): the caller is answered 487, a ringing
+        carrier leg is CANCELled, both end ORIGINATOR_CANCEL. False when the call is not
+        known or was answered (a caller ends an answered call with BYE: kill_call)."""
+        call = self.call_of(uuid)
+        if call is None or call.a_leg is None or call.a_leg.answered_us:
+            return False
+        call.caller_cancelled = True
+        call.kill = (call.a_leg.uuid, "ORIGINATOR_CANCEL")
+        call.poke()
+        return True
+
     def sched_hangup(self, uuid: str, when: str, cause: str = "ALLOTTED_TIMEOUT") -> bool:
         call = self.call_of(uuid)
         if call is None:
