@@ -22,6 +22,9 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   `hangup` (200, then its own BYE 1.5 s after the ACK), `down` (sipp stopped: port
   unreachable, the gateway's pings fail), or a final code: 401 403 404 407 408 480 484 486
   500 503 600 603.
+  Carriers that answer and then fail (scenarios/uas-<mode>.xml, test_answer_then_fail.py):
+  `answer-bad-sdp` (200 whose SDP offers only G.729), `answer-then-bye` (200, then its
+  own BYE 30 ms after the ACK), `answer-no-sdp` (200 without SDP).
   `.invites()` → INVITEs it received since the reset (one per Call-ID, from sipp's
   `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
   `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.

@@ -20,8 +20,10 @@ REJECT_REASONS = {
     487: "Request Terminated", 502: "Bad Gateway",     # failover table rows (test_failover.py)
 }
 # Modes played by a scenario file of their own (scenarios/uas-MODE.xml): `early` is 183
-# with SDP and never an answer, `hangup` answers and sends its own BYE 1.5 s later.
-SCENARIO_MODES = ("answer", "ring", "early", "hangup")
+# with SDP and never an answer, `hangup` answers and sends its own BYE 1.5 s later; the
+# answer-* ones answer and then fail (tests/realswitch/test_answer_then_fail.py).
+SCENARIO_MODES = ("answer", "ring", "early", "hangup", "answer-bad-sdp", "answer-then-bye",
+                  "answer-no-sdp")
 MODES = (*SCENARIO_MODES, "down", *map(str, REJECT_REASONS))
 # Final answers a caller may get (each needs its own optional <recv> in sipp).
 FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 421,
