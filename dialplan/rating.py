@@ -16,7 +16,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 __all__ = ["billed_seconds", "answered_seconds", "leg_cost", "rate_leg", "parse_increments",
            "to_decimal", "MAX_INCREMENT", "Tariff", "Rated", "rate", "talk_seconds",
-           "tariff_at", "ROUNDING_MODES", "BILLSEC", "CEIL_MS", "MAX_BILLED_SECONDS", "MAX_COST"]
+           "tariff_at", "ROUNDING_MODES", "BILLSEC", "CEIL_MS", "MAX_BILLED_SECONDS", "MAX_COST",
+           "SENT_BYE", "answered_by_carrier_only"]
 
 # How an answered leg's talk time becomes whole seconds (a carrier agreement chooses):
 BILLSEC = "billsec"     # FreeSWITCH's own billsec (end_epoch - answer_epoch): the default
@@ -173,6 +174,22 @@ def talk_seconds(billsec: int | None, billmsec: int | None, rounding: str = BILL
     return max(billsec, 0)
 
 
+# mod_sofia's `sip_hangup_disposition` for a leg it hung up with a BYE. It sends a BYE only
+# in a dialog the far end answered: the channel was answered, or sofia had the carrier's 2xx
+# (TFLAG_ANS, set when the 2xx arrives, before its SDP is negotiated; sofia_on_hangup in
+# mod_sofia.c). Otherwise it CANCELs (send_cancel) or refuses (send_refuse).
+SENT_BYE = "send_bye"
+
+
+def answered_by_carrier_only(answered: bool, hangup_disposition: str | None) -> bool:
+    """Did the carrier answer a leg FreeSWITCH never marked answered? Its 200 OK came and
+    was ACKed, then FreeSWITCH hung the leg up with a BYE before marking it answered: an
+    SDP answer with no codec it can use (INCOMPATIBLE_DESTINATION, endpoint disposition
+    `NO CODECS`; seen on FreeSWITCH 1.10.12). The carrier counts that call answered and
+    bills it, so it is rated as an answer of a moment (`rate(refused_answer=True)`)."""
+    return not answered and hangup_disposition == SENT_BYE
+
+
 def tariff_at(tariffs, at: datetime | None) -> Tariff | None:
     """The tariff in force at `at` (the answer time): the one with the latest
     effective_from <= at; a tariff without a start is in force since always. With `at`
@@ -190,10 +207,16 @@ def tariff_at(tariffs, at: datetime | None) -> Tariff | None:
 
 def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
          answered_at: datetime | None = None, rounding: str = BILLSEC,
-         places: int = 6) -> Rated:
+         places: int = 6, refused_answer: bool = False) -> Rated:
     """Rate one leg from FreeSWITCH's figures (DESIGN §4).
 
     - Unanswered: 0 seconds, cost 0 (rated, not unrated).
+    - Answered by the carrier only (`refused_answer`, see answered_by_carrier_only): the
+      carrier's 200 OK was ACKed and at once torn down by FreeSWITCH, which never marked
+      the leg answered. Rated as an answer of a moment: the tariff in force at
+      `answered_at` (the caller passes the hangup time: the 2xx came moments before),
+      talk seconds 0 by FreeSWITCH's billsec (so the connect fee alone), 1 for a
+      `ceil_ms` carrier (the started second: the initial increment).
     - Answered: the tariff in force at the answer time (tariff_at), talk seconds by
       `rounding` (talk_seconds), billed by the increments (billed_seconds; 0 talk seconds
       bill 0), cost = connect fee + rate x billed / 60, rounded once, half-up, to `places`.
@@ -204,12 +227,19 @@ def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
     if isinstance(places, bool) or not isinstance(places, int) or not 0 <= places <= 12:
         raise ValueError(f"places must be an int 0..12, got {places!r}")
     quantum = Decimal(1).scaleb(-places)
-    if not answered:
+    if not answered and not refused_answer:
         return Rated(0, Decimal(0).quantize(quantum))
     tariff = tariff_at(tariffs, answered_at)
     if tariff is None:
         return Rated(0, None, "no tariff in force at the answer time")
-    talk = talk_seconds(billsec, billmsec, rounding)
+    if answered:
+        talk = talk_seconds(billsec, billmsec, rounding)
+    elif rounding in ROUNDING_MODES:
+        # FreeSWITCH's billsec of a leg it never answered is 0; the carrier's own record
+        # has the moment between its 200 OK and our BYE: a started second.
+        talk = 1 if rounding == CEIL_MS else 0
+    else:
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}, got {rounding!r}")
     if talk is None:
         return Rated(0, None, "answered, but no billsec/billmsec known")
     rate_ = to_decimal(tariff.rate_per_min, "rate_per_min")

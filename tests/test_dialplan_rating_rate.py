@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dialplan.rating import (BILLSEC, CEIL_MS, MAX_BILLED_SECONDS, Tariff, rate, tariff_at,
-                             talk_seconds)
+from dialplan.rating import (BILLSEC, CEIL_MS, MAX_BILLED_SECONDS, Tariff,
+                             answered_by_carrier_only, rate, tariff_at, talk_seconds)
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 INCREMENTS = [(60, 60), (60, 6), (30, 6), (6, 6), (1, 1)]
@@ -51,6 +51,53 @@ def test_answered_20ms_then_failed_pays_the_connect_fee_only():
     # a carrier billing started seconds: one second, so the initial increment
     r = rate(answered=True, billsec=0, billmsec=20, tariffs=terms, rounding=CEIL_MS)
     assert (r.billed_seconds, r.cost) == (60, Decimal("0.650000"))
+
+
+@pytest.mark.parametrize("answered,disposition,carrier_only", [
+    (False, "send_bye", True),      # the carrier's 2xx came, FreeSWITCH sent BYE at once
+    (True, "send_bye", False),      # an ordinary answered call we hung up
+    (False, "send_cancel", False),  # our CANCEL: never answered (ring-out, caller gone)
+    (False, "recv_refuse", False),  # the carrier's 4xx-6xx
+    (False, None, False),           # no SIP at all (gateway down, throttled)
+    (False, "recv_bye", False),
+])
+def test_answered_by_carrier_only_is_a_bye_on_a_leg_never_answered(answered, disposition,
+                                                                   carrier_only):
+    assert answered_by_carrier_only(answered, disposition) is carrier_only
+
+
+def test_a_refused_answer_is_an_answer_of_a_moment():
+    """The carrier's 200 OK, ACKed and torn down by FreeSWITCH before it marked the leg
+    answered (an SDP it could not use): FreeSWITCH's billsec 0, so the connect fee only;
+    the started second (initial increment) for a ceil_ms carrier."""
+    terms = [_t("0.60", "0.05", (60, 6))]
+    r = rate(answered=False, billsec=0, billmsec=0, tariffs=terms, refused_answer=True)
+    assert (r.billed_seconds, r.cost, r.unrated_reason) == (0, Decimal("0.050000"), None)
+    r = rate(answered=False, billsec=0, billmsec=0, tariffs=terms, refused_answer=True,
+             rounding=CEIL_MS)
+    assert (r.billed_seconds, r.cost) == (60, Decimal("0.650000"))
+    # without a tariff it is unrated, never 0
+    r = rate(answered=False, billsec=0, billmsec=0, tariffs=[], refused_answer=True)
+    assert r.cost is None and "tariff" in r.unrated_reason
+    # priced at the time given (the hangup), like an answer
+    old, new = _t("0.10", "0.01", start=None), _t("0.20", "0.02", start=T0)
+    assert rate(answered=False, billsec=0, billmsec=0, tariffs=[old, new], refused_answer=True,
+                answered_at=T0).cost == Decimal("0.020000")
+    with pytest.raises(ValueError, match="rounding"):
+        rate(answered=False, billsec=0, billmsec=0, tariffs=terms, refused_answer=True,
+             rounding="floor")
+
+
+@given(money, money, incs)
+def test_a_refused_answer_costs_the_connect_fee_and_at_most_one_initial_increment(r, fee, inc):
+    terms = [_t(r, fee, inc)]
+    by_billsec = rate(answered=False, billsec=0, billmsec=0, tariffs=terms, refused_answer=True)
+    by_ms = rate(answered=False, billsec=0, billmsec=0, tariffs=terms, refused_answer=True,
+                 rounding=CEIL_MS)
+    assert by_billsec.cost == fee.quantize(Decimal("0.000001"))
+    # the same as a leg FreeSWITCH did answer for 20 ms
+    assert by_billsec == rate(answered=True, billsec=0, billmsec=20, tariffs=terms)
+    assert by_ms == rate(answered=True, billsec=0, billmsec=20, tariffs=terms, rounding=CEIL_MS)
 
 
 def test_unanswered_costs_nothing_and_is_rated():

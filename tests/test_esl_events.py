@@ -218,6 +218,7 @@ _NAMES = st.sampled_from([
     "Event-Date-Timestamp", "Event-Sequence", "Core-UUID", "Caller-Caller-ID-Number",
     "Caller-Destination-Number", "variable_sip_gateway_name", "Caller-Channel-Created-Time",
     "Caller-Channel-Answered-Time", "Hangup-Cause", "variable_billmsec", "Old-Unique-ID",
+    "variable_sip_hangup_disposition",
     "variable_switchd_tenant", "variable_switchd_rate", "variable_switchd_x: y",
     "X-Unique-ID", "Unique-ID-X", "variable_switchd_", "variable_switchd", "Content-Length",
 ])

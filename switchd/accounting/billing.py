@@ -5,10 +5,12 @@ A carrier leg carries its own tariff as channel variables set by the router
 (`switchd_rate`, `switchd_connect_fee`, `switchd_increments`, `switchd_prefix`,
 docs/internals.md), so rating needs nothing but the leg, even after a daemon restart.
 Billed seconds follow FreeSWITCH's billsec unless the carrier's agreement says
-`ceil_ms` (dialplan.rating). A leg that cannot be rated is flagged `unrated` with cost
-None and counted (metric), never silently 0. A leg closed without its hangup (resync,
-sweep) is `provisional`: billed from what is known (answer time to the estimated end)
-until FreeSWITCH's CDR for it settles the money.
+`ceil_ms` (dialplan.rating). A leg the carrier answered but FreeSWITCH refused at once
+(its 2xx ACKed, then a BYE, never marked answered: rating.answered_by_carrier_only) is
+rated as an answer of a moment, priced at its hangup time. A leg that cannot be rated is
+flagged `unrated` with cost None and counted (metric), never silently 0. A leg closed
+without its hangup (resync, sweep) is `provisional`: billed from what is known (answer
+time to the estimated end) until FreeSWITCH's CDR for it settles the money.
 """
 from __future__ import annotations
 
@@ -56,27 +58,32 @@ def route_tariff(vars_: dict, what: str = "leg") -> rating.Tariff | None:
 
 def rate_vars(vars_: dict, *, answered_at: datetime | None, billsec: int | None,
               billmsec: int | None, rounding: str = rating.BILLSEC, precision: int = 6,
-              reprice: Repricer | None = None, what: str = "leg"
+              reprice: Repricer | None = None, what: str = "leg",
+              refused_answer: bool = False, ended_at: datetime | None = None
               ) -> tuple[rating.Rated, rating.Tariff | None]:
     """Rate a carrier leg: the route's tariff, or the deck's rate for the same prefix in
     force at the answer time when that differs (an effective-date change between routing
-    and answer)."""
+    and answer). `refused_answer` (rating.answered_by_carrier_only): an answer of a moment
+    that FreeSWITCH never marked, priced as of the leg's end, `ended_at`."""
+    answered = answered_at is not None
+    refused_answer = refused_answer and not answered
+    priced_at = ended_at if refused_answer else answered_at
     tariffs = []
     base = route_tariff(vars_, what)
     if base is not None:
         tariffs.append(base)
     carrier, prefix = vars_.get("switchd_carrier"), vars_.get("switchd_prefix")
-    if reprice is not None and answered_at is not None and carrier and prefix:
-        at_answer = reprice(carrier, prefix, answered_at)
+    if reprice is not None and priced_at is not None and carrier and prefix:
+        at_answer = reprice(carrier, prefix, priced_at)
         if at_answer is not None:
             # In force at the answer time by construction: it outranks the route's.
             tariffs.append(rating.Tariff(at_answer.rate_per_min, at_answer.connect_fee,
                                          at_answer.initial, at_answer.subsequent,
-                                         effective_from=answered_at))
-    rated = rating.rate(answered=answered_at is not None, billsec=billsec, billmsec=billmsec,
-                        tariffs=tariffs, answered_at=answered_at, rounding=rounding,
-                        places=precision)
-    return rated, rating.tariff_at(tariffs, answered_at)
+                                         effective_from=priced_at))
+    rated = rating.rate(answered=answered, billsec=billsec, billmsec=billmsec,
+                        tariffs=tariffs, answered_at=priced_at, rounding=rounding,
+                        places=precision, refused_answer=refused_answer)
+    return rated, rating.tariff_at(tariffs, priced_at)
 
 
 def deck_repricer(decks: Callable[[], Mapping]) -> Repricer:
@@ -123,9 +130,12 @@ def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] |
     rated, tariff = rating.Rated(0, Decimal(0).quantize(Decimal(1).scaleb(-precision))), None
     if is_carrier:
         rounding = rounding_of(leg.carrier) if rounding_of else rating.BILLSEC
-        rated, tariff = rate_vars(leg.vars or {}, answered_at=answered_at, billsec=billsec,
-                                  billmsec=billmsec, rounding=rounding, precision=precision,
-                                  reprice=reprice, what=f"leg {leg.uuid}")
+        rated, tariff = rate_vars(
+            leg.vars or {}, answered_at=answered_at, billsec=billsec, billmsec=billmsec,
+            rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}",
+            refused_answer=rating.answered_by_carrier_only(bool(leg.answered_us),
+                                                           leg.hangup_disposition),
+            ended_at=_at(leg.hangup_us))
     return LegRecord(
         leg_uuid=leg.uuid, call_uuid=leg.call_uuid, direction=leg.direction,
         carrier=leg.carrier, gateway=leg.gateway, started_at=_at(leg.created_us),

@@ -26,6 +26,7 @@ class Leg:
     sip_status: int | None = None
     billmsec: int | None = None       # None: unknown (e.g. closed by resync)
     billsec: int | None = None        # FreeSWITCH's variable_billsec, when the event had it
+    hangup_disposition: str | None = None   # variable_sip_hangup_disposition (send_bye ...)
     vars: dict[str, str] = field(default_factory=dict)
     caller: str = ""
     destination: str = ""
@@ -41,7 +42,8 @@ class Leg:
                    created_us=self.created_us, answered_us=self.answered_us,
                    progress_us=self.progress_us, hangup_us=self.hangup_us,
                    hangup_cause=self.hangup_cause, sip_status=self.sip_status,
-                   billmsec=self.billmsec, billsec=self.billsec, vars=dict(self.vars),
+                   billmsec=self.billmsec, billsec=self.billsec,
+                   hangup_disposition=self.hangup_disposition, vars=dict(self.vars),
                    caller=self.caller, destination=self.destination,
                    reconstructed=self.reconstructed, placeholder=self.placeholder,
                    last_event_us=self.last_event_us)

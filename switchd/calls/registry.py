@@ -315,6 +315,7 @@ class CallRegistry(Reconciliation):
         leg.sip_status = ev.sip_status if ev.sip_status is not None else leg.sip_status
         leg.billmsec = ev.billmsec if ev.billmsec is not None else leg.billmsec
         leg.billsec = ev.billsec if ev.billsec is not None else leg.billsec
+        leg.hangup_disposition = ev.hangup_disposition or leg.hangup_disposition
         leg.caller = ev.caller_number or leg.caller
         leg.destination = ev.destination_number or leg.destination
 

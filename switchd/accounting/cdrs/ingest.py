@@ -79,7 +79,10 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
         rounding = rounding_of(carrier) if rounding_of else rating.BILLSEC
         rated, tariff = billing.rate_vars(
             leg.vars, answered_at=answered_at, billsec=leg.billsec, billmsec=leg.billmsec,
-            rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}")
+            rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}",
+            refused_answer=rating.answered_by_carrier_only(bool(leg.answer_us),
+                                                           leg.hangup_disposition),
+            ended_at=_at(leg.end_us))
         if rated.cost is None:
             billing.count_unrated("switch", rated.unrated_reason, leg.uuid, leg.call_uuid)
     leg_rec = LegRecord(

@@ -54,6 +54,7 @@ class SwitchLeg:
     billmsec: int | None = None
     hangup_cause: str | None = None
     sip_status: int | None = None
+    hangup_disposition: str | None = None   # sip_hangup_disposition (send_bye, recv_bye ...)
     gateway: str | None = None
     caller: str | None = None
     destination: str | None = None
@@ -156,6 +157,7 @@ def parse(body: bytes, encoded_values: bool = False) -> SwitchLeg:
         billmsec=_int(var("billmsec"), "billmsec"),
         hangup_cause=var("hangup_cause") or None,
         sip_status=sip,
+        hangup_disposition=var("sip_hangup_disposition") or None,
         gateway=var("sip_gateway_name") or None,
         caller=profile.get("caller_id_number") or var("caller_id_number") or None,
         destination=profile.get("destination_number") or var("destination_number") or None,

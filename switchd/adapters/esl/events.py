@@ -31,6 +31,9 @@ class ChannelEvent:
     sip_status: int | None = None
     billmsec: int | None = None
     billsec: int | None = None         # variable_billsec: FreeSWITCH's own billed seconds
+    # variable_sip_hangup_disposition: send_bye / recv_bye / send_cancel / recv_refuse ...
+    # (send_bye on a leg never answered: the carrier's 2xx came, FreeSWITCH refused it)
+    hangup_disposition: str | None = None
     origination_uuid: str | None = None
     vars: dict[str, str] = field(default_factory=dict)   # switchd_* channel variables
 
@@ -156,6 +159,7 @@ def _channel(name: str, h: dict[str, str],
         sip_status=_opt_int(get("variable_sip_term_status")),
         billmsec=_opt_int(get("variable_billmsec")),
         billsec=_opt_int(get("variable_billsec")),
+        hangup_disposition=get("variable_sip_hangup_disposition") or None,
         origination_uuid=get("variable_origination_uuid") or None,
         vars=switchd_vars,
     )
@@ -173,7 +177,7 @@ def _channel(name: str, h: dict[str, str],
 # raw value, and the blank line.
 _LINE = re.compile(r"""\n(?:
     (   variable_(?:(switchd_.*?) | sip_gateway_name | sip_term_status | hangup_cause
-                   | billmsec | billsec | origination_uuid)
+                   | billmsec | billsec | origination_uuid | sip_hangup_disposition)
       | Caller-(?:Caller-ID-Number | Destination-Number
                  | Channel-(?:Created|Answered|Progress|Progress-Media|Hangup)-Time)
       | Event-(?:Name|Date-Timestamp|Sequence)
