@@ -475,9 +475,14 @@ class Daemon:
         self.spend.call_ended(call.call_uuid, record.tenant, record.cost, record.started_at)
         result = "answered" if record.answered_at else "failed"
         metrics.CALLS.labels(record.direction, result, record.hangup_cause or "UNKNOWN").inc()
-        if record.carrier and record.billed_seconds:
-            metrics.BILLED_SECONDS.labels(record.tenant or "-", record.carrier).inc(record.billed_seconds)
-            metrics.COST.labels(record.tenant or "-", record.carrier).inc(float(record.cost))
+        for leg in legs:
+            # Each carrier leg's money under its own carrier: a failed-over call pays the
+            # carrier that answered and then failed (its connect fee) as well as the one
+            # that carried it, and a connect fee with 0 billed seconds is still money.
+            if leg.carrier and leg.cost:
+                tenant = record.tenant or "-"
+                metrics.BILLED_SECONDS.labels(tenant, leg.carrier).inc(leg.billed_seconds)
+                metrics.COST.labels(tenant, leg.carrier).inc(float(leg.cost))
         # DEBUG: one line per call is the hot path; the CDR row has all of it.
         log.debug("call ended: %s via %s, %ss billed, cost %s%s", record.hangup_cause,
                  record.carrier or "-", record.billed_seconds, record.cost,

@@ -160,9 +160,11 @@ CALLS = Family("switchd_calls_total", "Finished calls by direction, result and h
                ("direction", "result", "cause"))
 LIVE_CALLS = _gauge("switchd_live_calls", "Calls currently up, by tenant and carrier",
                     ("tenant", "carrier"))
-BILLED_SECONDS = Family("switchd_billed_seconds_total", "Billed seconds by tenant and carrier",
+BILLED_SECONDS = Family("switchd_billed_seconds_total",
+                        "Billed seconds by tenant and carrier (each carrier leg's own)",
                         ("tenant", "carrier"))
-COST = Family("switchd_cost_total", "Rated cost (currency units) by tenant and carrier",
+COST = Family("switchd_cost_total",
+              "Rated cost (currency units) by tenant and carrier (each carrier leg's own)",
               ("tenant", "carrier"))
 ORIGINATE_ATTEMPTS = _counter("switchd_originate_attempts_total",
                               "Originate attempts by outcome (docs/originate.md)", ("outcome",))
