@@ -79,6 +79,7 @@ class SimLeg:
     sip_status: int | None = None
     proto_cause: bool = True          # sip_status came from the far end (not our CANCEL)
     hangup_disposition: str | None = None   # sip_hangup_disposition, when not the template's
+    refused_answer: bool = False      # its 200 OK came with an SDP sofia refused (BYE sent)
 
     @property
     def live(self) -> bool:
@@ -93,6 +94,14 @@ class SimLeg:
             if k == name:
                 return v
         return default
+
+
+def refuse_answer(leg: SimLeg) -> None:
+    """The carrier's 200 OK came with an SDP offering no codec FreeSWITCH can use: sofia
+    ACKs it, sets endpoint_disposition "NO CODECS" and hangs up (sofia.c); the leg is never
+    marked answered, and its hangup sends a BYE (GatewayBehaviour.unusable_answer)."""
+    leg.refused_answer = True
+    leg.vars.append(("endpoint_disposition", "NO CODECS"))
 
 
 def _durations(leg: SimLeg) -> dict[str, str]:
@@ -174,6 +183,10 @@ def leg_event(key: str, leg: SimLeg, other: SimLeg | None, *, core_uuid: str, ts
         overrides.update(_durations(leg))
     if "HANGUP" in key:
         overrides.update(hangup_fields(leg))
+    if leg.refused_answer and "HANGUP" in key:
+        # sofia_on_hangup() sends the BYE, and sets this, after CHANNEL_HANGUP went out
+        overrides["variable_sip_hangup_disposition"] = (
+            "send_bye" if key.endswith("HANGUP_COMPLETE") else None)
     overrides.update(extra or {})
     own = [(f"variable_{k}", v) for k, v in leg.vars]
     overrides.update({k: v for k, v in own})

@@ -24,7 +24,12 @@ class GatewayBehaviour:
     answer_delay_s / fail_delay_s: simulated seconds from INVITE to answer / to failure;
     ignore_sched_hangup: the A-leg's sched_hangup never fires (for watchdog tests);
     progress_delay_s: the carrier leg rings (180: CHANNEL_PROGRESS) after this many simulated
-    seconds, if before its answer or failure (None: no progress event, as before).
+    seconds, if before its answer or failure (None: no progress event, as before);
+    unusable_answer: the carrier answers 200 OK after answer_delay_s, with an SDP offering
+    no codec FreeSWITCH can use; sofia ACKs it and hangs the leg up with a BYE at once,
+    never marking it answered: INCOMPATIBLE_DESTINATION, no SIP status, billsec 0,
+    sip_hangup_disposition send_bye, endpoint_disposition NO CODECS, and the bridge goes on
+    to its next gateway (FreeSWITCH 1.10.12, tests/realswitch/test_answer_then_fail.py).
     """
     fail_cause: str | None = None
     sip_status: int | None = None
@@ -33,6 +38,7 @@ class GatewayBehaviour:
     fail_rate: float = 0.0
     ignore_sched_hangup: bool = False
     progress_delay_s: float | None = None    # ringing (CHANNEL_PROGRESS) this long after INVITE
+    unusable_answer: bool = False            # 200 OK with an SDP sofia refuses (see above)
 
     def __post_init__(self) -> None:
         from switchd.sim import causes
@@ -40,6 +46,8 @@ class GatewayBehaviour:
             raise ValueError(f"unknown FreeSWITCH cause {self.fail_cause!r}")
         if self.sip_status is not None and not 300 <= self.sip_status <= 699:
             raise ValueError(f"sip_status must be a final failure code, got {self.sip_status}")
+        if self.unusable_answer and (self.fail_cause or self.sip_status):
+            raise ValueError("unusable_answer is an answer: not with fail_cause or sip_status")
         if (self.fail_cause and self.sip_status
                 and causes.sip_to_cause(self.sip_status) != self.fail_cause):
             raise ValueError(f"sofia maps SIP {self.sip_status} to "

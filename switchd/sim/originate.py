@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from switchd.sim import causes as C
 from switchd.sim import xmlcurl
-from switchd.sim.legs import SimLeg
+from switchd.sim.legs import SimLeg, refuse_answer
 from switchd.sim.model import SimCall, seeded_uuid
 
 
@@ -47,6 +47,9 @@ def run_originate(player, call: SimCall, arg: str) -> str:
             kind, delay, (cause, sip) = "fail", 0.0, bad_from
         t += int(delay * 1_000_000)
         player.wait(call, t)
+        if kind == "refused":
+            refuse_answer(o)
+            kind = "fail"
         if kind == "fail" or call.kill:
             if kind != "fail":
                 cause, sip = "ORIGINATOR_CANCEL", 487

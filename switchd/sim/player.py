@@ -64,14 +64,18 @@ class Player:
 
     def _outcome(self, call: SimCall, beh: GatewayBehaviour, leg_timeout: float | None,
                  timelimit: float):
-        """(kind, delay_s, cause, sip, proto): kind 'answer' or 'fail'; `proto` is whether
-        the carrier's SIP code becomes the leg's proto_specific_hangup_cause."""
+        """(kind, delay_s, cause, sip, proto): kind 'answer', 'fail' or 'refused' (the
+        carrier's answer sofia refuses: GatewayBehaviour.unusable_answer); `proto` is
+        whether the carrier's SIP code becomes the leg's proto_specific_hangup_cause."""
         draw = call.rng.random()          # always drawn: outcomes stay seed-stable
         kind, delay, cause, sip = "answer", beh.answer_delay_s, None, 200
         if beh.fail_cause or (beh.sip_status and not beh.fail_rate) or draw < beh.fail_rate:
             sip = beh.sip_status or (C.CARRIER_SIP.get(beh.fail_cause) if beh.fail_cause else 503)
             cause = C.sip_to_cause(sip) if sip else beh.fail_cause
             kind, delay = "fail", beh.fail_delay_s
+        elif beh.unusable_answer:
+            # sofia.c, nua_callstate_ready: the 2xx's SDP matches no codec ("NO CODECS")
+            kind, cause, sip = "refused", "INCOMPATIBLE_DESTINATION", None
         if leg_timeout is not None and delay > leg_timeout and leg_timeout <= timelimit:
             # per-leg limit: FreeSWITCH hangs the ringing leg up ALLOTTED_TIMEOUT and
             # CANCELs it; the carrier's 487 is the leg's status, not the caller's cause.
@@ -374,6 +378,9 @@ class Player:
                 self._fail_leg(call, b, a, t, proto=False)
                 break
             t = t_next
+            if kind == "refused":
+                L.refuse_answer(b)
+                kind = "fail"
             if kind == "fail":
                 b.cause, b.sip_status = cause, sip
                 self._fail_leg(call, b, a, t, proto=proto)
