@@ -47,7 +47,7 @@ def run_originate(player, call: SimCall, arg: str) -> str:
             kind, delay, (cause, sip) = "fail", 0.0, bad_from
         t += int(delay * 1_000_000)
         player.wait(call, t)
-        if kind == "refused":
+        if kind == "refused" and not call.kill:     # killed while ringing: a CANCEL, below
             refuse_answer(o)
             kind = "fail"
         if kind == "fail" or call.kill:
