@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from test_sim_helpers import DialplanServer, RawClient, captured_dialplan_xml
+from test_sim_dialplan import world  # noqa: F401 -- the fixture: simulator, dialplan server, ESL client
+from test_sim_helpers import captured_dialplan_xml
 from switchd.adapters.esl.events import to_typed
 from switchd.adapters.esl.framing import parse_event_plain
-from switchd.sim import GatewayBehaviour, Simulator
+from switchd.sim import GatewayBehaviour
 
 FIX = Path(__file__).parent / "fixtures" / "answer-then-fail"
 REFUSES = GatewayBehaviour(unusable_answer=True)
@@ -23,28 +24,6 @@ SAME = ("Hangup-Cause", "Answer-State", "Caller-Channel-Answered-Time", "variabl
         "variable_hangup_cause", "variable_hangup_cause_q850", "variable_sip_term_status",
         "variable_proto_specific_hangup_cause", "variable_sip_invite_failure_status",
         "variable_sip_hangup_disposition", "variable_endpoint_disposition")
-
-
-@pytest.fixture
-def world():
-    """make(dialplan xml, gateways=...) -> (simulator, its dialplan server, an ESL client
-    subscribed to the channel events and jobs)."""
-    made = []
-
-    def make(xml, **kw):
-        dp = DialplanServer(xml)
-        sim = Simulator(dialplan_url=dp.url, time_scale=1000, heartbeat_interval=None, **kw)
-        sim.start()
-        client = RawClient(sim.address)
-        made.append((dp, sim, client))
-        client.login(events="CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP "
-                            "CHANNEL_HANGUP_COMPLETE BACKGROUND_JOB")
-        return sim, dp, client
-    yield make
-    for dp, sim, client in made:
-        client.close()
-        sim.stop()
-        dp.stop()
 
 
 def _real() -> dict[str, str]:
