@@ -33,8 +33,8 @@ from typing import Mapping
 from dialplan import causes
 
 __all__ = ["DEFAULT_TABLE", "FailoverTable", "Verdict", "TableError", "parse_table",
-           "attempt_key", "decide", "blame", "originate_fails_over", "parse_proto_cause", "caller_code", "cause_for_code",
-           "NAMED_CONDITIONS", "route_to_repeat"]
+           "attempt_key", "decide", "blame", "originate_fails_over", "parse_proto_cause",
+           "caller_code", "cause_for_code", "NAMED_CONDITIONS", "route_to_repeat"]
 
 NEXT, STOP = "next", "stop"
 CARRIER, CALLEE, NOBODY, SUCCESS = "carrier", "callee", "nobody", "success"

@@ -234,12 +234,10 @@ def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
         return Rated(0, None, "no tariff in force at the answer time")
     if answered:
         talk = talk_seconds(billsec, billmsec, rounding)
-    elif rounding in ROUNDING_MODES:
-        # FreeSWITCH's billsec of a leg it never answered is 0; the carrier's own record
-        # has the moment between its 200 OK and our BYE: a started second.
-        talk = 1 if rounding == CEIL_MS else 0
     else:
-        raise ValueError(f"rounding must be one of {', '.join(ROUNDING_MODES)}, got {rounding!r}")
+        # FreeSWITCH's billsec of a leg it never answered is 0; the carrier's own record
+        # has the moment between its 200 OK and our BYE: billsec 0, a started millisecond.
+        talk = talk_seconds(0, 1, rounding)
     if talk is None:
         return Rated(0, None, "answered, but no billsec/billmsec known")
     rate_ = to_decimal(tariff.rate_per_min, "rate_per_min")

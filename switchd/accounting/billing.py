@@ -59,14 +59,15 @@ def route_tariff(vars_: dict, what: str = "leg") -> rating.Tariff | None:
 def rate_vars(vars_: dict, *, answered_at: datetime | None, billsec: int | None,
               billmsec: int | None, rounding: str = rating.BILLSEC, precision: int = 6,
               reprice: Repricer | None = None, what: str = "leg",
-              refused_answer: bool = False, ended_at: datetime | None = None
+              hangup_disposition: str | None = None, ended_at: datetime | None = None
               ) -> tuple[rating.Rated, rating.Tariff | None]:
     """Rate a carrier leg: the route's tariff, or the deck's rate for the same prefix in
     force at the answer time when that differs (an effective-date change between routing
-    and answer). `refused_answer` (rating.answered_by_carrier_only): an answer of a moment
-    that FreeSWITCH never marked, priced as of the leg's end, `ended_at`."""
+    and answer). A leg the carrier answered and FreeSWITCH never marked answered (its
+    `hangup_disposition`, rating.answered_by_carrier_only) is an answer of a moment,
+    priced as of the leg's end, `ended_at`."""
     answered = answered_at is not None
-    refused_answer = refused_answer and not answered
+    refused_answer = rating.answered_by_carrier_only(answered, hangup_disposition)
     priced_at = ended_at if refused_answer else answered_at
     tariffs = []
     base = route_tariff(vars_, what)
@@ -133,9 +134,7 @@ def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] |
         rated, tariff = rate_vars(
             leg.vars or {}, answered_at=answered_at, billsec=billsec, billmsec=billmsec,
             rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}",
-            refused_answer=rating.answered_by_carrier_only(bool(leg.answered_us),
-                                                           leg.hangup_disposition),
-            ended_at=_at(leg.hangup_us))
+            hangup_disposition=leg.hangup_disposition, ended_at=_at(leg.hangup_us))
     return LegRecord(
         leg_uuid=leg.uuid, call_uuid=leg.call_uuid, direction=leg.direction,
         carrier=leg.carrier, gateway=leg.gateway, started_at=_at(leg.created_us),

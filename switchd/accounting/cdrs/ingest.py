@@ -80,9 +80,7 @@ def to_records(leg: SwitchLeg, *, precision: int = 6,
         rated, tariff = billing.rate_vars(
             leg.vars, answered_at=answered_at, billsec=leg.billsec, billmsec=leg.billmsec,
             rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}",
-            refused_answer=rating.answered_by_carrier_only(bool(leg.answer_us),
-                                                           leg.hangup_disposition),
-            ended_at=_at(leg.end_us))
+            hangup_disposition=leg.hangup_disposition, ended_at=_at(leg.end_us))
         if rated.cost is None:
             billing.count_unrated("switch", rated.unrated_reason, leg.uuid, leg.call_uuid)
     leg_rec = LegRecord(
