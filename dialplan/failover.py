@@ -34,7 +34,8 @@ from dialplan import causes
 
 __all__ = ["DEFAULT_TABLE", "FailoverTable", "Verdict", "TableError", "parse_table",
            "attempt_key", "decide", "blame", "originate_fails_over", "parse_proto_cause",
-           "caller_code", "cause_for_code", "NAMED_CONDITIONS", "route_to_repeat"]
+           "caller_code", "cause_for_code", "NAMED_CONDITIONS", "route_to_repeat",
+           "leg_sip_status"]
 
 NEXT, STOP = "next", "stop"
 CARRIER, CALLEE, NOBODY, SUCCESS = "carrier", "callee", "nobody", "success"
@@ -44,6 +45,9 @@ NAMED_CONDITIONS = ("not_sent", "timeout", "unreachable", "other")
 DEFAULT_TABLE: dict[str, str] = {
     # carrier-side failures: the next carrier may well succeed
     "5xx": NEXT, "408": NEXT, "timeout": NEXT, "unreachable": NEXT,
+    # a carrier's redirect: never followed (outbound_redirect_fatal on every carrier leg),
+    # so the carrier did not carry the call
+    "3xx": NEXT,
     "401": NEXT, "402": NEXT, "403": NEXT, "407": NEXT, "480": NEXT, "4xx": NEXT,
     # nobody's failure: the next carrier gets a clean try
     "not_sent": NEXT,
@@ -135,6 +139,17 @@ def parse_proto_cause(text: str | None) -> int | None:
     if proto.lower() != "sip" or not code.isdigit() or len(code) != 3:
         return None
     return int(code)
+
+
+def leg_sip_status(term_status: int | None, proto_cause: str | None) -> int | None:
+    """A finished leg's SIP final status: FreeSWITCH's sip_term_status, or, without one, the
+    3xx of its proto_specific_hangup_cause. A redirect the leg refused
+    (outbound_redirect_fatal) ends REQUESTED_CHAN_UNAVAIL with `sip:302` there and no
+    sip_term_status (FreeSWITCH 1.10.12); other statuses come with sip_term_status."""
+    if term_status is not None:
+        return term_status
+    code = parse_proto_cause(proto_cause)
+    return code if code is not None and 300 <= code <= 399 else None
 
 
 def _status(sip_status) -> int | None:

@@ -389,6 +389,10 @@ def leg_for_route(route, number: str) -> BridgeLeg:
     (docs/internals.md: switchd_carrier, switchd_rate, ...)."""
     rate = route.rate
     return BridgeLeg(gateway=route.gateway.name, number=number, vars={
+        # A carrier's 3xx is a failed attempt, never followed: FreeSWITCH would otherwise
+        # send the call wherever its Contact says (any host, any number), past routing and
+        # billing, or transfer the caller to that number when the host is our own.
+        "outbound_redirect_fatal": "true",
         "leg_timeout": route.gateway.leg_timeout,
         "switchd_carrier": route.carrier.name,
         "switchd_rate": rate.rate_per_min,
@@ -416,7 +420,7 @@ def _fragment(route, number: str) -> str:
             and rate.rate_per_min is tariff.rate_per_min and rate.connect_fee is tariff.connect_fee
             and rate.initial_increment == tariff.initial_increment
             and rate.subsequent_increment == tariff.subsequent_increment):
-        values = (f"leg_timeout={timeout},switchd_carrier={cname},"
+        values = (f"outbound_redirect_fatal=true,leg_timeout={timeout},switchd_carrier={cname},"
                   f"switchd_rate={tariff.rate_text},switchd_connect_fee={tariff.fee_text},"
                   f"switchd_increments={tariff.increments_text},switchd_prefix={prefix}")
         if _safe(cname + prefix) and _GATEWAY.fullmatch(gw) is not None:

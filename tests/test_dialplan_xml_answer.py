@@ -75,7 +75,7 @@ def test_leg_for_route_vars():
     leg = leg_for_route(RouteChoice(Carrier("a", (gw,)), gw, Rate()), "+442079460000")
     acts = actions(render_bridge("public", "+442079460000", CALL, [leg], 60))
     bridge = [d for a, d in acts if a == "bridge"][0]
-    assert bridge == ("[leg_timeout=25,switchd_carrier=a,switchd_rate=0.0120,switchd_connect_fee=0,"
+    assert bridge == ("[outbound_redirect_fatal=true,leg_timeout=25,switchd_carrier=a,switchd_rate=0.0120,switchd_connect_fee=0,"
                       "switchd_increments=60/6,switchd_prefix=4420]sofia/gateway/carrier_a/+442079460000")
 
 

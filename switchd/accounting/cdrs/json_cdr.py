@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_plus
 
 from dialplan import validate
+from dialplan.failover import leg_sip_status
 
 MAX_CDR_BYTES = 1 << 20     # a real leg's CDR is ~10 KB
 # A JSON \u0000 escape, not one whose backslash is itself escaped ("\\u0000" is text).
@@ -139,7 +140,8 @@ def parse(body: bytes, encoded_values: bool = False) -> SwitchLeg:
     origin = var("originating_leg_uuid") or var("originator")
     is_a = not origin
     profile = _caller_profile(data)
-    sip = _int(var("sip_term_status"), "sip_term_status")
+    sip = leg_sip_status(_int(var("sip_term_status"), "sip_term_status"),
+                         var("proto_specific_hangup_cause"))
     return SwitchLeg(
         # An originate attempt has no originator; switchd names its call in switchd_call_uuid.
         uuid=uuid, call_uuid=var("switchd_call_uuid") or (uuid if is_a else origin),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from dialplan.failover import leg_sip_status
 from switchd.adapters.esl.framing import _unquote_many
 
 
@@ -156,7 +157,8 @@ def _channel(name: str, h: dict[str, str],
                            _int(get("Caller-Channel-Progress-Media-Time"))),
         hangup_us=_int(get("Caller-Channel-Hangup-Time")),
         hangup_cause=get("Hangup-Cause") or get("variable_hangup_cause") or None,
-        sip_status=_opt_int(get("variable_sip_term_status")),
+        sip_status=leg_sip_status(_opt_int(get("variable_sip_term_status")),
+                                  get("variable_proto_specific_hangup_cause")),
         billmsec=_opt_int(get("variable_billmsec")),
         billsec=_opt_int(get("variable_billsec")),
         hangup_disposition=get("variable_sip_hangup_disposition") or None,
@@ -177,7 +179,8 @@ def _channel(name: str, h: dict[str, str],
 # raw value, and the blank line.
 _LINE = re.compile(r"""\n(?:
     (   variable_(?:(switchd_.*?) | sip_gateway_name | sip_term_status | hangup_cause
-                   | billmsec | billsec | origination_uuid | sip_hangup_disposition)
+                   | billmsec | billsec | origination_uuid | sip_hangup_disposition
+                   | proto_specific_hangup_cause)
       | Caller-(?:Caller-ID-Number | Destination-Number
                  | Channel-(?:Created|Answered|Progress|Progress-Media|Hangup)-Time)
       | Event-(?:Name|Date-Timestamp|Sequence)
