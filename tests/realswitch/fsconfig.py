@@ -33,14 +33,14 @@ def port_base() -> int:
     return base
 
 
-def port_free(port: int, udp: bool = True, tcp: bool = True) -> bool:
+def port_free(port: int, udp: bool = True, tcp: bool = True, ip: str = "127.0.0.1") -> bool:
     kinds = ([socket.SOCK_STREAM] if tcp else []) + ([socket.SOCK_DGRAM] if udp else [])
     for kind in kinds:
         with socket.socket(socket.AF_INET, kind) as s:
             if kind == socket.SOCK_STREAM:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((ip, port))
             except OSError:
                 return False
     return True

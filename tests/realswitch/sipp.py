@@ -24,7 +24,8 @@ REJECT_REASONS = {
 # answer-* ones answer and then fail (tests/realswitch/test_answer_then_fail.py).
 SCENARIO_MODES = ("answer", "ring", "early", "hangup", "answer-bad-sdp", "answer-then-bye",
                   "answer-no-sdp")
-MODES = (*SCENARIO_MODES, "down", *map(str, REJECT_REASONS))
+# `redirect` answers 302 with the Contact given to set_mode (tests/realswitch/test_redirect.py).
+MODES = (*SCENARIO_MODES, "down", "redirect", *map(str, REJECT_REASONS))
 # Final answers a caller may get (each needs its own optional <recv> in sipp).
 FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 421,
                423, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 491, 500, 501, 502, 503,
@@ -53,8 +54,8 @@ def last_ping(message_file: Path) -> float | None:
     return datetime.strptime(" ".join(found.group(1).split()), "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
-def sipp_command(sipp: str, ports: fsconfig.SippPorts) -> list[str]:
-    return [sipp, "-i", "127.0.0.1", "-mi", "127.0.0.1", "-ci", "127.0.0.1",
+def sipp_command(sipp: str, ports: fsconfig.SippPorts, ip: str = "127.0.0.1") -> list[str]:
+    return [sipp, "-i", ip, "-mi", ip, "-ci", ip,
             "-p", str(ports.sip), "-mp", str(ports.media), "-cp", str(ports.control),
             "-aa", "-nostdin"]
 
@@ -87,10 +88,13 @@ def received_invites(message_file: Path) -> list[dict[str, str]]:
 
 
 class Carrier:
-    """A sipp UAS behind one FreeSWITCH gateway, in a mode (answer, ring, a SIP code, down)."""
+    """A sipp UAS behind one FreeSWITCH gateway, in a mode (answer, ring, a SIP code, down).
+    `ip`: the loopback address it binds (another one than 127.0.0.1 is a host FreeSWITCH
+    has no gateway to: tests/realswitch/test_redirect.py)."""
 
-    def __init__(self, name: str, ports: fsconfig.SippPorts, sipp: str, run_dir: Path):
-        self.name, self.ports, self.sipp = name, ports, sipp
+    def __init__(self, name: str, ports: fsconfig.SippPorts, sipp: str, run_dir: Path,
+                 ip: str = "127.0.0.1"):
+        self.name, self.ports, self.sipp, self.ip = name, ports, sipp, ip
         self.dir = run_dir / "sipp" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mode = "down"
@@ -98,12 +102,15 @@ class Carrier:
         self.starts = 0
         self._baseline: set[str] = set()
 
-    def set_mode(self, mode: str) -> None:
-        """Restart the carrier in `mode`; 'down' leaves it stopped (its port unreachable)."""
+    def set_mode(self, mode: str, *, contact: str | None = None) -> None:
+        """Restart the carrier in `mode`; 'down' leaves it stopped (its port unreachable).
+        'redirect' needs `contact`, the URI its 302 sends callers to."""
         mode = str(mode)
         if mode not in MODES:
             raise ValueError(f"carrier mode {mode!r}: one of {', '.join(MODES)}")
-        if mode == self.mode and (mode == "down" or self.alive()):
+        if (mode == "redirect") != (contact is not None):
+            raise ValueError("carrier mode 'redirect' takes a contact, and only it")
+        if mode == self.mode and mode != "redirect" and (mode == "down" or self.alive()):
             return
         if self.alive():
             self._wait_for_a_fresh_ping()
@@ -112,9 +119,14 @@ class Carrier:
         if mode == "down":
             return
         self.starts += 1
-        cmd = sipp_command(self.sipp, self.ports)
+        cmd = sipp_command(self.sipp, self.ports, self.ip)
         if mode in SCENARIO_MODES:
             cmd += ["-sf", str(SCENARIOS / f"uas-{mode}.xml")]
+        elif mode == "redirect":
+            scenario = self.dir / "uas-redirect.xml"
+            scenario.write_text((SCENARIOS / "uas-redirect.xml").read_text()
+                                .replace("@CONTACT@", contact))
+            cmd += ["-sf", str(scenario)]
         else:
             scenario = self.dir / f"uas-{mode}.xml"
             scenario.write_text((SCENARIOS / "uas-reject.xml").read_text()
@@ -126,8 +138,9 @@ class Carrier:
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err)
         # sipp binds at once; a bind failure makes it exit within a moment
-        poll(lambda: self.proc.poll() is not None or not fsconfig.port_free(self.ports.sip, tcp=False),
-             5, f"sipp carrier {self.name} to bind 127.0.0.1:{self.ports.sip}")
+        poll(lambda: self.proc.poll() is not None
+             or not fsconfig.port_free(self.ports.sip, tcp=False, ip=self.ip),
+             5, f"sipp carrier {self.name} to bind {self.ip}:{self.ports.sip}")
         if self.proc.poll() is not None:
             raise HarnessError(f"sipp carrier {self.name} exited {self.proc.returncode} "
                                f"(see {self.dir}/stderr.log)")
