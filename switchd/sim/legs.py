@@ -17,7 +17,8 @@ Q850 = {
     "NO_USER_RESPONSE": 18, "NO_ANSWER": 19, "CALL_REJECTED": 21, "NUMBER_CHANGED": 22,
     "DESTINATION_OUT_OF_ORDER": 27, "INVALID_NUMBER_FORMAT": 28, "FACILITY_REJECTED": 29,
     "NORMAL_UNSPECIFIED": 31, "NORMAL_CIRCUIT_CONGESTION": 34, "NETWORK_OUT_OF_ORDER": 38,
-    "NORMAL_TEMPORARY_FAILURE": 41, "SWITCH_CONGESTION": 42, "OUTGOING_CALL_BARRED": 52,
+    "NORMAL_TEMPORARY_FAILURE": 41, "SWITCH_CONGESTION": 42, "REQUESTED_CHAN_UNAVAIL": 44,
+    "OUTGOING_CALL_BARRED": 52,
     "SERVICE_UNAVAILABLE": 63, "INCOMPATIBLE_DESTINATION": 88, "RECOVERY_ON_TIMER_EXPIRE": 102,
     "INTERWORKING": 127, "ORIGINATOR_CANCEL": 487, "ALLOTTED_TIMEOUT": 16, "MANAGER_REQUEST": 500,
     "SYSTEM_SHUTDOWN": 503,
@@ -80,6 +81,7 @@ class SimLeg:
     proto_cause: bool = True          # sip_status came from the far end (not our CANCEL)
     hangup_disposition: str | None = None   # sip_hangup_disposition, when not the template's
     refused_answer: bool = False      # its 200 OK came with an SDP sofia refused (BYE sent)
+    refused_redirect: int | None = None   # the carrier's 3xx it refused (outbound_redirect_fatal)
 
     @property
     def live(self) -> bool:
@@ -102,6 +104,23 @@ def refuse_answer(leg: SimLeg) -> None:
     marked answered, and its hangup sends a BYE (GatewayBehaviour.unusable_answer)."""
     leg.refused_answer = True
     leg.vars.append(("endpoint_disposition", "NO CODECS"))
+
+
+def refuse_redirect(leg: SimLeg, contact: str) -> None:
+    """The carrier answered 302 with `contact` and the leg has outbound_redirect_fatal
+    (sofia.c, sofia_handle_sip_r_invite): sofia records the Contact and `sip:302` as the
+    proto-specific cause, no SIP status, and hangs the leg up REQUESTED_CHAN_UNAVAIL."""
+    user, _, host = contact.removeprefix("sip:").partition("@")
+    leg.cause, leg.sip_status, leg.refused_redirect = "REQUESTED_CHAN_UNAVAIL", None, 302
+    leg.hangup_disposition = "send_cancel"
+    leg.vars += [("sip_redirect_contact_0", f"<{contact}>"), ("sip_redirected_to", f"<{contact}>"),
+                 ("sip_redirect_contact_user_0", user), ("sip_redirect_contact_host_0", host)]
+
+
+def follow_redirect(leg: SimLeg, contact: str) -> None:
+    """The carrier answered 302 with `contact` and sofia followed it (no
+    outbound_redirect_fatal): the same leg, answered wherever the Contact says."""
+    leg.vars.append(("sip_redirected_to", f"<{contact}>"))
 
 
 def _durations(leg: SimLeg) -> dict[str, str]:
@@ -156,6 +175,11 @@ def hangup_fields(leg: SimLeg) -> dict[str, str | None]:
         for name in ("variable_sip_term_status", "variable_proto_specific_hangup_cause",
                      "variable_sip_invite_failure_status", "variable_sip_invite_failure_phrase"):
             out[name] = None
+    if leg.refused_redirect is not None:
+        # sofia hangs the leg up and CANCELs its INVITE: the failure recorded is that 487
+        out["variable_proto_specific_hangup_cause"] = f"sip:{leg.refused_redirect}"
+        out["variable_sip_invite_failure_status"] = "487"
+        out["variable_sip_invite_failure_phrase"] = "CANCEL"
     if leg.hangup_disposition is not None:
         out["variable_sip_hangup_disposition"] = leg.hangup_disposition
     if sip is not None:

@@ -29,7 +29,14 @@ class GatewayBehaviour:
     no codec FreeSWITCH can use; sofia ACKs it and hangs the leg up with a BYE at once,
     never marking it answered: INCOMPATIBLE_DESTINATION, no SIP status, billsec 0,
     sip_hangup_disposition send_bye, endpoint_disposition NO CODECS, and the bridge goes on
-    to its next gateway (FreeSWITCH 1.10.12, tests/realswitch/test_answer_then_fail.py).
+    to its next gateway (FreeSWITCH 1.10.12, tests/realswitch/test_answer_then_fail.py);
+    redirect_to: the carrier answers `302 Moved Temporarily` with this Contact after
+    fail_delay_s. A leg with `outbound_redirect_fatal=true` (switchd's dial strings) then
+    ends REQUESTED_CHAN_UNAVAIL with the 302 only in proto_specific_hangup_cause, no SIP
+    status, send_cancel (FreeSWITCH 1.10.12, tests/fixtures/redirect/); without it sofia
+    follows the redirect and the leg is answered by whoever is at the Contact, answer_delay_s
+    later (a Contact at a host FreeSWITCH has no gateway to; one at FreeSWITCH's own address
+    transfers the caller instead, which the simulator does not play).
     """
     fail_cause: str | None = None
     sip_status: int | None = None
@@ -39,6 +46,7 @@ class GatewayBehaviour:
     ignore_sched_hangup: bool = False
     progress_delay_s: float | None = None    # ringing (CHANNEL_PROGRESS) this long after INVITE
     unusable_answer: bool = False            # 200 OK with an SDP sofia refuses (see above)
+    redirect_to: str | None = None           # 302 with this Contact (see above)
 
     def __post_init__(self) -> None:
         from switchd.sim import causes
@@ -48,6 +56,12 @@ class GatewayBehaviour:
             raise ValueError(f"sip_status must be a final failure code, got {self.sip_status}")
         if self.unusable_answer and (self.fail_cause or self.sip_status):
             raise ValueError("unusable_answer is an answer: not with fail_cause or sip_status")
+        if self.redirect_to is not None and (self.fail_cause or self.sip_status
+                                             or self.unusable_answer):
+            raise ValueError("redirect_to is the carrier's answer: not with fail_cause, "
+                             "sip_status or unusable_answer")
+        if self.sip_status is not None and self.sip_status < 400:
+            raise ValueError(f"a {self.sip_status} is a redirect: give redirect_to instead")
         if (self.fail_cause and self.sip_status
                 and causes.sip_to_cause(self.sip_status) != self.fail_cause):
             raise ValueError(f"sofia maps SIP {self.sip_status} to "

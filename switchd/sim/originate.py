@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from switchd.sim import causes as C
 from switchd.sim import xmlcurl
-from switchd.sim.legs import SimLeg, refuse_answer
+from switchd.sim.legs import SimLeg, follow_redirect, refuse_answer, refuse_redirect
 from switchd.sim.model import SimCall, seeded_uuid
 
 
@@ -40,7 +40,9 @@ def run_originate(player, call: SimCall, arg: str) -> str:
         player.emit(call, "o.CHANNEL_CREATE", o, None, t)
         beh = player.behaviour(dleg.gateway)
         leg_timeout, timelimit = player._timeouts(gv, lv)
-        kind, delay, cause, sip, _proto = player._outcome(call, beh, leg_timeout, timelimit)
+        kind, delay, cause, sip, _proto = player._outcome(
+            call, beh, leg_timeout, timelimit,
+            C.true(lv.get("outbound_redirect_fatal", gv.get("outbound_redirect_fatal"))))
         bad_from = C.unsendable_from(lv.get("origination_caller_id_name") or o.caller_name or o.caller,
                                      lv.get("origination_caller_id_number") or o.caller)
         if bad_from is not None:            # sofia fails the leg before any INVITE
@@ -50,6 +52,9 @@ def run_originate(player, call: SimCall, arg: str) -> str:
         if kind == "refused" and not call.kill:     # killed while ringing: a CANCEL, below
             refuse_answer(o)
             kind = "fail"
+        if kind == "redirect" and not call.kill:
+            refuse_redirect(o, beh.redirect_to)
+            cause, sip, kind = o.cause, None, "fail"
         if kind == "fail" or call.kill:
             if kind != "fail":
                 cause, sip = "ORIGINATOR_CANCEL", 487
@@ -63,6 +68,8 @@ def run_originate(player, call: SimCall, arg: str) -> str:
             continue
         o.progress_us = o.answered_us = t
         o.sip_status = 200
+        if beh.redirect_to is not None:
+            follow_redirect(o, beh.redirect_to)
         call.ignore_sched = beh.ignore_sched_hangup
         player.emit(call, "o.CHANNEL_ANSWER", o, None, t)
         player.sim.spawn(_park, player, call, o, t, gv)

@@ -63,9 +63,10 @@ class Player:
         return self.sim.gateway_behaviour(gateway)
 
     def _outcome(self, call: SimCall, beh: GatewayBehaviour, leg_timeout: float | None,
-                 timelimit: float):
-        """(kind, delay_s, cause, sip, proto): kind 'answer', 'fail' or 'refused' (the
-        carrier's answer sofia refuses: GatewayBehaviour.unusable_answer); `proto` is
+                 timelimit: float, redirect_fatal: bool = False):
+        """(kind, delay_s, cause, sip, proto): kind 'answer', 'fail', 'refused' (the
+        carrier's answer sofia refuses: GatewayBehaviour.unusable_answer) or 'redirect'
+        (the carrier's 302, refused: the leg has outbound_redirect_fatal); `proto` is
         whether the carrier's SIP code becomes the leg's proto_specific_hangup_cause."""
         draw = call.rng.random()          # always drawn: outcomes stay seed-stable
         kind, delay, cause, sip = "answer", beh.answer_delay_s, None, 200
@@ -76,6 +77,11 @@ class Player:
         elif beh.unusable_answer:
             # sofia.c, nua_callstate_ready: the 2xx's SDP matches no codec ("NO CODECS")
             kind, cause, sip = "refused", "INCOMPATIBLE_DESTINATION", None
+        elif beh.redirect_to is not None:
+            if redirect_fatal:
+                kind, delay, cause, sip = "redirect", beh.fail_delay_s, "REQUESTED_CHAN_UNAVAIL", None
+            else:                         # followed: answered at the Contact
+                delay = beh.fail_delay_s + beh.answer_delay_s
         if leg_timeout is not None and delay > leg_timeout and leg_timeout <= timelimit:
             # per-leg limit: FreeSWITCH hangs the ringing leg up ALLOTTED_TIMEOUT and
             # CANCELs it; the carrier's 487 is the leg's status, not the caller's cause.
@@ -353,7 +359,9 @@ class Player:
                                                                   dleg.gateway or ""})
             beh = self.behaviour(dleg.gateway)
             leg_timeout, timelimit = self._timeouts(gv, leg_vars)
-            kind, delay, cause, sip, proto = self._outcome(call, beh, leg_timeout, timelimit)
+            kind, delay, cause, sip, proto = self._outcome(
+                call, beh, leg_timeout, timelimit,
+                C.true(leg_vars.get("outbound_redirect_fatal", gv.get("outbound_redirect_fatal"))))
             bad_from = C.unsendable_from(*self._from(call, a, gv, leg_vars))
             if bad_from is not None:        # sofia fails the leg before any INVITE
                 kind, delay, (cause, sip), proto = "fail", 0.0, bad_from, bad_from[1] is not None
@@ -381,6 +389,10 @@ class Player:
             if kind == "refused":
                 L.refuse_answer(b)
                 kind = "fail"
+            if kind == "redirect":
+                L.refuse_redirect(b, beh.redirect_to)
+                self._fail_leg(call, b, a, t, proto=False)
+                continue
             if kind == "fail":
                 b.cause, b.sip_status = cause, sip
                 self._fail_leg(call, b, a, t, proto=proto)
@@ -389,6 +401,8 @@ class Player:
                 continue
             call.ignore_sched = beh.ignore_sched_hangup
             b.sip_status = 200
+            if beh.redirect_to is not None:
+                L.follow_redirect(b, beh.redirect_to)
             for leg in (a, b):
                 leg.progress_us = leg.progress_media_us = leg.answered_us = leg.bridged_us = t
             set_vars = list(call.set_vars)
@@ -449,6 +463,9 @@ class Player:
         # switch_channel_perform_hangup(): the partner (caller) learns the leg's cause, and
         # its SIP code only when sofia had one at hangup (not for our own CANCEL).
         self.setvar(call, a, "last_bridge_hangup_cause", b.cause)
+        if b.refused_redirect is not None:      # the 302 is only in the proto cause
+            self.setvar(call, a, "last_bridge_proto_specific_hangup_cause",
+                        f"sip:{b.refused_redirect}")
         if proto and b.sip_status is not None:
             self.setvar(call, a, "last_bridge_proto_specific_hangup_cause", f"sip:{b.sip_status}")
             self.setvar(call, a, "sip_invite_failure_status", str(b.sip_status))
