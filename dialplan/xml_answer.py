@@ -375,6 +375,14 @@ def render_refusal(context: str, destination: str, refusal, call_vars: dict) -> 
     return _document(context, destination, actions)
 
 
+def render_hangup(context: str, destination: str, cause: str, call_vars: dict) -> str:
+    """Answer that ends an answered call: its variables, then `hangup <cause>` (a `respond`
+    cannot reach a caller whose call was answered)."""
+    actions = [("set", kv) for kv in _assignments(call_vars, "call")]
+    actions.append(("hangup", _check_cause(cause)))
+    return _document(context, destination, actions)
+
+
 def render_not_found() -> str:
     """mod_xml_curl falls through to the next binding / static XML (DESIGN §11)."""
     return (_HEADER + '<document type="freeswitch/xml">\n'

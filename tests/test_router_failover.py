@@ -359,3 +359,25 @@ def test_a_carrier_at_its_calls_per_second_is_passed_over_too(setup):
     decision = router.route(_after(form, first, "CALL_REJECTED", "sip:403"))
     assert decision.chosen[0]["carrier"] == "gamma" and decision.reason.endswith(
         "; passed over: beta (cps limit reached)")
+
+
+def test_an_answered_call_transferred_back_is_ended_not_failed_over(setup):
+    """A carrier's REFER after the answer: FreeSWITCH blind-transfers the caller to the
+    Refer-To number, and the lookup comes with the answered bridge's SUCCESS (seen on
+    FreeSWITCH 1.10.12, tests/realswitch/test_transfer.py). Neither a failover (the callee
+    rung again through beta, alpha charged) nor the transfer's number is routed."""
+    router, decisions, health, backend = setup
+    form, first = _first(router)
+    transferred = _after(form, first, "SUCCESS")
+    transferred["Caller-Destination-Number"] = "19005550100"
+    decision = router.route(transferred)
+    actions = _actions(decision.xml)
+    assert [a for a, _ in actions] == ["set", "hangup"]
+    assert ("hangup", "NORMAL_CLEARING") in actions
+    assert not any(a in ("bridge", "respond", "transfer") for a, _ in actions)
+    assert decision.result == "transfer_refused" and decision.as_row()["result"] == "refused"
+    assert decision.reason == ("transferred after answer: alpha/gw_alpha answered; the "
+                               "transfer to 19005550100 is not followed")
+    assert health.get("alpha").score == 100 and health.get("beta").score == 100
+    assert backend.count(Scope("carrier", "alpha")) == 1      # the call's slots are its own
+    assert decisions[-1] is decision

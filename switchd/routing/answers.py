@@ -60,6 +60,15 @@ class Refuse:
 
 
 @dataclass(frozen=True)
+class HangUp:
+    """`hangup <cause>`: an answered call that came back to the dialplan ends here."""
+    context: str
+    destination: str
+    cause: str
+    call_vars: dict
+
+
+@dataclass(frozen=True)
 class NotFound:
     """`not found`: FreeSWITCH falls through to its static dialplan."""
 
@@ -87,6 +96,9 @@ def render(answer) -> str:
     if kind is Bridge:
         return xml_answer.render_bridge(answer.context, answer.destination, answer.call_vars,
                                         answer.legs, answer.max_duration)
+    if kind is HangUp:
+        return xml_answer.render_hangup(answer.context, answer.destination, answer.cause,
+                                        answer.call_vars)
     if kind is NotFound:
         return xml_answer.render_not_found()
     raise TypeError(f"not a routing answer: {answer!r}")

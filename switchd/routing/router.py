@@ -31,7 +31,7 @@ class Decision:
     tenant: str | None
     direction: str
     destination: str | None
-    result: str                # 'routed' | 'refused' | 'not_found'
+    result: str                # 'routed' | 'refused' | 'not_found' | 'transfer_refused'
     reason: str
     sip_code: int | None = None
     candidates: list = field(default_factory=list)
@@ -266,11 +266,13 @@ class Router:
             attempt = self.settings["max_routes"]
         cause = (form.get("variable_originate_disposition")
                  or form.get("variable_last_bridge_hangup_cause") or "")
+        tried = (form.get("variable_switchd_tried") or "").split()
+        if cause == "SUCCESS":
+            return self._transferred_after_answer(decision, context, dialled, route_id, tried)
         sip = (failover.parse_proto_cause(form.get("variable_last_bridge_proto_specific_hangup_cause"))
                or _int(form.get("variable_sip_invite_failure_status")))
         verdict = failover.decide(self.settings.get("failover") or failover.FailoverTable(),
                                   cause, sip)
-        tried = (form.get("variable_switchd_tried") or "").split()
         what = f"attempt {attempt} via {tried[-1] if tried else '?'}: {cause or '-'}" \
                f"{f' sip {sip}' if sip else ''} -> {verdict.key}: {verdict.action}"
         call_vars = {"switchd_route_id": route_id}
@@ -441,6 +443,26 @@ class Router:
                             f"{special.kind} number has no explicit route")
 
     # --- refusals --------------------------------------------------------------------------
+    @staticmethod
+    def _transferred_after_answer(decision, context, dialled, route_id, tried) -> Decision:
+        """The call's attempt was answered (originate_disposition SUCCESS, set by that
+        bridge) and the call came back to the dialplan all the same: something transferred
+        the answered call, to `dialled` (a carrier's REFER: FreeSWITCH blind-transfers the
+        caller to its Refer-To; a uuid_transfer). It is no failed attempt: failing over
+        would ring the callee again through the next carrier and charge the carrier that
+        answered; following the transfer would place a call to a number nobody routed, at
+        our cost. The caller's call ends here (docs/routing.md §4a)."""
+        carrier = tried[-1] if tried else "?"
+        decision.result = "transfer_refused"
+        decision.reason = (f"transferred after answer: {carrier} answered; the transfer to "
+                           f"{dialled or '?'} is not followed")
+        log.warning("call transferred after its answer by %s (to %s): not followed, the call "
+                    "ends", carrier, dialled or "?",
+                    extra={"call_uuid": decision.call_uuid, "tenant": decision.tenant})
+        decision.answer = answers.HangUp(context, dialled, "NORMAL_CLEARING",
+                                         {"switchd_route_id": route_id})
+        return decision
+
     def _refuse(self, decision, context, dialled, refusal, reason, call_vars=None) -> Decision:
         decision.result = "refused"
         decision.reason = reason
