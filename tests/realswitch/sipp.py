@@ -24,8 +24,10 @@ REJECT_REASONS = {
 # answer-* ones answer and then fail (tests/realswitch/test_answer_then_fail.py).
 SCENARIO_MODES = ("answer", "ring", "early", "hangup", "answer-bad-sdp", "answer-then-bye",
                   "answer-no-sdp")
-# `redirect` answers 302 with the Contact given to set_mode (tests/realswitch/test_redirect.py).
-MODES = (*SCENARIO_MODES, "down", "redirect", *map(str, REJECT_REASONS))
+# Modes that take a URI (set_mode's `contact`): `redirect` answers 302 with it as the Contact
+# (tests/realswitch/test_redirect.py), `refer` answers and then REFERs the call to it.
+CONTACT_MODES = ("redirect", "refer")
+MODES = (*SCENARIO_MODES, "down", *CONTACT_MODES, *map(str, REJECT_REASONS))
 # Final answers a caller may get (each needs its own optional <recv> in sipp).
 FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 421,
                423, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 491, 500, 501, 502, 503,
@@ -104,13 +106,13 @@ class Carrier:
 
     def set_mode(self, mode: str, *, contact: str | None = None) -> None:
         """Restart the carrier in `mode`; 'down' leaves it stopped (its port unreachable).
-        'redirect' needs `contact`, the URI its 302 sends callers to."""
+        'redirect' and 'refer' need `contact`, the URI they send the call to."""
         mode = str(mode)
         if mode not in MODES:
             raise ValueError(f"carrier mode {mode!r}: one of {', '.join(MODES)}")
-        if (mode == "redirect") != (contact is not None):
-            raise ValueError("carrier mode 'redirect' takes a contact, and only it")
-        if mode == self.mode and mode != "redirect" and (mode == "down" or self.alive()):
+        if (mode in CONTACT_MODES) != (contact is not None):
+            raise ValueError(f"carrier modes {', '.join(CONTACT_MODES)} take a contact, and only they")
+        if mode == self.mode and mode not in CONTACT_MODES and (mode == "down" or self.alive()):
             return
         if self.alive():
             self._wait_for_a_fresh_ping()
@@ -122,9 +124,9 @@ class Carrier:
         cmd = sipp_command(self.sipp, self.ports, self.ip)
         if mode in SCENARIO_MODES:
             cmd += ["-sf", str(SCENARIOS / f"uas-{mode}.xml")]
-        elif mode == "redirect":
-            scenario = self.dir / "uas-redirect.xml"
-            scenario.write_text((SCENARIOS / "uas-redirect.xml").read_text()
+        elif mode in CONTACT_MODES:
+            scenario = self.dir / f"uas-{mode}.xml"
+            scenario.write_text((SCENARIOS / f"uas-{mode}.xml").read_text()
                                 .replace("@CONTACT@", contact))
             cmd += ["-sf", str(scenario)]
         else:
