@@ -294,7 +294,8 @@ _CONTROLS = (("set", "route_source=xml_curl"), ("set", "continue_on_fail=true"),
              ("set", "hangup_after_bridge=true"))
 
 
-def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str) -> list:
+def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str,
+                   answered: bool = False) -> list:
     if isinstance(max_duration_s, bool) or not isinstance(max_duration_s, int) or max_duration_s <= 0:
         # sched_hangup needs '+N' with N > 0; a bare or zero N hangs up at once (DESIGN §11)
         raise ValueError(f"max_duration_s must be a positive int, got {max_duration_s!r}")
@@ -305,7 +306,12 @@ def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str) -
         raise ValueError("call_vars switchd_max_duration disagrees with max_duration_s")
     actions = [("set", kv) for kv in _assignments(call_vars, "call")]
     actions += _CONTROLS
-    actions.append(("set", f"execute_on_answer=sched_hangup +{max_duration_s} {cause_on_answer}"))
+    if answered:
+        # The channel asking was answered before (a call transferred after its answer):
+        # execute_on_answer would never run, so the limit starts now.
+        actions.append(("sched_hangup", f"+{max_duration_s} {cause_on_answer}"))
+    else:
+        actions.append(("set", f"execute_on_answer=sched_hangup +{max_duration_s} {cause_on_answer}"))
     return actions
 
 
@@ -475,11 +481,13 @@ _UNSETS = tuple(("unset", name) for name in ATTEMPT_OUTCOME_VARS)
 
 def render_attempt(context: str, destination: str, call_vars: dict, route, number: str,
                    max_duration_s: int, transfer_to: str,
-                   cause_on_answer: str = "ALLOTTED_TIMEOUT", pause_ms: int = 0) -> str:
+                   cause_on_answer: str = "ALLOTTED_TIMEOUT", pause_ms: int = 0,
+                   answered: bool = False) -> str:
     """Answer for one carrier attempt: call variables, one bridge to `route`, and on
     failure `transfer <transfer_to> XML <context>` so FreeSWITCH asks switchd what next.
     `pause_ms`: a `sleep` before the bridge (a leg placed again after the switch's own
-    refusal waits for its throttle to refill).
+    refusal waits for its throttle to refill). `answered`: the channel asking is already
+    answered (a call transferred after its answer): `sched_hangup` at once, not on answer.
 
     call_vars must carry switchd_route_id and switchd_attempt (the continuation's keys)."""
     if "switchd_route_id" not in call_vars or "switchd_attempt" not in call_vars:
@@ -488,7 +496,7 @@ def render_attempt(context: str, destination: str, call_vars: dict, route, numbe
         raise ValueError(f"invalid dialled number: {number!r}")
     target = _name(transfer_to, _EXTENSION, "transfer destination")
     ctx = _name(context, _CONTEXT, "context")
-    actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
+    actions = _call_controls(call_vars, max_duration_s, cause_on_answer, answered)
     actions += _UNSETS
     if pause_ms:
         if type(pause_ms) is not int or not 0 < pause_ms <= 10_000:

@@ -381,3 +381,17 @@ def test_an_answered_call_transferred_back_is_ended_not_failed_over(setup):
     assert health.get("alpha").score == 100 and health.get("beta").score == 100
     assert backend.count(Scope("carrier", "alpha")) == 1      # the call's slots are its own
     assert decisions[-1] is decision
+
+
+def test_a_channel_already_answered_gets_its_limit_at_once(setup):
+    """A caller's blind transfer sends the carrier's answered leg into the dialplan: its
+    limit starts now (sched_hangup), as execute_on_answer would never run on it."""
+    router, _, _, _ = setup
+    _, fresh = _first(router)
+    assert ("set", "execute_on_answer=sched_hangup +3600 ALLOTTED_TIMEOUT") in _actions(fresh.xml)
+    _, transferred = _first(router, **{"Answer-State": "answered"})
+    actions = _actions(transferred.xml)
+    limit = int(_vars(actions)["switchd_max_duration"])
+    assert ("sched_hangup", f"+{limit} ALLOTTED_TIMEOUT") in actions
+    assert not any(d.startswith("execute_on_answer") for a, d in actions if a == "set")
+    assert [a for a, _ in actions].index("sched_hangup") < [a for a, _ in actions].index("bridge")

@@ -23,6 +23,7 @@ class Attempt:
     max_duration: int
     transfer_to: str
     pause_ms: int = 0           # a sleep before the bridge (a leg placed again)
+    answered: bool = False      # the channel asking is up already: its limit starts now
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def render(answer) -> str:
         return xml_answer.render_attempt(answer.context, answer.destination, answer.call_vars,
                                          answer.route, answer.number, answer.max_duration,
                                          transfer_to=answer.transfer_to,
-                                         pause_ms=answer.pause_ms)
+                                         pause_ms=answer.pause_ms, answered=answer.answered)
     if kind is Refuse:
         return xml_answer.render_refusal(answer.context, answer.destination, answer.refusal,
                                          answer.call_vars)

@@ -243,9 +243,12 @@ class Router:
                      "switchd_tried": _leg_name(first),
                      "effective_caller_id_name": name, "effective_caller_id_number": number}
         # One carrier per bridge; a failed attempt comes back to _continue (docs/routing.md).
+        # A channel that asks while already answered is a call transferred after its answer
+        # (e.g. the callee's side of a caller's blind transfer): its limit starts now.
         decision.answer = answers.Attempt(
             context, match_dialled, call_vars, first, plan.number.e164, plan.max_duration,
-            transfer_to=_transfer_target(match_dialled, plan.number.e164))
+            transfer_to=_transfer_target(match_dialled, plan.number.e164),
+            answered=(form or {}).get("Answer-State") == "answered")
         return decision
 
     # --- continuation: a failed attempt asks what next -------------------------------------
