@@ -292,14 +292,16 @@ class RealSwitch:
                    tenant: str | None = "acme", headers: dict[str, str] | None = None,
                    hold_ms: int = 1000, timeout_s: float = 120.0,
                    cancel_after_ms: int | None = None,
-                   cancel_from: str = "progress") -> CallHandle:
+                   cancel_from: str = "progress", refer_to: str | None = None) -> CallHandle:
         """Start one call (a sipp caller) to `number` at the switch's SIP profile.
         `cancel_after_ms`: the caller gives up, CANCELling that long after the first
         180/183 (scenarios/uac-cancel.xml), or after the switch's 100 Trying with
         cancel_from="trying"; the result's code is then 487.
         `from_header` replaces the whole From value (byte for byte, without ';tag=');
         otherwise it is `"caller_name" <sip:caller_number@127.0.0.1>`. `tenant` is sent as
-        `X-Tenant` (None: no header, e.g. a call to a DID); `headers` adds more."""
+        `X-Tenant` (None: no header, e.g. a call to a DID); `headers` adds more.
+        `refer_to`: answered, the caller blind-transfers the call to that number after
+        hold_ms (an in-dialog REFER, scenarios/uac-refer.xml)."""
         if from_header is None:
             from_header = b'"' + as_bytes(caller_name) + b'" <sip:' + as_bytes(caller_number) \
                           + b"@127.0.0.1>"
@@ -313,7 +315,8 @@ class RealSwitch:
             directory = self.run_dir / "calls" / f"call-{self._calls:04d}"
         directory.mkdir(parents=True)
         (directory / "uac.xml").write_bytes(uac_scenario(as_bytes(from_header), extra, hold_ms,
-                                                          cancel_after_ms, cancel_from))
+                                                          cancel_after_ms, cancel_from,
+                                                          refer_to))
         ports = self.plan.callers[slot]
         cmd = [*sipp_command(self.sipp, ports), f"127.0.0.1:{self.plan.sip}", "-sf", "uac.xml",
                "-s", number, "-m", "1", "-timeout", f"{int(timeout_s)}s",

@@ -294,14 +294,21 @@ def _first_call_id(message_file: Path) -> str:
 
 
 def uac_scenario(from_value: bytes, extra_headers: list[bytes], hold_ms: int,
-                 cancel_after_ms: int | None = None, cancel_from: str = "progress") -> bytes:
+                 cancel_after_ms: int | None = None, cancel_from: str = "progress",
+                 refer_to: str | None = None) -> bytes:
     """The caller's scenario: uac-call.xml, or with `cancel_after_ms` uac-cancel.xml (the
     caller CANCELs that long after the first 180/183, or with cancel_from="trying" after
-    the switch's 100 Trying)."""
+    the switch's 100 Trying), or with `refer_to` uac-refer.xml (answered, the caller
+    blind-transfers the call to that number after hold_ms)."""
     if cancel_from not in ("progress", "trying"):
         raise ValueError(f"cancel_from {cancel_from!r}: 'progress' or 'trying'")
-    template = (SCENARIOS / ("uac-call.xml" if cancel_after_ms is None
-                             else "uac-cancel.xml")).read_bytes()
+    if refer_to is not None and (cancel_after_ms is not None
+                                 or not re.fullmatch(r"\+?[0-9]{1,20}", refer_to)):
+        raise ValueError(f"refer_to {refer_to!r}: a number, and not with a cancel")
+    name = ("uac-refer.xml" if refer_to is not None
+            else "uac-call.xml" if cancel_after_ms is None else "uac-cancel.xml")
+    template = (SCENARIOS / name).read_bytes().replace(b"@REFER_TO@",
+                                                       (refer_to or "").encode())
     for bad in (b"\r", b"\n", b"[", b"]"):
         if bad in from_value or any(bad in h for h in extra_headers):
             raise ValueError(f"From/extra headers may not hold {bad!r} (sipp would read it)")

@@ -1,11 +1,15 @@
-"""A carrier that transfers an answered call (an in-dialog REFER), on a real FreeSWITCH
-1.10.12. FreeSWITCH accepts the REFER (202) and blind-transfers the *caller* into the
-dialplan with the Refer-To number (`transfer_source` `bl_xfer:19005550100/public/XML`),
-hanging up the carrier's leg; mod_xml_curl then asks switchd about that number, on the
-caller's channel, which still carries the answered attempt's variables
-(`originate_disposition` SUCCESS). That lookup is no failed attempt: switchd ends the
-call there (docs/routing.md §4a) rather than ring the callee again through the next
-carrier or place a call to the number the carrier chose."""
+"""Transfers of an answered call (an in-dialog REFER, a blind transfer), on a real
+FreeSWITCH 1.10.12. FreeSWITCH accepts a REFER (202), hangs up the side that sent it and
+sends the *other* side into the dialplan with the Refer-To number; mod_xml_curl then asks
+switchd about that number, on that other side's channel, which is already answered.
+
+- The carrier REFERs: the caller's channel comes back still carrying the answered
+  attempt's variables (`originate_disposition` SUCCESS). That lookup is no failed attempt:
+  switchd ends the call there (docs/routing.md §4a) rather than ring the callee again
+  through the next carrier or place a call to the number the carrier chose.
+- The caller REFERs (an agent transferring the callee): the carrier's leg asks, and
+  switchd routes the number as a call of the same tenant. Its max duration starts at once
+  (`sched_hangup`; an `execute_on_answer` would never run on a channel answered before)."""
 from __future__ import annotations
 
 import pytest
@@ -13,6 +17,7 @@ import pytest
 from daemon_harness import metric
 
 from . import world
+from .common import poll
 
 pytestmark = pytest.mark.realswitch
 
@@ -47,3 +52,39 @@ def test_a_carriers_transfer_of_an_answered_call_ends_the_call(realswitch, rs_da
                                    f"transfer to {TARGET} is not followed")
     assert metric(rs_daemon.process, "switchd_failovers_total", carrier="alpha") == 0
     assert rs_daemon.rows("SELECT health FROM carriers WHERE name = 'alpha'") == [(100,)]
+
+
+def test_a_callers_blind_transfer_is_routed_and_cut_at_the_tenants_max_duration(
+        realswitch, rs_daemon):
+    """Tenant `brief` (max_call_seconds 3): the caller answered on alpha transfers the
+    callee to a French number after 1 s. The callee's leg is routed to bravo, the
+    cheapest for France, and the transferred call is cut 3 s after the transfer."""
+    france = "+33142685300"
+    result = realswitch.call(world.US_NUMBER, tenant="brief", hold_ms=1000, refer_to=france)
+    assert result.code == 200 and result.ended_by == "switch", result   # the referrer's BYE
+    hangups = poll(lambda: (lambda h: h if len(h) == 3 else None)(realswitch.hangups()), 20,
+                   "the caller's, the callee's and the transfer's hangups")
+    a, callee, target = sorted(hangups, key=lambda h: int(h.headers["Caller-Channel-Created-Time"]))
+    assert (a.direction, callee.gateway, target.gateway) == ("inbound", "gw_a", "gw_b")
+    assert f"bl_xfer:{france}/" in callee.headers["variable_transfer_source"]
+    assert target.headers["Caller-Destination-Number"] == france
+    # FreeSWITCH's own clock: the callee's leg ends ALLOTTED_TIMEOUT 3 s after switchd
+    # answered the transfer's lookup (just before the transfer's leg was created), the
+    # transfer's leg with it. sched_hangup counts whole epoch seconds, so the cut lands in
+    # [N-1, N+0.5] s (as in test_max_duration.py).
+    routed_us = int(target.headers["Caller-Channel-Created-Time"])
+    cut_us = int(callee.headers["Caller-Channel-Hangup-Time"])
+    assert callee.cause == "ALLOTTED_TIMEOUT"
+    assert 2.0e6 <= cut_us - routed_us <= 3.5e6, cut_us - routed_us
+    assert target.billmsec <= 3500
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 0}
+    poll(lambda: realswitch.channel_count() == 0, 10, "no channel left on the switch")
+    # switchd: the transfer routed for the same tenant, and both calls billed
+    (row,) = rs_daemon.wait_until(lambda: rs_daemon.rows(
+        "SELECT tenant, result, reason FROM routing_decisions WHERE call_uuid = %s",
+        callee.uuid) or None, what="the transfer's routing decision")
+    assert row == ("brief", "routed", "lcr")
+    moved = rs_daemon.wait_until(lambda: rs_daemon.rows(
+        "SELECT carrier, cost FROM call_legs WHERE leg_uuid = %s AND cost > 0", target.uuid)
+        or None, what="the transfer's carrier leg rated")
+    assert moved[0][0] == "bravo"
