@@ -470,8 +470,13 @@ class Simulator:
         return time.monotonic() - self._started_mono
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """True once every call placed so far has ended."""
-        return all(call.done.wait(timeout) for call in list(self.calls))
+        """True once every call placed so far has ended; False if `timeout` seconds (in
+        all, not per call) pass first. It returns as soon as the last call ends."""
+        with gevent.Timeout(timeout, False):
+            for call in list(self.calls):
+                call.done.wait()
+            return True
+        return False
 
     # -- faults -----------------------------------------------------------------------
     def wait_for_listeners(self, count: int = 1, timeout: float = 5.0,
