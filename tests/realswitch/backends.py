@@ -56,6 +56,25 @@ CDR_COLUMNS = ("call_uuid", "tenant", "direction", "carrier", "gateway", "attemp
                "billed_seconds", "cost", "hangup_cause", "first_choice_carrier", "answered_at")
 
 
+# A call's row is settled once both halves are merged into it (ingest.py, cdr_batch.py):
+# - FreeSWITCH's CDR of every leg: `cdr_source` is 'switch' only when every leg row stored
+#   for the call came from mod_json_cdr (cdr_batch.RECOMPUTE_CALLS), and `provisional` is
+#   false (no leg closed without its hangup);
+# - ESL's record of the call (billing.call_record), which the CDR writer stores after the
+#   ESL rows of all its legs, so that no leg is missing from the above. Only that record
+#   gives a call its `disposition`, and it gives one to every call a carrier was dialled
+#   for (the carrier leg's) or whose caller cancelled. A call with no disposition is
+#   settled only if the routing log holds its decision and it chose no carrier (a refusal,
+#   a DID to an extension), and no carrier leg is stored: then no other leg is to come.
+SETTLED = """c.cdr_source = 'switch' AND NOT c.provisional
+  AND (c.disposition IS NOT NULL
+       OR (EXISTS (SELECT 1 FROM routing_decisions d WHERE d.call_uuid = c.call_uuid)
+           AND NOT EXISTS (SELECT 1 FROM routing_decisions d, jsonb_array_elements(d.chosen) e
+                           WHERE d.call_uuid = c.call_uuid AND e ? 'carrier')
+           AND NOT EXISTS (SELECT 1 FROM call_legs l WHERE l.call_uuid = c.call_uuid
+                           AND (l.carrier IS NOT NULL OR l.gateway IS NOT NULL))))"""
+
+
 class RsDaemon:
     """`switchd run` connected to a RealSwitch (its ESL, its xml_curl URL)."""
 
@@ -97,12 +116,25 @@ class RsDaemon:
         return self.api("POST", "/v1/calls", payload, timeout=60)
 
     def cdr(self, call_uuid: str) -> dict | None:
+        """The `calls` row as it is now, whichever of its records are in."""
         found = self.rows(f"SELECT {', '.join(CDR_COLUMNS)} FROM calls WHERE call_uuid = %s",
                           call_uuid)
         return dict(zip(CDR_COLUMNS, found[0])) if found else None
 
+    def settled_cdr(self, call_uuid: str) -> dict | None:
+        """The `calls` row once both halves are merged (SETTLED), else None."""
+        found = self.rows(f"SELECT {', '.join('c.' + c for c in CDR_COLUMNS)} FROM calls c "
+                          f"WHERE c.call_uuid = %s AND {SETTLED}", call_uuid)
+        return dict(zip(CDR_COLUMNS, found[0])) if found else None
+
     def wait_cdr(self, call_uuid: str, timeout: float = 30.0) -> dict:
-        return self.wait_until(lambda: self.cdr(call_uuid), timeout, f"CDR of {call_uuid}")
+        """The call's row once FreeSWITCH's CDRs and ESL's record are both merged into it
+        (SETTLED): its money and fields are final, whichever half arrived first."""
+        try:
+            return self.wait_until(lambda: self.settled_cdr(call_uuid), timeout,
+                                   f"the settled CDR of {call_uuid}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nthe row now: {self.cdr(call_uuid)}") from None
 
     def wait_until(self, predicate, timeout: float = 30.0, what: str = "condition"):
         return wait_for(predicate, timeout, what, self.process)
@@ -136,8 +168,12 @@ class SimBackend:
     name = "sim"
 
     def __init__(self, sim, daemon: DaemonProcess, db_url: str):
+        from switchd.sim import CdrSink
         self.sim, self.daemon, self.db_url = sim, daemon, db_url
         self.rs = RsDaemon(daemon, db_url)
+        # As the real switch (conftest: mod_json_cdr posts every leg to /fs/cdr), so that
+        # a CDR settles the same way on both backends (RsDaemon.wait_cdr).
+        sim.set_cdr_sink(CdrSink(daemon.base_url + "/fs/cdr"))
 
     def set_carrier(self, gateway: str, mode: str) -> None:
         from switchd.sim import GatewayBehaviour

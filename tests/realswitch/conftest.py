@@ -62,7 +62,9 @@ owning gw_a/gw_b/gw_c with decks that make a different carrier cheapest per dest
 `.process`) on that world, connected to the switch's ESL and serving its xml_curl URL, with
 `routing.tenant_from = variable`, `routing.tenant_variable = sip_h_X-Tenant` (the caller's
 `X-Tenant` header names its tenant). `.db_url`, `.rows(sql, *args)`,
-`.wait_cdr(call_uuid)` (the `calls` row as a dict), `.wait_until(pred, what=...)`.
+`.wait_cdr(call_uuid)` (the `calls` row as a dict once FreeSWITCH's CDRs and ESL's record
+are both merged into it: backends.SETTLED), `.cdr(call_uuid)` (the row as it is now),
+`.wait_until(pred, what=...)`.
 `make_rs_daemon(extra_env={...}, world_toml=...)` starts one with other settings (one per
 test: it binds the switch's dialplan port). The daemon must exit 0 on SIGTERM at teardown.
 
