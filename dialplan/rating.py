@@ -207,7 +207,8 @@ def tariff_at(tariffs, at: datetime | None) -> Tariff | None:
 
 def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
          answered_at: datetime | None = None, rounding: str = BILLSEC,
-         places: int = 6, refused_answer: bool = False) -> Rated:
+         places: int = 6, refused_answer: bool = False,
+         unreadable: frozenset[str] | set[str] = frozenset()) -> Rated:
     """Rate one leg from FreeSWITCH's figures (DESIGN §4).
 
     - Unanswered: 0 seconds, cost 0 (rated, not unrated).
@@ -223,10 +224,21 @@ def rate(*, answered: bool, billsec: int | None, billmsec: int | None, tariffs,
       An answered leg always pays its connect fee, whatever its hangup cause, even with 0
       billed seconds (e.g. answered for 20 ms then failed: docs/rates.md).
     - Answered without a tariff, or without any talk figure: unrated (cost None).
+    - A figure the switch sent but in a form that could not be read (`unreadable`:
+      "answer", "billsec", "billmsec"; each then passed as unknown): unrated when the
+      rating depends on it. An unreadable answer time always (answered or not is unknown);
+      the talk figure `rounding` reads (billsec, or billmsec for CEIL_MS) of an answered
+      leg. Never a cost made up from the other figures.
     """
     if isinstance(places, bool) or not isinstance(places, int) or not 0 <= places <= 12:
         raise ValueError(f"places must be an int 0..12, got {places!r}")
     quantum = Decimal(1).scaleb(-places)
+    if unreadable:
+        if not answered and "answer" in unreadable:
+            return Rated(0, None, "the switch's answer time could not be read")
+        figure = "billmsec" if rounding == CEIL_MS else "billsec"
+        if answered and figure in unreadable:
+            return Rated(0, None, f"the switch's {figure} could not be read")
     if not answered and not refused_answer:
         return Rated(0, Decimal(0).quantize(quantum))
     tariff = tariff_at(tariffs, answered_at)

@@ -219,6 +219,37 @@ def decimal(scale: int, precision: int, *, positive: bool = False) -> Callable[[
     return check
 
 
+# The integers FreeSWITCH reports (ESL event headers, mod_json_cdr variables): what it
+# produces and what the ledger's columns hold. Both doors read them through switch_int, so
+# a value PostgreSQL could not store (and that would fail a whole CDR batch), a time no
+# datetime holds, or a negative figure is refused where it enters, never further in.
+MAX_UEPOCH = 253_402_300_799_999_999     # 9999-12-31T23:59:59.999999Z, the last datetime
+SWITCH_INTS: dict[str, tuple[int, int]] = {
+    "uepoch": (0, MAX_UEPOCH),           # a time in µs since the epoch; 0 = never
+    "sip_status": (100, 699),            # a SIP final status (RFC 3261 §7.2)
+    "billsec": (0, INT32_MAX),           # call_legs.billsec: integer
+    "billmsec": (0, 2 ** 63 - 1),        # call_legs.billmsec: bigint
+    "sequence": (0, 2 ** 63 - 1),        # call_events.event_seq: bigint
+}
+
+
+def switch_int(text: str | None, kind: str) -> int | None:
+    """An integer figure of FreeSWITCH's (`kind` names its range in SWITCH_INTS); None when
+    absent (None or ""). Invalid, its message the reason to follow the figure's name, when
+    it is not plain decimal digits with an optional '-' (FreeSWITCH writes no '+', spaces,
+    '_' or other digits than 0-9) or is outside the range."""
+    if text is None or text == "":
+        return None
+    low, high = SWITCH_INTS[kind]
+    digits = text[1:] if text[:1] == "-" else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        raise Invalid(f"is not an integer: {text[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise Invalid(f"is out of range ({low}..{high}): {text!r}")
+    return value
+
+
 MONEY = decimal(6, 18)           # numeric(18,6): budgets
 RATE = decimal(6, 12)            # numeric(12,6): rates, connect fees, rate caps
 CPS = decimal(3, 10, positive=True)   # numeric(10,3): calls per second

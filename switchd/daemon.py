@@ -393,14 +393,18 @@ class Daemon:
             return
         # Only what a timeline or a replay needs (docs/storage.md): the cause, gateway, SIP
         # status and billmsec an event carries are the leg row's.
-        try:
-            at = datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc)
-        except (ValueError, OverflowError, OSError):
-            # A corrupt Event-Date-Timestamp must not cost the event itself (raising here
-            # would keep it from the registry: a lost hangup holds a slot until the sweep).
-            log.warning("%s carries an impossible Event-Date-Timestamp %r; logged at now",
-                        event.name, event.timestamp_us, extra={"call_uuid": event.call_uuid})
-            at = _now()
+        # Absent (or refused at the ESL edge, which logged it): the event is logged at now.
+        at = _now()
+        if event.timestamp_us:
+            try:
+                at = datetime.fromtimestamp(event.timestamp_us / 1e6, tz=timezone.utc)
+            except (ValueError, OverflowError, OSError):
+                # A corrupt Event-Date-Timestamp must not cost the event itself (raising
+                # here would keep it from the registry: a lost hangup holds a slot until
+                # the sweep).
+                log.warning("%s carries an impossible Event-Date-Timestamp %r; logged at now",
+                            event.name, event.timestamp_us,
+                            extra={"call_uuid": event.call_uuid})
         self.writer.submit_event(EventRecord(
             core_uuid=event.core_uuid, event_seq=event.sequence, name=event.name, at=at,
             call_uuid=event.call_uuid, leg_uuid=event.uuid))
@@ -435,7 +439,8 @@ class Daemon:
                 # leg it was rated from (used only if the leg is still the same then).
                 self._rated_legs[effect.leg.uuid] = (effect.leg, record)
             if record.unrated:
-                billing.count_unrated("esl", "answered carrier leg without a usable tariff",
+                billing.count_unrated("esl", "no usable tariff, or a figure of the switch's "
+                                      "it depends on could not be read",
                                       record.leg_uuid, record.call_uuid)
             if record.provisional and record.answered_at is not None:
                 metrics.PROVISIONAL_LEGS.inc()

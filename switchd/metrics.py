@@ -269,8 +269,9 @@ SWITCH_CDRS = _counter("switchd_switch_cdrs_total",
                        "FreeSWITCH CDR deliveries (POST /fs/cdr, cdr import) by outcome: "
                        "stored, spooled, bad_request, unauthorized, failed", ("outcome",))
 UNRATED_LEGS = _counter("switchd_unrated_legs_total",
-                        "Answered carrier legs that could not be rated (flagged, cost empty), "
-                        "by source (esl, switch)", ("source",))
+                        "Carrier legs that could not be rated (no usable tariff, or a figure "
+                        "of the switch's unreadable; flagged, cost empty), by source "
+                        "(esl, switch)", ("source",))
 PROVISIONAL_LEGS = _counter("switchd_provisional_legs_total",
                             "Legs closed without their hangup event and billed provisionally "
                             "until the switch's CDR settles them")

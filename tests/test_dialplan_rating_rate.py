@@ -114,6 +114,31 @@ def test_answered_without_tariff_or_times_is_unrated_never_zero():
     assert r.cost is None and "billsec" in r.unrated_reason
 
 
+@pytest.mark.parametrize("answered,billsec,billmsec,unreadable,rounding,why", [
+    (False, None, None, {"answer"}, BILLSEC, "answer time"),   # answered or not: unknown
+    (False, None, None, {"answer"}, CEIL_MS, "answer time"),
+    (True, None, 61_000, {"billsec"}, BILLSEC, "billsec"),     # never billmsec // 1000
+    (True, 61, None, {"billmsec"}, CEIL_MS, "billmsec"),       # never billsec
+])
+def test_a_figure_the_switch_sent_unreadable_leaves_the_leg_unrated_never_zero(
+        answered, billsec, billmsec, unreadable, rounding, why):
+    r = rate(answered=answered, billsec=billsec, billmsec=billmsec, rounding=rounding,
+             tariffs=[_t("0.01", "0.005")], answered_at=T0, unreadable=unreadable)
+    assert r.cost is None and r.billed_seconds == 0 and why in r.unrated_reason
+
+
+@pytest.mark.parametrize("answered,billsec,billmsec,unreadable,rounding,cost", [
+    (True, 61, None, {"billmsec"}, BILLSEC, "0.025000"),        # billsec rounding: unread
+    (True, None, 61_000, {"billsec"}, CEIL_MS, "0.025000"),     # ceil_ms: billmsec only
+    (False, None, None, {"billsec", "billmsec"}, BILLSEC, "0"),  # unanswered: no talk
+])
+def test_an_unreadable_figure_the_rating_does_not_read_changes_nothing(
+        answered, billsec, billmsec, unreadable, rounding, cost):
+    r = rate(answered=answered, billsec=billsec, billmsec=billmsec, rounding=rounding,
+             tariffs=[_t("0.01", "0.005")], answered_at=T0, unreadable=unreadable)
+    assert r.cost == Decimal(cost) and r.unrated_reason is None
+
+
 def test_rate_in_force_at_answer_not_at_start():
     old, new = _t("0.10", start=None), _t("0.20", start=T0)
     started = T0 - timedelta(seconds=20)             # routed before the change

@@ -15,7 +15,7 @@ time to the estimated end) until FreeSWITCH's CDR for it settles the money.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Mapping
 
@@ -30,13 +30,15 @@ log = logging.getLogger(__name__)
 Repricer = Callable[[str, str, datetime], "rating.Tariff | None"]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _at(us: int | None) -> datetime | None:
-    if not us:
+    """A µs epoch as a time, exactly (no float); 0 is "never". The ESL edge refuses times
+    outside 0..validate.MAX_UEPOCH; one that reaches here anyway is just unknown."""
+    if not us or not 0 < us <= validate.MAX_UEPOCH:
         return None
-    try:
-        return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None     # a corrupt timestamp must not cost the CDR; the time is just unknown
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def route_tariff(vars_: dict, what: str = "leg") -> rating.Tariff | None:
@@ -59,13 +61,15 @@ def route_tariff(vars_: dict, what: str = "leg") -> rating.Tariff | None:
 def rate_vars(vars_: dict, *, answered_at: datetime | None, billsec: int | None,
               billmsec: int | None, rounding: str = rating.BILLSEC, precision: int = 6,
               reprice: Repricer | None = None, what: str = "leg",
-              hangup_disposition: str | None = None, ended_at: datetime | None = None
+              hangup_disposition: str | None = None, ended_at: datetime | None = None,
+              unreadable: frozenset[str] = frozenset()
               ) -> tuple[rating.Rated, rating.Tariff | None]:
     """Rate a carrier leg: the route's tariff, or the deck's rate for the same prefix in
     force at the answer time when that differs (an effective-date change between routing
     and answer). A leg the carrier answered and FreeSWITCH never marked answered (its
     `hangup_disposition`, rating.answered_by_carrier_only) is an answer of a moment,
-    priced as of the leg's end, `ended_at`."""
+    priced as of the leg's end, `ended_at`. `unreadable`: the figures the switch sent
+    that could not be read (rating.rate)."""
     answered = answered_at is not None
     refused_answer = rating.answered_by_carrier_only(answered, hangup_disposition)
     priced_at = ended_at if refused_answer else answered_at
@@ -83,7 +87,8 @@ def rate_vars(vars_: dict, *, answered_at: datetime | None, billsec: int | None,
                                          effective_from=priced_at))
     rated = rating.rate(answered=answered, billsec=billsec, billmsec=billmsec,
                         tariffs=tariffs, answered_at=priced_at, rounding=rounding,
-                        places=precision, refused_answer=refused_answer)
+                        places=precision, refused_answer=refused_answer,
+                        unreadable=unreadable)
     return rated, rating.tariff_at(tariffs, priced_at)
 
 
@@ -114,12 +119,20 @@ def fs_billsec(answered_us: int, hangup_us: int) -> int:
     return max(hangup_us // 1_000_000 - answered_us // 1_000_000, 0)
 
 
+# Leg fields (calls.model.MONEY_HEADERS) → the figure names rating.rate knows.
+_UNREADABLE = {"answered_us": "answer", "billsec": "billsec", "billmsec": "billmsec"}
+
+
 def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] | None = None,
              reprice: Repricer | None = None) -> LegRecord:
     """A registry leg (its HANGUP_COMPLETE seen, or closed by resync/sweep) → LegRecord."""
     provisional = bool(leg.reconstructed)
     billsec, billmsec = leg.billsec, leg.billmsec
-    if leg.answered_us and billsec is None and leg.hangup_us:
+    # Figures FreeSWITCH sent that the ESL edge refused, and no event gave since.
+    unknown = {"answered_us": not leg.answered_us, "billsec": billsec is None,
+               "billmsec": billmsec is None}
+    unreadable = frozenset(_UNREADABLE[f] for f in leg.refused if unknown[f])
+    if leg.answered_us and billsec is None and leg.hangup_us and not unreadable:
         # FreeSWITCH's own formula on FreeSWITCH's times (the event lacked billsec).
         billsec = fs_billsec(leg.answered_us, leg.hangup_us)
         if billmsec is None:
@@ -134,7 +147,8 @@ def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] |
         rated, tariff = rate_vars(
             leg.vars or {}, answered_at=answered_at, billsec=billsec, billmsec=billmsec,
             rounding=rounding, precision=precision, reprice=reprice, what=f"leg {leg.uuid}",
-            hangup_disposition=leg.hangup_disposition, ended_at=_at(leg.hangup_us))
+            hangup_disposition=leg.hangup_disposition, ended_at=_at(leg.hangup_us),
+            unreadable=unreadable)
     return LegRecord(
         leg_uuid=leg.uuid, call_uuid=leg.call_uuid, direction=leg.direction,
         carrier=leg.carrier, gateway=leg.gateway, started_at=_at(leg.created_us),
@@ -153,7 +167,7 @@ def rate_leg(leg, precision: int = 6, rounding_of: Callable[[str | None], str] |
 
 def count_unrated(source: str, reason: str | None, leg_uuid: str, call_uuid: str | None) -> None:
     metrics.UNRATED_LEGS.labels(source).inc()
-    log.error("leg %s answered but unrated (%s); flagged, cost left empty", leg_uuid, reason,
+    log.error("carrier leg %s unrated (%s); flagged, cost left empty", leg_uuid, reason,
               extra={"call_uuid": call_uuid})
 
 

@@ -10,6 +10,11 @@ CAUSE_SWEPT = "UNKNOWN_AFTER_SWEEP"      # A-leg ended long ago, this leg's end 
 CAUSE_RESYNC = "UNKNOWN_AFTER_RESYNC"    # FreeSWITCH no longer has the channel
 
 
+# The ESL headers a carrier leg's money depends on, and the Leg field each one fills.
+MONEY_HEADERS = {"Caller-Channel-Answered-Time": "answered_us", "variable_billsec": "billsec",
+                 "variable_billmsec": "billmsec"}
+
+
 @dataclass
 class Leg:
     uuid: str
@@ -33,6 +38,10 @@ class Leg:
     reconstructed: bool = False       # some fields guessed (resync / sweep), not from FS
     placeholder: bool = False         # known only by reference, no event seen yet
     last_event_us: int = 0            # Event-Date-Timestamp of its latest event
+    # Money figures FreeSWITCH sent in a form refused at the ESL edge (ChannelEvent.refused):
+    # Leg field names among MONEY_HEADERS' values; rating flags the leg unrated when one is
+    # still unknown at its end.
+    refused: frozenset[str] = frozenset()
 
     def snapshot(self) -> Leg:
         # Spelled out: several per event on the hot path, where dataclasses.replace costs
@@ -46,7 +55,7 @@ class Leg:
                    hangup_disposition=self.hangup_disposition, vars=dict(self.vars),
                    caller=self.caller, destination=self.destination,
                    reconstructed=self.reconstructed, placeholder=self.placeholder,
-                   last_event_us=self.last_event_us)
+                   last_event_us=self.last_event_us, refused=self.refused)
 
 
 @dataclass

@@ -26,7 +26,8 @@ from collections import Counter, OrderedDict
 
 from switchd.adapters.esl.events import ChannelEvent
 from switchd.calls.model import (Call, CallAnswered, CallEnded, CallRenamed, CallStarted,
-                                 CarrierOutcome, Effect, Leg, LegEnded, origin_of)
+                                 CarrierOutcome, Effect, Leg, LegEnded, MONEY_HEADERS,
+                                 origin_of)
 from switchd.calls.reconcile import Reconciliation
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,9 @@ class CallRegistry(Reconciliation):
         leg.billmsec = ev.billmsec if ev.billmsec is not None else leg.billmsec
         leg.billsec = ev.billsec if ev.billsec is not None else leg.billsec
         leg.hangup_disposition = ev.hangup_disposition or leg.hangup_disposition
+        if ev.refused:
+            leg.refused = leg.refused | {MONEY_HEADERS[h] for h in ev.refused
+                                         if h in MONEY_HEADERS}
         leg.caller = ev.caller_number or leg.caller
         leg.destination = ev.destination_number or leg.destination
 

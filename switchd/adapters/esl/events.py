@@ -4,11 +4,15 @@ Dataclasses are the contract (docs/internals.md); the parsing functions below bu
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
+from dialplan import validate
 from dialplan.failover import leg_sip_status
 from switchd.adapters.esl.framing import _unquote_many
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ class ChannelEvent:
     hangup_disposition: str | None = None
     origination_uuid: str | None = None
     vars: dict[str, str] = field(default_factory=dict)   # switchd_* channel variables
+    # Integer headers the event carried but that were refused at this edge (not an integer,
+    # or outside INT_HEADERS' range): each is logged and taken as absent here; the leg's
+    # rating flags it unrated when its money depended on one (billing.rate_leg).
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,12 +122,37 @@ def _int(value: str | None, default: int = 0) -> int:
         return default
 
 
-def _opt_int(value: str | None) -> int | None:
+# Every integer header a ChannelEvent reads, and what it may hold (validate.SWITCH_INTS,
+# as for the switch's JSON CDR): a value PostgreSQL could not store would fail the CDR
+# writer's whole batch, a time no datetime holds would lose an answered leg's answer.
+INT_HEADERS = {
+    "Event-Date-Timestamp": "uepoch", "Event-Sequence": "sequence",
+    "Caller-Channel-Created-Time": "uepoch", "Caller-Channel-Answered-Time": "uepoch",
+    "Caller-Channel-Progress-Time": "uepoch", "Caller-Channel-Progress-Media-Time": "uepoch",
+    "Caller-Channel-Hangup-Time": "uepoch", "variable_sip_term_status": "sip_status",
+    "variable_billmsec": "billmsec", "variable_billsec": "billsec",
+}
+
+
+_RANGES = {header: validate.SWITCH_INTS[kind] for header, kind in INT_HEADERS.items()}
+
+
+def _checked(h: dict[str, str], header: str, refused: list[tuple[str, str]]) -> int | None:
+    """The header's integer, None when absent; a value INT_HEADERS refuses is None too,
+    (header, reason) added to `refused`."""
+    value = h.get(header)
     if not value:
         return None
+    if value.isdigit() and value.isascii() and len(value) < 19:
+        # the hot path (ten headers an event): what validate.switch_int accepts, inline
+        number = int(value)
+        low, high = _RANGES[header]
+        if low <= number <= high:
+            return number
     try:
-        return int(value)
-    except ValueError:
+        return validate.switch_int(value, INT_HEADERS[header])
+    except validate.Invalid as exc:
+        refused.append((header, str(exc)))
         return None
 
 
@@ -135,36 +168,43 @@ def _channel(name: str, h: dict[str, str],
     from `h`."""
     get = h.get
     uuid = get("Unique-ID", "")
+    call_uuid = get("Channel-Call-UUID") or uuid
     if switchd_vars is None:
         switchd_vars = {k[9:]: v for k, v in h.items() if k.startswith("variable_switchd_")}
     if name == "CHANNEL_UUID" and get("Old-Unique-ID"):
         switchd_vars[OLD_UUID_VAR] = h["Old-Unique-ID"]
-    return ChannelEvent(
+    refused: list[tuple[str, str]] = []
+    event = ChannelEvent(
         name=name,
         uuid=uuid,
-        call_uuid=get("Channel-Call-UUID") or uuid,
+        call_uuid=call_uuid,
         other_leg_uuid=get("Other-Leg-Unique-ID") or None,
         direction=get("Call-Direction") or "inbound",
-        timestamp_us=_int(get("Event-Date-Timestamp")),
-        sequence=_int(get("Event-Sequence")),
+        timestamp_us=_checked(h, "Event-Date-Timestamp", refused) or 0,
+        sequence=_checked(h, "Event-Sequence", refused) or 0,
         core_uuid=get("Core-UUID", ""),
         caller_number=get("Caller-Caller-ID-Number", ""),
         destination_number=get("Caller-Destination-Number", ""),
         gateway=get("variable_sip_gateway_name") or None,
-        created_us=_int(get("Caller-Channel-Created-Time")),
-        answered_us=_int(get("Caller-Channel-Answered-Time")),
-        progress_us=_first(_int(get("Caller-Channel-Progress-Time")),
-                           _int(get("Caller-Channel-Progress-Media-Time"))),
-        hangup_us=_int(get("Caller-Channel-Hangup-Time")),
+        created_us=_checked(h, "Caller-Channel-Created-Time", refused) or 0,
+        answered_us=_checked(h, "Caller-Channel-Answered-Time", refused) or 0,
+        progress_us=_first(_checked(h, "Caller-Channel-Progress-Time", refused) or 0,
+                           _checked(h, "Caller-Channel-Progress-Media-Time", refused) or 0),
+        hangup_us=_checked(h, "Caller-Channel-Hangup-Time", refused) or 0,
         hangup_cause=get("Hangup-Cause") or get("variable_hangup_cause") or None,
-        sip_status=leg_sip_status(_opt_int(get("variable_sip_term_status")),
+        sip_status=leg_sip_status(_checked(h, "variable_sip_term_status", refused),
                                   get("variable_proto_specific_hangup_cause")),
-        billmsec=_opt_int(get("variable_billmsec")),
-        billsec=_opt_int(get("variable_billsec")),
+        billmsec=_checked(h, "variable_billmsec", refused),
+        billsec=_checked(h, "variable_billsec", refused),
         hangup_disposition=get("variable_sip_hangup_disposition") or None,
         origination_uuid=get("variable_origination_uuid") or None,
         vars=switchd_vars,
+        refused=tuple(header for header, _ in refused),
     )
+    for header, reason in refused:
+        log.warning("%s of leg %s: %s %s; taken as absent", name, uuid, header, reason,
+                    extra={"call_uuid": call_uuid})
+    return event
 
 
 # Every line _channel reads (the channel's own headers, the channel variables it reads and
