@@ -322,3 +322,90 @@ def test_pdd_is_the_legs_stored_pdd_not_the_answer(db):
         (charlie,) = reports.report(conn, "carrier", start, start + M)
         (acme,) = reports.report(conn, "tenant", start, start + M)
     assert charlie["pdd_ms"] == acme["pdd_ms"] == 1500
+
+
+# --- a refused answer: the carrier's 200 OK, FreeSWITCH's BYE, never marked answered -------
+D3 = T0 + timedelta(days=3)
+D3_WINDOW = ("2025-03-13", "2025-03-14")
+
+
+def _refused_answer_traffic(url: str, tmp_path: Path) -> None:
+    """Two calls to France (+33123456789) on 2025-03-13:
+
+    cR  alpha r1  refused answer (send_bye, INCOMPATIBLE_DESTINATION): no answer time,
+                  billsec 0, cost its connect fee 0.001 (docs/rates.md), ends at D3+1s
+        bravo r2  answered 30 s (billsec 30, billed 30 at 1/1), cost 0.006
+    cU  alpha r3  refused answer with no tariff: unrated, cost NULL
+
+    charlie gets a deck from D3 with France at 0.02/min + 0.003 (60/60, billsec)."""
+    deck = tmp_path / "charlie-d3.csv"
+    deck.write_text("prefix,rate_per_min,connect_fee\n33,0.02,0.003\n")
+    import_rates(url, deck, "charlie", effective_from=D3)
+    refused = dict(answered=None, cause="INCOMPATIBLE_DESTINATION", billsec=0, billmsec=0,
+                   billed=0, disposition="carrier_failure")
+    with psycopg.connect(url, autocommit=True) as conn:
+        write_batch(conn, [
+            _leg("r1", "cR", "alpha", D3, ended=D3 + S, cost="0.001000", **refused),
+            _leg("r2", "cR", "bravo", D3 + 2 * S, answered=D3 + 4 * S, ended=D3 + 34 * S,
+                 billsec=30, billmsec=30200, billed=30, rate="0.012", inc="1/1",
+                 cost="0.006000", disposition="answered"),
+            _call("cR", "acme", "bravo", D3, answered=D3 + 4 * S, ended=D3 + 34 * S,
+                  cause="NORMAL_CLEARING", destination="+33123456789", disposition="answered",
+                  attempts=2),
+            _leg("r3", "cU", "alpha", D3 + M, ended=D3 + M + S, cost=None, **refused),
+            _call("cU", "acme", "alpha", D3 + M, ended=D3 + M + S,
+                  cause="INCOMPATIBLE_DESTINATION", destination="+33123456789",
+                  disposition="carrier_failure"),
+        ])
+
+
+def test_rerate_prices_a_refused_answer_at_the_candidates_connect_fee(db, tmp_path, capsys):
+    _refused_answer_traffic(db, tmp_path)
+    deck = tmp_path / "delta.csv"
+    deck.write_text(CANDIDATE)
+    out = _json(capsys, "rerate", "--deck", str(deck), "--carrier", "delta", "--since",
+                D3_WINDOW[0], "--until", D3_WINDOW[1], "--json")
+    # delta (not provisioned: billsec): France 0.02/min + 0.002, 1/1.
+    # r1: a refused answer, talk 0 -> the connect fee alone, 0.002 (cost 0.001)
+    # r2: 30 s -> 30 × 0.02/60 + 0.002 = 0.012 (cost 0.006); r3: unrated, not compared
+    assert (out["legs"], out["refused_answers"], out["unrated"]) == (2, 1, 1)
+    assert (out["actual_cost"], out["candidate_cost"], out["billed_seconds"]) == \
+        ("0.007000", "0.014000", 30)
+    assert out["by_prefix"] == [
+        {"prefix": "33", "description": "France", "legs": 2, "billed_seconds": 30,
+         "actual_cost": "0.007000", "candidate_cost": "0.014000", "difference": "0.007000"}]
+    # A candidate billing every started second (alpha, set to ceil_ms): the refused answer
+    # bills its started second, the initial increment: 0.002 + 1 × 0.02/60 = 0.002333
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE carriers SET billing_rounding = 'ceil_ms' WHERE name = 'alpha'")
+    out = _json(capsys, "rerate", "--deck", str(deck), "--carrier", "alpha", "--from-carrier",
+                "alpha", "--since", D3_WINDOW[0], "--until", D3_WINDOW[1], "--json")
+    assert (out["legs"], out["refused_answers"], out["billed_seconds"]) == (1, 1, 1)
+    assert (out["actual_cost"], out["candidate_cost"]) == ("0.001000", "0.002333")
+    assert main(["rerate", "--deck", str(deck), "--carrier", "delta", "--since",
+                 D3_WINDOW[0], "--until", D3_WINDOW[1]]) == 0
+    assert "unrated (not compared): 1; provisional: 0; refused answers: 1" in \
+        capsys.readouterr().out
+
+
+def test_report_counts_a_refused_answers_cost_but_not_as_an_answer(db, tmp_path, capsys):
+    _refused_answer_traffic(db, tmp_path)
+    window = ["--since", D3_WINDOW[0], "--until", D3_WINDOW[1], "--json"]
+    rows = {r["key"]: r for r in _json(capsys, "report", "--by", "carrier",
+                                      "--reference", "charlie", *window)}
+    alpha = rows["alpha"]
+    # r1 and r3 were never answered (ASR 0), but r1's connect fee is alpha's money
+    assert (alpha["calls"], alpha["answered"], alpha["asr"]) == (2, 0, "0.00")
+    assert (alpha["cost"], alpha["unrated"], alpha["billed_minutes"]) == ("0.001000", 1, "0.00")
+    assert alpha["top_causes"] == [{"cause": "INCOMPATIBLE_DESTINATION", "count": 2}]
+    # on charlie's D3 deck the refused answer costs charlie's connect fee, 0.003
+    assert (alpha["reference_legs"], alpha["reference_cost"], alpha["savings"]) == \
+        (1, "0.003000", "0.002000")
+    # r2: 30 s on charlie 60/60 -> 60 s × 0.02/60 + 0.003 = 0.023
+    assert (rows["bravo"]["reference_legs"], rows["bravo"]["reference_cost"]) == (1, "0.023000")
+    (acme,) = _json(capsys, "report", "--by", "tenant", *window)
+    # cR answered (by bravo) and costs both carriers' money; cU failed, unrated
+    assert (acme["calls"], acme["answered"], acme["cost"], acme["unrated"]) == \
+        (2, 1, "0.007000", 1)
+    (day,) = _json(capsys, "report", "--by", "day", *window)
+    assert day["cost"] == "0.007000"

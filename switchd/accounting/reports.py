@@ -7,7 +7,10 @@ counts legs, because a carrier is judged by every attempt it was given. PostgreS
 
 Pricing past legs on another deck (the reference carrier's, or a candidate CSV) rates each
 answered leg again with dialplan.rating.rate(), on the leg's own billsec/billmsec, at its
-answer time: the same function that billed it. Nothing here writes to the database.
+answer time: the same function that billed it. So is a refused answer (a carrier's 200 OK
+FreeSWITCH hung up with a BYE before marking the leg answered, rating.answered_by_carrier_only):
+it is stored without an answer time but with a cost, its connect fee, and is priced by the
+same rule at its end time. Nothing here writes to the database.
 """
 from __future__ import annotations
 
@@ -58,17 +61,20 @@ _CALL_KEYS = {
     "day": "to_char(c.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 }
 
-# Answered carrier legs with what pricing them needs; the number is the routed E.164
-# (the routing decision's), else the call's dialled destination.
+# Carrier legs that cost something, with what pricing them needs: the answered ones, and
+# the refused answers, which alone of the unanswered carry a cost (their connect fee) or,
+# without a tariff, the unrated flag. A refused answer that cost nothing (no connect fee,
+# billsec rounding) cannot be told from an unanswered leg here and is left out.
+# The number is the routed E.164 (the routing decision's), else the call's destination.
 _PRICED_LEGS = """
-SELECT {key} AS key, l.carrier, l.answered_at, l.billsec, l.billmsec, l.cost, l.provisional,
-       c.tenant, COALESCE(rd.destination, c.destination) AS number
+SELECT {key} AS key, l.carrier, l.answered_at, l.ended_at, l.billsec, l.billmsec, l.cost,
+       l.provisional, c.tenant, COALESCE(rd.destination, c.destination) AS number
 FROM call_legs l
 JOIN calls c ON c.call_uuid = l.call_uuid
 LEFT JOIN routing_decisions rd ON rd.id = c.route_id
-WHERE l.carrier IS NOT NULL AND l.answered_at IS NOT NULL
+WHERE l.carrier IS NOT NULL AND (l.answered_at IS NOT NULL OR l.cost > 0 OR l.unrated)
   AND {anchor}.ended_at >= %(since)s AND {anchor}.ended_at < %(until)s {tenant} {carrier}
-ORDER BY l.answered_at"""
+ORDER BY COALESCE(l.answered_at, l.ended_at)"""
 
 _LEG_KEYS = {
     "carrier": "l.carrier",
@@ -170,10 +176,11 @@ def report(conn: psycopg.Connection, by: str, since: datetime, until: datetime, 
 # --- pricing past legs on another deck --------------------------------------------------------
 @dataclass
 class Priced:
-    """Answered legs priced on a deck: `legs` compared (covered, actual cost known),
-    their `actual_cost` and `candidate_cost`; `not_covered` legs the deck has no rate for
-    (or whose number is unknown), with their `not_covered_cost`; `unrated` legs whose
-    actual cost is unknown (left out of the comparison)."""
+    """Answered legs (and refused answers) priced on a deck: `legs` compared (covered,
+    actual cost known), their `actual_cost` and `candidate_cost`, `refused_answers` of
+    them; `not_covered` legs the deck has no rate for (or whose number is unknown), with
+    their `not_covered_cost`; `unrated` legs whose actual cost is unknown (left out of the
+    comparison)."""
     legs: int = 0
     billed_seconds: int = 0
     actual_cost: Decimal = Decimal(0)
@@ -182,6 +189,7 @@ class Priced:
     not_covered_cost: Decimal = Decimal(0)
     unrated: int = 0
     provisional: int = 0
+    refused_answers: int = 0
 
 
 class CarrierDecks:
@@ -263,8 +271,9 @@ def _regions(conn) -> dict[str, str]:
 
 def price_legs(conn, decks, *, by: str, since, until, tenant=None, from_carrier=None,
                precision: int = 6) -> dict[str, Priced]:
-    """Answered legs that ended in [since, until), priced on `decks` (CarrierDecks or
-    CandidateDeck) at their answer time, summed per report key."""
+    """Answered legs (and refused answers) that ended in [since, until), priced on `decks`
+    (CarrierDecks or CandidateDeck) at their answer time (a refused answer's end), summed
+    per report key."""
     regions = _regions(conn)
     out: dict[str, Priced] = {}
     for leg in _priced_rows(conn, by, since, until, tenant, from_carrier):
@@ -277,9 +286,12 @@ def _price_one(p: Priced, leg: dict, decks, regions, precision: int, on_rate=Non
     if leg["cost"] is None:
         p.unrated += 1
         return
-    at = leg["answered_at"]
+    # Not answered yet costing something: a refused answer, an answer of a moment priced
+    # at the leg's end (rating.rate(refused_answer=True), as billing priced it).
+    answered = leg["answered_at"] is not None
+    at = leg["answered_at"] if answered else leg["ended_at"]
     digits = leg_digits(leg["number"], regions.get(leg["tenant"]))
-    deck = decks.deck_at(at)
+    deck = decks.deck_at(at) if at is not None else None
     row = deck.lookup(digits, at) if deck is not None and digits else None
     if row is None:
         p.not_covered += 1
@@ -287,13 +299,14 @@ def _price_one(p: Priced, leg: dict, decks, regions, precision: int, on_rate=Non
         return
     tariff = rating.Tariff(row.rate_per_min, row.connect_fee, row.initial_increment,
                            row.subsequent_increment)
-    rated = rating.rate(answered=True, billsec=leg["billsec"], billmsec=leg["billmsec"],
+    rated = rating.rate(answered=answered, billsec=leg["billsec"], billmsec=leg["billmsec"],
                         tariffs=(tariff,), answered_at=at, rounding=decks.rounding,
-                        places=precision)
+                        places=precision, refused_answer=not answered)
     if rated.cost is None:          # no talk figure at all: cannot be compared
         p.unrated += 1
         return
     p.legs += 1
+    p.refused_answers += not answered
     p.provisional += bool(leg["provisional"])
     p.billed_seconds += rated.billed_seconds
     p.actual_cost += leg["cost"]
@@ -305,8 +318,9 @@ def _price_one(p: Priced, leg: dict, decks, regions, precision: int, on_rate=Non
 def rerate(conn: psycopg.Connection, candidate: CandidateDeck, since: datetime,
            until: datetime, *, tenant: str | None = None, from_carrier: str | None = None,
            precision: int = 6) -> dict:
-    """What the answered legs that ended in [since, until) would have cost on `candidate`,
-    per matched prefix and in total, against what they cost. Reads only."""
+    """What the answered legs (and refused answers) that ended in [since, until) would
+    have cost on `candidate`, per matched prefix and in total, against what they cost.
+    Reads only."""
     regions = _regions(conn)
     total = Priced()
     by_prefix: dict[str, dict] = {}
@@ -334,5 +348,5 @@ def rerate(conn: psycopg.Connection, candidate: CandidateDeck, since: datetime,
         "difference": total.candidate_cost - total.actual_cost,
         "not_covered": {"legs": total.not_covered, "actual_cost": total.not_covered_cost},
         "unrated": total.unrated, "provisional": total.provisional,
-        "by_prefix": prefixes,
+        "refused_answers": total.refused_answers, "by_prefix": prefixes,
     }

@@ -119,5 +119,6 @@ def rerate(config: Config, args) -> int:
     _print_table(table)
     missed = result["not_covered"]
     print(f"not covered by the deck: {missed['legs']} leg(s) that cost {missed['actual_cost']}; "
-          f"unrated (not compared): {result['unrated']}; provisional: {result['provisional']}")
+          f"unrated (not compared): {result['unrated']}; provisional: {result['provisional']}; "
+          f"refused answers: {result['refused_answers']}")
     return 0
