@@ -516,3 +516,53 @@ def test_derived_fields_equal_a_plain_recomputation(legs, originated, awaited):
     got = {key: getattr(call, key) for key in expected if key != "legs"}
     got["legs"] = [l.uuid for l in call.legs]
     assert got == expected
+
+
+def test_a_callers_blind_transfer_is_a_call_of_its_own_headed_by_the_transferred_leg():
+    """As FreeSWITCH 1.10.12 sent it (tests/realswitch/test_transfer.py): the caller A
+    REFERs, A ends, the callee's leg B (alpha) is routed again and bridged to C (bravo),
+    whose Channel-Call-UUID is B. C belongs to the transfer's call, keyed by B (as its
+    routing, caps and switch CDR are), not to A's: A's call keeps its one carrier leg."""
+    from switchd.adapters.esl.events import ChannelEvent
+    A, B, C = "a0000000-0000-4000-8000-00000000000a", "b0000000-0000-4000-8000-00000000000b", \
+        "c0000000-0000-4000-8000-00000000000c"
+    first = {"switchd_tenant": "brief", "switchd_route_id": "r1", "switchd_max_duration": "3"}
+    alpha = {"switchd_carrier": "alpha", "switchd_rate": "0.005"}
+    bravo = {"switchd_carrier": "bravo", "switchd_rate": "0.010"}
+    routed_again = {**alpha, "switchd_tenant": "brief", "switchd_route_id": "r2",
+                    "switchd_max_duration": "3"}
+
+    def ev(name, uuid, call, other=None, direction="outbound", t=0, **kw):
+        return ChannelEvent(name=name, uuid=uuid, call_uuid=call, other_leg_uuid=other,
+                            direction=direction, timestamp_us=t, created_us=kw.pop("created", 0),
+                            **kw)
+    events = [
+        ev("CHANNEL_CREATE", A, A, direction="inbound", t=1, created=1, vars=first,
+           destination_number="+12125550123"),
+        ev("CHANNEL_CREATE", B, A, A, t=2, created=2, gateway="gw_a", vars=alpha),
+        ev("CHANNEL_ANSWER", B, A, A, t=3, answered_us=3, gateway="gw_a", vars=alpha),
+        ev("CHANNEL_ANSWER", A, A, B, direction="inbound", t=3, answered_us=3, vars=first),
+        ev("CHANNEL_HANGUP_COMPLETE", A, A, B, direction="inbound", t=4, answered_us=3,
+           hangup_us=4, hangup_cause="NORMAL_CLEARING", vars=first),
+        ev("CHANNEL_CREATE", C, B, B, t=5, created=5, gateway="gw_b", vars=bravo),
+        ev("CHANNEL_ANSWER", C, B, B, t=6, answered_us=6, gateway="gw_b", vars=bravo),
+        ev("CHANNEL_HANGUP_COMPLETE", C, B, B, t=9, answered_us=6, hangup_us=9,
+           hangup_cause="NORMAL_CLEARING", gateway="gw_b", vars=bravo),
+        ev("CHANNEL_HANGUP_COMPLETE", B, A, None, t=9, answered_us=3, hangup_us=9,
+           hangup_cause="ALLOTTED_TIMEOUT", gateway="gw_a", vars=routed_again,
+           destination_number="+33142685300"),
+    ]
+    reg, eff = run(events)
+    assert len(reg) == 0
+    assert sorted(e.call.call_uuid for e in of(eff, CallStarted)) == [A, B]
+    ended = {e.call.call_uuid: e.call for e in of(eff, CallEnded)}
+    first_call, transfer = ended[A], ended[B]
+    assert (first_call.attempts, first_call.carrier, first_call.tenant) == (1, "alpha", "brief")
+    assert [l.uuid for l in first_call.legs] == [A, B]
+    assert (transfer.tenant, transfer.carrier, transfer.attempts) == ("brief", "bravo", 1)
+    assert transfer.route_id == "r2" and transfer.destination == "+33142685300"
+    assert (transfer.answered_us, transfer.ended_us) == (6, 9)
+    # one leg row per real leg, each under the call that bills it; the head's placeholder none
+    assert sorted((e.leg.uuid, e.call.call_uuid) for e in of(eff, LegEnded)) == [
+        (A, A), (B, A), (C, B)]
+    assert reg.leg(C) is None and reg.counters["transfer_legs"] == 1

@@ -16,6 +16,11 @@ come from events (LEG_TRANSITIONS); call transitions come from leg transitions
   An originate announced with `expect_originate` also waits for `originate_finished`.
 - Ended calls stay findable (bounded tombstones), so duplicates and stragglers after the
   end never emit a second CallEnded; a straggler leg still gets its LegEnded (rating).
+- A transfer: a new leg whose Channel-Call-UUID is another call's *carrier* leg (the
+  callee's leg, which a caller's blind transfer sent into the dialplan: switchd routed
+  it, keyed by that leg's UUID) is a leg of a call of its own, keyed by that UUID. The
+  transferred leg stays a leg of the first call (its carrier bills it there) and heads
+  the new one as a placeholder A-leg, which follows it (call-wide variables, its end).
 - CHANNEL_UUID: the old UUID is `event.vars['Old-Unique-ID']` (what switchd.adapters.esl.events
   puts there) or `event.vars['old_unique_id']`, else `event.other_leg_uuid`.
 """
@@ -33,6 +38,10 @@ from switchd.calls.reconcile import Reconciliation
 log = logging.getLogger(__name__)
 
 OLD_UUID_KEYS = ("Old-Unique-ID", "old_unique_id")   # in ChannelEvent.vars, CHANNEL_UUID
+# A carrier leg's own variables (its dial string's): the rest of a leg's switchd_* are
+# call-wide (`set` by a routing answer on the channel).
+CARRIER_LEG_VARS = frozenset({"switchd_carrier", "switchd_rate", "switchd_connect_fee",
+                              "switchd_increments", "switchd_prefix"})
 
 
 class RegistryError(Exception):
@@ -196,6 +205,12 @@ class CallRegistry(Reconciliation):
                                           leg.hangup_cause, leg.sip_status))
         if new != old:
             effects += self._leg_changed(call, leg, old, new, late)
+        transfer = self._calls.get(leg.uuid) if leg.uuid != call.call_uuid else None
+        if transfer is not None:
+            self._follow_head(transfer, leg)
+            self._refresh(transfer)
+            if new == "complete":
+                effects += self._maybe_end(transfer)
         return effects
 
     @staticmethod
@@ -261,6 +276,8 @@ class CallRegistry(Reconciliation):
             return found[0], found[0].leg(ev.uuid), True
         self.counters["legs_created"] += 1
         own = ev.call_uuid if ev.call_uuid and ev.call_uuid != ev.uuid else None
+        if own is not None and self._heads_transfer(own):
+            return self._transfer_leg(own, ev, effects)
         route = ev.vars.get("switchd_route_id")
         found = (self._lookup(own) or self._lookup(ev.other_leg_uuid)
                  or self._lookup(self._by_route.get(route or "")) 
@@ -289,6 +306,42 @@ class CallRegistry(Reconciliation):
         call, late = found
         self._add_leg(call, leg, late)
         return call, leg, late
+
+    def _heads_transfer(self, uuid: str) -> bool:
+        """Is `uuid` a live carrier leg of another call (so a leg created under it belongs
+        to a transfer of that leg, not to the call)?"""
+        leg = self._legs.get(uuid)
+        return (leg is not None and leg.call_uuid != uuid and leg.direction == "outbound"
+                and leg.state != "complete")
+
+    def _transfer_leg(self, head: str, ev: ChannelEvent, effects: list[Effect]
+                      ) -> tuple[Call, Leg, bool]:
+        """A leg of the call a transferred leg heads (module doc), created at its first."""
+        self.counters["transfer_legs"] += 1
+        call = self._calls.get(head)
+        leg = Leg(uuid=ev.uuid, call_uuid="")
+        if call is None:
+            call = Call(call_uuid=head)
+            self._calls[head] = call
+            # Not in self._legs: the transferred leg's events are its first call's.
+            call.legs.append(Leg(uuid=head, call_uuid=head, placeholder=True))
+            self._follow_head(call, self._legs[head])
+            self._add_leg(call, leg, False)
+            effects.append(CallStarted(call.snapshot()))
+            return call, leg, False
+        self._add_leg(call, leg, False)
+        return call, leg, False
+
+    @staticmethod
+    def _follow_head(transfer: Call, head: Leg) -> None:
+        """The transfer's placeholder A-leg takes its head's call-wide variables (the
+        transfer's routing `set` them on that channel), destination and end; not its
+        carrier's variables nor its answer (the head's carrier bills it in its first call)."""
+        a = transfer.a_leg
+        a.vars.update((k, v) for k, v in head.vars.items() if k not in CARRIER_LEG_VARS)
+        a.caller, a.destination = head.caller or a.caller, head.destination or a.destination
+        if head.state == "complete":
+            a.state, a.hangup_us, a.hangup_cause = "complete", head.hangup_us, head.hangup_cause
 
     def _add_leg(self, call: Call, leg: Leg, late: bool) -> None:
         leg.call_uuid = call.call_uuid

@@ -84,7 +84,38 @@ def test_a_callers_blind_transfer_is_routed_and_cut_at_the_tenants_max_duration(
         "SELECT tenant, result, reason FROM routing_decisions WHERE call_uuid = %s",
         callee.uuid) or None, what="the transfer's routing decision")
     assert row == ("brief", "routed", "lcr")
-    moved = rs_daemon.wait_until(lambda: rs_daemon.rows(
-        "SELECT carrier, cost FROM call_legs WHERE leg_uuid = %s AND cost > 0", target.uuid)
-        or None, what="the transfer's carrier leg rated")
-    assert moved[0][0] == "bravo"
+    # two calls, each billed by its own carrier leg: the first (alpha, the callee's leg to
+    # its end) and the transfer (keyed by the callee's leg, bravo), both the tenant's
+    first = rs_daemon.wait_cdr(a.uuid)
+    transfer = rs_daemon.wait_cdr(callee.uuid)
+    assert (first["tenant"], first["carrier"], first["attempts"]) == ("brief", "alpha", 1)
+    assert (transfer["tenant"], transfer["carrier"], transfer["attempts"]) == ("brief", "bravo", 1)
+    legs = dict(rs_daemon.rows("SELECT leg_uuid, call_uuid FROM call_legs WHERE leg_uuid IN "
+                               "(%s, %s)", callee.uuid, target.uuid))
+    assert legs == {callee.uuid: a.uuid, target.uuid: callee.uuid}
+    assert transfer["cost"] > 0 and first["cost"] > 0
+
+
+def test_a_callers_transfer_holds_its_own_caps_slots(realswitch, make_rs_daemon):
+    """alpha and bravo may carry one channel each, acme three calls. While a transfer is up
+    (the callee's leg on alpha, the transfer's leg on bravo) both carriers are full: a new
+    call to the US goes to charlie. Once everything has ended, every slot is free again:
+    three calls at once are admitted."""
+    from .test_caps import _capped
+    rs = make_rs_daemon(world_toml=_capped(3, alpha=1, bravo=1))
+    first = realswitch.call_async(world.US_NUMBER, tenant="acme", hold_ms=1000,
+                                  refer_to="+33142685300")
+    poll(lambda: realswitch.invites()["gw_b"] == 1 or None, 20, "the transfer dialled on gw_b")
+    second = realswitch.call(world.US_NUMBER, tenant="acme", hold_ms=500)
+    assert second.answered, second
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 1}     # alpha, bravo full
+    first.wait()
+    realswitch.api("hupall NORMAL_CLEARING")
+    poll(lambda: realswitch.channel_count() == 0 or None, 20, "every channel down")
+    rs.wait_until(lambda: rs.process.get("/v1/calls")[1].get("calls") == [] or None,
+                  what="no live call in switchd")
+    rs.wait_until(lambda: rs.rows("SELECT count(*) FROM calls WHERE ended_at IS NOT NULL")
+                  == [(3,)] or None, what="the three calls' CDRs")
+    results = [h.wait() for h in [realswitch.call_async(world.US_NUMBER, tenant="acme",
+                                                         hold_ms=1500) for _ in range(3)]]
+    assert [r.code for r in results] == [200, 200, 200], results
