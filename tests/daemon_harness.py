@@ -133,6 +133,13 @@ def rows(url: str, query: str, *args) -> list[tuple]:
         return conn.execute(query, args).fetchall()
 
 
+def failover_steps(daemon: DaemonProcess, url: str, call_uuid: str) -> list[tuple]:
+    """The call's `failover: ...` rows of the routing log, once there is one: [(reason,)]."""
+    return daemon.wait_until(lambda: rows(
+        url, "SELECT reason FROM routing_decisions WHERE call_uuid = %s "
+             "AND reason LIKE 'failover%%'", call_uuid), what="the failover step")
+
+
 def metric(daemon: DaemonProcess, name: str, **labels) -> float:
     """Sum of the samples of `name` on /metrics whose labels include `labels`."""
     status, text = daemon.get("/metrics")

@@ -10,7 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from daemon_harness import metric, rows
+from daemon_harness import failover_steps, metric, rows
 from switchd.admin.rates_import import import_rates
 from switchd.sim import GatewayBehaviour
 
@@ -52,9 +52,7 @@ def test_a_refused_answer_pays_its_connect_fee_and_fails_over(world_url, start_s
     assert total == (FEE + globex_cost,)
     assert metric(daemon, "switchd_cost_total", carrier="budgetel") == float(FEE)
     assert metric(daemon, "switchd_cost_total", carrier="globex") == float(globex_cost)
-    step = daemon.wait_until(lambda: rows(
-        world_url, "SELECT reason FROM routing_decisions WHERE call_uuid = %s "
-                   "AND reason LIKE 'failover%%'", call.uuid), what="the failover step")
+    step = failover_steps(daemon, world_url, call.uuid)
     assert step == [("failover: attempt 1 via budgetel/budgetel_gw1: INCOMPATIBLE_DESTINATION "
                      "-> unreachable: next",)]
     assert metric(daemon, "switchd_failovers_total", carrier="budgetel") == 1

@@ -230,11 +230,8 @@ def test_refusal_actions(world):
 def test_bgapi_originate_outcomes_like_captures_d_e_f(world, gw, expected):
     sim, dp, client = world(None, gateways={"carrier_a": gw})
     uuid = "8f74583b-42d4-4ee6-bbb0-548d0e499fae"
-    head, _ = client.command(f"bgapi originate {{origination_uuid={uuid},origination_caller_id_number="
-                             f"5551000}}sofia/gateway/carrier_a/2001 &park()")
-    job = head["Job-UUID"]
-    assert client.wait_for(lambda evs: any(e.get("Job-UUID") == job for e in evs), GUARD)
-    body = next(b for b, e in zip(client.event_bodies, client.events) if e.get("Job-UUID") == job)
+    body = client.bgapi(f"originate {{origination_uuid={uuid},origination_caller_id_number="
+                        f"5551000}}sofia/gateway/carrier_a/2001 &park()", GUARD)
     text = expected.format(uuid=uuid)
     assert body.endswith(f"Content-Length: {len(text)}\n\n{text}".encode())
     assert b"Job-Command-Arg: %7Borigination_uuid%3D" + uuid.encode() in body

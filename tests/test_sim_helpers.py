@@ -58,6 +58,10 @@ class RawClient:
 
     def __init__(self, address) -> None:
         self.sock = socket.create_connection(address, timeout=5)
+        # Reads wait as long as it takes: every wait on the client has its own deadline
+        # (wait_for, command), and a read timeout would take a busy stretch of the
+        # simulator on a loaded machine for a closed connection.
+        self.sock.settimeout(None)
         self.raw = b""
         self.frames: gevent.queue.Queue = gevent.queue.Queue()
         self.events: list[dict[str, str]] = []
@@ -112,6 +116,12 @@ class RawClient:
                 self.changed.wait()
             return predicate(self.events)
         return False
+
+    def bgapi(self, line: str, timeout: float = 5) -> bytes:
+        """`bgapi <line>`, then the whole BACKGROUND_JOB event that answers it."""
+        job = self.command(f"bgapi {line}")[0]["Job-UUID"]
+        assert self.wait_for(lambda evs: any(e.get("Job-UUID") == job for e in evs), timeout)
+        return next(b for b, e in zip(self.event_bodies, self.events) if e.get("Job-UUID") == job)
 
     def close(self) -> None:
         self.sock.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon_harness import metric, rows
+from daemon_harness import failover_steps, metric, rows
 from test_sim_dialplan import world  # noqa: F401 -- the fixture: simulator, dialplan server, ESL client
 from test_sim_helpers import bridge_xml
 from switchd.adapters.esl.events import to_typed
@@ -61,11 +61,7 @@ def test_without_the_variable_the_redirect_is_followed_and_answered(world):
 def test_an_originate_refusing_the_redirect_fails_with_its_cause(world):
     sim, dp, client = world(None, gateways={"carrier_a": REDIRECTS})
     uuid = "0b6f7f1e-6d0c-4f43-9a43-0d1c35e2a001"
-    head, _ = client.command(f"bgapi originate {{origination_uuid={uuid}}}"
-                             f"{FATAL}sofia/gateway/carrier_a/2001 &park()")
-    job = head["Job-UUID"]
-    assert client.wait_for(lambda evs: any(e.get("Job-UUID") == job for e in evs))
-    body = next(b for b, e in zip(client.event_bodies, client.events) if e.get("Job-UUID") == job)
+    body = client.bgapi(f"originate {{origination_uuid={uuid}}}{FATAL}sofia/gateway/carrier_a/2001 &park()")
     assert body.endswith(b"\n\n-ERR REQUESTED_CHAN_UNAVAIL\n")
     complete = _complete(client, uuid)
     assert (complete["variable_proto_specific_hangup_cause"],
@@ -95,9 +91,7 @@ def test_switchd_never_lets_a_redirect_carry_the_call(world_url, start_switch):
                    "WHERE call_uuid = %s", call.uuid)}
     assert legs[redirected.uuid] == ("budgetel", 302, 0, "carrier_failure")
     assert legs[carried.uuid][0] == "globex" and legs[carried.uuid][3] == "answered"
-    step = daemon.wait_until(lambda: rows(
-        world_url, "SELECT reason FROM routing_decisions WHERE call_uuid = %s "
-                   "AND reason LIKE 'failover%%'", call.uuid), what="the failover step")
+    step = failover_steps(daemon, world_url, call.uuid)
     assert step == [("failover: attempt 1 via budgetel/budgetel_gw1: REQUESTED_CHAN_UNAVAIL "
                      "sip 302 -> 3xx: next",)]
     assert metric(daemon, "switchd_failovers_total", carrier="budgetel") == 1
