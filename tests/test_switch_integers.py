@@ -19,7 +19,8 @@ from dialplan import validate
 from switchd.accounting import billing
 from switchd.adapters.db.cdr_writer import CdrWriter, LegRecord
 from switchd.adapters.db.spool import Spool
-from switchd.adapters.esl.events import INT_HEADERS, channel_event_from_plain, to_typed
+from switchd.adapters.esl.events import (INT_HEADERS, HeartbeatEvent, channel_event_from_plain,
+                                         to_typed)
 from switchd.adapters.esl.framing import parse_event_plain
 from switchd.calls.model import CallEnded, LegEnded
 from switchd.calls.registry import CallRegistry
@@ -100,6 +101,23 @@ def test_a_bad_integer_header_is_refused_logged_and_taken_as_absent(header, valu
     for record in logged:
         assert "u-1" in record.getMessage() and record.call_uuid == "call-1"
         assert "taken as absent" in record.getMessage()
+
+
+@pytest.mark.parametrize("value", BAD)
+def test_a_heartbeat_with_a_bad_timestamp_is_refused_logged_and_still_a_heartbeat(
+        value, caplog):
+    """A HEARTBEAT's time is read by the same range as a channel event's: refused, logged
+    and taken as absent, the heartbeat itself kept (it is what keeps the link alive)."""
+    with caplog.at_level(logging.WARNING, logger="switchd.adapters.esl.events"):
+        event = to_typed({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": value})
+    assert event == HeartbeatEvent(timestamp_us=0)
+    [record] = [r for r in caplog.records if "Event-Date-Timestamp" in r.getMessage()]
+    assert "HEARTBEAT" in record.getMessage() and "taken as absent" in record.getMessage()
+
+
+def test_a_heartbeat_reads_its_timestamp():
+    assert to_typed({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": str(CREATED)}) == \
+        HeartbeatEvent(timestamp_us=CREATED)
 
 
 @pytest.mark.parametrize("header,value", [

@@ -113,15 +113,6 @@ def event_label(headers: dict[str, str]) -> str:
 _LABELS = frozenset(SUBSCRIBED_EVENTS)
 
 
-def _int(value: str | None, default: int = 0) -> int:
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        return default
-
-
 # Every integer header a ChannelEvent reads, and what it may hold (validate.SWITCH_INTS,
 # as for the switch's JSON CDR): a value PostgreSQL could not store would fail the CDR
 # writer's whole batch, a time no datetime holds would lose an answered leg's answer.
@@ -284,7 +275,11 @@ def to_typed(headers: dict[str, str]) -> TypedEvent | None:
         job_uuid = headers.get("Job-UUID")
         return JobEvent(job_uuid=job_uuid, body=headers.get("_body", "")) if job_uuid else None
     if name == "HEARTBEAT":
-        return HeartbeatEvent(timestamp_us=_int(headers.get("Event-Date-Timestamp")))
+        refused: list[tuple[str, str]] = []
+        timestamp_us = _checked(headers, "Event-Date-Timestamp", refused) or 0
+        for header, reason in refused:
+            log.warning("HEARTBEAT: %s %s; taken as absent", header, reason)
+        return HeartbeatEvent(timestamp_us=timestamp_us)
     if name == "CUSTOM":
         kind = _GATEWAY_KINDS.get(headers.get("Event-Subclass", ""))
         gateway = headers.get("Gateway")
