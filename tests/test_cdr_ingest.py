@@ -304,6 +304,78 @@ def test_any_order_and_any_number_of_deliveries_give_one_cdr(migrated_pg_url, tm
     ingest.close()
 
 
+def _failover_bodies(a: str, b1: str, b2: str) -> dict[str, bytes]:
+    """The switch's CDRs of a call that failed over and was then given up by its caller:
+    alpha's leg refused 503, bravo's was ringing when the caller CANCELled (the captured
+    call's bodies, its times and causes changed to these)."""
+    t = 1796061611_744157
+
+    def body(raw: bytes, changes: dict) -> bytes:
+        data = json.loads(_renamed(raw, a, b1))
+        data["variables"].update({k: str(v) for k, v in changes.items()})
+        return json.dumps(data).encode()
+    unanswered = {"answer_uepoch": 0, "answer_epoch": 0, "billsec": 0, "billmsec": 0,
+                  "progress_uepoch": 0}
+    return {
+        "A": body(A_BODY, {**unanswered, "start_uepoch": t, "end_uepoch": t + 900_000,
+                           "hangup_cause": "ORIGINATOR_CANCEL", "sip_term_status": 487}),
+        "alpha": body(B_BODY, {**unanswered, "start_uepoch": t + 10_000,
+                               "end_uepoch": t + 60_000, "sip_term_status": 503,
+                               "hangup_cause": "NORMAL_TEMPORARY_FAILURE",
+                               "sip_hangup_disposition": "recv_refuse"}),
+        "bravo": body(B_BODY, {**unanswered, "uuid": b2, "start_uepoch": t + 70_000,
+                               "progress_uepoch": t + 300_000, "end_uepoch": t + 900_000,
+                               "hangup_cause": "ORIGINATOR_CANCEL", "sip_term_status": "",
+                               "sip_hangup_disposition": "send_cancel",
+                               "sip_gateway_name": "carrier_b", "switchd_carrier": "bravo"}),
+    }
+
+
+def _failover_esl(a: str, b1: str, b2: str) -> dict[str, list]:
+    """What ESL tells the writer of the same call: alpha's leg when it ends, then bravo's
+    leg with the call's record when the caller gives up."""
+    t = datetime.fromtimestamp(1796061611.744157, tz=timezone.utc)
+    alpha = LegRecord(leg_uuid=b1, call_uuid=a, direction="outbound", carrier="alpha",
+                      gateway="carrier_a", started_at=t + timedelta(milliseconds=10),
+                      ended_at=t + timedelta(milliseconds=60),
+                      hangup_cause="NORMAL_TEMPORARY_FAILURE", sip_status=503,
+                      disposition="carrier_failure")
+    bravo = LegRecord(leg_uuid=b2, call_uuid=a, direction="outbound", carrier="bravo",
+                      gateway="carrier_b", started_at=t + timedelta(milliseconds=70),
+                      ended_at=t + timedelta(milliseconds=900),
+                      hangup_cause="ORIGINATOR_CANCEL", disposition="cancelled")
+    call = CallRecord(call_uuid=a, direction="outbound", tenant="acme", started_at=t,
+                      ended_at=t + timedelta(milliseconds=900), hangup_cause="ORIGINATOR_CANCEL",
+                      carrier="bravo", gateway="carrier_b", first_choice_carrier="alpha",
+                      attempts=2, disposition="cancelled")
+    return {"esl_alpha": [("leg", alpha)], "esl_bravo": [("leg", bravo), ("call", call)]}
+
+
+def test_a_failed_over_call_in_any_order_names_its_last_carrier(migrated_pg_url, tmp_path):
+    """Every order of the three switch CDRs and ESL's two writes of a call that failed
+    over from alpha (503) to bravo (cancelled while ringing): one settled call whose
+    carrier is the last one tried, bravo, first choice alpha, two attempts, cost 0."""
+    from switchd.adapters.db.cdr_writer import write_batch
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    wrong = []
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        for order in itertools.permutations(["A", "alpha", "bravo", "esl_alpha", "esl_bravo"]):
+            a, b1, b2 = (str(uuid.uuid4()) for _ in range(3))
+            bodies, esl = _failover_bodies(a, b1, b2), _failover_esl(a, b1, b2)
+            for step in order:
+                if step in bodies:
+                    ingest.store(bodies[step])
+                else:
+                    write_batch(conn, esl[step])
+            row = conn.execute(
+                "SELECT carrier, first_choice_carrier, attempts, cost, cdr_source, "
+                "disposition FROM calls WHERE call_uuid = %s", (a,)).fetchall()
+            if row != [("bravo", "alpha", 2, Decimal("0"), "switch", "cancelled")]:
+                wrong.append((order, row))
+    ingest.close()
+    assert not wrong, wrong
+
+
 def test_the_a_legs_cdr_names_the_direction_even_after_the_carrier_legs(migrated_pg_url,
                                                                         tmp_path):
     """A DID call (switchd_direction=inbound): its carrier leg's CDR, alone, can only say
