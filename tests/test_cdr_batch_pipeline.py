@@ -214,3 +214,108 @@ def test_month_look_up_walks_the_keys_index_whatever_the_statistics(migrated_pg_
                     line for line in plan.splitlines() if "Filter:" in line), plan
                 assert "uuid = ANY" in plan, plan
             raise psycopg.Rollback()
+
+
+# --- round trips and the statements prepared per connection ----------------------------------
+def _one_call(n: int) -> list:
+    """A call's records as the daemon writes them: decision, events, both legs, the call."""
+    from switchd.adapters.db.records import EventRecord
+    uuid = f"rt-{n}"
+    events = [EventRecord(core_uuid="core", event_seq=100 * n + i, name="X", at=T0,
+                          call_uuid=uuid, leg_uuid=uuid) for i in range(9)]
+    return [{"id": f"00000000-0000-4000-8000-{n:012d}", "call_uuid": uuid, "tenant": "acme",
+             "direction": "outbound", "destination": "+442079460000", "result": "routed",
+             "reason": "lcr", "candidates": [{"carrier": "alpha"}], "chosen": ["alpha"],
+             "elapsed_us": 90},
+            *events, a_leg(uuid), a_leg(uuid, 1, carrier=None, gateway=None, cost=Decimal(0)),
+            a_call(uuid)]
+
+
+def test_a_batch_waits_on_the_server_a_fixed_few_times(migrated_pg_url, monkeypatch):
+    """A batch's cost that does not grow with it is mostly its round trips: begin and
+    staging setup, two COPYs (each: its start, then its rows and end), and the locked part
+    in one message. Each wait parks the writer's greenlet on the hub (the batch took 24
+    when each kind had its COPY and the locked part two round trips in pipeline mode)."""
+    from switchd.adapters.db import green
+    parks = []
+    real = green.hub_wait
+
+    def counted(gen, fileno, timeout=None):
+        parks.append(1)
+        return real(gen, fileno, timeout)
+
+    monkeypatch.setattr(green, "hub_wait", counted)
+    with green.connect(migrated_pg_url, autocommit=True) as conn:
+        for i in range(3):                  # the first prepares the locked part's statements
+            parks.clear()
+            with conn.cursor() as cur:
+                staged = cdr_batch.stage_records(cur, _one_call(i), begin=True)
+            cdr_batch.apply(conn, staged, commit=True)
+            assert len(parks) <= 9, parks   # 8: 6 round trips, a COPY's end 2 waits
+        counts = conn.execute("SELECT (SELECT count(*) FROM calls), (SELECT count(*) FROM "
+                              "call_legs), (SELECT count(*) FROM call_events), (SELECT "
+                              "count(*) FROM routing_decisions)").fetchone()
+    assert counts == (3, 6, 27, 3)
+
+
+def test_a_connection_writes_on_after_a_refused_first_batch(migrated_pg_url):
+    """The locked part's statements are prepared in a batch's transaction and outlive its
+    rollback, while its staging tables do not: the next batches on the connection use the
+    statements on the staging tables made again. Statements deallocated behind the
+    writer's back are prepared again (the staging step asks the server)."""
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            write_batch(conn, [("call", a_call("refused", direction=None))])
+        write_batch(conn, [("call", a_call("after")), ("leg", a_leg("after"))])
+        conn.execute("DEALLOCATE ALL")
+        write_batch(conn, [("call", a_call("again")), ("leg", a_leg("again"))])
+        write_batch(conn, [("leg", a_leg("again", 1, cost=Decimal("0.100000")))])
+        rows = dict(conn.execute("SELECT call_uuid, cost FROM calls").fetchall())
+    assert rows == {"after": Decimal("0.012500"), "again": Decimal("0.112500")}
+
+
+def test_each_kind_is_staged_under_its_own_columns(migrated_pg_url):
+    """Events have their own staging table; the other kinds go through one COPY into one
+    table partitioned by kind: each record's partition holds its values under its own
+    columns (amounts as their text, a UUID as its text), every other column NULL."""
+    from psycopg.rows import dict_row
+    from switchd.adapters.db.records import EventRecord, SwitchCallRecord
+    route = __import__("uuid").uuid4()
+    call = a_call("st", route_id=route, caller="+15551230000", destination="+442079460000",
+                  reconstructed=True, pdd_ms=1200, disposition="answered")
+    leg = a_leg("st", sip_status=200, billsec=60, progress_at=T0, pdd_ms=900,
+                disposition="answered", cdr_source="switch", provisional=True)
+    event = EventRecord(core_uuid="core", event_seq=7, name="CHANNEL_ANSWER", at=T0,
+                        call_uuid="st", leg_uuid="st-b0", data={"k": "v"})
+    switch = SwitchCallRecord(call_uuid="st", direction="outbound", from_a_leg=True,
+                              tenant="acme", route_id=str(route), caller="1", destination="2",
+                              started_at=T0, answered_at=T0, ended_at=T0,
+                              hangup_cause="NORMAL_CLEARING")
+    decision = {"id": str(route), "created_at": T0, "call_uuid": "st", "tenant": "acme",
+                "direction": "outbound", "destination": "+442079460000", "result": "routed",
+                "reason": "lcr", "sip_code": 404, "candidates": [{"carrier": "alpha"}],
+                "chosen": ["alpha"], "elapsed_us": 90}
+
+    def values(rec):
+        return {c: str(v) if isinstance(v, (Decimal, type(route))) else v
+                for c, v in vars(rec).items()}
+
+    expected = {
+        "switchd_stage_calls": {**values(call), "kind": "call", "n": 0},
+        "switchd_stage_legs": {**values(leg), "kind": "leg", "n": 0},
+        "switchd_stage_switch_calls": {**{k: v for k, v in values(switch).items()
+                                          if k != "from_a_leg"},
+                                       "a_leg": True, "kind": "switch_call", "n": 0},
+        "switchd_stage_decisions": {**decision, "kind": "decision"},
+    }
+    with psycopg.connect(migrated_pg_url, autocommit=True, row_factory=dict_row) as conn:
+        with conn.transaction():
+            with conn.cursor() as cur:
+                cdr_batch.stage_records(cur, [decision, event, leg, switch, call])
+            for table, want in expected.items():
+                rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+                assert len(rows) == 1, table
+                assert list(rows[0]) == cdr_batch.STAGE_COLS
+                assert rows[0] == {c: want.get(c) for c in cdr_batch.STAGE_COLS}, table
+            assert conn.execute("SELECT * FROM switchd_stage_events").fetchall() == [values(event)]
+            raise psycopg.Rollback()

@@ -1,9 +1,10 @@
 """One batch of CDR records into PostgreSQL, in one transaction: COPY, then set-based upserts.
 
-Each kind of record is COPYed (binary) into a session-local staging table (created once per
-connection, emptied at every commit), and moved into its table by one INSERT … SELECT …
-ON CONFLICT per kind: a few statements per batch instead of one per record, and the
-same upserts, so every rule of the row-by-row writer holds:
+The records are COPYed (binary) into session-local staging tables (created once per
+connection, emptied at every commit): the events into theirs, every other kind in one COPY
+into a table partitioned by kind. They are moved into their tables by one INSERT … SELECT …
+ON CONFLICT per kind: a few statements per batch instead of one per record, and the same
+upserts, so every rule of the row-by-row writer holds:
 
 * Superseding (calls, legs): a stored row is replaced only by a record carrying at least as
   much information (``_CALL_RANK``, ``_LEG_RANK``); among equal ranks the last write wins.
@@ -30,19 +31,28 @@ first round's month look-up, one index walk per partition through the batch's so
 (``key = ANY(array)`` on a primary key it leads). The batch turns the planner's hash and
 merge joins and its scans off, so a month partition whose statistics lag behind its
 growth is never read whole.
+
+Round trips: a batch's cost that does not depend on its size is mostly round trips (each
+one costs the writer's process system calls and a wait on the hub) and psycopg's work per
+statement. A batch takes six: the transaction's start with the staging setup, two COPYs
+(each: its start, then its rows and end), and the locked part, whose statements are
+prepared once per connection and EXECUTEd together in one message (apply()).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from itertools import repeat
-from operator import attrgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Iterable, Sequence
 
 import gevent
 import psycopg
+from psycopg import postgres, sql
+from psycopg.rows import tuple_row
 
 from switchd.adapters.db import store
 from switchd.adapters.db.records import (KIND_OF, CallRecord, EventRecord, LegRecord,
@@ -105,12 +115,6 @@ def _amounts(cls) -> list[str]:
     return [f.name for f in fields(cls) if "Decimal" in str(f.type)]
 
 
-def _amounts_last(cls, cols: list[str]) -> list[str]:
-    """The COPY's column order: the amounts (formatted apart, see _copy_rows) last."""
-    amounts = _amounts(cls)
-    return [c for c in cols if c not in amounts] + [c for c in cols if c in amounts]
-
-
 CALL_TYPES = _types(CallRecord, CALL_COLS) + ["bigint"]
 SWITCH_TYPES = _types(SwitchCallRecord, SWITCH_COLS) + ["boolean", "bigint"]
 LEG_TYPES = _types(LegRecord, LEG_COLS) + ["bigint"]
@@ -125,6 +129,51 @@ def _table(name: str, cols: list[str], types: list[str]) -> str:
     return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({defs}) ON COMMIT DELETE ROWS;"
 
 
+# Staging takes two COPYs (each COPY is two round trips), whatever the batch holds. Events,
+# most of a batch's records, have their own table. The other kinds share one table
+# partitioned by kind: each kind's partition is the staging table its statements read,
+# with the columns of every kind (those of other kinds NULL: a few bytes each, and a few
+# ns to format). A column that several kinds have has the same type in each. The
+# columns, in the COPY's order, are in blocks, so that the row of a call or a leg is a few
+# runs of its own values and NULLs, built in this order directly (stage_records).
+_CALL_ONLY = ["first_choice_carrier", "attempts", "reconstructed", "tenant", "route_id",
+              "caller", "destination"]
+_CALL_AND_LEG = ["call_uuid", "direction", "started_at", "answered_at", "ended_at",
+                 "hangup_cause", "carrier", "gateway", "billed_seconds", "pdd_ms",
+                 "disposition", "cost", "n"]
+_LEG_ONLY = ["leg_uuid", "sip_status", "billmsec", "increments", "billsec", "cdr_source",
+             "provisional", "unrated", "progress_at", "rate_per_min", "connect_fee"]
+_DECISION_ONLY = ["id", "created_at", "result", "reason", "sip_code", "candidates", "chosen",
+                  "elapsed_us"]
+STAGE_COLS = ["kind", *_CALL_ONLY, *_CALL_AND_LEG, *_LEG_ONLY, *_DECISION_ONLY, "a_leg"]
+_KIND_COLS = {"call": CALL_COLS + ["n"], "switch_call": SWITCH_COLS + ["a_leg", "n"],
+              "leg": LEG_COLS + ["n"], "decision": DECISION_COLS}
+_KIND_TYPES = {"call": CALL_TYPES, "switch_call": SWITCH_TYPES, "leg": LEG_TYPES,
+               "decision": DECISION_TYPES}
+_STAGE_TYPE: dict[str, str] = {"kind": "text"}
+for _kind, _cols in _KIND_COLS.items():
+    for _col, _type in zip(_cols, _KIND_TYPES[_kind]):
+        if _STAGE_TYPE.setdefault(_col, _type) != _type:
+            raise TypeError(f"staging column {_col}: {_type} here, {_STAGE_TYPE[_col]} before")
+if sorted(_STAGE_TYPE) != sorted(STAGE_COLS):
+    raise TypeError(f"staging columns: {sorted(set(_STAGE_TYPE) ^ set(STAGE_COLS))} in one "
+                    "of the records and the staging table's blocks only")
+_STAGE_TABLES = {"call": "switchd_stage_calls", "switch_call": "switchd_stage_switch_calls",
+                 "leg": "switchd_stage_legs", "decision": "switchd_stage_decisions"}
+# As oids (built-in types: the same on every server), so that a COPY does not look each
+# name up again.
+STAGE_TYPES = [postgres.types.get_oid(_STAGE_TYPE[c]) for c in STAGE_COLS]
+_EVENT_OIDS = [postgres.types.get_oid(t) for t in EVENT_TYPES]
+
+
+def _stage_tables() -> list[str]:
+    defs = ", ".join(f"{c} {_STAGE_TYPE[c]}" for c in STAGE_COLS)
+    return ([f"CREATE TEMP TABLE IF NOT EXISTS switchd_stage ({defs}) PARTITION BY LIST (kind);"]
+            + [f"CREATE TEMP TABLE IF NOT EXISTS {table} PARTITION OF switchd_stage "
+               f"FOR VALUES IN ('{kind}') ON COMMIT DELETE ROWS;"
+               for kind, table in _STAGE_TABLES.items()])
+
+
 _STAGING = "\n".join([
     "SET LOCAL client_min_messages = warning;",
     # Every statement of a batch reaches the stored rows by key, a few per staged record:
@@ -132,12 +181,15 @@ _STAGING = "\n".join([
     # filling up say (a hash join over the month would read all of it, every batch).
     "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;",
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;",
-    _table("switchd_stage_calls", CALL_COLS + ["n"], CALL_TYPES),
-    _table("switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES),
-    _table("switchd_stage_legs", LEG_COLS + ["n"], LEG_TYPES),
+    *_stage_tables(),
     _table("switchd_stage_events", EVENT_COLS, EVENT_TYPES),
-    _table("switchd_stage_decisions", DECISION_COLS, DECISION_TYPES),
+    # The calls the first rounds found not new (or with legs that were not): see apply().
+    _table("switchd_stage_unsettled", ["call_uuid"], ["text"]),
+    # The locked part's statements this connection has prepared (see apply()).
+    "SELECT COALESCE(array_agg(name), '{}') FROM pg_prepared_statements "
+    "WHERE starts_with(name, 'switchd_cdr_');",
 ])
+_BEGIN_STAGING = "BEGIN;\n" + _STAGING
 # A caller's own transaction (a connection not in autocommit) gets its planner back.
 _UNSET = "; ".join(f"SET LOCAL {name} TO DEFAULT" for name in (
     "enable_hashjoin", "enable_mergejoin", "enable_seqscan", "enable_bitmapscan",
@@ -210,8 +262,9 @@ _UPSERT_LEG = _upsert(
 # cannot know the array's length may prefer reading the whole month's primary key).
 # What the look-ups find (usually nothing) becomes one jsonb object, key -> month, that
 # each staged row reads by its key: no join for a planner to get wrong, whatever it
-# believes of the batch's size. Each statement returns the calls whose money must be
-# recomputed whatever their records say (see apply()): usually none.
+# believes of the batch's size. Each statement notes the calls whose money must be
+# recomputed whatever their records say in switchd_stage_unsettled (see apply()):
+# usually none.
 def _months_of(table: str, key: str, keys: str) -> str:
     """{key: month} of the keys in the array `keys` stored in `table` within the window
     (the earliest month, should a key be in two). `key` must lead the table's primary key."""
@@ -249,7 +302,7 @@ new AS (INSERT INTO {table} ({', '.join(cols)}, filed_month)
 old AS (UPDATE {table} SET {', '.join(x.replace('EXCLUDED.', 'r.') for x in sets)} FROM r
         WHERE r.stored IS NOT NULL AND {table}.{key} = r.{key}
           AND {table}.filed_month = r.stored AND {rank_ok.replace('EXCLUDED', 'r')})
-SELECT DISTINCT r.call_uuid FROM r WHERE {unsettled}"""
+INSERT INTO switchd_stage_unsettled SELECT DISTINCT r.call_uuid FROM r WHERE {unsettled}"""
 
 
 # A new call takes the month of legs already filed for it; calls stored before, or with a
@@ -317,6 +370,11 @@ WHERE c.call_uuid = ANY(%(uuids)s) AND c.{_WINDOW}
               WHERE a.legs > 0 AND ({', '.join('c.' + x for x in _MONEY_COLS.split(', '))})
                                    IS DISTINCT FROM ({_MONEY_NEW}))
 """
+# The batch's recompute: the touched calls money_settled() did not vouch for (the
+# parameter), and those the first rounds noted (a call or leg stored before).
+_RECOMPUTE_BATCH = RECOMPUTE_CALLS.replace(
+    "%(uuids)s", "(%(uuids)s::text[] || ARRAY(SELECT call_uuid FROM switchd_stage_unsettled))")
+assert _RECOMPUTE_BATCH != RECOMPUTE_CALLS
 _INSERT_EVENTS = (f"INSERT INTO call_events ({', '.join(EVENT_COLS)}) "
                   f"SELECT {', '.join(EVENT_COLS)} FROM switchd_stage_events "
                   "ON CONFLICT (core_uuid, event_seq, at) DO NOTHING")
@@ -325,25 +383,41 @@ _INSERT_DECISIONS = (
     f"SELECT {_select(DECISION_COLS, '').replace('created_at', 'COALESCE(created_at, now())')} "
     "FROM switchd_stage_decisions ON CONFLICT (id) DO NOTHING")
 
-# Call and leg rows: the columns other than amounts in one attrgetter, then the amounts
-# as text (_copy_rows).
-_CALL_COPY_COLS = _amounts_last(CallRecord, CALL_COLS) + ["n"]
-_LEG_COPY_COLS = _amounts_last(LegRecord, LEG_COLS) + ["n"]
-def _values(names: list[str]) -> Callable[[Any], tuple]:
-    """A record's values of these attributes, as a tuple (also of one)."""
-    get = attrgetter(*names)
-    return get if len(names) > 1 else lambda rec: (get(rec),)
+
+# The rows of calls and legs in the staging table's column order (STAGE_COLS):
+# their values in runs (one attrgetter each), amounts as their text, NULLs between.
+def _nulls(after: str | None, before: str | None) -> tuple[None, ...]:
+    """NULLs for the staging columns strictly between two (None: the row's ends)."""
+    lo = STAGE_COLS.index(after) + 1 if after else 0
+    return (None,) * ((STAGE_COLS.index(before) if before else len(STAGE_COLS)) - lo)
 
 
-_CALL_PLAIN = _values([c for c in CALL_COLS if c not in _amounts(CallRecord)])
-_LEG_PLAIN = _values([c for c in LEG_COLS if c not in _amounts(LegRecord)])
-_CALL_AMOUNTS = _values(_amounts(CallRecord))
-_LEG_AMOUNTS = _values(_amounts(LegRecord))
-_CALL_COPY_TYPES = _types(CallRecord, _CALL_COPY_COLS[:-1]) + ["bigint"]
-_LEG_COPY_TYPES = _types(LegRecord, _LEG_COPY_COLS[:-1]) + ["bigint"]
-_SWITCH_ROW = attrgetter(*SWITCH_COLS)
-_EVENT_HEAD = attrgetter(*[c for c in EVENT_COLS if c != "data"])
+_CALL_HEAD = attrgetter(*_CALL_ONLY, *_CALL_AND_LEG[:-2])      # all but cost, n
+_NULLS_AFTER_CALL = _nulls("n", None)
+_NULLS_BEFORE_LEG = _nulls("kind", "call_uuid")
+_LEG_SHARED = attrgetter(*_CALL_AND_LEG[:-2])                   # all but cost, n
+_LEG_OWN = attrgetter(*_LEG_ONLY[:-2])                          # all but the two amounts
+_NULLS_AFTER_LEG = _nulls("connect_fee", None)
+_EVENT_HEAD = attrgetter(*EVENT_COLS[:-1])                      # all but data
+assert _CALL_AND_LEG[-2:] == ["cost", "n"] and _LEG_ONLY[-2:] == ["rate_per_min", "connect_fee"]
+assert set(_CALL_ONLY + _CALL_AND_LEG) == set(CALL_COLS + ["n"])
+assert set(_CALL_AND_LEG + _LEG_ONLY) == set(LEG_COLS + ["n"])
 assert EVENT_COLS[-1] == "data"
+assert _amounts(CallRecord) == ["cost"]
+assert sorted(_amounts(LegRecord)) == ["connect_fee", "cost", "rate_per_min"]
+
+
+def _widen(cols: list[str]) -> Callable[[tuple], tuple]:
+    """For the rarer kinds (the switch's calls, routing decisions): their row in `cols`'
+    order, followed by None and the kind's name → the staging table's row."""
+    pick = [len(cols) + 1 if c == "kind" else cols.index(c) if c in cols else len(cols)
+            for c in STAGE_COLS]
+    return itemgetter(*pick)
+
+
+_SWITCH_WIDE = _widen(_KIND_COLS["switch_call"])
+_DECISION_WIDE = _widen(_KIND_COLS["decision"])
+_SWITCH_ROW = attrgetter(*SWITCH_COLS)
 
 
 def _db_money(amount: Decimal | None) -> Decimal | None:
@@ -455,7 +529,7 @@ def _rounds(records: list, key: Callable[[Any], Any]) -> tuple[list[int] | None,
 _YIELD_EVERY = 500
 
 
-def _copy(cur: psycopg.Cursor, table: str, cols: list[str], types: list[str],
+def _copy(cur: psycopg.Cursor, table: str, cols: list[str], types: list[int],
           rows: Iterable[tuple]) -> None:
     with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
@@ -519,6 +593,7 @@ class StagedBatch:
     settled: frozenset[str]         # ... unless new and vouched for (money_settled)
     events: bool
     decisions: bool
+    prepared: frozenset[str]        # the locked part's statements the connection has
 
 
 def write_batch(conn: psycopg.Connection, items: list[tuple[str, Any]]) -> int:
@@ -544,8 +619,10 @@ def stage(cur: psycopg.Cursor, items: list[tuple[str, Any]]) -> StagedBatch:
     return stage_records(cur, [rec for _, rec in items])
 
 
-def stage_records(cur: psycopg.Cursor, records: list) -> StagedBatch:
-    """stage() of records bare (each one's kind is its type, records.KIND_OF)."""
+def stage_records(cur: psycopg.Cursor, records: list, *, begin: bool = False) -> StagedBatch:
+    """stage() of records bare (each one's kind is its type, records.KIND_OF). With
+    ``begin``, the transaction begins in the staging's first message (a connection in
+    autocommit: one round trip less)."""
     by_kind: dict[str, list] = {"call": [], "leg": [], "event": [], "decision": [],
                                 "switch_call": []}
     for rec in records:
@@ -569,81 +646,132 @@ def stage_records(cur: psycopg.Cursor, records: list) -> StagedBatch:
         months |= {now, add_months(now, 1)}      # now() in SQL: this month, or just after
     months |= _months_of_times([e.at for e in events])
 
-    cur.execute(_STAGING)
+    with cur.connection.cursor(row_factory=tuple_row) as setup:   # whatever cur's rows are
+        setup.execute(_BEGIN_STAGING if begin else _STAGING)
+        while setup.nextset():
+            pass                         # to the last statement's result: what is prepared
+        prepared = frozenset(setup.fetchone()[0])
     # Rounds as lists of ints (None: all 0), not (record, round) pairs: see _settled_calls.
     call_ns, call_rounds = _rounds(calls, attrgetter("call_uuid"))
     switch_ns, switch_rounds = _rounds(switch, attrgetter("from_a_leg", "call_uuid"))
     leg_ns, leg_rounds = _rounds(legs, attrgetter("leg_uuid"))
+    rows = []
     if calls:
-        _copy(cur, "switchd_stage_calls", _CALL_COPY_COLS, _CALL_COPY_TYPES,
-              ((*_CALL_PLAIN(r), *map(_amount_text, _CALL_AMOUNTS(r)), n)
-               if type(r.route_id) is not uuid.UUID else
-               (*_CALL_PLAIN(replace(r, route_id=str(r.route_id))),
-                *map(_amount_text, _CALL_AMOUNTS(r)), n)
-               for r, n in zip(calls, call_ns or repeat(0))))
+        rows.append(("call", *_CALL_HEAD(r if type(r.route_id) is not uuid.UUID
+                                         else replace(r, route_id=str(r.route_id))),
+                     _amount_text(r.cost), n, *_NULLS_AFTER_CALL)
+                    for r, n in zip(calls, call_ns or repeat(0)))
     if switch:
-        _copy(cur, "switchd_stage_switch_calls", SWITCH_COLS + ["a_leg", "n"], SWITCH_TYPES,
-              ((*_SWITCH_ROW(r), r.from_a_leg, n) if type(r.route_id) is not uuid.UUID
-               else (*_SWITCH_ROW(replace(r, route_id=str(r.route_id))), r.from_a_leg, n)
-               for r, n in zip(switch, switch_ns or repeat(0))))
+        rows.append(_SWITCH_WIDE((*_SWITCH_ROW(r if type(r.route_id) is not uuid.UUID
+                                               else replace(r, route_id=str(r.route_id))),
+                                  r.from_a_leg, n, None, "switch_call"))
+                    for r, n in zip(switch, switch_ns or repeat(0)))
     if legs:
-        _copy(cur, "switchd_stage_legs", _LEG_COPY_COLS, _LEG_COPY_TYPES,
-              ((*_LEG_PLAIN(r), *map(_amount_text, _LEG_AMOUNTS(r)), n)
-               for r, n in zip(legs, leg_ns or repeat(0))))
-    if events:
-        _copy(cur, "switchd_stage_events", EVENT_COLS, EVENT_TYPES,
-              ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
+        rows.append(("leg", *_NULLS_BEFORE_LEG, *_LEG_SHARED(r), _amount_text(r.cost), n,
+                     *_LEG_OWN(r), _amount_text(r.rate_per_min), _amount_text(r.connect_fee),
+                     *_NULLS_AFTER_LEG)
+                    for r, n in zip(legs, leg_ns or repeat(0)))
     if decisions:
-        _copy(cur, "switchd_stage_decisions", DECISION_COLS, DECISION_TYPES, decision_rows)
+        rows.append(_DECISION_WIDE((*row, None, "decision")) for row in decision_rows)
+    if events:
+        _copy(cur, "switchd_stage_events", EVENT_COLS, _EVENT_OIDS,
+              ((*_EVENT_HEAD(e), store.jsonb(e.data) if e.data else None) for e in events))
+    if rows:
+        _copy(cur, "switchd_stage", STAGE_COLS, STAGE_TYPES, chain(*rows))
     settled = _settled_calls(calls, call_ns, legs, leg_ns, switch)
     return StagedBatch(calls=len(calls), window=window, months=sorted(months),
                        call_rounds=call_rounds, switch_rounds=switch_rounds,
                        leg_rounds=leg_rounds, touched=sorted({r.call_uuid for r in keyed}),
                        settled=frozenset(settled),
-                       events=bool(events), decisions=bool(decisions))
+                       events=bool(events), decisions=bool(decisions), prepared=prepared)
+
+
+# The locked part's statements, prepared once per connection and executed by name (see
+# apply()). Their parameters are named %(name)s in the SQL above, typed here; the
+# staging step asks the server which the connection has (_STAGING's last statement).
+_LOCKED = {
+    "ensure_months": "SELECT switchd_ensure_month(m) FROM unnest(%(months)s) AS m",
+    "first_calls": _FIRST_CALLS,
+    "upsert_call": _UPSERT_CALL,
+    "upsert_a_leg_call": _UPSERT_SWITCH_CALL[True],
+    "upsert_b_leg_call": _UPSERT_SWITCH_CALL[False],
+    "first_legs": _FIRST_LEGS,
+    "upsert_leg": _UPSERT_LEG,
+    "recompute": _RECOMPUTE_BATCH,
+    "insert_events": _INSERT_EVENTS,
+    "insert_decisions": _INSERT_DECISIONS,
+}
+_LOCK = f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
+_PARAM_TYPES = {"lo": "date", "hi": "date", "n": "bigint", "months": "date[]",
+                "uuids": "text[]"}
+_PREFIX = "switchd_cdr_"
+
+
+def _params(name: str) -> list[str]:
+    return list(dict.fromkeys(re.findall(r"%\((\w+)\)s", _LOCKED[name])))
+
+
+def _prepare(name: str) -> str:
+    body = _LOCKED[name]
+    params = _params(name)
+    for i, param in enumerate(params, 1):
+        body = body.replace(f"%({param})s", f"${i}")
+    types = f"({', '.join(_PARAM_TYPES[p] for p in params)})" if params else ""
+    return f"PREPARE {_PREFIX}{name}{types} AS {body}"
+
+
+# EXECUTE of each statement, its arguments to be filled in by str.format with literals.
+_EXECUTE = {name: f"EXECUTE {_PREFIX}{name}" + (
+    f"({', '.join('{' + p + '}' for p in _params(name))})" if _params(name) else "")
+    for name in _LOCKED}
 
 
 def apply(conn: psycopg.Connection, staged: StagedBatch, *, commit: bool = False) -> int:
     """Move the staged rows into their tables under the lock, kinds in a fixed order (in
     the same transaction as stage(); the caller commits, or with ``commit`` the COMMIT is
-    the pipeline's last statement: one round trip less). Returns the call rows (CDRs).
+    the last statement). Returns the call rows (CDRs).
 
-    Pipeline mode, two round trips: the statements up to the legs, then, knowing which
-    calls are new, the money recompute and the rest."""
-    window = staged.window
-    with conn.pipeline(), conn.cursor() as cur, conn.cursor() as first_calls, \
-            conn.cursor() as first_legs:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-        if staged.months:
-            cur.execute("SELECT switchd_ensure_month(m) FROM unnest(%s::date[]) AS m",
-                        (staged.months,))
-        if staged.call_rounds:
-            first_calls.execute(_FIRST_CALLS, window)
-        for n in range(1, staged.call_rounds):
-            cur.execute(_UPSERT_CALL, {**window, "n": n})
-        for a_leg in (True, False):
-            for n in range(staged.switch_rounds):
-                cur.execute(_UPSERT_SWITCH_CALL[a_leg], {**window, "n": n})
-        if staged.leg_rounds:
-            first_legs.execute(_FIRST_LEGS, window)
-        for n in range(1, staged.leg_rounds):
-            cur.execute(_UPSERT_LEG, {**window, "n": n})
+    One message, one round trip, whatever the batch holds (simple query protocol): the
+    lock, then PREPARE of the statements stage() found the connection without (its first
+    batch; prepared statements outlive a rollback), then EXECUTE of each with its
+    arguments as literals. PostgreSQL runs them in order and stops at the first that
+    fails (the transaction is then aborted: the caller rolls back). Prepared, each
+    statement is parsed once per connection and its plan is cached as PostgreSQL
+    decides, as when psycopg prepared them itself."""
+    # Dates are ours (month_of, add_months): their ISO form is the literal. Text is quoted
+    # by psycopg for this connection.
+    literal = {"lo": f"'{staged.window['lo'].isoformat()}'",
+               "hi": f"'{staged.window['hi'].isoformat()}'"}
+    run = []
+    if staged.months:
+        run.append(("ensure_months", 0))
+        literal["months"] = f"'{{{','.join(m.isoformat() for m in staged.months)}}}'"
+    if staged.call_rounds:
+        run.append(("first_calls", 0))
+    run += [("upsert_call", n) for n in range(1, staged.call_rounds)]
+    for kind in ("upsert_a_leg_call", "upsert_b_leg_call"):
+        run += [(kind, n) for n in range(staged.switch_rounds)]
+    if staged.leg_rounds:
+        run.append(("first_legs", 0))
+    run += [("upsert_leg", n) for n in range(1, staged.leg_rounds)]
+    if staged.touched:
         # A new call whose legs are all new, and whose record already says what they
         # say, needs no recompute: the statement would read its legs to change nothing.
-        # The first-round statements name the calls that are not new or whose legs are
-        # not (fetching waits for the results; every settled call was in a first round).
-        unsettled = set()
-        for done, rounds in ((first_calls, staged.call_rounds), (first_legs, staged.leg_rounds)):
-            if rounds:
-                unsettled.update(row[0] for row in done.fetchall())
-        skip = staged.settled - unsettled
-        recompute = [u for u in staged.touched if u not in skip]
-        if recompute:
-            cur.execute(RECOMPUTE_CALLS, {**window, "uuids": recompute})
-        if staged.events:
-            cur.execute(_INSERT_EVENTS)
-        if staged.decisions:
-            cur.execute(_INSERT_DECISIONS)
-        if commit:
-            cur.execute("COMMIT")
+        run.append(("recompute", 0))
+        literal["uuids"] = sql.quote([u for u in staged.touched if u not in staged.settled],
+                                     conn)
+    if staged.events:
+        run.append(("insert_events", 0))
+    if staged.decisions:
+        run.append(("insert_decisions", 0))
+    # The lock first: a PREPARE locks the tables it names until the commit, and a writer
+    # holding them while it waits for the lock would block one that holds the lock and
+    # adds a month's partition.
+    message = [_LOCK]
+    message += [_prepare(name) for name in dict.fromkeys(name for name, _ in run)
+                if _PREFIX + name not in staged.prepared]
+    message += [_EXECUTE[name].format(n=n, **literal) for name, n in run]
+    if commit:
+        message.append("COMMIT")
+    conn.execute(";\n".join(message))
     return staged.calls

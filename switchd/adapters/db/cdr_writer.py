@@ -304,9 +304,8 @@ class CdrWriter:
         """Stage the batch while the previous one is applied; then apply it in a greenlet."""
         conn = self._conn
         try:
-            conn.execute("BEGIN")
             with conn.cursor() as cur:
-                staged = cdr_batch.stage_records(cur, batch)
+                staged = cdr_batch.stage_records(cur, batch, begin=True)
         except _OUTAGE as exc:
             self._settle()
             self._db_failed("write", exc)
