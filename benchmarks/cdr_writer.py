@@ -3,6 +3,7 @@
     python benchmarks/cdr_writer.py            (100k CDRs, about a minute)
     python benchmarks/cdr_writer.py --full     (1M CDRs)
     python benchmarks/cdr_writer.py --cdrs N
+    python benchmarks/cdr_writer.py --small-only   (the one-call batches alone, ~15 s)
 
 PostgreSQL: SWITCHD_TEST_DATABASE_URL if set (a scratch database is created and dropped),
 else an embedded server in a temporary directory; the schema is every migration (calls,
@@ -24,7 +25,14 @@ the daemon:
   before the writer's run and half just after (the box is shared: both sides see its load);
 - ``replay_per_s``: CDRs (call row + leg) replayed from the spool by a fresh writer, as
   after a PostgreSQL outage: the spool files are written first (not timed), the time is
-  from the writer's start to the spool being empty.
+  from the writer's start to the spool being empty;
+- ``small_batch_cpu_ms``: this process's CPU per batch when each batch holds one call's
+  records (the routing decision, 12 events, both legs, the call), as the daemon writes
+  at a low call rate: the writer with no gather, each call submitted once the one before
+  is committed (the median of 1,000); ``insert_cpu_ms``: per autocommitted ``INSERT`` of
+  a call row on the same kind of connection (gevent's hub, as the daemon's), the same
+  run; ``small_batch_in_inserts``: their ratio, the batch's fixed cost in plain round
+  trips.
 
 The last stdout line is one JSON object.
 """
@@ -35,6 +43,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -44,12 +53,14 @@ from decimal import Decimal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 import psycopg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _env import cpu_seconds, machine, scratch_database  # noqa: E402
+from switchd.adapters.db import green  # noqa: E402
 from switchd.adapters.db.cdr_batch import month_of  # noqa: E402
 from switchd.adapters.db.cdr_writer import CdrWriter, _to_spool  # noqa: E402
 from switchd.adapters.db.migrate import apply_migrations  # noqa: E402
@@ -171,16 +182,74 @@ def replay(url: str, spool_dir: Path, items: list[tuple], calls: int) -> float:
     return elapsed
 
 
+SMALL_BATCHES = 1000
+
+
+class _Committed(CdrWriter):
+    """The writer, telling when a batch is committed (the benchmark waits without polling)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.committed = gevent.event.Event()
+
+    def _count(self, n: int) -> None:
+        super()._count(n)
+        self.committed.set()
+
+
+def small_batches(url: str, spool_dir: Path, start: datetime, n: int) -> dict:
+    """CPU per one-call batch through the writer, and per plain INSERT, medians."""
+    items = call_records(n, "s", start, full=True)
+    per_call = len(items) // n
+    writer = _Committed(url, spool=Spool(spool_dir), gather=0.0).start()
+    batch_cpu = []
+    for i in range(n):
+        writer.committed.clear()
+        cpu = time.process_time()
+        submit(writer, items[i * per_call:(i + 1) * per_call])
+        writer.committed.wait(10)
+        batch_cpu.append(time.process_time() - cpu)
+    writer.stop()
+    assert writer.written == n and writer.spooled == 0, (writer.written, writer.spooled)
+    query = ("INSERT INTO calls (call_uuid, direction, started_at, filed_month) "
+             "VALUES (%s, 'outbound', %s, switchd_month(%s))")
+    insert_cpu = []
+    with green.connect(url, autocommit=True) as conn:
+        for i in range(n):
+            cpu = time.process_time()
+            conn.execute(query, (f"si-{i}", start, start))
+            insert_cpu.append(time.process_time() - cpu)
+    batch, insert = statistics.median(batch_cpu), statistics.median(insert_cpu)
+    return {"small_batches": n, "small_batch_records": per_call,
+            "small_batch_cpu_ms": round(batch * 1e3, 3), "insert_cpu_ms": round(insert * 1e3, 3),
+            "small_batch_in_inserts": round(batch / insert, 1)}
+
+
 def count(url: str, table: str) -> int:
     with psycopg.connect(url) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def small_only() -> dict:
+    start = datetime.now(timezone.utc) - timedelta(hours=3)
+    with tempfile.TemporaryDirectory(prefix="switchd-cdrw-") as tmp, \
+            scratch_database(Path(tmp), "cdr_bench") as url:
+        apply_migrations(url)
+        result = {"benchmark": "cdr_writer", **small_batches(url, Path(tmp) / "spool-s", start,
+                                                             SMALL_BATCHES)}
+    result["machine"] = machine()
+    print(json.dumps(result))
+    return result
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="1M CDRs")
     ap.add_argument("--cdrs", type=int, default=None, help="CDRs through the writer")
+    ap.add_argument("--small-only", action="store_true", help="the one-call batches alone")
     args = ap.parse_args(argv)
+    if args.small_only:
+        return small_only()
     n = args.cdrs or (1_000_000 if args.full else 100_000)
     n_full = max(n // 10, 1000)
     n_base = max(n // 20, 1000)
@@ -233,6 +302,11 @@ def main(argv=None) -> dict:
         expected = n + n_full + n_base + n_replay
         assert stored == expected, (stored, expected)
         assert count(url, "call_legs") == n + 2 * n_full + n_replay
+        log(f"{SMALL_BATCHES:,} one-call batches ...")
+        result.update(small_batches(url, tmp / "spool-s", start, SMALL_BATCHES))
+        log(f"  {result['small_batch_cpu_ms']} ms of CPU a batch, "
+            f"{result['insert_cpu_ms']} ms an INSERT: "
+            f"{result['small_batch_in_inserts']} INSERTs' worth")
     result["ratio"] = round(result["cdrs_per_s"] / result["baseline_cdrs_per_s"], 1)
     result["machine"] = machine()
     print(json.dumps(result))
