@@ -242,7 +242,14 @@ def test_render_local_extension_and_uri():
     assert ("set", "execute_on_answer=sched_hangup +600 ALLOTTED_TIMEOUT") in acts
     acts = actions(render_local("public", "+442079460001", CALL, "sip_uri",
                                 "sip:alice@pbx.example.com:5060", 600, profile="edge"))
-    assert ("bridge", "sofia/edge/sip:alice@pbx.example.com:5060") in acts
+    assert ("bridge", "[outbound_redirect_fatal=true]sofia/edge/sip:alice@pbx.example.com:5060") in acts
+    # after a failed bridge, the caller never gets the target's 3xx (a redirect's status
+    # without its Contact): tests/realswitch/test_dids.py shows what FreeSWITCH does with it
+    bridge = acts.index(("bridge", "[outbound_redirect_fatal=true]sofia/edge/sip:alice@pbx.example.com:5060"))
+    assert acts[bridge + 1:] == [
+        ("set", "sip_ignore_remote_cause=${cond('${last_bridge_proto_specific_hangup_cause:0:5}'"
+                " == 'sip:3' ? true : false)}"),
+        ("hangup", "${originate_disposition}")]
     acts = actions(render_local("public", "+442079460001", CALL, "extension", "1001", 600,
                                 extension_mode="user", user_domain="acme.example.com"))
     assert ("bridge", "user/1001@acme.example.com") in acts

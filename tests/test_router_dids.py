@@ -103,19 +103,19 @@ def test_did_to_number_goes_through_lcr_for_the_dids_tenant():
 
 def test_sip_uri_goes_through_the_profile_the_call_came_in_on():
     acts = actions(router().route(lookup("+442079460101")).xml)
-    assert ("bridge", "sofia/edge/sip:alice@127.0.0.1:43999") in acts
+    assert ("bridge", "[outbound_redirect_fatal=true]sofia/edge/sip:alice@127.0.0.1:43999") in acts
 
 
 def test_sip_uri_profile_precedence():
     # The DID's own profile, then routing.sip_uri_profile, then the arriving profile,
     # then a provisioned gateway's.
-    assert ("bridge", "sofia/pbx/sip:bob@pbx.example.com") in actions(
+    assert ("bridge", "[outbound_redirect_fatal=true]sofia/pbx/sip:bob@pbx.example.com") in actions(
         router(sip_uri_profile="conf").route(lookup("+442079460103")).xml)
-    assert ("bridge", "sofia/conf/sip:alice@127.0.0.1:43999") in actions(
+    assert ("bridge", "[outbound_redirect_fatal=true]sofia/conf/sip:alice@127.0.0.1:43999") in actions(
         router(sip_uri_profile="conf").route(lookup("+442079460101")).xml)
     form = lookup("+442079460101")
     del form["variable_sofia_profile_name"]
-    assert ("bridge", "sofia/edge/sip:alice@127.0.0.1:43999") in actions(router().route(form).xml)
+    assert ("bridge", "[outbound_redirect_fatal=true]sofia/edge/sip:alice@127.0.0.1:43999") in actions(router().route(form).xml)
 
 
 def test_extension_transfer_then_its_own_lookup_is_not_found():

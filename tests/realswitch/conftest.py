@@ -83,6 +83,7 @@ import pytest
 
 from . import fsconfig, fsharness, world
 from .backends import RealBackend, SimBackend, RsDaemon
+from .sipp import Carrier
 
 SKIP_REASON = fsharness.skip_reason()
 ESL_PASSWORD = "rs-secret"
@@ -118,6 +119,17 @@ def realswitch(_realswitch_session):
     """The session's FreeSWITCH, reset for this test (see the module docstring)."""
     _realswitch_session.reset()
     return _realswitch_session
+
+
+@pytest.fixture
+def elsewhere(realswitch):
+    """A sipp answering calls on 127.0.0.2 (gw_c's port numbers, another address): a host
+    FreeSWITCH has no gateway to, as a carrier's redirect could name one."""
+    ports = realswitch.plan.carriers["gw_c"]
+    uas = Carrier("elsewhere", ports, realswitch.sipp, realswitch.run_dir, ip="127.0.0.2")
+    uas.set_mode("answer")
+    yield uas
+    uas.stop()
 
 
 @pytest.fixture

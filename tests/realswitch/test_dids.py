@@ -88,6 +88,46 @@ def test_did_to_sip_uri_reaches_the_uri(realswitch, make_rs_daemon):
     assert decision[0][0][0]["profile"] == "callers"            # the profile the call came in on
 
 
+@pytest.mark.parametrize("host", ["elsewhere", "own"])
+def test_a_did_targets_redirect_is_not_followed(realswitch, make_rs_daemon, elsewhere, host):
+    """The SIP URI a DID is bridged to answers 302. Followed, sofia would INVITE the
+    Contact on the same leg ("elsewhere": a customer's PBX sending the call back out
+    through a carrier that trusts this switch's address, a call nobody routed, capped or
+    billed), or, with FreeSWITCH's own address, transfer the caller into the dialplan with
+    the Contact's number. Neither happens: the target's leg ends REQUESTED_CHAN_UNAVAIL
+    sip:302, the caller gets 503, nobody else gets an INVITE and nobody is charged."""
+    rs = _daemon(make_rs_daemon, realswitch)
+    number = world.US_NUMBER[1:]
+    contact = (f"sip:{number}@{elsewhere.ip}:{elsewhere.ports.sip}" if host == "elsewhere"
+               else f"sip:{number}@127.0.0.1:{realswitch.plan.sip}")
+    realswitch.carrier("gw_c").set_mode("redirect", contact=contact)
+    result = realswitch.call(DID_URI, tenant=None, hold_ms=1000)
+    a, target = realswitch.wait_call(result)
+    assert result.code == 503, result           # not the 302, which has no Contact here
+    assert (target.cause, target.sip_term_status, target.billmsec) == (
+        "REQUESTED_CHAN_UNAVAIL", None, 0)
+    assert target.headers["variable_proto_specific_hangup_cause"] == "sip:302"
+    assert realswitch.invites() == {"gw_a": 0, "gw_b": 0, "gw_c": 1}
+    assert elsewhere.invites() == 0
+    assert a.headers["Caller-Destination-Number"] == DID_URI          # not transferred
+    assert not rs.rows("SELECT 1 FROM routing_decisions WHERE destination LIKE %s", f"%{number}%")
+    cdr = rs.wait_cdr(a.uuid)
+    assert (cdr["tenant"], cdr["direction"], cdr["answered_at"]) == ("acme", "inbound", None)
+    assert (cdr["carrier"], cdr["cost"]) == (None, 0)
+
+
+@pytest.mark.parametrize("status", [486, 603])
+def test_a_did_targets_refusal_reaches_the_caller_as_it_was(realswitch, make_rs_daemon, status):
+    rs = _daemon(make_rs_daemon, realswitch)
+    realswitch.carrier("gw_c").set_mode(str(status))
+    result = realswitch.call(DID_URI, tenant=None, hold_ms=1000)
+    assert result.code == status, result
+    a, target = realswitch.wait_call(result)
+    assert target.sip_term_status == status
+    assert realswitch.invites() == {"gw_a": 0, "gw_b": 0, "gw_c": 1}
+    assert rs.wait_cdr(a.uuid)["cost"] == 0
+
+
 def test_domain_mode_routes_a_tenants_own_calls_and_dids_side_by_side(realswitch, make_rs_daemon):
     # acme's callers are known by their SIP domain (the To host, here the switch's address);
     # a DID is still the DID's tenant's inbound call, never LCR'd as acme's outbound number.

@@ -20,21 +20,10 @@ from daemon_harness import metric
 
 from . import world
 from .common import poll
-from .sipp import Carrier
 
 pytestmark = pytest.mark.realswitch
 
 PREMIUM = "19005550100"      # where the carrier sends the call
-
-
-@pytest.fixture
-def elsewhere(realswitch):
-    """A sipp answering calls on 127.0.0.2 (gw_c's port numbers, another address)."""
-    ports = realswitch.plan.carriers["gw_c"]
-    uas = Carrier("elsewhere", ports, realswitch.sipp, realswitch.run_dir, ip="127.0.0.2")
-    uas.set_mode("answer")
-    yield uas
-    uas.stop()
 
 
 def _contact(realswitch, elsewhere, host: str) -> str:
