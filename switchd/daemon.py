@@ -281,7 +281,12 @@ class Daemon:
     def _route_lookup(self, form: dict) -> str:
         if not self.routing:
             raise NotReady(self.starting or "stopping")
-        return self.router.route(form).xml
+        decision = self.router.route(form)
+        if getattr(decision.answer, "answered", False):
+            # A leg answered before, routed again (a caller's blind transfer): the call it
+            # heads learns its tenant and limit now, not at that leg's hangup.
+            self.registry.leg_routed_again(form.get("Unique-ID", ""), decision.answer.call_vars)
+        return decision.xml
 
     def _originate(self, payload: dict) -> dict:
         if not self.routing:

@@ -518,25 +518,27 @@ def test_derived_fields_equal_a_plain_recomputation(legs, originated, awaited):
     assert got == expected
 
 
-def test_a_callers_blind_transfer_is_a_call_of_its_own_headed_by_the_transferred_leg():
-    """As FreeSWITCH 1.10.12 sent it (tests/realswitch/test_transfer.py): the caller A
-    REFERs, A ends, the callee's leg B (alpha) is routed again and bridged to C (bravo),
-    whose Channel-Call-UUID is B. C belongs to the transfer's call, keyed by B (as its
-    routing, caps and switch CDR are), not to A's: A's call keeps its one carrier leg."""
+_A, _B, _C = ("a0000000-0000-4000-8000-00000000000a", "b0000000-0000-4000-8000-00000000000b",
+              "c0000000-0000-4000-8000-00000000000c")
+_ROUTED_AGAIN = {"switchd_tenant": "brief", "switchd_route_id": "r2", "switchd_max_duration": "3"}
+
+
+def _blind_transfer_events() -> list:
+    """A caller's blind transfer as FreeSWITCH 1.10.12 sent it (tests/realswitch/
+    test_transfer.py): the caller A REFERs, A ends, the callee's leg B (alpha) is routed
+    again and bridged to C (bravo), whose Channel-Call-UUID is B. B's variables from its
+    new routing first show in its hangup."""
     from switchd.adapters.esl.events import ChannelEvent
-    A, B, C = "a0000000-0000-4000-8000-00000000000a", "b0000000-0000-4000-8000-00000000000b", \
-        "c0000000-0000-4000-8000-00000000000c"
+    A, B, C = _A, _B, _C
     first = {"switchd_tenant": "brief", "switchd_route_id": "r1", "switchd_max_duration": "3"}
     alpha = {"switchd_carrier": "alpha", "switchd_rate": "0.005"}
     bravo = {"switchd_carrier": "bravo", "switchd_rate": "0.010"}
-    routed_again = {**alpha, "switchd_tenant": "brief", "switchd_route_id": "r2",
-                    "switchd_max_duration": "3"}
 
     def ev(name, uuid, call, other=None, direction="outbound", t=0, **kw):
         return ChannelEvent(name=name, uuid=uuid, call_uuid=call, other_leg_uuid=other,
                             direction=direction, timestamp_us=t, created_us=kw.pop("created", 0),
                             **kw)
-    events = [
+    return [
         ev("CHANNEL_CREATE", A, A, direction="inbound", t=1, created=1, vars=first,
            destination_number="+12125550123"),
         ev("CHANNEL_CREATE", B, A, A, t=2, created=2, gateway="gw_a", vars=alpha),
@@ -549,10 +551,16 @@ def test_a_callers_blind_transfer_is_a_call_of_its_own_headed_by_the_transferred
         ev("CHANNEL_HANGUP_COMPLETE", C, B, B, t=9, answered_us=6, hangup_us=9,
            hangup_cause="NORMAL_CLEARING", gateway="gw_b", vars=bravo),
         ev("CHANNEL_HANGUP_COMPLETE", B, A, None, t=9, answered_us=3, hangup_us=9,
-           hangup_cause="ALLOTTED_TIMEOUT", gateway="gw_a", vars=routed_again,
+           hangup_cause="ALLOTTED_TIMEOUT", gateway="gw_a", vars={**alpha, **_ROUTED_AGAIN},
            destination_number="+33142685300"),
     ]
-    reg, eff = run(events)
+
+
+def test_a_callers_blind_transfer_is_a_call_of_its_own_headed_by_the_transferred_leg():
+    """C belongs to the transfer's call, keyed by B (as its routing, caps and switch CDR
+    are), not to A's: A's call keeps its one carrier leg."""
+    A, B, C = _A, _B, _C
+    reg, eff = run(_blind_transfer_events())
     assert len(reg) == 0
     assert sorted(e.call.call_uuid for e in of(eff, CallStarted)) == [A, B]
     ended = {e.call.call_uuid: e.call for e in of(eff, CallEnded)}
@@ -566,3 +574,25 @@ def test_a_callers_blind_transfer_is_a_call_of_its_own_headed_by_the_transferred
     assert sorted((e.leg.uuid, e.call.call_uuid) for e in of(eff, LegEnded)) == [
         (A, A), (B, A), (C, B)]
     assert reg.leg(C) is None and reg.counters["transfer_legs"] == 1
+
+
+def test_a_transfer_knows_its_tenant_and_limit_from_its_routing_not_its_heads_hangup():
+    """The daemon tells the registry what the transfer's routing set on B when it answers
+    the lookup (leg_routed_again): the transfer starts with its tenant (call events,
+    the tenant's live calls) and its limit (the watchdog), and A's call keeps its own."""
+    A, B = _A, _B
+    events = _blind_transfer_events()
+    reg, eff = run(events[:5])
+    reg.leg_routed_again(B, {**_ROUTED_AGAIN, "switchd_e164": "+33142685300",
+                             "effective_caller_id_name": "x", "switchd_carrier": "bravo"})
+    _, eff = run(events[5:7], reg)
+    (started,) = of(eff, CallStarted)
+    assert (started.call.call_uuid, started.call.tenant) == (B, "brief")
+    transfer = reg.get(B)
+    assert (transfer.max_duration, transfer.route_id, transfer.answered_us) == (3, "r2", 6)
+    assert reg.answered_calls_over_limit(now_us=6 + 3_000_000 + 2_000_000, grace_s=1) == \
+        [reg._calls[B]]
+    assert reg.get(A).route_id == "r1" and reg.leg(B).carrier == "alpha"
+    # without it (as before), the transfer had neither until B's hangup
+    plain, eff = run(events[:7])
+    assert of(eff, CallStarted)[-1].call.tenant is None and plain.get(B).max_duration is None

@@ -136,6 +136,22 @@ class CallRegistry(Reconciliation):
                 leg.vars["switchd_max_duration"] = str(seconds)
         call.max_duration = seconds
 
+    def leg_routed_again(self, uuid: str, call_vars: dict) -> None:
+        """A live leg, answered before, was routed again: the call-wide variables its new
+        routing `set` on the channel, known now. FreeSWITCH reports them only with that
+        leg's next event, for a transferred leg its hangup: until then the call it heads
+        (the transfer, module doc) would have no tenant and no limit."""
+        leg = self._legs.get(uuid)
+        if leg is None or leg.state == "complete":
+            return
+        leg.vars.update((k, str(v)) for k, v in call_vars.items()
+                        if k.startswith("switchd_") and k not in CARRIER_LEG_VARS)
+        self._refresh(self._calls[leg.call_uuid])
+        transfer = self._calls.get(uuid) if uuid != leg.call_uuid else None
+        if transfer is not None:
+            self._follow_head(transfer, leg)
+            self._refresh(transfer)
+
     def answered_calls_over_limit(self, now_us: int, grace_s: int) -> list[Call]:
         """Answered calls past answer + max_duration + grace: the watchdog kills these."""
         return [c.snapshot() for c in self._calls.values()
@@ -327,6 +343,7 @@ class CallRegistry(Reconciliation):
             call.legs.append(Leg(uuid=head, call_uuid=head, placeholder=True))
             self._follow_head(call, self._legs[head])
             self._add_leg(call, leg, False)
+            self._refresh(call)          # its tenant, as far as its head's routing told us
             effects.append(CallStarted(call.snapshot()))
             return call, leg, False
         self._add_leg(call, leg, False)

@@ -106,6 +106,13 @@ def test_a_callers_transfer_holds_its_own_caps_slots(realswitch, make_rs_daemon)
     first = realswitch.call_async(world.US_NUMBER, tenant="acme", hold_ms=1000,
                                   refer_to="+33142685300")
     poll(lambda: realswitch.invites()["gw_b"] == 1 or None, 20, "the transfer dialled on gw_b")
+    # The transfer is the tenant's call from its routing on (not from the callee's leg's
+    # hangup, the first event FreeSWITCH sends with its variables): listed with its
+    # tenant and its limit while it is up.
+    transfer = rs.wait_until(lambda: [c for c in rs.process.get("/v1/calls")[1]["calls"]
+                                      if c["carrier"] == "bravo"] or None,
+                             what="the transfer's call, answered on bravo")
+    assert [(c["tenant"], c["max_duration"]) for c in transfer] == [("acme", 3600)], transfer
     second = realswitch.call(world.US_NUMBER, tenant="acme", hold_ms=500)
     assert second.answered, second
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 1}     # alpha, bravo full
