@@ -315,9 +315,16 @@ def _call_controls(call_vars: dict, max_duration_s: int, cause_on_answer: str,
     return actions
 
 
-# sip_ignore_remote_cause (mod_sofia, sofia_on_hangup): true when the last bridge's leg
-# ended on a 3xx (its proto_specific_hangup_cause "sip:3.."), else "false" (or cond's
-# "-ERR" when the variable is unset: not true either).
+# A DID's own target (a SIP URI, a directory user) answering 3xx fails, as a carrier leg
+# does, instead of being followed: sofia would otherwise INVITE whatever its Contact names
+# (a carrier that trusts this switch's address, say) as this leg, past routing, caps and
+# billing, or transfer the caller into the dialplan with its number.
+_REDIRECT_FATAL = "[outbound_redirect_fatal=true]"
+# sofia then answers the caller with the failed leg's SIP status: a 3xx, without a
+# Contact. sip_ignore_remote_cause (mod_sofia, sofia_on_hangup) makes it the hangup
+# cause's own (503): true when the last bridge's leg ended on a 3xx (its
+# proto_specific_hangup_cause "sip:3.."), else "false" (or cond's "-ERR" when the
+# variable is unset: not true either), so every other status still passes through.
 _NO_REDIRECT_STATUS = ("sip_ignore_remote_cause=${cond('${last_bridge_proto_specific_hangup_cause:0:5}'"
                        " == 'sip:3' ? true : false)}")
 
@@ -337,7 +344,8 @@ def render_local(context: str, destination: str, call_vars: dict, destination_ty
     user; `${domain_name}` when the tenant has no domain).
     'sip_uri' → `bridge sofia/<profile>/<uri>`, `profile` a sofia profile that exists
     (the router picks it: the DID's, the configured one, or the one the call came in on).
-    The target's redirect (3xx) is not followed: its leg fails, the caller gets 503.
+    A 'user' or 'sip_uri' target's redirect (3xx) is not followed: its leg fails, the
+    caller gets 503.
     A DID whose destination is a number goes through LCR and render_bridge instead.
     """
     actions = _call_controls(call_vars, max_duration_s, cause_on_answer)
@@ -349,20 +357,15 @@ def render_local(context: str, destination: str, call_vars: dict, destination_ty
         elif extension_mode == "user":
             domain = ("${domain_name}" if not user_domain
                       else _name(user_domain, _DOMAIN, "tenant domain"))
-            actions.append(("bridge", f"user/{ext}@{domain}"))
+            actions.append(("bridge", f"{_REDIRECT_FATAL}user/{ext}@{domain}"))
+            actions.append(("set", _NO_REDIRECT_STATUS))
             actions.append(("hangup", "${originate_disposition}"))
         else:
             raise ValueError(f"extension_mode is 'transfer' or 'user', not {extension_mode!r}")
     elif destination_type == "sip_uri":
         uri = _name(target, _SIP_URI, "SIP URI")
-        # As on a carrier leg, the target's 3xx is a failure, never followed: sofia would
-        # otherwise INVITE whatever its Contact names (a carrier that trusts this switch's
-        # address, say) as this leg, past routing, caps and billing.
-        actions.append(("bridge", "[outbound_redirect_fatal=true]"
+        actions.append(("bridge", f"{_REDIRECT_FATAL}"
                         f"sofia/{_name(profile, _GATEWAY, 'sofia profile')}/{uri}"))
-        # sofia answers the caller with the failed leg's SIP status: a 3xx, without the
-        # Contact. The caller gets the hangup cause's own status (503) instead; every
-        # other status still passes through.
         actions.append(("set", _NO_REDIRECT_STATUS))
         actions.append(("hangup", "${originate_disposition}"))
     else:

@@ -252,10 +252,10 @@ def test_render_local_extension_and_uri():
         ("hangup", "${originate_disposition}")]
     acts = actions(render_local("public", "+442079460001", CALL, "extension", "1001", 600,
                                 extension_mode="user", user_domain="acme.example.com"))
-    assert ("bridge", "user/1001@acme.example.com") in acts
+    assert ("bridge", "[outbound_redirect_fatal=true]user/1001@acme.example.com") in acts
     acts = actions(render_local("public", "+442079460001", CALL, "extension", "1001", 600,
                                 extension_mode="user"))
-    assert ("bridge", "user/1001@${domain_name}") in acts
+    assert ("bridge", "[outbound_redirect_fatal=true]user/1001@${domain_name}") in acts
 
 
 def test_render_local_sip_uri_needs_a_profile():

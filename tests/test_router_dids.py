@@ -151,5 +151,5 @@ def test_extension_context_is_configurable():
 
 def test_extension_mode_user_bridges_the_directory_user():
     acts = actions(router(extension_mode="user").route(lookup("+442079460100")).xml)
-    assert ("bridge", "user/1000@acme.example.com") in acts
+    assert ("bridge", "[outbound_redirect_fatal=true]user/1000@acme.example.com") in acts
     assert not any(a == "transfer" for a, _ in acts)

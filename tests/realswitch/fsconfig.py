@@ -19,6 +19,8 @@ RTP_OFFSET = 600           # RTP range: base+600 .. base+999 (200 even ports: 20
 CALLER_SLOTS = 8
 CARRIERS = ("gw_a", "gw_b", "gw_c")
 PROFILE = "callers"
+# The directory user a DID reaches in routing.extension_mode = user (tests/realswitch/test_dids.py).
+DIRECTORY_USER = "2000"
 GATEWAY_PING_S = 5         # mod_sofia ignores a ping below 5 s
 
 
@@ -233,8 +235,16 @@ def render(plan: PortPlan, *, esl_password: str, dialplan_url: str, cdr_url: str
       </extension>
     </context>
   </section>
+  <!-- One user for DIDs bridged to a directory user (routing.extension_mode = user): no
+       registration, its dial-string names gw_c's sipp as the user's device. -->
   <section name="directory">
-    <domain name="127.0.0.1"/>
+    <domain name="127.0.0.1">
+      <user id="{DIRECTORY_USER}">
+        <params>
+          {_p("dial-string", f"sofia/{PROFILE}/sip:{DIRECTORY_USER}@127.0.0.1:{plan.carriers['gw_c'].sip}")}
+        </params>
+      </user>
+    </domain>
   </section>
 </document>
 """

@@ -48,6 +48,15 @@ def _daemon(make_rs_daemon, realswitch, mode="variable"):
     return make_rs_daemon(extra_env=env, world_toml=_world(realswitch))
 
 
+def _user_daemon(make_rs_daemon, realswitch):
+    """routing.extension_mode = user: a DID to an extension is bridged to the directory user
+    (fsconfig's DIRECTORY_USER, whose device is gw_c's sipp) in acme's SIP domain."""
+    toml = _world(realswitch).replace('name = "acme"\naccountcode = "acme"\n',
+                                      'name = "acme"\naccountcode = "acme"\ndomain = "127.0.0.1"\n')
+    assert 'domain = "127.0.0.1"' in toml
+    return make_rs_daemon(extra_env={"SWITCHD_ROUTING_EXTENSION_MODE": "user"}, world_toml=toml)
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_did_to_number_reaches_the_carrier_in_every_tenant_from_mode(realswitch, make_rs_daemon, mode):
     rs = _daemon(make_rs_daemon, realswitch, mode)
@@ -88,28 +97,44 @@ def test_did_to_sip_uri_reaches_the_uri(realswitch, make_rs_daemon):
     assert decision[0][0][0]["profile"] == "callers"            # the profile the call came in on
 
 
+def test_did_to_a_directory_user_reaches_the_users_device(realswitch, make_rs_daemon):
+    rs = _user_daemon(make_rs_daemon, realswitch)
+    result = realswitch.call(DID_EXTENSION, tenant=None, hold_ms=1000)
+    assert result.code == 200, result
+    a, device = realswitch.wait_call(result)
+    assert device.cause == "NORMAL_CLEARING" and device.billmsec >= 900
+    invites = realswitch.carrier("gw_c").invite_log()
+    assert len(invites) == 1 and f"{EXTENSION}@127.0.0.1" in invites[0]["request_uri"]
+    assert realswitch.invites() == {"gw_a": 0, "gw_b": 0, "gw_c": 1}
+    cdr = rs.wait_cdr(a.uuid)
+    assert (cdr["tenant"], cdr["direction"], cdr["carrier"], cdr["cost"]) == (
+        "acme", "inbound", None, 0)
+
+
+@pytest.mark.parametrize("target", ["sip_uri", "user"])
 @pytest.mark.parametrize("host", ["elsewhere", "own"])
-def test_a_did_targets_redirect_is_not_followed(realswitch, make_rs_daemon, elsewhere, host):
-    """The SIP URI a DID is bridged to answers 302. Followed, sofia would INVITE the
+def test_a_did_targets_redirect_is_not_followed(realswitch, make_rs_daemon, elsewhere, host,
+                                                target):
+    """The SIP URI or directory user a DID is bridged to answers 302. Followed, sofia would INVITE the
     Contact on the same leg ("elsewhere": a customer's PBX sending the call back out
     through a carrier that trusts this switch's address, a call nobody routed, capped or
     billed), or, with FreeSWITCH's own address, transfer the caller into the dialplan with
     the Contact's number. Neither happens: the target's leg ends REQUESTED_CHAN_UNAVAIL
     sip:302, the caller gets 503, nobody else gets an INVITE and nobody is charged."""
-    rs = _daemon(make_rs_daemon, realswitch)
+    rs = (_daemon if target == "sip_uri" else _user_daemon)(make_rs_daemon, realswitch)
+    did = DID_URI if target == "sip_uri" else DID_EXTENSION
     number = world.US_NUMBER[1:]
     contact = (f"sip:{number}@{elsewhere.ip}:{elsewhere.ports.sip}" if host == "elsewhere"
                else f"sip:{number}@127.0.0.1:{realswitch.plan.sip}")
     realswitch.carrier("gw_c").set_mode("redirect", contact=contact)
-    result = realswitch.call(DID_URI, tenant=None, hold_ms=1000)
-    a, target = realswitch.wait_call(result)
+    result = realswitch.call(did, tenant=None, hold_ms=1000)
+    a, leg = realswitch.wait_call(result)
     assert result.code == 503, result           # not the 302, which has no Contact here
-    assert (target.cause, target.sip_term_status, target.billmsec) == (
-        "REQUESTED_CHAN_UNAVAIL", None, 0)
-    assert target.headers["variable_proto_specific_hangup_cause"] == "sip:302"
+    assert (leg.cause, leg.sip_term_status, leg.billmsec) == ("REQUESTED_CHAN_UNAVAIL", None, 0)
+    assert leg.headers["variable_proto_specific_hangup_cause"] == "sip:302"
     assert realswitch.invites() == {"gw_a": 0, "gw_b": 0, "gw_c": 1}
     assert elsewhere.invites() == 0
-    assert a.headers["Caller-Destination-Number"] == DID_URI          # not transferred
+    assert a.headers["Caller-Destination-Number"] == did              # not transferred
     assert not rs.rows("SELECT 1 FROM routing_decisions WHERE destination LIKE %s", f"%{number}%")
     cdr = rs.wait_cdr(a.uuid)
     assert (cdr["tenant"], cdr["direction"], cdr["answered_at"]) == ("acme", "inbound", None)
