@@ -329,6 +329,13 @@ _NO_REDIRECT_STATUS = ("sip_ignore_remote_cause=${cond('${last_bridge_proto_spec
                        " == 'sip:3' ? true : false)}")
 
 
+def _bridge_local(dial: str) -> list:
+    """A DID's own target: its bridge, a 3xx's status kept from the caller, the hangup
+    with the bridge's outcome."""
+    return [("bridge", _REDIRECT_FATAL + dial), ("set", _NO_REDIRECT_STATUS),
+            ("hangup", "${originate_disposition}")]
+
+
 def render_local(context: str, destination: str, call_vars: dict, destination_type: str,
                  target: str, max_duration_s: int, *, profile: str = "",
                  extension_mode: str = "transfer", extension_context: str = "default",
@@ -357,17 +364,12 @@ def render_local(context: str, destination: str, call_vars: dict, destination_ty
         elif extension_mode == "user":
             domain = ("${domain_name}" if not user_domain
                       else _name(user_domain, _DOMAIN, "tenant domain"))
-            actions.append(("bridge", f"{_REDIRECT_FATAL}user/{ext}@{domain}"))
-            actions.append(("set", _NO_REDIRECT_STATUS))
-            actions.append(("hangup", "${originate_disposition}"))
+            actions += _bridge_local(f"user/{ext}@{domain}")
         else:
             raise ValueError(f"extension_mode is 'transfer' or 'user', not {extension_mode!r}")
     elif destination_type == "sip_uri":
         uri = _name(target, _SIP_URI, "SIP URI")
-        actions.append(("bridge", f"{_REDIRECT_FATAL}"
-                        f"sofia/{_name(profile, _GATEWAY, 'sofia profile')}/{uri}"))
-        actions.append(("set", _NO_REDIRECT_STATUS))
-        actions.append(("hangup", "${originate_disposition}"))
+        actions += _bridge_local(f"sofia/{_name(profile, _GATEWAY, 'sofia profile')}/{uri}")
     else:
         raise ValueError(f"render_local handles 'extension' and 'sip_uri', not {destination_type!r}")
     return _document(context, destination, actions)

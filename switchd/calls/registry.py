@@ -147,10 +147,7 @@ class CallRegistry(Reconciliation):
         leg.vars.update((k, str(v)) for k, v in call_vars.items()
                         if k.startswith("switchd_") and k not in CARRIER_LEG_VARS)
         self._refresh(self._calls[leg.call_uuid])
-        transfer = self._calls.get(uuid) if uuid != leg.call_uuid else None
-        if transfer is not None:
-            self._follow_head(transfer, leg)
-            self._refresh(transfer)
+        self._transfer_follows(leg)
 
     def answered_calls_over_limit(self, now_us: int, grace_s: int) -> list[Call]:
         """Answered calls past answer + max_duration + grace: the watchdog kills these."""
@@ -221,12 +218,9 @@ class CallRegistry(Reconciliation):
                                           leg.hangup_cause, leg.sip_status))
         if new != old:
             effects += self._leg_changed(call, leg, old, new, late)
-        transfer = self._calls.get(leg.uuid) if leg.uuid != call.call_uuid else None
-        if transfer is not None:
-            self._follow_head(transfer, leg)
-            self._refresh(transfer)
-            if new == "complete":
-                effects += self._maybe_end(transfer)
+        transfer = self._transfer_follows(leg)
+        if transfer is not None and new == "complete":
+            effects += self._maybe_end(transfer)
         return effects
 
     @staticmethod
@@ -348,6 +342,15 @@ class CallRegistry(Reconciliation):
             return call, leg, False
         self._add_leg(call, leg, False)
         return call, leg, False
+
+    def _transfer_follows(self, leg: Leg) -> Call | None:
+        """The call `leg` heads, if it heads a transfer (not its own call), brought up to
+        date with it; None otherwise."""
+        transfer = self._calls.get(leg.uuid) if leg.uuid != leg.call_uuid else None
+        if transfer is not None:
+            self._follow_head(transfer, leg)
+            self._refresh(transfer)
+        return transfer
 
     @staticmethod
     def _follow_head(transfer: Call, head: Leg) -> None:
