@@ -46,6 +46,9 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   every leg of that call once all of them have hung up: the A-leg first, then carrier legs
   in the order FreeSWITCH created them. `switch.events(name)` → raw events.
 - `switch.gateway_state("gw_a")` → 'UP' / 'DOWN' / None; `switch.channel_count()`.
+- `switch.gateway_ping("gw_a")` → `GatewayPing(next_at, pinging, up)`, FreeSWITCH's ping
+  schedule. `set_mode` restarts a running carrier only while its gateway's next ping is
+  2.5 s or more away (a ping on the closed port would take the gateway DOWN).
 - `switch.restart()`: SIGTERM FreeSWITCH (it deletes its gateways, hangs up calls) and
   start it again with the same config; carriers keep running.
 - `switch.set_cdr_url(url)`: mod_json_cdr on (every leg's CDR POSTed to `url`, e.g.

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from . import fsconfig
 from .common import HarnessError, poll, stop_process
 from .esl import EslClient, EslListener, Hangup
-from .sipp import (CallHandle, CallResult, Carrier, LoadHandle, as_bytes, sipp_command,
-                   uac_scenario)
+from .sipp import (CallHandle, CallResult, Carrier, GatewayPing, LoadHandle, as_bytes,
+                   sipp_command, uac_scenario)
 
 FS_DIRS = ("conf", "log", "db", "run", "temp", "cache", "storage", "recordings", "sounds",
            "scripts", "grammar", "certs", "htdocs")
@@ -71,7 +72,8 @@ class RealSwitch:
         self.default_cdr_url = cdr_url   # what reset() returns to (the session's choice)
         self.sessions_per_second = 100   # FreeSWITCH's throttle (a call is 2 sessions)
         self.fs_dir = self.run_dir / "fs"
-        self.carriers = {name: Carrier(name, ports, self.sipp, self.run_dir)
+        self.carriers = {name: Carrier(name, ports, self.sipp, self.run_dir,
+                                       gateway_ping=partial(self.gateway_ping, name))
                          for name, ports in self.plan.carriers.items()}
         self.listener = EslListener(self.plan.esl, esl_password)
         self._slots = list(range(len(self.plan.callers)))
@@ -227,6 +229,21 @@ class RealSwitch:
         text = self.api(f"sofia status gateway {name}")
         m = re.search(r"^Status\s+(\S+)", text, re.M)
         return m.group(1) if m else None
+
+    def gateway_ping(self, name: str) -> GatewayPing | None:
+        """The gateway's ping schedule, None when FreeSWITCH is not running or has no such
+        gateway (after a restart, until the profile has loaded it)."""
+        if self.fs_pid is None or not _alive(self.fs_pid):
+            return None
+        try:
+            text = self.api(f"sofia xmlstatus gateway {name}")
+        except (OSError, HarnessError):
+            return None
+        fields = dict(re.findall(r"<(ping|pinging|status)>([^<]*)</", text))
+        if len(fields) < 3:
+            return None
+        return GatewayPing(next_at=int(fields["ping"]), pinging=fields["pinging"] == "1",
+                           up=fields["status"] == "UP")
 
     # -- carriers ----------------------------------------------------------------------------
     def carrier(self, name: str) -> Carrier:

@@ -5,8 +5,8 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from . import fsconfig
 from .common import HarnessError, poll, stop_process
@@ -36,24 +36,18 @@ FINAL_CODES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 
 
 # A restart closes the carrier's port for a moment; FreeSWITCH's gateway ping landing then
 # fails, marks the gateway DOWN (ping-max 1) and takes the carrier out of routing until the
-# next ping. So a running carrier restarts only this soon after a ping it answered.
-RESTART_AFTER_PING_S = 3.0
-_PING = re.compile(r"-{20,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)\n"
-                   r"UDP message received[^\n]*\n\nOPTIONS ")
+# next ping. So a running carrier restarts only while its next ping is this far away.
+# FreeSWITCH sends it within about a second after the time it reports (its gateway check
+# runs once a second, sofia.c), and schedules the one after at the answer + ping freq.
+RESTART_BEFORE_PING_S = 2.5
 
 
-def last_ping(message_file: Path) -> float | None:
-    """When the last OPTIONS ping reached this sipp (epoch seconds; sipp writes local time)."""
-    try:
-        text = message_file.read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-    found = None
-    for found in _PING.finditer(text):
-        pass
-    if found is None:
-        return None
-    return datetime.strptime(" ".join(found.group(1).split()), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+@dataclass(frozen=True)
+class GatewayPing:
+    """A gateway's ping schedule as FreeSWITCH reports it (`sofia xmlstatus gateway`)."""
+    next_at: int          # epoch seconds the next OPTIONS is due
+    pinging: bool         # one is out, unanswered
+    up: bool              # the gateway's ping status
 
 
 def sipp_command(sipp: str, ports: fsconfig.SippPorts, ip: str = "127.0.0.1") -> list[str]:
@@ -92,11 +86,15 @@ def received_invites(message_file: Path) -> list[dict[str, str]]:
 class Carrier:
     """A sipp UAS behind one FreeSWITCH gateway, in a mode (answer, ring, a SIP code, down).
     `ip`: the loopback address it binds (another one than 127.0.0.1 is a host FreeSWITCH
-    has no gateway to: tests/realswitch/test_redirect.py)."""
+    has no gateway to: tests/realswitch/test_redirect.py). `gateway_ping` reads FreeSWITCH's
+    ping schedule for the gateway in front of it (None: no gateway, or no switch running),
+    so a restart keeps clear of the pings."""
 
     def __init__(self, name: str, ports: fsconfig.SippPorts, sipp: str, run_dir: Path,
-                 ip: str = "127.0.0.1"):
+                 ip: str = "127.0.0.1",
+                 gateway_ping: Callable[[], GatewayPing | None] = lambda: None):
         self.name, self.ports, self.sipp, self.ip = name, ports, sipp, ip
+        self.gateway_ping = gateway_ping
         self.dir = run_dir / "sipp" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mode = "down"
@@ -114,8 +112,7 @@ class Carrier:
             raise ValueError(f"carrier modes {', '.join(CONTACT_MODES)} take a contact, and only they")
         if mode == self.mode and mode not in CONTACT_MODES and (mode == "down" or self.alive()):
             return
-        if self.alive():
-            self._wait_for_a_fresh_ping()
+        before = self._clear_of_the_next_ping() if self.alive() and mode != "down" else None
         self.stop()
         self.mode = mode
         if mode == "down":
@@ -146,17 +143,36 @@ class Carrier:
         if self.proc.poll() is not None:
             raise HarnessError(f"sipp carrier {self.name} exited {self.proc.returncode} "
                                f"(see {self.dir}/stderr.log)")
+        if before is not None:
+            self._up_again_if_pinged_since(before)
 
-    def _wait_for_a_fresh_ping(self) -> None:
-        messages = self.dir / f"messages-{self.starts}.log"
-        last = last_ping(messages)
-        if last is None or time.time() - last < RESTART_AFTER_PING_S:
-            return                          # not pinged (yet), or the next ping is seconds away
-        try:
-            poll(lambda: (last_ping(messages) or 0) > last, fsconfig.GATEWAY_PING_S + 2,
-                 f"a gateway ping to carrier {self.name}")
-        except HarnessError:
-            pass                            # FreeSWITCH stopped pinging: no ping to dodge
+    def _clear_of_the_next_ping(self) -> GatewayPing | None:
+        """The gateway's ping schedule once its next ping is RESTART_BEFORE_PING_S away
+        (waiting for the coming one to be answered if need be); None: no gateway to dodge."""
+        ping = self.gateway_ping()
+        if ping is None or (not ping.pinging and ping.next_at - time.time() >= RESTART_BEFORE_PING_S):
+            return ping
+        return self._wait_for_a_ping_answered_after(ping.next_at, "answered before a restart")
+
+    def _up_again_if_pinged_since(self, before: GatewayPing) -> None:
+        """A restart slower than the margin lets a ping land on the closed port and the
+        gateway go DOWN: then wait for the next ping to be answered with the gateway UP."""
+        now = self.gateway_ping()
+        if now is None or (now.next_at == before.next_at and not now.pinging):
+            return
+        self._wait_for_a_ping_answered_after(before.next_at, "answered after a restart", up=True)
+
+    def _wait_for_a_ping_answered_after(self, due: int, what: str,
+                                        up: bool = False) -> GatewayPing | None:
+        def answered() -> GatewayPing | bool:
+            ping = self.gateway_ping()
+            if ping is None:
+                return True                 # the switch went away: no ping to wait for
+            done = ping.next_at > due and not ping.pinging and (ping.up or not up)
+            return ping if done else False
+        found = poll(answered, 2 * fsconfig.GATEWAY_PING_S + 5,
+                     f"carrier {self.name}'s gateway ping {what}", 0.1)
+        return found if isinstance(found, GatewayPing) else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

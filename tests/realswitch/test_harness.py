@@ -8,11 +8,13 @@ import http.server
 import json
 import re
 import threading
+import time
 
 import pytest
 
 from .backends import SIP_TO_CAUSE
 from .common import poll
+from .fsconfig import GATEWAY_PING_S
 
 pytestmark = pytest.mark.realswitch
 
@@ -108,3 +110,21 @@ def test_without_switchd_the_static_fallback_refuses(realswitch):
     legs = realswitch.wait_call(result)
     assert [(h.direction, h.gateway) for h in legs] == [("inbound", None)]
     assert realswitch.invites() == {"gw_a": 0, "gw_b": 0, "gw_c": 0}
+
+
+def test_carrier_restarts_keep_clear_of_the_gateway_pings(realswitch):
+    """A restart closes the carrier's port for a moment; a ping landing then would take the
+    gateway DOWN and the carrier out of the next test call. Restarts asked for just as a
+    ping falls due (three in a row, at two pings) leave FreeSWITCH's gateway UP all along:
+    no gateway_state event says otherwise."""
+    carrier, modes, restarts = realswitch.carrier("gw_a"), ("ring", "answer"), 0
+    for _ in range(2):
+        due = realswitch.gateway_ping("gw_a").next_at
+        poll(lambda: time.time() >= due, GATEWAY_PING_S + 2, "gw_a's ping to fall due", 0.01)
+        for _ in range(3):
+            carrier.set_mode(modes[restarts % 2])
+            restarts += 1
+    downs = [e for e in realswitch.events("CUSTOM")
+             if e.get("Gateway") == "gw_a" and e.get("Ping-Status") != "UP"]
+    assert downs == [] and realswitch.gateway_state("gw_a") == "UP"
+    assert realswitch.gateway_ping("gw_a").next_at > due     # both pings went out
