@@ -17,6 +17,8 @@ class Gateway:
     carrier: str
     position: int = 0         # order inside the carrier
     leg_timeout: int = 30     # seconds before the next gateway is tried
+    media_timeout: int = 60   # seconds of no RTP from the carrier before FreeSWITCH ends
+                              # its leg (MEDIA_TIMEOUT); 0: never
     enabled: bool = True
     profile: str | None = None    # the sofia profile the gateway is declared in
 

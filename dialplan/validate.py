@@ -324,7 +324,7 @@ CARRIER = {
 GATEWAY_FIELDS = {
     "name": Field(name, required=True), "profile": Field(name),
     "position": Field(integer(0)), "leg_timeout": Field(integer(1, 3600)),
-    "enabled": Field(boolean),
+    "media_timeout": Field(integer(0, 86400)), "enabled": Field(boolean),
 }
 DID = {
     "number": Field(did_number, required=True), "tenant": Field(name, required=True),

@@ -429,12 +429,23 @@ def leg_for_route(route, number: str) -> BridgeLeg:
         # billing, or transfer the caller to that number when the host is our own.
         "outbound_redirect_fatal": "true",
         "leg_timeout": route.gateway.leg_timeout,
+        **_media_timeout(route.gateway.media_timeout),
         "switchd_carrier": route.carrier.name,
         "switchd_rate": rate.rate_per_min,
         "switchd_connect_fee": rate.connect_fee,
         "switchd_increments": f"{rate.initial_increment}/{rate.subsequent_increment}",
         "switchd_prefix": rate.prefix,
     })
+
+
+def _media_timeout(seconds: int) -> dict:
+    """The carrier leg's `media_timeout` (FreeSWITCH reads milliseconds): a carrier that
+    answers and then sends no RTP is cut MEDIA_TIMEOUT, not carried (and billed) until the
+    call's max duration. Nothing for a gateway that turned it off (0). Provisioning stores
+    whole seconds; any other value is left for format_value to refuse when rendered."""
+    if type(seconds) is not int:
+        return {"media_timeout": seconds}
+    return {"media_timeout": seconds * 1000} if seconds else {}
 
 
 # --- the router's bridge answer: per-leg dial-string fragments from precomputed texts -----
@@ -450,12 +461,15 @@ def _fragment(route, number: str) -> str:
     gateway, carrier, rate = route.gateway, route.carrier, route.rate
     tariff = getattr(rate, "tariff", None)
     gw, timeout, cname, prefix = gateway.name, gateway.leg_timeout, carrier.name, rate.prefix
-    if (tariff is not None and type(timeout) is int and type(cname) is str
+    media = gateway.media_timeout
+    if (tariff is not None and type(timeout) is int and type(media) is int and type(cname) is str
             and type(prefix) is str and type(gw) is str
             and rate.rate_per_min is tariff.rate_per_min and rate.connect_fee is tariff.connect_fee
             and rate.initial_increment == tariff.initial_increment
             and rate.subsequent_increment == tariff.subsequent_increment):
-        values = (f"outbound_redirect_fatal=true,leg_timeout={timeout},switchd_carrier={cname},"
+        media_var = f"media_timeout={media * 1000}," if media else ""
+        values = (f"outbound_redirect_fatal=true,leg_timeout={timeout},{media_var}"
+                  f"switchd_carrier={cname},"
                   f"switchd_rate={tariff.rate_text},switchd_connect_fee={tariff.fee_text},"
                   f"switchd_increments={tariff.increments_text},switchd_prefix={prefix}")
         if _safe(cname + prefix) and _GATEWAY.fullmatch(gw) is not None:

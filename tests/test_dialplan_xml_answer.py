@@ -75,8 +75,21 @@ def test_leg_for_route_vars():
     leg = leg_for_route(RouteChoice(Carrier("a", (gw,)), gw, Rate()), "+442079460000")
     acts = actions(render_bridge("public", "+442079460000", CALL, [leg], 60))
     bridge = [d for a, d in acts if a == "bridge"][0]
-    assert bridge == ("[outbound_redirect_fatal=true,leg_timeout=25,switchd_carrier=a,switchd_rate=0.0120,switchd_connect_fee=0,"
+    assert bridge == ("[outbound_redirect_fatal=true,leg_timeout=25,media_timeout=60000,switchd_carrier=a,"
+                      "switchd_rate=0.0120,switchd_connect_fee=0,"
                       "switchd_increments=60/6,switchd_prefix=4420]sofia/gateway/carrier_a/+442079460000")
+
+
+def test_a_gateway_without_media_timeout_sets_none_on_its_leg():
+    class Rate:
+        prefix, rate_per_min, connect_fee = "4420", Decimal("0.0120"), Decimal("0")
+        initial_increment, subsequent_increment = 60, 6
+    gw = Gateway("carrier_a", "a", leg_timeout=25, media_timeout=0)
+    leg = leg_for_route(RouteChoice(Carrier("a", (gw,)), gw, Rate()), "+442079460000")
+    assert "media_timeout" not in leg.vars
+    slow = Gateway("carrier_b", "b", media_timeout=5)
+    assert leg_for_route(RouteChoice(Carrier("b", (slow,)), slow, Rate()),
+                         "+442079460000").vars["media_timeout"] == 5000
 
 
 def _route():

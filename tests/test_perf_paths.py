@@ -223,7 +223,9 @@ def _routes(draw):
     for i in range(draw(st.integers(1, 4))):
         cname = draw(st.one_of(_safe_text, _any_text))
         gw = Gateway(name=draw(st.one_of(_safe_text, _any_text)), carrier=cname,
-                     leg_timeout=draw(st.one_of(st.integers(1, 90), st.sampled_from([True, "30"]))))
+                     leg_timeout=draw(st.one_of(st.integers(1, 90), st.sampled_from([True, "30"]))),
+                     media_timeout=draw(st.one_of(st.integers(0, 120),
+                                                  st.sampled_from([True, "60", 1.5]))))
         rate = R(draw(_decimal), draw(_decimal), draw(st.sampled_from([1, 6, 60, True])),
                  draw(st.sampled_from([1, 6, 60])), draw(st.one_of(_safe_text, _any_text)))
         out.append(Route(Carrier(name=cname), gw, rate))
@@ -301,12 +303,13 @@ def test_fragment_of_a_deck_rate_equals_the_per_leg_path():
     """A Rate matched in a deck carries its Tariff's texts (made at deck build); the dial
     string from them equals leg_for_route's, exponent included."""
     from dialplan.ratedeck import RateDeckBuilder
-    carrier, gw = Carrier(name="c"), Gateway(name="gw", carrier="c", leg_timeout=25)
+    carrier = Carrier(name="c")
     builder = RateDeckBuilder()
     builder.add("44", Decimal("0.010"), Decimal("0.0500"), 6, 6)
     builder.add("441", Decimal("1E+1"), Decimal("0"), 60, 60)
     deck = builder.build()
-    for number in ("442079460000", "441234567"):
+    for number, media_timeout in (("442079460000", 60), ("441234567", 0)):
+        gw = Gateway(name="gw", carrier="c", leg_timeout=25, media_timeout=media_timeout)
         rate = deck.lookup(number, NOW)
         assert rate.tariff is not None
         route = Route(carrier, gw, rate)

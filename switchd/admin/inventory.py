@@ -44,7 +44,7 @@ def carriers(conn: psycopg.Connection) -> list[dict]:
                                      AS decks
                           FROM carriers c ORDER BY c.name""")
     gateways = _rows(conn, """SELECT c.name AS carrier, g.name, g.profile, g.position,
-                                     g.leg_timeout, g.enabled
+                                     g.leg_timeout, g.media_timeout, g.enabled
                               FROM gateways g JOIN carriers c ON c.id = g.carrier_id
                               ORDER BY g.position, g.name""")
     for row in rows:

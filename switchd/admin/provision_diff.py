@@ -33,7 +33,7 @@ _READ = {
                 " (SELECT count(*) FROM gateways g WHERE g.carrier_id = c.id) AS gateway_count"
                 " FROM carriers c",
     "gateways": "SELECT g.name, c.name AS carrier, g.profile, g.position, g.leg_timeout,"
-                " g.enabled FROM gateways g JOIN carriers c ON c.id = g.carrier_id",
+                " g.media_timeout, g.enabled FROM gateways g JOIN carriers c ON c.id = g.carrier_id",
     "dids": "SELECT d.number, t.name AS tenant, d.destination_type, d.destination"
             " FROM dids d JOIN tenants t ON t.id = d.tenant_id",
     "campaigns": "SELECT c.name, t.name AS tenant, c.max_concurrent, c.cps_limit"

@@ -25,6 +25,8 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   Carriers that answer and then fail (scenarios/uas-<mode>.xml, test_answer_then_fail.py):
   `answer-bad-sdp` (200 whose SDP offers only G.729), `answer-then-bye` (200, then its
   own BYE 30 ms after the ACK), `answer-no-sdp` (200 without SDP).
+  `answer` sends no RTP; `answer-rtp` answers as `answer` and then streams RTP (PCMU
+  silence) until the BYE (test_media_timeout.py).
   `.invites()` → INVITEs it received since the reset (one per Call-ID, from sipp's
   `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
   `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.

@@ -23,7 +23,7 @@ REJECT_REASONS = {
 # with SDP and never an answer, `hangup` answers and sends its own BYE 1.5 s later; the
 # answer-* ones answer and then fail (tests/realswitch/test_answer_then_fail.py).
 SCENARIO_MODES = ("answer", "ring", "early", "hangup", "answer-bad-sdp", "answer-then-bye",
-                  "answer-no-sdp")
+                  "answer-no-sdp", "answer-rtp")
 # Modes that take a URI (set_mode's `contact`): `redirect` answers 302 with it as the Contact
 # (tests/realswitch/test_redirect.py), `refer` answers and then REFERs the call to it.
 CONTACT_MODES = ("redirect", "refer")
@@ -97,6 +97,8 @@ class Carrier:
         self.gateway_ping = gateway_ping
         self.dir = run_dir / "sipp" / name
         self.dir.mkdir(parents=True, exist_ok=True)
+        # mode answer-rtp streams this: one second of PCMU silence (0xFF), looped
+        (self.dir / "silence.ulaw").write_bytes(b"\xff" * 8000)
         self.mode = "down"
         self.proc: subprocess.Popen | None = None
         self.starts = 0

@@ -57,8 +57,8 @@ def load_world(conn: psycopg.Connection) -> World:
                 r["retry"] = retry.policy_from(r["retry"])
                 tenants[r["name"]] = Tenant(**r)
 
-        cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout, g.enabled,
-                              g.profile
+        cur.execute("""SELECT c.name AS carrier, g.name, g.position, g.leg_timeout,
+                              g.media_timeout, g.enabled, g.profile
                        FROM gateways g JOIN carriers c ON c.id = g.carrier_id
                        ORDER BY c.name, g.position, g.name""")
         gateways: dict[str, list[Gateway]] = {}
