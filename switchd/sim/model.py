@@ -36,7 +36,12 @@ class GatewayBehaviour:
     status, send_cancel (FreeSWITCH 1.10.12, tests/fixtures/redirect/); without it sofia
     follows the redirect and the leg is answered by whoever is at the Contact, answer_delay_s
     later (a Contact at a host FreeSWITCH has no gateway to; one at FreeSWITCH's own address
-    transfers the caller instead, which the simulator does not play).
+    transfers the caller instead, which the simulator does not play);
+    silent_after_answer: the carrier answers and then sends no RTP. A bridged leg with
+    `media_timeout` (milliseconds; switchd's dial strings carry the gateway's) ends
+    MEDIA_TIMEOUT that long after its answer, and FreeSWITCH hangs the caller up with the
+    same cause (FreeSWITCH 1.10.12, tests/fixtures/media-timeout/); without it the call
+    runs on. A carrier that sends RTP (the default) is never cut.
     """
     fail_cause: str | None = None
     sip_status: int | None = None
@@ -47,6 +52,7 @@ class GatewayBehaviour:
     progress_delay_s: float | None = None    # ringing (CHANNEL_PROGRESS) this long after INVITE
     unusable_answer: bool = False            # 200 OK with an SDP sofia refuses (see above)
     redirect_to: str | None = None           # 302 with this Contact (see above)
+    silent_after_answer: bool = False        # no RTP once answered (see above)
 
     def __post_init__(self) -> None:
         from switchd.sim import causes
@@ -59,6 +65,10 @@ class GatewayBehaviour:
         if self.redirect_to is not None and (self.fail_cause or self.sip_status
                                              or self.unusable_answer):
             raise ValueError("redirect_to is the carrier's answer: not with fail_cause, "
+                             "sip_status or unusable_answer")
+        if self.silent_after_answer and (self.fail_cause or self.sip_status
+                                         or self.unusable_answer):
+            raise ValueError("silent_after_answer needs an answer: not with fail_cause, "
                              "sip_status or unusable_answer")
         if self.sip_status is not None and self.sip_status < 400:
             raise ValueError(f"a {self.sip_status} is a redirect: give redirect_to instead")

@@ -509,6 +509,14 @@ class Player:
         call.result = "answered" if a.answered_us else "failed" if call.legs else "refused"
         raise CallOver
 
+    def _media_timeout_at(self, b: SimLeg, t_ans: int) -> float:
+        """When FreeSWITCH ends the answered carrier leg for want of RTP: its media_timeout
+        (ms) after the answer, if its carrier is silent; never (inf) otherwise."""
+        if not self.behaviour(b.gateway).silent_after_answer:
+            return float("inf")
+        ms = dict(b.vars).get("media_timeout", "")
+        return t_ans + int(ms) * 1000 if ms.isdigit() and int(ms) > 0 else float("inf")
+
     def _talk(self, call: SimCall, a: SimLeg, b: SimLeg, t_ans: int, route, set_vars) -> bool:
         """The bridged call until one side hangs up; True when only the callee did and the
         caller's dialplan goes on (hangup_after_bridge not true)."""
@@ -520,15 +528,19 @@ class Player:
         elif call.ignore_sched:
             call.sched_at_us = None
         t_end = t_ans + int(call.hold_seconds * 1_000_000)
+        media_at, timed_out = self._media_timeout_at(b, t_ans), False
         while True:
             due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
             if call.kill:
                 break
-            if not self.wait(call, due) and self.clock.now_us() >= due - 1:
+            until = min(due, media_at)
+            if not self.wait(call, until) and self.clock.now_us() >= until - 1:
                 break
         if call.kill:
             t, (killed, cause) = self.clock.now_us(), call.kill
             cause = C.str2cause(cause)
+        elif media_at < t_end and (call.sched_at_us is None or media_at < call.sched_at_us):
+            t, killed, cause, timed_out = media_at, b.uuid, "MEDIA_TIMEOUT", True
         elif call.sched_at_us is not None and call.sched_at_us <= t_end:
             t, killed, cause = max(call.sched_at_us, t_ans), a.uuid, call.sched_cause
         else:
@@ -554,6 +566,17 @@ class Player:
         oc = self._originate_causes(call.legs)
         a_extra = {**oc, "variable_bridge_hangup_cause": b.cause}
         b_extra = {"variable_bridge_hangup_cause": a.cause, "variable_last_bridge_hangup_cause": a.cause}
+        if timed_out:
+            # FreeSWITCH ended the carrier leg itself and BYEs both sides: the caller is
+            # hung up with the same cause, neither leg keeps a SIP status, and the carrier
+            # leg names no bridge cause (tests/fixtures/media-timeout/).
+            a.cause = cause
+            a.hangup_disposition = b.hangup_disposition = "send_bye"
+            a_extra.update({"variable_last_bridge_hangup_cause": cause,
+                            "variable_sip_term_status": None})
+            b_extra = {"variable_bridge_hangup_cause": None,
+                       "variable_last_bridge_hangup_cause": None,
+                       "variable_sip_term_status": None}
         self.emit(call, f"a.{prefix}CHANNEL_HANGUP", a, b, t, extra=a_extra, set_vars=set_vars)
         self.emit(call, f"b.{prefix}CHANNEL_HANGUP", b, a, t, extra=b_extra)
         self.emit(call, f"b.{prefix}CHANNEL_HANGUP_COMPLETE", b, a, t, extra=b_extra)

@@ -2,7 +2,8 @@
 
 A backend places a call and reports what the *switch* saw (not what switchd stored):
 
-- `set_carrier(gateway, mode)`: "answer" or a SIP final code ("503", "486", ...);
+- `set_carrier(gateway, mode)`: "answer" (no RTP after the answer, as the sipp carrier),
+  "answer-rtp" (RTP until the BYE) or a SIP final code ("503", "486", ...);
 - `call(number, tenant="acme", hold_s=1.5)` → `Outcome`: answered, the A-leg UUID (the CDR
   key), the A-leg's cause and billmsec, and every carrier leg (gateway, cause, SIP status,
   billmsec) in the order the switch tried them;
@@ -177,8 +178,9 @@ class SimBackend:
 
     def set_carrier(self, gateway: str, mode: str) -> None:
         from switchd.sim import GatewayBehaviour
-        if mode == "answer":
-            self.sim.set_gateway(gateway, GatewayBehaviour(answer_delay_s=1.0))
+        if mode in ("answer", "answer-rtp"):     # the sipp carrier's "answer" sends no RTP
+            self.sim.set_gateway(gateway, GatewayBehaviour(
+                answer_delay_s=1.0, silent_after_answer=mode == "answer"))
         elif mode.isdigit() and int(mode) in SIP_TO_CAUSE:
             self.sim.set_gateway(gateway, GatewayBehaviour(fail_cause=SIP_TO_CAUSE[int(mode)],
                                                            sip_status=int(mode)))
