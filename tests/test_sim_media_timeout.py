@@ -34,14 +34,22 @@ def _completes(client, n: int = 2) -> dict[str, dict[str, str]]:
     return {("a-leg" if e["Call-Direction"] == "inbound" else "b-leg"): e for e in done}
 
 
+def _answered_call(world, dial: str, behaviour: GatewayBehaviour, hold_s: float, cause: str):
+    """One call bridged by `dial` to carrier_a playing `behaviour`, the caller holding it
+    hold_s: both legs ended with `cause`. Returns the carrier leg's talk time (µs) and the
+    ESL client that saw it."""
+    sim, dp, client = world(bridge_xml(dial, sched=60), gateways={"carrier_a": behaviour})
+    call = sim.place_call("+12125550123", caller="sipp", hold_seconds=hold_s)
+    assert call.wait(5) and call.result == "answered"
+    assert call.causes == [cause] and call.hangup_cause == cause
+    (leg,) = call.legs
+    return leg.hangup_us - leg.answered_us, client
+
+
 def test_a_silent_carrier_leg_times_out_like_freeswitchs(world):
     dial = "[media_timeout=2000]sofia/gateway/carrier_a/+12125550123"
-    sim, dp, client = world(bridge_xml(dial, sched=60), gateways={"carrier_a": SILENT})
-    call = sim.place_call("+12125550123", caller="sipp", hold_seconds=20.0)
-    assert call.wait(5) and call.result == "answered"
-    assert call.causes == ["MEDIA_TIMEOUT"] and call.hangup_cause == "MEDIA_TIMEOUT"
-    (leg,) = call.legs
-    assert leg.hangup_us - leg.answered_us == 2_000_000
+    talked, client = _answered_call(world, dial, SILENT, 20.0, "MEDIA_TIMEOUT")
+    assert talked == 2_000_000
     for name, complete in _completes(client).items():
         real = _real(name)
         assert {h: complete.get(h) for h in SAME} == {h: real.get(h) for h in SAME}, name
@@ -58,12 +66,8 @@ def test_a_silent_carrier_leg_times_out_like_freeswitchs(world):
      GatewayBehaviour(answer_delay_s=0.1)),
 ], ids=["no-timeout", "timeout-0", "rtp"])
 def test_without_a_timeout_or_with_rtp_the_call_runs_to_its_end(world, dial, behaviour):
-    sim, dp, client = world(bridge_xml(dial, sched=60), gateways={"carrier_a": behaviour})
-    call = sim.place_call("+12125550123", caller="sipp", hold_seconds=5.0)
-    assert call.wait(5) and call.result == "answered"
-    assert call.causes == ["NORMAL_CLEARING"] and call.hangup_cause == "NORMAL_CLEARING"
-    (leg,) = call.legs
-    assert leg.hangup_us - leg.answered_us == 5_000_000
+    talked, _ = _answered_call(world, dial, behaviour, 5.0, "NORMAL_CLEARING")
+    assert talked == 5_000_000
 
 
 def test_silent_after_answer_needs_an_answer():
