@@ -169,17 +169,20 @@ SWITCH_REFUSED_PAUSE_MS = 1000
 
 
 _RING_OUT = frozenset({"NO_ANSWER", "ALLOTTED_TIMEOUT", "PROGRESS_TIMEOUT"})
+# Answered legs the switch cut, by cause: the rest of the answered ones are 'answered'.
+_ANSWERED_CUT = {"ALLOTTED_TIMEOUT": "max_duration", "MEDIA_TIMEOUT": "media_timeout"}
 
 
 def disposition(hangup_cause: str | None, sip_status: int | None, answered: bool) -> str:
     """What a leg's end meant, for the CDR: 'max_duration' (answered, cut by our
-    sched_hangup or watchdog: ALLOTTED_TIMEOUT), 'answered', 'no_answer' (rang out: at
+    sched_hangup or watchdog: ALLOTTED_TIMEOUT), 'media_timeout' (answered, cut by
+    FreeSWITCH when the carrier's RTP stopped), 'answered', 'no_answer' (rang out: at
     leg_timeout FreeSWITCH says ALLOTTED_TIMEOUT too, or NO_ANSWER), 'cancelled' (the caller
     hung up first), 'callee' (busy, declined, unknown number ...), 'carrier_failure' or
     'local' (our own switch), by the same rules as health and failover."""
     cause = _norm(hangup_cause)
     if answered:
-        return "max_duration" if cause == "ALLOTTED_TIMEOUT" else "answered"
+        return _ANSWERED_CUT.get(cause, "answered")
     if cause in _RING_OUT:
         return "no_answer"
     if cause in ("ORIGINATOR_CANCEL", "LOSE_RACE"):

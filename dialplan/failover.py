@@ -224,11 +224,20 @@ def route_to_repeat(tried: list[str], placed_again: list[str], hangup_cause: str
     return None
 
 
+# Answered carrier legs the switch ended because the carrier failed after its answer (its
+# RTP stopped: the gateway's media_timeout): the carrier's failure, though nothing fails
+# over, since the caller was answered.
+ANSWERED_CARRIER_FAILURES = frozenset({"MEDIA_TIMEOUT"})
+
+
 def blame(hangup_cause: str | None, sip_status: int | None, answered: bool) -> str:
     """Whose outcome a finished carrier leg was: 'success' | 'carrier' | 'callee' | 'nobody'.
-    Health moves only on 'success' (+2) and 'carrier' (−5)."""
+    Health moves only on 'success' (+2) and 'carrier' (−5). An answered leg is the
+    carrier's success, told at its answer (no cause yet), and its failure too if it then
+    ends with one of ANSWERED_CARRIER_FAILURES."""
     if answered:
-        return SUCCESS
+        cause = (hangup_cause or "").strip().upper()
+        return CARRIER if cause in ANSWERED_CARRIER_FAILURES else SUCCESS
     keys = attempt_key(hangup_cause, sip_status)
     return _blame_of(keys, (hangup_cause or "").strip().upper())
 

@@ -23,8 +23,8 @@ __all__ = ["NETWORK_FAILURES", "DISPOSITIONS", "leg_disposition", "asr", "ner", 
            "mean_pdd_ms", "top_causes", "percent"]
 
 # What dialplan.causes.disposition can say about a leg.
-DISPOSITIONS = ("answered", "max_duration", "no_answer", "cancelled", "callee",
-                "carrier_failure", "local")
+DISPOSITIONS = ("answered", "max_duration", "media_timeout", "no_answer", "cancelled",
+                "callee", "carrier_failure", "local")
 # Dispositions that count against NER: the network (a carrier, or our own switch) failed.
 NETWORK_FAILURES = frozenset({"carrier_failure", "local"})
 

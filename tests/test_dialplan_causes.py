@@ -136,6 +136,8 @@ def test_docs_list_every_rule():
 @pytest.mark.parametrize("cause,sip,answered,expected", [
     ("ALLOTTED_TIMEOUT", None, False, "no_answer"),       # ring-out at leg_timeout (FS 1.10)
     ("ALLOTTED_TIMEOUT", 200, True, "max_duration"),      # our sched_hangup / watchdog
+    ("MEDIA_TIMEOUT", None, True, "media_timeout"),       # the carrier's RTP stopped
+    ("MEDIA_TIMEOUT", None, False, "carrier_failure"),
     ("NORMAL_CLEARING", 200, True, "answered"),
     ("NO_ANSWER", None, False, "no_answer"),
     ("ORIGINATOR_CANCEL", 487, False, "cancelled"),

@@ -49,6 +49,13 @@ def test_every_default_row(cause, sip):
     assert failover.blame(cause, sip, answered=True) == "success"
 
 
+def test_an_answered_leg_the_carrier_left_silent_is_the_carriers_failure():
+    assert failover.blame("MEDIA_TIMEOUT", None, answered=True) == "carrier"
+    assert failover.blame("media_timeout", 200, answered=True) == "carrier"
+    assert failover.blame(None, None, answered=True) == "success"      # told at the answer
+    assert failover.blame("NORMAL_CLEARING", 200, answered=True) == "success"
+
+
 def test_design_rows_are_in_the_default_table():
     for key in ("5xx", "408", "timeout", "unreachable", "403", "401", "407", "480"):
         assert DEFAULT_TABLE[key] == "next", key

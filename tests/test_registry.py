@@ -61,6 +61,22 @@ def test_a_simple_call():
     assert b_leg.billmsec == 1040 and b_leg.call_uuid == A_A
 
 
+def test_an_answered_leg_cut_for_want_of_rtp_is_also_the_carriers_failure():
+    """Capture a with its carrier leg ended MEDIA_TIMEOUT (the gateway's media_timeout,
+    tests/fixtures/media-timeout/): the success told at the answer, then the carrier's
+    failure when the leg ends, still as an answered leg."""
+    events = [replace(e, hangup_cause="MEDIA_TIMEOUT")
+              if e.uuid.startswith(B_A) and e.name == "CHANNEL_HANGUP_COMPLETE" else e
+              for e in channel_events("a")]
+    _, eff = run(events)
+    outcomes = of(eff, CarrierOutcome)
+    assert [(o.carrier, o.answered, o.hangup_cause) for o in outcomes] == [
+        ("carrier_a", True, None), ("carrier_a", True, "MEDIA_TIMEOUT")]
+    from dialplan import failover
+    assert [failover.blame(o.hangup_cause, o.sip_status, o.answered) for o in outcomes] == \
+        ["success", "carrier"]
+
+
 def test_b_failover_counts_attempts_and_outcomes():
     reg, eff = run(channel_events("b"))
     [ended] = of(eff, CallEnded)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict
 
+from dialplan import failover
 from switchd.adapters.esl.events import ChannelEvent
 from switchd.calls.model import (Call, CallAnswered, CallEnded, CallRenamed, CallStarted,
                                  CarrierOutcome, Effect, Leg, LegEnded, MONEY_HEADERS,
@@ -473,9 +474,11 @@ class CallRegistry(Reconciliation):
             snapshot = call.snapshot()
             ended = next(l for l in snapshot.legs if l.uuid == leg.uuid)
             effects.append(LegEnded(ended, snapshot))
-            if not leg.answered_us and self._carrier_leg(leg):
-                # An unanswered attempt (an answered one was told at its answer).
-                effects.append(CarrierOutcome(leg.carrier, ended, False,
+            if self._carrier_leg(leg) and (not leg.answered_us or failover.blame(
+                    leg.hangup_cause, leg.sip_status, True) == failover.CARRIER):
+                # An unanswered attempt (an answered one was told at its answer), or an
+                # answered one the carrier then failed (its RTP stopped).
+                effects.append(CarrierOutcome(leg.carrier, ended, bool(leg.answered_us),
                                               leg.hangup_cause, leg.sip_status))
             if not late:
                 effects += self._maybe_end(call)

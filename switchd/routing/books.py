@@ -47,7 +47,8 @@ class HealthBook:
             after = health_rules.on_success(before, now, self.cooldown_s)
         elif outcome == Outcome.CARRIER_FAILURE:
             after = health_rules.on_failure(before, now, self.cooldown_s)
-            metrics.FAILOVERS.labels(carrier).inc()
+            if not answered:            # an answered call does not fail over
+                metrics.FAILOVERS.labels(carrier).inc()
         else:
             return outcome      # the callee's answer or our own switch: not the carrier's doing
         self._set(carrier, after, now)

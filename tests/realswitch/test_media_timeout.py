@@ -13,6 +13,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
+from daemon_harness import metric
+
 from . import world
 
 pytestmark = pytest.mark.realswitch
@@ -52,11 +54,18 @@ def test_a_carrier_that_goes_silent_is_cut_at_its_media_timeout(realswitch, make
     assert cdr["cost"] == _cost(leg.billsec) > 0
     (row,) = rs.rows("SELECT disposition, hangup_cause, billed_seconds, cost FROM call_legs "
                      "WHERE call_uuid = %s AND carrier = 'alpha'", a.uuid)
-    assert row == ("answered", "MEDIA_TIMEOUT", leg.billsec, _cost(leg.billsec))
+    assert row == ("media_timeout", "MEDIA_TIMEOUT", leg.billsec, _cost(leg.billsec))
+    # ESL's record of the call, the one with its disposition, is in once the CDR settled
+    assert rs.rows("SELECT disposition FROM calls WHERE call_uuid = %s", a.uuid) == \
+        [("media_timeout",)]
+    # The carrier's failure (answered, +2 capped at 100, then -5), not a failover.
+    rs.wait_until(lambda: metric(rs.process, "switchd_carrier_health", carrier="alpha") == 95,
+                  what="alpha's health 95 after its silent call")
+    assert metric(rs.process, "switchd_failovers_total", carrier="alpha") == 0
 
 
 def test_a_carrier_that_streams_rtp_is_never_cut(realswitch, make_rs_daemon):
-    make_rs_daemon(world_toml=_alpha_media_timeout(MEDIA_S))
+    rs = make_rs_daemon(world_toml=_alpha_media_timeout(MEDIA_S))
     realswitch.carrier("gw_a").set_mode("answer-rtp")
     result = realswitch.call(world.US_NUMBER, hold_ms=2 * MEDIA_S * 1000)
     a, *carriers = realswitch.wait_call(result, timeout=30)
@@ -65,6 +74,8 @@ def test_a_carrier_that_streams_rtp_is_never_cut(realswitch, make_rs_daemon):
     (leg,) = carriers
     assert leg.billmsec >= 2 * MEDIA_S * 1000 - 100, leg.billmsec
     assert int(leg.headers["variable_rtp_audio_in_packet_count"]) > 0
+    rs.wait_cdr(a.uuid)
+    assert metric(rs.process, "switchd_carrier_health", carrier="alpha") == 100
 
 
 @pytest.mark.parametrize("configured, on_the_leg", [(None, "60000"), (0, None)],
