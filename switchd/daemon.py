@@ -109,6 +109,7 @@ class Daemon:
         self.redis_up: bool | None = None
         self._probe_conn = None
         self.gap_started_us: int | None = None   # when ESL was lost, until the next resync
+        self._follow_up_gap_us: int | None = None   # that gap, for the resync after that one
         self.switch_offset_us = 0                # switch clock - ours, from the last event
 
     # --- start / stop ----------------------------------------------------------------------
@@ -555,20 +556,26 @@ class Daemon:
         spared = self.registry.counters["resync_spared"]
         adopted = self.registry.counters["resync_adopted_legs"]
         closed_before = self.registry.counters["resync_closed_legs"]
+        # The first snapshot after a gap closes what ended in it, billed to its start; so
+        # does the follow-up this one schedules (below), for calls it still listed.
+        after_gap = self.gap_started_us
+        ended_us = after_gap if after_gap is not None else self._follow_up_gap_us
+        self._follow_up_gap_us = after_gap
         effects = self.registry.resync(rows, self.switch_now_us(), requested_us=requested_us,
-                                       ended_us=self.gap_started_us)
+                                       ended_us=ended_us)
         self.gap_started_us = None
         for effect in effects:
             self._act(effect)
         metrics.RESYNCS.inc()
         closed = self.registry.counters["resync_closed_legs"] - closed_before
         metrics.RESYNC_CLOSED_LEGS.inc(closed)
-        if (self.registry.counters["resync_spared"] > spared
+        if (after_gap is not None or self.registry.counters["resync_spared"] > spared
                 or self.registry.counters["resync_adopted_legs"] > adopted):
-            # Legs missing from the snapshot but possibly too young to be in it, or adopted
-            # from it though `show channels` (written behind the calls) may still list
-            # channels that hung up before we subscribed: look again once the snapshot can
-            # be trusted for them, rather than holding their slots to the next periodic one.
+            # Legs missing from the snapshot but possibly too young to be in it, or listed
+            # in it (adopted, or followed before the gap) though `show channels`, written
+            # behind the calls, may still list channels that hung up before we subscribed,
+            # their HANGUP_COMPLETE lost in the gap: look again once the snapshot can be
+            # trusted for them, rather than holding their slots to the next periodic one.
             gevent.spawn_later(RESYNC_LAG_US / 1e6 + 1.0, self._resync_again)
         live = {call.call_uuid for call in self.registry.live_calls()}
         self.resynced = True

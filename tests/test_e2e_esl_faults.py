@@ -300,3 +300,39 @@ def test_wrong_password_is_named_not_ready_and_not_hammered(make_switch):
     began = time.monotonic()                             # SIGTERM while never connected
     assert daemon.terminate(timeout=15) == 0
     assert time.monotonic() - began < 5
+
+
+# --- a2. the first snapshot after a gap still lists calls that ended in it -------------------
+def test_calls_the_switch_still_listed_after_the_gap_are_closed_by_the_follow_up(
+        make_switch, world_url):
+    """`show channels` is written behind the calls: the snapshot right after a gap can still
+    list calls that hung up in it, their HANGUP_COMPLETE lost with the connection. The
+    follow-up resync closes them once the list has caught up, billed to the gap's start:
+    their slots do not wait for the periodic resync (an hour here)."""
+    sim, daemon = make_switch(env={"SWITCHD_ESL_RESYNC_INTERVAL": "3600"},
+                              listed_after_hangup_s=HOLD)
+    calls = [sim.place_call(f"+4930126{i:03d}", accountcode="acme", hold_seconds=HOLD)
+             for i in range(2)]
+    _wait_answered(daemon, calls)
+    ended_unseen, survivor = calls
+
+    _outage(sim)
+    sim.kill_call(ended_unseen.uuid)
+    assert ended_unseen.wait(10)
+    assert daemon.wait_until(lambda: _not_ready_on_esl(daemon), what="/readyz 503 naming esl")
+    sim.server.start()
+    daemon.wait_until(lambda: _ready(daemon), what="ready again after the cut")
+    # the switch still lists the call that ended in the gap: switchd keeps it for now
+    assert _switch_calls(sim) == {ended_unseen.uuid, survivor.uuid}
+    assert set(_listed(daemon)) == {ended_unseen.uuid, survivor.uuid}
+
+    sim.catch_up_listing()
+    daemon.wait_until(lambda: set(_listed(daemon)) == _switch_calls(sim) == {survivor.uuid},
+                      what="the call that ended in the gap closed by the follow-up resync")
+    row = _wait_cdr(daemon, world_url, ended_unseen.uuid)
+    assert row[0] is True and row[1] == "UNKNOWN_AFTER_RESYNC", row
+    # billed to the start of the gap, which came before the call's real end
+    [(ended_at,)] = rows(world_url, "SELECT ended_at FROM call_legs WHERE call_uuid = %s "
+                                    "AND carrier IS NOT NULL", ended_unseen.uuid)
+    assert ended_at.timestamp() * 1_000_000 <= ended_unseen.legs[0].hangup_us
+    assert metric(daemon, "switchd_resyncs_total") == 3     # connect, reconnect, follow-up

@@ -53,7 +53,7 @@ def _json(rows: list[dict]) -> str:
 
 
 def show_channels(sim, as_json: bool) -> str:
-    rows = [_row(sim, leg) for leg in sim.live_legs()]
+    rows = [_row(sim, leg) for leg in sim.listed_legs()]
     if as_json:
         return _json(rows)
     keys = wire.templates()["channel_row_keys"]

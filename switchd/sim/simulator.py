@@ -36,7 +36,8 @@ class Simulator:
                  hold_range: tuple[float, float] = (10.0, 300.0), dialplan_timeout: float = 5.0,
                  host: str = "127.0.0.1", port: int = 0, hostname: str = "vm",
                  start_us: int | None = None, sessions_per_second: int | None = 30,
-                 static_dialplan=None, cdr: CdrSink | None = None) -> None:
+                 static_dialplan=None, cdr: CdrSink | None = None,
+                 listed_after_hangup_s: float = 0.0) -> None:
         self.seed = seed
         # FreeSWITCH's static XML dialplan, read when mod_xml_curl gets no usable answer:
         # None = the public refusal + local users 1xxx in `default`; a sequence of
@@ -69,6 +70,11 @@ class Simulator:
         # Legs whose CDR post is under way (mod_json_cdr): uuid -> whether the call has let
         # go of the leg meanwhile (unregister), so it leaves the channels once reported.
         self._reporting: dict[str, bool] = {}
+        # FreeSWITCH writes `show channels` behind the calls: a channel it destroyed can stay
+        # listed a moment, its HANGUP_COMPLETE already sent. Simulated seconds; the legs
+        # still listed: uuid -> (leg, listed until µs).
+        self.listed_after_hangup_s = listed_after_hangup_s
+        self._unlisting: dict[str, tuple[SimLeg, int]] = {}
         self.sessions_since_startup = 0
         # switch.conf.xml `sessions-per-second` (default 30); None = no limit.
         self.sessions_per_second = sessions_per_second
@@ -144,6 +150,7 @@ class Simulator:
                 call.done.set()
         self._legs.clear()
         self._reporting.clear()
+        self._unlisting.clear()
 
     # -- ESL plumbing -----------------------------------------------------------------
     def next_seq(self) -> int:
@@ -174,7 +181,7 @@ class Simulator:
             return
         self._broadcast("CHANNEL_HANGUP_COMPLETE", headers, body)
         if self._reporting.pop(uuid):
-            self._legs.pop(uuid, None)
+            self._destroy(uuid)
 
     def _broadcast(self, name: str, headers: list[tuple[str, str]], body: str | None) -> None:
         seq = str(self.next_seq())      # stamped when fired, as FreeSWITCH does
@@ -382,7 +389,26 @@ class Simulator:
         if leg.uuid in self._reporting:
             self._reporting[leg.uuid] = True        # gone once its CDR post is settled
             return
-        self._legs.pop(leg.uuid, None)
+        self._destroy(leg.uuid)
+
+    def _destroy(self, uuid: str) -> None:
+        entry = self._legs.pop(uuid, None)
+        if entry is not None and self.listed_after_hangup_s > 0:
+            until = self.clock.now_us() + int(self.listed_after_hangup_s * 1_000_000)
+            self._unlisting[uuid] = (entry[0], until)
+
+    def catch_up_listing(self) -> None:
+        """`show channels` catches up at once: destroyed channels are no longer listed."""
+        self._unlisting.clear()
+
+    def listed_legs(self) -> list[SimLeg]:
+        """The legs `show channels` lists: the live ones, and those destroyed less than
+        listed_after_hangup_s ago."""
+        now = self.clock.now_us()
+        for uuid in [u for u, (_, until) in self._unlisting.items() if until <= now]:
+            del self._unlisting[uuid]
+        return self.live_legs() + [leg for leg, _ in self._unlisting.values()
+                                   if leg.uuid not in self._legs]
 
     def leg(self, uuid: str) -> SimLeg | None:
         entry = self._legs.get(uuid)
@@ -397,7 +423,7 @@ class Simulator:
 
     def live_channels(self) -> list[dict[str, str]]:
         """Rows as `show channels as json` returns them."""
-        return [api._row(self, leg) for leg in self.live_legs()]
+        return [api._row(self, leg) for leg in self.listed_legs()]
 
     def kill_call(self, uuid: str, cause: str = "NORMAL_CLEARING") -> bool:
         """uuid_kill: an unknown cause name is NORMAL_CLEARING (switch_channel_str2cause)."""
