@@ -216,6 +216,31 @@ def test_month_look_up_walks_the_keys_index_whatever_the_statistics(migrated_pg_
             raise psycopg.Rollback()
 
 
+@pytest.mark.parametrize("alpha_first", [True, False])
+@pytest.mark.parametrize("source", ["esl", "switch"])
+def test_failover_legs_stamped_in_the_same_tick_keep_their_order(migrated_pg_url, source,
+                                                                 alpha_first):
+    """FreeSWITCH stamps a channel's times from its timer thread's clock: on a loaded switch
+    a carrier's instant 503 and the next carrier's leg can carry the same start time. The
+    call's carrier is still the later attempt (the one that ended later) and its first
+    choice the earlier one, whatever order the legs are stored in."""
+    start = T0 + timedelta(seconds=1)
+    alpha = a_leg("tick", 0, carrier="alpha", gateway="gw_a", started_at=start,
+                  answered_at=None, ended_at=start, billmsec=0, billed_seconds=0,
+                  cost=Decimal(0), cdr_source=source)
+    bravo = a_leg("tick", 1, carrier="bravo", gateway="gw_b", started_at=start,
+                  answered_at=None, ended_at=start + timedelta(seconds=3), billmsec=0,
+                  billed_seconds=0, cost=Decimal(0), cdr_source=source)
+    call = a_call("tick", carrier=None, gateway=None, first_choice_carrier=None,
+                  answered_at=None, attempts=2, billed_seconds=0, cost=Decimal(0))
+    legs = [alpha, bravo] if alpha_first else [bravo, alpha]
+    with psycopg.connect(migrated_pg_url, autocommit=True) as conn:
+        write_batch(conn, [("call", call)] + [("leg", leg) for leg in legs])
+        row = conn.execute("SELECT carrier, gateway, first_choice_carrier FROM calls "
+                           "WHERE call_uuid = 'tick'").fetchone()
+    assert row == ("bravo", "gw_b", "alpha")
+
+
 # --- round trips and the statements prepared per connection ----------------------------------
 def _one_call(n: int) -> list:
     """A call's records as the daemon writes them: decision, events, both legs, the call."""

@@ -339,18 +339,24 @@ _UPSERT_SWITCH_CALL = {True: _switch_call_sql(True), False: _switch_call_sql(Fal
 
 # A call's money and flags always come from its leg rows, whichever record came last, so
 # the result does not depend on the order ESL records and switch CDRs arrive in. Carrier
-# legs are the rated ones (a carrier or gateway is known).
+# legs are the rated ones (a carrier or gateway is known). The call's carrier is the
+# answered leg, else the last attempt; its first choice the first attempt. FreeSWITCH
+# stamps times from its timer thread's tick, so on a loaded switch a carrier's instant
+# refusal and the next attempt can start in the same microsecond: the attempt that ended
+# later (or has not ended) is the later one, and the leg's key settles the rest.
+_LAST_ATTEMPT = ("answered_at IS NULL, started_at DESC NULLS LAST, "
+                 "ended_at DESC NULLS FIRST, leg_uuid DESC")
+_FIRST_ATTEMPT = "started_at NULLS LAST, ended_at NULLS LAST, leg_uuid"
 _LEG_MONEY = f"""SELECT count(*) AS legs,
        COALESCE(sum(cost) FILTER (WHERE rated), 0) AS cost,
        COALESCE(sum(billed_seconds) FILTER (WHERE rated), 0) AS billed,
        bool_or(unrated) AS unrated, bool_or(provisional) AS provisional,
        CASE WHEN bool_and(cdr_source = 'switch') THEN 'switch' ELSE 'esl' END AS source,
        count(*) FILTER (WHERE rated) AS attempts,
-       (array_agg(carrier ORDER BY answered_at IS NULL, started_at DESC)
-           FILTER (WHERE rated))[1] AS carrier,
-       (array_agg(gateway ORDER BY answered_at IS NULL, started_at DESC)
-           FILTER (WHERE rated))[1] AS gateway,
-       (array_agg(carrier ORDER BY started_at) FILTER (WHERE rated))[1] AS first_carrier,
+       (array_agg(carrier ORDER BY {_LAST_ATTEMPT}) FILTER (WHERE rated))[1] AS carrier,
+       (array_agg(gateway ORDER BY {_LAST_ATTEMPT}) FILTER (WHERE rated))[1] AS gateway,
+       (array_agg(carrier ORDER BY {_FIRST_ATTEMPT}) FILTER (WHERE rated))[1]
+           AS first_carrier,
        min(answered_at) AS answered_at
 FROM (SELECT *, (carrier IS NOT NULL OR gateway IS NOT NULL) AS rated
       FROM call_legs l WHERE l.call_uuid = c.call_uuid AND l.{_WINDOW}) l"""
