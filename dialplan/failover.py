@@ -230,16 +230,20 @@ def route_to_repeat(tried: list[str], placed_again: list[str], hangup_cause: str
 ANSWERED_CARRIER_FAILURES = frozenset({"MEDIA_TIMEOUT"})
 
 
+def failed_after_answer(hangup_cause: str | None) -> bool:
+    """Whether an answered carrier leg ended by the carrier's failure."""
+    return (hangup_cause or "").strip().upper() in ANSWERED_CARRIER_FAILURES
+
+
 def blame(hangup_cause: str | None, sip_status: int | None, answered: bool) -> str:
     """Whose outcome a finished carrier leg was: 'success' | 'carrier' | 'callee' | 'nobody'.
     Health moves only on 'success' (+2) and 'carrier' (−5). An answered leg is the
     carrier's success, told at its answer (no cause yet), and its failure too if it then
     ends with one of ANSWERED_CARRIER_FAILURES."""
     if answered:
-        cause = (hangup_cause or "").strip().upper()
-        return CARRIER if cause in ANSWERED_CARRIER_FAILURES else SUCCESS
-    keys = attempt_key(hangup_cause, sip_status)
-    return _blame_of(keys, (hangup_cause or "").strip().upper())
+        return CARRIER if failed_after_answer(hangup_cause) else SUCCESS
+    return _blame_of(attempt_key(hangup_cause, sip_status),
+                     (hangup_cause or "").strip().upper())
 
 
 _CAUSE_OF_CODE = {401: "CALL_REJECTED", 402: "CALL_REJECTED", 403: "CALL_REJECTED",

@@ -54,6 +54,9 @@ def test_an_answered_leg_the_carrier_left_silent_is_the_carriers_failure():
     assert failover.blame("media_timeout", 200, answered=True) == "carrier"
     assert failover.blame(None, None, answered=True) == "success"      # told at the answer
     assert failover.blame("NORMAL_CLEARING", 200, answered=True) == "success"
+    assert [failover.failed_after_answer(c) for c in ("MEDIA_TIMEOUT", " media_timeout",
+                                                      "NORMAL_CLEARING", None)] == \
+        [True, True, False, False]
 
 
 def test_design_rows_are_in_the_default_table():

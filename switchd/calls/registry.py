@@ -474,8 +474,8 @@ class CallRegistry(Reconciliation):
             snapshot = call.snapshot()
             ended = next(l for l in snapshot.legs if l.uuid == leg.uuid)
             effects.append(LegEnded(ended, snapshot))
-            if self._carrier_leg(leg) and (not leg.answered_us or failover.blame(
-                    leg.hangup_cause, leg.sip_status, True) == failover.CARRIER):
+            if self._carrier_leg(leg) and (not leg.answered_us
+                                           or failover.failed_after_answer(leg.hangup_cause)):
                 # An unanswered attempt (an answered one was told at its answer), or an
                 # answered one the carrier then failed (its RTP stopped).
                 effects.append(CarrierOutcome(leg.carrier, ended, bool(leg.answered_us),

@@ -226,9 +226,8 @@ class RealSwitch:
 
     def gateway_state(self, name: str) -> str | None:
         """'UP' or 'DOWN' (the ping status), None if the gateway does not exist."""
-        text = self.api(f"sofia status gateway {name}")
-        m = re.search(r"^Status\s+(\S+)", text, re.M)
-        return m.group(1) if m else None
+        ping = self.gateway_ping(name)
+        return None if ping is None else "UP" if ping.up else "DOWN"
 
     def gateway_ping(self, name: str) -> GatewayPing | None:
         """The gateway's ping schedule, None when FreeSWITCH is not running or has no such
