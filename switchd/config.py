@@ -202,6 +202,14 @@ SETTINGS: tuple[Setting, ...] = (
             "batch (sooner when a full batch is queued or at stop): fewer, larger batches, "
             "less CPU per CDR; a CDR reaches PostgreSQL at most this much later. 0 = no wait.",
             check=lambda v: None if 0 <= v <= 1000 else "must be between 0 and 1000"),
+    Setting("cdr", "import_dir", str, "",
+            "mod_json_cdr's err-log-dir, where switchd runs on the switch's host and may read "
+            "and move its files: the daemon imports the CDRs FreeSWITCH wrote there (every "
+            "post failed) as `switchd cdr import` does, each stored file moved to imported/. "
+            "Empty: off (import by hand)."),
+    Setting("cdr", "import_interval", float, 30.0,
+            "Seconds between the daemon's looks into cdr.import_dir.",
+            check=_positive),
     Setting("cdr", "post_gather_ms", int, 20,
             "Milliseconds a FreeSWITCH CDR post that would be committed alone waits for a "
             "second one to share its transaction (a bridged call's two legs post together); "

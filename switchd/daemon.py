@@ -32,6 +32,7 @@ from switchd.api.calls import Live
 from switchd.api.routes import build_app
 from switchd.routing.books import HealthBook
 from switchd.accounting import budgets
+from switchd.accounting.cdrs.importer import ErrDirWatch
 from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.config import Config
 from switchd.adapters.db import store
@@ -264,6 +265,13 @@ class Daemon:
                                  "spend watch").run)
         self._spawn(Periodic(0.5, self.retries.step, "originate retries").run)
         self._spawn(Periodic(6 * 3600.0, self._ensure_partitions, "monthly partitions").run)
+        if cfg["cdr.import_dir"]:
+            # mod_json_cdr's error directory on this host: what FreeSWITCH could not post
+            # is imported by itself, not left for an operator's `switchd cdr import`.
+            watch = ErrDirWatch(self.cdr_ingest, cfg["cdr.import_dir"],
+                                blocking=gevent.get_hub().threadpool.apply)
+            self._spawn(Periodic(cfg["cdr.import_interval"], watch.run_once,
+                                 "CDR import from cdr.import_dir").run)
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)

@@ -549,6 +549,63 @@ def test_cdr_import_replays_the_error_directory_idempotently(migrated_pg_url, tm
     assert _rows(migrated_pg_url, a) == (call, legs)
 
 
+def test_the_daemon_imports_its_error_directory_by_itself(migrated_pg_url, tmp_path, caplog):
+    """cdr.import_dir: files FreeSWITCH wrote are stored and moved, a file too young to be
+    complete waits for the next look, an unreadable one stays, is logged once and counted."""
+    import os
+    import shutil
+
+    from switchd import metrics
+    from switchd.accounting.cdrs.importer import ErrDirWatch
+    err = tmp_path / "errdir"
+    shutil.copytree(FIX / "errdir", err / "2026-11-30-18-00-00")      # rotate=true layout
+    now = [2_000_000_000.0]
+    for p in (err / "2026-11-30-18-00-00").iterdir():
+        os.utime(p, (now[0] - 10, now[0] - 10))
+    fresh = err / "fresh.cdr.json"
+    fresh.write_text("")                          # just created by mod_json_cdr, not written
+    os.utime(fresh, (now[0] - 0.5, now[0] - 0.5))
+    broken = err / "broken.cdr.json"
+    broken.write_text("{truncated")
+    os.utime(broken, (now[0] - 10, now[0] - 10))
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    watch = ErrDirWatch(ingest, err, min_age_s=2.0, clock=lambda: now[0])
+    try:
+        first = watch.run_once()
+        assert (first.files, first.stored, len(first.refused)) == (3, 2, 1)
+        assert "broken.cdr.json" in first.refused[0]
+        a = "f0dd170c-c2ce-44a5-8b2b-6664f2c8a31b"
+        call, legs = _rows(migrated_pg_url, a)
+        assert call[0][:5] == (Decimal("0.015000"), 60, "switch", False, False) and len(legs) == 2
+        assert sorted(p.name for p in (err / "imported").iterdir()) == sorted(
+            p.name for p in (FIX / "errdir").iterdir())
+        assert metrics.REGISTRY.get_sample_value("switchd_cdr_import_refused_files") == 1
+        # the young file, now complete and old enough, is imported; the broken one is not
+        # read (nor logged) again while it is unchanged
+        fresh.write_bytes((FIX / "errdir" / f"{a}.cdr.json").read_bytes())
+        os.utime(fresh, (now[0] - 0.5, now[0] - 0.5))
+        now[0] += 5
+        caplog.clear()
+        second = watch.run_once()
+        assert (second.files, second.stored, second.refused) == (1, 1, [])
+        assert "broken" not in caplog.text
+        assert _rows(migrated_pg_url, a) == (call, legs)               # idempotent by leg
+        # an operator takes the broken file away: nothing is left refused
+        broken.unlink()
+        assert watch.run_once().files == 0
+        assert metrics.REGISTRY.get_sample_value("switchd_cdr_import_refused_files") == 0
+        assert {p.name for p in err.rglob("*.cdr.json") if "imported" not in p.parts} == set()
+    finally:
+        ingest.close()
+
+
+def test_a_missing_import_dir_is_said_once(migrated_pg_url, tmp_path, caplog):
+    from switchd.accounting.cdrs.importer import ErrDirWatch
+    watch = ErrDirWatch(CdrIngest(migrated_pg_url, None), tmp_path / "nowhere")
+    assert watch.run_once().files == 0 and watch.run_once().files == 0
+    assert caplog.text.count("cdr.import_dir") == 1 and "nowhere" in caplog.text
+
+
 # --- hostile input: only CdrFormatError, never anything else -------------------------------
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                      lambda inner: st.lists(inner, max_size=4)

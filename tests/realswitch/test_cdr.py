@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon_harness import metric
+
 from .fsharness import poll
 
 pytestmark = pytest.mark.realswitch
@@ -94,6 +96,40 @@ def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
         (billed, cost, "NORMAL_CLEARING")
     print(f"\nreal switch, imported: billsec={b.billsec} -> billed {billed}s, cost {cost}; "
           f"{run.stdout.strip()}")
+
+
+def test_the_daemon_imports_what_the_switch_wrote_to_its_error_dir(realswitch, make_rs_daemon):
+    """cdr.import_dir pointed at mod_json_cdr's err-log-dir (switchd on the switch's host):
+    the CDRs FreeSWITCH could not post while switchd was down settle the call once switchd
+    is back, with no operator, and their files move to imported/."""
+    err_dir = realswitch.fs_dir / "log" / "json_cdr"
+    rs = make_rs_daemon()
+    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=3000)
+    rs.wait_until(lambda: realswitch.channel_count() >= 2 and rs.process.get("/v1/calls")[1]
+                  .get("calls"), what="the call to be up")
+    assert rs.process.terminate() == 0          # switchd down while FreeSWITCH will post
+    result = handle.wait()
+    assert result.answered
+    a, b = realswitch.wait_call(result)
+    wanted = {f"{a.uuid}.cdr.json", f"{b.uuid}.cdr.json"}
+    poll(lambda: wanted <= {p.name for p in err_dir.glob("*.cdr.json")}, 30,
+         "mod_json_cdr to give up and write its error directory")
+
+    rs2 = make_rs_daemon(extra_env={"SWITCHD_CDR_IMPORT_DIR": str(err_dir),
+                                    "SWITCHD_CDR_IMPORT_INTERVAL": "0.5"})
+    rs2.wait_until(lambda: {r[1] for r in _switch_rows(rs2, a.uuid)} == {"switch"}
+                   and len(_switch_rows(rs2, a.uuid)) == 2, 30,
+                   "the daemon to import both legs' CDRs from the error directory")
+    assert not wanted & {p.name for p in err_dir.glob("*.cdr.json")}
+    assert wanted <= {p.name for p in (err_dir / "imported").glob("*.cdr.json")}
+    billed, cost = hand_cost(b.billsec)
+    legs = {row[0]: row for row in _switch_rows(rs2, a.uuid)}
+    assert legs[b.uuid][1:6] == ("switch", b.billsec, billed, cost, False)
+    assert rs2.rows("SELECT count(*), sum(cost), sum(billed_seconds), bool_or(provisional) "
+                    "FROM calls WHERE call_uuid = %s", a.uuid) == [(1, cost, billed, False)]
+    assert metric(rs2.process, "switchd_cdr_import_refused_files") == 0
+    print(f"\nreal switch, imported by the daemon: billsec={b.billsec} -> billed {billed}s, "
+          f"cost {cost}")
 
 
 def test_switchd_restarting_while_the_switch_posts_loses_no_cdr(realswitch, make_rs_daemon,

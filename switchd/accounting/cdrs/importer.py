@@ -7,17 +7,23 @@ be stored simply stays where it is for the next run). A stored file moves to
 `DIR/imported/` (or stays, with keep=True); a file we cannot read stays and is reported
 with its reason. Storing is idempotent by leg UUID, so running the import again, or
 importing a CDR the switch also delivered, changes nothing.
+
+ErrDirWatch is the daemon's side of the same (`cdr.import_dir`): where switchd runs on the
+switch's host, it imports what FreeSWITCH writes there by itself, every
+`cdr.import_interval` seconds.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.accounting.cdrs.json_cdr import CdrFormatError
+from switchd import metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +49,24 @@ class ImportSummary:
 
 def cdr_files(directory: Path) -> list[Path]:
     """Every `*.cdr.json` under `directory`, oldest first, not those already imported."""
-    found = [p for p in directory.rglob("*.cdr.json")
-             if p.is_file() and IMPORTED not in p.relative_to(directory).parts[:-1]]
-    return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)))
+    return [path for path, _ in _cdr_files_with_stat(directory)]
+
+
+def _cdr_files_with_stat(directory: Path) -> list[tuple[Path, os.stat_result]]:
+    found = []
+    for p in directory.rglob("*.cdr.json"):
+        if IMPORTED in p.relative_to(directory).parts[:-1]:
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue                    # gone meanwhile (imported, or unlinked by the switch)
+        found.append((p, st))
+    return sorted(found, key=lambda item: (item[1].st_mtime, str(item[0])))
+
+
+def _direct(func: Callable[..., Any], args: tuple = ()) -> Any:
+    return func(*args)
 
 
 def import_dir(ingest: CdrIngest, directory: str | os.PathLike, *, keep: bool = False,
@@ -64,19 +85,81 @@ def import_dir(ingest: CdrIngest, directory: str | os.PathLike, *, keep: bool = 
 
 
 def _import_one(ingest: CdrIngest, path: Path, done_dir: Path, keep: bool,
-                summary: ImportSummary) -> None:
+                summary: ImportSummary, blocking: Callable = _direct) -> bool:
+    """One file: stored (and moved, unless keep) → True; unreadable → False, reason in
+    summary.refused. `blocking` runs the file system calls (the daemon: off the hub)."""
     try:
-        body = path.read_bytes()
+        body = blocking(path.read_bytes)
     except OSError as exc:
         summary.refused.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return
+        return False
     try:
         ingest.store(body)
     except CdrFormatError as exc:
         summary.refused.append(f"{path}: {exc}")
-        return
+        return False
     # Anything else (PostgreSQL down...) stops the run: the rest stay for next time.
     summary.stored += 1
     if not keep:
-        done_dir.mkdir(exist_ok=True)
-        path.replace(done_dir / path.name)
+        blocking(_move, (path, done_dir))
+    return True
+
+
+def _move(path: Path, done_dir: Path) -> None:
+    done_dir.mkdir(exist_ok=True)
+    path.replace(done_dir / path.name)
+
+
+class ErrDirWatch:
+    """The daemon's import of mod_json_cdr's error directory (`cdr.import_dir`).
+
+    Each run imports the files as `switchd cdr import` does, through the daemon's own
+    CdrIngest (so PostgreSQL away means spooled, still durable before the file moves). A
+    file younger than `min_age_s` is left for the next run: mod_json_cdr creates the
+    file, then writes it, so a fresh one may still be empty. A file that cannot be read as
+    a CDR stays where it is, for an operator; it is logged once (again only once it is
+    written, moved back or its permissions change: its mtime or ctime) and counted in
+    switchd_cdr_import_refused_files."""
+
+    def __init__(self, ingest: CdrIngest, directory: str | os.PathLike, *,
+                 min_age_s: float = 2.0, blocking: Callable = _direct,
+                 clock: Callable[[], float] = time.time):
+        self.ingest = ingest
+        self.root = Path(directory)
+        self.min_age_s = min_age_s
+        self.blocking = blocking
+        self.clock = clock
+        self._refused: dict[Path, tuple[float, float]] = {}   # file -> (mtime, ctime)
+        self._missing_logged = False
+
+    def run_once(self) -> ImportSummary:
+        summary = ImportSummary(str(self.root))
+        if not self.blocking(self.root.is_dir):
+            if not self._missing_logged:
+                log.error("cdr.import_dir %s is not a directory (or not readable by switchd): "
+                          "CDRs FreeSWITCH could not post are not imported", self.root)
+                self._missing_logged = True
+            return summary
+        self._missing_logged = False
+        files = self.blocking(_cdr_files_with_stat, (self.root,))
+        ready_before = self.clock() - self.min_age_s
+        present = set()
+        for path, st in files:
+            present.add(path)
+            version = (st.st_mtime, st.st_ctime)
+            if st.st_mtime > ready_before or self._refused.get(path) == version:
+                continue
+            summary.files += 1
+            if _import_one(self.ingest, path, self.root / IMPORTED, False, summary,
+                           self.blocking):
+                self._refused.pop(path, None)
+            else:
+                self._refused[path] = version
+                log.warning("cdr.import_dir: left in place, %s", summary.refused[-1])
+        for gone in set(self._refused) - present:
+            del self._refused[gone]                  # an operator moved or fixed it
+        metrics.CDR_IMPORT_REFUSED_FILES.set(len(self._refused))
+        if summary.stored:
+            log.info("imported %d CDR(s) FreeSWITCH could not post, from %s",
+                     summary.stored, self.root)
+        return summary
