@@ -62,10 +62,10 @@ def test_call_cdr_posted_by_the_switch_equals_its_billsec(realswitch, rs_daemon)
           f"cost {cost}")
 
 
-def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
-        realswitch, make_rs_daemon, tmp_path):
-    rs = make_rs_daemon()
-    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=6000)
+def _call_cdrs_left_to_the_error_dir(realswitch, rs, hold_ms: int):
+    """A call that ends while switchd is down: FreeSWITCH's posts of both legs' CDRs fail
+    and mod_json_cdr writes them to its err-log-dir. Returns (a, b, err_dir, file names)."""
+    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=hold_ms)
     rs.wait_until(lambda: realswitch.channel_count() >= 2 and rs.process.get("/v1/calls")[1]
                   .get("calls"), what="the call to be up")
     assert rs.process.terminate() == 0          # switchd down while FreeSWITCH will post
@@ -76,6 +76,13 @@ def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
     wanted = {f"{a.uuid}.cdr.json", f"{b.uuid}.cdr.json"}
     poll(lambda: wanted <= {p.name for p in err_dir.glob("*.cdr.json")}, 30,
          "mod_json_cdr to give up and write its error directory")
+    return a, b, err_dir, wanted
+
+
+def test_cdrs_the_switch_could_not_post_are_imported_from_its_error_dir(
+        realswitch, make_rs_daemon, tmp_path):
+    rs = make_rs_daemon()
+    a, b, err_dir, wanted = _call_cdrs_left_to_the_error_dir(realswitch, rs, hold_ms=6000)
     # this call's files as FreeSWITCH wrote them (the shared directory may also hold late
     # CDRs of other tests' calls, posted while no daemon listened)
     own_dir = tmp_path / "err"
@@ -102,19 +109,8 @@ def test_the_daemon_imports_what_the_switch_wrote_to_its_error_dir(realswitch, m
     """cdr.import_dir pointed at mod_json_cdr's err-log-dir (switchd on the switch's host):
     the CDRs FreeSWITCH could not post while switchd was down settle the call once switchd
     is back, with no operator, and their files move to imported/."""
-    err_dir = realswitch.fs_dir / "log" / "json_cdr"
-    rs = make_rs_daemon()
-    handle = realswitch.call_async(FRANCE, headers={"X-Tenant": "acme"}, hold_ms=3000)
-    rs.wait_until(lambda: realswitch.channel_count() >= 2 and rs.process.get("/v1/calls")[1]
-                  .get("calls"), what="the call to be up")
-    assert rs.process.terminate() == 0          # switchd down while FreeSWITCH will post
-    result = handle.wait()
-    assert result.answered
-    a, b = realswitch.wait_call(result)
-    wanted = {f"{a.uuid}.cdr.json", f"{b.uuid}.cdr.json"}
-    poll(lambda: wanted <= {p.name for p in err_dir.glob("*.cdr.json")}, 30,
-         "mod_json_cdr to give up and write its error directory")
-
+    a, b, err_dir, wanted = _call_cdrs_left_to_the_error_dir(realswitch, make_rs_daemon(),
+                                                            hold_ms=3000)
     rs2 = make_rs_daemon(extra_env={"SWITCHD_CDR_IMPORT_DIR": str(err_dir),
                                     "SWITCHD_CDR_IMPORT_INTERVAL": "0.5"})
     rs2.wait_until(lambda: {r[1] for r in _switch_rows(rs2, a.uuid)} == {"switch"}
