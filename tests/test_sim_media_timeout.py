@@ -73,3 +73,25 @@ def test_without_a_timeout_or_with_rtp_the_call_runs_to_its_end(world, dial, beh
 def test_silent_after_answer_needs_an_answer():
     with pytest.raises(ValueError, match="silent_after_answer"):
         GatewayBehaviour(silent_after_answer=True, sip_status=503)
+
+
+def test_a_silent_carrier_cuts_an_originated_leg_too(world):
+    """A parked originate leg reads media: FreeSWITCH cut it MEDIA_TIMEOUT 2.02 s after its
+    answer (originate-leg.hangup-complete.txt, tests/realswitch/test_media_timeout.py)."""
+    sim, dp, client = world(None, gateways={"carrier_a": SILENT})
+    uuid = "0b6f7f1e-6d0c-4f43-9a43-0d1c35e2a002"
+    body = client.bgapi(f"originate {{origination_uuid={uuid}}}[media_timeout=2000]"
+                        "sofia/gateway/carrier_a/+12125550123 &park()")
+    assert body.endswith(f"\n\n+OK {uuid}\n".encode())
+    assert client.wait_for(lambda evs: any(e.get("Unique-ID") == uuid and
+                                           e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"
+                                           for e in evs))
+    complete = next(e for e in client.events if e.get("Unique-ID") == uuid
+                    and e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    real = _real("originate-leg")
+    same = tuple(h for h in SAME if "bridge" not in h)
+    assert {h: complete.get(h) for h in same} == {h: real.get(h) for h in same}
+    typed = to_typed(complete)
+    assert (typed.hangup_cause, typed.hangup_us - typed.answered_us) == ("MEDIA_TIMEOUT", 2_000_000)
+    for field in ("billsec", "sip_status", "hangup_cause", "hangup_disposition"):
+        assert getattr(typed, field) == getattr(to_typed(real), field), field

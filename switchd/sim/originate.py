@@ -1,6 +1,6 @@
 """`originate` as the simulator plays it (bgapi/api): the `|` legs of the dial string in
 order, each its own channel; the first answered leg parks until it is killed, its
-sched_hangup fires or its hold time ends. Same rules as a bridge leg (player.py): sofia's
+sched_hangup fires, its hold time ends or, for a silent carrier, its media_timeout. Same rules as a bridge leg (player.py): sofia's
 causes, leg_timeout, fail_on_single_reject, "Duplicate UUID!" and the throttle."""
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _park(player, call: SimCall, o: SimLeg, t_ans: int, gv: dict) -> None:
         parts = eoa.split()
         call.sched_at_us = C.sched_when_us(parts[1] if len(parts) > 1 else "", t_ans)
         call.sched_cause = C.str2cause(parts[2]) if len(parts) > 2 else "ALLOTTED_TIMEOUT"
-    t, cause = player.wait_parked(call, t_ans)
+    t, cause = player.wait_parked(call, t_ans, player.media_timeout_at(o, t_ans))
     o.hangup_us, o.cause = t, cause
     player.emit(call, "o.CHANNEL_HANGUP", o, None, t)
     player.emit(call, "o.CHANNEL_HANGUP_COMPLETE", o, None, t)

@@ -287,17 +287,22 @@ class Player:
         t, cause = self.wait_parked(call, a.answered_us or t)
         self._end_alone(call, a, t, cause)
 
-    def wait_parked(self, call: SimCall, start: int) -> tuple[int, str]:
+    def wait_parked(self, call: SimCall, start: int,
+                    media_at: float = float("inf")) -> tuple[int, str]:
         """Wait out a channel answered at `start` with no other leg (park, an originated
-        leg): until the caller's hold time, its `sched_hangup` or a `uuid_kill`, whichever
-        comes first. Returns when it ends and why."""
+        leg): until the caller's hold time, its `sched_hangup`, a `uuid_kill` or, for a
+        silent carrier's leg, its media timeout (`media_at`), whichever comes first.
+        Returns when it ends and why."""
         t_end = start + int(call.hold_seconds * 1_000_000)
         while not call.kill:
-            due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
+            due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end,
+                      media_at)
             if not self.wait(call, due) and self.clock.now_us() >= due - 1:
                 break
         if call.kill:
             return self.clock.now_us(), C.str2cause(call.kill[1])
+        if media_at < t_end and (call.sched_at_us is None or media_at < call.sched_at_us):
+            return int(media_at), "MEDIA_TIMEOUT"
         if call.sched_at_us is not None and call.sched_at_us <= t_end:
             return max(call.sched_at_us, start), call.sched_cause
         return t_end, "NORMAL_CLEARING"
@@ -509,9 +514,10 @@ class Player:
         call.result = "answered" if a.answered_us else "failed" if call.legs else "refused"
         raise CallOver
 
-    def _media_timeout_at(self, b: SimLeg, t_ans: int) -> float:
-        """When FreeSWITCH ends the answered carrier leg for want of RTP: its media_timeout
-        (ms) after the answer, if its carrier is silent; never (inf) otherwise."""
+    def media_timeout_at(self, b: SimLeg, t_ans: int) -> float:
+        """When FreeSWITCH ends the answered carrier leg (bridged or parked) for want of
+        RTP: its media_timeout (ms) after the answer, if its carrier is silent; never (inf)
+        otherwise."""
         if not self.behaviour(b.gateway).silent_after_answer:
             return float("inf")
         ms = dict(b.vars).get("media_timeout", "")
@@ -528,7 +534,7 @@ class Player:
         elif call.ignore_sched:
             call.sched_at_us = None
         t_end = t_ans + int(call.hold_seconds * 1_000_000)
-        media_at, timed_out = self._media_timeout_at(b, t_ans), False
+        media_at, timed_out = self.media_timeout_at(b, t_ans), False
         while True:
             due = min(t_end, call.sched_at_us if call.sched_at_us is not None else t_end)
             if call.kill:

@@ -5,7 +5,8 @@ default 60; FreeSWITCH reads milliseconds, switch_core_media.c). Seen here: a le
 carrier sends no RTP ends MEDIA_TIMEOUT that long after its answer (billmsec just over
 it), FreeSWITCH sends the caller its BYE, and the call is billed for the time it ran
 instead of running to the tenant's max duration. A carrier that streams RTP (sipp mode
-`answer-rtp`, PCMU silence every 20 ms) is never cut. The harness's other carriers send
+`answer-rtp`, PCMU silence every 20 ms) is never cut. An originated leg, parked after
+its answer, is cut the same way. The harness's other carriers send
 no RTP at all, which is why the default stays well above any test call's length."""
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from daemon_harness import metric
 
 from . import world
+from .common import poll
 
 pytestmark = pytest.mark.realswitch
 
@@ -88,3 +90,26 @@ def test_a_gateway_without_the_setting_has_60s_and_0_turns_it_off(
     a, *carriers = realswitch.wait_call(result, timeout=30)
     assert [(c.gateway, c.cause, c.headers.get("variable_media_timeout")) for c in carriers] \
         == [("gw_a", "NORMAL_CLEARING", on_the_leg)]
+
+
+def test_an_originated_call_whose_carrier_goes_silent_is_cut_too(realswitch, make_rs_daemon):
+    """An originate's leg (parked, as `POST /v1/calls` leaves it by default) reads media
+    like a bridged one: FreeSWITCH cuts it MEDIA_TIMEOUT after its answer; the call is
+    billed for that time and the cut is the carrier's failure."""
+    rs = make_rs_daemon(world_toml=_alpha_media_timeout(MEDIA_S))
+    status, body = rs.originate({"tenant": "acme", "destination": world.US_NUMBER})
+    assert status == 200 and body["answered"] is True, body
+    assert [a["gateway"] for a in body["attempts"]] == ["gw_a"]
+    leg = poll(lambda: next((h for h in realswitch.hangups() if h.uuid == body["call_uuid"]),
+                            None), 30, "the originated leg's hangup")
+    assert (leg.gateway, leg.cause, leg.headers.get("variable_media_timeout")) == \
+        ("gw_a", "MEDIA_TIMEOUT", str(MEDIA_S * 1000))
+    assert MEDIA_S * 1000 <= leg.billmsec < (MEDIA_S + 1) * 1000, leg.billmsec
+    cdr = rs.wait_cdr(body["call_uuid"])
+    assert (cdr["carrier"], cdr["hangup_cause"], cdr["billed_seconds"], cdr["cost"]) == \
+        ("alpha", "MEDIA_TIMEOUT", leg.billsec, _cost(leg.billsec))
+    rs.wait_until(lambda: rs.rows("SELECT disposition FROM call_legs WHERE leg_uuid = %s",
+                                  body["call_uuid"]) == [("media_timeout",)],
+                  what="the leg's disposition media_timeout")
+    rs.wait_until(lambda: metric(rs.process, "switchd_carrier_health", carrier="alpha") == 95,
+                  what="alpha's health 95 after its silent call")
