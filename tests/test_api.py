@@ -6,7 +6,7 @@ test_e2e_api.py."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -195,6 +195,29 @@ def test_calls_stats_and_events_are_scoped(world):
         {("acme", "primo", 2), ("beta", "primo", 1)}
     assert body["stats"][0]["acd_seconds"] == "60.0" and body["stats"][0]["cost"] == "0.300000"
     assert call(app, "GET", "/v1/stats?tenant=beta", acme)[0] == 404
+
+
+def test_a_calls_legs_are_listed_in_the_order_they_were_tried(world):
+    """FreeSWITCH stamps times from its timer thread's tick: on a loaded switch the caller's
+    leg and a failover's legs can share a start time. The caller's leg comes first, then
+    the attempts in the order they ended, whatever their UUIDs."""
+    call_uuid = "0000000a-0000-4000-8000-000000000000"
+    t = datetime(2026, 11, 1, 10, 0, tzinfo=timezone.utc)
+    legs = [("0000000f-0000-4000-8000-000000000000", "inbound", None, 6),   # the caller
+            ("0000000e-0000-4000-8000-000000000000", "outbound", "alpha", 0),   # its 503
+            ("0000000d-0000-4000-8000-000000000000", "outbound", "bravo", 6)]   # answered
+    with psycopg.connect(world["url"]) as conn:
+        conn.execute("""INSERT INTO calls (call_uuid, tenant, direction, destination, started_at,
+                            ended_at) VALUES (%s, 'acme', 'outbound', '+441', %s, %s)""",
+                     (call_uuid, t, t + timedelta(seconds=6)))
+        for leg_uuid, direction, carrier, seconds in reversed(legs):
+            conn.execute("""INSERT INTO call_legs (leg_uuid, call_uuid, direction, carrier,
+                                started_at, ended_at) VALUES (%s, %s, %s, %s, %s, %s)""",
+                         (leg_uuid, call_uuid, direction, carrier, t,
+                          t + timedelta(seconds=seconds, microseconds=0 if seconds else 1)))
+    status, _, body = call(world["app"], "GET", f"/v1/calls/{call_uuid}", world["acme"])
+    assert status == 200, body
+    assert [leg["leg_uuid"] for leg in body["legs"]] == [leg[0] for leg in legs]
 
 
 def test_call_records_page_with_a_cursor(world):

@@ -147,11 +147,14 @@ def get_call(live: Live):
             if row is None or (tenant is not None and row["tenant"] != tenant):
                 raise ApiError(404, f"no call {call_uuid}", "call_uuid")
             row["originate_attempts"] = originated
+            # In the order they were tried: FreeSWITCH's timer tick can give the caller's
+            # leg and a failover's legs one start time; an earlier attempt ended first.
             cur.execute("""SELECT leg_uuid, direction, carrier, gateway, started_at, answered_at,
                                   ended_at, hangup_cause, sip_status, billed_seconds,
                                   rate_per_min, connect_fee, increments, cost
                            FROM call_legs WHERE call_uuid = %s
-                           ORDER BY started_at NULLS FIRST, leg_uuid""", (call_uuid,))
+                           ORDER BY started_at NULLS FIRST, direction <> 'inbound',
+                                    ended_at NULLS LAST, leg_uuid""", (call_uuid,))
             row["legs"] = cur.fetchall()
         row["state"] = "ended"
         return row
