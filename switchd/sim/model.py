@@ -41,7 +41,8 @@ class GatewayBehaviour:
     `media_timeout` (milliseconds; switchd's dial strings carry the gateway's) ends
     MEDIA_TIMEOUT that long after its answer, and FreeSWITCH hangs the caller up with the
     same cause; an originated leg parked after its answer ends the same way (FreeSWITCH
-    1.10.12, tests/fixtures/media-timeout/); without it the call runs on. A carrier that sends RTP (the default) is never cut.
+    1.10.12, tests/fixtures/media-timeout/); without it the call runs on. A carrier that
+    sends RTP (the default) is never cut.
     """
     fail_cause: str | None = None
     sip_status: int | None = None

@@ -1,7 +1,8 @@
 """`originate` as the simulator plays it (bgapi/api): the `|` legs of the dial string in
 order, each its own channel; the first answered leg parks until it is killed, its
-sched_hangup fires, its hold time ends or, for a silent carrier, its media_timeout. Same rules as a bridge leg (player.py): sofia's
-causes, leg_timeout, fail_on_single_reject, "Duplicate UUID!" and the throttle."""
+sched_hangup fires, its hold time ends or, for a silent carrier, its media_timeout ends
+it. Same rules as a bridge leg (player.py): sofia's causes, leg_timeout,
+fail_on_single_reject, "Duplicate UUID!" and the throttle."""
 from __future__ import annotations
 
 from switchd.sim import causes as C

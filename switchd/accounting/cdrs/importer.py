@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from switchd import metrics
 from switchd.accounting.cdrs.ingest import CdrIngest
 from switchd.accounting.cdrs.json_cdr import CdrFormatError
-from switchd import metrics
 
 log = logging.getLogger(__name__)
 
