@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="replay mod_json_cdr's error directory",
                            description="Store the CDRs FreeSWITCH wrote to its err-log-dir when it could not\n"
                            "post them (*.cdr.json, sub-directories included). Idempotent by leg UUID;\n"
-                           "stored files move to DIR/imported/, unreadable ones stay and are listed.")
+                           "stored files move to DIR/imported/, unreadable ones stay and are listed.\n"
+                           "A daemon on the switch's host does this by itself when cdr.import_dir\n"
+                           "names the directory.")
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--keep", action="store_true", help="leave stored files where they are")
     p.set_defaults(handler="switchd.commands.cdr:cdr_import")
