@@ -482,7 +482,7 @@ class Daemon:
         legs = [self._leg_record(leg, precision) for leg in call.legs if not leg.placeholder]
         for leg in call.legs:
             self._rated_legs.pop(leg.uuid, None)
-        record = billing.call_record(call, legs, ended_us=self.now_us())
+        record = billing.call_record(call, legs, ended_us=self.switch_now_us())
         if call.reconstructed:
             for leg in legs:     # reconstructed legs never got their own LegEnded
                 self.writer.submit_leg(leg)
@@ -628,7 +628,9 @@ class Daemon:
         return budgets.LiveCall(call.answered_us, _channel_to_kill(call), self.switch_now_us())
 
     def _watchdog(self) -> None:
-        now_us = self.now_us()
+        # In the switch's clock, as the call's answer time is: a switch on another host, or
+        # a VM paused and resumed, can be seconds or more from ours.
+        now_us = self.switch_now_us()
         grace = self.config["watchdog.grace_seconds"]
         for call in self.registry.answered_calls_over_limit(now_us, grace):
             if call.call_uuid in self.killed_by_watchdog or not self.esl.connected:
@@ -648,7 +650,7 @@ class Daemon:
                       extra={"call_uuid": call_uuid})
 
     def _sweep(self) -> None:
-        for effect in self.registry.sweep(self.now_us(), 30_000_000):
+        for effect in self.registry.sweep(self.switch_now_us(), 30_000_000):
             self._act(effect)
         live: dict[tuple[str, str], int] = {}
         for call in self.registry.live_calls():
@@ -781,7 +783,7 @@ class Daemon:
     def live_calls(self) -> list[dict]:
         if not self.routing:
             return []
-        now_us = self.now_us()
+        now_us = self.switch_now_us()          # the calls' times are the switch's
         rows = []
         for call in self.registry.live_calls():
             rows.append({"call_uuid": call.call_uuid, "tenant": call.tenant,

@@ -58,11 +58,12 @@ def provision_world(url, directory, *, max_call_seconds=3600, max_concurrent=200
 class Switch:
     """One FreeSWITCH box (simulator) with its own daemon subprocess."""
 
-    def __init__(self, db_url, data_dir, *, seed=1, redis_url=None, env=None, gateways=None):
+    def __init__(self, db_url, data_dir, *, seed=1, redis_url=None, env=None, gateways=None,
+                 start_us=None):
         data_dir.mkdir(parents=True, exist_ok=True)
         self.sim = Simulator(password=PASSWORD, seed=seed, time_scale=1.0,
                              heartbeat_interval=None, default_gateway=QUICK,
-                             gateways=dict(gateways or {}))
+                             gateways=dict(gateways or {}), start_us=start_us)
         _, port = self.sim.start()
         self.daemon = DaemonProcess(db_url, port, PASSWORD, data_dir, redis_url=redis_url,
                                     extra_env=env).start()
@@ -161,6 +162,29 @@ def test_max_duration_is_enforced_by_the_switch_and_by_the_watchdog(migrated_pg_
     assert got[honoured.uuid][0] == got[ignored.uuid][0] == "ALLOTTED_TIMEOUT"
     assert (got[honoured.uuid][1], got[ignored.uuid][1]) == ("budgetel", "globex")
     assert metric(daemon, "switchd_watchdog_kills_total") == 1.0   # only the ignoring call
+
+
+def test_a_switch_whose_clock_lags_ours_has_no_call_cut_early(migrated_pg_url, tmp_path,
+                                                               switches):
+    """FreeSWITCH stamps its events with its own clock, which need not be ours (another
+    host; on the real switch in CI its timer thread's clock stood 4.3 s behind). The
+    watchdog and the live calls' age are measured in the switch's clock, as its
+    sched_hangup is. With the switch two hours behind, a call of a tenant allowed an hour
+    runs to its caller's end."""
+    url = provision_world(migrated_pg_url, tmp_path / "world", max_call_seconds=3600)
+    behind = int(time.time() * 1_000_000) - 7200 * 1_000_000
+    switch = switches(url, tmp_path / "d", env={"SWITCHD_WATCHDOG_GRACE_SECONDS": "1"},
+                      start_us=behind)
+    sim, daemon = switch.sim, switch.daemon
+    call = sim.place_call(UK_FIXED.format(2), accountcode="acme", hold_seconds=3)
+    live = wait_for(lambda: [c for c in daemon.get("/v1/calls")[1].get("calls", [])
+                             if c["state"] == "answered"], 10, "the call answered", daemon)
+    assert 0 <= live[0]["age_s"] < 10, live
+    assert call.wait(20) and call.hangup_cause == "NORMAL_CLEARING", call.hangup_cause
+    assert 2_900 <= call.billmsec < 4_000, call.billmsec
+    assert metric(daemon, "switchd_watchdog_kills_total") == 0.0
+    got = wait_for(lambda: cdrs(url, [call.uuid]) or None, 10, "the CDR", daemon)
+    assert got[call.uuid][0] == "NORMAL_CLEARING"
 
 
 # --- 2. caps through routing ---------------------------------------------------------------------
