@@ -177,7 +177,9 @@ def test_a_leg_the_switch_refuses_to_start_is_placed_again_on_the_same_carrier(s
     assert sim.throttled == 1
     assert metric(daemon, "switchd_switch_refused_legs_total", path="originate") == 1
     sim.kill_call(attempts[1]["leg_uuid"])
-    row = daemon.wait_until(lambda: _cdr(world_url, body["call_uuid"]), what="CDR")
+    # each leg's record arrives on its own: the call's cost is its legs', once both are in
+    row = daemon.wait_until(lambda: (lambda r: r if r and r[2] else None)(
+        _cdr(world_url, body["call_uuid"])), what="the CDR with the answered leg's cost")
     assert row[0] == "budgetel" and row[1] is True and row[2] > 0
     # the refused attempt is not the carrier's failure (a failure would take 5 points)
     assert metric(daemon, "switchd_carrier_health", carrier="budgetel") == 100
