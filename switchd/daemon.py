@@ -629,7 +629,7 @@ class Daemon:
 
     def _watchdog(self) -> None:
         # In the switch's clock, as the call's answer time is: a switch on another host, or
-        # a VM paused and resumed, can be seconds or more from ours.
+        # one whose timer thread's clock stood still, can be seconds or more from ours.
         now_us = self.switch_now_us()
         grace = self.config["watchdog.grace_seconds"]
         for call in self.registry.answered_calls_over_limit(now_us, grace):
