@@ -176,8 +176,12 @@ def test_a_leg_the_switch_refuses_to_start_is_placed_again_on_the_same_carrier(s
     assert attempts[0]["leg_uuid"] == body["call_uuid"] != attempts[1]["leg_uuid"]
     assert sim.throttled == 1
     assert metric(daemon, "switchd_switch_refused_legs_total", path="originate") == 1
+    # billed seconds are FreeSWITCH's billsec, whole seconds: talk a few so the cost is not 0
+    sim_call = next(c for c in sim.calls if c.uuid == attempts[1]["leg_uuid"])
+    daemon.wait_until(lambda: sim_call.answered_leg and sim.clock.now_us()
+                      - sim_call.answered_leg.answered_us > 3_000_000, what="3 s of talk")
     sim.kill_call(attempts[1]["leg_uuid"])
-    # each leg's record arrives on its own: the call's cost is its legs', once both are in
+    assert sim_call.wait(30)
     row = daemon.wait_until(lambda: (lambda r: r if r and r[2] else None)(
         _cdr(world_url, body["call_uuid"])), what="the CDR with the answered leg's cost")
     assert row[0] == "budgetel" and row[1] is True and row[2] > 0
