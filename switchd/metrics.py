@@ -269,8 +269,9 @@ SWITCH_CDRS = _counter("switchd_switch_cdrs_total",
                        "FreeSWITCH CDR deliveries (POST /fs/cdr, cdr import) by outcome: "
                        "stored, spooled, bad_request, unauthorized, failed", ("outcome",))
 CDR_IMPORT_REFUSED_FILES = _gauge("switchd_cdr_import_refused_files",
-                                  "Files in cdr.import_dir the daemon could not read as a CDR "
-                                  "(left there for an operator; each named in the log)")
+                                  "Files in cdr.import_dir the daemon could not read as a CDR, "
+                                  "and directories under it it may not list (left there for "
+                                  "an operator; each named in the log)")
 UNRATED_LEGS = _counter("switchd_unrated_legs_total",
                         "Carrier legs that could not be rated (no usable tariff, or a figure "
                         "of the switch's unreadable; flagged, cost empty), by source "

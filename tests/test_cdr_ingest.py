@@ -599,6 +599,56 @@ def test_the_daemon_imports_its_error_directory_by_itself(migrated_pg_url, tmp_p
         ingest.close()
 
 
+def _unlistable(monkeypatch, directory: Path) -> None:
+    """`directory` as FreeSWITCH's user may leave it to switchd's: mode 0. Root lists any
+    directory whatever its mode, so for root os.scandir refuses it as the kernel would."""
+    import errno
+    import os
+    directory.chmod(0)
+    if os.geteuid() == 0:
+        real = os.scandir
+
+        def scandir(path="."):
+            if Path(path) == directory:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path)
+        monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_directory_switchd_may_not_list_is_said_and_counted(migrated_pg_url, tmp_path,
+                                                              monkeypatch, capsys, caplog):
+    """A rotate=true sub-directory switchd's user may not list hides its CDRs: the import
+    names it instead of taking it for empty, and the daemon counts it until it can list it."""
+    import os
+    import shutil
+
+    from switchd import metrics
+    from switchd.accounting.cdrs.importer import ErrDirWatch
+    from switchd.cli import main
+    err = tmp_path / "errdir"
+    dated = err / "2026-11-30-18-00-00"
+    shutil.copytree(FIX / "errdir", dated)
+    for p in dated.iterdir():
+        os.utime(p, (1_700_000_000, 1_700_000_000))
+    _unlistable(monkeypatch, dated)
+    monkeypatch.setenv("SWITCHD_DATABASE_URL", migrated_pg_url)
+    assert main(["cdr", "import", str(err)]) == 1
+    assert f"refused {dated}: cannot list: Permission denied" in capsys.readouterr().out
+    ingest = CdrIngest(migrated_pg_url, Spool(tmp_path / "spool"))
+    watch = ErrDirWatch(ingest, err)
+    try:
+        assert watch.run_once().files == 0 and watch.run_once().files == 0
+        assert caplog.text.count(f"cdr.import_dir: {dated}: cannot list") == 1
+        assert metrics.REGISTRY.get_sample_value("switchd_cdr_import_refused_files") == 1
+        monkeypatch.undo()                      # the operator gives switchd's user access
+        dated.chmod(0o755)
+        assert watch.run_once().stored == 2
+        assert metrics.REGISTRY.get_sample_value("switchd_cdr_import_refused_files") == 0
+    finally:
+        dated.chmod(0o755)
+        ingest.close()
+
+
 def test_a_missing_import_dir_is_said_once(migrated_pg_url, tmp_path, caplog):
     from switchd.accounting.cdrs.importer import ErrDirWatch
     watch = ErrDirWatch(CdrIngest(migrated_pg_url, None), tmp_path / "nowhere")

@@ -47,22 +47,35 @@ class ImportSummary:
         return "\n".join([text] + [f"  refused {r}" for r in self.refused])
 
 
-def cdr_files(directory: Path) -> list[Path]:
-    """Every `*.cdr.json` under `directory`, oldest first, not those already imported."""
-    return [path for path, _ in _cdr_files_with_stat(directory)]
+def cdr_files(directory: Path) -> tuple[list[Path], list[str]]:
+    """Every `*.cdr.json` under `directory`, oldest first, not those already imported; and
+    the directories that could not be listed, as "dir: cannot list: reason"."""
+    found, unlisted = _cdr_files_with_stat(directory)
+    return [path for path, _ in found], unlisted
 
 
-def _cdr_files_with_stat(directory: Path) -> list[tuple[Path, os.stat_result]]:
-    found = []
-    for p in directory.rglob("*.cdr.json"):
-        if IMPORTED in p.relative_to(directory).parts[:-1]:
-            continue
-        try:
-            st = p.stat()
-        except OSError:
-            continue                    # gone meanwhile (imported, or unlinked by the switch)
-        found.append((p, st))
-    return sorted(found, key=lambda item: (item[1].st_mtime, str(item[0])))
+def _cdr_files_with_stat(directory: Path) -> tuple[list[tuple[Path, os.stat_result]],
+                                                   list[str]]:
+    # os.walk, not Path.rglob: rglob passes over a directory it may not list (FreeSWITCH's
+    # log directories are often its user's alone) as if it were empty; walk reports it.
+    found, unlisted = [], []
+
+    def refused(exc: OSError) -> None:
+        unlisted.append(f"{exc.filename}: cannot list: {exc.strerror or exc}")
+    for top, dirs, names in os.walk(directory, onerror=refused):
+        if IMPORTED in dirs:
+            dirs.remove(IMPORTED)
+        for name in names:
+            if not name.endswith(".cdr.json"):
+                continue
+            path = Path(top, name)
+            try:
+                st = path.stat()
+            except OSError:
+                continue                # gone meanwhile (imported, or unlinked by the switch)
+            found.append((path, st))
+    found.sort(key=lambda item: (item[1].st_mtime, str(item[0])))
+    return found, sorted(unlisted)
 
 
 def _direct(func: Callable[..., Any], args: tuple = ()) -> Any:
@@ -74,8 +87,8 @@ def import_dir(ingest: CdrIngest, directory: str | os.PathLike, *, keep: bool = 
     root = Path(directory)
     if not root.is_dir():
         raise CdrImportError(f"{root}: not a directory")
-    files = cdr_files(root)
-    summary = ImportSummary(str(root), files=len(files))
+    files, unlisted = cdr_files(root)
+    summary = ImportSummary(str(root), files=len(files), refused=unlisted)
     done_dir = root / IMPORTED
     for n, path in enumerate(files, 1):
         _import_one(ingest, path, done_dir, keep, summary)
@@ -119,7 +132,8 @@ class ErrDirWatch:
     file, then writes it, so a fresh one may still be empty. A file that cannot be read as
     a CDR stays where it is, for an operator; it is logged once (again only once it is
     written, moved back or its permissions change: its mtime or ctime) and counted in
-    switchd_cdr_import_refused_files."""
+    switchd_cdr_import_refused_files. So is a directory under it that switchd may not
+    list (logged once until it can be listed again)."""
 
     def __init__(self, ingest: CdrIngest, directory: str | os.PathLike, *,
                  min_age_s: float = 2.0, blocking: Callable = _direct,
@@ -131,6 +145,7 @@ class ErrDirWatch:
         self.clock = clock
         self._refused: dict[Path, tuple[float, float]] = {}   # file -> (mtime, ctime)
         self._missing_logged = False
+        self._unlisted: set[str] = set()     # "dir: cannot list: reason", logged once each
 
     def run_once(self) -> ImportSummary:
         summary = ImportSummary(str(self.root))
@@ -141,7 +156,10 @@ class ErrDirWatch:
                 self._missing_logged = True
             return summary
         self._missing_logged = False
-        files = self.blocking(_cdr_files_with_stat, (self.root,))
+        files, unlisted = self.blocking(_cdr_files_with_stat, (self.root,))
+        for reason in sorted(set(unlisted) - self._unlisted):
+            log.error("cdr.import_dir: %s; the CDRs in it are not imported", reason)
+        self._unlisted = set(unlisted)
         ready_before = self.clock() - self.min_age_s
         present = set()
         for path, st in files:
@@ -158,7 +176,7 @@ class ErrDirWatch:
                 log.warning("cdr.import_dir: left in place, %s", summary.refused[-1])
         for gone in set(self._refused) - present:
             del self._refused[gone]                  # an operator moved or fixed it
-        metrics.CDR_IMPORT_REFUSED_FILES.set(len(self._refused))
+        metrics.CDR_IMPORT_REFUSED_FILES.set(len(self._refused) + len(self._unlisted))
         if summary.stored:
             log.info("imported %d CDR(s) FreeSWITCH could not post, from %s",
                      summary.stored, self.root)
