@@ -29,7 +29,9 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   silence) until the BYE (test_media_timeout.py).
   `.invites()` → INVITEs it received since the reset (one per Call-ID, from sipp's
   `-trace_msg` log); `.invite_log()` → the INVITEs themselves (`call_id`, `request_uri`,
-  `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`.
+  `from`, `to`, `text`). `switch.invites()` → `{"gw_a": n, ...}`. `.responses(method)` →
+  the status codes FreeSWITCH answered the carrier's `method` requests with since its
+  mode was set (e.g. `[405]` for a REFER).
 - `switch.call(number, caller_number="1000", caller_name="switchd test", from_header=None,
   tenant="acme", headers=None, hold_ms=1000)` → `CallResult`: `code` (final SIP answer, 200
   when answered), `call_id` (the caller's SIP Call-ID), `progress_after`, `answered_after`,
@@ -58,6 +60,10 @@ fallback that answers 503, mod_json_cdr posting every leg's CDR to the daemon's 
   reset returns to the session's URL (the daemon's `/fs/cdr`). `switch.plan` holds every port (`esl`, `sip`, `http`, RTP range).
   `switch.sessions_per_second` (100) is FreeSWITCH's throttle, written at the next start
   (a call is two sessions; benchmarks/realswitch_calls.py raises it).
+- `switch.set_profile_params({"disable-transfer": "true"})`: extra sofia profile settings;
+  FreeSWITCH restarts with them (mod_sofia reads most only at a profile's start) and the
+  call returns once the gateways are UP. The reset restarts it without them. Call it before
+  `make_rs_daemon()`, so the daemon starts against the switch as the test wants it.
 
 `rs_world_url` → a migrated PostgreSQL database (fixture `migrated_pg_url`) provisioned with
 tests/realswitch/world.py: tenants `acme` and `brief` (max 3 s), carriers alpha/bravo/charlie

@@ -106,8 +106,10 @@ def _p(name: str, value) -> str:
 
 
 def render(plan: PortPlan, *, esl_password: str, dialplan_url: str, cdr_url: str | None = None,
-           loglevel: str = "info", sessions_per_second: int = 100) -> str:
-    """The whole FreeSWITCH configuration (one freeswitch.xml)."""
+           loglevel: str = "info", sessions_per_second: int = 100,
+           profile_params: dict[str, str] | None = None) -> str:
+    """The whole FreeSWITCH configuration (one freeswitch.xml). `profile_params`: settings
+    a test adds to the sofia profile (e.g. disable-transfer)."""
     modules = ["mod_logfile", "mod_event_socket", "mod_xml_curl", "mod_commands", "mod_dptools",
                "mod_dialplan_xml", "mod_sofia"]
     if cdr_url:
@@ -198,7 +200,8 @@ def render(plan: PortPlan, *, esl_password: str, dialplan_url: str, cdr_url: str
             {_p("rtp-timer-name", "soft")}
             {_p("enable-timer", "false")}
             {_p("auto-restart", "false")}
-            {_p("user-agent-string", "switchd-realswitch")}
+            {_p("user-agent-string", "switchd-realswitch")}{"".join(
+                _p(k, v) for k, v in (profile_params or {}).items())}
           </settings>
           <gateways>{gateways}
           </gateways>

@@ -71,6 +71,7 @@ class RealSwitch:
         self.cdr_url = cdr_url
         self.default_cdr_url = cdr_url   # what reset() returns to (the session's choice)
         self.sessions_per_second = 100   # FreeSWITCH's throttle (a call is 2 sessions)
+        self.profile_params: dict[str, str] = {}    # a test's extra sofia profile settings
         self.fs_dir = self.run_dir / "fs"
         self.carriers = {name: Carrier(name, ports, self.sipp, self.run_dir,
                                        gateway_ping=partial(self.gateway_ping, name))
@@ -132,7 +133,8 @@ class RealSwitch:
     def _write_config(self) -> None:
         (self.fs_dir / "conf" / "freeswitch.xml").write_text(fsconfig.render(
             self.plan, esl_password=self.esl_password, dialplan_url=self.dialplan_url,
-            cdr_url=self.cdr_url, sessions_per_second=self.sessions_per_second))
+            cdr_url=self.cdr_url, sessions_per_second=self.sessions_per_second,
+            profile_params=self.profile_params))
 
     def _esl_answers(self) -> bool:
         try:
@@ -181,6 +183,8 @@ class RealSwitch:
             self._start_fs()
         if self.cdr_url != self.default_cdr_url:
             self.set_cdr_url(self.default_cdr_url)
+        if self.profile_params:
+            self.set_profile_params({})
         self.api("hupall NORMAL_CLEARING")
         self.api(f"fsctl sps {self.sessions_per_second}")     # a test may have lowered it
         poll(lambda: self.channel_count() == 0, timeout, "no channels left on the switch", 0.1)
@@ -210,6 +214,16 @@ class RealSwitch:
             reply = self.api("load mod_json_cdr")
             if not reply.startswith("+OK"):
                 raise HarnessError(f"load mod_json_cdr: {reply.strip()}")
+
+    def set_profile_params(self, params: dict[str, str], timeout: float = 20.0) -> None:
+        """Give the sofia profile these extra settings (on top of fsconfig's). mod_sofia
+        reads most of them only when a profile starts, and `sofia profile ... restart` is
+        asynchronous: FreeSWITCH is restarted with them (`restart()`). Returns once the
+        gateways are UP again. `reset()` takes them away the same way."""
+        self.profile_params = dict(params)
+        self.restart()
+        for name in self.carriers:
+            poll(lambda: self.gateway_state(name) == "UP", timeout, f"gateway {name} UP", 0.2)
 
     # -- the switch --------------------------------------------------------------------------
     def api(self, cmd: str) -> str:

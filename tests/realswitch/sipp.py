@@ -83,6 +83,24 @@ def received_invites(message_file: Path) -> list[dict[str, str]]:
     return list(seen.values())
 
 
+def received_responses(message_file: Path, method: str) -> list[int]:
+    """The status codes of the responses to `method` (their CSeq's) a sipp received, in
+    order, from its -trace_msg file."""
+    try:
+        text = message_file.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    codes = []
+    for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + text):
+        header, _, message = block.partition("\n\n")
+        if "message received" not in header or not message.startswith("SIP/2.0 "):
+            continue
+        cseq = re.search(r"(?im)^(?:CSeq|c)\s*:\s*\d+\s+(\S+)", message)
+        if cseq and cseq.group(1).upper() == method.upper():
+            codes.append(int(message.split(" ", 2)[1]))
+    return codes
+
+
 class Carrier:
     """A sipp UAS behind one FreeSWITCH gateway, in a mode (answer, ring, a SIP code, down).
     `ip`: the loopback address it binds (another one than 127.0.0.1 is a host FreeSWITCH
@@ -194,6 +212,11 @@ class Carrier:
 
     def invites(self) -> int:
         return len(self.invite_log())
+
+    def responses(self, method: str) -> list[int]:
+        """Status codes FreeSWITCH answered this carrier's `method` requests with, since
+        its mode was last set (e.g. responses("REFER") → [202] or [403])."""
+        return received_responses(self.dir / f"messages-{self.starts}.log", method)
 
     def reset_counts(self) -> None:
         self._baseline |= {i["call_id"] for i in self.invite_log()}

@@ -54,6 +54,38 @@ def test_a_carriers_transfer_of_an_answered_call_ends_the_call(realswitch, rs_da
     assert rs_daemon.rows("SELECT health FROM carriers WHERE name = 'alpha'") == [(100,)]
 
 
+def test_with_disable_transfer_a_carriers_refer_is_refused_and_the_call_talks_on(
+        realswitch, make_rs_daemon):
+    """The operator's other choice (docs/routing.md §4a): `disable-transfer` on the sofia
+    profile. The profile then no longer allows REFER (sofia.c: NUTAG_ALLOW("REFER") only
+    with MFLAG_REFER), so the SIP stack answers the carrier's REFER 405 Method Not Allowed
+    before mod_sofia's own 403 could, and the call talks on to the caller's hang-up: no
+    transfer, no second lookup, billed for all of its talk."""
+    realswitch.set_profile_params({"disable-transfer": "true"})
+    rs_daemon = make_rs_daemon()
+    refer_to = f"sip:{TARGET}@127.0.0.1:{realswitch.plan.sip}"
+    carrier = realswitch.carrier("gw_a")
+    carrier.set_mode("refer", contact=refer_to)
+    result = realswitch.call(world.US_NUMBER, headers={"X-Tenant": "acme"}, hold_ms=4000)
+    assert result.code == 200 and result.ended_by == "caller", result
+    assert carrier.responses("REFER") == [405]          # sent 1 s after the answer
+    legs = realswitch.wait_call(result)
+    a, (answered,) = legs[0], legs[1:]
+    assert answered.gateway == "gw_a" and answered.cause == "NORMAL_CLEARING"
+    assert "variable_transfer_destination" not in answered.headers
+    assert a.headers["Caller-Destination-Number"] != TARGET
+    assert answered.billsec >= 3, answered.billmsec     # the caller's 4 s, not the 1 s
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
+    cdr = rs_daemon.wait_cdr(a.uuid)
+    assert (cdr["carrier"], cdr["attempts"], cdr["billed_seconds"]) == (
+        "alpha", 1, answered.billsec)
+    assert cdr["cost"] > 0
+    assert rs_daemon.rows("SELECT result, reason FROM routing_decisions WHERE call_uuid = %s",
+                          a.uuid) == [("routed", "lcr")]
+    assert metric(rs_daemon.process, "switchd_dialplan_requests_total",
+                  outcome="transfer_refused") in (None, 0)
+
+
 def test_a_callers_blind_transfer_is_routed_and_cut_at_the_tenants_max_duration(
         realswitch, rs_daemon):
     """Tenant `brief` (max_call_seconds 3): the caller answered on alpha transfers the
