@@ -331,7 +331,9 @@ class RealSwitch:
         otherwise it is `"caller_name" <sip:caller_number@127.0.0.1>`. `tenant` is sent as
         `X-Tenant` (None: no header, e.g. a call to a DID); `headers` adds more.
         `refer_to`: answered, the caller blind-transfers the call to that number after
-        hold_ms (an in-dialog REFER, scenarios/uac-refer.xml)."""
+        hold_ms (an in-dialog REFER, scenarios/uac-refer.xml); the result's `refer_answer`
+        is FreeSWITCH's answer to it (202, or 405 refused: the caller then talks another
+        hold_ms and hangs up)."""
         if from_header is None:
             from_header = b'"' + as_bytes(caller_name) + b'" <sip:' + as_bytes(caller_number) \
                           + b"@127.0.0.1>"

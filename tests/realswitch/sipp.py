@@ -234,6 +234,7 @@ class CallResult:
     bye_reason: str | None        # Reason header of the switch's BYE
     returncode: int
     dir: Path
+    refer_answer: int | None = None   # `refer_to`: FreeSWITCH's answer to the REFER (202, 405)
 
     @property
     def answered(self) -> bool:
@@ -285,7 +286,10 @@ class CallHandle:
             answered_after=(ms["answered"] - t0) / 1000 if "answered" in ms else None,
             duration=(bye - ms["answered"]) / 1000 if bye is not None and "answered" in ms else None,
             ended_by=("switch" if "bye_rx" in ms else "caller" if "bye_tx" in ms else None),
-            bye_reason=reason, returncode=rc, dir=self.dir)
+            bye_reason=reason, returncode=rc, dir=self.dir,
+            refer_answer=(202 if "refer_accepted" in ms else
+                          int(re.search(r"code=(\d+)", marks["refer_refused"]).group(1))
+                          if "refer_refused" in marks else None))
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,22 @@ def test_with_disable_transfer_a_carriers_refer_is_refused_and_the_call_talks_on
                   outcome="transfer_refused") in (None, 0)
 
 
+def test_with_disable_transfer_a_callers_refer_is_refused_too(realswitch, make_rs_daemon):
+    """The same setting refuses the callers' transfers on that profile (an agent's blind
+    transfer): 405, and the call goes on on its first carrier, nothing routed again."""
+    realswitch.set_profile_params({"disable-transfer": "true"})
+    rs_daemon = make_rs_daemon()
+    result = realswitch.call(world.US_NUMBER, tenant="acme", hold_ms=1500,
+                             refer_to="+33142685300")
+    assert (result.code, result.refer_answer, result.ended_by) == (200, 405, "caller"), result
+    a, (answered,) = (lambda legs: (legs[0], legs[1:]))(realswitch.wait_call(result))
+    assert answered.gateway == "gw_a" and answered.billsec >= 2, answered.billmsec
+    assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
+    cdr = rs_daemon.wait_cdr(a.uuid)
+    assert (cdr["carrier"], cdr["billed_seconds"]) == ("alpha", answered.billsec)
+    assert rs_daemon.rows("SELECT count(*) FROM routing_decisions") == [(1,)]
+
+
 def test_a_callers_blind_transfer_is_routed_and_cut_at_the_tenants_max_duration(
         realswitch, rs_daemon):
     """Tenant `brief` (max_call_seconds 3): the caller answered on alpha transfers the
@@ -94,6 +110,7 @@ def test_a_callers_blind_transfer_is_routed_and_cut_at_the_tenants_max_duration(
     france = "+33142685300"
     result = realswitch.call(world.US_NUMBER, tenant="brief", hold_ms=1000, refer_to=france)
     assert result.code == 200 and result.ended_by == "switch", result   # the referrer's BYE
+    assert result.refer_answer == 202
     hangups = poll(lambda: (lambda h: h if len(h) == 3 else None)(realswitch.hangups()), 20,
                    "the caller's, the callee's and the transfer's hangups")
     a, callee, target = sorted(hangups, key=lambda h: int(h.headers["Caller-Channel-Created-Time"]))
