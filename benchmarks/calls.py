@@ -164,7 +164,7 @@ def run_generator() -> None:
     import socket
     import gevent
     from gevent.queue import Queue
-    from _http import request_factory
+    from _http import close_without_time_wait, request_factory
     import _decks
 
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
@@ -273,7 +273,7 @@ def run_generator() -> None:
         except OSError:
             return None
         finally:
-            s.close()
+            close_without_time_wait(s)
 
     def rx_queue() -> int:
         """Bytes the controller has not read yet from its ESL socket (/proc/net/tcp)."""
