@@ -56,17 +56,27 @@ def sipp_command(sipp: str, ports: fsconfig.SippPorts, ip: str = "127.0.0.1") ->
             "-aa", "-nostdin"]
 
 
-def received_invites(message_file: Path) -> list[dict[str, str]]:
-    """INVITEs a sipp received, once per Call-ID, from its -trace_msg file:
-    [{'call_id', 'request_uri', 'from', 'to', 'text'}]."""
+def received_messages(message_file: Path) -> list[str]:
+    """The SIP messages a sipp received, in order, from its -trace_msg file (none if it
+    has not written one)."""
     try:
         text = message_file.read_bytes().decode("utf-8", "replace")
     except FileNotFoundError:
         return []
-    seen: dict[str, dict[str, str]] = {}
+    received = []
     for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + text):
         header, _, message = block.partition("\n\n")
-        if "message received" not in header or not message.startswith("INVITE "):
+        if "message received" in header:
+            received.append(message)
+    return received
+
+
+def received_invites(message_file: Path) -> list[dict[str, str]]:
+    """INVITEs a sipp received, once per Call-ID, from its -trace_msg file:
+    [{'call_id', 'request_uri', 'from', 'to', 'text'}]."""
+    seen: dict[str, dict[str, str]] = {}
+    for message in received_messages(message_file):
+        if not message.startswith("INVITE "):
             continue
         fields = {"request_uri": message.split("\n", 1)[0].split(" ")[1], "text": message}
         for line in message.split("\n"):
@@ -86,14 +96,9 @@ def received_invites(message_file: Path) -> list[dict[str, str]]:
 def received_responses(message_file: Path, method: str) -> list[int]:
     """The status codes of the responses to `method` (their CSeq's) a sipp received, in
     order, from its -trace_msg file."""
-    try:
-        text = message_file.read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
     codes = []
-    for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + text):
-        header, _, message = block.partition("\n\n")
-        if "message received" not in header or not message.startswith("SIP/2.0 "):
+    for message in received_messages(message_file):
+        if not message.startswith("SIP/2.0 "):
             continue
         cseq = re.search(r"(?im)^(?:CSeq|c)\s*:\s*\d+\s+(\S+)", message)
         if cseq and cseq.group(1).upper() == method.upper():
@@ -215,7 +220,7 @@ class Carrier:
 
     def responses(self, method: str) -> list[int]:
         """Status codes FreeSWITCH answered this carrier's `method` requests with, since
-        its mode was last set (e.g. responses("REFER") → [202] or [403])."""
+        its mode was last set (e.g. responses("REFER") → [202], or [405] refused)."""
         return received_responses(self.dir / f"messages-{self.starts}.log", method)
 
     def reset_counts(self) -> None:
@@ -273,7 +278,7 @@ class CallHandle:
         if "answered" in ms:
             code = 200
         elif "final" in marks:
-            code = int(re.search(r"code=(\d+)", marks["final"]).group(1))
+            code = _mark_code(marks["final"])
         call_id = _first_call_id(self.dir / "messages.log")
         reason = None
         if "bye_rx" in marks:
@@ -288,8 +293,13 @@ class CallHandle:
             ended_by=("switch" if "bye_rx" in ms else "caller" if "bye_tx" in ms else None),
             bye_reason=reason, returncode=rc, dir=self.dir,
             refer_answer=(202 if "refer_accepted" in ms else
-                          int(re.search(r"code=(\d+)", marks["refer_refused"]).group(1))
-                          if "refer_refused" in marks else None))
+                          _mark_code(marks["refer_refused"]) if "refer_refused" in marks
+                          else None))
+
+
+def _mark_code(mark: str) -> int:
+    """The SIP code a scenario's log mark carries ("N code=C")."""
+    return int(re.search(r"code=(\d+)", mark).group(1))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import pytest
 from daemon_harness import metric
 
 from . import world
-from .sipp import Carrier
+from .sipp import Carrier, received_messages
 
 pytestmark = [pytest.mark.realswitch, pytest.mark.slow]
 
@@ -64,12 +64,7 @@ def _dialog(carrier: Carrier, call_id: str) -> list[str]:
     responses ('200 BYE' for the answer to its own BYE)."""
     seen = []
     for n in range(1, carrier.starts + 1):
-        path = carrier.dir / f"messages-{n}.log"
-        text = path.read_bytes().decode("utf-8", "replace") if path.exists() else ""
-        for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + text):
-            header, _, message = block.partition("\n\n")
-            if "message received" not in header:
-                continue
+        for message in received_messages(carrier.dir / f"messages-{n}.log"):
             if not re.search(rf"^(?:Call-ID|i):\s*{re.escape(call_id)}\s*$", message, re.M | re.I):
                 continue
             first = message.split("\n", 1)[0]

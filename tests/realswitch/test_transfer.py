@@ -94,7 +94,8 @@ def test_with_disable_transfer_a_callers_refer_is_refused_too(realswitch, make_r
     result = realswitch.call(world.US_NUMBER, tenant="acme", hold_ms=1500,
                              refer_to="+33142685300")
     assert (result.code, result.refer_answer, result.ended_by) == (200, 405, "caller"), result
-    a, (answered,) = (lambda legs: (legs[0], legs[1:]))(realswitch.wait_call(result))
+    legs = realswitch.wait_call(result)
+    a, (answered,) = legs[0], legs[1:]
     assert answered.gateway == "gw_a" and answered.billsec >= 2, answered.billmsec
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
     cdr = rs_daemon.wait_cdr(a.uuid)
