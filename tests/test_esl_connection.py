@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import gevent
 import gevent.queue
+import gevent.socket
 import pytest
 from gevent.event import Event
 from gevent.server import StreamServer
@@ -610,3 +611,40 @@ def test_commands_refuse_newlines_before_anything_is_sent(servers):
         conn.api("status\n\napi fsctl shutdown")
     assert conn.api("nothing") == "-ERR no such command\n"
     conn.close()
+
+
+def test_a_backlog_of_events_lets_a_ready_socket_in_before_it_is_drained(servers):
+    """A burst of 300 events with a handler costing 0.3 ms of CPU each: a socket that
+    becomes ready while they are handled (a dialplan lookup's connection) is served long
+    before the backlog is (turns.py)."""
+    events = [plain_event({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": str(i)})
+              for i in range(300)]
+    ours, theirs = gevent.socket.socketpair()
+    handled, seen, all_in = [0], [], Event()
+
+    def handler(event):
+        if handled[0] == 5:
+            theirs.send(b"x")
+        end = time.perf_counter() + 0.0003
+        while time.perf_counter() < end:
+            pass
+        handled[0] += 1
+        if handled[0] == len(events):
+            all_in.set()
+
+    def lookup():
+        ours.recv(1)
+        seen.append(handled[0])
+
+    server = servers(scripted(b"".join(events), reply("+OK"), then_close=False))
+    waiting = gevent.spawn(lookup)
+    conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=handler,
+                         connect_timeout=2, command_timeout=2)
+    conn.connect()
+    conn.send("event plain HEARTBEAT")
+    assert all_in.wait(10), f"{handled[0]} of {len(events)} events handled"
+    waiting.join(1)
+    assert seen and seen[0] < 60, seen
+    conn.close()
+    ours.close()
+    theirs.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import gevent
 import gevent.socket as gsocket
@@ -32,6 +32,7 @@ from switchd.adapters.esl.framing import (
     RUDE_REJECTION, ESLError, ESLEventError, ESLProtocolError, Frame, FrameParser, parse_event,
     peek_plain_event_name,
 )
+from switchd.adapters.esl.turns import Turns
 from switchd.lossless_queue import LosslessQueue
 from switchd.metrics import (
     ESL_COMMAND_ERRORS, ESL_EVENTS, ESL_EVENTS_DROPPED, ESL_EVENTS_OVERFLOWED, ESL_HANDLER_ERRORS,
@@ -364,24 +365,19 @@ class ESLConnection(InboundESL):
             log.warning("ignoring ESL frame of unknown type %r", kind)
 
     def _on_event_frame(self, frame: Frame) -> None:
-        event = None
         if frame.content_type == EVENT_PLAIN:
             name = peek_plain_event_name(frame.body)
             if name is not None and name not in TYPED_NAMES:
                 self._count(name if name in _LABEL_NAMES else "other")
                 return
             if name in CHANNEL_EVENTS:
-                event = channel_event_from_plain(frame.body)
-        if event is not None:
-            self._count(event.name)
-            self._deliver(event)
-            return
-        try:
-            headers = parse_event(frame)
-        except ESLEventError as exc:
-            # The frame boundary is intact, so only this event is lost.
-            ESL_EVENTS_DROPPED.labels("unparseable").inc()
-            log.error("dropping an unparseable ESL event: %s", exc)
+                # Typed by the dispatcher, in its turns: reading the variables is most of
+                # an event's cost, and a dialplan lookup must not wait behind it.
+                self._count(name)
+                self._deliver(_Untyped(name, frame))
+                return
+        headers = _headers_or_drop(frame)
+        if headers is None:
             return
         self._count(event_label(headers))
         event = to_typed(headers)
@@ -411,11 +407,22 @@ class ESLConnection(InboundESL):
         ESL_EVENTS.inc(label)
 
     def process_events(self) -> None:
-        """Dispatcher greenlet: a slow or failing handler never blocks the reader."""
+        """Dispatcher greenlet: a slow or failing handler never blocks the reader, and a
+        backlog never keeps the dialplan lookups waiting (turns.py)."""
+        turns = Turns()
         while True:
-            event = self._events.get()
+            if self._events.qsize():
+                turns.take()
+                event = self._events.get()
+            else:
+                event = self._events.get()        # waits: the next slice starts after it
+                turns.restart()
             if event is _STOP:
                 return
+            if type(event) is _Untyped:
+                event = _typed_channel_event(event.frame)
+                if event is None:
+                    continue
             try:
                 self.on_event(event)
             except Exception:
@@ -439,19 +446,47 @@ class ESLConnection(InboundESL):
         return len(self._pending)
 
 
+class _Untyped(NamedTuple):
+    """A CHANNEL_* event as read, queued for the dispatcher to type (its name peeked)."""
+    name: str
+    frame: Frame
+
+
+def _typed_channel_event(frame: Frame) -> ChannelEvent | None:
+    """The typed event of a queued CHANNEL_* frame: the fast path, else the full parse
+    (None when the event is unusable; an unparseable one is counted and logged)."""
+    event = channel_event_from_plain(frame.body)
+    if event is not None:
+        return event
+    headers = _headers_or_drop(frame)
+    event = to_typed(headers) if headers is not None else None
+    return event if isinstance(event, ChannelEvent) else None
+
+
+def _headers_or_drop(frame: Frame) -> dict[str, str] | None:
+    """The event's headers; None, counted and logged, when its body cannot be parsed (the
+    frame boundary is intact, so only this event is lost)."""
+    try:
+        return parse_event(frame)
+    except ESLEventError as exc:
+        ESL_EVENTS_DROPPED.labels("unparseable").inc()
+        log.error("dropping an unparseable ESL event: %s", exc)
+        return None
+
+
 # Events that carry money or free slots: never dropped by a full queue (issue 9).
 _KEEP = frozenset({"CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE",
                    "CHANNEL_UUID"})
 
 
-def _must_keep(event: TypedEvent) -> bool:
-    if isinstance(event, ChannelEvent):
+def _must_keep(event: TypedEvent | _Untyped) -> bool:
+    if type(event) is _Untyped or isinstance(event, ChannelEvent):
         return event.name in _KEEP
     return isinstance(event, JobEvent)
 
 
-def _label_of(event: TypedEvent) -> str:
-    if isinstance(event, ChannelEvent):
+def _label_of(event: TypedEvent | _Untyped) -> str:
+    if type(event) is _Untyped or isinstance(event, ChannelEvent):
         return event.name
     if isinstance(event, JobEvent):
         return "BACKGROUND_JOB"
