@@ -6,6 +6,7 @@ until stdin closes; then one JSON line: answers counted by HTTP status, and fail
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 
@@ -27,6 +28,23 @@ def lookup(port: int) -> bytes:
             % (port, len(body)) + body)
 
 
+def _read_rest(s, head: bytes) -> None:
+    """The rest of the response's body, then the worker closes, as libcurl does: waiting
+    for the server to close would hold a kept-alive connection for the idle timeout."""
+    end = head.find(b"\r\n\r\n")
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head[:end])
+    if end < 0 or length is None:
+        while s.recv(65536):
+            pass
+        return
+    missing = int(length.group(1)) - (len(head) - end - 4)
+    while missing > 0:
+        chunk = s.recv(65536)
+        if not chunk:
+            return
+        missing -= len(chunk)
+
+
 def main() -> None:
     port, workers = int(sys.argv[1]), int(sys.argv[2])
     counts: dict[str, int] = {}
@@ -42,8 +60,7 @@ def main() -> None:
                 s.sendall(lookup(port))
                 head = s.recv(65536)
                 status = head[9:12].decode() or "failed"
-                while s.recv(65536):
-                    pass
+                _read_rest(s, head)
             except OSError:
                 pass
             finally:
