@@ -110,6 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between reconciliations of live calls with the switch's `show channels` "
             "(besides the one after every reconnect): frees slots of calls whose hangup was "
             "never seen.", check=_positive),
+    Setting("esl", "max_event_lag", float, 0.5,
+            "Seconds the oldest unhandled ESL channel event may wait before switchd refuses "
+            "new calls' dialplan lookups with an immediate 503 (counted in "
+            "switchd_http_requests_shed_total{reason=\"events_behind\"}; the static "
+            "fallback refuses the call), so that past capacity the CPU goes to the hangups, "
+            "cap releases and CDRs of the calls already up. Lookups are answered again as "
+            "soon as the events have caught up.", check=_positive),
     Setting("http", "host", str, "127.0.0.1", "Address the HTTP server binds."),
     Setting("http", "port", int, 8088, "Port of the dialplan endpoint, API and /metrics.",
             check=_port),

@@ -126,7 +126,9 @@ class Daemon:
             read_timeout=cfg["http.read_timeout"], idle_timeout=cfg["http.idle_timeout"],
             max_connections=cfg["http.max_connections"],
             max_in_flight=cfg["http.max_in_flight"],
-            max_cdr_in_flight=cfg["http.max_cdr_in_flight"]))
+            max_cdr_in_flight=cfg["http.max_cdr_in_flight"]),
+            refuse_lookups=self._events_behind)
+        metrics.ESL_EVENT_BACKLOG.set_function(self._event_backlog)
         self.http_port = self.http_server.server_port
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < cfg["http.max_connections"] + 64:
@@ -134,6 +136,20 @@ class Daemon:
                         "PostgreSQL, Redis and ESL need; raise it (LimitNOFILE in the unit) "
                         "or lower http.max_connections", soft, cfg["http.max_connections"])
         return self
+
+    def _event_backlog(self) -> float:
+        """Seconds the oldest unhandled channel event has waited (0 before ESL starts)."""
+        esl = getattr(self, "esl", None)
+        connection = esl.connection if esl is not None else None
+        return connection.backlog_age() if connection is not None else 0.0
+
+    def _events_behind(self) -> str | None:
+        """Why a new call's lookup is refused before it is routed, or None. Past capacity
+        the events of the calls already up come first: a hangup handled late holds a slot
+        and lets a call run past its limit, a CDR written late is money not yet seen."""
+        if self._event_backlog() > self.config["esl.max_event_lag"]:
+            return "events_behind"
+        return None
 
     def start(self) -> "Daemon":
         if self.http_server is None:

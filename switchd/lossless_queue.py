@@ -55,6 +55,13 @@ class LosslessQueue:
             return self._overflow.popleft()
         return self._queue.get()
 
+    def peek(self):
+        """The oldest item, left where it is; None when there is none."""
+        try:
+            return self._queue.peek_nowait()
+        except Empty:
+            return self._overflow[0] if self._overflow else None
+
     def get_nowait(self):
         try:
             return self._queue.get_nowait()

@@ -289,8 +289,13 @@ HTTP_MAX_CONNECTIONS = _gauge("switchd_http_max_connections",
                               "http.max_connections: open connections beyond it are refused")
 HTTP_CONNECTIONS_REFUSED = _counter("switchd_http_connections_refused_total",
                                     "Connections refused with 503 at http.max_connections")
-HTTP_REQUESTS_SHED = _counter("switchd_http_requests_shed_total",
-                              "Requests refused with 503 at http.max_in_flight", ("endpoint",))
+HTTP_REQUESTS_SHED = _counter(
+    "switchd_http_requests_shed_total",
+    "Requests refused with an immediate 503: at their kind's in-flight bound (in_flight), "
+    "or dialplan lookups while ESL events are esl.max_event_lag behind (events_behind)",
+    ("endpoint", "reason"))
+ESL_EVENT_BACKLOG = _gauge("switchd_esl_event_backlog_seconds",
+                           "How long the oldest unhandled ESL channel event has waited")
 HTTP_IDLE_TIMEOUTS = _counter("switchd_http_idle_timeouts_total",
                               "Connections closed after http.idle_timeout without a request")
 HTTP_CLIENT_ERRORS = _counter(

@@ -648,3 +648,41 @@ def test_a_backlog_of_events_lets_a_ready_socket_in_before_it_is_drained(servers
     conn.close()
     ours.close()
     theirs.close()
+
+
+def test_backlog_age_is_how_long_the_oldest_queued_channel_event_has_waited(servers):
+    """What the daemon refuses new calls on (esl.max_event_lag): measured from when the event
+    was read, not from when the dispatcher got to it; 0 once the queue is drained."""
+    events = [plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"u-{i}",
+                           "Event-Date-Timestamp": "1700000000000000"}) for i in range(3)]
+    inside, release, all_in = Event(), Event(), Event()
+    handled = []
+
+    def handler(event):
+        handled.append(event.uuid)
+        if len(handled) == 1:
+            inside.set()
+            release.wait(10)              # the dispatcher is stuck on the first event
+        if len(handled) == len(events):
+            all_in.set()
+
+    server = servers(scripted(b"".join(events), reply("+OK"), then_close=False))
+    conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=handler,
+                         connect_timeout=2, command_timeout=2)
+    assert conn.backlog_age() == 0.0
+    conn.connect()
+    conn.send("event plain CHANNEL_CREATE")
+    read_by = time.monotonic()            # the burst came before the command's reply
+    assert inside.wait(5)
+    first_age = conn.backlog_age()
+    assert first_age > 0
+    # It grows while the events wait: it is their age, not a count.
+    waited_from = time.monotonic()
+    gevent.sleep(0.05)
+    assert conn.backlog_age() >= first_age + (time.monotonic() - waited_from) - 0.001
+    assert conn.backlog_age() >= time.monotonic() - read_by
+    release.set()
+    assert all_in.wait(5)
+    assert handled == ["u-0", "u-1", "u-2"]
+    assert conn.backlog_age() == 0.0
+    conn.close()

@@ -79,3 +79,40 @@ def test_a_loop_never_idle_still_gives_the_work_its_turn():
     flooding.join(1)
     assert work.successful(), "the work starved behind a loop that was never idle"
     assert turns.yields >= 10 and spins[0] > 0
+
+
+def _flood_turns_while_working(turns: Turns, pieces: int = 20) -> int:
+    """A worker does `pieces` pieces of 0.5 ms of CPU, taking its turns, beside a greenlet
+    that is always ready (the loop never idles): how many turns that greenlet got."""
+    spinning, spins = [True], [0]
+
+    def flood():
+        while spinning[0]:
+            spins[0] += 1
+            gevent.sleep(0)
+
+    def worker():
+        for _ in range(pieces):
+            _busy(0.0005)
+            turns.take()
+    flooding = gevent.spawn(flood)
+    gevent.sleep(0)
+    gevent.spawn(worker).join(10)
+    spinning[0] = False
+    flooding.join(1)
+    return spins[0]
+
+
+def test_late_work_takes_even_turns_instead_of_waiting_for_the_loop_to_idle():
+    """Events already late do not wait for an idle loop (a flood never gives one): at each
+    slice's end the work yields once, so the flood gets a turn per slice, not a wait's worth."""
+    late = Turns(slice_s=0.001, max_wait_s=0.05, late=lambda: True)
+    spins_late = _flood_turns_while_working(late)
+    assert late.late_yields >= 5 and late.yields == 0
+    assert spins_late <= 3 * late.late_yields, (spins_late, late.late_yields)
+    # The same work, not late: every slice's end waits max_wait_s for an idle that never
+    # comes, while the flood spins.
+    on_time = Turns(slice_s=0.001, max_wait_s=0.05, late=lambda: False)
+    spins_on_time = _flood_turns_while_working(on_time)
+    assert on_time.yields >= 5 and on_time.late_yields == 0
+    assert spins_on_time > 20 * spins_late, (spins_on_time, spins_late)

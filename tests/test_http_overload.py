@@ -18,10 +18,10 @@ from daemon_harness import DaemonProcess, metric, rows, wait_for
 FLOOD = Path(__file__).with_name("http_flood.py")
 
 
-def _shed(endpoint: str) -> float:
+def _shed(endpoint: str, reason: str = "in_flight") -> float:
     from switchd import metrics
     return metrics.REGISTRY.get_sample_value("switchd_http_requests_shed_total",
-                                            {"endpoint": endpoint}) or 0.0
+                                            {"endpoint": endpoint, "reason": reason}) or 0.0
 
 
 def _holding(held_path: str):
@@ -86,6 +86,37 @@ def test_cdr_posts_waiting_never_take_a_dialplan_lookups_turn():
     assert post.get(timeout=5) == ("200 OK", b"ok")
 
 
+def test_lookups_are_refused_while_events_are_behind_and_nothing_else_is():
+    """The daemon's `refuse_lookups` (ESL events esl.max_event_lag behind): a dialplan lookup
+    gets 503 without reaching the application, counted with the reason; CDR posts, API
+    requests and health still reach it; lookups are admitted again once it says None."""
+    from switchd.adapters.http.connections import InFlight
+    reached, behind = [], ["events_behind"]
+
+    def app(environ, start_response):
+        reached.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ok"]
+    bounded = InFlight(app, 64, refuse_lookups=lambda: behind[0])
+
+    def call(path):
+        status = []
+        body = bounded({"PATH_INFO": path}, lambda s, h: status.append(s))
+        return status[0], b"".join(body)
+    before = _shed("dialplan", "events_behind"), _shed("dialplan")
+    for path in ("/fs/dialplan", "/dialplan"):
+        status, body = call(path)
+        assert status.startswith("503") and b"calls already up" in body
+    assert (_shed("dialplan", "events_behind"), _shed("dialplan")) == (before[0] + 2, before[1])
+    for path in ("/fs/cdr", "/v1/calls", "/healthz", "/readyz", "/metrics"):
+        assert call(path) == ("200 OK", b"ok")
+    assert reached == ["/fs/cdr", "/v1/calls", "/healthz", "/readyz", "/metrics"]
+    behind[0] = None
+    assert call("/fs/dialplan") == ("200 OK", b"ok")
+    assert _shed("dialplan", "events_behind") == before[0] + 2
+    assert bounded.in_flight == dict.fromkeys(bounded.limits, 0)
+
+
 @pytest.mark.slow
 def test_flood_is_shed_while_events_and_cdrs_flow(world_url, tmp_path):
     from switchd.sim import GatewayBehaviour, Simulator
@@ -134,6 +165,68 @@ def test_flood_is_shed_while_events_and_cdrs_flow(world_url, tmp_path):
         if flood is not None:
             flood.kill()
             flood.wait()
+        rc = daemon.terminate()
+        sim.stop()
+    assert rc == 0, daemon.log()[-3000:]
+
+
+def _lookup(daemon: DaemonProcess) -> tuple[int, str]:
+    """One mod_xml_curl lookup, as FreeSWITCH posts it: (status, body)."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    import gevent
+    form = (f"section=dialplan&Unique-ID={uuid.uuid4()}&Hunt-Context=public&"
+            "Caller-Context=public&Caller-Destination-Number=%2B442079460000&"
+            "Caller-Caller-ID-Number=1000&variable_accountcode=acme").encode()
+
+    def post():
+        try:
+            with urllib.request.urlopen(daemon.base_url + "/fs/dialplan", form, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+    return gevent.get_hub().threadpool.apply(post)
+
+
+@pytest.mark.slow
+def test_lookups_are_refused_while_events_are_behind_then_answered_again(world_url, tmp_path):
+    """Past capacity the events of the calls already up come first: a burst of events
+    switchd cannot handle within esl.max_event_lag gets new calls' lookups refused (503,
+    reason events_behind), every event of the burst is still handled, and lookups are
+    answered again once the events have caught up."""
+    from switchd.sim import Simulator, wire
+    sim = Simulator(password=E2E_PASSWORD, seed=6, time_scale=50.0, heartbeat_interval=None)
+    _, esl_port = sim.start()
+    daemon = DaemonProcess(world_url, esl_port, E2E_PASSWORD, tmp_path,
+                           extra_env={"SWITCHD_ESL_MAX_EVENT_LAG": "0.05"})
+    try:
+        daemon.start()
+        assert _lookup(daemon)[0] == 200
+        # A burst: one full-size CHANNEL_CREATE repeated (a leg's duplicates change nothing,
+        # yet each is read, typed and handled like any other event).
+        leg = "b0b0b0b0-0000-4000-8000-000000000001"
+        headers = [(k, leg if k in ("Unique-ID", "Channel-Call-UUID") else v)
+                   for k, v in wire.templates()["events"]["a.CHANNEL_CREATE"]]
+        created = metric(daemon, "switchd_esl_events_total", event="CHANNEL_CREATE")
+        burst = 8000
+        for _ in range(burst):
+            sim.emit(headers)
+        daemon.wait_until(lambda: metric(daemon, "switchd_esl_event_backlog_seconds") > 0.05
+                          or None, what="the events to fall behind esl.max_event_lag")
+        status, body = _lookup(daemon)
+        assert status == 503 and "calls already up" in body, (status, body)
+        assert metric(daemon, "switchd_http_requests_shed_total", endpoint="dialplan",
+                      reason="events_behind") >= 1
+        # The burst is handled in full (none dropped), and then lookups are answered again.
+        daemon.wait_until(lambda: metric(daemon, "switchd_esl_event_backlog_seconds") == 0
+                          or None, what="the events to catch up")
+        assert metric(daemon, "switchd_esl_events_total", event="CHANNEL_CREATE") == created + burst
+        assert metric(daemon, "switchd_esl_events_dropped_total") == 0
+        status, body = _lookup(daemon)
+        assert status == 200 and "bridge" in body, (status, body[:300])
+    finally:
         rc = daemon.terminate()
         sim.stop()
     assert rc == 0, daemon.log()[-3000:]

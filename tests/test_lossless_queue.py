@@ -23,9 +23,15 @@ def test_kept_items_survive_in_order(maxsize, script):
                 sent.append((n, keep))
             n += 1
         elif q.qsize():
+            head = q.peek()                             # the oldest, left in place
             got.append(q.get())
+            assert got[-1] == head
+        else:
+            assert q.peek() is None
     while q.qsize():
+        assert q.peek() == q.peek()
         got.append(q.get())
+    assert q.peek() is None
     assert got == sent                                  # nothing kept is lost; FIFO order
     assert all(item in got for item in [(i, k) for i, k in sent if k])
 

@@ -32,7 +32,7 @@ from switchd.adapters.esl.framing import (
     RUDE_REJECTION, ESLError, ESLEventError, ESLProtocolError, Frame, FrameParser, parse_event,
     peek_plain_event_name,
 )
-from switchd.adapters.esl.turns import Turns
+from switchd.adapters.esl.turns import LATE_S, Turns
 from switchd.lossless_queue import LosslessQueue
 from switchd.metrics import (
     ESL_COMMAND_ERRORS, ESL_EVENTS, ESL_EVENTS_DROPPED, ESL_EVENTS_OVERFLOWED, ESL_HANDLER_ERRORS,
@@ -374,7 +374,7 @@ class ESLConnection(InboundESL):
                 # Typed by the dispatcher, in its turns: reading the variables is most of
                 # an event's cost, and a dialplan lookup must not wait behind it.
                 self._count(name)
-                self._deliver(_Untyped(name, frame))
+                self._deliver(_Untyped(name, frame, self.last_frame_at))
                 return
         headers = _headers_or_drop(frame)
         if headers is None:
@@ -409,7 +409,7 @@ class ESLConnection(InboundESL):
     def process_events(self) -> None:
         """Dispatcher greenlet: a slow or failing handler never blocks the reader, and a
         backlog never keeps the dialplan lookups waiting (turns.py)."""
-        turns = Turns()
+        turns = Turns(late=lambda: self.backlog_age() > LATE_S)
         while True:
             if self._events.qsize():
                 turns.take()
@@ -431,6 +431,14 @@ class ESLConnection(InboundESL):
                 log.exception("ESL event handler failed on %s uuid=%s", label,
                               getattr(event, "uuid", getattr(event, "job_uuid", "-")))
 
+    def backlog_age(self) -> float:
+        """Seconds the oldest queued channel event has waited for the dispatcher; 0 when none
+        waits (or the oldest item is a job, gateway state or resync, which carry no time)."""
+        head = self._events.peek()
+        if type(head) is _Untyped:
+            return time.monotonic() - head.received
+        return 0.0
+
     def post(self, item) -> None:
         """Queue `item` for the event handler behind every event already received: a
         command's reply (e.g. `show channels`) applied this way keeps wire order. Never
@@ -450,6 +458,7 @@ class _Untyped(NamedTuple):
     """A CHANNEL_* event as read, queued for the dispatcher to type (its name peeked)."""
     name: str
     frame: Frame
+    received: float       # time.monotonic() when it was read: how long it has waited
 
 
 def _typed_channel_event(frame: Frame) -> ChannelEvent | None:

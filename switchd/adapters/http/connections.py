@@ -22,7 +22,9 @@ likes: a client that sends half a request would hold a socket and a greenlet for
   yields once before it runs, which is what makes the bound work: the dialplan handler
   never waits on the network, so without that yield every ready connection would be
   served back to back in one turn of the loop, however many there are. `/healthz`,
-  `/readyz` and `/metrics` are never shed.
+  `/readyz` and `/metrics` are never shed;
+* dialplan lookups are refused the same way, whatever is in flight, while the daemon says
+  new calls must wait (`refuse_lookups`: its ESL events are too far behind).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import io
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Callable
 
 import gevent
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
@@ -246,8 +249,12 @@ class InFlight:
     static dialplan (freeswitch-conf/dialplan: refuse, never route unpoliced). mod_json_cdr
     retries a refused CDR, then keeps it in its error directory."""
 
-    def __init__(self, application, limit: int, cdr_limit: int | None = None):
+    def __init__(self, application, limit: int, cdr_limit: int | None = None,
+                 refuse_lookups: Callable[[], str | None] | None = None):
         self.application = application
+        # Asked before each dialplan lookup is admitted: a reason to refuse new calls now
+        # (the daemon's: ESL events too far behind), or None.
+        self.refuse_lookups = refuse_lookups
         self.limits = {"dialplan": limit, "cdr": cdr_limit or limit, "api": limit,
                        "other": limit}
         self.in_flight = dict.fromkeys(self.limits, 0)
@@ -258,9 +265,13 @@ class InFlight:
             return self.application(environ, start_response)
         kind = request_kind(path)
         if self.in_flight[kind] >= self.limits[kind]:
-            metrics.HTTP_REQUESTS_SHED.labels(kind).inc()
-            start_response("503 Service Unavailable", _SHED_HEADERS)
-            return [b"overloaded: too many requests in flight, try again\n"]
+            return _shed(start_response, kind, "in_flight",
+                         b"overloaded: too many requests in flight, try again\n")
+        if kind == "dialplan" and self.refuse_lookups is not None:
+            reason = self.refuse_lookups()
+            if reason is not None:
+                return _shed(start_response, kind, reason,
+                             b"overloaded: handling the calls already up, try again\n")
         self.in_flight[kind] += 1
         try:
             # The fair-queuing point: the request waits for its turn behind what is
@@ -271,14 +282,22 @@ class InFlight:
             self.in_flight[kind] -= 1
 
 
+def _shed(start_response, kind: str, reason: str, text: bytes) -> list[bytes]:
+    metrics.HTTP_REQUESTS_SHED.labels(kind, reason).inc()
+    start_response("503 Service Unavailable", _SHED_HEADERS)
+    return [text]
+
+
 class Server(WSGIServer):
     """WSGIServer with HttpLimits: a bounded number of connections, each with deadlines."""
 
     handler_class = Handler
     open_total = 0        # every Server of the process: switchd_http_connections reads it
 
-    def __init__(self, listener, application, limits: HttpLimits, **kwargs):
-        self.in_flight = InFlight(application, limits.max_in_flight, limits.max_cdr_in_flight)
+    def __init__(self, listener, application, limits: HttpLimits,
+                 refuse_lookups: Callable[[], str | None] | None = None, **kwargs):
+        self.in_flight = InFlight(application, limits.max_in_flight, limits.max_cdr_in_flight,
+                                  refuse_lookups)
         super().__init__(listener, self.in_flight, **kwargs)
         self.access_log = kwargs.get("log", "default") is not None
         self.limits = limits

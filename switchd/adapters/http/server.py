@@ -228,9 +228,11 @@ class HttpApp:
         return [text.encode()]
 
 
-def serve(app: HttpApp, host: str, port: int, limits: HttpLimits = HttpLimits()) -> Server:
-    """Start serving in the background; the caller stops it with `.stop()`."""
-    server = Server((host, port), app, limits, log=None, error_log=log)
+def serve(app: HttpApp, host: str, port: int, limits: HttpLimits = HttpLimits(),
+          refuse_lookups: Callable[[], str | None] | None = None) -> Server:
+    """Start serving in the background; the caller stops it with `.stop()`.
+    `refuse_lookups`: connections.InFlight."""
+    server = Server((host, port), app, limits, refuse_lookups, log=None, error_log=log)
     server.start()
     log.info("HTTP listening on %s:%s (read timeout %gs, idle timeout %gs, at most %d "
              "connections)", host, server.server_port, limits.read_timeout,
