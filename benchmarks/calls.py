@@ -2,6 +2,8 @@
 
     python benchmarks/calls.py            # < 2 minutes: a rate search for each side
     python benchmarks/calls.py --full     # longer steps, finer search
+    python benchmarks/calls.py --overload 800,1100,1500 --start 500 --seconds 5
+                                          # switchd past capacity: what it takes, sheds
 
 Three processes besides PostgreSQL (SWITCHD_TEST_DATABASE_URL's server, else an embedded
 one in a temporary directory):
@@ -673,6 +675,9 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=1.0, help="seconds a call stays answered")
     ap.add_argument("--prefixes", type=int, default=20000, help="per carrier deck")
     ap.add_argument("--profile", help="sample switchd's stacks at --start into this file (benchmarks/_sampler.py)")
+    ap.add_argument("--overload", metavar="RATES",
+                    help="switchd only, past capacity: one step at each of these "
+                         "comma-separated rates (e.g. 800,1100,1500), and what it shed")
     args = ap.parse_args()
     PROFILE[0] = args.profile and str(Path(args.profile).resolve())
     if args.role == "generator":
@@ -692,7 +697,10 @@ def main() -> None:
             setup(url, workdir, args.prefixes)
             log(f"world and {len(CARRIERS)} decks of {args.prefixes} prefixes in "
                 f"{time.perf_counter() - t:.1f}s")
-            result = (profile_run if PROFILE[0] else measure)(url, workdir, args)
+            if args.overload:
+                result = overload_run(url, workdir, args)
+            else:
+                result = (profile_run if PROFILE[0] else measure)(url, workdir, args)
     log(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; controller on CPU 0, generator on CPU 1")
     # The last line: every figure, ending with the four the issue names.
@@ -720,6 +728,37 @@ def profile_run(url: str, workdir: Path, args) -> dict:
         proc.wait(60)
         gen.close()
     return res
+
+
+def overload_run(url: str, workdir: Path, args) -> dict:
+    """One switchd, a warm-up step at --start, then a step at each --overload rate (calls
+    it takes must still pass every criterion; the rest should be refused at once): each
+    step's line, and the lookups it shed by reason (docs/benchmarks.md, past capacity)."""
+    import urllib.request
+    gen = Generator()
+    proc, port = start_switchd(url, workdir, gen.esl_port)
+    steps = []
+    try:
+        offset = 10 ** 6
+        run_step(gen, proc.pid, port, url, args.start, WARMUP_S, args.hold, False, offset)
+        for rate in (float(r) for r in args.overload.split(",")):
+            offset += 10 ** 5
+            res = run_step(gen, proc.pid, port, url, rate, args.seconds, args.hold, False,
+                           offset)
+            log(f"  switchd {rate:6.0f}/s: routed {res['routed']}/{res['calls']}, p50 "
+                f"{res['p50_ms']} ms, p99 {res['p99_ms']} ms, CDRs late {res['cdrs_late']}, "
+                f"lag {res['event_lag_s']} s, {res['cpu_ms_per_call']} CPU ms/call")
+            steps.append({k: res[k] for k in ("rate", "calls", "routed", "p50_ms", "p99_ms",
+                                               "cdrs_late", "event_lag_s", "cpu_ms_per_call")})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        gen.close()
+    shed = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'switchd_http_requests_shed_total\{endpoint="dialplan",reason="(\w+)"\} (\S+)',
+        text.decode())}
+    return {"steps": steps, "dialplan_shed": shed}
 
 
 def measure(url: str, workdir: Path, args) -> dict:
