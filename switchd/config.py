@@ -111,8 +111,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(besides the one after every reconnect): frees slots of calls whose hangup was "
             "never seen.", check=_positive),
     Setting("esl", "max_event_lag", float, 0.5,
-            "Seconds the oldest unhandled ESL channel event may wait before switchd refuses "
-            "new calls' dialplan lookups with an immediate 503 (counted in "
+            "Seconds ESL events may fall behind (the oldest queued channel event has waited "
+            "that long, or the reader has not drained the socket for that long) before "
+            "switchd refuses new calls' dialplan lookups with an immediate 503 (counted in "
             "switchd_http_requests_shed_total{reason=\"events_behind\"}; the static "
             "fallback refuses the call), so that past capacity the CPU goes to the hangups, "
             "cap releases and CDRs of the calls already up. Lookups are answered again as "

@@ -138,7 +138,8 @@ class Daemon:
         return self
 
     def _event_backlog(self) -> float:
-        """Seconds the oldest unhandled channel event has waited (0 before ESL starts)."""
+        """How far the events are behind, in seconds (ESLConnection.backlog_age; 0 before
+        ESL starts)."""
         esl = getattr(self, "esl", None)
         connection = esl.connection if esl is not None else None
         return connection.backlog_age() if connection is not None else 0.0

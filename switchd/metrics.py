@@ -295,7 +295,8 @@ HTTP_REQUESTS_SHED = _counter(
     "or dialplan lookups while ESL events are esl.max_event_lag behind (events_behind)",
     ("endpoint", "reason"))
 ESL_EVENT_BACKLOG = _gauge("switchd_esl_event_backlog_seconds",
-                           "How long the oldest unhandled ESL channel event has waited")
+                           "How far ESL events are behind: the oldest queued channel event's "
+                           "wait, or how long the reader has not drained the socket")
 HTTP_IDLE_TIMEOUTS = _counter("switchd_http_idle_timeouts_total",
                               "Connections closed after http.idle_timeout without a request")
 HTTP_CLIENT_ERRORS = _counter(

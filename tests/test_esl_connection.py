@@ -686,3 +686,47 @@ def test_backlog_age_is_how_long_the_oldest_queued_channel_event_has_waited(serv
     assert handled == ["u-0", "u-1", "u-2"]
     assert conn.backlog_age() == 0.0
     conn.close()
+
+
+def test_backlog_age_counts_a_reader_that_cannot_drain_the_socket(servers):
+    """Bytes left in the socket are events not even queued yet: while every read leaves
+    some behind (the loop gives the reader a turn only every 5 ms here), backlog_age
+    counts from the first such read, though the queue itself is short; once a read drains
+    the socket, nothing waits."""
+    count = 2000
+    filler = "x" * 8000
+    events = b"".join(plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"u-{i}",
+                                   "X-Filler": filler}) for i in range(count))
+    handled, all_in = [0], Event()
+
+    def handler(event):
+        handled[0] += 1
+        if handled[0] == count:
+            all_in.set()
+
+    seen = []                             # (backlog_age, the queue's own age) each turn
+    busy = [True]
+
+    def other_work():                     # the rest of the daemon: 5 ms of CPU a turn
+        while busy[0]:
+            end = time.perf_counter() + 0.005
+            while time.perf_counter() < end:
+                pass
+            seen.append((conn.backlog_age(), conn._queued_age()))
+            gevent.sleep(0)
+
+    server = servers(scripted(events, reply("+OK"), then_close=False))
+    conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=handler,
+                         connect_timeout=2, command_timeout=2)
+    conn.connect()
+    worker = gevent.spawn(other_work)
+    conn.send("event plain CHANNEL_CREATE")
+    assert all_in.wait(60), f"{handled[0]} of {count} events handled"
+    busy[0] = False
+    worker.join(5)
+    behind = max(seen)
+    # 16 MB at 256 KB a turn of ≥ 5 ms: the reader was behind for ≥ 0.3 s, the queue never.
+    assert behind[0] > 0.1, behind
+    assert max(queued for _, queued in seen) < behind[0] / 2, behind
+    assert conn.backlog_age() == 0.0
+    conn.close()

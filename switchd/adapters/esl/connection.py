@@ -10,7 +10,10 @@ FIFO to pending commands; events go through a bounded queue to a separate greenl
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 import time
 from collections import deque
 from typing import Callable, NamedTuple
@@ -155,6 +158,9 @@ class ESLConnection(InboundESL):
         self._dropped = 0
         self.sock = None
         self.last_frame_at = 0.0          # time.monotonic() of the last frame received
+        # time.monotonic() since which every read has left bytes in the socket (the reader
+        # cannot keep up: those events have not even been queued yet); None when drained.
+        self._unread_since: float | None = None
         self.close_reason: str | None = None
         self.closed = Event()
 
@@ -314,6 +320,7 @@ class ESLConnection(InboundESL):
                 data = self.sock.recv(_RECV_BYTES)
                 if not data:
                     break
+                self._note_unread()
                 self._parser.feed(data)
                 for frame in self._parser.frames():
                     self.last_frame_at = time.monotonic()
@@ -335,6 +342,19 @@ class ESLConnection(InboundESL):
             reason = f"reader failed: {exc!r}"
         finally:
             self.close(reason)
+
+    def _note_unread(self) -> None:
+        """After a read: whether the switch's bytes outpace the reader (FIONREAD, one cheap
+        syscall a read of up to _RECV_BYTES)."""
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD,
+                                                    b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        if not unread:
+            self._unread_since = None
+        elif self._unread_since is None:
+            self._unread_since = time.monotonic()
 
     def handle_event(self, frame: Frame) -> None:
         kind = frame.content_type
@@ -409,7 +429,9 @@ class ESLConnection(InboundESL):
     def process_events(self) -> None:
         """Dispatcher greenlet: a slow or failing handler never blocks the reader, and a
         backlog never keeps the dialplan lookups waiting (turns.py)."""
-        turns = Turns(late=lambda: self.backlog_age() > LATE_S)
+        # Late by its own queue only: when the reader is what is behind, the dispatcher's
+        # waits for an idle loop are what give the reader its turns.
+        turns = Turns(late=lambda: self._queued_age() > LATE_S)
         while True:
             if self._events.qsize():
                 turns.take()
@@ -432,12 +454,19 @@ class ESLConnection(InboundESL):
                               getattr(event, "uuid", getattr(event, "job_uuid", "-")))
 
     def backlog_age(self) -> float:
-        """Seconds the oldest queued channel event has waited for the dispatcher; 0 when none
-        waits (or the oldest item is a job, gateway state or resync, which carry no time)."""
+        """How far behind the switch the events are, in seconds: how long the oldest queued
+        channel event has waited for the dispatcher, or how long the reader has not been
+        able to drain the socket, whichever is longer. 0 when nothing waits (a queued job,
+        gateway state or resync carries no time)."""
+        queued = self._queued_age()
+        if self._unread_since is None:
+            return queued
+        unread = time.monotonic() - self._unread_since
+        return queued if queued > unread else unread
+
+    def _queued_age(self) -> float:
         head = self._events.peek()
-        if type(head) is _Untyped:
-            return time.monotonic() - head.received
-        return 0.0
+        return time.monotonic() - head.received if type(head) is _Untyped else 0.0
 
     def post(self, item) -> None:
         """Queue `item` for the event handler behind every event already received: a
