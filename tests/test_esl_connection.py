@@ -688,11 +688,14 @@ def test_backlog_age_is_how_long_the_oldest_queued_channel_event_has_waited(serv
     conn.close()
 
 
-def test_backlog_age_counts_a_reader_that_cannot_drain_the_socket(servers):
+@pytest.mark.parametrize("receive_buffer", [None, 64 * 1024])
+def test_backlog_age_counts_a_reader_that_cannot_drain_the_socket(servers, receive_buffer):
     """Bytes left in the socket are events not even queued yet: while every read leaves
     some behind (the loop gives the reader a turn only every 5 ms here), backlog_age
     counts from the first such read, though the queue itself is short; once a read drains
-    the socket, nothing waits."""
+    the socket, nothing waits. With a receive buffer smaller than a read, no read is ever
+    full: the backlog waits in the switch's send buffer, and what says so is the bytes
+    that flow in again right after each read."""
     count = 2000
     filler = "x" * 8000
     events = b"".join(plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"u-{i}",
@@ -719,6 +722,8 @@ def test_backlog_age_counts_a_reader_that_cannot_drain_the_socket(servers):
     conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=handler,
                          connect_timeout=2, command_timeout=2)
     conn.connect()
+    if receive_buffer:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     worker = gevent.spawn(other_work)
     conn.send("event plain CHANNEL_CREATE")
     assert all_in.wait(60), f"{handled[0]} of {count} events handled"

@@ -346,6 +346,11 @@ class ESLConnection(InboundESL):
     def _note_unread(self) -> None:
         """After a read: whether the switch's bytes outpace the reader (FIONREAD, one cheap
         syscall a read of up to _RECV_BYTES)."""
+        # Every read, not only a full one: when the receive buffer is smaller than a read
+        # (the kernel's autotuning does not grow it for a reader that is slow), no read is
+        # full, the backlog waits in the switch's send buffer, and what shows it is the
+        # bytes that flow in again right after each read (a switch that just happened to
+        # send within those microseconds looks the same, but not read after read).
         try:
             unread = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD,
                                                     b"\0\0\0\0"))[0]
