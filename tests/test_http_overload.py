@@ -190,6 +190,38 @@ def _lookup(daemon: DaemonProcess) -> tuple[int, str]:
     return gevent.get_hub().threadpool.apply(post)
 
 
+def test_refusals_are_logged_once_an_episode_with_what_was_refused(caplog):
+    """A WARNING when a kind of request starts being refused (and one more for each new
+    reason), nothing per refusal, and an INFO line with the counts once a request is let
+    in after QUIET_S without refusals; then the next refusal starts a new episode."""
+    from switchd.adapters.http.shed_log import ShedLog
+    now = [100.0]
+    shed_log = ShedLog(quiet_s=5.0, clock=lambda: now[0])
+    caplog.set_level("INFO", logger="switchd.adapters.http.shed_log")
+
+    def lines():
+        return [(r.levelname, r.getMessage()) for r in caplog.records]
+    for _ in range(1000):
+        shed_log.shed("dialplan", "events_behind")
+    now[0] += 1
+    shed_log.shed("dialplan", "in_flight")
+    shed_log.shed("dialplan", "in_flight")
+    assert [level for level, _ in lines()] == ["WARNING", "WARNING"]
+    assert "dialplan requests with 503 (reason events_behind)" in lines()[0][1]
+    assert "esl.max_event_lag" in lines()[0][1]
+    assert "(reason in_flight)" in lines()[1][1] and "http.max_in_flight" in lines()[1][1]
+    now[0] += 4.9
+    shed_log.admitted()                       # still within the quiet period
+    assert shed_log.overloaded and len(lines()) == 2
+    now[0] += 0.1
+    shed_log.admitted()
+    assert not shed_log.overloaded
+    assert lines()[2] == ("INFO", "no longer overloaded: refused 1000 dialplan "
+                                  "(events_behind), 2 dialplan (in_flight) over 1.0 s")
+    shed_log.shed("cdr", "in_flight")
+    assert lines()[3][0] == "WARNING" and "http.max_cdr_in_flight" in lines()[3][1]
+
+
 @pytest.mark.slow
 def test_lookups_are_refused_while_events_are_behind_then_answered_again(world_url, tmp_path):
     """Past capacity the events of the calls already up come first: a burst of events
@@ -217,6 +249,7 @@ def test_lookups_are_refused_while_events_are_behind_then_answered_again(world_u
                           or None, what="the events to fall behind esl.max_event_lag")
         status, body = _lookup(daemon)
         assert status == 503 and "calls already up" in body, (status, body)
+        assert "refusing dialplan requests with 503 (reason events_behind)" in daemon.log()
         assert metric(daemon, "switchd_http_requests_shed_total", endpoint="dialplan",
                       reason="events_behind") >= 1
         # The burst is handled in full (none dropped), and then lookups are answered again.

@@ -39,6 +39,7 @@ from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from switchd import metrics
 from switchd.adapters.http.headers import read_headers
+from switchd.adapters.http.shed_log import ShedLog
 
 log = logging.getLogger("switchd.adapters.http")
 
@@ -258,6 +259,7 @@ class InFlight:
         self.limits = {"dialplan": limit, "cdr": cdr_limit or limit, "api": limit,
                        "other": limit}
         self.in_flight = dict.fromkeys(self.limits, 0)
+        self.shed_log = ShedLog()
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -265,13 +267,14 @@ class InFlight:
             return self.application(environ, start_response)
         kind = request_kind(path)
         if self.in_flight[kind] >= self.limits[kind]:
-            return _shed(start_response, kind, "in_flight",
-                         b"overloaded: too many requests in flight, try again\n")
+            return self._shed(start_response, kind, "in_flight",
+                              b"overloaded: too many requests in flight, try again\n")
         if kind == "dialplan" and self.refuse_lookups is not None:
             reason = self.refuse_lookups()
             if reason is not None:
-                return _shed(start_response, kind, reason,
-                             b"overloaded: handling the calls already up, try again\n")
+                return self._shed(start_response, kind, reason,
+                                  b"overloaded: handling the calls already up, try again\n")
+        self.shed_log.admitted()
         self.in_flight[kind] += 1
         try:
             # The fair-queuing point: the request waits for its turn behind what is
@@ -281,11 +284,11 @@ class InFlight:
         finally:
             self.in_flight[kind] -= 1
 
-
-def _shed(start_response, kind: str, reason: str, text: bytes) -> list[bytes]:
-    metrics.HTTP_REQUESTS_SHED.labels(kind, reason).inc()
-    start_response("503 Service Unavailable", _SHED_HEADERS)
-    return [text]
+    def _shed(self, start_response, kind: str, reason: str, text: bytes) -> list[bytes]:
+        metrics.HTTP_REQUESTS_SHED.labels(kind, reason).inc()
+        self.shed_log.shed(kind, reason)
+        start_response("503 Service Unavailable", _SHED_HEADERS)
+        return [text]
 
 
 class Server(WSGIServer):
