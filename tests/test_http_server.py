@@ -245,27 +245,92 @@ def test_lookups_before_routing_is_up_get_503_naming_the_phase(server_at):
     assert ready.startswith(b"HTTP/1.1 503 ") and b"loading rate decks" in ready
 
 
-def test_an_access_log_line_is_formatted_only_when_there_is_a_log(server_at, monkeypatch):
-    """serve() runs without an access log; pywsgi's line is then not even formatted (it
-    cost ~1 % of a call), and a Server given a log still writes it."""
+def test_an_access_line_is_written_only_for_a_server_given_a_log():
     import io
 
-    from switchd.adapters.http.connections import Handler, Server
-    formatted = []
-    real = Handler.format_request
-    monkeypatch.setattr(Handler, "format_request",
-                        lambda self: formatted.append(1) or real(self))
+    from switchd.adapters.http.connections import Server
     lookup = (b"POST /fs/dialplan HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
               b"Content-Length: 16\r\n\r\nsection=dialplan")
-    assert b"200 OK" in request(server_at(), lookup)
-    assert formatted == []
     access = io.StringIO()
     logged = Server(("127.0.0.1", 0), HttpApp(route_lookup=lambda form: XML), HttpLimits(),
                     log=access)
     logged.start()
     try:
         assert b"200 OK" in request(logged.server_port, lookup)
-        wait_for(lambda: "POST /fs/dialplan" in access.getvalue(), what="the access line")
+        wait_for(lambda: access.getvalue(), what="the access line")
     finally:
         logged.stop(timeout=1)
-    assert formatted == [1]
+    line = access.getvalue()
+    assert line.count("\n") == 1 and f'"POST /fs/dialplan HTTP/1.1" 200 {len(XML)} ' in line
+
+
+def _answers(data: bytes) -> list[bytes]:
+    """The responses in `data`, each cut at its Content-Length."""
+    answers = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order_and_close_is_honoured(server_at):
+    """Three requests in one write: each answered in turn, the last asked to close."""
+    body = b"section=dialplan&Caller-Destination-Number=1000"
+    lookup = b"POST /fs/dialplan HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    answers = _answers(request(server_at(), lookup + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                               + b"GET /nowhere HTTP/1.1\r\nConnection: close\r\n\r\n"))
+    assert [a[:12] for a in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 404"]
+    assert answers[0].endswith(XML.encode()) and b'"ok"' in answers[1]
+    assert b"Connection: close" in answers[2] and b"Date: " in answers[2]
+
+
+def test_http_1_0_is_closed_after_its_answer_and_head_gets_no_body(server_at):
+    port = server_at()
+    sock = connect(port)
+    sock.sendall(b"HEAD /healthz HTTP/1.0\r\n\r\n")
+    answer = read_until_closed(sock)              # returns: the server closed
+    sock.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head and rest == b""
+    assert int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]) > 0
+
+
+def _raises(environ, start_response):
+    raise RuntimeError("the application fell over")
+
+
+def _answers_text(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return ["text, not bytes"]
+
+
+@pytest.mark.parametrize("app", [_raises, _answers_text])
+def test_an_application_that_fails_gets_its_client_a_500_and_a_logged_traceback(
+        server_at, caplog, app):
+    """HttpApp answers its own errors; this is the connection layer's last resort."""
+    port = server_at(app=app)
+    caplog.set_level(logging.ERROR)
+    answer = request(port, b"GET /v1/calls HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 ") and b"Connection: close" in answer, answer
+    [record] = [r for r in caplog.records if r.name == "switchd.adapters.http"]
+    assert "GET /v1/calls" in record.getMessage() and record.exc_info is not None
+
+
+def test_header_names_with_underscores_never_pose_as_dashed_ones(server_at):
+    """`X_Foo` and `X-Foo` have the same CGI name; only the dashed one is taken (an
+    Authorization_ field sent past a proxy must not authenticate)."""
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ.get("HTTP_AUTHORIZATION"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    port = server_at(app=app)
+    request(port, b"GET /v1/calls HTTP/1.1\r\nAuthorization_: Bearer forged\r\n"
+            b"Connection: close\r\n\r\n")
+    request(port, b"GET /v1/calls HTTP/1.1\r\nAuthorization: Bearer real\r\n"
+            b"Connection: close\r\n\r\n")
+    assert seen == [None, "Bearer real"]

@@ -1,8 +1,13 @@
 """The connection layer of the HTTP server: how long a client may take, how many may be
 connected, and what happens when one misbehaves.
 
-gevent's pywsgi gives every connection a greenlet and waits on it as long as the client
-likes: a client that sends half a request would hold a socket and a greenlet forever. Here:
+An HTTP/1.1 server of its own on gevent's StreamServer (a greenlet a connection), under a
+WSGI application: a request is read whole (request.py parses its head), the application
+runs on it, its answer goes out in one send; keep-alive and pipelined requests are
+answered in turn. It does what switchd needs and no more (no chunked bodies either way:
+every answer is built in memory). gevent's pywsgi, which it replaces, took ~40 % more CPU
+a request on a new connection (docs/benchmarks.md). No client holds a connection longer
+than these allow:
 
 * idle timeout: a connection waiting for the first byte of its next request (a new one,
   or keep-alive between requests) is closed after `idle_timeout` seconds;
@@ -31,14 +36,21 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import sys
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Callable
+from urllib.parse import unquote
 
 import gevent
-from gevent.pywsgi import Input, WSGIHandler, WSGIServer
+from gevent.server import StreamServer
 
 from switchd import metrics
-from switchd.adapters.http.headers import read_headers
+from switchd.adapters.http.request import (
+    MAX_HEAD_BYTES, MalformedRequest, RequestHead, content_length, head_end, keeps_alive,
+    parse_head,
+)
 from switchd.adapters.http.shed_log import ShedLog
 
 log = logging.getLogger("switchd.adapters.http")
@@ -90,129 +102,231 @@ class LengthRequired(ClientProblem):
     outcome = "length_required"
 
 
-class Handler(WSGIHandler):
-    """One connection: pywsgi's keep-alive loop with deadlines and a pre-read body."""
+class BadRequest(ClientProblem):
+    response = _response("400 Bad Request")
+    outcome = "bad_request"
 
-    _timer: gevent.Timeout | None = None
-    _phase = "the request line"
-    _body = b""
 
-    def handle(self):
-        try:
-            super().handle()
-        finally:
-            self._stop_timer()
+class Connection:
+    """One client connection: requests read within their deadlines, answered in turn
+    (keep-alive, pipelining), until the client closes, idles out or misbehaves."""
 
-    def read_requestline(self):
+    def __init__(self, server: "Server", sock, address) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.buffer = b""
+        self.phase = "the request"        # what is being read: for a timeout's log line
+
+    def serve(self) -> None:
         limits = self.server.limits
-        self.socket.settimeout(limits.idle_timeout)
-        try:
-            if not self.rfile.peek(1):
-                return ""                 # the client closed between requests
-        except socket.timeout:
-            metrics.HTTP_IDLE_TIMEOUTS.inc()
-            return ""
-        except OSError:
-            return ""                     # reset by the peer: nothing to answer
-        # One deadline for the whole request, however the client trickles it: a timer
-        # that interrupts whatever read is waiting when it fires (stopped in get_environ,
-        # before the application runs, or wherever the request fails).
-        self.socket.settimeout(limits.read_timeout)
-        self._phase = "the request line"
-        self._timer = gevent.Timeout.start_new(limits.read_timeout, ReadTimeout)
-        try:
-            return super().read_requestline()
-        except ReadTimeout as exc:
-            self._count_and_log(exc)
+        # Waiting for a request's first byte is bounded by the socket's own timeout; the
+        # rest of the request, once it has begun, by one deadline (_read_request).
+        self.sock.settimeout(limits.idle_timeout)
+        while True:
             try:
-                self.socket.sendall(exc.response)
+                request = self._read_request(limits)
+            except ClientProblem as problem:
+                self._count_and_log(problem)
+                if problem.response is not None:
+                    self._send(problem.response)
+                return
+            if request is None:
+                return
+            if not self._answer(*request):
+                return
+
+    # --- reading --------------------------------------------------------------------------
+    def _read_request(self, limits: HttpLimits):
+        """(head, body) of the next request; None when the client closed or idled out
+        before sending one."""
+        self.buffer = self.buffer.lstrip(b"\r\n")   # RFC 9112 §2.2: blank lines before one
+        if not self.buffer:
+            try:
+                data = self.sock.recv(_RECV_BYTES)
+            except socket.timeout:
+                metrics.HTTP_IDLE_TIMEOUTS.inc()
+                return None
             except OSError:
-                pass
-            return ""                     # pywsgi closes the connection
-        except BaseException:
-            self._stop_timer()
-            raise
+                return None               # reset by the peer: nothing to answer
+            if not data:
+                return None               # closed between requests
+            self.buffer = data.lstrip(b"\r\n")
+        found = head_end(self.buffer)
+        if found is not None:             # the usual case: the whole head in one read
+            head = self._head(found)
+            length = self._body_length(head)
+            if len(self.buffer) >= length:
+                return self._take(head, length)
+        # The rest has to be waited for: one deadline for all of it, however the client
+        # trickles it (a timer that interrupts whichever read is waiting when it fires).
+        timer = gevent.Timeout.start_new(limits.read_timeout, ReadTimeout)
+        try:
+            if found is None:
+                while (found := head_end(self.buffer)) is None:
+                    if len(self.buffer) > MAX_HEAD_BYTES:
+                        raise BadRequest(f"request head over {MAX_HEAD_BYTES} bytes")
+                    self._read_more("the request head")
+                head = self._head(found)
+                length = self._body_length(head)
+            if len(self.buffer) < length:
+                if (head.get("expect") or "").lower() == "100-continue":
+                    self.sock.sendall(_CONTINUE)
+                while len(self.buffer) < length:
+                    self._read_more(f"the {length}-byte body", length)
+            return self._take(head, length)
+        finally:
+            timer.close()
 
-    def log_request(self):
-        """pywsgi formats an access-log line per request even for `log=None`, to write it
-        nowhere: formatted only when there is a log."""
-        if self.server.access_log:
-            super().log_request()
+    def _head(self, found: tuple[int, int]) -> RequestHead:
+        end, body_start = found
+        if end > MAX_HEAD_BYTES:
+            raise BadRequest(f"request head over {MAX_HEAD_BYTES} bytes")
+        try:
+            head = parse_head(self.buffer[:end])
+        except MalformedRequest as exc:
+            raise BadRequest(str(exc)) from None
+        self.buffer = self.buffer[body_start:]
+        return head
 
-    def MessageClass(self, fp, *args):
-        """pywsgi's request headers, without the email parser when they are plain
-        (headers.py: the same message, a test holds the two equal)."""
-        return read_headers(fp)
-
-    def read_request(self, raw_requestline):
-        self._phase = "the headers"
-        ok = super().read_request(raw_requestline)
-        if not ok:
-            self._stop_timer()
-            return ok
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            raise LengthRequired("chunked request body; send Content-Length")
-        length = self.content_length or 0
+    @staticmethod
+    def _body_length(head: RequestHead) -> int:
+        encoding = head.get("transfer-encoding")
+        if encoding is not None:
+            raise LengthRequired(f"Transfer-Encoding {encoding[:40]!r} request body; "
+                                 "send Content-Length")
+        try:
+            length = content_length(head)
+        except MalformedRequest as exc:
+            raise BadRequest(str(exc)) from None
         if length > MAX_BODY_BYTES:
             raise BodyTooLarge(f"Content-Length {length} exceeds {MAX_BODY_BYTES}")
-        if length:
-            self._phase = f"the {length}-byte body"
-            if self.headers.get("expect", "").lower() == "100-continue":
-                self.socket.sendall(_CONTINUE)
-            try:
-                body = self.rfile.read(length)
-            except socket.timeout:
-                raise ReadTimeout() from None
-            except OSError as exc:
-                raise ClientAborted(f"connection lost in the body: {exc}") from None
-            if len(body) < length:
-                raise ClientAborted(f"closed the connection after {len(body)} of "
-                                    f"{length} body bytes")
-            self._body = body
-        return ok
+        return length
 
-    def get_environ(self):
-        self._stop_timer()                # the request is in: the application has no deadline
-        environ = super().get_environ()
-        # The body was read above, within the deadline: the application reads memory.
-        self.wsgi_input = Input(io.BytesIO(self._body), len(self._body))
-        environ["wsgi.input"] = self.wsgi_input
-        self._body = b""
+    def _read_more(self, what: str, body_length: int | None = None) -> None:
+        self.phase = what
+        try:
+            data = self.sock.recv(_RECV_BYTES)
+        except socket.timeout:
+            raise ReadTimeout() from None     # the idle timeout, shorter than the read one
+        except OSError as exc:
+            raise ClientAborted(f"connection lost in {what}: {exc}") from None
+        if not data:
+            got = (f"{len(self.buffer)} of {body_length} body bytes" if body_length
+                   else f"{len(self.buffer)} bytes of {what}")
+            raise ClientAborted(f"closed the connection after {got}")
+        self.buffer += data
+
+    def _take(self, head: RequestHead, length: int) -> tuple[RequestHead, bytes]:
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return head, body
+
+    # --- answering ------------------------------------------------------------------------
+    def _answer(self, head: RequestHead, body: bytes) -> bool:
+        """Run the application on the request and send its answer; whether the connection
+        stays open for the next request."""
+        started = time.perf_counter()
+        environ = self._environ(head, body)
+        response: list = []
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info is not None and response:
+                raise exc_info[1].with_traceback(exc_info[2])
+            response[:] = [status, headers]
+            return chunks.append              # WSGI's write(); no app here uses it
+
+        chunks: list[bytes] = []
+        keep_alive = keeps_alive(head)
+        try:
+            result = self.server.application(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            status, headers = response
+            payload = b"".join(chunks)
+            sent = _response_head(head, status, headers, len(payload), keep_alive)
+        except Exception:
+            log.exception("HTTP %s %s failed", head.method, head.target[:200])
+            status, payload, keep_alive = "500 Internal Server Error", b"", False
+            sent = _response_head(head, status, _ERROR_HEADERS, 0, keep_alive)
+        if head.method != "HEAD" and status[:3] not in ("204", "304"):
+            sent += payload
+        if not self._send(sent):
+            return False
+        if self.server.access_log is not None:
+            self.server.access_log.write(
+                f'{_peer(self.address)} "{head.method} {head.target} {head.version}" '
+                f'{status[:3]} {len(payload)} {time.perf_counter() - started:.6f}\n')
+        return keep_alive
+
+    def _environ(self, head: RequestHead, body: bytes) -> dict:
+        path, _, query = head.target.partition("?")
+        if "%" in path:
+            path = unquote(path, encoding="latin-1")
+        environ = {
+            "REQUEST_METHOD": head.method, "SCRIPT_NAME": "", "PATH_INFO": path,
+            "QUERY_STRING": query, "SERVER_PROTOCOL": head.version,
+            "SERVER_NAME": self.server.server_host, "SERVER_PORT": str(self.server.server_port),
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }
+        if isinstance(self.address, tuple) and len(self.address) >= 2:
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = self.address[0], str(self.address[1])
+        for name, value in head.fields.items():
+            if "_" in name:
+                continue                  # X_Y would pose as X-Y: the CGI names are the same
+            key = name.upper().replace("-", "_")
+            environ[key if key in _CGI_UNPREFIXED else "HTTP_" + key] = value
         return environ
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-
-    def _handle_client_error(self, ex):
-        """pywsgi's hook for a request that failed before the application ran."""
-        self._stop_timer()
-        if isinstance(ex, ClientProblem):
-            self._count_and_log(ex)
-            if ex.response is None:
-                return None               # the client is gone: just close
-            return ex.response[9:12].decode(), ex.response
-        metrics.HTTP_CLIENT_ERRORS.labels("bad_request").inc()
-        log.warning("HTTP bad request from %s: %s", _peer(self.client_address),
-                    str(ex).splitlines()[0] if str(ex) else type(ex).__name__)
-        return "400", _response("400 Bad Request")
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError as exc:
+            log.info("HTTP connection from %s ended while answering: %s",
+                     _peer(self.address), exc)
+            return False
 
     def _count_and_log(self, problem: ClientProblem) -> None:
         metrics.HTTP_CLIENT_ERRORS.labels(problem.outcome).inc()
-        detail = str(problem) or (f"{self._phase} did not arrive within http.read_timeout "
+        detail = str(problem) or (f"{self.phase} did not arrive within http.read_timeout "
                                   f"({self.server.limits.read_timeout:g}s)")
-        log.warning("HTTP %s from %s: %s", _REQUEST_WORDS.get(problem.outcome, "request"),
-                    _peer(self.client_address), detail)
+        log.warning("HTTP %s from %s: %s", _REQUEST_WORDS.get(problem.outcome, "bad request"),
+                    _peer(self.address), detail)
 
-    def handle_error(self, t, v, tb):
-        """Unexpected errors after the application ran (the app catches its own)."""
-        if isinstance(v, OSError):
-            self.close_connection = True
-            log.info("HTTP connection from %s ended while answering: %s",
-                     _peer(self.client_address), v)
-            return
-        super().handle_error(t, v, tb)
+
+_RECV_BYTES = 64 * 1024
+_CGI_UNPREFIXED = frozenset({"CONTENT_LENGTH", "CONTENT_TYPE"})
+_ERROR_HEADERS = [("Content-Type", "text/plain")]
+_date = (0, "")
+
+
+def _response_head(request: RequestHead, status: str, headers: list[tuple[str, str]],
+                   length: int, keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    if not any(name.lower() == "content-length" for name, _ in headers):
+        lines.append(f"Content-Length: {length}\r\n")
+    lines.append(f"Date: {_http_date()}\r\n")
+    if not keep_alive:
+        lines.append("Connection: close\r\n")
+    elif request.version == "HTTP/1.0":
+        lines.append("Connection: keep-alive\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _http_date() -> str:
+    """The Date field (RFC 9110 §6.6.1), formatted once a second."""
+    global _date
+    now = int(time.time())
+    if now != _date[0]:
+        _date = (now, formatdate(now, usegmt=True))
+    return _date[1]
 
 
 _REQUEST_WORDS = {"read_timeout": "request timed out", "aborted": "request aborted by the client"}
@@ -291,18 +405,20 @@ class InFlight:
         return [text]
 
 
-class Server(WSGIServer):
-    """WSGIServer with HttpLimits: a bounded number of connections, each with deadlines."""
+class Server(StreamServer):
+    """The HTTP/1.1 server: a bounded number of connections, each with deadlines
+    (`Connection`), requests through the in-flight bounds to a WSGI application.
+    `log`: a file to write an access line per request to (none by default)."""
 
-    handler_class = Handler
     open_total = 0        # every Server of the process: switchd_http_connections reads it
 
     def __init__(self, listener, application, limits: HttpLimits,
-                 refuse_lookups: Callable[[], str | None] | None = None, **kwargs):
+                 refuse_lookups: Callable[[], str | None] | None = None, log=None):
         self.in_flight = InFlight(application, limits.max_in_flight, limits.max_cdr_in_flight,
                                   refuse_lookups)
-        super().__init__(listener, self.in_flight, **kwargs)
-        self.access_log = kwargs.get("log", "default") is not None
+        self.application = self.in_flight
+        super().__init__(listener)
+        self.access_log = log
         self.limits = limits
         self.open_connections = 0
         metrics.HTTP_MAX_CONNECTIONS.set(limits.max_connections)
@@ -321,12 +437,13 @@ class Server(WSGIServer):
         self.open_connections += 1
         Server.open_total += 1
         try:
-            super().handle(sock, address)
-        except OSError as exc:            # e.g. the 408 could not be sent: the peer is gone
+            Connection(self, sock, address).serve()
+        except OSError as exc:            # e.g. the 100 Continue could not be sent
             log.info("HTTP connection from %s ended: %s", _peer(address), exc)
         finally:
             self.open_connections -= 1
             Server.open_total -= 1
+            sock.close()
 
 
 # Read at scrape time: no lock taken per connection.

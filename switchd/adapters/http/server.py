@@ -232,7 +232,7 @@ def serve(app: HttpApp, host: str, port: int, limits: HttpLimits = HttpLimits(),
           refuse_lookups: Callable[[], str | None] | None = None) -> Server:
     """Start serving in the background; the caller stops it with `.stop()`.
     `refuse_lookups`: connections.InFlight."""
-    server = Server((host, port), app, limits, refuse_lookups, log=None, error_log=log)
+    server = Server((host, port), app, limits, refuse_lookups)
     server.start()
     log.info("HTTP listening on %s:%s (read timeout %gs, idle timeout %gs, at most %d "
              "connections)", host, server.server_port, limits.read_timeout,
