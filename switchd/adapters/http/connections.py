@@ -152,31 +152,28 @@ class Connection:
             if not data:
                 return None               # closed between requests
             self.buffer = data.lstrip(b"\r\n")
-        found = head_end(self.buffer)
-        if found is not None:             # the usual case: the whole head in one read
+        # Usually the whole request is in that read. When it is not, the rest has one
+        # deadline, however the client trickles it: a timer, armed at the first wait,
+        # that interrupts whichever read is waiting when it fires.
+        timer = None
+        try:
+            while (found := head_end(self.buffer)) is None:
+                if len(self.buffer) > MAX_HEAD_BYTES:
+                    raise BadRequest(f"request head over {MAX_HEAD_BYTES} bytes")
+                timer = timer if timer is not None else _deadline(limits)
+                self._read_more("the request head")
             head = self._head(found)
             length = self._body_length(head)
-            if len(self.buffer) >= length:
-                return self._take(head, length)
-        # The rest has to be waited for: one deadline for all of it, however the client
-        # trickles it (a timer that interrupts whichever read is waiting when it fires).
-        timer = gevent.Timeout.start_new(limits.read_timeout, ReadTimeout)
-        try:
-            if found is None:
-                while (found := head_end(self.buffer)) is None:
-                    if len(self.buffer) > MAX_HEAD_BYTES:
-                        raise BadRequest(f"request head over {MAX_HEAD_BYTES} bytes")
-                    self._read_more("the request head")
-                head = self._head(found)
-                length = self._body_length(head)
             if len(self.buffer) < length:
+                timer = timer if timer is not None else _deadline(limits)
                 if (head.get("expect") or "").lower() == "100-continue":
                     self.sock.sendall(_CONTINUE)
                 while len(self.buffer) < length:
                     self._read_more(f"the {length}-byte body", length)
             return self._take(head, length)
         finally:
-            timer.close()
+            if timer is not None:
+                timer.close()
 
     def _head(self, found: tuple[int, int]) -> RequestHead:
         end, body_start = found
@@ -295,7 +292,7 @@ class Connection:
         metrics.HTTP_CLIENT_ERRORS.labels(problem.outcome).inc()
         detail = str(problem) or (f"{self.phase} did not arrive within http.read_timeout "
                                   f"({self.server.limits.read_timeout:g}s)")
-        log.warning("HTTP %s from %s: %s", _REQUEST_WORDS.get(problem.outcome, "bad request"),
+        log.warning("HTTP %s from %s: %s", _REQUEST_WORDS.get(problem.outcome, "request"),
                     _peer(self.address), detail)
 
 
@@ -303,6 +300,10 @@ _RECV_BYTES = 64 * 1024
 _CGI_UNPREFIXED = frozenset({"CONTENT_LENGTH", "CONTENT_TYPE"})
 _ERROR_HEADERS = [("Content-Type", "text/plain")]
 _date = (0, "")
+
+
+def _deadline(limits: HttpLimits) -> gevent.Timeout:
+    return gevent.Timeout.start_new(limits.read_timeout, ReadTimeout)
 
 
 def _response_head(request: RequestHead, status: str, headers: list[tuple[str, str]],
@@ -329,7 +330,8 @@ def _http_date() -> str:
     return _date[1]
 
 
-_REQUEST_WORDS = {"read_timeout": "request timed out", "aborted": "request aborted by the client"}
+_REQUEST_WORDS = {"read_timeout": "request timed out", "aborted": "request aborted by the client",
+                  "bad_request": "bad request"}
 
 
 def _peer(address) -> str:
@@ -443,7 +445,6 @@ class Server(StreamServer):
         finally:
             self.open_connections -= 1
             Server.open_total -= 1
-            sock.close()
 
 
 # Read at scrape time: no lock taken per connection.
