@@ -602,7 +602,7 @@ class Daemon:
             # their HANGUP_COMPLETE lost in the gap: look again once the snapshot can be
             # trusted for them, rather than holding their slots to the next periodic one.
             gevent.spawn_later(RESYNC_LAG_US / 1e6 + 1.0, self._resync_again)
-        live = {call.call_uuid for call in self.registry.live_calls()}
+        live = set(self.registry.live_call_uuids())
         self.resynced = True
         log.info("resync: switch has %d channel(s), %d live call(s); %d effect(s)",
                  len(rows), len(live), len(effects))
@@ -621,7 +621,7 @@ class Daemon:
 
     # --- periodic jobs -----------------------------------------------------------------------
     def _refresh_leases(self) -> None:
-        live = [call.call_uuid for call in self.registry.live_calls()]
+        live = self.registry.live_call_uuids()
         self.spend.refresh(live)
         self.caps.refresh(live)
 
@@ -669,10 +669,7 @@ class Daemon:
     def _sweep(self) -> None:
         for effect in self.registry.sweep(self.switch_now_us(), 30_000_000):
             self._act(effect)
-        live: dict[tuple[str, str], int] = {}
-        for call in self.registry.live_calls():
-            key = (call.tenant or "-", call.carrier or "-")
-            live[key] = live.get(key, 0) + 1
+        live = self.registry.live_by_tenant_and_carrier()
         metrics.LIVE_CALLS.clear()
         for (tenant, carrier), count in live.items():
             metrics.LIVE_CALLS.labels(tenant, carrier).set(count)
@@ -795,7 +792,7 @@ class Daemon:
         log.warning("carrier %s health reset by the API", carrier, extra={"carrier": carrier})
 
     def _tenant_live(self, tenant: str) -> int:
-        return sum(1 for call in self.registry.live_calls() if call.tenant == tenant)
+        return self.registry.live_of_tenant(tenant)
 
     def live_calls(self) -> list[dict]:
         if not self.routing:

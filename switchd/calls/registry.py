@@ -118,6 +118,19 @@ class CallRegistry(Reconciliation):
     def live_calls(self) -> list[Call]:
         return [c.snapshot() for c in self._calls.values()]
 
+    # The periodic jobs want a figure or the UUIDs, not the calls: these read the live
+    # calls in place. Snapshots of every call took 42 ms with 5,000 calls up, and a job
+    # built on live_calls() stopped lookups and events that long each time it ran.
+    def live_call_uuids(self) -> list[str]:
+        return list(self._calls)
+
+    def live_by_tenant_and_carrier(self) -> Counter[tuple[str, str]]:
+        """Live calls per (tenant, carrier), '-' for none."""
+        return Counter((c.tenant or "-", c.carrier or "-") for c in self._calls.values())
+
+    def live_of_tenant(self, tenant: str) -> int:
+        return sum(1 for c in self._calls.values() if c.tenant == tenant)
+
     def get(self, call_uuid: str) -> Call | None:
         call = self._calls.get(self._aliases.get(call_uuid, call_uuid))
         return call.snapshot() if call else None
