@@ -239,6 +239,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watchdog", "grace_seconds", float, 5.0,
             "An answered call outliving its max duration by more than this is killed.",
             check=_positive),
+    Setting("gc", "full_interval", float, 300.0,
+            "Seconds between the daemon's full garbage collections. Python's own, which "
+            "stops lookups and events for tens of ms every few seconds under load, is off "
+            "in the daemon; this one frees what reference counting cannot (docs/operations.md).",
+            check=_positive),
     Setting("spend_watch", "interval", float, 60.0,
             "Seconds between the daemon's spend checks (hourly spike, month-end forecast; "
             "docs/reports.md). 0 turns them off.",

@@ -8,7 +8,6 @@ daemon with a non-zero status so systemd restarts it (STYLE.md §9).
 """
 from __future__ import annotations
 
-import gc
 import logging
 import resource
 import signal
@@ -24,7 +23,7 @@ from dialplan import numbers, rating
 from dialplan.failover import FailoverTable
 from switchd.accounting import billing
 from switchd.accounting import spend_watch
-from switchd import metrics
+from switchd import heap, metrics
 from switchd.adapters import systemd
 from switchd.adapters.db import green
 from switchd.api import webhooks
@@ -109,6 +108,7 @@ class Daemon:
         self.database_up: bool | None = None      # last probes (switchd_database_up / redis_up)
         self.redis_up: bool | None = None
         self._probe_conn = None
+        self._gc_thresholds: tuple[int, int, int] | None = None   # until stop (heap.py)
         self.gap_started_us: int | None = None   # when ESL was lost, until the next resync
         self._follow_up_gap_us: int | None = None   # that gap, for the resync after that one
         self.switch_offset_us = 0                # switch clock - ours, from the last event
@@ -292,11 +292,12 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(Periodic(interval, lambda: systemd.notify("WATCHDOG=1"), "sd watchdog").run)
-        # Decks, world and module objects live as long as the process: move them out of
-        # the collector's sight so a full collection (tens of ms with 3M prefixes loaded)
-        # never lands in the middle of a dialplan lookup.
-        gc.collect()
-        gc.freeze()
+        # Decks, world and modules out of the collector's sight, and the full collection
+        # on a timer instead of every few seconds under load (switchd/heap.py).
+        heap.settle()
+        self._gc_thresholds = heap.own_full_collections()
+        self._spawn(Periodic(cfg["gc.full_interval"], heap.full_collection,
+                             "full garbage collection").run)
         self.routing = True
         systemd.notify("READY=1")
         log.info("switchd running: HTTP %s:%s, ESL %s:%s, caps %s", cfg["http.host"],
@@ -368,6 +369,9 @@ class Daemon:
             self._probe_conn.close()
         if getattr(self, "cdr_ingest", None) is not None:
             self.cdr_ingest.close()
+        if self._gc_thresholds is not None:     # a daemon inside a test: the process goes on
+            heap.restore(self._gc_thresholds)
+            self._gc_thresholds = None
 
     def run_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)

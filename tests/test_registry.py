@@ -635,3 +635,25 @@ def test_the_periodic_jobs_queries_read_live_calls_without_snapshots(mocker):
     for tenant in tenants:
         assert reg.live_of_tenant(tenant) == sum(1 for c in live if c.tenant == tenant)
 
+
+def test_ended_calls_leave_no_reference_cycles():
+    """The daemon turns Python's automatic full collection off (switchd/heap.py) because
+    a call's objects are freed by reference counting once its tombstones go: no cycle."""
+    import gc
+    events = channel_events("a")
+    reg = CallRegistry(tombstones=10)
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(50):             # each its own UUIDs; all but the last few evicted
+            fresh: dict[str, str] = {}
+
+            def own(uuid, n=n, fresh=fresh):
+                return uuid and fresh.setdefault(uuid, f"{n:04d}{uuid[4:]}")
+            run([replace(e, uuid=own(e.uuid), call_uuid=own(e.call_uuid),
+                         other_leg_uuid=own(e.other_leg_uuid)) for e in events], reg)
+        assert len(reg) == 0 and reg.counters["rejected"] == 0
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert found == 0
