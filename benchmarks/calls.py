@@ -312,7 +312,8 @@ def run_generator() -> None:
             calls.append((build(a, dest, accounts[i % len(accounts)]), subs, a,
                           rng.random() < 0.05))
         state["late"] = []
-        results = {"routed": 0, "refused": 0, "failed_http": 0, "lat": [], "hangups": []}
+        results = {"routed": 0, "refused": 0, "failed_http": 0, "lat": [], "when": [],
+                   "hangups": []}
         cpu0 = time.process_time()
         start = time.perf_counter() + 0.2
         lag_samples = []
@@ -326,6 +327,7 @@ def run_generator() -> None:
             emit(proto["a.CHANNEL_CREATE"], subs + ts)
             reply = http_post(port, request)
             results["lat"].append(time.perf_counter() - scheduled)
+            results["when"].append(scheduled - start)
             if reply is None:
                 results["failed_http"] += 1
                 found = None
@@ -386,11 +388,15 @@ def run_generator() -> None:
         elapsed = time.perf_counter() - start
         byte_rate = max(1.0, (state.get("sent_bytes", 0) - bytes0) / max(elapsed, 1e-3))
         lat = sorted(results["lat"])
+        # The slowest lookups and when in the step they were due: a cluster is a stall
+        # (of the controller, or of the machine), spread ones are a queue.
+        slowest = sorted(zip(results["lat"], results["when"]), reverse=True)[:8]
         late = sorted(state["late"])
         out = {"calls": n, "routed": results["routed"], "refused": results["refused"],
                "failed_http": results["failed_http"],
                "p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
                "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 2) if lat else None,
+               "slowest": [[round(w, 3), round(l * 1000, 1)] for l, w in slowest],
                "write_late_max_s": round(late[-1], 3) if late else 0,
                "unread_max_s": round(max(lag_samples or [0]) / byte_rate, 3),
                "event_bytes_per_call": round((state.get("sent_bytes", 0) - bytes0) / max(n, 1)),
@@ -635,6 +641,9 @@ def search(gen, pid, port, url, args, naive: bool) -> tuple[float, list[dict]]:
             f"{'ok  ' if res['ok'] else 'FAIL'} routed {res['routed']}/{res['calls']}, "
             f"p99 {res['p99_ms']} ms, CDRs late {res['cdrs_late']}, lag {res['event_lag_s']} s, "
             f"{res['cpu_ms_per_call']} CPU ms/call, generator {res['generator_cpu']:.0%}")
+        if not res["ok"]:
+            log("    slowest lookups (s into the step, ms): "
+                + ", ".join(f"{w} s {ms}" for w, ms in res["slowest"]))
         if res["ok"]:
             best = rate
         else:
