@@ -16,6 +16,10 @@ def empty_old_generation():
     thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
+    # CPython runs a full collection only once the objects moved to the old generation
+    # since the last one exceed a quarter of what that one left there: a full collection
+    # of the now empty old generation, or a big test process would hold the control back.
+    gc.collect()
     try:
         yield
     finally:
