@@ -225,7 +225,7 @@ class Daemon:
         # Campaigns (docs/campaigns.md): contacts claimed from PostgreSQL, dialled by the
         # originator; the event path only tells it that a campaign call ended.
         self.dialer = Dialer(self.db_url, self.originator.originate, world=lambda: self.world,
-                             tenant_live=self._tenant_live,
+                             tenant_live=self.registry.live_of_tenant,
                              lease_s=cfg["dialer.lease_seconds"],
                              horizon_s=cfg["webhooks.give_up_after"])
         self.spend.on_alert = lambda alert: gevent.spawn(budgets.raise_alert, self.db_url,
@@ -794,9 +794,6 @@ class Daemon:
         from dialplan.health import CarrierHealth
         self.health._set(carrier, CarrierHealth(), _now())
         log.warning("carrier %s health reset by the API", carrier, extra={"carrier": carrier})
-
-    def _tenant_live(self, tenant: str) -> int:
-        return self.registry.live_of_tenant(tenant)
 
     def live_calls(self) -> list[dict]:
         if not self.routing:
