@@ -51,6 +51,11 @@ class CapsGate:
         self.backend = backend
         self.global_limit = config["caps.global_max_calls"] or None
         self.carrier_of_call: dict[str, str] = {}     # which carrier slot a call holds now
+        # The slots of every call this gate counted (admitted or adopted), so that one whose
+        # lease ran out while it was still up is counted again with what it held; calls it
+        # never counted (refused at the lookup, not ours to route) have no lease to lose.
+        self.slots_of_call: dict[str, tuple[Scope, ...]] = {}
+        self._absent_at_refresh: set[str] = set()     # counted, but not live at the last one
         self.on_refused_leg: Callable[[str, str], None] | None = None
         self._scopes_cache: dict[tuple, tuple] = {}
         # Releases, renames and adoptions are never dropped (LosslessQueue): a lost
@@ -101,6 +106,7 @@ class CapsGate:
                 self._scopes_cache[key] = built
         admission = self.backend.acquire(call_uuid, built[0], built[1])
         if admission.admitted:
+            self.slots_of_call[call_uuid] = built[0]
             if carrier is not None:
                 self.carrier_of_call[call_uuid] = carrier.name
         else:
@@ -125,7 +131,7 @@ class CapsGate:
         return admission
 
     def release_now(self, call_uuid: str) -> None:
-        self.carrier_of_call.pop(call_uuid, None)
+        self._forget(call_uuid)
         self.backend.release(call_uuid)
 
     # --- from ESL events (queued) ------------------------------------------------------------
@@ -145,9 +151,29 @@ class CapsGate:
 
     # --- periodic (own greenlets) --------------------------------------------------------------
     def refresh(self, call_uuids: list[str]) -> None:
+        """Extend the leases of the live calls this gate counted. A lease that ran out
+        anyway (the daemon stalled beyond caps.lease_seconds, or the backend lost it) is
+        taken again with the slots the call held, over the limits if need be: the call is
+        up, so it counts."""
+        counted = self.slots_of_call
+        call_uuids = [u for u in call_uuids if u in counted]
+        # A call whose end this daemon never saw (its lease simply runs out) is forgotten
+        # once it has been missing from the live calls at two refreshes in a row; once, it
+        # may be a lookup whose channel is not in the registry yet.
+        absent = counted.keys() - set(call_uuids)
+        for call_uuid in absent & self._absent_at_refresh:
+            self._forget(call_uuid)
+        self._absent_at_refresh = absent - self._absent_at_refresh
         lost = self.backend.refresh(call_uuids)
-        if lost:
-            log.warning("%d live call(s) had lost their caps lease; they are counted again", len(lost))
+        recounted = 0
+        for call_uuid in lost:
+            slots = counted.get(call_uuid)      # None: released while the refresh ran
+            if slots is not None:
+                self.backend.register(call_uuid, slots, replace=True)
+                recounted += 1
+        if recounted:
+            log.warning("%d live call(s) had lost their caps lease; they are counted again",
+                        recounted)
         if not call_uuids:
             # With no call to refresh the backend is not touched at all, so an idle node would
             # learn of a Redis outage only from the next call it refuses (and /readyz would
@@ -157,7 +183,7 @@ class CapsGate:
     def reconcile(self, live_call_uuids: set[str]) -> list[str]:
         released = self.backend.reconcile(live_call_uuids)
         for call_uuid in released:
-            self.carrier_of_call.pop(call_uuid, None)
+            self._forget(call_uuid)
         return released
 
     def status(self) -> dict:
@@ -199,6 +225,10 @@ class CapsGate:
                                               _carrier_scope(carrier), cps)
         if admission.admitted:
             self.carrier_of_call[call_uuid] = carrier.name
+            slots = self.slots_of_call.get(call_uuid)
+            if slots is not None:
+                self.slots_of_call[call_uuid] = tuple(
+                    _carrier_scope(carrier) if s.kind == "carrier" else s for s in slots)
         return admission
 
     def _leg_started(self, call_uuid, carrier, leg_uuid) -> None:
@@ -212,19 +242,27 @@ class CapsGate:
             self.on_refused_leg(call_uuid, leg_uuid)
 
     def _release(self, call_uuid) -> None:
-        self.carrier_of_call.pop(call_uuid, None)
+        self._forget(call_uuid)
         self.backend.release(call_uuid)
 
     def _rename(self, old, new) -> None:
         if old in self.carrier_of_call:
             self.carrier_of_call[new] = self.carrier_of_call.pop(old)
+        slots = self.slots_of_call.pop(old, None)
+        if slots is not None:         # as the backend: a new UUID that holds slots keeps them
+            self.slots_of_call.setdefault(new, slots)
         self.backend.rename(old, new)
 
     def _adopt(self, call_uuid, tenant, carrier) -> None:
         scopes, _ = self.scopes(tenant, carrier)
         self.backend.register(call_uuid, scopes)
+        self.slots_of_call[call_uuid] = tuple(scopes)
         if carrier is not None:
             self.carrier_of_call[call_uuid] = carrier.name
+
+    def _forget(self, call_uuid) -> None:
+        self.carrier_of_call.pop(call_uuid, None)
+        self.slots_of_call.pop(call_uuid, None)
 
 
 def _carrier_scope(carrier) -> Scope:
