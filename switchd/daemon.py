@@ -242,7 +242,8 @@ class Daemon:
         self.deliverer = webhooks.Deliverer(self.db_url, base=cfg["webhooks.backoff_base"],
                                             cap=cfg["webhooks.backoff_max"],
                                             timeout=cfg["webhooks.timeout"])
-        self.api = build_app(self.db_url, Live(live_calls=self.live_calls, originate=self._originate,
+        self.api = build_app(self.db_url, Live(live_calls=self.live_calls,
+                                               live_call=self.live_call, originate=self._originate,
                                                hangup=self.hangup, router=self.router,
                                                reset_health=self.reset_health,
                                                cancel_retries=self.originator.cancel_retries),
@@ -795,18 +796,29 @@ class Daemon:
         self.health._set(carrier, CarrierHealth(), _now())
         log.warning("carrier %s health reset by the API", carrier, extra={"carrier": carrier})
 
-    def live_calls(self) -> list[dict]:
+    def live_calls(self, tenant: str | None = None) -> list[dict]:
+        """The live calls as the API shows them; one tenant's when `tenant` is given."""
         if not self.routing:
             return []
         now_us = self.switch_now_us()          # the calls' times are the switch's
-        rows = []
-        for call in self.registry.live_calls():
-            rows.append({"call_uuid": call.call_uuid, "tenant": call.tenant,
-                         "direction": call.direction, "legs": len(call.legs),
-                         "gateway": call.gateway, "carrier": call.carrier, "state": call.state,
-                         "age_s": (now_us - call.started_us) / 1e6 if call.started_us else 0,
-                         "max_duration": call.max_duration})
-        return rows
+        return [self._live_row(call, now_us) for call in self.registry.live_calls(tenant)]
+
+    def live_call(self, call_uuid: str) -> dict | None:
+        """One live call by its UUID (not a former one), without copying the others."""
+        if not self.routing:
+            return None
+        call = self.registry.get(call_uuid)
+        if call is None or call.call_uuid != call_uuid:
+            return None
+        return self._live_row(call, self.switch_now_us())
+
+    @staticmethod
+    def _live_row(call, now_us: int) -> dict:
+        return {"call_uuid": call.call_uuid, "tenant": call.tenant,
+                "direction": call.direction, "legs": len(call.legs),
+                "gateway": call.gateway, "carrier": call.carrier, "state": call.state,
+                "age_s": (now_us - call.started_us) / 1e6 if call.started_us else 0,
+                "max_duration": call.max_duration}
 
 
 def live_metrics_state(world, decks, imported_at, health, now, database_up=None,

@@ -71,6 +71,8 @@ def test_call_with_idempotency_key_and_its_signed_events(world, start_switch):
     assert request(daemon, "GET", f"/v1/calls/{call_uuid}", world["beta"])[0] == 404
     assert request(daemon, "POST", f"/v1/calls/{call_uuid}/hangup", world["beta"])[0] == 404
     assert request(daemon, "GET", "/v1/calls", world["beta"])[2]["calls"] == []
+    assert [c["call_uuid"] for c in request(daemon, "GET", "/v1/calls", acme)[2]["calls"]] \
+        == [call_uuid]
     status, _, live = request(daemon, "GET", f"/v1/calls/{call_uuid}", acme)
     assert status == 200 and live["state"] == "answered" and live["tenant"] == "acme"
     status, _, body = request(daemon, "POST", f"/v1/calls/{call_uuid}/hangup", acme)

@@ -636,6 +636,23 @@ def test_the_periodic_jobs_queries_read_live_calls_without_snapshots(mocker):
         assert reg.live_of_tenant(tenant) == sum(1 for c in live if c.tenant == tenant)
 
 
+def test_a_tenants_live_calls_are_copied_without_anyone_elses(mocker):
+    """The API's live calls for one tenant copy that tenant's calls only: every other
+    call on the switch is passed over in place."""
+    reg = CallRegistry()
+    for capture, tenant in (("a", "acme"), ("b", "beta"), ("c", "acme")):
+        events = channel_events(capture)
+        creates = [i for i, e in enumerate(events) if e.name == "CHANNEL_CREATE"]
+        run([replace(e, vars={**e.vars, "switchd_tenant": tenant})
+             for e in events[:creates[-1] + 1]], reg)
+    everyone = reg.live_calls()
+    want = sorted(c.call_uuid for c in everyone if c.tenant == "acme")
+    assert len(want) == 2 and len(everyone) == 3
+    copies = mocker.spy(Call, "snapshot")
+    assert sorted(c.call_uuid for c in reg.live_calls("acme")) == want
+    assert copies.call_count == 2
+
+
 def test_ended_calls_leave_no_reference_cycles():
     """The daemon turns Python's automatic full collection off (switchd/heap.py) because
     a call's objects are freed by reference counting once its tombstones go: no cycle."""

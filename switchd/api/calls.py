@@ -28,7 +28,8 @@ UUID_CHARS = set("0123456789abcdefABCDEF-")
 @dataclass
 class Live:
     """The daemon's side; every member optional."""
-    live_calls: Callable[[], list] | None = None
+    live_calls: Callable[[str | None], list] | None = None  # one tenant's, or all (None)
+    live_call: Callable[[str], dict | None] | None = None    # by call UUID; None: not up
     originate: Callable[[dict], dict] | None = None          # raises OriginateError
     hangup: Callable[[str], bool] | None = None              # False: no such live call
     router: Any = None                                        # switchd.routing.router.Router
@@ -54,9 +55,8 @@ def list_calls(live: Live):
     def handler(req: Request):
         source = req.query.get("source", "live")
         if source == "live":
-            rows = _need(live.live_calls, "live calls")()
             tenant = req.scope(req.query.get("tenant"))
-            return {"calls": [c for c in rows if tenant is None or c.get("tenant") == tenant]}
+            return {"calls": _need(live.live_calls, "live calls")(tenant)}
         if source != "records":
             raise ApiError(400, f"{source!r}: expected live or records", "source")
         return _records(req)
@@ -124,9 +124,9 @@ def get_call(live: Live):
     def handler(req: Request):
         call_uuid = _uuid(req)
         tenant = req.tenant
-        for c in (live.live_calls() if live.live_calls else []):
-            if c["call_uuid"] == call_uuid and (tenant is None or c.get("tenant") == tenant):
-                return {**c, "cost": None, "originate_attempts": _attempts(req, call_uuid)}
+        c = live.live_call(call_uuid) if live.live_call else None
+        if c is not None and (tenant is None or c.get("tenant") == tenant):
+            return {**c, "cost": None, "originate_attempts": _attempts(req, call_uuid)}
         with req.conn.cursor(row_factory=dict_row) as cur:
             cur.execute("""SELECT call_uuid, tenant, direction, caller, destination, started_at,
                                   answered_at, ended_at, hangup_cause, carrier, gateway,
@@ -180,9 +180,9 @@ def _attempts(req: Request, call_uuid: str) -> list[dict]:
 def hangup_call(live: Live):
     def handler(req: Request):
         call_uuid = _uuid(req)
-        rows = _need(live.live_calls, "hang up")()
-        call = next((c for c in rows if c["call_uuid"] == call_uuid
-                     and (req.tenant is None or c.get("tenant") == req.tenant)), None)
+        call = _need(live.live_call, "hang up")(call_uuid)
+        if call is not None and req.tenant is not None and call.get("tenant") != req.tenant:
+            call = None
         if call is None:
             # not up: an originated call waiting for a retry is stopped by cancelling it
             if live.cancel_retries is not None and _is_uuid(call_uuid) and live.cancel_retries(

@@ -115,8 +115,12 @@ class CallRegistry(Reconciliation):
     def __len__(self) -> int:
         return len(self._calls)
 
-    def live_calls(self) -> list[Call]:
-        return [c.snapshot() for c in self._calls.values()]
+    def live_calls(self, tenant: str | None = None) -> list[Call]:
+        """Snapshots of the live calls, of one tenant's only when `tenant` is given: a
+        tenant's request copies its own calls, not every call on the switch."""
+        if tenant is None:
+            return [c.snapshot() for c in self._calls.values()]
+        return [c.snapshot() for c in self._calls.values() if c.tenant == tenant]
 
     # The periodic jobs want a figure or the UUIDs, not the calls: these read the live
     # calls in place. Snapshots of every call took 42 ms with 5,000 calls up, and a job
