@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from daemon_harness import metric
+from switchd.calls.originate import ATTEMPT_END_WAIT_S
 from switchd.sim import GatewayBehaviour
 
 pytestmark = pytest.mark.slow
@@ -195,9 +197,15 @@ def test_a_leg_refused_twice_by_the_switch_fails_over(switch):
     sim, daemon = switch
     gateways = _order(sim, daemon)
     sim.refuse_sessions(2)
+    asked = time.monotonic()
     status, body = _post(daemon, {"tenant": "acme", "destination": "02079460999"})
+    took = time.monotonic() - asked
     assert status == 200 and body["answered"] is True, body
     assert [a["gateway"] for a in body["attempts"]] == [gateways[0], gateways[0], gateways[1]]
+    # A refused session sends no event at all: known as soon as the events before the job's
+    # result are applied, not after ATTEMPT_END_WAIT_S each (4 s for these two). What is
+    # left is the one pause before placing it again (SWITCH_REFUSED_PAUSE_MS).
+    assert took < ATTEMPT_END_WAIT_S, took
     assert [a["hangup_cause"] for a in body["attempts"][:2]] == ["DESTINATION_OUT_OF_ORDER"] * 2
     assert metric(daemon, "switchd_switch_refused_legs_total", path="originate") == 1
     sim.kill_call(body["attempts"][-1]["leg_uuid"])

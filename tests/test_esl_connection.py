@@ -486,6 +486,34 @@ def test_full_queue_never_drops_a_hangup_and_keeps_order(servers):
     conn.close()
 
 
+def test_caught_up_is_reached_once_every_event_received_before_it_is_applied(servers):
+    """A job's result is resolved as it is read, ahead of the channel events before it in
+    the queue; caught_up() says when the handler has applied those (the originator asks
+    whether an attempt ever had a channel). The marker never reaches the handler."""
+    unblock = Event()
+    applied = []
+
+    def slow(event):
+        unblock.wait(5)
+        applied.append(getattr(event, "uuid", None) or getattr(event, "job_uuid", None))
+
+    events = [plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"c{i}"})
+              for i in range(3)]
+    job = plain_event({"Event-Name": "BACKGROUND_JOB", "Job-UUID": "job-1"}, body=b"-ERR X\n")
+    server = servers(scripted(*events, job, reply("+OK"), then_close=False))
+    conn = ESLConnection("127.0.0.1", server.port, "ClueCon", on_event=slow)
+    conn.connect()
+    job_result = conn.jobs.expect("job-1")
+    conn.send("event plain CHANNEL_CREATE BACKGROUND_JOB")    # its reply comes after the job
+    assert job_result.get(timeout=5).body == "-ERR X\n"    # resolved while c0 is still held
+    reached = conn.caught_up()
+    assert not reached.wait(0.05) and applied == []
+    unblock.set()
+    assert reached.wait(5)
+    assert applied == ["c0", "c1", "c2", "job-1"]             # all of them, and nothing else
+    conn.close()
+
+
 def test_handler_exception_is_counted_and_loop_continues(servers):
     frames = [plain_event({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"u{i}"}) for i in range(3)]
     delivered = gevent.queue.Queue()

@@ -143,7 +143,10 @@ def _var(key: str, value) -> str:
 
 # After a failed attempt's job result, how long to wait for its CHANNEL_HANGUP_COMPLETE
 # (which carries sip_term_status). FreeSWITCH fires it as the channel is destroyed, around
-# the time the originate returns; an attempt that made no channel never sends one.
+# the time the originate returns. An attempt that made no channel never sends one: its
+# gateway unknown or down, or the switch over its sessions-per-second or session limit
+# (no session, so no CHANNEL_CREATE either); that is known once the events received
+# before the job's result are applied, without waiting this long.
 ATTEMPT_END_WAIT_S = 2.0
 
 
@@ -502,16 +505,27 @@ class Originator:
                 return Attempt(leg_uuid, carrier, leg.gateway, body, True)
             words = body.removeprefix("-ERR").split() if body.startswith("-ERR") else []
             cause = words[0] if words else None
-            try:
-                final = ended.get(timeout=ATTEMPT_END_WAIT_S)
-            except gevent.Timeout:
-                final = None        # no channel was made (or its events are late)
+            final = self._failed_leg(leg_uuid, ended)
             if final is not None:
                 cause = final.hangup_cause or cause
             return Attempt(leg_uuid, carrier, leg.gateway, body, False, cause,
                            final.sip_status if final is not None else None)
         finally:
             self._ends.pop(leg_uuid, None)
+
+    def _failed_leg(self, leg_uuid: str, ended: AsyncResult):
+        """A failed attempt's leg as its CHANNEL_HANGUP_COMPLETE left it; None when the
+        switch made no channel for it (or its events are later than ATTEMPT_END_WAIT_S).
+        FreeSWITCH fires CHANNEL_CREATE before the job's result: once the events received
+        ahead of that result are applied, a UUID the registry never saw had no channel."""
+        deadline = monotonic() + ATTEMPT_END_WAIT_S
+        if (not ended.ready() and self.esl.events_applied(ATTEMPT_END_WAIT_S)
+                and not ended.ready() and not self.registry.knows_leg(leg_uuid)):
+            return None
+        try:
+            return ended.get(timeout=max(0.0, deadline - monotonic()))
+        except gevent.Timeout:
+            return None
 
     def leg_ended(self, leg) -> None:
         """A leg's CHANNEL_HANGUP_COMPLETE was applied (event greenlet: only sets a value)."""

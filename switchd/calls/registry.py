@@ -139,6 +139,11 @@ class CallRegistry(Reconciliation):
         call = self._calls.get(self._aliases.get(call_uuid, call_uuid))
         return call.snapshot() if call else None
 
+    def knows_leg(self, uuid: str) -> bool:
+        """Whether a channel of this UUID was seen, up or ended (while its call's
+        tombstones last)."""
+        return self._lookup(uuid) is not None
+
     def leg(self, uuid: str) -> Leg | None:
         leg = self._legs.get(uuid)
         return leg.snapshot() if leg else None

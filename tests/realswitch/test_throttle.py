@@ -6,6 +6,9 @@ from __future__ import annotations
 import gevent
 import pytest
 
+from dialplan import causes
+from switchd.calls.originate import ATTEMPT_END_WAIT_S
+
 from . import world
 
 pytestmark = pytest.mark.realswitch
@@ -70,6 +73,21 @@ def test_a_leg_the_switch_throttles_is_placed_again_on_the_cheapest_carrier(real
     assert rs_daemon.rows("SELECT name, health, consecutive_failures FROM carriers "
                           "ORDER BY name") == [("alpha", 100, 0), ("bravo", 100, 0),
                                                ("charlie", 100, 0)]
+    # FreeSWITCH made no channel for a throttled attempt: no event names it. So switchd
+    # places it again one pause after the job's result (1 s), not after waiting for a
+    # hangup event that never comes (2 s). Timed on FreeSWITCH's clock, from its sibling's
+    # channel; the bound halves the difference.
+    created = {e["Unique-ID"]: int(e["Event-Date-Timestamp"])
+               for e in realswitch.events("CHANNEL_CREATE")}
+    assert not created.keys() & {a["leg_uuid"] for a in throttled}
+    gaps = [(created[body["attempts"][1]["leg_uuid"]]
+             - created[sibling["attempts"][0]["leg_uuid"]]) / 1e6
+            for pair in (bodies[i:i + 2] for i in range(0, len(bodies), 2))
+            for body, sibling in (pair, pair[::-1])
+            if _first_tries_refused(body) == [0] and body["attempts"][1]["result"] != THROTTLED
+            and sibling["attempts"][0]["result"] != THROTTLED]
+    bound = (causes.SWITCH_REFUSED_PAUSE_MS / 1000 + ATTEMPT_END_WAIT_S) / 2
+    assert gaps and all(gap < bound for gap in gaps), gaps
 
 
 def test_a_callers_carrier_leg_the_switch_throttles_goes_to_the_cheapest_a_second_later(

@@ -446,6 +446,9 @@ class ESLConnection(InboundESL):
                 turns.restart()
             if event is _STOP:
                 return
+            if type(event) is _CaughtUp:
+                event.reached.set()
+                continue
             if type(event) is _Untyped:
                 event = _typed_channel_event(event.frame)
                 if event is None:
@@ -479,6 +482,15 @@ class ESLConnection(InboundESL):
         blocks, never dropped."""
         self._events.put(item, keep=True)
 
+    def caught_up(self) -> Event:
+        """An Event set once the handler has been given every event received so far (a
+        marker queued behind them, never handed to it). A job's result is resolved as it
+        is read, ahead of the channel events before it: this says when those are applied.
+        Never set if the connection closes first."""
+        marker = _CaughtUp(Event())
+        self._events.put(marker, keep=True)
+        return marker.reached
+
     @property
     def dropped_events(self) -> int:
         return self._dropped
@@ -486,6 +498,10 @@ class ESLConnection(InboundESL):
     @property
     def pending_commands(self) -> int:
         return len(self._pending)
+
+
+class _CaughtUp(NamedTuple):
+    reached: Event
 
 
 class _Untyped(NamedTuple):

@@ -125,6 +125,12 @@ class ESLSupervisor:
         job_uuid = self.bgapi_nowait(cmd)
         return self.jobs.wait(job_uuid, timeout)
 
+    def events_applied(self, timeout: float) -> bool:
+        """Wait until the event handler has applied every event received so far; False
+        when there is no connection, it closes first, or `timeout` passes."""
+        conn = self.connection
+        return conn is not None and conn.caught_up().wait(timeout)
+
     def bgapi_nowait(self, cmd: str) -> str:
         """Start a background job; return its Job-UUID (wait with ``jobs.wait``)."""
         conn = self._require()
