@@ -672,7 +672,12 @@ class Daemon:
                       extra={"call_uuid": call_uuid})
 
     def _sweep(self) -> None:
-        for effect in self.registry.sweep(self.switch_now_us(), 30_000_000):
+        # A leg whose hangup event was lost is closed by the next resync, which sees it
+        # missing from `show channels`; one that is there is up (an attended transfer
+        # leaves carrier legs talking without their A-leg). The sweep only steps in for a
+        # leg no resync could tell about: two periodic resyncs (and half a minute) late.
+        grace_us = int((2 * self.config["esl.resync_interval"] + 30) * 1_000_000)
+        for effect in self.registry.sweep(self.switch_now_us(), grace_us):
             self._act(effect)
         live = self.registry.live_by_tenant_and_carrier()
         metrics.LIVE_CALLS.clear()

@@ -140,3 +140,45 @@ def test_rows_of_a_call_already_ended_are_not_readopted():
     run(channel_events("d"), reg)
     assert reg.resync(parse_show_channels_json(ONE), NOW) == []
     assert len(reg) == 0 and reg.counters["resync_stale_rows"] == 1
+
+
+def _b_leg_outlives_its_a_leg(max_duration: str | None = None):
+    """Capture c up to the A-leg's end, the B-leg's own end never coming: what an attended
+    transfer leaves (the carrier leg bridged elsewhere, talking on)."""
+    events = [e for e in channel_events("c") if not (e.uuid == B_C and e.name in (
+        "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY", "CHANNEL_UNBRIDGE"))]
+    if max_duration:
+        events = [replace(e, vars={**e.vars, "switchd_max_duration": max_duration})
+                  if e.uuid == A_C else e for e in events]
+    reg = CallRegistry()
+    run(events, reg)
+    call = reg.get(A_C)
+    assert call.state == "ending" and call.leg(B_C).state != "complete"
+    return reg, call
+
+
+@pytest.mark.parametrize("listed_after_s, swept", [(None, True), (2, True), (6, False)])
+def test_the_sweep_spares_legs_the_switch_listed_after_their_a_leg_ended(listed_after_s,
+                                                                         swept):
+    """A leg `show channels` listed after its A-leg ended (and past the listing's lag) is
+    up: the sweep leaves it to its events. Never listed, or listed too soon after the
+    A-leg's end to be sure, it is force-ended as before."""
+    reg, call = _b_leg_outlives_its_a_leg()
+    a_end = call.a_leg.hangup_us
+    if listed_after_s is not None:
+        b_row = next(r for r in parse_show_channels_json(TWO) if r.uuid == B_C)
+        requested = a_end + listed_after_s * 1_000_000
+        assert reg.resync([b_row], requested + 100_000, requested_us=requested) == []
+    effects = reg.sweep(a_end + 3600 * 1_000_000, grace_us=60 * 1_000_000)
+    assert bool(of(effects, CallEnded)) is swept
+    assert (reg.get(A_C) is None) is swept
+
+
+def test_the_watchdog_sees_an_answered_leg_that_outlived_its_a_leg():
+    """The A-leg's `sched_hangup` went with it: past the limit, the call is the
+    watchdog's while an answered leg of it is up."""
+    reg, call = _b_leg_outlives_its_a_leg(max_duration="5")
+    answered = call.answered_us
+    assert reg.answered_calls_over_limit(answered + 6_000_000, grace_s=2) == []
+    [late] = reg.answered_calls_over_limit(answered + 7_000_001, grace_s=2)
+    assert late.call_uuid == A_C and late.a_leg.state == "complete"

@@ -38,6 +38,7 @@ class Leg:
     reconstructed: bool = False       # some fields guessed (resync / sweep), not from FS
     placeholder: bool = False         # known only by reference, no event seen yet
     last_event_us: int = 0            # Event-Date-Timestamp of its latest event
+    listed_us: int = 0                # when the last `show channels` listing it was asked
     # Money figures FreeSWITCH sent in a form refused at the ESL edge (ChannelEvent.refused):
     # Leg field names among MONEY_HEADERS' values; rating flags the leg unrated when one is
     # still unknown at its end.
@@ -55,7 +56,8 @@ class Leg:
                    hangup_disposition=self.hangup_disposition, vars=dict(self.vars),
                    caller=self.caller, destination=self.destination,
                    reconstructed=self.reconstructed, placeholder=self.placeholder,
-                   last_event_us=self.last_event_us, refused=self.refused)
+                   last_event_us=self.last_event_us, listed_us=self.listed_us,
+                   refused=self.refused)
 
 
 @dataclass

@@ -67,15 +67,22 @@ class Reconciliation:
 
     def sweep(self, now_us: int, grace_us: int) -> list[Effect]:
         """Force-end calls whose A-leg hung up more than grace_us ago but whose other legs
-        (or own HANGUP_COMPLETE) never reported: a lost event must not hold slots forever."""
+        (or own HANGUP_COMPLETE) never reported: a lost event must not hold slots forever.
+
+        Spared: a call whose open legs the switch listed in a snapshot asked for after its
+        A-leg ended. They are up without it: an attended transfer bridges the two carrier
+        legs and hangs up the transferor's, and the parties talk on. Their ends come as
+        events, or the next resync closes them."""
         effects: list[Effect] = []
         for call in list(self._calls.values()):
             a = call.a_leg
             if (a is None or a.state not in ("hungup", "complete") or not a.hangup_us
                     or a.hangup_us + grace_us >= now_us or call.call_uuid in self._awaiting):
                 continue
-            self.counters["swept"] += 1
             open_legs = [l for l in call.legs if l.state != "complete"]
+            if open_legs and all(l.listed_us > a.hangup_us + RESYNC_LAG_US for l in open_legs):
+                continue
+            self.counters["swept"] += 1
             effects += self._force_complete(call, open_legs, now_us, CAUSE_SWEPT)
             effects += self._maybe_end(call)
         return effects
@@ -93,6 +100,10 @@ class Reconciliation:
         links = links or {}
         present = {r.uuid for r in rows}
         requested = requested_us if requested_us is not None else now_us
+        for uuid in present:
+            leg = self._legs.get(uuid)
+            if leg is not None:
+                leg.listed_us = max(leg.listed_us, requested)
         effects: list[Effect] = []
         for call in list(self._calls.values()):
             missing = [l for l in call.legs if l.uuid not in present and l.state != "complete"]

@@ -173,10 +173,15 @@ class CallRegistry(Reconciliation):
         self._transfer_follows(leg)
 
     def answered_calls_over_limit(self, now_us: int, grace_s: int) -> list[Call]:
-        """Answered calls past answer + max_duration + grace: the watchdog kills these."""
+        """Answered calls past answer + max_duration + grace: the watchdog kills these.
+        A call whose A-leg has ended counts while an answered leg of it is up: after an
+        attended transfer the carrier legs talk on, and the `sched_hangup` that would have
+        cut them went with the A-leg."""
         return [c.snapshot() for c in self._calls.values()
-                if c.state == "answered" and c.max_duration is not None and c.answered_us
-                and c.answered_us + (c.max_duration + grace_s) * 1_000_000 < now_us]
+                if c.max_duration is not None and c.answered_us
+                and c.answered_us + (c.max_duration + grace_s) * 1_000_000 < now_us
+                and (c.state == "answered" or c.state == "ending" and any(
+                    l.answered_us and l.state != "complete" for l in c.legs))]
 
     # --- originate bookkeeping ---------------------------------------------------------
     def expect_originate(self, call_uuid: str, route_id: str | None = None) -> None:
