@@ -52,10 +52,12 @@ def test_legs_talking_on_after_an_attended_transfer_are_cut_at_the_max_duration(
     callers, carriers = _transfer(realswitch, "brief")
     ended = poll(lambda: (lambda h: h if len(h) == 2 else None)(
         [h for h in realswitch.hangups() if h.uuid in carriers]), 30, "the carrier legs' end")
-    assert "ALLOTTED_TIMEOUT" in {h.cause for h in ended}, [h.cause for h in ended]
-    for leg in ended:
-        # killed by the watchdog (every second) once past 3 + 5 s of talk, not before
-        assert 8_000 <= leg.billmsec <= 10_500, leg.billmsec
+    killed = [h for h in ended if h.cause == "ALLOTTED_TIMEOUT"]
+    assert killed, [h.cause for h in ended]
+    # killed by the watchdog (every second) once past 3 + 5 s of talk, not before; its
+    # peer, answered a moment before or after it, ends with it
+    assert all(8_000 <= h.billmsec <= 10_500 for h in killed), [h.billmsec for h in killed]
+    assert all(h.billmsec <= 10_500 for h in ended), [h.billmsec for h in ended]
     assert metric(rs_daemon.process, "switchd_watchdog_kills_total") >= 1
     # each call billed by its own carrier leg, as FreeSWITCH measured it
     for caller, carrier in zip(callers, carriers):
