@@ -55,7 +55,6 @@ class CapsGate:
         # lease ran out while it was still up is counted again with what it held; calls it
         # never counted (refused at the lookup, not ours to route) have no lease to lose.
         self.slots_of_call: dict[str, tuple[Scope, ...]] = {}
-        self._absent_at_refresh: set[str] = set()     # counted, but not live at the last one
         self.on_refused_leg: Callable[[str, str], None] | None = None
         self._scopes_cache: dict[tuple, tuple] = {}
         # Releases, renames and adoptions are never dropped (LosslessQueue): a lost
@@ -157,13 +156,12 @@ class CapsGate:
         up, so it counts."""
         counted = self.slots_of_call
         call_uuids = [u for u in call_uuids if u in counted]
-        # A call whose end this daemon never saw (its lease simply runs out) is forgotten
-        # once it has been missing from the live calls at two refreshes in a row; once, it
-        # may be a lookup whose channel is not in the registry yet.
-        absent = counted.keys() - set(call_uuids)
-        for call_uuid in absent & self._absent_at_refresh:
-            self._forget(call_uuid)
-        self._absent_at_refresh = absent - self._absent_at_refresh
+        # A counted call missing from the live calls (a lookup whose channel the registry
+        # has not seen yet, or a call whose end this daemon never saw) keeps its record
+        # while its lease lives, and is forgotten once the lease has run out.
+        for call_uuid in counted.keys() - set(call_uuids):
+            if self.backend.held(call_uuid) is None:
+                self._forget(call_uuid)
         lost = self.backend.refresh(call_uuids)
         recounted = 0
         for call_uuid in lost:
