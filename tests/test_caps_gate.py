@@ -79,7 +79,7 @@ def test_a_counted_call_missing_from_the_live_calls_is_kept_while_its_lease_live
     clock.advance(40)                                         # 80 s: gone's lease ran out
     gate.refresh(["late"])
     assert set(gate.slots_of_call) == {"late"}
-    assert "gone" not in gate.carrier_of_call
+    assert gate.carrier_of("gone") is None
     assert _held(gate, "gone") is None and _held(gate, "late") is not None
     assert gate.backend.count(Scope("tenant", "beta")) == 0
     assert gate.backend.count(Scope("tenant", "acme")) == 1

@@ -50,10 +50,10 @@ class CapsGate:
     def __init__(self, backend: CapsBackend, config: Config, queue_max: int = 100_000):
         self.backend = backend
         self.global_limit = config["caps.global_max_calls"] or None
-        self.carrier_of_call: dict[str, str] = {}     # which carrier slot a call holds now
-        # The slots of every call this gate counted (admitted or adopted), so that one whose
-        # lease ran out while it was still up is counted again with what it held; calls it
-        # never counted (refused at the lookup, not ours to route) have no lease to lose.
+        # The slots of every call this gate counted (admitted or adopted): the carrier slot
+        # a failover moves, and what a call whose lease ran out while it was still up is
+        # counted again with. Calls it never counted (refused at the lookup, not ours to
+        # route) have no lease to lose.
         self.slots_of_call: dict[str, tuple[Scope, ...]] = {}
         self.on_refused_leg: Callable[[str, str], None] | None = None
         self._scopes_cache: dict[tuple, tuple] = {}
@@ -106,8 +106,6 @@ class CapsGate:
         admission = self.backend.acquire(call_uuid, built[0], built[1])
         if admission.admitted:
             self.slots_of_call[call_uuid] = built[0]
-            if carrier is not None:
-                self.carrier_of_call[call_uuid] = carrier.name
         else:
             kind = admission.refused_scope.kind if admission.refused_scope else "backend"
             metrics.CAP_REJECTIONS.labels(kind).inc()
@@ -129,8 +127,15 @@ class CapsGate:
             metrics.CAP_REJECTIONS.labels(admission.refused_scope.kind).inc()
         return admission
 
+    def carrier_of(self, call_uuid: str) -> str | None:
+        """The carrier whose slot the call holds now; None: none, or not a call counted here."""
+        for scope in self.slots_of_call.get(call_uuid, ()):
+            if scope.kind == "carrier":
+                return scope.name
+        return None
+
     def release_now(self, call_uuid: str) -> None:
-        self._forget(call_uuid)
+        self.slots_of_call.pop(call_uuid, None)
         self.backend.release(call_uuid)
 
     # --- from ESL events (queued) ------------------------------------------------------------
@@ -161,7 +166,7 @@ class CapsGate:
         # while its lease lives, and is forgotten once the lease has run out.
         for call_uuid in counted.keys() - set(call_uuids):
             if self.backend.held(call_uuid) is None:
-                self._forget(call_uuid)
+                self.slots_of_call.pop(call_uuid, None)
         lost = self.backend.refresh(call_uuids)
         recounted = 0
         for call_uuid in lost:
@@ -181,7 +186,7 @@ class CapsGate:
     def reconcile(self, live_call_uuids: set[str]) -> list[str]:
         released = self.backend.reconcile(live_call_uuids)
         for call_uuid in released:
-            self._forget(call_uuid)
+            self.slots_of_call.pop(call_uuid, None)
         return released
 
     def status(self) -> dict:
@@ -216,17 +221,15 @@ class CapsGate:
     def _swap(self, call_uuid: str, carrier, cps: tuple = ()) -> Admission | None:
         """Move the call's carrier slot to `carrier`; None when this daemon knows of no
         carrier slot for the call or it already holds this one."""
-        held = self.carrier_of_call.get(call_uuid)
+        held = self.carrier_of(call_uuid)
         if held is None or held == carrier.name:
             return None
         admission = self.backend.swap_carrier(call_uuid, Scope("carrier", held),
                                               _carrier_scope(carrier), cps)
-        if admission.admitted:
-            self.carrier_of_call[call_uuid] = carrier.name
-            slots = self.slots_of_call.get(call_uuid)
-            if slots is not None:
-                self.slots_of_call[call_uuid] = tuple(
-                    _carrier_scope(carrier) if s.kind == "carrier" else s for s in slots)
+        slots = self.slots_of_call.get(call_uuid)   # None: released while the swap ran
+        if admission.admitted and slots is not None:
+            self.slots_of_call[call_uuid] = tuple(
+                _carrier_scope(carrier) if s.kind == "carrier" else s for s in slots)
         return admission
 
     def _leg_started(self, call_uuid, carrier, leg_uuid) -> None:
@@ -240,12 +243,10 @@ class CapsGate:
             self.on_refused_leg(call_uuid, leg_uuid)
 
     def _release(self, call_uuid) -> None:
-        self._forget(call_uuid)
+        self.slots_of_call.pop(call_uuid, None)
         self.backend.release(call_uuid)
 
     def _rename(self, old, new) -> None:
-        if old in self.carrier_of_call:
-            self.carrier_of_call[new] = self.carrier_of_call.pop(old)
         slots = self.slots_of_call.pop(old, None)
         if slots is not None:         # as the backend: a new UUID that holds slots keeps them
             self.slots_of_call.setdefault(new, slots)
@@ -255,12 +256,6 @@ class CapsGate:
         scopes, _ = self.scopes(tenant, carrier)
         self.backend.register(call_uuid, scopes)
         self.slots_of_call[call_uuid] = tuple(scopes)
-        if carrier is not None:
-            self.carrier_of_call[call_uuid] = carrier.name
-
-    def _forget(self, call_uuid) -> None:
-        self.carrier_of_call.pop(call_uuid, None)
-        self.slots_of_call.pop(call_uuid, None)
 
 
 def _carrier_scope(carrier) -> Scope:
