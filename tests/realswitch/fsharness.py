@@ -277,6 +277,16 @@ class RealSwitch:
         a_legs = {h.uuid for h in found if h.sip_call_id == sip_call_id and h.direction == "inbound"}
         return [h for h in found if h.uuid in a_legs or a_legs & _links(h.headers)]
 
+    def wait_hangups(self, uuids, timeout: float = 20.0) -> list[Hangup]:
+        """FreeSWITCH's own CHANNEL_HANGUP_COMPLETE of each of these channel UUIDs, in
+        their order, once every one has hung up."""
+        uuids = list(uuids)
+
+        def found():
+            by_uuid = {h.uuid: h for h in self.hangups() if h.uuid in uuids}
+            return [by_uuid[u] for u in uuids] if len(by_uuid) == len(uuids) else None
+        return poll(found, timeout, f"hangup events of {uuids}")
+
     def wait_call(self, call: CallResult, timeout: float = 15.0) -> list[Hangup]:
         """Every leg of the caller's call once all have hung up: the A-leg first, then the
         carrier legs in the order FreeSWITCH created them. [] when the switch refused the

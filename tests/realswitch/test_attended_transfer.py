@@ -37,8 +37,7 @@ def _transfer(realswitch, tenant: str) -> tuple[list[str], list[str]]:
     carriers = [carrier_of[c] for c in callers]
     assert realswitch.api(f"uuid_bridge {carriers[0]} {carriers[1]}").startswith("+OK")
     # FreeSWITCH: the callers' legs end, the carrier legs talk on, bridged to each other
-    gone = poll(lambda: (lambda h: h if len(h) == 2 else None)(
-        [h for h in realswitch.hangups() if h.uuid in callers]), 20, "the callers' legs' end")
+    gone = realswitch.wait_hangups(callers)
     assert all(h.cause == "NORMAL_CLEARING" for h in gone)
     assert not [h for h in realswitch.hangups() if h.uuid in carriers]
     return callers, carriers
@@ -50,8 +49,7 @@ def test_legs_talking_on_after_an_attended_transfer_are_cut_at_the_max_duration(
     the carrier legs at answer + 3 s + its 5 s grace, on FreeSWITCH itself (before, nothing
     did: the calls counted as ending and ran on until a party hung up)."""
     callers, carriers = _transfer(realswitch, "brief")
-    ended = poll(lambda: (lambda h: h if len(h) == 2 else None)(
-        [h for h in realswitch.hangups() if h.uuid in carriers]), 30, "the carrier legs' end")
+    ended = realswitch.wait_hangups(carriers, timeout=30)
     killed = [h for h in ended if h.cause == "ALLOTTED_TIMEOUT"]
     assert killed, [h.cause for h in ended]
     # killed by the watchdog (every second) once past 3 + 5 s of talk, not before; its
@@ -60,9 +58,8 @@ def test_legs_talking_on_after_an_attended_transfer_are_cut_at_the_max_duration(
     assert all(h.billmsec <= 10_500 for h in ended), [h.billmsec for h in ended]
     assert metric(rs_daemon.process, "switchd_watchdog_kills_total") >= 1
     # each call billed by its own carrier leg, as FreeSWITCH measured it
-    for caller, carrier in zip(callers, carriers):
+    for caller, leg in zip(callers, ended):
         cdr = rs_daemon.wait_cdr(caller)
-        leg = next(h for h in ended if h.uuid == carrier)
         assert (cdr["carrier"], cdr["billed_seconds"]) == ("alpha", leg.billsec)
         assert cdr["cost"] > 0
 
@@ -89,11 +86,9 @@ def test_calls_joined_by_an_attended_transfer_stay_live_and_hold_their_slots(
     assert third.answered, third
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 0}     # alpha still full
     assert realswitch.api(f"uuid_kill {carriers[0]}").startswith("+OK")
-    ended = poll(lambda: (lambda h: h if len(h) == 2 else None)(
-        [h for h in realswitch.hangups() if h.uuid in carriers]), 20, "the carrier legs' end")
-    for caller, carrier in zip(callers, carriers):
+    ended = realswitch.wait_hangups(carriers)
+    for caller, leg in zip(callers, ended):
         cdr = rs.wait_cdr(caller)
-        leg = next(h for h in ended if h.uuid == carrier)
         assert cdr["billed_seconds"] == leg.billsec, cdr
         assert rs.rows("SELECT reconstructed FROM calls WHERE call_uuid = %s",
                        caller) == [(False,)]

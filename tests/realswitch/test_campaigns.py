@@ -60,10 +60,7 @@ def test_a_campaign_dials_each_contact_once_at_its_pace_within_its_cap(realswitc
     uuids = {n: contacts[n]["call_uuid"] for n in FRANCE + UK}
     assert all(uuids.values()) and len(set(uuids.values())) == 8, contacts
 
-    def all_hung_up():
-        found = {h.uuid: h for h in realswitch.hangups() if h.uuid in set(uuids.values())}
-        return found if len(found) == 8 else None
-    hangups = poll(all_hung_up, 30, "FreeSWITCH's hangup of every campaign call")
+    hangups = {h.uuid: h for h in realswitch.wait_hangups(uuids.values(), timeout=30)}
     for number in FRANCE:
         h = hangups[uuids[number]]
         # answered, then cut by the switch at brief's 3 s (its sched_hangup)

@@ -12,14 +12,6 @@ from .common import poll
 pytestmark = pytest.mark.realswitch
 
 
-def _hangups(switch, uuids):
-    """FreeSWITCH's own CHANNEL_HANGUP_COMPLETE of each leg UUID, once all have one."""
-    def found():
-        by_uuid = {h.uuid: h for h in switch.hangups() if h.uuid in uuids}
-        return [by_uuid[u] for u in uuids] if len(by_uuid) == len(uuids) else None
-    return poll(found, 20, f"hangup events of {uuids}")
-
-
 def test_originate_fails_over_on_403_each_leg_its_own_uuid(realswitch, rs_daemon):
     realswitch.carrier("gw_a").set_mode("403")
     status, body = rs_daemon.originate({"tenant": "acme", "destination": world.US_NUMBER})
@@ -30,7 +22,7 @@ def test_originate_fails_over_on_403_each_leg_its_own_uuid(realswitch, rs_daemon
     assert uuids[0] == body["call_uuid"] and len(set(uuids)) == 2
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 0}
     realswitch.api(f"uuid_kill {uuids[1]}")
-    first, second = _hangups(realswitch, uuids)
+    first, second = realswitch.wait_hangups(uuids)
     assert (first.cause, first.sip_term_status, first.gateway) == ("CALL_REJECTED", 403, "gw_a")
     assert second.gateway == "gw_b" and second.billmsec > 0
     cdr = rs_daemon.wait_cdr(body["call_uuid"])
@@ -50,7 +42,7 @@ def test_originate_stops_on_a_callees_603(realswitch, rs_daemon):
     assert [a["gateway"] for a in body["attempts"]] == ["gw_a"]
     assert body["result"].startswith("-ERR CALL_REJECTED")
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
-    (leg,) = _hangups(realswitch, [body["call_uuid"]])
+    (leg,) = realswitch.wait_hangups([body["call_uuid"]])
     assert (leg.cause, leg.sip_term_status) == ("CALL_REJECTED", 603)
     cdr = rs_daemon.wait_cdr(body["call_uuid"])
     assert cdr["answered_at"] is None and cdr["hangup_cause"] == "CALL_REJECTED"
@@ -67,7 +59,7 @@ def test_originate_follows_the_operators_failover_rows(realswitch, make_rs_daemo
     status, body = rs.originate({"tenant": "acme", "destination": world.US_NUMBER})
     assert status == 200 and body["answered"] is False, body
     assert [a["gateway"] for a in body["attempts"]] == ["gw_a"]
-    (leg,) = _hangups(realswitch, [body["call_uuid"]])
+    (leg,) = realswitch.wait_hangups([body["call_uuid"]])
     assert (leg.cause, leg.sip_term_status) == ("CALL_REJECTED", 403)
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
 
@@ -78,7 +70,7 @@ def test_originate_follows_the_operators_failover_rows(realswitch, make_rs_daemo
     assert [a["gateway"] for a in body["attempts"]] == ["gw_a", "gw_b"]
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 1, "gw_c": 0}
     realswitch.api(f"uuid_kill {uuids[1]}")
-    busy, answered = _hangups(realswitch, uuids)
+    busy, answered = realswitch.wait_hangups(uuids)
     assert (busy.cause, busy.sip_term_status) == ("USER_BUSY", 486)
     assert answered.gateway == "gw_b" and answered.billmsec > 0
 
@@ -93,7 +85,7 @@ def test_originate_with_every_carrier_failing_tries_each_once_and_fails(realswit
     uuids = [a["leg_uuid"] for a in body["attempts"]]
     assert uuids[0] == body["call_uuid"] and len(set(uuids)) == 3
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 1, "gw_c": 1}
-    legs = _hangups(realswitch, uuids)
+    legs = realswitch.wait_hangups(uuids)
     assert [(h.gateway, h.sip_term_status, h.billmsec) for h in legs] == [
         ("gw_a", 503, 0), ("gw_b", 503, 0), ("gw_c", 503, 0)]
     cdr = rs_daemon.wait_cdr(body["call_uuid"])
@@ -156,7 +148,7 @@ def _busy_then_answered(realswitch, make_rs_daemon, receiver):
     assert len(invites) == 2 and invites[0]["call_id"] != invites[1]["call_id"]
     assert realswitch.invites() == {"gw_a": 2, "gw_b": 0, "gw_c": 0}
     realswitch.api(f"uuid_kill {call2}")
-    busy_leg, answered_leg = _hangups(realswitch, [call1, call2])
+    busy_leg, answered_leg = realswitch.wait_hangups([call1, call2])
     assert (busy_leg.cause, busy_leg.sip_term_status) == ("USER_BUSY", 486)
     assert answered_leg.billmsec > 0
     cdr = daemon.wait_cdr(call2)
@@ -182,6 +174,6 @@ def test_an_unallocated_number_is_never_retried(realswitch, make_rs_daemon):
     (row,) = _attempt_rows(daemon, body["call_uuid"])   # no pending row: nothing will follow
     assert row[1:8] == ("done", "invalid_number", "UNALLOCATED_NUMBER", 404, "gw_a", True,
                         "invalid_number: never retried")
-    (leg,) = _hangups(realswitch, [body["call_uuid"]])
+    (leg,) = realswitch.wait_hangups([body["call_uuid"]])
     assert (leg.cause, leg.sip_term_status) == ("UNALLOCATED_NUMBER", 404)
     assert realswitch.invites() == {"gw_a": 1, "gw_b": 0, "gw_c": 0}
